@@ -1,0 +1,39 @@
+# onnxcomp: `make demo` runs the optimizer on the bundled demo model, `make test` runs the tests.
+# Both set up .venv on first use (pip only: it alone sees the local CPU torch wheel).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+MODELS := build/models
+DEMO   := build/demo
+
+.PHONY: demo test install models bench clean
+
+$(VENV)/.deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check ".[dev]"
+	touch $@
+
+# Reinstall the package itself (not an editable copy) so tests exercise what users install.
+install: $(VENV)/.deps
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --force-reinstall .
+
+models: $(VENV)/.deps
+	$(BIN)/python -m models.build --out $(MODELS)
+
+demo: install models
+	mkdir -p $(DEMO)
+	$(BIN)/onnxcomp inspect $(MODELS)/digits_cnn.onnx
+	$(BIN)/onnxcomp optimize $(MODELS)/digits_cnn.onnx -o $(DEMO)/digits_cnn.opt.onnx \
+		--passes "cleanup,fold-bn" --val $(MODELS)/digits_test.npz --verify numeric --report $(DEMO)/report.json
+	$(BIN)/onnxcomp compare $(MODELS)/digits_cnn.onnx $(DEMO)/digits_cnn.opt.onnx --data $(MODELS)/digits_test.npz
+
+test: install models
+	cd tests && ../$(BIN)/python -m pytest -q
+
+bench: install models
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf build dist *.egg-info

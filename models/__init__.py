@@ -1,0 +1,1 @@
+"""Scripts that build the small real models onnxcomp is tested and demonstrated on."""

@@ -1,0 +1,106 @@
+"""Target lint rules for `onnxcomp check`: rules register themselves by id.
+
+A rule is a function `(model, index) -> iterable of Finding` declared with @rule; every
+module in this package is imported on first use, so adding a rule is adding a module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable
+
+SEVERITIES = ("error", "warning", "info")
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    severity: str  # error: the target rejects it; warning: slow or inaccurate; info: a note
+    node: str
+    message: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        return f"{self.severity.upper():7} {self.rule:8} {self.node}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    targets: tuple[str, ...]
+    severity: str
+    summary: str
+    fn: Callable
+
+
+_RULES: dict[str, Rule] = {}
+
+
+def rule(rule_id: str, targets: Iterable[str], severity: str, summary: str):
+    """Register a check. `severity` is the default for the findings it yields as (node, message)."""
+    if severity not in SEVERITIES:
+        raise ValueError(f"severity must be one of {SEVERITIES}")
+
+    def wrap(fn):
+        _RULES[rule_id] = Rule(rule_id, tuple(targets), severity, summary, fn)
+        return fn
+
+    return wrap
+
+
+def all_rules() -> dict[str, Rule]:
+    for module in pkgutil.iter_modules(__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{module.name}")
+    return dict(sorted(_RULES.items()))
+
+
+class ModelIndex:
+    """Producers, consumers and initializers of a ModelProto, built once (O(nodes))."""
+
+    def __init__(self, model):
+        self.model = model
+        self.graph = model.graph
+        self.initializers = {t.name: t for t in model.graph.initializer}
+        self.producer = {}
+        self.consumers: dict[str, list] = {}
+        for node in model.graph.node:
+            for name in node.output:
+                self.producer[name] = node
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.opset = {(o.domain or "ai.onnx"): o.version for o in model.opset_import}
+        self.graph_outputs = {o.name for o in model.graph.output}
+
+    def constant(self, name: str):
+        """The numpy value of an initializer or Constant node output, else None."""
+        from onnx import numpy_helper
+
+        if name in self.initializers:
+            return numpy_helper.to_array(self.initializers[name])
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return numpy_helper.to_array(attr.t)
+        return None
+
+
+def run_checks(model, target: str) -> list[Finding]:
+    index = ModelIndex(model)
+    findings: list[Finding] = []
+    for r in all_rules().values():
+        if target not in r.targets:
+            continue
+        for item in r.fn(index) or ():
+            if isinstance(item, Finding):
+                findings.append(item)
+            else:
+                node, message, *severity = item
+                findings.append(Finding(r.id, severity[0] if severity else r.severity, node, message))
+    order = {s: i for i, s in enumerate(SEVERITIES)}
+    return sorted(findings, key=lambda f: (order[f.severity], f.rule, f.node))

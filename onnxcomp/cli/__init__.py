@@ -1,0 +1,94 @@
+"""The `onnxcomp` command line.
+
+Each command lives in its own module and is imported only when it runs, so `--help` is
+instant and heavy imports (onnxruntime, torch) happen only where needed. User mistakes
+end in one line on stderr and a documented exit code; tracebacks only with --debug.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+import click
+
+EXIT_CODES = """Exit codes: 0 ok, 1 internal error, 2 usage or bad input,
+3 verification failed, 4 outputs outside tolerance or accuracy budget missed."""
+
+# name -> (module, help); a module that is not present yet is simply not listed.
+COMMANDS = {
+    "optimize": ("onnxcomp.cli.optimize", "Run a pass pipeline on a model, verify it and save the result."),
+    "inspect": ("onnxcomp.cli.inspect", "Summarize a model: opsets, I/O, ops, parameters, MACs."),
+    "compare": ("onnxcomp.cli.compare", "Run two models on the same inputs and compare their outputs."),
+    "passes": ("onnxcomp.cli.passes", "List every registered pass with its options."),
+    "check": ("onnxcomp.cli.check", "Lint a model for a target runtime (tensorrt, ort)."),
+    "distill": ("onnxcomp.cli.distill", "Train a student from a teacher with knowledge distillation."),
+}
+
+
+def _available(name: str) -> bool:
+    return importlib.util.find_spec(COMMANDS[name][0]) is not None
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return [name for name in COMMANDS if _available(name)]
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS or not _available(name):
+            return None
+        module = importlib.import_module(COMMANDS[name][0])
+        return module.command
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, epilog=EXIT_CODES)
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="onnxcomp")
+@click.pass_context
+def cli(ctx, debug):
+    """onnxcomp: compress and verify ONNX models (quantize, prune, sparsify, distill)."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    from onnxcomp.errors import OnnxcompError
+
+    try:
+        cli.main(args=argv, prog_name="onnxcomp", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("onnxcomp: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        if debug:
+            raise
+        click.echo(f"onnxcomp: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except OnnxcompError as exc:
+        if debug:
+            raise
+        click.echo(f"onnxcomp: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("onnxcomp: interrupted; no output written", err=True)
+        sys.exit(130)
+    except MemoryError:
+        click.echo("onnxcomp: out of memory", err=True)
+        sys.exit(1)
+    except Exception as exc:  # internal error: still one line unless --debug
+        if debug:
+            raise
+        text = str(exc).strip().splitlines()
+        click.echo(f"onnxcomp: internal error: {type(exc).__name__}: {text[0] if text else ''} "
+                   "(run with --debug for the traceback)", err=True)
+        sys.exit(1)

@@ -1,0 +1,36 @@
+"""`onnxcomp check MODEL --target T`: lint a model for a runtime; exit 3 when it would be rejected."""
+
+import json
+
+import click
+
+
+@click.command("check")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--target", type=click.Choice(["ort", "tensorrt"]), default="tensorrt", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print findings as JSON.")
+@click.option("--rules", "list_rules", is_flag=True, help="List the rules for the target and exit.")
+def command(model, target, as_json, list_rules):
+    """Check MODEL against TARGET's rules: one line per finding (severity, rule id, node, why)."""
+    from onnxcomp.checks import all_rules, run_checks
+    from onnxcomp.errors import VerificationError
+    from onnxcomp.io import load_model
+
+    if list_rules:
+        for r in all_rules().values():
+            if target in r.targets:
+                click.echo(f"{r.id:8} {r.severity:7} {r.summary}")
+        return
+    findings = run_checks(load_model(model, load_external_data=False), target)
+    errors = [f for f in findings if f.severity == "error"]
+    if as_json:
+        click.echo(json.dumps({"target": target, "compatible": not errors,
+                               "findings": [f.as_dict() for f in findings]}, indent=2))
+    else:
+        for f in findings:
+            click.echo(f.line())
+        warnings = sum(f.severity == "warning" for f in findings)
+        click.echo(f"{target}: {len(errors)} error(s), {warnings} warning(s)"
+                   + (" - compatible" if not errors else ""))
+    if errors:
+        raise VerificationError(f"{model} is not compatible with {target}: {len(errors)} error(s)")

@@ -1,0 +1,111 @@
+"""`onnxcomp optimize MODEL -o OUT`: run a pipeline, verify, save atomically, report."""
+
+from __future__ import annotations
+
+import click
+
+from onnxcomp.cli.common import dim_option
+
+
+@click.command("optimize")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output model (default: MODEL.opt.onnx beside it).")
+@click.option("--passes", "pipeline", metavar="PIPELINE",
+              help='Pipeline text, e.g. "cleanup,fold-bn,insert-qdq{method=entropy}". Default: cleanup,fold-bn.')
+@click.option("--quantize", type=click.Choice(["int8"]), help="Static INT8 quantization (QDQ).")
+@click.option("--calib", type=click.Path(dir_okay=False), help="Calibration/sample data .npz (one array per input).")
+@click.option("--val", type=click.Path(dir_okay=False), help="Held-out data .npz for the final comparison.")
+@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy", "mse", "auto"]))
+@click.option("--target", type=click.Choice(["ort", "tensorrt"]), help="Runtime the output is tuned for.")
+@click.option("--exclude", multiple=True, metavar="NODE_OR_OP", help="Leave these nodes/op types alone (repeatable).")
+@click.option("--max-drop", type=float, help="Accuracy/fidelity budget for lossy passes.")
+@click.option("--prune-channels", type=float, metavar="RATIO", help="Remove this fraction of channels per group.")
+@click.option("--importance", type=click.Choice(["l1", "l2", "bn-scale"]))
+@click.option("--round-to", type=int, help="Round kept channel counts to a multiple of this.")
+@click.option("--global", "global_ranking", is_flag=True, help="Rank channels globally across groups.")
+@click.option("--sparsify", metavar="RATIO|N:M", help="Unstructured ratio (0.5) or N:M pattern (2:4).")
+@click.option("--sparsify-scope", type=click.Choice(["layer", "global"]))
+@click.option("--verify", type=click.Choice(["none", "structure", "checker", "numeric"]), default="structure",
+              show_default=True, help="Verification after every pass.")
+@click.option("--atol", default=1e-5, show_default=True, help="Absolute tolerance for exact passes.")
+@click.option("--rtol", default=1e-4, show_default=True, help="Relative tolerance for exact passes.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
+@dim_option
+def command(model, output, pipeline, quantize, calib, val, calib_method, target, exclude, max_drop,
+            prune_channels, importance, round_to, global_ranking, sparsify, sparsify_scope, verify,
+            atol, rtol, report_path, seed, quiet, dims):
+    """Optimize MODEL with a pass pipeline; the result is verified against MODEL."""
+    from pathlib import Path
+
+    from onnxcomp.cli.shortcuts import shortcut_passes
+    from onnxcomp.data import load_data
+    from onnxcomp.errors import InputError
+    from onnxcomp.io import load_model
+    from onnxcomp.optimize import DEFAULT_PIPELINE, optimize
+    from onnxcomp.pipeline import parse_pipeline
+    from onnxcomp.report import write_json
+    from onnxcomp.runtime import parse_dims
+
+    output = output or str(Path(model).with_suffix("")) + ".opt.onnx"
+    if Path(output).exists() and Path(model).exists() and Path(output).resolve() == Path(model).resolve():
+        raise InputError(f"{output}: refusing to overwrite the input model; choose another output path")
+    if report_path and Path(report_path).resolve() == Path(model).resolve():
+        raise InputError(f"{report_path}: refusing to overwrite the input model with the report")
+    extra = shortcut_passes(quantize=quantize, calib_method=calib_method, target=target, exclude=exclude,
+                            max_drop=max_drop, prune_channels=prune_channels, importance=importance,
+                            round_to=round_to, global_ranking=global_ranking, sparsify=sparsify,
+                            sparsify_scope=sparsify_scope)
+    passes = parse_pipeline(pipeline or DEFAULT_PIPELINE) + extra
+    progress = None if quiet else (lambda message: click.echo(f"... {message}", err=True))
+    original = load_model(model)
+    data = load_data(calib, original) if calib else None
+    val_data = load_data(val, original) if val else None
+    result = optimize(model, output, passes, data=data, val_data=val_data, target=target, verify=verify,
+                      atol=atol, rtol=rtol, dims=parse_dims(dims), progress=progress, seed=seed,
+                      preloaded=original)
+    click.echo(format_result(result))
+    if report_path:
+        write_json(result.as_dict(), report_path)
+        click.echo(f"report: {report_path}")
+
+
+def format_result(result) -> str:
+    from onnxcomp.report import human_bytes, human_count, table
+
+    rows = []
+    for r in result.records:
+        notes = ", ".join(f"{k}={v}" for k, v in r.report.stats.items() if v)
+        if r.report.skipped:
+            notes += (", " if notes else "") + f"skipped {len(r.report.skipped)}"
+        rows.append([r.name, f"{r.seconds:.3f}", "yes" if r.report.modified else "no",
+                     f"{r.before['nodes']} -> {r.after['nodes']}",
+                     f"{r.before['initializers']} -> {r.after['initializers']}",
+                     f"{human_count(r.before['params'])} -> {human_count(r.after['params'])}", notes or "-"])
+    lines = [f"pipeline: {result.pipeline}",
+             table(["pass", "seconds", "modified", "nodes", "initializers", "params", "notes"], rows)]
+    for r in result.records:
+        for s in r.report.skipped[:10]:
+            lines.append(f"  {r.name}: left {s.name} alone: {s.reason}")
+        if len(r.report.skipped) > 10:
+            lines.append(f"  {r.name}: ... and {len(r.report.skipped) - 10} more (see --report)")
+    v = result.validation
+    if v:
+        worst = max(v["outputs"], key=lambda d: d["max_abs"]) if v["outputs"] else None
+        if worst:
+            top1 = "" if worst["top1"] is None else f", top-1 agreement {worst['top1']:.4f}"
+            lines.append(f"validation ({v['inputs']}): max abs diff {worst['max_abs']:.3g}, "
+                         f"cosine {worst['cosine']:.6f}{top1}"
+                         + (" - within tolerance" if v["exact_pipeline"] else ""))
+        if "accuracy_original" in v:
+            lines.append(f"accuracy: original {v['accuracy_original']:.4f}, output {v['accuracy_output']:.4f}")
+    ops_in, ops_out = result.input["ops"], result.output["ops"]
+    changed = sorted(set(ops_in) | set(ops_out), key=lambda op: -abs(ops_in.get(op, 0) - ops_out.get(op, 0)))
+    deltas = [f"{op} {ops_in.get(op, 0)}->{ops_out.get(op, 0)}" for op in changed if ops_in.get(op, 0) != ops_out.get(op, 0)]
+    if deltas:
+        lines.append("ops: " + ", ".join(deltas[:8]))
+    size_in, size_out = result.input.get("file_size"), result.output.get("file_size")
+    lines.append(f"wrote {result.output.get('file', '-')} ({human_bytes(size_out)}; input {human_bytes(size_in)}) "
+                 f"in {result.seconds:.2f} s")
+    return "\n".join(lines)

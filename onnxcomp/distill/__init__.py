@@ -1,0 +1,1 @@
+"""Knowledge distillation sidecar (PyTorch); imported only by the distill command."""

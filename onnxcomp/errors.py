@@ -1,0 +1,29 @@
+"""Errors a user can cause, each with the exit code the CLI documents.
+
+Exit codes: 0 ok, 1 internal error, 2 usage or bad input, 3 verification failed,
+4 outputs outside tolerance (or an accuracy budget missed).
+"""
+
+
+class OnnxcompError(Exception):
+    """A failure the user can act on; the CLI prints it as one line."""
+
+    exit_code = 2
+
+
+class InputError(OnnxcompError):
+    """A model, data file, option or path that cannot be used as given."""
+
+    exit_code = 2
+
+
+class VerificationError(OnnxcompError):
+    """A pass produced a graph that fails structural or checker verification."""
+
+    exit_code = 3
+
+
+class ToleranceError(OnnxcompError):
+    """Outputs differ from the reference by more than the allowed tolerance."""
+
+    exit_code = 4

@@ -1,0 +1,114 @@
+"""The pass manager: runs passes in order, verifies after each, records what happened."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from onnxcomp.errors import ToleranceError, VerificationError
+from onnxcomp.options import format_options
+from onnxcomp.pass_base import Pass, PassContext, PassReport
+from onnxcomp.stats import graph_counts
+
+VERIFY_LEVELS = ("none", "structure", "checker", "numeric")
+
+
+@dataclass
+class PassRecord:
+    name: str
+    spec: str
+    exact: bool
+    seconds: float
+    report: PassReport
+    before: dict
+    after: dict
+    numeric: list = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "spec": self.spec, "exact": self.exact,
+            "seconds": round(self.seconds, 4), "modified": self.report.modified,
+            "stats": self.report.stats, "before": self.before, "after": self.after,
+            "skipped": [{"name": s.name, "reason": s.reason} for s in self.report.skipped],
+            "details": self.report.details,
+            "numeric": [d.as_dict() for d in self.numeric],
+        }
+
+
+class PassManager:
+    """Run passes on a gs.Graph with verification after every pass.
+
+    verify: "none", "structure" (default; linear-time checks), "checker" (+ ONNX checker),
+    "numeric" (+ ONNX Runtime comparison of each pass's output with its input; exact passes
+    must match within atol/rtol, lossy passes have their error recorded).
+    """
+
+    def __init__(self, passes: list[Pass], verify: str = "structure", atol: float = 1e-5,
+                 rtol: float = 1e-4, ctx: PassContext | None = None):
+        if verify not in VERIFY_LEVELS:
+            raise ValueError(f"verify must be one of {VERIFY_LEVELS}")
+        self.passes = list(passes)
+        self.verify = verify
+        self.atol, self.rtol = atol, rtol
+        self.ctx = ctx or PassContext()
+
+    def run(self, graph) -> list[PassRecord]:
+        records: list[PassRecord] = []
+        for index, p in enumerate(self.passes):
+            before = graph_counts(graph)
+            reference = self._reference(graph) if self.verify == "numeric" else None
+            self.ctx.say(f"running {p.name}")
+            start = time.perf_counter()
+            report = p.run(graph, self.ctx) or PassReport()
+            seconds = time.perf_counter() - start
+            record = PassRecord(p.name, p.name + format_options(p.options), p.exact, seconds,
+                                report, before, graph_counts(graph))
+            records.append(record)
+            self._verify(graph, p, index, record, reference)
+        return records
+
+    def _where(self, index: int) -> str:
+        earlier = [p.name for p in self.passes[:index]]
+        return f"pass {self.passes[index].name!r}" + (f" (after {', '.join(earlier)})" if earlier else " (first pass)")
+
+    def _reference(self, graph):
+        from onnxcomp.io import to_model
+        from onnxcomp.runtime import random_inputs, run, session
+
+        model = to_model(graph)
+        feeds = random_inputs(model, self.ctx.dims, seed=self.ctx.seed)
+        return feeds, run(session(model), feeds)
+
+    def _verify(self, graph, p: Pass, index: int, record: PassRecord, reference) -> None:
+        if self.verify == "none":
+            return
+        from onnxcomp.verify import structural_problems
+
+        problems = structural_problems(graph)
+        if problems:
+            raise VerificationError(f"{self._where(index)} broke the graph: {problems[0]}"
+                                    + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
+        if self.verify in ("checker", "numeric"):
+            import onnx
+
+            from onnxcomp.io import to_model
+
+            model = to_model(graph)
+            try:
+                onnx.checker.check_model(model, full_check=False)
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise VerificationError(f"{self._where(index)}: ONNX checker: {first}") from None
+        if reference is not None:
+            from onnxcomp.compare import diff_outputs
+            from onnxcomp.runtime import run, session
+
+            feeds, expected = reference
+            got = run(session(model), feeds)
+            record.numeric = diff_outputs(expected, got, self.atol, self.rtol)
+            bad = [d for d in record.numeric if not d.within]
+            if p.exact and bad:
+                d = bad[0]
+                raise ToleranceError(f"{self._where(index)} is exact but changed output {d.name!r}: "
+                                     f"max abs diff {d.max_abs:.3g} (atol {self.atol}, rtol {self.rtol})")

@@ -1,0 +1,139 @@
+"""optimize(): load, run a pipeline under the pass manager, validate against the original, save."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxcomp.errors import ToleranceError, VerificationError
+from onnxcomp.io import load_model, save, to_graph, to_model
+from onnxcomp.manager import PassManager, PassRecord
+from onnxcomp.pass_base import PassContext
+from onnxcomp.pipeline import format_pipeline, parse_pipeline
+from onnxcomp.stats import model_counts
+
+DEFAULT_PIPELINE = "cleanup,fold-bn"
+
+
+@dataclass
+class OptimizeResult:
+    model: onnx.ModelProto
+    records: list[PassRecord]
+    pipeline: str
+    input: dict
+    output: dict
+    validation: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"pipeline": self.pipeline, "seconds": round(self.seconds, 3), "input": self.input,
+                "output": self.output, "passes": [r.as_dict() for r in self.records],
+                "validation": self.validation}
+
+
+def _describe(model: onnx.ModelProto, path: str | os.PathLike | None) -> dict:
+    info = model_counts(model)
+    info["ops"] = info.pop("ops")
+    if path is not None and Path(path).exists():
+        info["file"] = str(path)
+        info["file_size"] = Path(path).stat().st_size
+        data = Path(str(path) + ".data")
+        if data.exists():
+            info["external_data_size"] = data.stat().st_size
+    return info
+
+
+def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike | None = None,
+             pipeline: str | list = DEFAULT_PIPELINE, data: dict[str, np.ndarray] | None = None,
+             val_data: dict[str, np.ndarray] | None = None, target: str | None = None,
+             verify: str = "structure", atol: float = 1e-5, rtol: float = 1e-4,
+             dims: dict[str, int] | None = None, progress=None, seed: int = 0,
+             check_output: bool = True, preloaded: onnx.ModelProto | None = None) -> OptimizeResult:
+    """Run `pipeline` on `model` and validate the result against the original.
+
+    Exact pipelines must reproduce the original outputs within atol/rtol (else ToleranceError);
+    lossy ones have their fidelity (cosine, max abs diff, top-1, accuracy) recorded.
+    `data` is the calibration/sample data lossy passes use; `val_data` (held out) is
+    preferred for the final comparison. `preloaded` avoids reading `model` twice.
+    """
+    start = time.perf_counter()
+    source = model if not isinstance(model, onnx.ModelProto) else None
+    if preloaded is not None:
+        original = preloaded
+    else:
+        original = load_model(model) if source is not None else model
+    passes = parse_pipeline(pipeline) if isinstance(pipeline, str) else list(pipeline)
+    ctx = PassContext(data=data, target=target, seed=seed, progress=progress, dims=dict(dims or {}))
+    graph = to_graph(original)
+    records = PassManager(passes, verify=verify, atol=atol, rtol=rtol, ctx=ctx).run(graph)
+    result_model = to_model(graph)
+    _carry_metadata(original, result_model)
+    result = OptimizeResult(result_model, records, format_pipeline(passes), _describe(original, source), {})
+    if check_output:
+        result.validation = validate_against(original, result_model, passes, val_data or data, ctx, atol, rtol)
+    if output is not None:
+        save(result_model, output, forbid=source)
+    result.output = _describe(result_model, output)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _carry_metadata(original: onnx.ModelProto, result: onnx.ModelProto) -> None:
+    result.ir_version = original.ir_version
+    result.producer_name = "onnxcomp"
+    if original.doc_string and not result.doc_string:
+        result.doc_string = original.doc_string
+    if not result.metadata_props:
+        result.metadata_props.extend(original.metadata_props)
+
+
+def validate_against(original: onnx.ModelProto, result: onnx.ModelProto, passes, data, ctx: PassContext,
+                     atol: float, rtol: float, max_samples: int = 256) -> dict:
+    """ONNX checker plus an ONNX Runtime comparison of `result` with `original`."""
+    from onnxcomp.compare import diff_outputs
+    from onnxcomp.data import LABELS, model_inputs_only
+    from onnxcomp.runtime import random_inputs, run_batched, session
+
+    try:
+        onnx.checker.check_model(result if result.ByteSize() < 2**31 - 2**20 else _no_check(), full_check=False)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VerificationError(f"output model fails the ONNX checker: {first}") from None
+    if data is not None:
+        feeds = {k: v[:max_samples] for k, v in model_inputs_only(data).items()}
+        source = f"{len(next(iter(feeds.values())))} samples of the given data"
+    else:
+        feeds = random_inputs(original, ctx.dims, seed=ctx.seed, batch=8)
+        source = "seeded random inputs"
+    expected = run_batched(session(original), feeds)
+    got = run_batched(session(result), feeds)
+    diffs = diff_outputs(expected, got, atol, rtol)
+    exact = all(p.exact for p in passes)
+    validation = {"inputs": source, "exact_pipeline": exact, "atol": atol, "rtol": rtol,
+                  "outputs": [d.as_dict() for d in diffs]}
+    if data is not None and LABELS in data:
+        labels = np.asarray(data[LABELS][:max_samples])
+        first = next(iter(expected))
+        if expected[first].ndim == 2:
+            validation["accuracy_original"] = float(np.mean(expected[first].argmax(1) == labels))
+            validation["accuracy_output"] = float(np.mean(got[first].argmax(1) == labels))
+    bad = [d for d in diffs if not d.within]
+    if exact and bad:
+        raise ToleranceError(f"output {bad[0].name!r} differs from the original by {bad[0].max_abs:.3g} "
+                             f"(atol {atol}, rtol {rtol}) although every pass is exact")
+    return validation
+
+
+def _no_check():
+    """Stand-in for models too large to check in memory (the checker needs a path for those)."""
+    m = onnx.ModelProto()
+    m.ir_version = onnx.IR_VERSION
+    m.graph.name = "large-model-checked-on-save"
+    m.opset_import.add().version = 17
+    return m

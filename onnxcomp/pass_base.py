@@ -1,0 +1,85 @@
+"""The contract every pass follows.
+
+A pass has a kebab-case name, says whether it is exact (outputs unchanged to float
+tolerance) or lossy, and takes a frozen options dataclass that is the one source for the
+CLI text, the Python API and `onnxcomp passes`. Passes keep no state between runs: all
+they learn goes into the PassReport they return.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """For passes without options."""
+
+
+@dataclass
+class Skip:
+    """A node (or tensor) a pass left alone, and why."""
+
+    name: str
+    reason: str
+
+
+@dataclass
+class PassReport:
+    modified: bool = False
+    stats: dict[str, Any] = field(default_factory=dict)
+    skipped: list[Skip] = field(default_factory=list)
+    # Larger structured facts (per-tensor tables, plans) for the JSON report.
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def skip(self, name: str, reason: str) -> None:
+        self.skipped.append(Skip(name, reason))
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.stats[key] = self.stats.get(key, 0) + n
+
+
+@dataclass
+class PassContext:
+    """What a run knows beyond the graph: sample data, target, progress output.
+
+    `data` maps input names to arrays whose first axis is samples (and may hold `labels`).
+    """
+
+    data: dict[str, Any] | None = None
+    target: str | None = None
+    seed: int = 0
+    progress: Callable[[str], None] | None = None
+    dims: dict[str, int] = field(default_factory=dict)
+
+    def say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(message)
+
+
+class Pass:
+    """Base of all passes; subclasses set the class attributes and implement run()."""
+
+    name: ClassVar[str]
+    exact: ClassVar[bool] = True
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, options: Any = None, **overrides: Any):
+        if options is None:
+            options = self.Options(**overrides)
+        elif overrides:
+            options = dataclasses.replace(options, **overrides)
+        self.options = options
+
+    @classmethod
+    def description(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+    def run(self, graph, ctx: PassContext) -> PassReport:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.options})"

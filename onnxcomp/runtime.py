@@ -1,0 +1,149 @@
+"""Running models under ONNX Runtime: sessions, input specs, seeded synthetic inputs."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxcomp.errors import InputError
+
+_NP_TYPES = {
+    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT8: np.int8,
+    onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.BOOL: np.bool_,
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: np.dtype
+    # ints are fixed sizes; strings are symbolic dims (dim_param) or "?" when unnamed.
+    shape: tuple
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    initializers = {t.name for t in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        dtype = _NP_TYPES.get(tensor.elem_type)
+        if dtype is None:
+            raise InputError(f"input {value.name!r}: element type {tensor.elem_type} is not supported for data generation")
+        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                      for d in tensor.shape.dim)
+        specs.append(InputSpec(value.name, np.dtype(dtype), shape))
+    return specs
+
+
+def resolve_shape(spec: InputSpec, dims: dict[str, int], batch: int | None = None) -> tuple[int, ...]:
+    """Concrete shape: symbolic dims from `dims` (by dim name or `input:axis`), else 1 (or batch on axis 0)."""
+    shape = []
+    for axis, d in enumerate(spec.shape):
+        if isinstance(d, int) and d > 0:
+            shape.append(d)
+            continue
+        key_axis = f"{spec.name}:{axis}"
+        if key_axis in dims:
+            shape.append(int(dims[key_axis]))
+        elif isinstance(d, str) and d in dims:
+            shape.append(int(dims[d]))
+        elif axis == 0 and batch is not None:
+            shape.append(batch)
+        else:
+            shape.append(1)
+    return tuple(shape)
+
+
+def random_inputs(model: onnx.ModelProto, dims: dict[str, int] | None = None, seed: int = 0,
+                  batch: int | None = None, int_high: int = 100) -> dict[str, np.ndarray]:
+    """Seeded synthetic inputs from the model's input specs.
+
+    Floats are standard normal; integers uniform in [0, int_high) (token ids, indices);
+    bools random. Symbolic dims come from `dims`, else 1.
+    """
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in input_specs(model):
+        shape = resolve_shape(spec, dims or {}, batch)
+        if spec.dtype.kind == "f":
+            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        elif spec.dtype.kind in "iu":
+            feeds[spec.name] = rng.integers(0, int_high, size=shape).astype(spec.dtype)
+        else:
+            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(spec.dtype)
+    return feeds
+
+
+def parse_dims(items) -> dict[str, int]:
+    """`batch=8`, `input:0=8` → {name: size}."""
+    dims = {}
+    for item in items or ():
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise InputError(f"--dim {item!r}: expected NAME=SIZE (a dim name, or INPUT:AXIS)")
+        try:
+            size = int(value)
+        except ValueError:
+            raise InputError(f"--dim {item!r}: size must be an integer") from None
+        if size <= 0:
+            raise InputError(f"--dim {item!r}: size must be positive")
+        dims[key.strip()] = size
+    return dims
+
+
+def session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0, optimize: bool = True):
+    """An ONNX Runtime CPU session for a ModelProto or a path (large models via a temp file)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        if isinstance(model, onnx.ModelProto):
+            if model.ByteSize() < 2**31 - 2**20:
+                return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "model.onnx"
+                onnx.save_model(model, str(path), save_as_external_data=True, location="model.onnx.data")
+                onnx.external_data_helper.load_external_data_for_model(model, tmp)
+                return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        raise InputError(f"ONNX Runtime cannot load the model: {text[0] if text else type(exc).__name__}") from None
+
+
+def run(sess, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    names = outputs or [o.name for o in sess.get_outputs()]
+    wanted = {i.name for i in sess.get_inputs()}
+    try:
+        values = sess.run(names, {k: v for k, v in feeds.items() if k in wanted})
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        raise InputError(f"ONNX Runtime failed to run the model: {text[0] if text else type(exc).__name__}") from None
+    return dict(zip(names, values))
+
+
+def run_batched(sess, data: dict[str, np.ndarray], batch_size: int = 32,
+                outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Run sample-major data in batches and concatenate outputs along axis 0."""
+    wanted = [i.name for i in sess.get_inputs()]
+    n = len(data[wanted[0]]) if wanted else 1
+    chunks: dict[str, list] = {}
+    for start in range(0, n, batch_size):
+        feeds = {k: data[k][start:start + batch_size] for k in wanted}
+        for name, value in run(sess, feeds, outputs).items():
+            chunks.setdefault(name, []).append(value)
+    return {k: np.concatenate(v, axis=0) for k, v in chunks.items()}

@@ -1,0 +1,116 @@
+"""Counting what a model holds: nodes by op type, parameters, estimated MACs."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+
+# Constants of these types are shapes, indices and flags, not learned parameters.
+_NON_PARAM_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL,
+                    onnx.TensorProto.STRING}
+
+
+def graph_counts(graph) -> dict:
+    """Node, initializer and parameter counts of a gs.Graph (O(nodes + tensors))."""
+    import onnx_graphsurgeon as gs
+
+    constants = {}
+    for node in graph.nodes:
+        for t in node.inputs:
+            if isinstance(t, gs.Constant):
+                constants[t.name] = t
+    params = 0
+    for t in constants.values():
+        if np.dtype(t.dtype).kind in "fciu" and np.dtype(t.dtype) not in (np.dtype(np.int64), np.dtype(np.int32)):
+            params += int(np.prod(t.shape)) if t.shape is not None else 0
+    return {"nodes": len(graph.nodes), "initializers": len(constants), "params": params}
+
+
+def model_counts(model: onnx.ModelProto) -> dict:
+    ops = Counter(n.op_type for n in model.graph.node)
+    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type not in _NON_PARAM_TYPES)
+    return {"nodes": len(model.graph.node), "initializers": len(model.graph.initializer),
+            "params": params, "ops": dict(sorted(ops.items()))}
+
+
+def skeleton(model: onnx.ModelProto, keep_bytes: int = 4096) -> onnx.ModelProto:
+    """A copy without the data of large initializers: enough for shape inference, no weight copy."""
+    out = onnx.ModelProto()
+    out.ir_version = model.ir_version
+    out.opset_import.extend(model.opset_import)
+    g = out.graph
+    g.name = model.graph.name
+    g.node.extend(model.graph.node)
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    for init in model.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL or init.ByteSize() > keep_bytes:
+            stub = g.initializer.add()
+            stub.name, stub.data_type = init.name, init.data_type
+            stub.dims.extend(init.dims)
+        else:
+            g.initializer.add().CopyFrom(init)
+    return out
+
+
+def infer_shapes(model: onnx.ModelProto, dims: dict[str, int] | None = None) -> dict[str, tuple]:
+    """Static shapes of every value, with symbolic input dims fixed (default 1 = per sample)."""
+    from onnxcomp.runtime import input_specs, resolve_shape
+
+    sk = skeleton(model)
+    fixed = {s.name: resolve_shape(s, dims or {}) for s in input_specs(model)}
+    for value in sk.graph.input:
+        if value.name in fixed:
+            for d, size in zip(value.type.tensor_type.shape.dim, fixed[value.name]):
+                d.Clear()
+                d.dim_value = size
+    try:
+        inferred = onnx.shape_inference.infer_shapes(sk, data_prop=True)
+    except Exception:
+        inferred = sk
+    shapes = {}
+    for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        t = value.type.tensor_type
+        if t.HasField("shape"):
+            shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+    for init in model.graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+    return shapes
+
+
+def _known(shape) -> bool:
+    return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
+
+
+def estimate_macs(model: onnx.ModelProto, dims: dict[str, int] | None = None) -> dict:
+    """Multiply-accumulates of Conv/ConvTranspose/Gemm/MatMul where shapes are known.
+
+    Symbolic dims are fixed to 1 unless given, so figures are per sample.
+    """
+    shapes = infer_shapes(model, dims)
+    total, by_op, unknown = 0, Counter(), []
+    for node in model.graph.node:
+        op = node.op_type
+        if op not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            continue
+        ins = [shapes.get(i) for i in node.input]
+        out = shapes.get(node.output[0])
+        macs = None
+        if op == "Conv" and len(ins) > 1 and _known(out) and _known(ins[1]):
+            macs = int(np.prod(out)) * int(np.prod(ins[1][1:]))
+        elif op == "ConvTranspose" and _known(ins[0]) and _known(ins[1]):
+            macs = int(np.prod(ins[0])) * int(np.prod(ins[1][1:]))
+        elif op == "Gemm" and _known(ins[0]) and _known(out):
+            trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
+            k = ins[0][0] if trans_a else ins[0][1]
+            macs = int(np.prod(out)) * int(k)
+        elif op == "MatMul" and _known(ins[0]) and _known(out):
+            macs = int(np.prod(out)) * int(ins[0][-1])
+        if macs is None:
+            unknown.append(node.name or node.output[0])
+        else:
+            total += macs
+            by_op[op] += macs
+    return {"macs": total, "flops": 2 * total, "by_op": dict(by_op), "unknown": unknown}

@@ -1,0 +1,105 @@
+"""Structural verification of a gs.Graph, in one linear walk.
+
+Checks: tensor and node names unique, every node input produced (by a node, a graph
+input or a constant), the graph acyclic, and initializer shapes consistent with the
+consumers whose rules we know (Conv, BatchNormalization, Gemm).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+def structural_problems(graph) -> list[str]:
+    import onnx_graphsurgeon as gs
+
+    problems: list[str] = []
+    tensors: dict[str, object] = {}
+
+    def claim(t) -> None:
+        if t is None or t.name == "":
+            return
+        seen = tensors.setdefault(t.name, t)
+        if seen is not t:
+            problems.append(f"two different tensors share the name {t.name!r}")
+
+    for t in list(graph.inputs) + list(graph.outputs):
+        claim(t)
+    node_names: set[str] = set()
+    producers: dict[int, object] = {}
+    for node in graph.nodes:
+        if node.name:
+            if node.name in node_names:
+                problems.append(f"node name {node.name!r} is used twice")
+            node_names.add(node.name)
+        for t in node.inputs:
+            claim(t)
+        for t in node.outputs:
+            claim(t)
+            if t.name and id(t) in producers:
+                problems.append(f"tensor {t.name!r} is produced by two nodes")
+            producers[id(t)] = node
+
+    graph_inputs = {id(t) for t in graph.inputs}
+    for node in graph.nodes:
+        for t in node.inputs:
+            if t.name == "" or isinstance(t, gs.Constant):
+                continue
+            if id(t) not in producers and id(t) not in graph_inputs:
+                problems.append(f"input {t.name!r} of node {node.name or node.op!r} is produced by nothing")
+    for t in graph.outputs:
+        if not isinstance(t, gs.Constant) and id(t) not in producers and id(t) not in graph_inputs:
+            problems.append(f"graph output {t.name!r} is produced by nothing")
+
+    if _has_cycle(graph.nodes, producers):
+        problems.append("the graph has a cycle")
+    problems.extend(_shape_problems(graph))
+    return problems[:20]
+
+
+def _has_cycle(nodes, producers) -> bool:
+    index = {id(n): i for i, n in enumerate(nodes)}
+    indegree = [0] * len(nodes)
+    users: list[list[int]] = [[] for _ in nodes]
+    for i, node in enumerate(nodes):
+        for t in node.inputs:
+            producer = producers.get(id(t))
+            if producer is not None and id(producer) in index:
+                indegree[i] += 1
+                users[index[id(producer)]].append(i)
+    queue = deque(i for i, d in enumerate(indegree) if d == 0)
+    visited = 0
+    while queue:
+        i = queue.popleft()
+        visited += 1
+        for j in users[i]:
+            indegree[j] -= 1
+            if indegree[j] == 0:
+                queue.append(j)
+    return visited != len(nodes)
+
+
+def _shape_problems(graph) -> list[str]:
+    import onnx_graphsurgeon as gs
+
+    problems = []
+    for node in graph.nodes:
+        ins = node.inputs
+        label = node.name or node.op
+        if node.op == "Conv" and len(ins) >= 2 and isinstance(ins[1], gs.Constant):
+            w = ins[1].shape
+            if len(w) < 3:
+                problems.append(f"Conv {label}: weight rank {len(w)} < 3")
+            if len(ins) >= 3 and isinstance(ins[2], gs.Constant) and tuple(ins[2].shape) != (w[0],):
+                problems.append(f"Conv {label}: bias shape {tuple(ins[2].shape)} does not match {w[0]} output channels")
+            x = ins[0].shape
+            group = node.attrs.get("group", 1)
+            if x is not None and len(x) == len(w) and isinstance(x[1], int) and x[1] != w[1] * group:
+                problems.append(f"Conv {label}: input has {x[1]} channels, weight expects {w[1] * group}")
+        elif node.op == "BatchNormalization" and len(ins) >= 5:
+            sizes = {tuple(t.shape) for t in ins[1:5] if isinstance(t, gs.Constant)}
+            if len(sizes) > 1:
+                problems.append(f"BatchNormalization {label}: scale/bias/mean/var shapes differ {sorted(sizes)}")
+        elif node.op == "Gemm" and len(ins) >= 2 and isinstance(ins[1], gs.Constant) and len(ins[1].shape) != 2:
+            problems.append(f"Gemm {label}: weight is not 2-D")
+    return problems

@@ -1,0 +1,59 @@
+"""Pipeline text: typed options, clear one-line errors, round-trip through format_pipeline."""
+
+import dataclasses
+
+import pytest
+
+import onnxcomp
+from onnxcomp.errors import InputError
+from onnxcomp.pipeline import format_pipeline, parse_pipeline
+
+
+def test_parses_passes_and_typed_options():
+    passes = parse_pipeline(" cleanup{fold_constants=false,fold_size_limit_mb=8}, fold-bn ")
+    assert [p.name for p in passes] == ["cleanup", "fold-bn"]
+    assert passes[0].options.fold_constants is False and passes[0].options.fold_size_limit_mb == 8.0
+    assert dataclasses.is_dataclass(passes[0].options)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        passes[0].options.dedupe = False
+
+
+def test_round_trip():
+    text = "cleanup{fold_constants=false},fold-bn"
+    assert format_pipeline(parse_pipeline(text)) == text
+
+
+@pytest.mark.parametrize("text, message", [
+    ("nope", "unknown pass 'nope'; available: cleanup"),
+    ("cleanup{bogus=1}", "unknown option 'bogus'; options: fold_constants"),
+    ("cleanup{dedupe=perhaps}", "expected true or false"),
+    ("cleanup{fold_size_limit_mb=big}", "expected a number"),
+    ("cleanup{dedupe}", "must be key=value"),
+    ("cleanup{dedupe=true", "unclosed"),
+    ("", "empty"),
+    ("cleanup,,fold-bn", "empty entry"),
+])
+def test_errors_are_one_line(text, message):
+    with pytest.raises(InputError) as info:
+        parse_pipeline(text)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_registry_and_public_api():
+    names = onnxcomp.all_passes()
+    assert {"cleanup", "fold-bn"} <= set(names)
+    for cls in names.values():
+        assert cls.name == cls.name.lower() and " " not in cls.name
+        assert cls.description()
+        assert dataclasses.is_dataclass(cls.Options)
+    for attr in ("load", "save", "PassManager", "Pass", "parse_pipeline", "optimize", "get_pass"):
+        assert hasattr(onnxcomp, attr)
+
+
+def test_passes_import_from_the_installed_package_not_the_source_tree():
+    import onnxcomp.passes as passes_pkg
+    from pathlib import Path
+
+    location = Path(passes_pkg.__file__).resolve()
+    assert location.parent.name == "passes" and location.parent.parent.name == "onnxcomp", location

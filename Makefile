@@ -12,12 +12,12 @@ DEMO   := build/demo
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install -q --disable-pip-version-check ".[dev]"
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]"
 	touch $@
 
-# Reinstall the package itself (not an editable copy) so tests exercise what users install.
+# An editable install: edits to onnxcomp/ and passes/ take effect at once. The tests check
+# separately that a regular (wheel) install maps passes/ to onnxcomp.passes.
 install: $(VENV)/.deps
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps --force-reinstall .
 
 models: $(VENV)/.deps
 	$(BIN)/python -m models.build --out $(MODELS)

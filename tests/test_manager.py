@@ -15,7 +15,7 @@ from onnxcomp.pass_base import Pass, PassReport
 
 def small_model():
     nodes = [helper.make_node("MatMul", ["x", "w"], ["a"], name="mm"), helper.make_node("Relu", ["a"], ["y"], name="relu")]
-    return make_model(nodes, [tensor("x", [2, 4])], [tensor("y", [2, 4])], {"w": rng_array((4, 4))})
+    return make_model(nodes, [tensor("x", [2, 4])], [tensor("y", [2, 4])], {"w": np.abs(rng_array((4, 4))) + 0.1})
 
 
 class DropsProducer(Pass):

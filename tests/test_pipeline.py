@@ -51,9 +51,21 @@ def test_registry_and_public_api():
         assert hasattr(onnxcomp, attr)
 
 
-def test_passes_import_from_the_installed_package_not_the_source_tree():
-    import onnxcomp.passes as passes_pkg
-    from pathlib import Path
+def test_passes_import_from_a_regular_install_not_the_source_tree(tmp_path):
+    """A wheel install (not editable) ships passes/ as onnxcomp.passes with every pass registered."""
+    import subprocess
+    import sys
 
-    location = Path(passes_pkg.__file__).resolve()
-    assert location.parent.name == "passes" and location.parent.parent.name == "onnxcomp", location
+    from conftest import REPO
+
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(REPO)], check=True, capture_output=True)
+    code = ("import onnxcomp, onnxcomp.passes as p; from onnxcomp.registry import all_passes; "
+            "print(p.__file__); print(','.join(sorted(all_passes())))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    location, names = r.stdout.splitlines()
+    assert location.startswith(str(target)) and location.endswith("onnxcomp/passes/__init__.py")
+    assert {"cleanup", "fold-bn"} <= set(names.split(","))

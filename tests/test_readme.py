@@ -2,6 +2,7 @@
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ def test_demo_steps_run(models_dir, tmp_path):
     assert len(commands) >= 3
     for command in commands:
         args = command.replace("$(BIN)/onnxcomp", "").replace("$(MODELS)", str(models_dir))
-        args = args.replace("$(DEMO)", str(tmp_path)).split()
+        args = shlex.split(args.replace("$(DEMO)", str(tmp_path)))
         r = subprocess.run([sys.executable, "-m", "onnxcomp", *args], capture_output=True, text=True,
                            env={**os.environ, "PYTHONPATH": ""}, cwd=tmp_path)
         assert r.returncode == 0, (command, r.stdout, r.stderr)

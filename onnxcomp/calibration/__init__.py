@@ -1,0 +1,1 @@
+"""Calibration: streaming, mergeable activation statistics and range selection (minmax, percentile, entropy, mse)."""

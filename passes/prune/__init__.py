@@ -1,0 +1,1 @@
+"""Structured channel removal: channel dependency groups, importance, plans and the remove-channels pass."""

@@ -1,0 +1,1 @@
+"""Initializer sparsification: unstructured and N:M masks and the sparsify-initializers pass."""

@@ -10,6 +10,21 @@ from onnxcomp.errors import InputError
 from onnxcomp.options import build_options, format_options
 from onnxcomp.registry import get_pass
 
+# Named presets expand to pipeline text; `onnxcomp optimize --print-pipeline` shows the expansion.
+PRESETS = {
+    "default": "cleanup,fold-bn",
+    "int8-ort": "cleanup,fold-bn,insert-qdq{target=ort}",
+    "int8-tensorrt": "cleanup,fold-bn,insert-qdq{target=tensorrt}",
+    "slim": "cleanup,fold-bn,remove-channels{ratio=0.5,round_to=8}",
+    "sparse-2of4": "cleanup,fold-bn,sparsify-initializers{sparsity=2:4}",
+}
+
+
+def expand_presets(text: str) -> str:
+    """Replace preset names (entries without options) by their pipeline text."""
+    chunks = [c.strip() for c in split_top_level(text.strip())]
+    return ",".join(PRESETS.get(c, c) for c in chunks)
+
 
 def split_top_level(text: str, sep: str = ",") -> list[str]:
     parts, depth, start = [], 0, 0
@@ -34,7 +49,7 @@ def parse_pipeline(text: str) -> list:
     if not text or not text.strip():
         raise InputError("pipeline: empty; name at least one pass")
     passes = []
-    for chunk in split_top_level(text.strip()):
+    for chunk in split_top_level(expand_presets(text)):
         chunk = chunk.strip()
         if not chunk:
             raise InputError(f"pipeline: empty entry in {text!r}")

@@ -69,3 +69,17 @@ def test_passes_import_from_a_regular_install_not_the_source_tree(tmp_path):
     location, names = r.stdout.splitlines()
     assert location.startswith(str(target)) and location.endswith("onnxcomp/passes/__init__.py")
     assert {"cleanup", "fold-bn"} <= set(names.split(","))
+
+
+def test_presets_expand_and_print_pipeline_shows_the_expansion(digits_cnn):
+    import subprocess
+    import sys
+
+    from onnxcomp.pipeline import expand_presets, format_pipeline, parse_pipeline
+
+    assert expand_presets("default") == "cleanup,fold-bn"
+    assert format_pipeline(parse_pipeline("default")) == format_pipeline(parse_pipeline("cleanup,fold-bn"))
+    r = subprocess.run([sys.executable, "-m", "onnxcomp", "optimize", str(digits_cnn), "--passes", "default",
+                        "--print-pipeline"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip().startswith("cleanup"), r.stderr
+    assert "fold-bn" in r.stdout

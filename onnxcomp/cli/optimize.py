@@ -11,7 +11,8 @@ from onnxcomp.cli.common import dim_option
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output model (default: MODEL.opt.onnx beside it).")
 @click.option("--passes", "pipeline", metavar="PIPELINE",
-              help='Pipeline text, e.g. "cleanup,fold-bn,insert-qdq{method=entropy}". Default: cleanup,fold-bn.')
+              help='Pipeline text, e.g. "cleanup,fold-bn,insert-qdq{method=entropy}", or a preset '
+                   '(default, int8-ort, int8-tensorrt, slim, sparse-2of4). Default: cleanup,fold-bn.')
 @click.option("--quantize", type=click.Choice(["int8"]), help="Static INT8 quantization (QDQ).")
 @click.option("--calib", type=click.Path(dir_okay=False), help="Calibration/sample data .npz (one array per input).")
 @click.option("--val", type=click.Path(dir_okay=False), help="Held-out data .npz for the final comparison.")
@@ -32,10 +33,11 @@ from onnxcomp.cli.common import dim_option
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
+@click.option("--print-pipeline", is_flag=True, help="Print the expanded pipeline (presets, shortcut flags, options) and exit.")
 @dim_option
 def command(model, output, pipeline, quantize, calib, val, calib_method, target, exclude, max_drop,
             prune_channels, importance, round_to, global_ranking, sparsify, sparsify_scope, verify,
-            atol, rtol, report_path, seed, quiet, dims):
+            atol, rtol, report_path, seed, quiet, print_pipeline, dims):
     """Optimize MODEL with a pass pipeline; the result is verified against MODEL."""
     from pathlib import Path
 
@@ -58,6 +60,11 @@ def command(model, output, pipeline, quantize, calib, val, calib_method, target,
                             round_to=round_to, global_ranking=global_ranking, sparsify=sparsify,
                             sparsify_scope=sparsify_scope)
     passes = parse_pipeline(pipeline or DEFAULT_PIPELINE) + extra
+    if print_pipeline:
+        from onnxcomp.pipeline import format_pipeline
+
+        click.echo(format_pipeline(passes))
+        return
     progress = None if quiet else (lambda message: click.echo(f"... {message}", err=True))
     original = load_model(model)
     data = load_data(calib, original) if calib else None

@@ -45,19 +45,23 @@ class PassManager:
     """
 
     def __init__(self, passes: list[Pass], verify: str = "structure", atol: float = 1e-5,
-                 rtol: float = 1e-4, ctx: PassContext | None = None):
+                 rtol: float = 1e-4, ctx: PassContext | None = None, reproducer: str | None = None):
         if verify not in VERIFY_LEVELS:
             raise ValueError(f"verify must be one of {VERIFY_LEVELS}")
         self.passes = list(passes)
         self.verify = verify
         self.atol, self.rtol = atol, rtol
         self.ctx = ctx or PassContext()
+        # Where to write the model as it was before a pass that fails verification (MLIR's
+        # reproducer): the failing pass can then be rerun alone on exactly that input.
+        self.reproducer = reproducer
 
     def run(self, graph) -> list[PassRecord]:
         records: list[PassRecord] = []
         for index, p in enumerate(self.passes):
             before = graph_counts(graph)
             reference = self._reference(graph) if self.verify == "numeric" else None
+            snapshot = self._snapshot(graph, reference)
             self.ctx.say(f"running {p.name}")
             start = time.perf_counter()
             report = p.run(graph, self.ctx) or PassReport()
@@ -65,8 +69,25 @@ class PassManager:
             record = PassRecord(p.name, p.name + format_options(p.options), p.exact, seconds,
                                 report, before, graph_counts(graph))
             records.append(record)
-            self._verify(graph, p, index, record, reference)
+            try:
+                self._verify(graph, p, index, record, reference)
+            except (VerificationError, ToleranceError) as exc:
+                if snapshot is not None:
+                    from onnxcomp.io import save
+
+                    save(snapshot, self.reproducer)
+                    exc.args = (f"{exc.args[0]}; the model before {p.name} is in {self.reproducer}",)
+                raise
         return records
+
+    def _snapshot(self, graph, reference):
+        if self.reproducer is None:
+            return None
+        if reference is not None:
+            return reference[2]
+        from onnxcomp.io import to_model
+
+        return to_model(graph)
 
     def _where(self, index: int) -> str:
         earlier = [p.name for p in self.passes[:index]]
@@ -78,7 +99,7 @@ class PassManager:
 
         model = to_model(graph)
         feeds = random_inputs(model, self.ctx.dims, seed=self.ctx.seed)
-        return feeds, run(session(model), feeds)
+        return feeds, run(session(model), feeds), model
 
     def _verify(self, graph, p: Pass, index: int, record: PassRecord, reference) -> None:
         if self.verify == "none":
@@ -104,7 +125,7 @@ class PassManager:
             from onnxcomp.compare import diff_outputs
             from onnxcomp.runtime import run, session
 
-            feeds, expected = reference
+            feeds, expected, _ = reference
             got = run(session(model), feeds)
             record.numeric = diff_outputs(expected, got, self.atol, self.rtol)
             bad = [d for d in record.numeric if not d.within]

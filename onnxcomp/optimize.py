@@ -54,7 +54,8 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
              val_data: dict[str, np.ndarray] | None = None, target: str | None = None,
              verify: str = "structure", atol: float = 1e-5, rtol: float = 1e-4,
              dims: dict[str, int] | None = None, progress=None, seed: int = 0,
-             check_output: bool = True, preloaded: onnx.ModelProto | None = None) -> OptimizeResult:
+             check_output: bool = True, preloaded: onnx.ModelProto | None = None,
+             reproducer: str | os.PathLike | None = None) -> OptimizeResult:
     """Run `pipeline` on `model` and validate the result against the original.
 
     Exact pipelines must reproduce the original outputs within atol/rtol (else ToleranceError);
@@ -71,7 +72,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     passes = parse_pipeline(pipeline) if isinstance(pipeline, str) else list(pipeline)
     ctx = PassContext(data=data, target=target, seed=seed, progress=progress, dims=dict(dims or {}))
     graph = to_graph(original)
-    records = PassManager(passes, verify=verify, atol=atol, rtol=rtol, ctx=ctx).run(graph)
+    records = PassManager(passes, verify=verify, atol=atol, rtol=rtol, ctx=ctx, reproducer=reproducer).run(graph)
     result_model = to_model(graph)
     _carry_metadata(original, result_model)
     result = OptimizeResult(result_model, records, format_pipeline(passes), _describe(original, source), {})

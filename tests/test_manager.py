@@ -85,3 +85,19 @@ def test_records_counts_and_time():
         assert r.seconds >= 0 and r.before["nodes"] == 2 and r.after["params"] == 16
         assert set(r.as_dict()) >= {"name", "seconds", "modified", "stats", "skipped", "before", "after"}
     assert np.isfinite(records[0].seconds)
+
+
+def test_reproducer_holds_the_model_before_the_failing_pass(tmp_path):
+    import onnx
+
+    from helpers import run
+
+    model = small_model()
+    path = tmp_path / "before.onnx"
+    manager = onnxcomp.PassManager(onnxcomp.parse_pipeline("cleanup") + [ScalesWeights()], verify="numeric",
+                                   reproducer=str(path))
+    with pytest.raises(ToleranceError, match="before.onnx"):
+        manager.run(to_graph(model))
+    saved = onnx.load(str(path))
+    x = {"x": rng_array((2, 4), seed=3)}
+    np.testing.assert_allclose(run(saved, x)["y"], run(model, x)["y"], atol=1e-6)

@@ -33,11 +33,13 @@ from onnxcomp.cli.common import dim_option
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
+@click.option("--reproducer", type=click.Path(dir_okay=False),
+              help="If a pass fails verification, write the model as it was before that pass here.")
 @click.option("--print-pipeline", is_flag=True, help="Print the expanded pipeline (presets, shortcut flags, options) and exit.")
 @dim_option
 def command(model, output, pipeline, quantize, calib, val, calib_method, target, exclude, max_drop,
             prune_channels, importance, round_to, global_ranking, sparsify, sparsify_scope, verify,
-            atol, rtol, report_path, seed, quiet, print_pipeline, dims):
+            atol, rtol, report_path, seed, quiet, reproducer, print_pipeline, dims):
     """Optimize MODEL with a pass pipeline; the result is verified against MODEL."""
     from pathlib import Path
 
@@ -71,7 +73,7 @@ def command(model, output, pipeline, quantize, calib, val, calib_method, target,
     val_data = load_data(val, original) if val else None
     result = optimize(model, output, passes, data=data, val_data=val_data, target=target, verify=verify,
                       atol=atol, rtol=rtol, dims=parse_dims(dims), progress=progress, seed=seed,
-                      preloaded=original)
+                      preloaded=original, reproducer=reproducer)
     click.echo(format_result(result))
     if report_path:
         write_json(result.as_dict(), report_path)

@@ -1,0 +1,200 @@
+"""sparsify-initializers: zero weight elements by magnitude, per tensor, globally, or N:M (lossy)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import numpy as np
+
+from onnxcomp.errors import InputError
+from onnxcomp.pass_base import Pass, PassContext, PassReport
+from onnxcomp.registry import register_pass
+from onnxcomp.sparsity import WEIGHTED_OPS, nm_violations, parse_nm, zero_fraction
+from onnxcomp.passes.sparsify.eligibility import find_weights, nm_refusal, values_of
+from onnxcomp.passes.sparsify.masks import NORMALIZATIONS, global_masks, magnitude_mask, nm_mask
+
+
+@dataclass(frozen=True)
+class SparsifyOptions:
+    sparsity: str = field(default="0.5", metadata={
+        "help": "fraction of zeros, 0 <= r < 1 (e.g. 0.5 or 50%), or an N:M pattern: at most N non-zeros in "
+                "every M consecutive weights along the reduction axis (2:4 for TensorRT sparse kernels)"})
+    scope: Optional[Literal["layer", "global"]] = field(default=None, metadata={
+        "help": "ratio per tensor (layer) or across all eligible tensors (global, ranked by normalised "
+                "magnitude); default global for a ratio. N:M is always per group"})
+    exclude: tuple[str, ...] = field(default=(), metadata={
+        "help": "node names, op types or initializer names (globs allowed) to leave dense"})
+    max_drop: Optional[float] = field(default=None, metadata={
+        "help": "accuracy (with labels) or 1-cosine budget on the sample data; the most sensitive tensors "
+                "are left dense until the measured drop fits, else ToleranceError"})
+    min_size: int = field(default=256, metadata={"help": "leave tensors with fewer elements dense"})
+    ops: tuple[str, ...] = field(default=WEIGHTED_OPS, metadata={"help": "op types whose weights qualify"})
+    normalize: Literal["lamp", "rms", "none"] = field(default="lamp", metadata={
+        "help": "global scope: how magnitudes are made comparable across tensors (lamp: layer-adaptive "
+                "magnitude scores; rms: |w|/rms; none: raw |w|)"})
+    max_tensor_sparsity: float = field(default=0.98, metadata={
+        "help": "global scope: no tensor loses more than this fraction"})
+    samples: int = field(default=512, metadata={"help": "sample-data rows used to measure fidelity and max_drop"})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sparsity", str(self.sparsity).strip())
+        parse_spec(self.sparsity)
+        if self.scope == "global" and parse_spec(self.sparsity)[0] == "nm":
+            raise InputError(f"sparsify-initializers: scope=global applies to a ratio; {self.sparsity} is "
+                             "per group of M weights")
+        if self.max_drop is not None and not 0 <= self.max_drop <= 1:
+            raise InputError(f"sparsify-initializers: max_drop must be in [0, 1], got {self.max_drop}")
+        if self.min_size < 0 or self.samples < 1:
+            raise InputError("sparsify-initializers: min_size must be >= 0 and samples >= 1")
+        if not 0 < self.max_tensor_sparsity <= 1:
+            raise InputError("sparsify-initializers: max_tensor_sparsity must be in (0, 1]")
+        if self.normalize not in NORMALIZATIONS:
+            raise InputError(f"sparsify-initializers: normalize must be one of {', '.join(NORMALIZATIONS)}")
+
+
+def parse_spec(text: str) -> tuple:
+    """("ratio", r) or ("nm", n, m); a one-line InputError for anything else."""
+    try:
+        nm = parse_nm(text)
+    except ValueError as exc:
+        raise InputError(f"sparsify-initializers: sparsity {exc}") from None
+    if nm:
+        return ("nm",) + nm
+    raw = text[:-1] if text.endswith("%") else text
+    try:
+        ratio = float(raw) / (100.0 if text.endswith("%") else 1.0)
+    except ValueError:
+        raise InputError(f"sparsify-initializers: sparsity {text!r} is neither a ratio (0.5) nor N:M (2:4)") from None
+    if not 0 <= ratio < 1:
+        raise InputError(f"sparsify-initializers: sparsity {text!r} must be in [0, 1)")
+    return ("ratio", ratio)
+
+
+@register_pass
+class SparsifyInitializersPass(Pass):
+    """Zero the smallest weights of Conv/ConvTranspose/Gemm/MatMul: a ratio (per tensor or global) or N:M (lossy).
+
+    Needs nothing but the graph; with sample data it reports fidelity and, given max_drop,
+    leaves the most sensitive tensors dense until the measured drop is within budget.
+    Guarantees: only weights of the chosen ops change, only to exact zeros; N:M patterns are
+    verified on every group; a second run changes nothing.
+    """
+
+    name = "sparsify-initializers"
+    exact = False
+    Options = SparsifyOptions
+
+    def run(self, graph, ctx: PassContext) -> PassReport:
+        o = self.options
+        spec = parse_spec(o.sparsity)
+        scope = "group" if spec[0] == "nm" else (o.scope or "global")
+        if o.max_drop is not None and ctx.data is None:
+            raise InputError("sparsify-initializers: max_drop needs sample data (pass --calib FILE.npz)")
+        report = PassReport()
+        survey = find_weights(graph, tuple(o.ops), tuple(o.exclude), o.min_size)
+        for name, reason in survey.skipped:
+            report.skip(name, reason)
+        candidates = []
+        for cand in survey.candidates:
+            reason = nm_refusal(cand, spec[2]) if spec[0] == "nm" else None
+            if reason:
+                report.skip(cand.name, reason)
+            else:
+                candidates.append(cand)
+        dense = {c.name: values_of(c.constant) for c in candidates}
+        keep = _masks(spec, scope, candidates, dense, o)
+        sparse = {n: np.where(keep[n], dense[n], np.zeros((), dense[n].dtype)).astype(dense[n].dtype)
+                  for n in dense}
+        changed = [n for n in dense if np.count_nonzero(sparse[n]) != np.count_nonzero(dense[n])]
+        constants = {c.name: c.constant for c in candidates}
+        chosen, budget = changed, None
+        trials = _trials(graph, constants, dense, sparse, ctx, o) if ctx.data is not None and changed else None
+        if trials is not None and o.max_drop is not None:
+            budget = _fit(trials, changed, o.max_drop, ctx)
+            chosen = budget.sparse
+            for name in budget.dense:
+                report.skip(name, f"left dense: most sensitive (1-cosine {budget.sensitivity[name]:.2e} alone) "
+                                  f"for max_drop {o.max_drop}")
+        for name in chosen:
+            constants[name].values = sparse[name]
+        _describe(report, spec, scope, candidates, dense, sparse, set(chosen), graph)
+        if trials is not None:
+            fid = budget.fidelity if budget is not None else trials.measure([])  # graph already sparse
+            report.details["fidelity"] = fid.as_dict()
+            report.details["fidelity_samples"] = len(next(iter(trials.data.values())))
+            report.stats["drop"] = round(float(fid.drop), 5)
+            report.stats["cosine"] = round(float(fid.cosine), 6)
+            if budget is not None:
+                report.details["sensitivity"] = budget.sensitivity
+                report.stats["left_dense"] = len(budget.dense)
+                report.stats["trials"] = budget.trials
+        report.modified = bool(chosen)
+        ctx.say(f"sparsify-initializers: {len(chosen)} tensor(s) sparsified ({o.sparsity}, {scope}), "
+                f"zero fraction {report.stats.get('zero_fraction', 0):.3f}")
+        return report
+
+
+def _masks(spec, scope, candidates, dense, o) -> dict:
+    if spec[0] == "nm":
+        _, n, m = spec
+        return {c.name: nm_mask(dense[c.name], next(iter(c.axes)), n, m) for c in candidates}
+    ratio = spec[1]
+    if scope == "global":
+        return global_masks(dense, ratio, o.normalize, o.max_tensor_sparsity)
+    return {name: magnitude_mask(values, ratio) for name, values in dense.items()}
+
+
+def _trials(graph, constants, dense, sparse, ctx, o):
+    from onnxcomp.data import LABELS, model_inputs_only
+    from onnxcomp.passes.sparsify.budget import Trials
+
+    data = {k: v[: o.samples] for k, v in model_inputs_only(ctx.data).items()}
+    labels = ctx.data.get(LABELS)
+    return Trials(graph, constants, dense, sparse, data, None if labels is None else np.asarray(labels[: o.samples]))
+
+
+def _fit(trials, names, max_drop, ctx):
+    from onnxcomp.passes.sparsify.budget import fit_budget
+
+    return fit_budget(trials, names, max_drop, ctx.say)
+
+
+def _describe(report, spec, scope, candidates, dense, sparse, chosen, graph) -> None:
+    rows, zeros, total = [], 0, 0
+    for cand in candidates:
+        name = cand.name
+        after = sparse[name] if name in chosen else dense[name]
+        row = {"name": name, "ops": cand.ops, "nodes": [u.node for u in cand.uses], "shape": list(cand.shape),
+               "sparsity_before": round(zero_fraction(dense[name]), 5),
+               "sparsity_after": round(zero_fraction(after), 5),
+               "pattern": "unstructured" if spec[0] == "ratio" else f"{spec[1]}:{spec[2]}",
+               "sparsified": name in chosen}
+        if spec[0] == "nm":
+            axis = next(iter(cand.axes))
+            bad, groups = nm_violations(after, axis, spec[1], spec[2])
+            row.update(axis=axis, groups=groups, groups_violating=bad, pattern_verified=bad == 0)
+            if name in chosen and bad:
+                raise AssertionError(f"{name}: {bad} of {groups} groups break {spec[1]}:{spec[2]}")  # a bug, not input
+        rows.append(row)
+        zeros += after.size - np.count_nonzero(after)
+        total += after.size
+    report.details["tensors"] = rows
+    report.details["scope"] = scope
+    report.stats["sparsified"] = len(chosen)
+    report.stats["eligible"] = len(candidates)
+    report.stats["zero_fraction"] = round(float(zeros / total), 4) if total else 0.0
+    report.stats["model_zero_fraction"] = round(float(_model_zero_fraction(graph)), 4)
+
+
+def _model_zero_fraction(graph) -> float:
+    """Zeros among all floating-point initializer elements of the graph (after the pass)."""
+    import onnx_graphsurgeon as gs
+
+    zeros = total = 0
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant) and np.dtype(tensor.dtype).kind == "f":
+            values = values_of(tensor)
+            zeros += values.size - np.count_nonzero(values)
+            total += values.size
+    return zeros / total if total else 0.0

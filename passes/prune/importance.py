@@ -1,0 +1,94 @@
+"""Channel importance per group, aggregated over every member, and the choice of what to keep.
+
+l1 / l2: the magnitude of everything a channel owns — its producers' output weights and its
+readers' input weights (Torch-Pruning's group magnitude): a channel nobody reads strongly is
+cheap to lose even if it is produced with large weights. bn-scale: |gamma| / sqrt(var + eps)
+of the BatchNormalizations in the group (how much the channel is amplified); a group whose BN
+was folded away falls back to l2 of its producers' weights, which then carry that scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxcomp.passes.prune.groups import ChannelGroup
+
+IMPORTANCE = ("l1", "l2", "bn-scale")
+
+
+def _per_channel(values: np.ndarray, member, channels: int, power: int) -> np.ndarray:
+    w = np.moveaxis(np.asarray(values, dtype=np.float64), member.axis, 0)
+    per_position = (np.abs(w) if power == 1 else w * w).reshape(w.shape[0], -1).sum(1)
+    pos = member.mapping.positions(np.arange(channels)).reshape(channels, -1)
+    return per_position[pos].sum(1)
+
+
+def channel_importance(group: ChannelGroup, values_of, kind: str = "l2") -> tuple[np.ndarray, str]:
+    """Score per channel (higher = more important) and the criterion actually used."""
+    c = group.channels
+    if kind == "bn-scale":
+        scales = [m for m in group.members if m.kind == "param" and m.role == "scale"]
+        if scales:
+            score = np.zeros(c)
+            for m in scales:
+                gamma = np.abs(_gather(values_of(m.tensor), m, c))
+                var = next((_gather(values_of(v.tensor), v, c) for v in group.members
+                            if v.kind == "param" and v.use == (m.use[0], 4)), np.ones(c))
+                score += gamma / np.sqrt(np.maximum(var, 0) + 1e-5)
+            return score, "bn-scale"
+        kind = "l2"
+        weights = [m for m in group.members if m.kind == "out" and m.role != "bias"]
+        used = "l2 of producer weights (no BatchNormalization left in the group)"
+    else:
+        weights = [m for m in group.members if m.kind in ("out", "in") and m.role not in ("bias",)]
+        used = kind
+    power = 1 if kind == "l1" else 2
+    score = np.zeros(c)
+    for m in weights:
+        score += _per_channel(values_of(m.tensor), m, c, power)
+    return (score if power == 1 else np.sqrt(score)), used
+
+
+def _gather(values, member, channels: int) -> np.ndarray:
+    v = np.moveaxis(np.asarray(values, dtype=np.float64), member.axis, 0).reshape(-1)
+    return v[member.mapping.positions(np.arange(channels)).reshape(channels, -1)[:, 0]]
+
+
+def rounded_keep(channels: int, keep: float, round_to: int) -> int:
+    """Kept channel count: `keep` rounded to the nearest multiple of round_to, at least one multiple.
+
+    Groups no wider than round_to are left whole (they cannot lose a full multiple).
+    """
+    if channels <= round_to:
+        return channels
+    k = int(np.floor(keep / round_to + 0.5)) * round_to
+    return int(min(channels, max(round_to, k)))
+
+
+def keep_uniform(scores: dict[int, np.ndarray], ratio: float, round_to: int) -> dict[int, np.ndarray]:
+    """The same ratio in every group; the most important channels survive, in their original order."""
+    kept = {}
+    for gid, s in scores.items():
+        n = rounded_keep(len(s), len(s) * (1.0 - ratio), round_to)
+        kept[gid] = _top(s, n)
+    return kept
+
+
+def keep_global(scores: dict[int, np.ndarray], ratio: float, round_to: int) -> dict[int, np.ndarray]:
+    """One ranking across groups (scores divided by each group's mean, so layers compare)."""
+    if not scores:
+        return {}
+    flat = np.concatenate([s / max(float(np.mean(s)), 1e-12) for s in scores.values()])
+    owner = np.concatenate([np.full(len(s), gid) for gid, s in scores.items()])
+    n_drop = int(round(ratio * len(flat)))
+    dropped = owner[np.argsort(flat, kind="stable")[:n_drop]]
+    kept = {}
+    for gid, s in scores.items():
+        n = rounded_keep(len(s), len(s) - int(np.sum(dropped == gid)), round_to)
+        kept[gid] = _top(s, n)
+    return kept
+
+
+def _top(score: np.ndarray, n: int) -> np.ndarray:
+    order = np.argsort(-score, kind="stable")[:n]
+    return np.sort(order)

@@ -1,0 +1,202 @@
+"""PruningPlan: the decision as plain data, and apply_plan, which carries it out on a graph.
+
+A plan lists, for every constant that changes, the axis and the indices kept on it; the
+int64 entries to rewrite (Reshape shapes, Split sizes, Slice bounds); and node attributes
+to rewrite (a depthwise Conv's `group`). It is JSON, so it can be written, inspected,
+edited, and replayed on the same model (e.g. before fine-tuning, by the distillation sidecar).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from onnxcomp.errors import InputError
+from onnxcomp.passes.prune.groups import ChannelGroup, node_key
+
+PLAN_VERSION = 1
+
+
+@dataclass
+class PruningPlan:
+    # {"tensor": name, "axis": int, "size": int (before), "keep": [sorted indices]}
+    slices: list[dict] = field(default_factory=list)
+    # {"tensor": name, "index": flat index, "value": new int}
+    values: list[dict] = field(default_factory=list)
+    # {"node": name (or first output name), "name": attribute, "value": new int}
+    attributes: list[dict] = field(default_factory=list)
+    # For people: {"id", "producers", "channels", "kept"} per pruned group.
+    groups: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps({"version": PLAN_VERSION, **asdict(self)}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PruningPlan":
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise InputError(f"pruning plan is not JSON ({exc})") from None
+        if not isinstance(data, dict) or data.get("version") != PLAN_VERSION:
+            raise InputError(f"pruning plan: expected an object with version {PLAN_VERSION}")
+        try:
+            return cls(**{k: list(data.get(k, [])) for k in ("slices", "values", "attributes", "groups")})
+        except TypeError as exc:
+            raise InputError(f"pruning plan: {exc}") from None
+
+    def save(self, path) -> None:
+        tmp = Path(str(path) + ".tmp")
+        tmp.write_text(self.to_json())
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path) -> "PruningPlan":
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: no such pruning plan")
+        return cls.from_json(path.read_text())
+
+    @property
+    def removed(self) -> int:
+        """Positions removed over all sliced constants (not parameters: see removed_params)."""
+        return sum(s["size"] - len(s["keep"]) for s in self.slices)
+
+    def removed_params(self, values_of) -> int:
+        """Parameters this plan removes: each constant's size before minus after all its slices."""
+        by_tensor: dict[str, list[dict]] = {}
+        for s in self.slices:
+            by_tensor.setdefault(s["tensor"], []).append(s)
+        total = 0
+        for name, entries in by_tensor.items():
+            shape = list(np.shape(values_of(name)))
+            before = int(np.prod(shape))
+            for s in entries:
+                shape[s["axis"]] = len(s["keep"])
+            total += before - int(np.prod(shape))
+        return total
+
+
+def build_plan(graph, groups: list[ChannelGroup], kept: dict[int, np.ndarray]) -> PruningPlan:
+    """Merge per-group decisions (kept channel indices by group id) into one plan.
+
+    Several groups may slice one constant on one axis (a Conv reading a Concat): their
+    removed positions are united, so the plan holds one entry per (constant, axis).
+    """
+    values_of = _Constants(graph).get
+    drops: dict[tuple[str, int], set] = {}
+    value_delta: dict[tuple[str, int], int] = {}
+    group_delta: dict[str, int] = {}
+    plan = PruningPlan()
+    for group in groups:
+        if group.id not in kept:
+            continue
+        keep = np.asarray(kept[group.id], dtype=np.int64)
+        removed = np.setdiff1d(np.arange(group.channels), keep)
+        if removed.size == 0:
+            continue
+        plan.groups.append({"id": group.id, "producers": group.producers, "channels": group.channels,
+                            "kept": int(keep.size)})
+        for m in group.members:
+            pos = m.mapping.positions(removed)
+            if m.kind in ("out", "in", "param"):
+                drops.setdefault((m.tensor, m.axis), set()).update(int(p) for p in pos)
+            elif m.kind == "value":
+                key = (m.tensor, m.index)
+                value_delta[key] = value_delta.get(key, 0) + int(np.sum((pos >= m.lo) & (pos < m.hi)))
+            elif m.kind == "group":
+                group_delta[m.tensor] = group_delta.get(m.tensor, 0) + int(removed.size)
+    for (name, axis), removed_pos in sorted(drops.items()):
+        size = int(np.shape(values_of(name))[axis])
+        keep = [i for i in range(size) if i not in removed_pos]
+        plan.slices.append({"tensor": name, "axis": axis, "size": size, "keep": keep})
+    for (name, index), delta in sorted(value_delta.items()):
+        if delta:
+            old = int(np.asarray(values_of(name)).reshape(-1)[index])
+            plan.values.append({"tensor": name, "index": index, "value": old - delta})
+    nodes = {node_key(n): n for n in graph.nodes}
+    for key, delta in sorted(group_delta.items()):
+        plan.attributes.append({"node": key, "name": "group", "value": int(nodes[key].attrs.get("group", 1)) - delta})
+    return plan
+
+
+class _Constants:
+    """Find constants by name: initializers and Constant-node outputs."""
+
+    def __init__(self, graph):
+        import onnx_graphsurgeon as gs
+
+        self.gs = gs
+        self.tensors = graph.tensors()
+
+    def get(self, name):
+        t = self.tensors.get(name)
+        if isinstance(t, self.gs.Constant):
+            return np.asarray(t.values)
+        if t is not None and t.inputs and t.inputs[0].op == "Constant":
+            return np.asarray(t.inputs[0].attrs["value"].values)
+        raise InputError(f"pruning plan names {name!r}, which is not a constant of this model")
+
+    def set(self, name, values: np.ndarray) -> None:
+        t = self.tensors[name]
+        if isinstance(t, self.gs.Constant):
+            t.values = values
+        else:
+            t.inputs[0].attrs["value"] = self.gs.Constant(name, values)
+
+
+def apply_plan(graph, plan: PruningPlan, infer: bool = True) -> None:
+    """Slice, rewrite and re-infer shapes in place. Raises InputError if the plan does not fit."""
+    consts = _Constants(graph)
+    for s in plan.slices:
+        values = consts.get(s["tensor"])
+        axis, keep = int(s["axis"]), [int(i) for i in s["keep"]]
+        if not 0 <= axis < values.ndim or values.shape[axis] != int(s["size"]):
+            raise InputError(f"pruning plan: {s['tensor']} has shape {values.shape}, plan expects "
+                             f"{s['size']} on axis {axis}")
+        if not keep or keep != sorted(set(keep)) or keep[0] < 0 or keep[-1] >= values.shape[axis]:
+            raise InputError(f"pruning plan: kept indices of {s['tensor']} must be sorted, unique, in range")
+        consts.set(s["tensor"], np.ascontiguousarray(np.take(values, keep, axis=axis)))
+    for v in plan.values:
+        values = consts.get(v["tensor"]).copy()
+        flat = values.reshape(-1)
+        if not 0 <= int(v["index"]) < flat.size:
+            raise InputError(f"pruning plan: {v['tensor']} has no entry {v['index']}")
+        flat[int(v["index"])] = int(v["value"])
+        consts.set(v["tensor"], values)
+    nodes = {node_key(n): n for n in graph.nodes}
+    for a in plan.attributes:
+        if a["node"] not in nodes:
+            raise InputError(f"pruning plan names node {a['node']!r}, which this model lacks")
+        nodes[a["node"]].attrs[a["name"]] = int(a["value"])
+    if infer:
+        reinfer_shapes(graph)
+
+
+def reinfer_shapes(graph) -> None:
+    """Forget the intermediate static shapes (they changed) and infer them again."""
+    import onnx
+    import onnx_graphsurgeon as gs
+
+    from onnxcomp.io import to_model
+    from onnxcomp.stats import skeleton
+
+    io = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
+    variables = [t for t in graph.tensors().values() if isinstance(t, gs.Variable) and t.name not in io]
+    for t in variables:
+        t.shape = None
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton(to_model(graph)))
+    except Exception:
+        return  # shapes stay unknown; ONNX Runtime infers them itself
+    known = {}
+    for value in inferred.graph.value_info:
+        tt = value.type.tensor_type
+        if tt.HasField("shape"):
+            known[value.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                                 for d in tt.shape.dim]
+    for t in variables:
+        if t.name in known:
+            t.shape = known[t.name]

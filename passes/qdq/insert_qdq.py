@@ -1,0 +1,195 @@
+"""insert-qdq: calibrated static INT8 quantization as QuantizeLinear/DequantizeLinear pairs (lossy)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import numpy as np
+
+from onnxcomp.errors import InputError
+from onnxcomp.pass_base import Pass, PassContext, PassReport
+from onnxcomp.passes.qdq.formats import (REDUCED_WEIGHT_QMAX, WEIGHT_QMAX, activation_format, activation_params,
+                                         host_needs_reduced_range)
+from onnxcomp.passes.qdq.placement import PlacementOptions, Plan, plan_placement
+from onnxcomp.passes.qdq.rewrite import apply_plan
+from onnxcomp.registry import register_pass
+
+_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+            "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd", "MatMulIntegerToFloat")
+
+
+@dataclass(frozen=True)
+class InsertQdqOptions:
+    method: Literal["minmax", "percentile", "entropy", "mse", "auto"] = field(
+        default="minmax", metadata={"help": "activation range choice (auto: per tensor the lowest error)"})
+    target: Optional[Literal["ort", "tensorrt"]] = field(
+        default=None, metadata={"help": "runtime the placement/format is for (default: --target, else ort)"})
+    scheme: Literal["auto", "full", "inputs"] = field(
+        default="auto", metadata={"help": "ort placement: full (all int8 kernels), inputs (MatMul/Gemm inputs "
+                                          "only); auto picks inputs for transformers"})
+    per_channel: bool = field(default=True, metadata={"help": "per-output-channel weight scales"})
+    exclude: tuple[str, ...] = field(default=(), metadata={"help": "node names or op types kept float"})
+    op_types: tuple[str, ...] = field(default=(), metadata={"help": "quantize only these op types (empty: all the "
+                                                                     "placement supports)"})
+    max_drop: Optional[float] = field(
+        default=None, metadata={"help": "budget (accuracy with labels, else 1-cosine) on the calibration data; "
+                                        "sensitive layers are kept float to meet it"})
+    reduce_range: Optional[bool] = field(
+        default=None, metadata={"help": "7-bit weights (|q| <= 63) so ORT's u8s8 kernels cannot saturate on x86 "
+                                        "CPUs without VNNI; default: on for target ort on such a host"})
+    percentile: float = field(default=99.99, metadata={"help": "percentile for method=percentile"})
+    calib_batch_size: int = field(default=16, metadata={"help": "samples per calibration batch"})
+    sensitivity_samples: int = field(default=256, metadata={"help": "samples used by the --max-drop search"})
+
+    def __post_init__(self):
+        if not 0 < self.percentile <= 100:
+            raise ValueError(f"percentile must be in (0, 100], got {self.percentile}")
+        if self.calib_batch_size < 1:
+            raise ValueError("calib_batch_size must be at least 1")
+        if self.max_drop is not None and self.max_drop < 0:
+            raise ValueError("max_drop must be non-negative")
+
+
+@register_pass
+class InsertQdqPass(Pass):
+    """Calibrated static INT8 quantization as Q/DQ pairs, placed for ORT CPU or TensorRT (lossy)."""
+
+    name = "insert-qdq"
+    exact = False
+    Options = InsertQdqOptions
+
+    def run(self, graph, ctx: PassContext) -> PassReport:
+        from onnxcomp.io import to_model
+
+        opts = self.options
+        target = opts.target or ctx.target or "ort"
+        _check_model(graph, ctx)
+        report = PassReport()
+        placement = PlacementOptions(target=target, scheme=opts.scheme, per_channel=opts.per_channel,
+                                     op_types=tuple(opts.op_types), exclude=tuple(opts.exclude))
+        plan = plan_placement(graph, placement)
+        if not plan.nodes:
+            for name, reason in plan.skipped:
+                report.skip(name, reason)
+            report.details["insert-qdq"] = {"target": target, "scheme": plan.scheme, "note": "nothing to quantize"}
+            return report
+        fmt = activation_format(target)
+        float_model = to_model(graph)
+        ctx.say(f"insert-qdq: calibrating {len(plan.range_groups())} activation ranges ({opts.method})")
+        ranges = _calibrate(float_model, ctx.data, plan, opts, fmt.symmetric, ctx)
+        budget = None
+        if opts.max_drop is not None:
+            budget = _fit_budget(float_model, plan, placement, ranges, fmt, opts, ctx)
+            plan = plan_placement(graph, _with_float(placement, budget.float_nodes))
+        params, table = _params(plan, ranges, fmt)
+        result = apply_plan(graph, plan, params, fmt, quantize_biases=plan.scheme == "full",
+                            weight_qmax=_weight_qmax(target, opts))
+        _fill_report(report, plan, result, table, target, opts, budget)
+        return report
+
+
+def _check_model(graph, ctx: PassContext) -> None:
+    found = next((n for n in graph.nodes if n.op in _QDQ_OPS), None)
+    if found is not None:
+        raise InputError(f"insert-qdq: the model is already quantized ({found.op} node {found.name!r}); "
+                         "quantize the float model instead")
+    opset = graph.opset
+    if opset is not None and opset < 13:
+        raise InputError(f"insert-qdq: model opset {opset} < 13 (per-channel Q/DQ needs 13); convert it first, "
+                         "e.g. onnx.version_converter.convert_version(model, 13)")
+    if not ctx.data:
+        raise InputError("insert-qdq: calibration data is required: pass --calib FILE.npz "
+                         "(one array per model input, first axis = samples)")
+
+
+def _weight_qmax(target: str, opts: InsertQdqOptions) -> int:
+    reduce = opts.reduce_range
+    if reduce is None:
+        reduce = target == "ort" and host_needs_reduced_range()
+    return REDUCED_WEIGHT_QMAX if reduce else WEIGHT_QMAX
+
+
+def _with_float(placement: PlacementOptions, nodes) -> PlacementOptions:
+    from dataclasses import replace
+
+    return replace(placement, float_nodes=frozenset(nodes))
+
+
+def _calibrate(model, data, plan: Plan, opts: InsertQdqOptions, symmetric: bool, ctx: PassContext) -> dict:
+    from onnxcomp.calibration import choose_ranges, collect_stats
+
+    tensors = sorted({t for names in plan.range_groups().values() for t in names})
+    stats = collect_stats(model, data, tensors=tensors, batch_size=opts.calib_batch_size,
+                          progress=ctx.progress)
+    return choose_ranges(stats, method=opts.method, percentile=opts.percentile, symmetric=symmetric, bits=8)
+
+
+def _params(plan: Plan, ranges: dict, fmt) -> tuple[dict, list[dict]]:
+    """One (scale, zero point) per range group: the union of its tensors' calibrated ranges."""
+    params, table = {}, []
+    for key, names in plan.range_groups().items():
+        found = [ranges[n] for n in names if n in ranges]
+        if not found:
+            raise InputError(f"insert-qdq: no calibration range for tensor {key!r} (it never ran on the data)")
+        lo = min(float(r.lo) for r in found)
+        hi = max(float(r.hi) for r in found)
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise InputError(f"insert-qdq: calibrated range of {key!r} is not finite ({lo}, {hi})")
+        scale, zp = activation_params(lo, hi, fmt)
+        params[key] = (scale, zp)
+        own = ranges.get(key, found[0])
+        table.append({"tensor": key, "shared_by": sorted(n for n in names if n != key),
+                      "lo": lo, "hi": hi, "scale": float(scale), "zero_point": int(zp),
+                      "method": getattr(own, "method", None), "sqnr_db": _round(getattr(own, "sqnr_db", None))})
+    return params, table
+
+
+def _round(x):
+    return None if x is None else round(float(x), 2)
+
+
+def _fit_budget(float_model, plan: Plan, placement: PlacementOptions, ranges: dict, fmt, opts: InsertQdqOptions,
+                ctx: PassContext):
+    from onnxcomp.data import LABELS, model_inputs_only
+    from onnxcomp.io import to_graph, to_model
+    from onnxcomp.passes.qdq.sensitivity import fit_budget
+
+    n = opts.sensitivity_samples
+    data = {k: v[:n] for k, v in model_inputs_only(ctx.data).items()}
+    if LABELS in ctx.data:
+        data[LABELS] = ctx.data[LABELS][:n]
+
+    def build(float_nodes):
+        graph = to_graph(float_model)
+        trial = plan_placement(graph, _with_float(placement, float_nodes))
+        params, _ = _params(trial, ranges, fmt)
+        apply_plan(graph, trial, params, fmt, quantize_biases=trial.scheme == "full",
+                   weight_qmax=_weight_qmax(placement.target, opts))
+        return to_model(graph)
+
+    return fit_budget(float_model, build, list(plan.nodes), data, opts.max_drop, ctx.say)
+
+
+def _fill_report(report: PassReport, plan: Plan, result, table, target: str, opts: InsertQdqOptions, budget) -> None:
+    report.modified = True
+    report.count("int8_nodes", len(plan.nodes))
+    report.count("qdq_activations", result.activations)
+    report.count("int8_weights", len(result.weights))
+    if result.biases:
+        report.count("int32_biases", result.biases)
+    for name, reason in plan.skipped:
+        report.skip(name, reason)
+    report.count("float_nodes", len(plan.skipped))
+    details = {"target": target, "scheme": plan.scheme, "method": opts.method, "per_channel": opts.per_channel,
+               "weight_qmax": _weight_qmax(target, opts),
+               "int8_nodes": list(plan.nodes), "activations": table, "weights": result.weights,
+               "notes": list(plan.notes)}
+    if result.float_bias and plan.scheme == "full":
+        details["float_bias"] = result.float_bias
+    if budget is not None:
+        details["budget"] = {"max_drop": opts.max_drop, "float_nodes": budget.float_nodes,
+                             "drop_all_int8": budget.full_fidelity.drop, "drop": budget.fidelity.drop,
+                             "fidelity": budget.fidelity.as_dict(), "trials": budget.trials,
+                             "sensitivity": budget.sensitivity, "measured_on": "calibration data"}
+    report.details["insert-qdq"] = details

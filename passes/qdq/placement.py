@@ -1,0 +1,424 @@
+"""Which tensors get Q/DQ, per target, and why the other nodes stay float.
+
+Three placements, chosen by target and graph:
+
+- `full` (target `ort`, CNN-like graphs): every supported op runs in INT8 the way ONNX Runtime's
+  CPU kernels fuse it: DQ on all inputs of Conv/Gemm/MatMul/Add/Mul/pools/Concat and Q on their
+  outputs (after a following ReLU, which ORT folds into the Q when the zero point is 0), int32
+  bias. Tensors that commute with quantization (MaxPool, Reshape, Flatten ...) reuse their input's
+  scale so ORT drops the Q/DQ around them.
+- `inputs` (target `ort`, transformer-like graphs: Softmax or LayerNormalization present): only the
+  inputs of MatMul/Gemm are quantized and outputs stay float (ORT runs them as
+  MatMulIntegerToFloat/QGemm with float output). Softmax, LayerNorm, GELU, residual and mask Adds
+  and embedding Gathers stay float: that is where static INT8 collapses transformers.
+- `tensorrt`: TensorRT explicit quantization: Q/DQ on the inputs of weighted ops only, float bias,
+  residual Add quantized on the skip branch, Concat inputs sharing one scale, Q/DQ moved before a
+  zero Pad that feeds a Conv, nothing on Conv outputs (so Conv+BN+ReLU+Add fuse).
+
+The plan is plain data; `rewrite.apply_plan` turns it into graph edits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from onnxcomp.passes.qdq.formats import weight_axis
+
+WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# ORT CPU has QLinear kernels (or QDQ fusions) for these; their outputs are quantized too.
+ORT_QLINEAR = ("Add", "Mul", "GlobalAveragePool", "AveragePool", "Concat", "Sigmoid", "LeakyRelu")
+# Quantization commutes with these (same scale in and out): ORT drops the Q/DQ around them.
+PASS_THROUGH = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
+# Folded into a preceding Q when the zero point is the type minimum (ORT ReluQuantFusion).
+RELU_LIKE = ("Relu",)
+TRANSFORMER_MARKERS = ("Softmax", "LayerNormalization", "SkipLayerNormalization", "Attention")
+
+# Why ops that carry real float work stay float; shape plumbing is not listed.
+FLOAT_REASONS = {
+    "Softmax": "kept float: softmax outputs need fine resolution near 0 (static INT8 here collapses attention)",
+    "LayerNormalization": "kept float: normalization statistics are dominated by outlier channels",
+    "ReduceMean": "kept float: part of a normalization (outlier-dominated statistics)",
+    "Add": "kept float: residual/bias/attention-mask add (mask values near -3.4e38 wreck a shared range)",
+    "Sub": "kept float: elementwise arithmetic of a normalization or mask",
+    "Mul": "kept float: elementwise scaling (no int8 gain in this placement)",
+    "Div": "kept float: elementwise scaling (no int8 gain in this placement)",
+    "Pow": "kept float: part of a normalization",
+    "Sqrt": "kept float: part of a normalization",
+    "Erf": "kept float: GELU is accurate only in float",
+    "Gelu": "kept float: GELU is accurate only in float",
+    "FastGelu": "kept float: GELU is accurate only in float",
+    "Tanh": "kept float: activation is accurate only in float",
+    "Gather": "kept float: embedding/position lookup (a table lookup gains nothing from int8)",
+    "BatchNormalization": "kept float: unfolded BatchNormalization (run fold-bn before insert-qdq)",
+}
+
+
+@dataclass
+class ActivationSpec:
+    """Quantize tensor `name` with the parameters of range group `key`.
+
+    consumers: names of the nodes that read the DQ output; None = every node consumer
+    (what ORT's fusions need: a fused producer may feed only its Q).
+    """
+
+    key: str
+    consumers: set | None = None
+
+
+@dataclass
+class WeightSpec:
+    node: str
+    index: int
+    axis: int | None
+
+
+@dataclass
+class BiasSpec:
+    node: str
+    index: int
+    activation: str  # tensor whose scale (times the weight scale) is the bias scale
+
+
+@dataclass
+class Plan:
+    scheme: str
+    nodes: list[str] = field(default_factory=list)  # nodes that will compute in int8
+    activations: dict[str, ActivationSpec] = field(default_factory=dict)
+    weights: list[WeightSpec] = field(default_factory=list)
+    biases: list[BiasSpec] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def range_groups(self) -> dict[str, list[str]]:
+        """Range key -> tensors whose calibrated ranges are merged into its one scale."""
+        groups: dict[str, list[str]] = {}
+        for name, spec in self.activations.items():
+            groups.setdefault(spec.key, []).append(name)
+        for key in groups:
+            if key not in groups[key]:
+                groups[key].append(key)
+        return groups
+
+
+@dataclass(frozen=True)
+class PlacementOptions:
+    target: str = "ort"
+    scheme: str = "auto"  # auto | full | inputs | tensorrt
+    per_channel: bool = True
+    op_types: tuple = ()  # restrict quantized op types (empty: the scheme's set)
+    exclude: tuple = ()  # node names or op types kept float
+    float_nodes: frozenset = frozenset()  # chosen by sensitivity analysis
+
+
+def choose_scheme(graph, options: PlacementOptions) -> str:
+    if options.target == "tensorrt":
+        return "tensorrt"
+    if options.scheme != "auto":
+        return options.scheme
+    return "inputs" if any(n.op in TRANSFORMER_MARKERS for n in graph.nodes) else "full"
+
+
+class _Graph:
+    """Indexes built once per placement (O(nodes))."""
+
+    def __init__(self, graph):
+        import onnx_graphsurgeon as gs
+
+        self.gs = gs
+        self.graph = graph
+        self.outputs = {t.name for t in graph.outputs}
+        self.inputs = {t.name for t in graph.inputs}
+
+    def is_constant(self, t) -> bool:
+        if isinstance(t, self.gs.Constant):
+            return True
+        return bool(t.inputs) and t.inputs[0].op == "Constant"
+
+    def is_float(self, t) -> bool:
+        dtype = getattr(t, "dtype", None)
+        if dtype is None:
+            return True  # unknown: calibration will tell (non-float tensors never reach a weighted op input)
+        try:
+            return np.dtype(dtype) == np.float32
+        except TypeError:
+            return False
+
+    @staticmethod
+    def producer(t):
+        return t.inputs[0] if t.inputs else None
+
+
+def _node_id(node) -> str:
+    return node.name or node.outputs[0].name
+
+
+def _excluded(node, options: PlacementOptions) -> str | None:
+    if _node_id(node) in options.exclude or node.op in options.exclude:
+        return "excluded by option"
+    if _node_id(node) in options.float_nodes:
+        return "kept float by the --max-drop sensitivity analysis"
+    if options.op_types and node.op not in options.op_types:
+        return f"{node.op} is not in op_types"
+    return None
+
+
+def _weight_input(g: _Graph, node) -> tuple[int, object] | None:
+    """Index and tensor of a weighted node's constant weight, if it has one."""
+    if node.op in ("Conv", "ConvTranspose"):
+        idx = 1
+    elif node.op == "Gemm":
+        idx = 1
+    elif node.op == "MatMul":
+        idx = 1
+    else:
+        return None
+    if len(node.inputs) <= idx:
+        return None
+    w = node.inputs[idx]
+    return (idx, w) if isinstance(w, g.gs.Constant) else None
+
+
+def _weighted_refusal(g: _Graph, node) -> str | None:
+    if node.op == "Gemm" and int(node.attrs.get("transA", 0)):
+        return "Gemm with transA=1 is not quantized"
+    if node.op in ("Conv", "ConvTranspose") and not _weight_input(g, node):
+        return f"{node.op} weight is not a constant initializer (run cleanup to fold it)"
+    acts = [t for i, t in enumerate(node.inputs[:2]) if not g.is_constant(t)]
+    if node.op == "MatMul" and not acts:
+        return "MatMul of two constants (run cleanup to fold it)"
+    if any(not g.is_float(t) for t in acts):
+        return "activation input is not float32"
+    w = _weight_input(g, node)
+    if w is not None and np.dtype(w[1].dtype) != np.float32:
+        return "weight is not float32"
+    return None
+
+
+def _follow_relu(g: _Graph, t):
+    """The tensor to quantize for a node output: past a single-consumer ReLU chain."""
+    while len(t.outputs) == 1 and t.name not in g.outputs and t.outputs[0].op in RELU_LIKE:
+        t = t.outputs[0].outputs[0]
+    return t
+
+
+def _add_activation(plan: Plan, t, key: str | None = None, consumer=None) -> None:
+    spec = plan.activations.get(t.name)
+    if spec is None:
+        spec = ActivationSpec(key or t.name, None if consumer is None else set())
+        plan.activations[t.name] = spec
+    if consumer is None:
+        spec.consumers = None
+    elif spec.consumers is not None:
+        spec.consumers.add(_node_id(consumer))
+
+
+def plan_placement(graph, options: PlacementOptions) -> Plan:
+    g = _Graph(graph)
+    scheme = choose_scheme(graph, options)
+    plan = Plan(scheme)
+    if scheme == "full":
+        _plan_full(g, plan, options)
+    elif scheme == "inputs":
+        _plan_inputs(g, plan, options)
+    else:
+        _plan_tensorrt(g, plan, options)
+    _note_float_nodes(g, plan, options)
+    return plan
+
+
+def _plan_weighted(g: _Graph, plan: Plan, node, options: PlacementOptions, all_consumers: bool) -> bool:
+    reason = _excluded(node, options) or _weighted_refusal(g, node)
+    if reason:
+        plan.skipped.append((_node_id(node), reason))
+        return False
+    plan.nodes.append(_node_id(node))
+    w = _weight_input(g, node)
+    for i, t in enumerate(node.inputs[:2]):
+        if w is not None and i == w[0]:
+            continue
+        if g.is_constant(t):
+            continue
+        _add_activation(plan, t, consumer=None if all_consumers else node)
+    if w is not None:
+        idx, weight = w
+        plan.weights.append(WeightSpec(_node_id(node), idx, _axis(node, weight, options)))
+    return True
+
+
+def _axis(node, weight, options: PlacementOptions) -> int | None:
+    if not options.per_channel:
+        return None
+    return weight_axis(node.op, node.attrs, len(weight.shape))
+
+
+def _has_bias(g: _Graph, node) -> bool:
+    if node.op not in ("Conv", "ConvTranspose", "Gemm") or len(node.inputs) < 3:
+        return False
+    b = node.inputs[2]
+    return bool(b.name) and isinstance(b, g.gs.Constant) and b.values.ndim == 1
+
+
+def _plan_full(g: _Graph, plan: Plan, options: PlacementOptions) -> None:
+    quantized = set()
+    for node in g.graph.nodes:
+        if node.op in WEIGHTED:
+            if not _plan_weighted(g, plan, node, options, all_consumers=True):
+                continue
+            quantized.add(id(node))
+            if _has_bias(g, node):
+                plan.biases.append(BiasSpec(_node_id(node), 2, node.inputs[0].name))
+            _quantize_output(g, plan, node)
+        elif node.op in ORT_QLINEAR:
+            reason = _excluded(node, options) or _qlinear_refusal(g, node)
+            if reason:
+                plan.skipped.append((_node_id(node), reason))
+                continue
+            plan.nodes.append(_node_id(node))
+            quantized.add(id(node))
+            for t in node.inputs:
+                _add_activation(plan, t)
+            _quantize_output(g, plan, node)
+    _share_pass_through(g, plan)
+
+
+def _qlinear_refusal(g: _Graph, node) -> str | None:
+    if not node.inputs or not node.outputs:
+        return "no inputs or outputs"
+    if any(g.is_constant(t) for t in node.inputs) and node.op != "Concat":
+        return f"{node.op} with a constant operand is kept float"
+    if node.op == "Concat" and any(g.is_constant(t) for t in node.inputs):
+        return "Concat of constants (shape arithmetic)"
+    if any(not g.is_float(t) for t in node.inputs) or not g.is_float(node.outputs[0]):
+        return "not a float32 tensor op"
+    return None
+
+
+def _quantize_output(g: _Graph, plan: Plan, node) -> None:
+    out = _follow_relu(g, node.outputs[0])
+    if out.outputs:  # graph outputs alone stay float (QGemm and friends emit float there)
+        _add_activation(plan, out)
+
+
+def _share_pass_through(g: _Graph, plan: Plan) -> None:
+    """Outputs of MaxPool/Reshape/... take their input's scale (so ORT drops the Q/DQ pair)."""
+    for node in g.graph.nodes:  # topological order: chains propagate
+        if node.op not in PASS_THROUGH or not node.outputs:
+            continue
+        out, src = node.outputs[0], node.inputs[0]
+        if out.name in plan.activations and src.name in plan.activations:
+            plan.activations[out.name].key = plan.activations[src.name].key
+        elif src.name in plan.activations and any(c.op in WEIGHTED + ORT_QLINEAR + PASS_THROUGH for c in out.outputs):
+            _add_activation(plan, out, key=plan.activations[src.name].key)
+
+
+def _plan_inputs(g: _Graph, plan: Plan, options: PlacementOptions) -> None:
+    for node in g.graph.nodes:
+        if node.op in ("MatMul", "Gemm"):
+            _plan_weighted(g, plan, node, options, all_consumers=False)
+        elif node.op in ("Conv", "ConvTranspose"):
+            _plan_weighted(g, plan, node, options, all_consumers=False)
+
+
+def _plan_tensorrt(g: _Graph, plan: Plan, options: PlacementOptions) -> None:
+    depth = _depths(g.graph)
+    for node in g.graph.nodes:
+        if node.op in WEIGHTED:
+            if not _plan_weighted(g, plan, node, options, all_consumers=False):
+                continue
+            _move_before_pad(g, plan, node)
+        elif node.op == "Add":
+            _quantize_skip_branch(g, plan, node, depth, options)
+    _share_concat_scales(g, plan)
+
+
+def _move_before_pad(g: _Graph, plan: Plan, node) -> None:
+    """TRT-18: Q/DQ on a zero Pad's input, not between the Pad and its Conv (Pad commutes with Q at zp 0)."""
+    if node.op not in ("Conv", "ConvTranspose"):
+        return
+    x = node.inputs[0]
+    pad = g.producer(x)
+    if pad is None or pad.op != "Pad" or len(x.outputs) != 1 or x.name in g.outputs:
+        return
+    mode = pad.attrs.get("mode", "constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode != "constant":
+        return
+    if len(pad.inputs) > 2 and pad.inputs[2].name:
+        value = pad.inputs[2]
+        if not isinstance(value, g.gs.Constant) or np.any(np.asarray(value.values) != 0):
+            return
+    spec = plan.activations.pop(x.name, None)
+    if spec is None:
+        return
+    _add_activation(plan, pad.inputs[0], consumer=pad)
+    plan.notes.append(f"{_node_id(node)}: Q/DQ placed before {_node_id(pad)} (no Q/DQ between Pad and Conv)")
+
+
+def _quantize_skip_branch(g: _Graph, plan: Plan, add, depth: dict, options: PlacementOptions) -> None:
+    """TRT-15: quantize the residual Add's skip input only, so TRT fuses the Conv branch into the Add."""
+    if len(add.inputs) != 2 or any(g.is_constant(t) for t in add.inputs) or _excluded(add, options):
+        return
+    a, b = add.inputs
+    from_conv = [_from_weighted(g, t) for t in (a, b)]
+    if not any(from_conv):
+        return
+    if all(from_conv):
+        skip = a if depth.get(a.name, 0) < depth.get(b.name, 0) else b
+    else:
+        skip = b if from_conv[0] else a
+    if not g.is_float(skip):
+        return
+    _add_activation(plan, skip, consumer=add)
+
+
+def _from_weighted(g: _Graph, t) -> bool:
+    """Produced by a Conv/Gemm/MatMul, possibly through an unfolded BatchNormalization."""
+    p = g.producer(t)
+    if p is not None and p.op == "BatchNormalization":
+        p = g.producer(p.inputs[0])
+    return p is not None and p.op in WEIGHTED
+
+
+def _depths(graph) -> dict[str, int]:
+    depth: dict[str, int] = {}
+    for node in graph.nodes:
+        d = 1 + max((depth.get(t.name, 0) for t in node.inputs), default=0)
+        for t in node.outputs:
+            depth[t.name] = d
+    return depth
+
+
+def _share_concat_scales(g: _Graph, plan: Plan) -> None:
+    """TRT-16: a quantized Concat output and all its inputs share one scale."""
+    for node in g.graph.nodes:
+        if node.op != "Concat" or not node.outputs or node.outputs[0].name not in plan.activations:
+            continue
+        key = plan.activations[node.outputs[0].name].key
+        for t in node.inputs:
+            if g.is_constant(t) or not g.is_float(t):
+                continue
+            _add_activation(plan, t, key=key, consumer=node)
+            plan.activations[t.name].key = key
+
+
+def _note_float_nodes(g: _Graph, plan: Plan, options: PlacementOptions) -> None:
+    """Skip reasons for float-carrying nodes the plan leaves in float."""
+    done = set(plan.nodes) | {name for name, _ in plan.skipped}
+    for node in g.graph.nodes:
+        name = _node_id(node)
+        if name in done:
+            continue
+        if node.op == "BatchNormalization":
+            p = g.producer(node.inputs[0])
+            if p is not None and p.op in ("Conv", "ConvTranspose", "Gemm"):
+                plan.skipped.append((name, f"unfolded BatchNormalization after {p.op} {_node_id(p)}: run fold-bn "
+                                           "before insert-qdq (ORT cannot fuse Conv-BN-Q; about half the speedup is lost)"))
+                continue
+        if plan.scheme == "inputs" and node.op in FLOAT_REASONS:
+            plan.skipped.append((name, FLOAT_REASONS[node.op]))
+        elif plan.scheme == "full" and node.op not in WEIGHTED + ORT_QLINEAR + PASS_THROUGH + RELU_LIKE \
+                and node.op not in ("Constant", "Shape", "Identity") and node.outputs and g.is_float(node.outputs[0]) \
+                and not all(g.is_constant(t) for t in node.inputs):
+            plan.skipped.append((name, f"no int8 kernel rule for {node.op}; kept float"))

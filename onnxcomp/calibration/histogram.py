@@ -1,0 +1,180 @@
+"""Running statistics of one tensor: min/max, counts, and a histogram that merges exactly.
+
+The histogram lives on a grid anchored at zero whose bin width is a power of two, `2**exponent`.
+Bin `j` covers `[(offset + j) * w, (offset + j + 1) * w)`; the grid always spans zero, so
+`offset <= 0`. When the observed range outgrows `num_bins` bins the width doubles (or more) and
+neighbouring bins are summed: because edges sit on a power-of-two grid, a value's bin at the
+coarser width is its fine bin index shifted right, so coarsening is exact. The width is always the
+smallest power of two that fits the data seen so far, which depends only on the data's min and max,
+never on arrival order: collecting in any order, in any split, then merging gives identical counts.
+
+Values that are NaN, infinite, or of magnitude >= `EXTREME` (attention masks add -3.4e38) are
+counted as outliers and kept out of min/max and the histogram, so one mask value cannot stretch
+the range over 38 orders of magnitude. `raw_min`/`raw_max` still record them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+EXTREME = 1e30
+_EMPTY = -(2**31)  # exponent of a histogram that has not seen a finite value yet
+_MIN_EXPONENT = -100  # bins narrower than 2**-100 buy nothing, and 2**100 still fits float32
+
+
+class TensorStats:
+    """Streaming statistics of one tensor's values (see the module docstring for the grid)."""
+
+    __slots__ = ("name", "num_bins", "count", "zeros", "outliers", "nans", "min", "max",
+                 "raw_min", "raw_max", "exponent", "offset", "counts")
+
+    def __init__(self, name: str, num_bins: int = 2048):
+        if num_bins < 0 or (num_bins and num_bins < 16):
+            raise ValueError(f"num_bins must be 0 (min/max only) or at least 16, got {num_bins}")
+        self.name = name
+        self.num_bins = int(num_bins)
+        self.count = 0          # finite, non-extreme values folded in
+        self.zeros = 0          # of which exactly zero (representable without error)
+        self.outliers = 0       # NaN, +-inf and |x| >= EXTREME, excluded from everything below
+        self.nans = 0
+        self.min = math.inf     # over the kept values
+        self.max = -math.inf
+        self.raw_min = math.inf  # over every non-NaN value, outliers included
+        self.raw_max = -math.inf
+        self.exponent = _EMPTY
+        self.offset = 0
+        self.counts = np.zeros(self.num_bins, np.int64)
+
+    # -- folding data in ---------------------------------------------------------------------
+
+    def update(self, values: np.ndarray) -> None:
+        """Fold a batch of values in; the batch itself is not kept."""
+        x = np.asarray(values)
+        if x.dtype != np.float32:
+            x = x.astype(np.float32)
+        x = x.reshape(-1)
+        if x.size == 0:
+            return
+        lo, hi = float(x.min()), float(x.max())
+        if not (-EXTREME < lo and hi < EXTREME):  # also true for NaN
+            x, lo, hi = self._drop_outliers(x)
+            if x.size == 0:
+                return
+        self.raw_min, self.raw_max = min(self.raw_min, lo), max(self.raw_max, hi)
+        self.count += x.size
+        self.zeros += x.size - int(np.count_nonzero(x))
+        self._extend(lo, hi)
+        if self.num_bins:
+            self.counts += self._bin(x)
+
+    def _drop_outliers(self, x: np.ndarray):
+        nans = int(np.count_nonzero(np.isnan(x)))
+        if nans < x.size:
+            self.raw_min = min(self.raw_min, float(np.fmin.reduce(x)))
+            self.raw_max = max(self.raw_max, float(np.fmax.reduce(x)))
+        keep = np.abs(x) < EXTREME  # False for NaN
+        kept = x[keep]
+        self.outliers += x.size - kept.size
+        self.nans += nans
+        if kept.size == 0:
+            return kept, math.inf, -math.inf
+        return kept, float(kept.min()), float(kept.max())
+
+    def _extend(self, lo: float, hi: float) -> None:
+        new_min, new_max = min(self.min, lo), max(self.max, hi)
+        if self.num_bins:
+            exponent = max(self.exponent, fitting_exponent(new_min, new_max, self.num_bins))
+            offset = math.floor(math.ldexp(min(new_min, 0.0), -exponent))
+            self._regrid(exponent, offset)
+        self.min, self.max = new_min, new_max
+
+    def _regrid(self, exponent: int, offset: int) -> None:
+        """Move the counts to a coarser (or shifted) grid; exact, see the module docstring."""
+        if exponent == self.exponent and offset == self.offset:
+            return
+        if self.exponent != _EMPTY and self.counts.any():
+            used = np.flatnonzero(self.counts)  # empty bins past the data may fall off the new grid
+            coarse = ((self.offset + used) >> min(exponent - self.exponent, 63)) - offset
+            moved = np.zeros(self.num_bins, np.int64)
+            np.add.at(moved, coarse, self.counts[used])
+            self.counts = moved
+        self.exponent, self.offset = exponent, offset
+
+    def _bin(self, x: np.ndarray) -> np.ndarray:
+        # floor(x / 2**e) is exact in float32 (a power-of-two scaling) unless it underflows to -0,
+        # which only wide grids (e > 0) on tiny negative values can do: use float64 there.
+        work = np.empty(x.shape, np.float64 if self.exponent > 0 else np.float32)
+        np.multiply(x, math.ldexp(1.0, -self.exponent), out=work)
+        np.floor(work, out=work)
+        work -= self.offset
+        index = work.astype(np.intp)
+        return np.bincount(index, minlength=self.num_bins)
+
+    # -- combining ---------------------------------------------------------------------------
+
+    def merge(self, other: TensorStats) -> TensorStats:
+        """A new TensorStats equal to having folded both inputs' data into one."""
+        if other.num_bins != self.num_bins:
+            raise ValueError(f"{self.name}: cannot merge histograms of {self.num_bins} and {other.num_bins} bins")
+        out = TensorStats(self.name, self.num_bins)
+        for field in ("count", "zeros", "outliers", "nans"):
+            setattr(out, field, getattr(self, field) + getattr(other, field))
+        out.raw_min, out.raw_max = min(self.raw_min, other.raw_min), max(self.raw_max, other.raw_max)
+        if out.count == 0:
+            return out
+        new_min, new_max = min(self.min, other.min), max(self.max, other.max)
+        out._extend(new_min, new_max)
+        if self.num_bins:
+            for part in (self, other):
+                if part.count:
+                    tmp = part.copy()
+                    tmp._regrid(out.exponent, out.offset)
+                    out.counts += tmp.counts
+        return out
+
+    def copy(self) -> TensorStats:
+        out = TensorStats(self.name, self.num_bins)
+        for field in self.__slots__:
+            setattr(out, field, getattr(self, field))
+        out.counts = self.counts.copy()
+        return out
+
+    # -- reading -----------------------------------------------------------------------------
+
+    @property
+    def saw_outliers(self) -> bool:
+        return self.outliers > 0
+
+    @property
+    def width(self) -> float:
+        return math.ldexp(1.0, self.exponent) if self.exponent != _EMPTY else 0.0
+
+    def edges(self) -> np.ndarray:
+        """Bin edges in value units (num_bins + 1 of them)."""
+        return (self.offset + np.arange(self.num_bins + 1, dtype=np.float64)) * self.width
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, TensorStats):
+            return NotImplemented
+        scalars = ("name", "num_bins", "count", "zeros", "outliers", "nans", "min", "max",
+                   "raw_min", "raw_max", "exponent", "offset")
+        return (all(getattr(self, f) == getattr(other, f) for f in scalars)
+                and np.array_equal(self.counts, other.counts))
+
+    def __repr__(self) -> str:
+        return (f"TensorStats({self.name!r}, count={self.count}, min={self.min:.6g}, max={self.max:.6g}, "
+                f"outliers={self.outliers}, bin_width={self.width:.3g})")
+
+
+def fitting_exponent(lo: float, hi: float, num_bins: int) -> int:
+    """Smallest e such that [min(lo,0), max(hi,0)] fits in num_bins bins of width 2**e anchored at 0."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    span = hi - lo
+    if span == 0.0:
+        return _MIN_EXPONENT  # all zeros so far: any width fits; the finest keeps it monotone
+    exponent = max(math.floor(math.log2(span / (num_bins + 1))), _MIN_EXPONENT)
+    while math.floor(math.ldexp(hi, -exponent)) - math.floor(math.ldexp(lo, -exponent)) + 1 > num_bins:
+        exponent += 1
+    return exponent

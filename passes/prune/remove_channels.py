@@ -89,6 +89,10 @@ class RemoveChannelsPass(Pass):
         params_after = graph_counts(graph)["params"]
         macs_after = estimate_macs(to_model(graph), ctx.dims)["macs"]
         _fill_report(report, groups, plan, params_before, params_after, macs_before, macs_after, predicted)
+        for row in report.details["groups"]:
+            head = row["producers"][0] + (f" +{len(row['producers']) - 1}" if len(row["producers"]) > 1 else "")
+            ctx.say(f"remove-channels: group {row['id']} [{head}]: {row['channels']} -> {row['after']}"
+                    + (f" (left alone: {row['reason']})" if row["reason"] else ""))
         return report
 
 
@@ -191,14 +195,13 @@ def _fill_report(report, groups, plan, params_before, params_after, macs_before,
             report.skip(", ".join(g.producers), g.reason)
     report.details["groups"] = table
     report.details["plan"] = {"slices": len(plan.slices), "values": plan.values, "attributes": plan.attributes}
+    report.details["params"] = {"before": params_before, "after": params_after, "removed_predicted": predicted}
+    report.details["channels"] = {"before": sum(g["channels"] for g in plan.groups),
+                                  "after": sum(g["kept"] for g in plan.groups)}
     report.stats.update({
         "groups": len(groups) if groups else len(plan.groups),
         "groups_pruned": len(plan.groups),
         "groups_refused": sum(1 for g in groups if not g.prunable),
-        "channels_before": sum(g["channels"] for g in plan.groups),
-        "channels_after": sum(g["kept"] for g in plan.groups),
-        "params_before": params_before, "params_after": params_after,
-        "params_removed_predicted": predicted,
         "macs_before": macs_before, "macs_after": macs_after,
     })
     report.modified = bool(plan.slices or plan.values or plan.attributes)

@@ -1,0 +1,190 @@
+"""find_channel_groups: which channels couple, what each group must slice, and what is refused (and why)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from helpers import make_model, tensor
+from prune_builders import Net, ffn_model
+
+from onnxcomp.io import to_graph
+from onnxcomp.passes.prune.groups import find_channel_groups
+
+
+def groups_of(model):
+    return find_channel_groups(to_graph(model))
+
+
+def by_producer(groups):
+    return {p: g for g in groups for p in g.producers}
+
+
+def labels(group):
+    return {m.label() for m in group.members}
+
+
+def key(tensor_name: str) -> str:
+    return tensor_name + "_node"
+
+
+def test_conv_bn_relu_conv_chain():
+    net = Net(3)
+    c1 = net.conv(net.x, 8)
+    c2 = net.conv(net.unary(net.bn(c1)), 16)
+    out = net.head(c2)
+    groups = by_producer(groups_of(net.model(out)))
+    g = groups[key(c1)]
+    assert g.prunable and g.channels == 8
+    kinds = sorted((m.kind, m.axis) for m in g.members)
+    # producer weight + bias on axis 0, four BN params, the next conv's input channels on axis 1
+    assert kinds == [("in", 1), ("out", 0), ("out", 0)] + [("param", 0)] * 4
+    g2 = groups[key(c2)]  # second conv -> GlobalAveragePool -> Flatten -> Gemm input features
+    assert g2.prunable and [(m.kind, m.axis) for m in g2.members if m.kind == "in"] == [("in", 1)]
+    assert not groups[key(out)].prunable and "graph output" in groups[key(out)].reason
+
+
+def test_residual_add_joins_producers_into_one_group():
+    net = Net(4)
+    c1 = net.conv(net.x, 8)
+    stem = net.unary(c1)
+    c2 = net.conv(net.unary(net.conv(stem, 8)), 8)
+    out = net.head(net.unary(net.add(net.bn(c2), stem)))
+    groups = groups_of(net.model(out))
+    coupled = [g for g in groups if len(g.producers) == 2]
+    assert len(coupled) == 1 and coupled[0].prunable
+    assert set(coupled[0].producers) == {key(c1), key(c2)}
+
+
+def test_concat_gives_each_input_its_offset():
+    net = Net(3)
+    a, b = net.conv(net.x, 8), net.conv(net.x, 16)
+    cat = net.concat([net.unary(a), net.unary(b)])
+    out = net.head(net.conv(cat, 8))
+    groups = by_producer(groups_of(net.model(out)))
+    ga, gb = groups[key(a)], groups[key(b)]
+    assert ga.prunable and gb.prunable
+    reader_a = next(m for m in ga.members if m.kind == "in")
+    reader_b = next(m for m in gb.members if m.kind == "in")
+    assert reader_a.tensor == reader_b.tensor and reader_a.axis == reader_b.axis == 1
+    assert (reader_a.mapping.offset, reader_b.mapping.offset) == (0, 8)
+
+
+def test_flatten_maps_one_channel_to_a_block_of_features():
+    net = Net(2, size=3)
+    c = net.conv(net.x, 8)
+    out = net.head(net.unary(c), flatten=True)
+    g = by_producer(groups_of(net.model(out)))[key(c)]
+    reader = next(m for m in g.members if m.kind == "in")
+    assert g.prunable and reader.axis == 1 and reader.mapping.block == 9
+
+
+def test_constant_reshape_is_rewritten_and_dynamic_reshape_is_refused():
+    net = Net(2, size=3)
+    c = net.conv(net.x, 8)
+    out = net.head(net.unary(c), reshape=True)
+    g = by_producer(groups_of(net.model(out)))[key(c)]
+    assert g.prunable and any(m.kind == "value" for m in g.members)
+    groups = by_producer(groups_of(onnx.load_model(_transformer_path())))
+    for name in ("/q/MatMul", "/k/MatMul", "/v/MatMul"):
+        assert "computed at run time" in groups[name].reason
+
+
+def _transformer_path():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent.parent / "build" / "models" / "transformer_block.onnx"
+
+
+def test_depthwise_conv_couples_its_input_and_output():
+    net = Net(3)
+    c = net.conv(net.x, 8)
+    dw = net.conv(net.unary(c), 8, group=8)
+    out = net.head(net.conv(net.unary(dw), 8))
+    groups = by_producer(groups_of(net.model(out)))
+    g = groups[key(c)]
+    assert g.prunable and key(dw) not in groups  # a depthwise conv joins its input's group
+    assert any(m.kind == "group" for m in g.members)
+    assert sum(m.kind == "out" and m.role != "bias" for m in g.members) == 2  # dw filters go with the channels
+
+
+def test_grouped_conv_is_refused_with_a_reason():
+    net = Net(3)
+    c = net.conv(net.x, 8)
+    out = net.head(net.conv(net.conv(net.unary(c), 8, group=2), 8))
+    g = by_producer(groups_of(net.model(out)))[key(c)]
+    assert not g.prunable and "grouped Conv" in g.reason
+
+
+def test_split_on_channels_rewrites_sizes_when_a_group_stays_inside_one_part():
+    net = Net(3)
+    a, b = net.conv(net.x, 8), net.conv(net.x, 8)
+    cat = net.concat([a, b])
+    p, q = net.split(cat, [8, 8])
+    out = net.head(net.add(net.conv(p, 8), net.conv(q, 8)))
+    groups = by_producer(groups_of(net.model(out)))
+    assert groups[key(a)].prunable and groups[key(b)].prunable
+    assert any(m.kind == "value" for m in groups[key(b)].members)
+    net = Net(3)
+    cat = net.conv(net.x, 16)
+    p, q = net.split(cat, [8, 8])
+    out = net.head(net.add(net.conv(p, 8), net.conv(q, 8)))
+    g = by_producer(groups_of(net.model(out)))[key(cat)]
+    assert not g.prunable and "several Split outputs" in g.reason
+
+
+def test_graph_input_output_and_unknown_ops_are_refused():
+    net = Net(8)
+    out = net.add(net.conv(net.x, 8), net.x)  # residual with the graph input, straight to the output
+    (g,) = groups_of(net.model(out))
+    assert not g.prunable
+    net = Net(3)
+    odd = net.node("LpNormalization", [net.conv(net.x, 8)], 8, axis=1)
+    (g, _) = groups_of(net.model(net.head(odd)))
+    assert not g.prunable and "LpNormalization is not understood" in g.reason
+
+
+def test_constant_shared_outside_the_group_is_refused():
+    rng = np.random.default_rng(0)
+    inits = {"w": rng.standard_normal((4, 4, 1, 1)).astype(np.float32),
+             "w2": rng.standard_normal((4, 4, 1, 1)).astype(np.float32)}
+    # the same weight `w` is used by two convs whose outputs end in different places
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], name="c1"),
+             helper.make_node("Relu", ["a"], ["r"], name="r1"),
+             helper.make_node("Conv", ["r", "w2"], ["b"], name="c2"),
+             helper.make_node("Conv", ["x", "w"], ["y2"], name="c3")]
+    model = make_model(nodes, [tensor("x", [1, 4, 3, 3])], [tensor("b", None), tensor("y2", None)], inits)
+    groups = by_producer(groups_of(model))
+    assert not groups["c1"].prunable and "also read by c3" in groups["c1"].reason
+
+
+def test_layernorm_over_channels_refuses_but_ffn_hidden_dim_is_a_group():
+    for gelu in (True, False):
+        groups = by_producer(groups_of(ffn_model(gelu=gelu)))
+        hidden = groups["fc1"]
+        assert hidden.prunable and hidden.channels == 24
+        assert {m.label() for m in hidden.members} == {"w1@1", "b1@0", "w2@0"}
+        assert not groups["fc2"].prunable
+
+
+def test_models_dir_groups(models_dir):
+    cnn = groups_of(onnx.load_model(models_dir / "digits_cnn.onnx"))
+    assert [g.channels for g in cnn if g.prunable] == [16, 16, 32, 32, 64, 64]
+    assert sum(len(g.producers) == 2 for g in cnn) == 3  # stem + two projection shortcuts couple
+    block = by_producer(groups_of(onnx.load_model(models_dir / "transformer_block.onnx")))
+    assert block["/fc1/MatMul"].prunable and block["/fc1/MatMul"].channels == 256
+    assert "LayerNormalization" in block["/fc2/MatMul"].reason or "graph input" in block["/fc2/MatMul"].reason
+    mlp = groups_of(onnx.load_model(models_dir / "mlp.onnx"))
+    assert [g.channels for g in mlp if g.prunable] == [128, 64]
+
+
+@pytest.mark.parametrize("op", ["Relu", "Sigmoid", "LeakyRelu", "HardSwish"])
+def test_activations_pass_channels_through(op):
+    net = Net(3)
+    c = net.conv(net.x, 8)
+    out = net.head(net.conv(net.scale(net.unary(net.maxpool(net.pad(c)), op)), 8))
+    g = by_producer(groups_of(net.model(out)))[key(c)]
+    assert g.prunable, g.reason
+    assert any(m.kind == "param" for m in g.members)  # the per-channel Mul constant

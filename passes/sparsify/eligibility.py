@@ -36,6 +36,8 @@ class Candidate:
     constant: object  # gs.Constant
     uses: list[WeightUse] = field(default_factory=list)
     first_hops: set = field(default_factory=set)  # ids of the nodes that read the constant
+    node: object = None  # the first weighted node using it, and the input slot there
+    slot: int = -1
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -102,7 +104,7 @@ def find_weights(graph, ops: tuple[str, ...], exclude: tuple[str, ...] = (), min
                 refused[key] = (constant.name, reason)
                 found.pop(key, None)
                 continue
-            cand = found.setdefault(key, Candidate(constant.name, constant))
+            cand = found.setdefault(key, Candidate(constant.name, constant, node=node, slot=slot))
             cand.uses.append(WeightUse(label, node.op, axis))
             cand.first_hops.add(id(first_hop))
     for key, cand in list(found.items()):

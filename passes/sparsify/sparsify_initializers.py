@@ -35,7 +35,11 @@ class SparsifyOptions:
                 "magnitude scores; rms: |w|/rms; none: raw |w|)"})
     max_tensor_sparsity: float = field(default=0.98, metadata={
         "help": "global scope: no tensor loses more than this fraction"})
-    samples: int = field(default=512, metadata={"help": "sample-data rows used to measure fidelity and max_drop"})
+    method: Literal["auto", "magnitude", "obs"] = field(default="auto", metadata={
+        "help": "which weights to zero: magnitude (no data needed) or obs (needs sample data: choose by "
+                "output-error saliency and let the kept weights absorb the error, layer by layer, like "
+                "SparseGPT); auto = obs when sample data is given"})
+    samples: int = field(default=512, metadata={"help": "sample-data rows used for obs, fidelity and max_drop"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sparsity", str(self.sparsity).strip())
@@ -91,6 +95,9 @@ class SparsifyInitializersPass(Pass):
         scope = "group" if spec[0] == "nm" else (o.scope or "global")
         if o.max_drop is not None and ctx.data is None:
             raise InputError("sparsify-initializers: max_drop needs sample data (pass --calib FILE.npz)")
+        if o.method == "obs" and ctx.data is None:
+            raise InputError("sparsify-initializers: method=obs needs sample data (pass --calib FILE.npz)")
+        method = "obs" if o.method == "obs" or (o.method == "auto" and ctx.data is not None) else "magnitude"
         report = PassReport()
         survey = find_weights(graph, tuple(o.ops), tuple(o.exclude), o.min_size)
         for name, reason in survey.skipped:
@@ -106,7 +113,10 @@ class SparsifyInitializersPass(Pass):
         keep = _masks(spec, scope, candidates, dense, o)
         sparse = {n: np.where(keep[n], dense[n], np.zeros((), dense[n].dtype)).astype(dense[n].dtype)
                   for n in dense}
-        changed = [n for n in dense if np.count_nonzero(sparse[n]) != np.count_nonzero(dense[n])]
+        methods = {n: "magnitude" for n in dense}
+        if method == "obs" and candidates:
+            _data_aware(graph, spec, candidates, dense, keep, sparse, methods, ctx, o)
+        changed = [n for n in dense if not np.array_equal(sparse[n], dense[n])]
         constants = {c.name: c.constant for c in candidates}
         chosen, budget = changed, None
         trials = _trials(graph, constants, dense, sparse, ctx, o) if ctx.data is not None and changed else None
@@ -119,6 +129,9 @@ class SparsifyInitializersPass(Pass):
         for name in chosen:
             constants[name].values = sparse[name]
         _describe(report, spec, scope, candidates, dense, sparse, set(chosen), graph)
+        for row in report.details["tensors"]:
+            row["method"] = methods[row["name"]]
+        report.details["method"] = method
         if trials is not None:
             fid = budget.fidelity if budget is not None else trials.measure([])  # graph already sparse
             report.details["fidelity"] = fid.as_dict()
@@ -143,6 +156,32 @@ def _masks(spec, scope, candidates, dense, o) -> dict:
     if scope == "global":
         return global_masks(dense, ratio, o.normalize, o.max_tensor_sparsity)
     return {name: magnitude_mask(values, ratio) for name, values in dense.items()}
+
+
+def _data_aware(graph, spec, candidates, dense, keep, sparse, methods, ctx, o) -> None:
+    """Replace magnitude results by OBS-reconstructed ones where the layer allows, in graph order."""
+    from onnxcomp.data import model_inputs_only
+    from onnxcomp.passes.sparsify.data_aware import refusal, sparsify_with_data
+
+    data = {k: v[: o.samples] for k, v in model_inputs_only(ctx.data).items()}
+    try:
+        for index, cand in enumerate(candidates):
+            name = cand.name
+            reason = refusal(cand, dense[name])
+            if reason:
+                methods[name] = f"magnitude ({reason})"
+            else:
+                ctx.say(f"obs {index + 1}/{len(candidates)}: {name}")
+                if spec[0] == "nm":
+                    sparse[name] = sparsify_with_data(graph, cand, dense[name], data, nm=spec[1:])
+                else:
+                    ratio = 1.0 - np.count_nonzero(keep[name]) / keep[name].size  # exact per-tensor count
+                    sparse[name] = sparsify_with_data(graph, cand, dense[name], data, ratio=ratio)
+                methods[name] = "obs"
+            cand.constant.values = sparse[name]  # later layers see this layer sparse
+    finally:
+        for cand in candidates:
+            cand.constant.values = dense[cand.name]
 
 
 def _trials(graph, constants, dense, sparse, ctx, o):

@@ -13,6 +13,8 @@ from onnxcomp.optimize import optimize
 from onnxcomp.pass_base import Pass, PassContext, PassReport
 from onnxcomp.pipeline import parse_pipeline
 from onnxcomp.registry import all_passes, get_pass, register_pass
+# A callable package (torch is imported only when it runs): onnxcomp.distill(teacher, student, data, options).
+from onnxcomp import distill
 
 Pipeline = PassManager
 
@@ -20,5 +22,6 @@ __all__ = [
     "InputError", "OnnxcompError", "ToleranceError", "VerificationError",
     "load", "load_model", "save", "PassManager", "Pipeline", "PassRecord", "optimize",
     "Pass", "PassContext", "PassReport", "parse_pipeline", "all_passes", "get_pass", "register_pass",
+    "distill",
 ]
 __version__ = "0.1.0"

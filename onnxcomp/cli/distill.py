@@ -1,0 +1,127 @@
+"""`onnxcomp distill --teacher T --student S --data train.npz -o out.onnx`: knowledge distillation.
+
+torch is imported only inside the command (through onnxcomp.distill), so `onnxcomp --help`
+stays instant and the other commands work without torch.
+"""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("distill")
+@click.option("--teacher", required=True, metavar="MODEL.onnx|FILE.py:FN",
+              help="Teacher: an ONNX model (run by ONNX Runtime) or a torch factory.")
+@click.option("--teacher-weights", type=click.Path(dir_okay=False), help="state_dict file for a torch teacher factory.")
+@click.option("--student", required=True, metavar="MODEL.onnx|FILE.py:FN",
+              help="Student: a torch factory (trained, then exported) or an ONNX model, e.g. a pruned or "
+                   "sparsified one (fine-tuned, weights written back into the same graph).")
+@click.option("--student-weights", type=click.Path(dir_okay=False), help="state_dict file for a torch student factory.")
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="Training data .npz: one array per model input, optional 'labels'.")
+@click.option("--val", type=click.Path(dir_okay=False), help="Validation data .npz (best epoch on it is kept).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output ONNX model.")
+@click.option("--epochs", default=10, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True, help="Peak learning rate (cosine schedule).")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--temperature", "-T", default=4.0, show_default=True, help="Softmax temperature of the soft targets.")
+@click.option("--alpha", default=0.7, show_default=True,
+              help="Weight of the soft-target term against hard-label cross-entropy (0 = plain CE).")
+@click.option("--feature", "features", multiple=True, metavar="TEACHER=STUDENT",
+              help="Match an intermediate tensor (ONNX tensor or torch submodule name); repeatable.")
+@click.option("--feature-weight", default=1.0, show_default=True)
+@click.option("--weight-decay", default=1e-4, show_default=True)
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
+@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
+@click.option("--bn", type=click.Choice(["train", "frozen"]), default="train", show_default=True,
+              help="BatchNorm during training: batch statistics (train) or running statistics (frozen).")
+@click.option("--keep-zeros/--no-keep-zeros", default=True, show_default=True,
+              help="Keep exact zeros in weights at zero (sparsity masks stay fixed).")
+@click.option("--cache", type=click.Choice(["memory", "disk", "none"]), default="memory", show_default=True,
+              help="Teacher outputs computed once and kept in memory, or on disk (reused across runs).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Folder of the disk cache.")
+@click.option("--opset", default=17, show_default=True, help="ONNX opset for exporting a torch student.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Save the best state_dict here as training runs.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--threads", default=2, show_default=True, help="CPU threads for torch and ONNX Runtime.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the result as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+def command(teacher, teacher_weights, student, student_weights, data, val, output, epochs, lr, batch_size,
+            temperature, alpha, features, feature_weight, weight_decay, optimizer, schedule, bn, keep_zeros,
+            cache, cache_dir, opset, checkpoint, seed, threads, report_path, quiet):
+    """Train STUDENT from TEACHER with knowledge distillation and write it as ONNX."""
+    import sys
+    from pathlib import Path
+
+    from onnxcomp.distill import DistillOptions, parse_feature
+    from onnxcomp.errors import InputError
+
+    out = Path(output)
+    for name, path in (("teacher", teacher), ("student", student), ("data", data), ("val", val)):
+        if path and Path(str(path)).exists() and out.exists() and out.resolve() == Path(str(path)).resolve():
+            raise InputError(f"{output}: refusing to overwrite the {name} file; choose another output path")
+    if not out.parent.is_dir() and str(out.parent):
+        raise InputError(f"{out.parent}: output folder does not exist")
+    options = DistillOptions(epochs=epochs, lr=lr, batch_size=batch_size, temperature=temperature, alpha=alpha,
+                             weight_decay=weight_decay, optimizer=optimizer, schedule=schedule,
+                             features=tuple(parse_feature(f) for f in features), feature_weight=feature_weight,
+                             seed=seed, threads=threads, cache=cache, cache_dir=cache_dir, bn=bn,
+                             keep_zeros=keep_zeros, opset=opset, checkpoint=checkpoint)
+    progress = None if quiet else (lambda message: _line(message))
+    on_batch = None if quiet or not sys.stderr.isatty() else _bar
+
+    import onnxcomp.distill as distill
+    from onnxcomp.io import save
+    from onnxcomp.report import write_json
+
+    result = distill.run(teacher, student, data, options, val_data=val, teacher_weights=teacher_weights,
+                         student_weights=student_weights, progress=progress, on_batch=on_batch)
+    forbid = student if str(student).lower().endswith(".onnx") else None
+    save(result.model, output, forbid=forbid)
+    click.echo(format_result(result, output))
+    if report_path:
+        write_json(result.as_dict(), report_path)
+        click.echo(f"report: {report_path}")
+
+
+def _line(message: str) -> None:
+    click.echo(f"\r... {message}\033[K" if _bar.active else f"... {message}", err=True)
+    _bar.active = False
+
+
+def _bar(epoch: int, done: int, total: int) -> None:
+    width = 30
+    filled = width * done // total
+    click.echo(f"\r  epoch {epoch} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", err=True, nl=False)
+    _bar.active = True
+
+
+_bar.active = False
+
+
+def format_result(result, output: str) -> str:
+    from onnxcomp.report import table
+
+    rows = []
+    for row in result.history:
+        metric = row.get(result.metric)
+        rows.append([row["epoch"], f"{row['loss']:.4f}", f"{row['kd']:.4f}" if "kd" in row else "-",
+                     f"{row['ce']:.4f}" if "ce" in row else "-",
+                     "-" if metric is None else f"{metric:.4f}", f"{row['seconds']:.1f}",
+                     "*" if row["epoch"] == result.best_epoch else ""])
+    lines = [table(["epoch", "loss", "kd", "ce", result.metric or "val", "seconds", "best"], rows)]
+    f = result.final
+    if "accuracy" in f:
+        teacher_acc = f.get("teacher_accuracy")
+        lines.append(f"accuracy ({f['data']}, ONNX Runtime on the written model): student {f['accuracy']:.4f}"
+                     + (f", teacher {teacher_acc:.4f}" if teacher_acc is not None else ""))
+    t = result.teacher
+    cache = t.get("cache")
+    if cache in ("memory", "disk"):
+        lines.append(f"teacher targets: {t['targets_source']} once in {t['targets_seconds']:.2f} s ({cache} cache)")
+    if f.get("masked_tensors"):
+        lines.append(f"sparsity kept: {f['masked_zeros']} zero weights in {f['masked_tensors']} tensors")
+    what = "fine-tuned in place (same graph)" if result.mode == "onnx-student" else "exported"
+    lines.append(f"wrote {output}: {what}, best epoch {result.best_epoch}, {result.seconds:.1f} s total, "
+                 f"{result.seconds_per_epoch:.2f} s/epoch")
+    return "\n".join(lines)

@@ -1,0 +1,191 @@
+"""`onnxcomp.distill(teacher, student, data, options) -> DistillResult`: the whole sidecar in one call.
+
+teacher: an .onnx path or ModelProto (run by ONNX Runtime), a torch module, or a factory spec
+  (`file.py:fn`, `module:fn`) with optional `teacher_weights` (a state_dict file).
+student: an .onnx path or ModelProto (fine-tuned through the interpreter, weights written back into
+  the same graph), or a torch module / factory (trained, then exported to ONNX).
+data, val_data: an .npz path or a dict of arrays (one per model input, first axis = samples,
+  optional `labels`).
+
+The result holds the output ModelProto (not yet saved: `onnxcomp.save(result.model, path)`), the
+per-epoch history, the best epoch, timings, and the final accuracy measured on the written ONNX
+model under ONNX Runtime, next to the teacher's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from onnxcomp.data import LABELS, load_npz, validate
+from onnxcomp.distill.options import DistillOptions
+from onnxcomp.errors import InputError
+
+
+@dataclass
+class DistillResult:
+    model: onnx.ModelProto
+    mode: str  # "onnx-student" (fine-tuned, written back) or "torch-student" (trained, exported)
+    options: DistillOptions
+    history: list
+    metric: str
+    best_epoch: int
+    seconds: float
+    seconds_per_epoch: float
+    teacher: dict = field(default_factory=dict)
+    final: dict = field(default_factory=dict)
+    student_module: object = None
+
+    def as_dict(self) -> dict:
+        return {"mode": self.mode, "options": self.options.as_dict(), "metric": self.metric,
+                "best_epoch": self.best_epoch, "seconds": self.seconds,
+                "seconds_per_epoch": self.seconds_per_epoch, "teacher": self.teacher, "final": self.final,
+                "epochs": self.history}
+
+
+def _data(value, role: str) -> dict[str, np.ndarray]:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {k: np.asarray(v) for k, v in value.items()}
+    return load_npz(value)
+
+
+def _check_inputs(data: dict, names: list[str], where: str, models: list[onnx.ModelProto]) -> None:
+    for model in models:
+        validate(data, model, where)
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise InputError(f"{where}: missing array(s) for model input(s) {', '.join(missing)}; "
+                         f"found keys {', '.join(sorted(data)) or 'none'}")
+    if LABELS in data and data[LABELS].dtype.kind not in "iu":
+        raise InputError(f"{where}: 'labels' must be integer class indices, got dtype {data[LABELS].dtype}")
+
+
+def _shapes_match(teacher_outs, student_outs) -> None:
+    if len(student_outs) != len(teacher_outs):
+        raise InputError(f"the student has {len(student_outs)} output(s), the teacher {len(teacher_outs)}")
+    for i, (t, s) in enumerate(zip(teacher_outs, student_outs)):
+        if tuple(t.shape) != tuple(s.shape):
+            raise InputError(f"output {i}: student output shape {list(s.shape)} does not match the teacher's "
+                             f"{list(t.shape)}")
+
+
+def run(teacher, student, data, options: DistillOptions | None = None, *, val_data=None,
+        teacher_weights=None, student_weights=None, progress=None, on_batch=None) -> DistillResult:
+    """Distill `student` from `teacher` on `data`; see the module docstring."""
+    import torch
+
+    from onnxcomp.distill.loading import is_onnx_spec, load_onnx, load_torch_module
+    from onnxcomp.distill.onnx_to_torch import OnnxModule
+    from onnxcomp.distill.teacher import LiveTargets, OnnxTeacher, TorchTeacher, teacher_targets
+    from onnxcomp.distill.trainer import Trainer, predict, seed_all
+    from onnxcomp.distill.writeback import dynamic_axes_like, export_student, write_back
+
+    options = options or DistillOptions()
+    say = progress or (lambda message: None)
+    start = time.perf_counter()
+    seed_all(options.seed, options.threads)
+
+    teacher_model = load_onnx(teacher, "teacher") if is_onnx_spec(teacher) else None
+    student_model = load_onnx(student, "student") if is_onnx_spec(student) else None
+    train = _data(data, "data")
+    val = _data(val_data, "val")
+    if student_model is not None:
+        module = OnnxModule(student_model, "student")
+    else:
+        module = load_torch_module(student, "student", student_weights)
+    if teacher_model is not None:
+        input_names = [i.name for i in teacher_model.graph.input
+                       if i.name not in {t.name for t in teacher_model.graph.initializer}]
+    elif student_model is not None:
+        input_names = list(module.input_names)
+    else:
+        input_names = [k for k in train if k != LABELS]
+    onnx_models = [m for m in (teacher_model, student_model) if m is not None]
+    _check_inputs(train, input_names, "data", onnx_models)
+    if val is not None:
+        _check_inputs(val, input_names, "val", onnx_models)
+    if student_model is not None and module.input_names != input_names:
+        raise InputError(f"the student's inputs ({', '.join(module.input_names)}) differ from the teacher's "
+                         f"({', '.join(input_names)})")
+
+    t_features = [t for t, _ in options.features]
+    if teacher_model is not None:
+        teacher_runner = OnnxTeacher(teacher_model, t_features, options.threads)
+    else:
+        teacher_runner = TorchTeacher(load_torch_module(teacher, "teacher", teacher_weights), input_names, t_features)
+
+    # Probe two samples through both: output counts and shapes must agree before any training.
+    probe = {k: train[k][:2] for k in input_names}
+    t_probe, _ = teacher_runner(probe)
+    s_probe = predict(module, [probe[k] for k in input_names])
+    _shapes_match(t_probe, s_probe)
+
+    labels = train.get(LABELS)
+    val_labels = None if val is None else val.get(LABELS)
+    need_teacher = not (labels is not None and options.alpha == 0.0 and not options.features)
+    train_inputs = {k: train[k] for k in input_names}
+    if not need_teacher:
+        targets = None
+    elif options.cache == "none":
+        targets = LiveTargets(teacher_runner, train_inputs)
+    else:
+        say(f"teacher: computing targets for {len(train_inputs[input_names[0]])} samples once "
+            f"({options.cache} cache)")
+        targets = teacher_targets(teacher_runner, train_inputs, options.cache, options.cache_dir)
+    val_targets = None
+    if val is not None:
+        val_targets = teacher_targets(teacher_runner, {k: val[k] for k in input_names}, "memory")
+    teacher_info = {"kind": teacher_runner.kind, "cache": options.cache if need_teacher else "unused",
+                    "targets_seconds": getattr(targets, "seconds", 0.0) if options.cache != "none" else 0.0,
+                    "targets_source": getattr(targets, "source", None), "cache_path": getattr(targets, "path", None)}
+    if val_targets is not None and val_labels is not None and val_targets.outputs[0].ndim == 2:
+        teacher_info["val_accuracy"] = float(np.mean(val_targets.outputs[0].argmax(1) == val_labels))
+
+    torch.manual_seed(options.seed)
+    trainer = Trainer(module, input_names, options, progress=say, on_batch=on_batch)
+    trained = trainer.fit(train, targets, labels, val, val_targets, val_labels)
+    teacher_info["seconds_in_training"] = trained.teacher_seconds_in_training
+
+    if student_model is not None:
+        mode = "onnx-student"
+        out_model = write_back(student_model, module, options.keep_zeros)
+    else:
+        mode = "torch-student"
+        output_names = list(teacher_runner.output_names or [f"output_{i}" for i in range(len(t_probe))])
+        example = [torch.from_numpy(np.ascontiguousarray(probe[k])) for k in input_names]
+        out_model = export_student(module, example, input_names, output_names,
+                                   dynamic_axes_like(teacher_model, input_names, output_names), options.opset)
+    final = _final_check(out_model, module, input_names, val if val is not None else train,
+                         val_targets, options)
+    final["data"] = "val" if val is not None else "train"
+    final["masked_tensors"] = trained.masked_tensors
+    final["masked_zeros"] = trained.masked_zeros
+    seconds = time.perf_counter() - start
+    epoch_seconds = [row["seconds"] for row in trained.history]
+    return DistillResult(out_model, mode, options, trained.history, trained.metric, trained.best_epoch, seconds,
+                         float(np.mean(epoch_seconds)), teacher_info, final, module)
+
+
+def _final_check(model: onnx.ModelProto, module, input_names, data, val_targets, options) -> dict:
+    """Run the written ONNX model under ONNX Runtime: it must reproduce the trained module; report accuracy."""
+    from onnxcomp.distill.trainer import predict
+    from onnxcomp.runtime import run_batched, session
+
+    limit = 4096  # enough for a stable accuracy, bounded time
+    sample = {k: data[k][:limit] for k in input_names}
+    got = run_batched(session(model, threads=options.threads), sample, 64)
+    ort_outs = [got[o.name] for o in model.graph.output]
+    torch_outs = predict(module, [sample[k] for k in input_names])
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(ort_outs, torch_outs))
+    final = {"ort_vs_torch_max_abs": diff, "samples": len(sample[input_names[0]])}
+    labels = data.get(LABELS)
+    if labels is not None and ort_outs[0].ndim == 2:
+        final["accuracy"] = float(np.mean(ort_outs[0].argmax(1) == labels[:limit]))
+        if val_targets is not None:
+            final["teacher_accuracy"] = float(np.mean(val_targets.outputs[0][:limit].argmax(1) == labels[:limit]))
+    return final

@@ -1,0 +1,85 @@
+"""Distillation options: one frozen dataclass shared by the Python API and the CLI (no torch import)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from onnxcomp.errors import InputError
+
+CACHE_MODES = ("memory", "disk", "none")
+BN_MODES = ("train", "frozen")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class DistillOptions:
+    """How the student is trained.
+
+    temperature/alpha: the soft-target term is KL at `temperature` times T^2; with labels the loss is
+    alpha * soft + (1 - alpha) * CE. alpha=0 is plain cross-entropy (the teacher is then not run).
+    features: (teacher tensor, student tensor) pairs matched with MSE through a learned adapter
+    (ONNX tensor names, or torch submodule names for torch models), weighted by feature_weight.
+    cache: teacher outputs are computed once per sample and kept in "memory", or in .npy files under
+    cache_dir ("disk": reused by later runs on the same teacher and data), or recomputed for every
+    batch ("none": only to measure what the cache saves).
+    bn: "train" uses batch statistics and updates running statistics (torch's default);
+    "frozen" keeps BatchNorm in inference mode (small batches, or to keep the statistics).
+    keep_zeros: weights (rank >= 2) that are exactly zero stay zero, so sparsity survives fine-tuning.
+    opset: for exporting a torch student.
+    """
+
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 64
+    temperature: float = 4.0
+    alpha: float = 0.7
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    schedule: str = "cosine"
+    features: tuple = ()
+    feature_weight: float = 1.0
+    seed: int = 0
+    threads: int = 2
+    cache: str = "memory"
+    cache_dir: str | None = None
+    bn: str = "train"
+    keep_zeros: bool = True
+    opset: int = 17
+    checkpoint: str | None = None
+
+    def __post_init__(self):
+        checks = [
+            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
+            (self.temperature > 0, f"temperature must be positive, got {self.temperature}"),
+            (0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
+            (self.cache in CACHE_MODES, f"cache must be one of {', '.join(CACHE_MODES)}, got {self.cache!r}"),
+            (self.bn in BN_MODES, f"bn must be one of {', '.join(BN_MODES)}, got {self.bn!r}"),
+            (self.threads >= 1, f"threads must be at least 1, got {self.threads}"),
+            (self.feature_weight >= 0, f"feature_weight must be >= 0, got {self.feature_weight}"),
+            (7 <= self.opset <= 23, f"opset must be between 7 and 23, got {self.opset}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(f"distill: {message}")
+        pairs = tuple(tuple(p) for p in self.features)
+        if any(len(p) != 2 or not all(isinstance(n, str) and n for n in p) for p in pairs):
+            raise InputError("distill: features must be (teacher tensor, student tensor) name pairs")
+        object.__setattr__(self, "features", pairs)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_feature(text: str) -> tuple[str, str]:
+    """`TEACHER=STUDENT` (or one name used on both sides)."""
+    teacher, eq, student = text.partition("=")
+    teacher, student = teacher.strip(), (student.strip() if eq else teacher.strip())
+    if not teacher or not student:
+        raise InputError(f"--feature {text!r}: expected TEACHER_TENSOR=STUDENT_TENSOR")
+    return teacher, student

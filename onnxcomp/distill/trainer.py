@@ -1,0 +1,254 @@
+"""The training loop: seeded, deterministic on CPU, validated every epoch, best epoch kept.
+
+Each epoch shuffles with a seeded generator, runs the student on a batch, takes the teacher's
+targets for the same samples from the cache, and steps AdamW (or SGD) on the distillation loss
+(+ feature matching). Exact zeros in weight tensors are masked after every step so sparsity
+survives. After each epoch the student is scored on the validation data (accuracy with labels,
+else top-1 agreement with the teacher for logits, else cosine); the best epoch's weights are
+restored at the end (ties broken by the lower validation loss).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from onnxcomp.distill.losses import FeatureAdapter, distillation_loss, feature_loss, is_logits
+from onnxcomp.distill.onnx_to_torch import OnnxModule
+from onnxcomp.distill.options import DistillOptions
+from onnxcomp.distill.taps import Tapped
+
+
+def seed_all(seed: int, threads: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+@dataclass
+class TrainResult:
+    history: list = field(default_factory=list)
+    metric: str = ""
+    best_epoch: int = 0
+    best_metric: float | None = None
+    seconds: float = 0.0
+    teacher_seconds_in_training: float = 0.0
+    masked_tensors: int = 0
+    masked_zeros: int = 0
+
+
+def zero_masks(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Masks of the weights (rank >= 2) that hold exact zeros: those zeros are sparsity to keep."""
+    masks = {}
+    for name, p in module.named_parameters():
+        if p.dim() >= 2 and bool((p == 0).any()):
+            masks[name] = (p != 0).to(p.dtype)
+    return masks
+
+
+def _set_bn_mode(module: torch.nn.Module, mode: str) -> None:
+    if mode != "frozen":
+        return
+    if isinstance(module, OnnxModule):
+        module.eval()  # the interpreter's only train/eval difference is BatchNormalization
+        return
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    array = np.ascontiguousarray(array)
+    if array.dtype == np.float64:
+        array = array.astype(np.float32)
+    return torch.from_numpy(array)
+
+
+def predict(student: torch.nn.Module, inputs: list[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
+    """Student outputs (eval mode, no gradients) over all samples."""
+    from onnxcomp.distill.taps import as_output_list
+
+    student.eval()
+    chunks: list[list[np.ndarray]] = []
+    with torch.no_grad():
+        for start in range(0, len(inputs[0]), batch_size):
+            outs = as_output_list(student(*[_tensor(x[start:start + batch_size]) for x in inputs]))
+            if not chunks:
+                chunks = [[] for _ in outs]
+            for acc, o in zip(chunks, outs):
+                acc.append(o.numpy())
+    return [np.concatenate(c) for c in chunks]
+
+
+def metric_name(first_output: np.ndarray, has_labels: bool) -> str:
+    if first_output.ndim == 2 and first_output.shape[1] > 1:
+        return "accuracy" if has_labels else "teacher_top1"
+    return "cosine"
+
+
+def score(name: str, student_out: np.ndarray, teacher_out: np.ndarray, labels) -> float:
+    if name == "accuracy":
+        return float(np.mean(student_out.argmax(1) == labels))
+    if name == "teacher_top1":
+        return float(np.mean(student_out.argmax(1) == teacher_out.argmax(1)))
+    from onnxcomp.fidelity import per_sample_cosine
+
+    return float(per_sample_cosine(teacher_out, student_out).mean())
+
+
+class Trainer:
+    def __init__(self, student: torch.nn.Module, input_names: list[str], options: DistillOptions,
+                 progress=None, on_batch=None):
+        self.student, self.input_names, self.options = student, list(input_names), options
+        self.progress = progress or (lambda message: None)
+        self.on_batch = on_batch
+        self.pairs = list(options.features)
+        self.tapped = Tapped(student, list(dict.fromkeys(s for _, s in self.pairs)), "student")
+        self.adapters = torch.nn.ModuleDict()
+
+    def _build_adapters(self, inputs, targets) -> None:
+        """One adapter per feature pair, sized from a probe batch (widths may differ)."""
+        if not self.pairs:
+            return
+        probe = np.arange(min(2, len(inputs[0])))
+        self.student.eval()
+        with torch.no_grad():
+            _, feats = self.tapped([_tensor(x[probe]) for x in inputs])
+        _, t_feats = targets.batch(probe)
+        for i, (t_name, s_name) in enumerate(self.pairs):
+            self.adapters[f"f{i}"] = FeatureAdapter(tuple(feats[s_name].shape), tuple(t_feats[t_name].shape),
+                                                    f"{t_name} -> {s_name}")
+
+    def fit(self, train: dict[str, np.ndarray], targets, labels: np.ndarray | None,
+            val: dict[str, np.ndarray] | None = None, val_targets=None, val_labels=None) -> TrainResult:
+        opts = self.options
+        result = TrainResult()
+        start_all = time.perf_counter()
+        inputs = [train[n] for n in self.input_names]
+        n = len(inputs[0])
+        self._build_adapters(inputs, targets)
+        params = list(self.student.parameters()) + list(self.adapters.parameters())
+        if opts.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=opts.lr, momentum=0.9, weight_decay=opts.weight_decay, nesterov=True)
+        else:
+            opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+        steps = opts.epochs * ((n + opts.batch_size - 1) // opts.batch_size)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if opts.schedule == "cosine" else None
+        masks = zero_masks(self.student) if opts.keep_zeros else {}
+        named = dict(self.student.named_parameters())
+        result.masked_tensors = len(masks)
+        result.masked_zeros = int(sum(int((m == 0).sum()) for m in masks.values()))
+        labels_t = None if labels is None else torch.from_numpy(np.asarray(labels).astype(np.int64))
+        generator = torch.Generator().manual_seed(opts.seed)
+        use_teacher = not (labels is not None and opts.alpha == 0.0 and not self.pairs)
+        source = getattr(targets, "source", None)
+        best_key, best_state = None, None
+        val_inputs = [val[k] for k in self.input_names] if val is not None else None
+        for epoch in range(1, opts.epochs + 1):
+            t0 = time.perf_counter()
+            self.student.train()
+            self.adapters.train()
+            _set_bn_mode(self.student, opts.bn)
+            order = torch.randperm(n, generator=generator).numpy()
+            sums: dict[str, float] = {}
+            batches = (n + opts.batch_size - 1) // opts.batch_size
+            for b, s in enumerate(range(0, n, opts.batch_size)):
+                # sorted indices read a memory-mapped disk cache sequentially; the batch content is the same
+                index = order[s:s + opts.batch_size]
+                if source == "disk":
+                    index = np.sort(index)
+                outs, feats = self.tapped([_tensor(x[index]) for x in inputs])
+                batch_labels = None if labels_t is None else labels_t[index]
+                if use_teacher:
+                    t_outs, t_feats = targets.batch(index)
+                    t_outs = [_tensor(t) for t in t_outs]
+                else:  # plain cross-entropy: the teacher is not needed
+                    t_outs, t_feats = [o.detach() for o in outs], {}
+                loss, parts = distillation_loss(outs, t_outs, batch_labels, opts.temperature,
+                                                opts.alpha if use_teacher else 0.0)
+                if self.pairs and opts.feature_weight > 0:
+                    keyed_s = {f"f{i}": feats[s_name] for i, (_, s_name) in enumerate(self.pairs)}
+                    keyed_t = {f"f{i}": _tensor(t_feats[t_name]) for i, (t_name, _) in enumerate(self.pairs)}
+                    f_loss = feature_loss(self.adapters, list(keyed_s), keyed_s, keyed_t)
+                    loss = loss + opts.feature_weight * f_loss
+                    parts["feature"] = float(f_loss.detach())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                for name, mask in masks.items():
+                    if named[name].grad is not None:
+                        named[name].grad.mul_(mask)
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                with torch.no_grad():
+                    for name, mask in masks.items():
+                        named[name].mul_(mask)
+                weight = len(index)
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * weight
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v * weight
+                if self.on_batch:
+                    self.on_batch(epoch, b + 1, batches)
+            train_seconds = time.perf_counter() - t0
+            row = {"epoch": epoch, **{k: v / n for k, v in sums.items()}, "seconds": train_seconds,
+                   "lr": opt.param_groups[0]["lr"]}
+            if val_inputs is not None:
+                v0 = time.perf_counter()
+                v_outs = predict(self.student, val_inputs)
+                teacher_v = val_targets.outputs if val_targets is not None else None
+                result.metric = metric_name(v_outs[0], val_labels is not None)
+                row[result.metric] = score(result.metric, v_outs[0],
+                                           teacher_v[0] if teacher_v is not None else None, val_labels)
+                v_loss, _ = distillation_loss([torch.from_numpy(o) for o in v_outs],
+                                              [_tensor(o) for o in (teacher_v or v_outs)],
+                                              None if val_labels is None else torch.from_numpy(np.asarray(val_labels, np.int64)),
+                                              opts.temperature, opts.alpha if teacher_v is not None else 0.0)
+                row["val_loss"] = float(v_loss)
+                row["val_seconds"] = time.perf_counter() - v0
+                key = (row[result.metric], -row["val_loss"])
+            else:
+                key = (epoch, 0.0)  # no validation data: the last epoch is kept
+            improved = best_key is None or key > best_key
+            if improved:
+                best_key, result.best_epoch = key, epoch
+                best_state = copy.deepcopy(self.student.state_dict())
+                if opts.checkpoint:
+                    _save_checkpoint(best_state, opts.checkpoint)
+            row["best"] = improved
+            result.history.append(row)
+            self.progress(_epoch_line(row, opts.epochs, result.metric))
+        if best_state is not None:
+            self.student.load_state_dict(best_state)
+        self.student.eval()
+        result.best_metric = result.history[result.best_epoch - 1].get(result.metric) if result.metric else None
+        result.seconds = time.perf_counter() - start_all
+        result.teacher_seconds_in_training = float(targets.seconds) if source == "live" else 0.0
+        return result
+
+
+def _save_checkpoint(state: dict, path: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _epoch_line(row: dict, epochs: int, metric: str) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row['loss']:.4f}"]
+    for k in ("kd", "ce", "mse", "feature"):
+        if k in row:
+            parts.append(f"{k} {row[k]:.4f}")
+    if metric and metric in row:
+        parts.append(f"val {metric} {row[metric]:.4f}")
+    parts.append(f"{row['seconds']:.1f} s")
+    if row.get("best"):
+        parts.append("*best")
+    return "  ".join(parts)

@@ -25,6 +25,11 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise InputError(f"{path}: no such data file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty data file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04" and magic != b"PK\x05\x06":  # zip local header / empty zip
+        kind = "a single .npy array" if magic.startswith(b"\x93NUM") else "not a zip archive"
+        raise InputError(f"{path}: not an .npz file ({kind}); save one array per model input with numpy.savez")
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
@@ -32,7 +37,7 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         if "pickle" in str(exc).lower() or "object" in str(exc).lower():
             raise InputError(f"{path}: holds pickled objects, which are refused; save plain numeric arrays") from None
         raise InputError(f"{path}: not a readable .npz file ({exc})") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
         raise InputError(f"{path}: not a readable .npz file ({exc})") from None
 
 
@@ -69,6 +74,9 @@ def validate(data: dict[str, np.ndarray], model: onnx.ModelProto, where: str = "
         if count is not None and array.shape[0] != count:
             raise InputError(f"{where}: inputs have different sample counts ({count} vs {array.shape[0]})")
         count = array.shape[0]
+    if LABELS in data and (np.ndim(data[LABELS]) == 0 or data[LABELS].dtype.kind not in "biuf"):
+        raise InputError(f"{where}: 'labels' must be a 1-D array of class indices, got shape "
+                         f"{np.shape(data[LABELS])} dtype {data[LABELS].dtype}")
     if LABELS in data and len(data[LABELS]) != count:
         raise InputError(f"{where}: 'labels' has {len(data[LABELS])} entries for {count} samples")
 

@@ -7,8 +7,10 @@ old output or none. The input model is never written.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -22,7 +24,13 @@ EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2
 
 
 def load_model(path: str | os.PathLike, load_external_data: bool = True) -> onnx.ModelProto:
-    """Read an ONNX file, turning every way it can be unreadable into one InputError."""
+    """Read an ONNX file, turning every way it can be unreadable into one InputError.
+
+    Before any weight is read, every tensor (initializers, Constant attributes, subgraphs) is
+    checked: its declared size must match the bytes it holds, and external data must stay inside
+    the model's folder (no `../`, absolute paths or symlinks out) and fit in its file. A hostile
+    file is refused before anything is allocated for it.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
@@ -38,13 +46,124 @@ def load_model(path: str | os.PathLike, load_external_data: bool = True) -> onnx
         raise InputError(f"{path}: the file holds no ONNX graph")
     if not model.opset_import:
         raise InputError(f"{path}: the model declares no opset")
-    if load_external_data and _has_external_data(model):
-        _check_external_locations(model, path.parent)
+    external = check_tensors(model, path.parent, need_files=load_external_data,
+                             file_size=path.stat().st_size)
+    if load_external_data and external:
         try:
             onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
         except Exception as exc:
             raise InputError(f"{path}: cannot read external data ({_first_line(exc)})") from None
     return model
+
+
+def all_tensors(model: onnx.ModelProto):
+    """Every TensorProto of a model: initializers and node attributes, subgraphs included."""
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield sparse.values
+            yield sparse.indices
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+
+
+# Sub-byte types pack two values per byte; strings have no fixed size.
+_PACKED = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
+_TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
+
+
+def declared_bytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes a tensor's dims and type call for (None for strings and unknown types)."""
+    if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return None
+    count = 1
+    for d in tensor.dims:
+        if d < 0:
+            raise InputError(f"tensor {tensor.name!r} has a negative dimension {list(tensor.dims)}")
+        count *= d
+    if tensor.data_type in _PACKED:
+        return (count + 1) // 2
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except Exception:
+        return None
+    return count * itemsize
+
+
+# Reading raw_data copies it (protobuf), so big embedded tensors are only bounded by the file size.
+_EXACT_CHECK_BYTES = 64 * 1024**2
+
+
+def check_tensors(model: onnx.ModelProto, base: Path, need_files: bool = True,
+                  file_size: int = PROTOBUF_LIMIT) -> int:
+    """Refuse tensors whose sizes lie or whose external data leaves `base`; returns the external count.
+
+    Cheap for big models: a large embedded tensor is only checked against the file's size (so a
+    forged shape can never make us allocate more than the file holds), not copied to be measured.
+    """
+    base = Path(os.path.realpath(base))
+    external = 0
+    for tensor in all_tensors(model):
+        want = declared_bytes(tensor)
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            external += 1
+            _check_external(tensor, base, want, need_files)
+        elif want is not None and want > 0 and not tensor.HasField("raw_data") and \
+                not any(len(getattr(tensor, f)) for f in _TYPED_FIELDS):
+            raise InputError(f"tensor {tensor.name!r} declares shape {list(tensor.dims)} "
+                             f"({_human(want)}) but holds no data")
+        elif want is not None and tensor.HasField("raw_data") and (
+                want > file_size or (want <= _EXACT_CHECK_BYTES and len(tensor.raw_data) != want)):
+            raise InputError(f"tensor {tensor.name!r} declares shape {list(tensor.dims)} "
+                             f"({_human(want)}) but holds a different number of bytes")
+    return external
+
+
+def _check_external(tensor: onnx.TensorProto, base: Path, want: int | None, need_files: bool) -> None:
+    info = {e.key: e.value for e in tensor.external_data}
+    location = info.get("location", "")
+    name = tensor.name
+    try:
+        target = Path(os.path.realpath(base / location))
+        inside = bool(location) and not os.path.isabs(location) and base in target.parents
+    except (ValueError, OSError):  # NUL bytes, over-long names
+        inside = False
+    if not inside:
+        raise InputError(f"external data of {name!r} points outside the model folder: {location!r}")
+    try:
+        offset, length = int(info.get("offset", 0)), int(info["length"]) if "length" in info else None
+    except ValueError:
+        raise InputError(f"external data of {name!r} has a non-numeric offset or length") from None
+    if offset < 0 or (length is not None and length < 0):
+        raise InputError(f"external data of {name!r} has a negative offset or length")
+    if length is not None and want is not None and length != want:
+        raise InputError(f"external data of {name!r} claims {length} bytes, its shape {list(tensor.dims)} "
+                         f"needs {want}")
+    if not need_files:
+        return
+    if not target.is_file():
+        raise InputError(f"external data file of {name!r} is missing: {location}")
+    size = target.stat().st_size
+    needed = length if length is not None else want
+    if needed is not None and offset + needed > size:
+        raise InputError(f"external data of {name!r} needs bytes {offset}..{offset + needed} "
+                         f"but {location} holds {size}")
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1024 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
 
 
 def load(path: str | os.PathLike):
@@ -84,63 +203,176 @@ def save(model, path: str | os.PathLike, external_data: bool | None = None,
     """Write a model (ModelProto or gs.Graph) atomically.
 
     external_data=None decides by size: weights near the 2 GB protobuf limit go to
-    `<name>.data` beside the model. `forbid` names a path that must not be overwritten
-    (the input model).
+    `<name>.data` beside the model. `forbid` names the input model: neither it nor any
+    external-data file it reads may be overwritten (checked by file identity, so symlinks,
+    hard links and other spellings of the same path are caught).
+
+    Everything is staged in a temporary folder beside the destination and fsynced; the
+    renames into place (data file first, model last) run with SIGINT/SIGTERM deferred, so an
+    interrupt leaves the complete old output or the complete new one. The caller's model is
+    not modified and no second copy of its weights is made: tensors are streamed to the
+    data file one at a time.
     """
     if not isinstance(model, onnx.ModelProto):
         model = to_model(model)
     path = Path(path)
-    if forbid is not None and path.exists() and Path(forbid).exists() and path.resolve() == Path(forbid).resolve():
-        raise InputError(f"{path}: refusing to overwrite the input model; choose another output path")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise InputError(f"{folder}: output folder does not exist")
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"{folder}: output folder is not writable")
     if path.is_dir():
         raise InputError(f"{path}: output path is a directory")
     if external_data is None:
         external_data = weight_bytes(model) > EXTERNAL_DATA_THRESHOLD
     data_name = path.name + ".data"
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=folder))
+    if forbid is not None:
+        protected = input_files(forbid)
+        for target in [path] + ([folder / data_name] if external_data else []):
+            if any(same_file(target, p) for p in protected):
+                what = "the input model" if same_file(target, forbid) else "external data of the input model"
+                raise InputError(f"{target}: refusing to overwrite {what}; choose another output path")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{folder}: output folder is not writable")
+    staging = None
     try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=folder))
         staged = staging / path.name
         if external_data:
-            onnx.save_model(model, str(staged), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
-            # save_model converts in place; bring the weights back into memory for the caller.
-            onnx.external_data_helper.load_external_data_for_model(model, str(staging))
+            _write_with_external_data(model, staged, staging / data_name, data_name)
         else:
-            with open(staged, "wb") as f:
-                f.write(model.SerializeToString())
-        for item in staging.iterdir():
-            _fsync(item)
-        if external_data:
-            os.replace(staging / data_name, folder / data_name)
-        os.replace(staged, path)
-        _fsync_dir(folder)
+            _write_file(staged, [model.SerializeToString()])
+        test_pause("staged")
+        with signals_deferred():
+            if external_data:
+                os.replace(staging / data_name, folder / data_name)
+            test_pause("data-renamed")
+            os.replace(staged, path)
+            _fsync_dir(folder)
     except OSError as exc:
         raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return path
 
 
-def _has_external_data(model: onnx.ModelProto) -> bool:
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when both paths exist and name one file (symlinks, hard links, `./x`, `d/../x`)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
-def _check_external_locations(model: onnx.ModelProto, base: Path) -> None:
-    base = base.resolve()
-    for tensor in model.graph.initializer:
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+def input_files(model_path: str | os.PathLike) -> list[Path]:
+    """The model file and every external-data file it names (what a run must never overwrite)."""
+    path = Path(model_path)
+    files = [path]
+    try:
+        if not path.is_file() or path.stat().st_size > 256 * 1024**2:
+            return files  # a big file holds its weights inline: no external files to protect
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception:
+        return files
+    for tensor in all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = {e.key: e.value for e in tensor.external_data}.get("location")
+            if location:
+                files.append(path.parent / location)
+    return files
+
+
+# Tensors at least this big go to the data file; big ones start at page boundaries so
+# runtimes can memory-map them.
+_EXTERNAL_MIN_BYTES = 1024
+_PAGE = 4096
+
+
+def _write_with_external_data(model: onnx.ModelProto, model_path: Path, data_path: Path, location: str) -> None:
+    """Write `model` as a small .onnx plus one data file, one tensor at a time, without touching `model`."""
+    shell = onnx.ModelProto()
+    _copy_fields(model, shell, skip=("graph",))
+    _copy_fields(model.graph, shell.graph, skip=("initializer",))
+    offset = 0
+    with open(data_path, "wb") as f:
+        for init in model.graph.initializer:
+            if init.data_location == onnx.TensorProto.EXTERNAL:
+                raise InputError(f"initializer {init.name!r} still refers to external data that was never loaded")
+            size = declared_bytes(init)
+            if size is None or size < _EXTERNAL_MIN_BYTES:
+                shell.graph.initializer.add().CopyFrom(init)
+                continue
+            data = init.raw_data if init.HasField("raw_data") else \
+                onnx.numpy_helper.to_array(init).astype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
+                                                        ).newbyteorder("<").tobytes()
+            align = _PAGE if len(data) >= 64 * 1024 else 16
+            pad = -offset % align
+            if pad:
+                f.write(b"\0" * pad)
+                offset += pad
+            f.write(data)
+            stub = shell.graph.initializer.add()
+            stub.name, stub.data_type, stub.doc_string = init.name, init.data_type, init.doc_string
+            stub.dims.extend(init.dims)
+            stub.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(data)))):
+                entry = stub.external_data.add()
+                entry.key, entry.value = key, value
+            offset += len(data)
+            del data
+        f.flush()
+        os.fsync(f.fileno())
+    _write_file(model_path, [shell.SerializeToString()])
+
+
+def _copy_fields(src, dst, skip=()) -> None:
+    """Copy every set field of a protobuf message except those named in `skip` (no deep copy of skipped ones)."""
+    for field, value in src.ListFields():
+        if field.name in skip:
             continue
-        location = {e.key: e.value for e in tensor.external_data}.get("location", "")
-        target = (base / location).resolve()
-        if os.path.isabs(location) or base not in target.parents:
-            raise InputError(f"external data of {tensor.name!r} points outside the model folder: {location!r}")
-        if not target.exists():
-            raise InputError(f"external data file of {tensor.name!r} is missing: {location}")
+        target = getattr(dst, field.name)
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+        if repeated:
+            target.extend(value)
+        elif field.message_type is not None:
+            target.CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
+def _write_file(path: Path, chunks) -> None:
+    with open(path, "wb") as f:
+        for chunk in chunks:
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold SIGINT/SIGTERM until the block ends: the renames that publish an output are never split."""
+    signals = {signal.SIGINT, signal.SIGTERM}
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    except (AttributeError, OSError, ValueError):  # platforms without sigmask
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def test_pause(stage: str) -> None:
+    """Test hook: with ONNXCOMP_TEST_PAUSE=<stage>[,<stage>...] set, announce the stage on stderr and
+    sleep, so tests can deliver a signal at a known point. Does nothing otherwise."""
+    wanted = os.environ.get("ONNXCOMP_TEST_PAUSE")
+    if not wanted or stage not in wanted.split(","):
+        return
+    import sys
+    import time
+
+    print(f"onnxcomp-test: paused at {stage}", file=sys.stderr, flush=True)
+    time.sleep(float(os.environ.get("ONNXCOMP_TEST_PAUSE_SECONDS", "3")))
 
 
 def _fsync(path: Path) -> None:

@@ -6,12 +6,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from onnxcomp.errors import ToleranceError, VerificationError
+from onnxcomp.errors import InputError, ToleranceError, VerificationError
 from onnxcomp.options import format_options
 from onnxcomp.pass_base import Pass, PassContext, PassReport
 from onnxcomp.stats import graph_counts
 
 VERIFY_LEVELS = ("none", "structure", "checker", "numeric")
+# Older opsets differ in BatchNormalization, Dropout, Upsample and Slice semantics the passes rely on.
+MIN_OPSET = 10
 
 
 @dataclass
@@ -58,6 +60,7 @@ class PassManager:
 
     def run(self, graph) -> list[PassRecord]:
         records: list[PassRecord] = []
+        self._check_input(graph)
         for index, p in enumerate(self.passes):
             before = graph_counts(graph)
             reference = self._reference(graph) if self.verify == "numeric" else None
@@ -79,6 +82,21 @@ class PassManager:
                     exc.args = (f"{exc.args[0]}; the model before {p.name} is in {self.reproducer}",)
                 raise
         return records
+
+    def _check_input(self, graph) -> None:
+        """Refuse a model no pass can be trusted on, so a broken input is never blamed on a pass."""
+        opset = getattr(graph, "opset", None)
+        if isinstance(opset, int) and 0 < opset < MIN_OPSET:
+            raise InputError(f"input model uses opset {opset}; onnxcomp needs opset {MIN_OPSET} or newer "
+                             "(convert it with onnx.version_converter.convert_version)")
+        if self.verify == "none":
+            return
+        from onnxcomp.verify import structural_problems
+
+        problems = structural_problems(graph)
+        if problems:
+            raise InputError(f"input model is malformed: {problems[0]}"
+                             + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
 
     def _snapshot(self, graph, reference):
         if self.reproducer is None:

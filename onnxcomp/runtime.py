@@ -20,6 +20,10 @@ _NP_TYPES = {
 }
 
 
+# Synthetic inputs larger than this are refused rather than allocated (hostile or mistaken shapes).
+MAX_GENERATED_BYTES = 2 * 1024**3
+
+
 @dataclass(frozen=True)
 class InputSpec:
     name: str
@@ -74,6 +78,10 @@ def random_inputs(model: onnx.ModelProto, dims: dict[str, int] | None = None, se
     feeds = {}
     for spec in input_specs(model):
         shape = resolve_shape(spec, dims or {}, batch)
+        size = int(np.prod(shape, dtype=object)) * spec.dtype.itemsize
+        if size > MAX_GENERATED_BYTES:
+            raise InputError(f"input {spec.name!r}: generating data of shape {list(shape)} would take "
+                             f"{size / 1024**3:.3g} GB; give sample data or smaller --dim values")
         if spec.dtype.kind == "f":
             feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         elif spec.dtype.kind in "iu":
@@ -140,7 +148,12 @@ def run_batched(sess, data: dict[str, np.ndarray], batch_size: int = 32,
                 outputs: list[str] | None = None) -> dict[str, np.ndarray]:
     """Run sample-major data in batches and concatenate outputs along axis 0."""
     wanted = [i.name for i in sess.get_inputs()]
-    n = len(data[wanted[0]]) if wanted else 1
+    lengths = {data[k].shape[0] if np.ndim(data[k]) else None for k in wanted}
+    if len(lengths) != 1 or None in lengths:
+        # Scalars (If conditions, Loop trip counts) or inputs of unequal length have no common
+        # sample axis to split: run the feed as given, once.
+        return run(sess, {k: data[k] for k in wanted}, outputs)
+    n = lengths.pop() if wanted else 1
     chunks: dict[str, list] = {}
     for start in range(0, n, batch_size):
         feeds = {k: data[k][start:start + batch_size] for k in wanted}

@@ -36,10 +36,29 @@ class FoldBatchNorm(Pass):
             producer.outputs[0] = out
             report.count("folded")
             report.count(f"folded_into_{producer.op}")
+        for bn, owner in _subgraph_batchnorms(graph):
+            report.skip(bn.name or bn.outputs[0].name,
+                        f"inside a subgraph of {owner.op} {owner.name!r}; control-flow bodies are left as they are")
         if report.stats.get("folded"):
             graph.cleanup().toposort()
             report.modified = True
         return report
+
+
+def _subgraph_batchnorms(graph):
+    """(BatchNormalization, owning If/Loop/Scan node) pairs at any depth below `graph`."""
+    import onnx_graphsurgeon as gs
+
+    stack = [(node, node) for node in graph.nodes]
+    while stack:
+        node, owner = stack.pop()
+        for value in node.attrs.values():
+            for sub in (value if isinstance(value, list) else [value]):
+                if isinstance(sub, gs.Graph):
+                    for inner in sub.nodes:
+                        if inner.op == "BatchNormalization":
+                            yield inner, owner
+                        stack.append((inner, owner))
 
 
 def _refusal(graph, bn) -> str | None:

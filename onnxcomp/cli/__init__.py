@@ -57,13 +57,36 @@ def cli(ctx, debug):
     ctx.obj["debug"] = debug
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM: unwinds like Ctrl-C so temporary files are removed on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    import signal
+
     from onnxcomp.errors import OnnxcompError
 
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(signum, _raise_interrupted)
+        except (ValueError, OSError):  # not the main thread (embedded use): keep the defaults
+            pass
+
     try:
-        cli.main(args=argv, prog_name="onnxcomp", standalone_mode=False)
+        # Not cli.main(): click turns Ctrl-C into Abort after printing a blank line; here an
+        # interrupt reaches the handler below with its signal number.
+        with cli.make_context("onnxcomp", argv) as ctx:
+            cli.invoke(ctx)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
@@ -79,9 +102,13 @@ def main(argv=None) -> None:
             raise
         click.echo(f"onnxcomp: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("onnxcomp: interrupted; no output written", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        import signal
+
+        signum = getattr(exc, "signum", signal.SIGINT)
+        click.echo(f"onnxcomp: interrupted by {signal.Signals(signum).name}; "
+                   "no partial output or temporary file is left", err=True)
+        sys.exit(128 + signum)
     except MemoryError:
         click.echo("onnxcomp: out of memory", err=True)
         sys.exit(1)

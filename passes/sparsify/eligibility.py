@@ -129,30 +129,27 @@ def _trace(node, slot: int):
     """(constant, reduction axis in its coordinates, node reading it) or a reason string."""
     import onnx_graphsurgeon as gs
 
-    tensor = node.inputs[slot]
-    rank = len(tensor.shape) if tensor.shape is not None else None
-    if isinstance(tensor, gs.Constant):
-        rank = len(tensor.shape)
-    if rank is None:
-        return "weight has unknown rank"
-    axis = reduction_axis(node.op, slot, node.attrs, rank)
-    if axis is None:
-        return f"input {slot} of {node.op} with rank {rank} has no reduction axis"
-    reader = node
+    tensor, chain, reader = node.inputs[slot], [], node
     while not isinstance(tensor, gs.Constant):
         producer = tensor.inputs[0] if tensor.inputs else None
         if producer is None:
             return "weight is a graph input, computed at run time"
-        if producer.op == "Transpose":
-            axis = through_transpose(axis, producer.attrs.get("perm"), rank)
-        elif producer.op == "DequantizeLinear":
+        if producer.op == "DequantizeLinear":
             return "weight is already quantized (DequantizeLinear); sparsify before insert-qdq"
-        elif producer.op == "Constant":
+        if producer.op == "Constant":
             return "weight is held in a Constant node; run cleanup first to make it an initializer"
-        elif producer.op not in AXIS_KEEPING_OPS:
+        if producer.op != "Transpose" and producer.op not in AXIS_KEEPING_OPS:
             return f"weight is computed at run time (by {producer.op})"
+        chain.append(producer)
         reader = producer
         tensor = producer.inputs[0]
+    rank = len(tensor.shape)  # Transpose, Identity and Cast keep the rank
+    axis = reduction_axis(node.op, slot, node.attrs, rank)
+    if axis is None:
+        return f"input {slot} of {node.op} with rank {rank} has no reduction axis"
+    for producer in chain:  # from the consumer back to the constant
+        if producer.op == "Transpose":
+            axis = through_transpose(axis, producer.attrs.get("perm"), rank)
     return tensor, axis, reader
 
 

@@ -124,11 +124,26 @@ def weighted_inputs_quantized(index):
     for node in index.graph.node:
         if node.op_type not in WEIGHTED or len(node.input) < 2:
             continue
-        dq = [dequantized_from(index, t) is not None for t in node.input[:2]]
+        dq = [_dequantized_through_commuting(index, t) for t in node.input[:2]]
         if any(dq) and not all(dq):
             missing = node.input[dq.index(False)]
             yield (node_id(node), f"input {missing!r} is float while the other is quantized; TensorRT runs the "
                                   f"{node.op_type} in float")
+
+
+_COMMUTING = ("Pad", "MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice")
+
+
+def _dequantized_through_commuting(index, tensor: str) -> bool:
+    """A DQ feeds `tensor`, possibly through ops TensorRT moves DQ across (Pad, MaxPool, Reshape ...)."""
+    for _ in range(16):
+        if dequantized_from(index, tensor) is not None:
+            return True
+        producer = index.producer.get(tensor)
+        if producer is None or producer.op_type not in _COMMUTING or not producer.input:
+            return False
+        tensor = producer.input[0]
+    return False
 
 
 @rule("TRT-14", targets=("tensorrt",), severity="warning", summary="bias stays float (no INT32 bias DQ)")

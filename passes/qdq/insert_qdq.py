@@ -120,8 +120,9 @@ def _calibrate(model, data, plan: Plan, opts: InsertQdqOptions, symmetric: bool,
     from onnxcomp.calibration import choose_ranges, collect_stats
 
     tensors = sorted({t for names in plan.range_groups().values() for t in names})
+    # minmax needs no histograms: skipping them makes calibration several times cheaper.
     stats = collect_stats(model, data, tensors=tensors, batch_size=opts.calib_batch_size,
-                          progress=ctx.progress)
+                          num_bins=0 if opts.method == "minmax" else 2048, progress=ctx.progress)
     return choose_ranges(stats, method=opts.method, percentile=opts.percentile, symmetric=symmetric, bits=8)
 
 
@@ -141,12 +142,16 @@ def _params(plan: Plan, ranges: dict, fmt) -> tuple[dict, list[dict]]:
         own = ranges.get(key, found[0])
         table.append({"tensor": key, "shared_by": sorted(n for n in names if n != key),
                       "lo": lo, "hi": hi, "scale": float(scale), "zero_point": int(zp),
-                      "method": getattr(own, "method", None), "sqnr_db": _round(getattr(own, "sqnr_db", None))})
+                      "method": getattr(own, "method", None), "sqnr_db": _round(getattr(own, "sqnr_db", None)),
+                      "clipped": _round(getattr(own, "clipped", None), 6),
+                      "outliers_ignored": int(getattr(own, "outliers", 0) or 0)})
     return params, table
 
 
-def _round(x):
-    return None if x is None else round(float(x), 2)
+def _round(x, digits: int = 2):
+    if x is None or not np.isfinite(float(x)):
+        return None
+    return round(float(x), digits)
 
 
 def _fit_budget(float_model, plan: Plan, placement: PlacementOptions, ranges: dict, fmt, opts: InsertQdqOptions,

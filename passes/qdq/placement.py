@@ -297,7 +297,8 @@ def _qlinear_refusal(g: _Graph, node) -> str | None:
 
 def _quantize_output(g: _Graph, plan: Plan, node) -> None:
     out = _follow_relu(g, node.outputs[0])
-    if out.outputs:  # graph outputs alone stay float (QGemm and friends emit float there)
+    # Gemm/MatMul emit float directly (QGemm, MatMulIntegerToFloat); the others fuse only with a Q after them.
+    if out.outputs or (out.name in g.outputs and node.op not in ("Gemm", "MatMul")):
         _add_activation(plan, out)
 
 

@@ -42,10 +42,22 @@ def apply_plan(graph, plan: Plan, params: dict[str, tuple[np.float32, np.integer
                               gs.Constant(names(f"{key}_zero_point"), np.asarray(zp, fmt.dtype)))
         return constants[key]
 
-    dq_outputs: dict[str, object] = {}
+    graph_outputs = {t.name for t in graph.outputs}
     for name, spec in plan.activations.items():
         t = tensors[name]
         scale, zp = qparams(spec.key)
+        if name in graph_outputs and spec.consumers is None and t.inputs:
+            # A fused producer may feed only its Q: the graph output becomes the DQ output (same name).
+            pre = gs.Variable(names(f"{name}_float"), dtype=t.dtype, shape=t.shape)
+            producer = t.inputs[0]
+            producer.outputs[producer.outputs.index(t)] = pre
+            q_out = gs.Variable(names(f"{name}_quantized"), dtype=fmt.dtype, shape=t.shape)
+            new_nodes.append(gs.Node("QuantizeLinear", names(f"{name}_QuantizeLinear"), inputs=[pre, scale, zp],
+                                     outputs=[q_out]))
+            new_nodes.append(gs.Node("DequantizeLinear", names(f"{name}_DequantizeLinear"),
+                                     inputs=[q_out, scale, zp], outputs=[t]))
+            result.activations += 1
+            continue
         q_out = gs.Variable(names(f"{name}_quantized"), dtype=fmt.dtype, shape=t.shape)
         dq_out = gs.Variable(names(f"{name}_dequantized"), dtype=np.float32, shape=t.shape)
         readers = [c for c in list(t.outputs) if spec.consumers is None or (c.name or c.outputs[0].name) in spec.consumers]
@@ -54,7 +66,6 @@ def apply_plan(graph, plan: Plan, params: dict[str, tuple[np.float32, np.integer
                                  outputs=[dq_out]))
         for consumer in readers:
             replace_input(consumer, t, dq_out)
-        dq_outputs[name] = dq_out
         result.activations += 1
 
     weight_scales: dict[str, np.ndarray] = {}

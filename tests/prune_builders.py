@@ -82,9 +82,18 @@ class Net:
         out = self.node("Pad", [x, pads], self.channels[x])
         return self.node("AveragePool", [out], self.channels[x], kernel_shape=[3, 3])
 
-    def head(self, x: str, classes: int = 4, flatten: bool = False, reshape: bool = False) -> str:
+    def head(self, x: str, classes: int = 4, flatten: bool = False, reshape: bool = False, view: str = "") -> str:
+        """Classifier head; view="-1" or "features" builds torch's x.view(x.size(0), ...) shape at run time."""
         c = self.channels[x]
-        if flatten or reshape:
+        if view:
+            features = c * self.size * self.size
+            shape = self.node("Shape", [x], 0)
+            batch = self.node("Gather", [shape, self.const_int("zero", 0)], 0, axis=0)
+            batch = self.node("Unsqueeze", [batch, self.const_int("axes", [0])], 0)
+            rest = self.const_int("rest", [-1 if view == "-1" else features])
+            target = self.node("Concat", [batch, rest], 0, axis=0)
+            flat = self.node("Reshape", [x, target], features)
+        elif flatten or reshape:
             features = c * self.size * self.size
             if reshape:
                 flat = self.node("Reshape", [x, self.const_int("shape", [-1, features])], features)

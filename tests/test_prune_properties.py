@@ -135,8 +135,9 @@ def random_cnn(draw):
             x = net.concat([net.unary(q), net.unary(p)])
         elif block == "sigmoid":
             x = net.node("Mul", [x, net.unary(x, "Sigmoid")], c)  # SiLU
-    head = draw(st.sampled_from(["gap", "flatten", "reshape"]))
-    return net.model(net.head(x, flatten=head == "flatten", reshape=head == "reshape"))
+    head = draw(st.sampled_from(["gap", "flatten", "reshape", "-1", "features"]))
+    return net.model(net.head(x, flatten=head == "flatten", reshape=head == "reshape",
+                              view=head if head in ("-1", "features") else ""))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -165,10 +165,6 @@ def _reshape(ex, node, side, index, m):
     src, dst = ex.shape(node.inputs[0]), ex.shape(node.outputs[0])
     if src is None or dst is None or None in src or None in dst:
         ex.refuse(f"{ex.key(node)}: Reshape shapes unknown")
-    target = ex.const_source(node.inputs[1])
-    values = ex.const_values(node.inputs[1])
-    if target is None or values is None:
-        ex.refuse(f"{ex.key(node)}: Reshape shape is computed at run time")
     outer = int(np.prod(src[:m.axis]))
     for k in range(len(dst)):
         if int(np.prod(dst[:k])) != outer:
@@ -179,14 +175,47 @@ def _reshape(ex, node, side, index, m):
             t += 1
         if merged == dst[k] and t >= 1:
             inner = int(np.prod(src[m.axis + 1:m.axis + t]))
-            if int(values[k]) > 0:
-                ex.add(Member("value", target[0], index=k, lo=0, hi=2**62, use=(ex.key(node), 1),
-                              mapping=Mapping(k, m.offset, m.block * inner)))
-            elif int(values[k]) == 0 and t != 1:
+            out_m = Mapping(k, m.offset, m.block * inner)
+            entry = _shape_entry(ex, node.inputs[1], k, (ex.key(node), 1))
+            if entry is None:
+                ex.refuse(f"{ex.key(node)}: Reshape's entry for the channel axis is computed at run time")
+            name, i, value, use = entry
+            if value > 0:
+                ex.add(Member("value", name, index=i, lo=0, hi=2**62, use=use, mapping=out_m))
+            elif value == 0 and not (k == m.axis and t == 1):
                 ex.refuse(f"{ex.key(node)}: Reshape copies a dimension that changes meaning")
-            ex.visit(node.outputs[0], Mapping(k, m.offset, m.block * inner), node)
+            ex.visit(node.outputs[0], out_m, node)
             return
     ex.refuse(f"{ex.key(node)}: Reshape splits or reorders the channel axis")
+
+
+def _shape_entry(ex, tensor, k: int, use, depth: int = 0):
+    """(constant name, flat index, value, reading slot) behind entry k of a 1-D shape tensor, or None if computed.
+
+    Follows Concat/Unsqueeze/Cast of shape pieces, so `x.view(x.size(0), -1)` exports (batch from
+    Shape, -1 constant) are understood; the batch entry may stay computed.
+    """
+    found = ex.const_source(tensor)
+    if found is not None:
+        flat = np.asarray(found[2]).reshape(-1)
+        return (found[0], k, int(flat[k]), use) if found[1] == list(range(found[2].ndim)) and k < flat.size else None
+    node = tensor.inputs[0] if tensor.inputs else None
+    if node is None or depth > 8:
+        return None
+    if node.op == "Concat":
+        start = 0
+        for i, part in enumerate(node.inputs):
+            shape = ex.shape(part)
+            n = int(np.prod(shape)) if shape is not None and None not in shape else None
+            if n is None:
+                return None
+            if k < start + n:
+                return _shape_entry(ex, part, k - start, (ex.key(node), i), depth + 1)
+            start += n
+        return None
+    if node.op in ("Unsqueeze", "Cast", "Identity", "Squeeze") and k == 0:
+        return _shape_entry(ex, node.inputs[0], 0, (ex.key(node), 0), depth + 1)
+    return None
 
 
 def _concat(ex, node, side, index, m):

@@ -53,6 +53,7 @@ def load_model(path: str | os.PathLike, load_external_data: bool = True) -> onnx
             onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
         except Exception as exc:
             raise InputError(f"{path}: cannot read external data ({_first_line(exc)})") from None
+    test_pause("loaded")
     return model
 
 
@@ -151,6 +152,8 @@ def _check_external(tensor: onnx.TensorProto, base: Path, want: int | None, need
         return
     if not target.is_file():
         raise InputError(f"external data file of {name!r} is missing: {location}")
+    if (base / location).is_symlink():
+        raise InputError(f"external data file of {name!r} is a symbolic link ({location}); give the file itself")
     size = target.stat().st_size
     needed = length if length is not None else want
     if needed is not None and offset + needed > size:
@@ -349,17 +352,27 @@ def _write_file(path: Path, chunks) -> None:
 
 @contextlib.contextmanager
 def signals_deferred():
-    """Hold SIGINT/SIGTERM until the block ends: the renames that publish an output are never split."""
-    signals = {signal.SIGINT, signal.SIGTERM}
-    try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    except (AttributeError, OSError, ValueError):  # platforms without sigmask
-        yield
+    """Hold SIGINT/SIGTERM until the block ends: the renames that publish an output are never split.
+
+    Done with Python-level handlers, not a thread signal mask: ONNX Runtime's worker threads
+    would receive a masked signal and Python would still run the handler in the main thread.
+    """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # handlers can only be swapped (and only run) in the main thread
         return
+    caught: list[int] = []
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, lambda n, frame: caught.append(n))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def test_pause(stage: str) -> None:

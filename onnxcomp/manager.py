@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from onnxcomp.errors import InputError, ToleranceError, VerificationError
+from onnxcomp.io import test_pause
 from onnxcomp.options import format_options
 from onnxcomp.pass_base import Pass, PassContext, PassReport
 from onnxcomp.stats import graph_counts
@@ -61,6 +62,7 @@ class PassManager:
     def run(self, graph) -> list[PassRecord]:
         records: list[PassRecord] = []
         self._check_input(graph)
+        test_pause("passes")
         for index, p in enumerate(self.passes):
             before = graph_counts(graph)
             reference = self._reference(graph) if self.verify == "numeric" else None

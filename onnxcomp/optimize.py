@@ -54,7 +54,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
              val_data: dict[str, np.ndarray] | None = None, target: str | None = None,
              verify: str = "structure", atol: float = 1e-5, rtol: float = 1e-4,
              dims: dict[str, int] | None = None, progress=None, seed: int = 0,
-             check_output: bool = True, preloaded: onnx.ModelProto | None = None,
+             check_output: bool = True, external_data: bool | None = None, preloaded: onnx.ModelProto | None = None,
              reproducer: str | os.PathLike | None = None) -> OptimizeResult:
     """Run `pipeline` on `model` and validate the result against the original.
 
@@ -79,7 +79,12 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     if check_output:
         result.validation = validate_against(original, result_model, passes, val_data or data, ctx, atol, rtol)
     if output is not None:
-        save(result_model, output, forbid=source)
+        if external_data is None and source is not None:
+            from onnxcomp.io import input_files
+
+            # Keep the input's layout: a model that came with external data leaves with it.
+            external_data = True if len(input_files(source)) > 1 else None
+        save(result_model, output, forbid=source, external_data=external_data)
     result.output = _describe(result_model, output)
     result.seconds = time.perf_counter() - start
     return result

@@ -58,6 +58,33 @@ def good_model() -> onnx.ModelProto:
     return _model(nodes, [_vi("x", ["N", 3, 8, 8])], [_vi("y", ["N", 10])], inits)
 
 
+def weighty_model(width: int = 1024) -> onnx.ModelProto:
+    """A valid model with a few MB of weights (Conv+BN, Gemm, MatMul) for external-data and interrupt tests.
+
+    Input x[N,3,16,16]; width=1024 gives about 5 MB of float32 weights.
+    """
+    rng = np.random.default_rng(2)
+    f = lambda *s: (rng.standard_normal(s) * 0.1).astype(np.float32)  # noqa: E731
+    inits = {"w1": f(32, 3, 3, 3), "g1": np.abs(f(32)) + 0.5, "b1": f(32), "m1": f(32), "v1": np.abs(f(32)) + 0.5,
+             "w2": f(64, 32, 3, 3), "g2": np.abs(f(64)) + 0.5, "b2": f(64), "m2": f(64), "v2": np.abs(f(64)) + 0.5,
+             "fc1": f(width, 64), "fc1b": f(width), "fc2": f(width, width), "head": f(width, 10)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c1", "g1", "b1", "m1", "v1"], ["n1"], name="bn1"),
+             helper.make_node("Relu", ["n1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("BatchNormalization", ["c2", "g2", "b2", "m2", "v2"], ["n2"], name="bn2"),
+             helper.make_node("Relu", ["n2"], ["r2"], name="relu2"),
+             helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["flat"], name="flatten"),
+             helper.make_node("Gemm", ["flat", "fc1", "fc1b"], ["h1"], name="fc1", transB=1),
+             helper.make_node("Relu", ["h1"], ["a1"], name="relu3"),
+             helper.make_node("MatMul", ["a1", "fc2"], ["h2"], name="fc2"),
+             helper.make_node("Identity", ["h2"], ["h2_id"], name="noop"),
+             helper.make_node("MatMul", ["h2_id", "head"], ["y"], name="head")]
+    return _model(nodes, [_vi("x", ["N", 3, 16, 16])], [_vi("y", ["N", 10])],
+                  [numpy_helper.from_array(v, k) for k, v in inits.items()])
+
+
 def _save(model: onnx.ModelProto, path: Path) -> Path:
     path.write_bytes(model.SerializeToString())
     return path

@@ -31,6 +31,8 @@ from onnxcomp.cli.common import dim_option
 @click.option("--atol", default=1e-5, show_default=True, help="Absolute tolerance for exact passes.")
 @click.option("--rtol", default=1e-4, show_default=True, help="Relative tolerance for exact passes.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
+@click.option("--external-data/--no-external-data", "external_data", default=None,
+              help="Save weights to OUT.data beside the model (default: as the input did, or when over ~2 GB).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
 @click.option("--reproducer", type=click.Path(dir_okay=False),
@@ -39,7 +41,7 @@ from onnxcomp.cli.common import dim_option
 @dim_option
 def command(model, output, pipeline, quantize, calib, val, calib_method, target, exclude, max_drop,
             prune_channels, importance, round_to, global_ranking, sparsify, sparsify_scope, verify,
-            atol, rtol, report_path, seed, quiet, reproducer, print_pipeline, dims):
+            atol, rtol, report_path, external_data, seed, quiet, reproducer, print_pipeline, dims):
     """Optimize MODEL with a pass pipeline; the result is verified against MODEL."""
     from pathlib import Path
 
@@ -53,8 +55,11 @@ def command(model, output, pipeline, quantize, calib, val, calib_method, target,
     from onnxcomp.runtime import parse_dims
 
     output = output or str(Path(model).with_suffix("")) + ".opt.onnx"
-    if Path(output).exists() and Path(model).exists() and Path(output).resolve() == Path(model).resolve():
-        raise InputError(f"{output}: refusing to overwrite the input model; choose another output path")
+    from onnxcomp.io import input_files, same_file
+
+    # Checked before any work (by file identity: symlinks, hard links, other spellings), and again on save.
+    if any(same_file(output, p) or same_file(str(output) + ".data", p) for p in input_files(model)):
+        raise InputError(f"{output}: refusing to overwrite the input model or its data; choose another output path")
     if report_path and Path(report_path).resolve() == Path(model).resolve():
         raise InputError(f"{report_path}: refusing to overwrite the input model with the report")
     extra = shortcut_passes(quantize=quantize, calib_method=calib_method, target=target, exclude=exclude,
@@ -73,7 +78,7 @@ def command(model, output, pipeline, quantize, calib, val, calib_method, target,
     val_data = load_data(val, original) if val else None
     result = optimize(model, output, passes, data=data, val_data=val_data, target=target, verify=verify,
                       atol=atol, rtol=rtol, dims=parse_dims(dims), progress=progress, seed=seed,
-                      preloaded=original, reproducer=reproducer)
+                      external_data=external_data, preloaded=original, reproducer=reproducer)
     click.echo(format_result(result))
     if report_path:
         write_json(result.as_dict(), report_path)

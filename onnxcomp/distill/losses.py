@@ -82,7 +82,7 @@ class FeatureAdapter(torch.nn.Module):
         cs, ct = student_shape[self.channel_axis], teacher_shape[self.channel_axis]
         self.proj = None
         if cs != ct:
-            if self.channel_axis == 1:
+            if len(student_shape) >= 4:
                 conv = torch.nn.Conv2d if len(student_shape) == 4 else torch.nn.Conv3d
                 self.proj = conv(cs, ct, 1, bias=False)
             else:

@@ -162,10 +162,7 @@ class Trainer:
             sums: dict[str, float] = {}
             batches = (n + opts.batch_size - 1) // opts.batch_size
             for b, s in enumerate(range(0, n, opts.batch_size)):
-                # sorted indices read a memory-mapped disk cache sequentially; the batch content is the same
                 index = order[s:s + opts.batch_size]
-                if source == "disk":
-                    index = np.sort(index)
                 outs, feats = self.tapped([_tensor(x[index]) for x in inputs])
                 batch_labels = None if labels_t is None else labels_t[index]
                 if use_teacher:

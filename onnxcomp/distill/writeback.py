@@ -9,6 +9,7 @@ module checks it).
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import onnx
@@ -43,9 +44,11 @@ def export_student(module: torch.nn.Module, example: list[torch.Tensor], input_n
     module.eval()
     buffer = io.BytesIO()
     try:
-        torch.onnx.export(module, tuple(example), buffer, dynamo=False, do_constant_folding=False,
-                          opset_version=opset, input_names=input_names, output_names=output_names,
-                          dynamic_axes=dynamic_axes)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice: chosen on purpose
+            torch.onnx.export(module, tuple(example), buffer, dynamo=False, do_constant_folding=False,
+                              opset_version=opset, input_names=input_names, output_names=output_names,
+                              dynamic_axes=dynamic_axes)
     except Exception as exc:
         text = str(exc).strip().splitlines()
         raise InputError(f"exporting the student to ONNX failed: {type(exc).__name__}: "

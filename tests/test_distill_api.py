@@ -1,0 +1,164 @@
+"""onnxcomp.distill end to end on the MLP: write-back, sparsity, determinism, teacher caching, export, features."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+import onnxcomp
+from onnxcomp.distill import DistillOptions
+from onnxcomp.errors import InputError
+
+FAST = dict(epochs=2, lr=3e-3, batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def mlp(models_dir):
+    train = dict(np.load(models_dir / "mlp_calib.npz"))
+    val = dict(np.load(models_dir / "mlp_test.npz"))
+    return onnx.load(str(models_dir / "mlp.onnx")), train, val
+
+
+def sparsified(model, ratio=0.5):
+    """Zero the smallest half of every weight matrix (what sparsify-initializers leaves behind)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for init in out.graph.initializer:
+        w = numpy_helper.to_array(init)
+        if w.ndim == 2:
+            w = w.copy()
+            w[np.abs(w) <= np.quantile(np.abs(w), ratio)] = 0.0
+            init.CopyFrom(numpy_helper.from_array(w, init.name))
+    return out
+
+
+def inits(model):
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_onnx_student_is_written_back_into_the_same_graph_with_sparsity_kept(mlp):
+    teacher, train, val = mlp
+    student = sparsified(teacher)
+    result = onnxcomp.distill(teacher, student, train, DistillOptions(**FAST), val_data=val)
+    out = result.model
+    assert result.mode == "onnx-student"
+    assert [n.SerializeToString() for n in out.graph.node] == [n.SerializeToString() for n in student.graph.node]
+    assert [(i.name, i.type.SerializeToString()) for i in out.graph.input] == \
+        [(i.name, i.type.SerializeToString()) for i in student.graph.input]
+    before, after = inits(student), inits(out)
+    assert before.keys() == after.keys()
+    changed = 0
+    for name, old in before.items():
+        new = after[name]
+        assert new.shape == old.shape and new.dtype == old.dtype, name
+        if old.ndim == 2:
+            assert np.array_equal(new == 0, old == 0), f"{name}: sparsity pattern changed"
+            assert (old == 0).mean() >= 0.5
+        changed += not np.array_equal(new, old)
+    assert changed >= 8  # 3 weights, 3 biases, BN scale/bias (+ running stats)
+    onnx.checker.check_model(out)
+    assert result.final["ort_vs_torch_max_abs"] < 1e-4
+    assert result.final["masked_tensors"] == 3
+    assert 0.0 <= result.final["accuracy"] <= 1.0 and result.final["teacher_accuracy"] > 0.9
+    assert len(result.history) == 2 and result.metric == "accuracy"
+    best = max(result.history, key=lambda r: (r["accuracy"], -r["val_loss"]))
+    assert result.best_epoch == best["epoch"]
+
+
+def test_fine_tuning_recovers_a_damaged_student(mlp):
+    teacher, train, val = mlp
+    student = sparsified(teacher, 0.8)
+    from onnxcomp.fidelity import measure
+
+    start = measure(teacher, student, val).accuracy
+    result = onnxcomp.distill(teacher, student, train, dict(epochs=4, lr=3e-3, temperature=2.0, alpha=0.5),
+                              val_data=val)
+    assert result.final["accuracy"] > start + 0.02, (start, result.final)
+
+
+def test_seeded_runs_are_identical(mlp):
+    teacher, train, val = mlp
+    runs = [onnxcomp.distill(teacher, teacher, train, dict(epochs=1, lr=1e-3, seed=s), val_data=val) for s in (3, 3, 4)]
+    a, b, c = (inits(r.model) for r in runs)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert any(not np.array_equal(a[k], c[k]) for k in a)
+
+
+class CountingTeacher(torch.nn.Module):
+    """A torch teacher that counts how many samples it was run on."""
+
+    def __init__(self, model):
+        super().__init__()
+        from onnxcomp.distill.onnx_to_torch import OnnxModule
+
+        self.inner = OnnxModule(model).eval()
+        self.samples = 0
+
+    def forward(self, x):
+        self.samples += len(x)
+        return self.inner(x)[0]
+
+
+@pytest.mark.parametrize("cache,alpha,expected", [("memory", 0.7, "once"), ("none", 0.7, "every epoch"),
+                                                  ("memory", 0.0, "never")])
+def test_teacher_runs_once_per_sample(mlp, cache, alpha, expected):
+    teacher_model, train, val = mlp
+    teacher = CountingTeacher(teacher_model)
+    epochs, n, n_val, probe = 3, len(train["input"]), len(val["input"]), 2
+    result = onnxcomp.distill(teacher, teacher_model, train, dict(epochs=epochs, cache=cache, alpha=alpha),
+                              val_data=val)
+    calls = {"once": probe + n + n_val, "every epoch": probe + epochs * n + n_val, "never": probe + n_val}[expected]
+    assert teacher.samples == calls
+    assert result.teacher["kind"] == "torch"
+
+
+def test_disk_cache_is_reused_and_gives_the_same_result(mlp, tmp_path):
+    teacher, train, val = mlp
+    options = DistillOptions(epochs=1, cache="disk", cache_dir=str(tmp_path / "cache"))
+    first = onnxcomp.distill(teacher, teacher, train, options, val_data=val)
+    second = onnxcomp.distill(teacher, teacher, train, options, val_data=val)
+    assert first.teacher["targets_source"] == "computed" and second.teacher["targets_source"] == "disk"
+    assert len(list((tmp_path / "cache").glob("teacher-*/out0.npy"))) == 1
+    a, b = inits(first.model), inits(second.model)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def make_student(hidden=32, classes=10):
+    return torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.BatchNorm1d(hidden), torch.nn.ReLU(),
+                               torch.nn.Linear(hidden, classes))
+
+
+def test_torch_student_is_trained_and_exported(mlp):
+    teacher, train, val = mlp
+    result = onnxcomp.distill(teacher, make_student, train, dict(epochs=3, lr=1e-2), val_data=val)
+    out = result.model
+    assert result.mode == "torch-student"
+    onnx.checker.check_model(out)
+    assert [i.name for i in out.graph.input] == ["input"] and [o.name for o in out.graph.output] == ["logits"]
+    assert out.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert "BatchNormalization" in {n.op_type for n in out.graph.node}  # kept for fold-bn
+    assert result.final["ort_vs_torch_max_abs"] < 1e-4
+    assert result.final["accuracy"] > 0.5  # 256 samples, 3 epochs, a 32-wide student
+
+
+def test_feature_matching_trains_an_adapter(mlp):
+    teacher, train, val = mlp
+    options = DistillOptions(epochs=2, features=(("/2/Relu_output_0", "2"),), feature_weight=0.5)
+    result = onnxcomp.distill(teacher, make_student, train, options, val_data=val)
+    assert all("feature" in row and row["feature"] > 0 for row in result.history)
+    assert result.history[1]["feature"] < result.history[0]["feature"]
+    with pytest.raises(InputError, match="no tensor named 'nope'"):
+        onnxcomp.distill(teacher, make_student, train, DistillOptions(epochs=1, features=(("nope", "2"),)))
+    with pytest.raises(InputError, match="no submodule named 'nope'"):
+        onnxcomp.distill(teacher, make_student, train, DistillOptions(epochs=1, features=(("/2/Relu_output_0", "nope"),)))
+
+
+def test_bad_inputs_are_one_clear_error(mlp):
+    teacher, train, val = mlp
+    with pytest.raises(InputError, match=r"student output shape \[2, 5\] does not match the teacher's \[2, 10\]"):
+        onnxcomp.distill(teacher, lambda: make_student(classes=5), train, dict(epochs=1))
+    with pytest.raises(InputError, match="missing array.*input"):
+        onnxcomp.distill(teacher, make_student, {"x": train["input"], "labels": train["labels"]}, dict(epochs=1))
+    with pytest.raises(InputError, match="not a torch.nn.Module"):
+        onnxcomp.distill(teacher, lambda: 42, train, dict(epochs=1))

@@ -1,0 +1,97 @@
+"""Distillation loss math against hand-written numpy, and feature adapters."""
+
+import numpy as np
+import pytest
+import torch
+from helpers import rng_array
+
+from onnxcomp.distill.losses import FeatureAdapter, distillation_loss, output_loss, soft_target_loss
+from onnxcomp.distill.options import DistillOptions, parse_feature
+from onnxcomp.errors import InputError
+
+
+def np_softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def np_kd(student, teacher, t):
+    p, q = np_softmax(teacher / t), np_softmax(student / t)
+    return float(np.mean(np.sum(p * (np.log(p) - np.log(q)), -1)) * t * t)
+
+
+@pytest.mark.parametrize("t", [1.0, 2.0, 4.0, 8.0])
+def test_soft_target_loss_is_kl_times_t_squared(t):
+    s, te = rng_array((16, 10), 1, 3.0), rng_array((16, 10), 2, 3.0)
+    got = float(soft_target_loss(torch.from_numpy(s), torch.from_numpy(te), t))
+    assert got == pytest.approx(np_kd(s.astype(np.float64), te.astype(np.float64), t), rel=1e-5)
+
+
+def test_soft_target_loss_zero_iff_same_logits():
+    z = torch.from_numpy(rng_array((8, 10)))
+    assert float(soft_target_loss(z, z, 4.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(soft_target_loss(z, z + 5.0, 4.0)) == pytest.approx(0.0, abs=1e-5)  # shift-invariant
+    assert float(soft_target_loss(z, 2 * z, 4.0)) > 1e-3
+
+
+def test_alpha_mixes_kd_and_cross_entropy():
+    s, te = torch.from_numpy(rng_array((32, 10), 3)), torch.from_numpy(rng_array((32, 10), 4))
+    labels = torch.from_numpy(np.random.default_rng(0).integers(0, 10, 32))
+    kd = float(soft_target_loss(s, te, 4.0))
+    ce = float(torch.nn.functional.cross_entropy(s, labels))
+    for alpha in (0.0, 0.3, 0.7, 1.0):
+        loss, parts = output_loss(s, te, labels, 4.0, alpha)
+        assert float(loss) == pytest.approx(alpha * kd + (1 - alpha) * ce, rel=1e-5)
+        assert parts["ce"] == pytest.approx(ce, rel=1e-5)
+    loss, parts = output_loss(s, te, None, 4.0, 0.3)  # no labels: pure soft targets whatever alpha says
+    assert float(loss) == pytest.approx(kd, rel=1e-5) and "ce" not in parts
+
+
+def test_gradient_scale_is_comparable_across_temperatures():
+    # The T^2 factor keeps soft-target gradients on the same scale at every temperature (Hinton et al.).
+    te = torch.from_numpy(rng_array((64, 10), 5, 2.0))
+    norms = []
+    for t in (2.0, 8.0):
+        s = torch.from_numpy(rng_array((64, 10), 6, 0.2)).requires_grad_(True)
+        soft_target_loss(s, te, t).backward()
+        norms.append(float(s.grad.norm()))
+    assert 0.2 < norms[1] / norms[0] < 5.0
+
+
+def test_non_logit_outputs_use_mse_and_labels_go_to_first_logits():
+    seq_s, seq_t = torch.from_numpy(rng_array((2, 4, 8), 1)), torch.from_numpy(rng_array((2, 4, 8), 2))
+    loss, parts = distillation_loss([seq_s], [seq_t], None, 4.0, 0.7)
+    assert float(loss) == pytest.approx(float(((seq_s - seq_t) ** 2).mean()), rel=1e-6) and "mse" in parts
+    logits_s, logits_t = torch.from_numpy(rng_array((2, 10), 3)), torch.from_numpy(rng_array((2, 10), 4))
+    labels = torch.tensor([1, 2])
+    loss, parts = distillation_loss([seq_s, logits_s], [seq_t, logits_t], labels, 4.0, 0.5)
+    expected = float(((seq_s - seq_t) ** 2).mean()) + float(output_loss(logits_s, logits_t, labels, 4.0, 0.5)[0])
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+def test_feature_adapter_maps_widths():
+    conv = FeatureAdapter((2, 8, 5, 5), (2, 16, 5, 5), "a")
+    assert isinstance(conv.proj, torch.nn.Conv2d) and conv.proj.kernel_size == (1, 1)
+    assert conv(torch.zeros(2, 8, 5, 5)).shape == (2, 16, 5, 5)
+    lin = FeatureAdapter((2, 7, 32), (2, 7, 64), "b")
+    assert isinstance(lin.proj, torch.nn.Linear) and lin(torch.zeros(2, 7, 32)).shape == (2, 7, 64)
+    same = FeatureAdapter((2, 16), (2, 16), "c")
+    assert same.proj is None
+    with pytest.raises(InputError, match="only the channel width may differ"):
+        FeatureAdapter((2, 8, 5, 5), (2, 16, 3, 3), "d")
+    with pytest.raises(InputError, match="different ranks"):
+        FeatureAdapter((2, 8), (2, 8, 1, 1), "e")
+
+
+def test_options_validate_and_features_parse():
+    with pytest.raises(InputError, match="alpha"):
+        DistillOptions(alpha=1.5)
+    with pytest.raises(InputError, match="temperature"):
+        DistillOptions(temperature=0)
+    with pytest.raises(InputError, match="cache"):
+        DistillOptions(cache="gpu")
+    assert parse_feature("/layer3/Relu_1_output_0=layer3") == ("/layer3/Relu_1_output_0", "layer3")
+    assert parse_feature("x") == ("x", "x")
+    with pytest.raises(InputError):
+        parse_feature("=b")
+    assert DistillOptions(features=[["a", "b"]]).features == (("a", "b"),)

@@ -24,20 +24,19 @@ def _attrs(node) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _trace(index, name: str, axis: int, rank: int):
-    """(initializer name, axis in its coordinates) behind `name`, or None when not constant."""
-    seen = 0
+def _trace(index, name: str):
+    """(initializer name, [Transpose perms from the consumer back]) behind `name`, or None."""
+    perms = []
     while name not in index.initializers:
         node = index.producer.get(name)
-        if node is None or seen > 16:
+        if node is None or len(perms) > 16:
             return None
-        seen += 1
         if node.op_type == "Transpose":
-            axis = through_transpose(axis, _attrs(node).get("perm"), rank)
+            perms.append(_attrs(node).get("perm"))
         elif node.op_type not in AXIS_KEEPING_OPS + ("DequantizeLinear",):
             return None
         name = node.input[0]
-    return name, axis
+    return name, perms
 
 
 def weight_uses(index):
@@ -49,17 +48,17 @@ def weight_uses(index):
         for slot in _SLOTS[node.op_type]:
             if slot >= len(node.input):
                 continue
-            traced = None
-            for candidate_rank in range(2, 6):  # rank of the weight as the op sees it
-                axis = reduction_axis(node.op_type, slot, attrs, candidate_rank)
-                if axis is None:
-                    continue
-                traced = _trace(index, node.input[slot], axis, candidate_rank)
-                if traced and len(index.initializers[traced[0]].dims) == candidate_rank:
-                    break
-                traced = None
-            if traced:
-                yield node.name or node.output[0], node.op_type, traced[0], traced[1]
+            traced = _trace(index, node.input[slot])
+            if traced is None:
+                continue
+            name, perms = traced
+            rank = len(index.initializers[name].dims)
+            axis = reduction_axis(node.op_type, slot, attrs, rank)
+            if axis is None or any(p is not None and len(p) != rank for p in perms):
+                continue
+            for perm in perms:
+                axis = through_transpose(axis, perm, rank)
+            yield node.name or node.output[0], node.op_type, name, axis
 
 
 def _survey(index):

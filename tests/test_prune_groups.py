@@ -81,15 +81,24 @@ def test_flatten_maps_one_channel_to_a_block_of_features():
     assert g.prunable and reader.axis == 1 and reader.mapping.block == 9
 
 
-def test_constant_reshape_is_rewritten_and_dynamic_reshape_is_refused():
+def test_constant_reshape_is_rewritten():
     net = Net(2, size=3)
     c = net.conv(net.x, 8)
     out = net.head(net.unary(c), reshape=True)
     g = by_producer(groups_of(net.model(out)))[key(c)]
     assert g.prunable and any(m.kind == "value" for m in g.members)
-    groups = by_producer(groups_of(onnx.load_model(_transformer_path())))
-    for name in ("/q/MatMul", "/k/MatMul", "/v/MatMul"):  # heads: the channel axis is split
-        assert "Reshape" in groups[name].reason
+
+
+def test_attention_heads_form_one_group_through_reshape_transpose_and_matmul(models_dir):
+    groups = groups_of(onnx.load_model(models_dir / "transformer_block.onnx"))
+    (heads,) = [g for g in groups if g.width > 1]
+    assert heads.prunable and heads.channels == 4 and heads.width == 16
+    assert set(heads.producers) == {"/q/MatMul", "/k/MatMul", "/v/MatMul"}
+    reader = next(m for m in heads.members if m.kind == "in")
+    assert reader.tensor == "o.weight" and reader.axis == 1 and reader.mapping.block == 16
+    assert {m.tensor for m in heads.members if m.kind == "value"} == {"/Constant_2_output_0"}  # the head count
+    # per-channel groups for q/k/v are replaced by the head group, not listed twice
+    assert sum("/q/MatMul" in g.producers for g in groups) == 1
 
 
 @pytest.mark.parametrize("view", ["-1", "features"])
@@ -100,12 +109,6 @@ def test_reshape_with_a_runtime_batch_entry_is_understood(view):
     g = by_producer(groups_of(net.model(out)))[key(c)]
     assert g.prunable, g.reason
     assert any(m.kind == "value" for m in g.members) == (view == "features")
-
-
-def _transformer_path():
-    from pathlib import Path
-
-    return Path(__file__).resolve().parent.parent / "build" / "models" / "transformer_block.onnx"
 
 
 def test_depthwise_conv_couples_its_input_and_output():

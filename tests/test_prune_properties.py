@@ -14,10 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import random_feeds, run
+from helpers import run
 from prune_builders import Net, ffn_model
 
 from onnxcomp.io import to_graph, to_model
+from onnxcomp.runtime import random_inputs
 from onnxcomp.passes.prune.groups import find_channel_groups
 from onnxcomp.passes.prune.plan import apply_plan, build_plan
 from onnxcomp.stats import graph_counts
@@ -97,7 +98,7 @@ def check_exact_removal(model: onnx.ModelProto, seed: int, atol: float = 1e-5) -
     removed = params_before - graph_counts(graph)["params"]
     assert removed == expected_param_drop(reference, groups, kept)
     for feed_seed in (0, 1):
-        feeds = random_feeds(reference, feed_seed, batch=2)
+        feeds = random_inputs(reference, {"seq": 5, "S": 5}, seed=feed_seed, batch=2)
         want, got = run(reference, feeds), run(pruned, feeds)
         for name in want:
             assert got[name].shape == want[name].shape

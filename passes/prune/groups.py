@@ -28,13 +28,15 @@ class ChannelGroup:
     members: list[Member] = field(default_factory=list)
     tensors: list[str] = field(default_factory=list)
     reason: str | None = None
+    # Positions per channel at the producers: 1 for channels, the head size for attention heads.
+    width: int = 1
 
     @property
     def prunable(self) -> bool:
         return self.reason is None
 
     def describe(self) -> dict:
-        return {"id": self.id, "channels": self.channels, "producers": self.producers,
+        return {"id": self.id, "channels": self.channels, "width": self.width, "producers": self.producers,
                 "members": sorted({m.label() for m in self.members}), "reason": self.reason}
 
 
@@ -127,7 +129,7 @@ class _Explorer:
                         role=role or kind))
 
     def producer(self, node, channels: int, m: Mapping):
-        if m.offset != 0 or m.block != 1 or channels != self.channels:
+        if m.offset != 0 or channels != self.channels * m.block:
             self.refuse(f"{node_key(node)}: {node.op} with {channels} output channels coupled to a "
                         f"{self.channels}-channel group at offset {m.offset}")
         self.group_producers.append(node_key(node))
@@ -166,7 +168,7 @@ class _Explorer:
             self.refuse(f"{node_key(node)}: {node.op} is not understood")
         handler(self, node, side, index, m)
 
-    def explore(self, start, channels: int, axis: int) -> str | None:
+    def explore(self, start, channels: int, axis: int, block: int = 1) -> str | None:
         """Walk the closure of `start`'s output channels; returns the first refusal, if any.
 
         After a refusal the walk goes on, so every producer of the closure lands in this one
@@ -177,8 +179,9 @@ class _Explorer:
         self.queue: list = []
         self.members: dict = {}
         self.group_producers: list[str] = []
+        self.split_hint: int | None = None
         reasons: list[str] = []
-        self.visit(start.outputs[0], Mapping(axis), None)
+        self.visit(start.outputs[0], Mapping(axis, 0, block), None)
         while self.queue:
             tensor, m, via = self.queue.pop()
             for call in self._steps(tensor, m, via):
@@ -202,6 +205,7 @@ def find_channel_groups(graph, shapes: dict | None = None) -> list[ChannelGroup]
         shapes = infer_shapes(to_model(graph))
     ex = _Explorer(graph, shapes)
     groups: list[ChannelGroup] = []
+    hints: dict[int, tuple] = {}
     for node in graph.nodes:
         if node.op not in PRODUCERS or node_key(node) in ex.claimed or not node.outputs:
             continue
@@ -210,18 +214,52 @@ def find_channel_groups(graph, shapes: dict | None = None) -> list[ChannelGroup]
         channels = _output_channels(ex, node)
         if channels is None:
             continue  # no constant weight (e.g. attention's activation @ activation): not a producer
-        group = ChannelGroup(len(groups), channels, [node_key(node)])
+        group = _explore_group(ex, node, len(groups), channels, 1)
         groups.append(group)
-        out = node.outputs[0]
-        r = len(ex.shape(out) or ()) or (2 if node.op == "Gemm" else 0)
-        group.reason = ex.explore(node, channels, PRODUCERS[node.op](node, r))
-        group.producers = list(dict.fromkeys([node_key(node), *ex.group_producers]))
-        group.members = list(ex.members.values())
-        group.tensors = list(ex.state)
+        if group.reason and ex.split_hint and channels % ex.split_hint == 0:
+            hints[group.id] = (node, ex.split_hint)
         for p in group.producers:
             ex.claimed.setdefault(p, group.id)
+    groups = _head_groups(ex, groups, hints)
     _check_shared_constants(graph, groups)
     return groups
+
+
+def _explore_group(ex, node, gid: int, channels: int, block: int) -> ChannelGroup:
+    r = len(ex.shape(node.outputs[0]) or ()) or (2 if node.op == "Gemm" else 0)
+    group = ChannelGroup(gid, channels, [node_key(node)], width=block)
+    group.reason = ex.explore(node, channels, PRODUCERS[node.op](node, r), block)
+    group.producers = list(dict.fromkeys([node_key(node), *ex.group_producers]))
+    group.members = list(ex.members.values())
+    group.tensors = list(ex.state)
+    return group
+
+
+def _head_groups(ex, groups: list[ChannelGroup], hints: dict) -> list[ChannelGroup]:
+    """Retry groups refused at a Reshape that splits channels into heads, counting whole heads.
+
+    Attention's q/k/v projections end in Reshape [.., H*D] -> [.., H, D]: per channel they are
+    unprunable, but head h (D consecutive channels of q, k and v, and of o's input) is one unit.
+    A head group that works replaces the per-channel groups of the producers it covers.
+    """
+    replaced: set[int] = set()
+    extra: list[ChannelGroup] = []
+    for gid, (node, head_dim) in hints.items():
+        if gid in replaced:
+            continue
+        heads = groups[gid].channels // head_dim
+        group = _explore_group(ex, node, -1, heads, head_dim)
+        if group.reason is not None:
+            continue
+        covered = {ex.claimed.get(p) for p in group.producers}
+        if not covered <= set(hints) or covered & replaced:
+            continue
+        replaced |= covered
+        extra.append(group)
+    kept = [g for g in groups if g.id not in replaced] + extra
+    for i, g in enumerate(kept):
+        g.id = i
+    return kept
 
 
 def _output_channels(ex, node) -> int | None:

@@ -160,11 +160,13 @@ def _flatten(ex, node, side, index, m):
 
 
 def _reshape(ex, node, side, index, m):
-    if side == "out" or index != 0:
-        ex.refuse(f"{ex.key(node)}: Reshape reached from its output or shape")
+    if index != 0 and side == "in":
+        ex.refuse(f"{ex.key(node)}: channels reach Reshape through its shape")
     src, dst = ex.shape(node.inputs[0]), ex.shape(node.outputs[0])
     if src is None or dst is None or None in src or None in dst:
         ex.refuse(f"{ex.key(node)}: Reshape shapes unknown")
+    if side == "out":
+        return _reshape_heads_backward(ex, node, src, dst, m)
     outer = int(np.prod(src[:m.axis]))
     for k in range(len(dst)):
         if int(np.prod(dst[:k])) != outer:
@@ -186,7 +188,39 @@ def _reshape(ex, node, side, index, m):
                 ex.refuse(f"{ex.key(node)}: Reshape copies a dimension that changes meaning")
             ex.visit(node.outputs[0], out_m, node)
             return
+    for k in range(len(dst)):  # split [.., H*D, ..] -> [.., H, D, ..]: a group of heads keeps going
+        if int(np.prod(dst[:k])) != outer or k + 1 >= len(dst) or dst[k] * dst[k + 1] != src[m.axis]:
+            continue
+        if m.block == dst[k + 1]:
+            out_m = Mapping(k, m.offset, 1)
+            entry = _shape_entry(ex, node.inputs[1], k, (ex.key(node), 1))
+            if entry is None or entry[2] == 0:
+                ex.refuse(f"{ex.key(node)}: Reshape's head count is computed at run time")
+            if entry[2] > 0:
+                ex.add(Member("value", entry[0], index=entry[1], lo=0, hi=2**62, use=entry[3], mapping=out_m))
+            ex.visit(node.outputs[0], out_m, node)
+            return
+        if m.block == 1 and ex.split_hint is None:
+            ex.split_hint = int(dst[k + 1])  # find_channel_groups retries with heads of this size
     ex.refuse(f"{ex.key(node)}: Reshape splits or reorders the channel axis")
+
+
+def _reshape_heads_backward(ex, node, src, dst, m):
+    """Reached from a head axis of [.., H, D, ..]: the input holds the heads as blocks of D."""
+    k = m.axis
+    if m.block != 1 or k + 1 >= len(dst):
+        ex.refuse(f"{ex.key(node)}: Reshape reached from its output")
+    outer = int(np.prod(dst[:k]))
+    for a in range(len(src)):
+        if int(np.prod(src[:a])) == outer and src[a] == dst[k] * dst[k + 1]:
+            entry = _shape_entry(ex, node.inputs[1], k, (ex.key(node), 1))
+            if entry is None or entry[2] == 0:
+                ex.refuse(f"{ex.key(node)}: Reshape's head count is computed at run time")
+            if entry[2] > 0:
+                ex.add(Member("value", entry[0], index=entry[1], lo=0, hi=2**62, use=entry[3], mapping=m))
+            ex.visit(node.inputs[0], Mapping(a, m.offset, int(dst[k + 1])), node)
+            return
+    ex.refuse(f"{ex.key(node)}: Reshape reached from its output")
 
 
 def _shape_entry(ex, tensor, k: int, use, depth: int = 0):
@@ -398,9 +432,35 @@ def _gemm(ex, node, side, index, m):
             ex.add_const("out", const, len(shape) - 1, m.on_axis(len(shape) - 1), node, 2, role="bias")
 
 
+def _matmul_activations(ex, node, side, index, m):
+    """A @ B of two activations (attention): batch axes couple both sides, rows/columns pass through."""
+    a, b, out = node.inputs[0], node.inputs[1], node.outputs[0]
+    r_a, r_b, r_out = rank(ex, a), rank(ex, b), rank(ex, out)
+    if min(r_a, r_b) < 2:
+        ex.refuse(f"{ex.key(node)}: MatMul with a vector operand")
+    src_rank = r_out if side == "out" else (r_a if index == 0 else r_b)
+    a_out = m.axis + (r_out - src_rank)
+    if side == "in" and index == 0 and m.axis == r_a - 1 or side == "in" and index == 1 and m.axis == r_b - 2:
+        ex.refuse(f"{ex.key(node)}: channels contracted by a MatMul of two activations")
+    if a_out < r_out - 2:  # batch axis: both operands (unless broadcast) and the output
+        ex.visit(out, m.on_axis(a_out), node)
+        for t, r in ((a, r_a), (b, r_b)):
+            axis = a_out - (r_out - r)
+            if axis >= 0 and dim(ex, t, axis) != 1:
+                ex.visit(t, m.on_axis(axis), node)
+    elif a_out == r_out - 2:  # rows of A
+        ex.visit(out, m.on_axis(a_out), node)
+        ex.visit(a, m.on_axis(r_a - 2), node)
+    else:  # columns of B
+        ex.visit(out, m.on_axis(a_out), node)
+        ex.visit(b, m.on_axis(r_b - 1), node)
+
+
 def _matmul(ex, node, side, index, m):
     if len(node.inputs) < 2 or ex.const_source(node.inputs[1]) is None:
-        ex.refuse(f"{ex.key(node)}: MatMul between two activations")
+        if len(node.inputs) == 2 and ex.const_source(node.inputs[0]) is None:
+            return _matmul_activations(ex, node, side, index, m)
+        ex.refuse(f"{ex.key(node)}: MatMul with a constant first operand")
     w = ex.const_source(node.inputs[1])
     if w[2].ndim != 2:
         ex.refuse(f"{ex.key(node)}: MatMul weight of rank {w[2].ndim}")

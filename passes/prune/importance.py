@@ -9,6 +9,8 @@ was folded away falls back to l2 of its producers' weights, which then carry tha
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from onnxcomp.passes.prune.groups import ChannelGroup
@@ -54,6 +56,11 @@ def _gather(values, member, channels: int) -> np.ndarray:
     return v[member.mapping.positions(np.arange(channels)).reshape(channels, -1)[:, 0]]
 
 
+def unit_for(round_to: int, width: int) -> int:
+    """Channels per rounding step: a group of heads of width 16 meets round_to=8 with any head count."""
+    return max(1, round_to // math.gcd(round_to, max(1, width)))
+
+
 def rounded_keep(channels: int, keep: float, round_to: int) -> int:
     """Kept channel count: `keep` rounded to the nearest multiple of round_to, at least one multiple.
 
@@ -65,16 +72,18 @@ def rounded_keep(channels: int, keep: float, round_to: int) -> int:
     return int(min(channels, max(round_to, k)))
 
 
-def keep_uniform(scores: dict[int, np.ndarray], ratio: float, round_to: int) -> dict[int, np.ndarray]:
+def keep_uniform(scores: dict[int, np.ndarray], ratio: float, round_to: int,
+                 widths: dict[int, int] | None = None) -> dict[int, np.ndarray]:
     """The same ratio in every group; the most important channels survive, in their original order."""
     kept = {}
     for gid, s in scores.items():
-        n = rounded_keep(len(s), len(s) * (1.0 - ratio), round_to)
+        n = rounded_keep(len(s), len(s) * (1.0 - ratio), unit_for(round_to, (widths or {}).get(gid, 1)))
         kept[gid] = _top(s, n)
     return kept
 
 
-def keep_global(scores: dict[int, np.ndarray], ratio: float, round_to: int) -> dict[int, np.ndarray]:
+def keep_global(scores: dict[int, np.ndarray], ratio: float, round_to: int,
+                widths: dict[int, int] | None = None) -> dict[int, np.ndarray]:
     """One ranking across groups (scores divided by each group's mean, so layers compare)."""
     if not scores:
         return {}
@@ -84,7 +93,7 @@ def keep_global(scores: dict[int, np.ndarray], ratio: float, round_to: int) -> d
     dropped = owner[np.argsort(flat, kind="stable")[:n_drop]]
     kept = {}
     for gid, s in scores.items():
-        n = rounded_keep(len(s), len(s) - int(np.sum(dropped == gid)), round_to)
+        n = rounded_keep(len(s), len(s) - int(np.sum(dropped == gid)), unit_for(round_to, (widths or {}).get(gid, 1)))
         kept[gid] = _top(s, n)
     return kept
 

@@ -99,15 +99,18 @@ def build_plan(graph, groups: list[ChannelGroup], kept: dict[int, np.ndarray]) -
             continue
         plan.groups.append({"id": group.id, "producers": group.producers, "channels": group.channels,
                             "kept": int(keep.size)})
+        group_values: dict[tuple[str, int], int] = {}  # one entry read at several places counts once
         for m in group.members:
             pos = m.mapping.positions(removed)
             if m.kind in ("out", "in", "param"):
                 drops.setdefault((m.tensor, m.axis), set()).update(int(p) for p in pos)
             elif m.kind == "value":
                 key = (m.tensor, m.index)
-                value_delta[key] = value_delta.get(key, 0) + int(np.sum((pos >= m.lo) & (pos < m.hi)))
+                group_values[key] = max(group_values.get(key, 0), int(np.sum((pos >= m.lo) & (pos < m.hi))))
             elif m.kind == "group":
                 group_delta[m.tensor] = group_delta.get(m.tensor, 0) + int(removed.size)
+        for key, delta in group_values.items():
+            value_delta[key] = value_delta.get(key, 0) + delta
     for (name, axis), removed_pos in sorted(drops.items()):
         size = int(np.shape(values_of(name))[axis])
         keep = [i for i in range(size) if i not in removed_pos]

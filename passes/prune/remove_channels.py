@@ -76,8 +76,9 @@ class RemoveChannelsPass(Pass):
                 scores[g.id], criterion = channel_importance(g, values_of, o.importance)
                 used.add(criterion)
             report.details["importance"] = sorted(used)
+            widths = {g.id: g.width for g in live}
             choose = lambda ratio: build_plan(graph, groups, (keep_global if o.global_ranking else keep_uniform)(
-                scores, ratio, max(1, o.round_to)))
+                scores, ratio, max(1, o.round_to), widths))
             plan = choose(o.ratio)
             if o.max_drop is not None and plan.slices:
                 plan = _fit_budget(choose, o.ratio, o.max_drop, before_model, ctx, report)

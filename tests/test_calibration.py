@@ -257,3 +257,34 @@ def test_bad_calibration_input_is_one_clear_error(tmp_path):
         CalibrationStats.load(bad)
     stats = collect_stats(model, good, tensors=["probs"])
     assert stats.names() == ["probs"]
+
+
+def test_minmax_only_reduces_in_graph_and_still_ignores_mask_values():
+    model = attention_model()
+    rng = np.random.default_rng(3)
+    batches = [attention_batch(rng, b, s) for b, s in [(2, 5), (3, 7)]]
+    full = collect_stats(model, batches)
+    lean = collect_stats(model, batches, num_bins=0)
+    assert lean.names() == full.names()
+    for name in full:
+        assert (lean[name].min, lean[name].max, lean[name].count) == (full[name].min, full[name].max, full[name].count)
+    assert lean["masked"].outliers > 0  # fetched in full once its in-graph min came back as -3.4e38
+    assert len(model.graph.node) == 9 and len(model.graph.output) == 1
+
+
+def test_reshaped_and_transposed_tensors_share_their_sources_statistics():
+    model = attention_model()
+    stats = collect_stats(model, attention_batch(np.random.default_rng(0), 2, 6))
+    assert stats["ht"].name == "ht" and stats["ht"].count == stats["h"].count
+    np.testing.assert_array_equal(stats["ht"].counts, stats["h"].counts)
+
+
+def test_a_memory_budget_shrinks_batches_but_not_the_statistics(models_dir):
+    from onnxcomp.data import load_npz
+
+    model = onnx.load(models_dir / "transformer_block.onnx")
+    data = {k: v[:16] for k, v in load_npz(models_dir / "transformer_calib.npz").items()}
+    roomy = collect_stats(model, data, batch_size=16)
+    tight = collect_stats(model, data, batch_size=16, memory_budget_mb=0.2)
+    assert roomy.batches == 2 and tight.batches > 4  # one-sample probe, then budget-sized batches
+    assert tight.merge(roomy) == roomy.merge(tight) and all(tight[n] == roomy[n] for n in roomy)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import onnx
 
-from onnxcomp.calibration.histogram import TensorStats
+from onnxcomp.calibration.histogram import EXTREME, Scratch, TensorStats
 from onnxcomp.calibration.stats import CalibrationStats
 from onnxcomp.errors import InputError
 
@@ -53,95 +53,199 @@ def _known_types(model: onnx.ModelProto) -> dict[str, int]:
             if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type}
 
 
+# Ops whose output holds exactly the values of their first input, rearranged: the output's
+# statistics are the input's, so only the input is fetched and binned.
+_SAME_VALUES = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
+_REDUCIBLE = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+_PREFIX = "onnxcomp.calib/"
+
+
+def value_sources(model: onnx.ModelProto) -> dict[str, str]:
+    """tensor -> the activation whose values it holds (through Reshape/Transpose/... chains)."""
+    graph = model.graph
+    fetchable = {o for n in graph.node for o in n.output} | {v.name for v in graph.input}
+    source: dict[str, str] = {}
+    for node in graph.node:
+        inference_dropout = node.op_type == "Dropout" and len(node.input) < 3
+        if (node.op_type in _SAME_VALUES or inference_dropout) and node.input and node.input[0] in fetchable:
+            source[node.output[0]] = source.get(node.input[0], node.input[0])
+    return source
+
+
 def collect_stats(model: onnx.ModelProto, data, tensors: list[str] | None = None, batch_size: int = 16,
-                  num_bins: int = 2048, progress=None, *, threads: int = 0) -> CalibrationStats:
+                  num_bins: int = 2048, progress=None, *, threads: int = 0,
+                  memory_budget_mb: float = 256.0) -> CalibrationStats:
     """Run `data` through `model` under ONNX Runtime and return the statistics of `tensors`.
 
-    data: a dict of sample-major arrays named after the model inputs (sliced into `batch_size`
-    batches; a `labels` key is ignored), or any iterable of feed dicts, one per batch — use that
-    for sequences of different lengths (pad per batch) or data too big to hold at once.
+    data: a dict of sample-major arrays named after the model inputs (sliced into batches of at
+    most `batch_size`; a `labels` key is ignored), or any iterable of feed dicts, one per batch —
+    use that for sequences of different lengths (pad per batch) or data too big to hold at once.
     tensors: names to calibrate; default every float activation (`activation_tensors`).
-    num_bins: histogram bins per tensor; 0 keeps only min/max (enough for `minmax`, fastest).
+    num_bins: histogram bins per tensor; 0 keeps only min/max (enough for `minmax`): then ONNX
+    Runtime reduces each tensor in-graph and only two numbers per tensor leave it (tensors whose
+    min/max turn out non-finite or extreme, like attention-mask adds, are fetched in full instead).
     progress: optional callable taking one message string, called about once a second.
     threads: ONNX Runtime intra-op threads (0 = its default).
+    memory_budget_mb: with dict data, batches shrink below `batch_size` so one batch's fetched
+    activations stay under this (measured on a first one-sample batch); peak memory is then
+    bounded by the budget, not by the sample count.
     """
     if batch_size < 1:
         raise InputError(f"calibration batch size must be at least 1, got {batch_size}")
+    if num_bins < 0 or 0 < num_bins < 16:
+        raise InputError(f"num_bins must be 0 (min/max only) or at least 16, got {num_bins}")
     wanted = activation_tensors(model) if tensors is None else list(dict.fromkeys(tensors))
-    sess, fetch = _session(model, wanted, threads)
-    inputs = [i.name for i in sess.get_inputs()]
-    stats = {name: TensorStats(name, num_bins) for name in fetch}
+    _check_names(model, wanted)
+    sources = value_sources(model)
+    root = {name: sources.get(name, name) for name in wanted}
+    roots = list(dict.fromkeys(root.values()))
+    runner = _Runner(model, roots, num_bins, threads)
+    stats = {name: TensorStats(name, num_bins) for name in runner.float_roots}
+    scratch = Scratch()
+    sizer = _BatchSizer(batch_size, memory_budget_mb, isinstance(data, Mapping) and num_bins > 0)
     samples = batches = 0
-    total = _batch_count(data, inputs, batch_size)
     last_say = time.monotonic()
-    for feeds in _batches(data, model, inputs, batch_size):
-        try:
-            values = sess.run(fetch, feeds)
-        except Exception as exc:
-            text = str(exc).strip().splitlines()
-            raise InputError(f"calibration batch {batches + 1}: ONNX Runtime failed: "
-                             f"{text[0] if text else type(exc).__name__}") from None
-        for name, value in zip(fetch, values):
-            stats[name].update(value)
-        del values
+    for feeds in _batches(data, model, runner.inputs, sizer):
+        fetched_bytes = runner.fold(feeds, stats, scratch, batches + 1)
         batches += 1
-        samples += len(next(iter(feeds.values()))) if feeds else 1
-        if progress is not None and (time.monotonic() - last_say > 1.0 or batches == total):
-            progress(f"calibration: batch {batches}" + (f"/{total}" if total else "") + f" ({samples} samples)")
+        n = len(next(iter(feeds.values()))) if feeds else 1
+        samples += n
+        sizer.observe(n, fetched_bytes)
+        if progress is not None and time.monotonic() - last_say > 1.0:
+            progress(f"calibration: batch {batches} ({samples} samples)")
             last_say = time.monotonic()
     if batches == 0:
         raise InputError("calibration data holds no batches")
-    return CalibrationStats(stats, num_bins, samples, batches)
+    if progress is not None:
+        progress(f"calibration: {batches} batches, {samples} samples, {len(stats)} tensors")
+    out = {}
+    for name in wanted:
+        src = stats.get(root[name])
+        if src is None:
+            continue  # not a float tensor
+        if name == root[name]:
+            out[name] = src
+        else:
+            out[name] = src.copy()
+            out[name].name = name
+    return CalibrationStats(out, num_bins, samples, batches)
 
 
-def _session(model: onnx.ModelProto, wanted: list[str], threads: int):
-    """A session that outputs every wanted tensor, and the float ones among them to fetch.
-
-    The outputs are appended to the caller's model only while the session is built and removed
-    again (no copy of the weights is made).
-    """
-    from onnxcomp.runtime import session
-
+def _check_names(model: onnx.ModelProto, wanted: list[str]) -> None:
     graph = model.graph
     produced = {o for n in graph.node for o in n.output} | {v.name for v in graph.input}
     missing = [n for n in wanted if n not in produced]
     if missing:
         raise InputError(f"cannot calibrate {missing[0]!r}: no node output or graph input has that name"
                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    existing = {o.name for o in graph.output}
-    added = 0
-    for name in wanted:
-        if name not in existing:
-            graph.output.add().name = name  # no type: ONNX Runtime infers it
-            added += 1
-    try:
-        sess = session(model, threads=threads)
-    finally:
-        for _ in range(added):
-            graph.output.pop()
-    kinds = {o.name: o.type for o in sess.get_outputs()}
-    fetch = [n for n in wanted if kinds.get(n) in _ORT_FLOAT_TYPES]
-    if tensors_dropped := [n for n in wanted if n not in kinds]:
-        raise InputError(f"ONNX Runtime does not expose {tensors_dropped[0]!r} as an output")
-    return sess, fetch
 
 
-def _batch_count(data, inputs: list[str], batch_size: int) -> int | None:
-    if isinstance(data, Mapping):
-        n = len(data[inputs[0]]) if inputs and inputs[0] in data else 0
-        return -(-n // batch_size)
-    return len(data) if hasattr(data, "__len__") else None
+class _BatchSizer:
+    """Batch size for dict data: a one-sample probe, then as many samples as the memory budget allows."""
+
+    def __init__(self, batch_size: int, budget_mb: float, adaptive: bool):
+        self.limit = batch_size
+        self.budget = budget_mb * 2**20
+        self.adaptive = adaptive and budget_mb > 0
+        self.size = 1 if self.adaptive else batch_size
+
+    def observe(self, samples: int, fetched_bytes: int) -> None:
+        if self.adaptive and samples and fetched_bytes:
+            per_sample = fetched_bytes / samples
+            self.size = int(max(1, min(self.limit, self.budget // max(per_sample, 1))))
 
 
-def _batches(data, model: onnx.ModelProto, inputs: list[str], batch_size: int) -> Iterable[dict]:
+class _Runner:
+    """The ONNX Runtime session and what it fetches: whole tensors, or in-graph min/max/size."""
+
+    def __init__(self, model: onnx.ModelProto, roots: list[str], num_bins: int, threads: int):
+        self.model, self.threads = model, threads
+        types = _known_types(model)
+        if num_bins:
+            self.full, self.reduced = list(roots), []
+        else:  # min/max only: reduce in-graph where the type allows it
+            self.reduced = [r for r in roots if types.get(r) in _REDUCIBLE]
+            self.full = [r for r in roots if types.get(r) not in _REDUCIBLE]
+        self._build()
+        kinds = {o.name: o.type for o in self.sess.get_outputs()}
+        self.full = [r for r in self.full if kinds.get(r) in _ORT_FLOAT_TYPES]
+        self.float_roots = [r for r in roots if r in self.full or r in self.reduced]
+        self.inputs = [i.name for i in self.sess.get_inputs()]
+
+    def _build(self) -> None:
+        from onnxcomp.runtime import session
+
+        graph = self.model.graph
+        existing = {o.name for o in graph.output}
+        added_outputs, added_nodes = 0, 0
+        try:
+            for name in self.full:
+                if name not in existing:
+                    graph.output.add().name = name  # no type: ONNX Runtime infers it
+                    added_outputs += 1
+            for i, name in enumerate(self.reduced):
+                for op, suffix in (("ReduceMin", "min"), ("ReduceMax", "max"), ("Size", "size")):
+                    attrs = {"keepdims": 0} if op != "Size" else {}
+                    node = onnx.helper.make_node(op, [name], [f"{_PREFIX}{suffix}/{name}"],
+                                                 name=f"{_PREFIX}{suffix}/{i}", **attrs)
+                    graph.node.append(node)
+                    graph.output.add().name = node.output[0]
+                    added_nodes += 1
+                    added_outputs += 1
+            self.sess = session(self.model, threads=self.threads)
+        finally:  # leave the caller's model as it was
+            for _ in range(added_outputs):
+                graph.output.pop()
+            for _ in range(added_nodes):
+                graph.node.pop()
+        self.fetch = list(self.full) + [f"{_PREFIX}{s}/{r}" for r in self.reduced for s in ("min", "max", "size")]
+
+    def fold(self, feeds: dict, stats: dict, scratch: Scratch, number: int) -> int:
+        """Run one batch, fold it into stats; returns the bytes of whole tensors fetched."""
+        values = self._run(feeds, number)
+        fetched = 0
+        for name, value in zip(self.full, values):
+            fetched += value.nbytes
+            stats[name].update(value, scratch)
+        dirty = []
+        reduced = values[len(self.full):]
+        for i, name in enumerate(self.reduced):
+            lo, hi, size = (float(reduced[3 * i]), float(reduced[3 * i + 1]), int(reduced[3 * i + 2]))
+            if size and not (-EXTREME < lo <= hi < EXTREME):  # NaN, inf or mask values: need the values
+                dirty.append(name)
+            else:
+                stats[name].update_range(lo, hi, size)
+        del values, reduced
+        if dirty:  # fetch these in full from now on; this batch is rerun for them only
+            self.reduced = [r for r in self.reduced if r not in set(dirty)]
+            self.full += dirty
+            self._build()
+            again = self._run(feeds, number, dirty)
+            for name, value in zip(dirty, again):
+                stats[name].update(value, scratch)
+        return fetched
+
+    def _run(self, feeds: dict, number: int, names: list[str] | None = None) -> list:
+        try:
+            return self.sess.run(names or self.fetch, feeds)
+        except Exception as exc:
+            text = str(exc).strip().splitlines()
+            raise InputError(f"calibration batch {number}: ONNX Runtime failed: "
+                             f"{text[0] if text else type(exc).__name__}") from None
+
+
+def _batches(data, model: onnx.ModelProto, inputs: list[str], sizer: _BatchSizer) -> Iterable[dict]:
     from onnxcomp.data import validate
 
     if isinstance(data, Mapping):
         arrays = {k: np.asarray(data[k]) for k in data}
         validate(arrays, model, "calibration data")
         n = len(arrays[inputs[0]]) if inputs else 1
-        for start in range(0, n, batch_size):
-            yield {k: arrays[k][start:start + batch_size] for k in inputs}
+        start = 0
+        while start < n:
+            stop = start + sizer.size
+            yield {k: arrays[k][start:stop] for k in inputs}
+            start = stop
         return
     if isinstance(data, (str, bytes, np.ndarray)) or not isinstance(data, Iterable):
         raise InputError(f"calibration data must be a dict of arrays or an iterable of feed dicts, "

@@ -49,7 +49,7 @@ class TensorStats:
 
     # -- folding data in ---------------------------------------------------------------------
 
-    def update(self, values: np.ndarray) -> None:
+    def update(self, values: np.ndarray, scratch: Scratch | None = None) -> None:
         """Fold a batch of values in; the batch itself is not kept."""
         x = np.asarray(values)
         if x.dtype != np.float32:
@@ -62,12 +62,23 @@ class TensorStats:
             x, lo, hi = self._drop_outliers(x)
             if x.size == 0:
                 return
+        scratch = scratch or Scratch()
         self.raw_min, self.raw_max = min(self.raw_min, lo), max(self.raw_max, hi)
         self.count += x.size
-        self.zeros += x.size - int(np.count_nonzero(x))
         self._extend(lo, hi)
         if self.num_bins:
-            self.counts += self._bin(x)
+            self.zeros += int(np.count_nonzero(np.equal(x, 0.0, out=scratch.mask(x.size))))
+            self.counts += self._bin(x, scratch)
+
+    def update_range(self, lo: float, hi: float, size: int) -> None:
+        """Fold in a batch known only by its min, max and size (min/max-only statistics)."""
+        if self.num_bins:
+            raise ValueError(f"{self.name}: a histogram needs the values, not just their range")
+        if size == 0:
+            return
+        self.raw_min, self.raw_max = min(self.raw_min, lo), max(self.raw_max, hi)
+        self.count += int(size)
+        self._extend(lo, hi)
 
     def _drop_outliers(self, x: np.ndarray):
         nans = int(np.count_nonzero(np.isnan(x)))
@@ -102,14 +113,13 @@ class TensorStats:
             self.counts = moved
         self.exponent, self.offset = exponent, offset
 
-    def _bin(self, x: np.ndarray) -> np.ndarray:
+    def _bin(self, x: np.ndarray, scratch: Scratch) -> np.ndarray:
         # floor(x / 2**e) is exact in float32 (a power-of-two scaling) unless it underflows to -0,
         # which only wide grids (e > 0) on tiny negative values can do: use float64 there.
-        work = np.empty(x.shape, np.float64 if self.exponent > 0 else np.float32)
+        work = scratch.floats(x.size, np.float64 if self.exponent > 0 else np.float32)
         np.multiply(x, math.ldexp(1.0, -self.exponent), out=work)
         np.floor(work, out=work)
-        work -= self.offset
-        index = work.astype(np.intp)
+        index = np.subtract(work, self.offset, out=scratch.indices(x.size), casting="unsafe")
         return np.bincount(index, minlength=self.num_bins)
 
     # -- combining ---------------------------------------------------------------------------
@@ -178,3 +188,26 @@ def fitting_exponent(lo: float, hi: float, num_bins: int) -> int:
     while math.floor(math.ldexp(hi, -exponent)) - math.floor(math.ldexp(lo, -exponent)) + 1 > num_bins:
         exponent += 1
     return exponent
+
+
+class Scratch:
+    """Reusable work buffers for binning, so a batch of many tensors does not allocate per tensor."""
+
+    def __init__(self):
+        self._buffers: dict = {}
+
+    def _get(self, kind, size: int, dtype) -> np.ndarray:
+        buf = self._buffers.get(kind)
+        if buf is None or buf.size < size:
+            buf = np.empty(max(size, 1024), dtype)
+            self._buffers[kind] = buf
+        return buf[:size]
+
+    def floats(self, size: int, dtype=np.float32) -> np.ndarray:
+        return self._get(np.dtype(dtype).char, size, dtype)
+
+    def indices(self, size: int) -> np.ndarray:
+        return self._get("index", size, np.intp)
+
+    def mask(self, size: int) -> np.ndarray:
+        return self._get("mask", size, np.bool_)

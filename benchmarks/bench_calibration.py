@@ -1,0 +1,217 @@
+"""Calibration speed and memory: onnxcomp.calibration vs ONNX Runtime's calibrators, same method and data.
+
+    python -m benchmarks calibration [-- --models digits,transformer,minilm --methods minmax,percentile,entropy
+                                         --samples 256 --batch 16 --scan 64,256,1024]
+
+Each measurement runs in a fresh subprocess (wall time from the model path to the ranges, peak
+RSS of that process from getrusage), so neither tool inherits the other's memory. Settings are the
+peer's defaults, given to both: minmax asymmetric; percentile 99.999 symmetric with 2048 bins;
+entropy (ORT's default 128 bins; onnxcomp keeps its 2048). The peer's tensors are every float
+tensor its shape inference types; ours every float activation (constants excluded).
+
+Also printed: peak RSS against the number of samples (ours should stay flat, the peer's histogram
+calibrators keep every batch's outputs), and a check that statistics of two halves of the data,
+merged, equal those of the whole (min/max and every histogram bin).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = {  # name -> (model file, calibration data file)
+    "digits": ("digits_cnn.onnx", "digits_calib.npz"),
+    "transformer": ("transformer_block.onnx", "transformer_calib.npz"),
+    "minilm": ("minilm.onnx", "minilm_calib.npz"),
+}
+PERCENTILE = 99.999
+
+
+# -- one measurement (runs in its own process) ------------------------------------------------
+
+def _samples(data: dict, n: int) -> dict:
+    count = len(next(iter(data.values())))
+    index = np.arange(n) % count
+    return {k: v[index] for k, v in data.items() if k != "labels"}
+
+
+def _batches(data: dict, batch: int) -> list[dict]:
+    n = len(next(iter(data.values())))
+    return [{k: v[i:i + batch] for k, v in data.items()} for i in range(0, n, batch)]
+
+
+def _run_ours(model_path: str, batches: list[dict], method: str) -> int:
+    import onnx
+
+    from onnxcomp.calibration import choose_ranges, collect_stats
+
+    model = onnx.load(model_path)
+    stats = collect_stats(model, batches, num_bins=0 if method == "minmax" else 2048)
+    symmetric = method == "percentile"
+    return len(choose_ranges(stats, method, percentile=PERCENTILE, symmetric=symmetric))
+
+
+def _run_ort(model_path: str, batches: list[dict], method: str) -> int:
+    from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod, create_calibrator
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(batches)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    kind = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+            "entropy": CalibrationMethod.Entropy}[method]
+    extra = {"percentile": PERCENTILE} if method == "percentile" else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        calibrator = create_calibrator(Path(model_path), None, str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=kind, extra_options=extra)
+        calibrator.collect_data(Reader())
+        ranges = calibrator.compute_data()
+    return len(ranges.data) if hasattr(ranges, "data") else len(ranges)
+
+
+def worker(tool: str, model_path: str, data_path: str, method: str, samples: int, batch: int) -> dict:
+    import resource
+
+    data = _samples(dict(np.load(data_path)), samples)
+    batches = _batches(data, batch)
+    import onnxruntime  # noqa: F401  (both tools pay for it; import before the baseline)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    try:
+        tensors = (_run_ours if tool == "ours" else _run_ort)(model_path, batches, method)
+        error = ""
+    except Exception as exc:  # the peer crashes on some inputs: report it, do not die
+        tensors, error = 0, f"{type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}"
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds, "peak_mb": peak, "base_mb": base, "tensors": tensors, "error": error}
+
+
+def measure(tool: str, model: str, method: str, samples: int, batch: int, models_dir: Path) -> dict:
+    model_file, data_file = MODELS[model]
+    cmd = [sys.executable, "-m", "benchmarks.bench_calibration", "--worker", tool, str(models_dir / model_file),
+           str(models_dir / data_file), method, str(samples), str(batch)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"seconds": float("nan"), "peak_mb": float("nan"), "base_mb": float("nan"), "tensors": 0,
+                "error": f"exit {proc.returncode}: {tail[:80]}"}
+    return json.loads(lines[-1])
+
+
+def ensure_models(models_dir: Path, models: list[str]) -> list[str]:
+    """Build the models/ set (MiniLM only when its packages are installed); the ones now present."""
+    subprocess.run([sys.executable, "-m", "models.build", "--out", str(models_dir)], cwd=REPO, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise SystemExit(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
+    return [m for m in models if all((models_dir / f).exists() for f in MODELS[m])]
+
+
+# -- merge exactness ------------------------------------------------------------------------------
+
+def merge_check(model: str, models_dir: Path, samples: int, batch: int) -> tuple[bool, int, int]:
+    """(merged == whole, tensors compared, histogram bins that differ)."""
+    import onnx
+
+    from onnxcomp.calibration import collect_stats
+
+    model_file, data_file = MODELS[model]
+    proto = onnx.load(models_dir / model_file)
+    data = _samples(dict(np.load(models_dir / data_file)), samples)
+    half = (samples // 2 // batch) * batch or samples // 2
+    whole = collect_stats(proto, data, batch_size=batch)
+    first = collect_stats(proto, {k: v[:half] for k, v in data.items()}, batch_size=batch)
+    second = collect_stats(proto, {k: v[half:] for k, v in data.items()}, batch_size=batch)
+    with tempfile.TemporaryDirectory() as tmp:  # through files, as when halves run on two machines
+        merged = first.merge(type(first).load(second.save(Path(tmp) / "half.npz")))
+    differ = sum(int(np.count_nonzero(merged[n].counts != whole[n].counts)) for n in whole)
+    same_minmax = all((merged[n].min, merged[n].max) == (whole[n].min, whole[n].max) for n in whole)
+    return merged == whole and same_minmax, len(whole), differ
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+def _fmt(x: float, digits: int = 2) -> str:
+    return "n/a" if x != x else f"{x:.{digits}f}"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench_calibration")
+    parser.add_argument("--worker", nargs=6, metavar=("TOOL", "MODEL", "DATA", "METHOD", "SAMPLES", "BATCH"))
+    parser.add_argument("--models", default="digits,transformer,minilm")
+    parser.add_argument("--methods", default="minmax,percentile,entropy")
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--scan", default="64,256,1024", help="sample counts for the memory-vs-samples rows")
+    parser.add_argument("--scan-model", default="minilm")
+    parser.add_argument("--models-dir", type=Path, default=REPO / "build" / "models")
+    args = parser.parse_args(argv)
+    if args.worker:
+        tool, model_path, data_path, method, samples, batch = args.worker
+        print(json.dumps(worker(tool, model_path, data_path, method, int(samples), int(batch))))
+        return 0
+
+    models = [m for m in args.models.split(",") if m]
+    available = ensure_models(args.models_dir, models)
+    skipped = [m for m in models if m not in available]
+    from onnxcomp.report import table
+
+    rows = []
+    for model in available:
+        for method in args.methods.split(","):
+            # interleave: the peer first on even rows, ours first on odd ones
+            order = ("ort", "ours") if len(rows) % 2 == 0 else ("ours", "ort")
+            result = {tool: measure(tool, model, method, args.samples, args.batch, args.models_dir) for tool in order}
+            ours, ort = result["ours"], result["ort"]
+            rows.append([model, method, args.samples, f"{ours['tensors']}/{ort['tensors']}",
+                         _fmt(ours["seconds"]), _fmt(ort["seconds"]) + (" CRASH" if ort["error"] else ""),
+                         _fmt(ours["seconds"] / ort["seconds"]) if not ort["error"] else "-",
+                         f"{ours['peak_mb']:.0f}", f"{ort['peak_mb']:.0f}" if not ort["error"] else "-",
+                         _fmt(ours["peak_mb"] / ort["peak_mb"]) if not ort["error"] else "-"])
+            for tool in ("ours", "ort"):
+                if result[tool]["error"]:
+                    print(f"  {model}/{method}/{tool}: {result[tool]['error']}", file=sys.stderr)
+    print(table(["model", "method", "samples", "tensors ours/ort", "ours s", "ort s", "time ratio",
+                 "ours MB", "ort MB", "RSS ratio"], rows))
+
+    scan_model = args.scan_model if args.scan_model in available else (available[-1] if available else None)
+    if scan_model and args.scan:
+        scan_rows = []
+        for n in [int(x) for x in args.scan.split(",")]:
+            ours = measure("ours", scan_model, "percentile", n, args.batch, args.models_dir)
+            ort = measure("ort", scan_model, "percentile", n, args.batch, args.models_dir) if n <= 256 else None
+            scan_rows.append([scan_model, "percentile", n, _fmt(ours["seconds"]), f"{ours['peak_mb']:.0f}",
+                              _fmt(ort["seconds"]) if ort else "not run", f"{ort['peak_mb']:.0f}" if ort else "-"])
+        print()
+        print(table(["model", "method", "samples", "ours s", "ours peak MB", "ort s", "ort peak MB"], scan_rows))
+
+    print()
+    merge_rows = []
+    for model in available:
+        exact, tensors, differ = merge_check(model, args.models_dir, min(args.samples, 128), args.batch)
+        merge_rows.append([model, tensors, differ, "yes" if exact else "NO"])
+    print(table(["model", "tensors", "histogram bins differing", "halves merged == whole"], merge_rows))
+    load = os.getloadavg()
+    print(f"\nload average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores"
+          + (f"; skipped (not built): {', '.join(skipped)}" if skipped else ""))
+    return 0 if all(r[3] == "yes" for r in merge_rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -69,6 +69,12 @@ class Net:
             self.channels[o] = s
         return outs
 
+    def slice(self, x: str, start: int, end: int) -> str:
+        """Channels [start, end) of x (end may be a huge number meaning 'to the end')."""
+        c = self.channels[x]
+        args = [self.const_int("st", [start]), self.const_int("en", [end]), self.const_int("ax", [1])]
+        return self.node("Slice", [x, *args], min(end, c) - start)
+
     def const_int(self, base: str, values) -> str:
         name = self._name(base)
         self.inits[name] = np.asarray(values, dtype=np.int64)

@@ -46,6 +46,7 @@ def load_model(path: str | os.PathLike, load_external_data: bool = True) -> onnx
         raise InputError(f"{path}: the file holds no ONNX graph")
     if not model.opset_import:
         raise InputError(f"{path}: the model declares no opset")
+    check_names(model)
     external = check_tensors(model, path.parent, need_files=load_external_data,
                              file_size=path.stat().st_size)
     if load_external_data and external:
@@ -74,6 +75,25 @@ def all_tensors(model: onnx.ModelProto):
                 if attr.HasField("g"):
                     graphs.append(attr.g)
                 graphs.extend(attr.graphs)
+
+
+def check_names(model: onnx.ModelProto) -> None:
+    """Refuse names that are not valid UTF-8 (protobuf hands them over as bytes; every tool then fails)."""
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        values = [v.name for v in list(graph.input) + list(graph.output) + list(graph.value_info)]
+        values += [t.name for t in graph.initializer]
+        for node in graph.node:
+            values += [node.op_type, node.name, node.domain, *node.input, *node.output]
+            for attr in node.attribute:
+                values.append(attr.name)
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+        bad = next((v for v in values if not isinstance(v, str)), None)
+        if bad is not None:
+            raise InputError(f"the model holds a name that is not valid UTF-8: {bytes(bad)[:40]!r}")
 
 
 # Sub-byte types pack two values per byte; strings have no fixed size.

@@ -110,6 +110,12 @@ def validate_against(original: onnx.ModelProto, result: onnx.ModelProto, passes,
         onnx.checker.check_model(result if result.ByteSize() < 2**31 - 2**20 else _no_check(), full_check=False)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        try:  # blame the input when it was already invalid, not the passes
+            onnx.checker.check_model(original if original.ByteSize() < 2**31 - 2**20 else _no_check(), full_check=False)
+        except Exception:
+            from onnxcomp.errors import InputError
+
+            raise InputError(f"input model fails the ONNX checker: {first}") from None
         raise VerificationError(f"output model fails the ONNX checker: {first}") from None
     if data is not None:
         feeds = {k: v[:max_samples] for k, v in model_inputs_only(data).items()}

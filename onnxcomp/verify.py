@@ -57,12 +57,29 @@ def structural_problems(graph) -> list[str]:
     return problems[:20]
 
 
+def _subgraph_reads(node) -> list:
+    """Tensors read anywhere inside `node`'s subgraphs (If/Loop/Scan bodies): implicit inputs."""
+    import onnx_graphsurgeon as gs
+
+    reads, stack = [], [node]
+    while stack:
+        current = stack.pop()
+        for value in current.attrs.values():
+            for sub in (value if isinstance(value, list) else [value]):
+                if isinstance(sub, gs.Graph):
+                    for inner in sub.nodes:
+                        reads.extend(inner.inputs)
+                        stack.append(inner)
+    return reads
+
+
 def _has_cycle(nodes, producers) -> bool:
     index = {id(n): i for i, n in enumerate(nodes)}
     indegree = [0] * len(nodes)
     users: list[list[int]] = [[] for _ in nodes]
     for i, node in enumerate(nodes):
-        for t in node.inputs:
+        # A subgraph reading an outer value depends on its producer just like a direct input.
+        for t in list(node.inputs) + _subgraph_reads(node):
             producer = producers.get(id(t))
             if producer is not None and id(producer) in index:
                 indegree[i] += 1
@@ -90,6 +107,7 @@ def _shape_problems(graph) -> list[str]:
             w = ins[1].shape
             if len(w) < 3:
                 problems.append(f"Conv {label}: weight rank {len(w)} < 3")
+                continue
             if len(ins) >= 3 and isinstance(ins[2], gs.Constant) and tuple(ins[2].shape) != (w[0],):
                 problems.append(f"Conv {label}: bias shape {tuple(ins[2].shape)} does not match {w[0]} output channels")
             x = ins[0].shape

@@ -38,7 +38,12 @@ class Cleanup(Pass):
         _remove_identities(graph, report)
         if self.options.fold_constants:
             before = len(graph.nodes)
-            _fold_constants(graph, int(self.options.fold_size_limit_mb * 1024**2))
+            try:
+                _fold_constants(graph, int(self.options.fold_size_limit_mb * 1024**2))
+            except Exception as exc:  # onnx-graphsurgeon gives up on some odd graphs: fold nothing, say why
+                text = str(exc).strip().splitlines()
+                report.skip("constant folding", f"onnx-graphsurgeon failed ({type(exc).__name__}: "
+                                                f"{text[0] if text else ''}); no constants folded")
             report.count("constant_nodes_folded", max(0, before - len(graph.nodes)))
         if self.options.dedupe:
             _merge_duplicate_constants(graph, report)

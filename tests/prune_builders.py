@@ -80,6 +80,16 @@ class Net:
         self.inits[name] = np.asarray(values, dtype=np.int64)
         return name
 
+    def resize(self, x: str, sizes: bool = False) -> str:
+        """Nearest 2x upsampling and back down (keeps the spatial size), by scales or by sizes."""
+        c = self.channels[x]
+        if sizes:
+            up = self.node("Resize", [x, "", "", self.const_int("sz", [1, c, 2 * self.size, 2 * self.size])], c,
+                           mode="nearest")
+        else:
+            up = self.node("Resize", [x, "", self.const("sc", [1, 1, 2, 2])], c, mode="nearest")
+        return self.node("MaxPool", [up], c, kernel_shape=[2, 2], strides=[2, 2])
+
     def maxpool(self, x: str) -> str:
         return self.node("MaxPool", [x], self.channels[x], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
 

@@ -112,7 +112,7 @@ def random_cnn(draw):
     width = st.integers(2, 6)
     x = net.unary(net.conv(net.x, draw(width)))
     for block in draw(st.lists(st.sampled_from(
-            ["conv", "convbn", "res", "concat", "dw", "scale", "pool", "pad", "split", "slice", "sigmoid"]), min_size=1, max_size=4)):
+            ["conv", "convbn", "res", "concat", "dw", "scale", "pool", "pad", "split", "slice", "sigmoid", "resize"]), min_size=1, max_size=4)):
         c = net.channels[x]
         if block == "conv":
             x = net.unary(net.conv(x, draw(width), k=draw(st.sampled_from([1, 3]))))
@@ -139,6 +139,8 @@ def random_cnn(draw):
             cat = net.concat([a, b])
             ca = net.channels[a]
             x = net.concat([net.slice(cat, ca, 2**40), net.unary(net.slice(cat, 0, ca))])
+        elif block == "resize":
+            x = net.resize(x, sizes=draw(st.booleans()))
         elif block == "sigmoid":
             x = net.node("Mul", [x, net.unary(x, "Sigmoid")], c)  # SiLU
     head = draw(st.sampled_from(["gap", "flatten", "reshape", "-1", "features"]))

@@ -138,6 +138,24 @@ def _pad(ex, node, side, index, m):
     ex.visit(node.outputs[0], m, node)
 
 
+def _resize(ex, node, side, index, m):
+    """Resize/Upsample scale spatial axes; the channel axis must keep scale 1 (sizes are rewritten)."""
+    if side == "in" and index != 0:
+        ex.refuse(f"{ex.key(node)}: channels reach {node.op} through input {index}")
+    scales_at = 1 if node.op == "Upsample" else 2
+    if len(node.inputs) > scales_at and node.inputs[scales_at].name:
+        scales = ex.const_values(node.inputs[scales_at])
+        if scales is None or (scales.size and float(np.reshape(scales, -1)[m.axis]) != 1.0):
+            ex.refuse(f"{ex.key(node)}: {node.op} scales the channel axis or its scales are computed")
+    if node.op == "Resize" and len(node.inputs) > 3 and node.inputs[3].name:
+        sizes = ex.const_source(node.inputs[3])
+        if sizes is None or node.attrs.get("axes"):
+            ex.refuse(f"{ex.key(node)}: Resize sizes computed at run time")
+        ex.add(Member("value", sizes[0], index=m.axis, lo=0, hi=2**62, use=(ex.key(node), 3), mapping=m))
+    ex.visit(node.inputs[0], m, node)
+    ex.visit(node.outputs[0], m, node)
+
+
 def _transpose(ex, node, side, index, m):
     perm = [int(p) for p in node.attrs.get("perm", [])] or list(reversed(range(rank(ex, node.inputs[0]))))
     if side == "in":
@@ -481,7 +499,7 @@ HANDLERS = {
     **{op: _pool for op in POOL},
     "BatchNormalization": _batchnorm, "InstanceNormalization": _batchnorm,
     "LayerNormalization": _normalization_axis, "Softmax": _normalization_axis, "LogSoftmax": _normalization_axis,
-    "Pad": _pad, "Transpose": _transpose, "Flatten": _flatten, "Reshape": _reshape,
+    "Pad": _pad, "Resize": _resize, "Upsample": _resize, "Transpose": _transpose, "Flatten": _flatten, "Reshape": _reshape,
     "Concat": _concat, "Split": _split, "Slice": _slice, "Shape": _shape,
     "Conv": _conv, "ConvTranspose": _conv_transpose, "Gemm": _gemm, "MatMul": _matmul,
 }

@@ -249,3 +249,23 @@ def test_check_reports_2_4_weights(tmp_path):
     assert sparse == {"conv", "fc"}
     broken = [f for f in findings if f.rule == "SPARSE-02"]
     assert [f.node for f in broken] == ["mm"] and broken[0].severity == "warning"
+
+
+def test_zeros_survive_int8_qdq_and_check_sees_them():
+    """Sparsify then quantize (the shortcut order): symmetric INT8 weights keep every zero, and the
+    TensorRT check traces the 2:4 pattern through DequantizeLinear."""
+    from onnxcomp.checks import run_checks
+    from onnxcomp.registry import all_passes
+
+    if "insert-qdq" not in all_passes():
+        pytest.skip("insert-qdq is not available in this build")
+    model = small_net()
+    calib = {"x": rng_array((16, 8, 6, 6), 11)}
+    sparse, _ = sparsify(model, "sparsity=2:4,min_size=0,method=magnitude")
+    quantized, _ = run_pass(sparse, "insert-qdq{target=tensorrt}", data=calib)
+    float_w = inits(sparse)["w"]
+    int_weights = [v for v in inits(quantized).values() if v.dtype == np.int8 and v.shape == float_w.shape]
+    assert int_weights, "the Conv weight was not quantized"
+    np.testing.assert_array_equal(int_weights[0] == 0, float_w == 0)
+    sparse_nodes = {f.node for f in run_checks(quantized, "tensorrt") if f.rule == "SPARSE-01"}
+    assert "conv" in sparse_nodes

@@ -162,3 +162,39 @@ def test_bad_inputs_are_one_clear_error(mlp):
         onnxcomp.distill(teacher, make_student, {"x": train["input"], "labels": train["labels"]}, dict(epochs=1))
     with pytest.raises(InputError, match="not a torch.nn.Module"):
         onnxcomp.distill(teacher, lambda: 42, train, dict(epochs=1))
+
+
+def test_qdq_model_fine_tuned_with_fake_quant_keeps_its_grid(models_dir, tmp_path):
+    """Quantization-aware fine-tuning: int8 weights trained through float shadows, written back as int8."""
+    from onnxcomp.distill.onnx_to_torch import OnnxModule
+
+    calib = dict(np.load(models_dir / "digits_calib.npz"))
+    test = {k: v[:128] for k, v in np.load(models_dir / "digits_test.npz").items()}
+    qdq_path = tmp_path / "qdq.onnx"
+    onnxcomp.optimize(str(models_dir / "digits_cnn.onnx"), str(qdq_path), pipeline="cleanup,fold-bn,insert-qdq",
+                      data=calib)
+    qdq = onnx.load(str(qdq_path))
+    module = OnnxModule(qdq).eval()
+    assert len(module.qspec) >= 10  # every int8 weight and int32 bias has a trainable float shadow
+    from helpers import run
+
+    with torch.no_grad():
+        got = module(torch.from_numpy(test["input"]))[0].numpy()
+    ref = run(qdq, {"input": test["input"]})["logits"]
+    # Same integer grid; an activation rounding tie may land one step apart.
+    assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.99
+    result = onnxcomp.distill(models_dir / "digits_cnn.onnx", qdq, calib, dict(epochs=1, lr=1e-4), val_data=test)
+    out = result.model
+    assert [n.SerializeToString() for n in out.graph.node] == [n.SerializeToString() for n in qdq.graph.node]
+    before, after = inits(qdq), inits(out)
+    moved = 0
+    for name, old in before.items():
+        new = after[name]
+        assert new.dtype == old.dtype and new.shape == old.shape, name
+        if name in module.qspec:
+            moved += int(np.sum(new != old))
+        else:
+            assert np.array_equal(new, old), f"{name}: scales, zero points and other constants stay fixed"
+    assert moved > 0
+    assert result.final["accuracy"] >= 0.95

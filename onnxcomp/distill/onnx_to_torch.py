@@ -51,7 +51,7 @@ def check_supported(model: onnx.ModelProto, where: str = "student") -> None:
     if unknown:
         listed = ", ".join(f"{op_type} (e.g. node {name!r})" for op_type, name in unknown.items())
         raise InputError(f"{where}: unsupported op(s) for ONNX fine-tuning: {listed}; supported: "
-                         f"{', '.join(sorted(OPS))}")
+                         f"{', '.join(sorted(o for o in OPS if not o.startswith('_')))}")
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
@@ -80,14 +80,35 @@ class OnnxModule(torch.nn.Module):
         self.output_names = [v.name for v in model.graph.output]
         bn_stats = {n.input[i] for n in model.graph.node if n.op_type == "BatchNormalization" for i in (3, 4)
                     if len(n.input) > i}
+        # QDQ: scales and zero points stay fixed; integer weights behind a DequantizeLinear get a float
+        # shadow parameter that is fake-quantized on their fixed grid in every forward (straight-through).
+        qdq_consts = {n.input[i] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                      for i in (1, 2) if len(n.input) > i}
+        arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        self.qspec: dict[str, tuple] = {}
+        for n in model.graph.node:
+            w = arrays.get(n.input[0]) if n.op_type == "DequantizeLinear" else None
+            if w is not None and w.dtype.kind in "iu" and n.input[1] in arrays:
+                zp = n.input[2] if len(n.input) > 2 and n.input[2] else ""
+                self.qspec[n.input[0]] = (n.input[1], zp, _attrs(n).get("axis", 1), w.dtype)
+        self.nodes = [("_DequantizeWeight" if op_type == "DequantizeLinear" and ins[0] in self.qspec else op_type,
+                       ins, outs, at, name) for op_type, ins, outs, at, name in self.nodes]
         self.params = torch.nn.ParameterDict()
         self.stats = torch.nn.Module()  # BatchNorm running mean/var as buffers
-        self.key_of: dict[str, tuple[str, str]] = {}  # initializer -> ("param"|"stat"|"const", key)
+        self.key_of: dict[str, tuple[str, str]] = {}  # initializer -> ("param"|"qparam"|"stat"|"const", key)
         self.consts: dict[str, torch.Tensor] = {}
         for i, init in enumerate(model.graph.initializer):
-            array = numpy_helper.to_array(init)
+            array = arrays[init.name]
             key = f"t{i}"
-            if init.name in bn_stats and array.dtype.kind == "f":
+            if init.name in self.qspec:
+                scale_name, zp_name, axis, _ = self.qspec[init.name]
+                value = dequantize(array, arrays[scale_name], arrays.get(zp_name), axis)
+                self.params[key] = torch.nn.Parameter(torch.from_numpy(value))
+                self.key_of[init.name] = ("qparam", key)
+            elif init.name in qdq_consts:
+                self.consts[init.name] = _to_torch(array)
+                self.key_of[init.name] = ("const", init.name)
+            elif init.name in bn_stats and array.dtype.kind == "f":
                 self.stats.register_buffer(key, torch.from_numpy(array.astype(np.float32).copy()))
                 self.key_of[init.name] = ("stat", key)
             elif is_trainable(array):
@@ -96,13 +117,13 @@ class OnnxModule(torch.nn.Module):
             else:
                 self.consts[init.name] = _to_torch(array)
                 self.key_of[init.name] = ("const", init.name)
-        self.parameter_names = {key: name for name, (kind, key) in self.key_of.items() if kind == "param"}
+        self.parameter_names = {key: name for name, (kind, key) in self.key_of.items() if kind in ("param", "qparam")}
         self.capture: set[str] = set()
         self.captured: dict[str, torch.Tensor] = {}
 
     def initializer_tensor(self, name: str) -> torch.Tensor:
         kind, key = self.key_of[name]
-        if kind == "param":
+        if kind in ("param", "qparam"):
             return self.params[key]
         if kind == "stat":
             return getattr(self.stats, key)
@@ -606,3 +627,80 @@ def _reduce(fn):
 OPS["ReduceMean"] = _reduce(lambda x, axes, keep: x.mean(dim=axes, keepdim=keep))
 OPS["ReduceSum"] = _reduce(lambda x, axes, keep: x.sum(dim=axes, keepdim=keep))
 OPS["ReduceMax"] = _reduce(lambda x, axes, keep: torch.amax(x, dim=axes, keepdim=keep))
+
+
+# --- QDQ: fake quantization with a straight-through estimator ---------------------------------------
+
+_QRANGE = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255), np.dtype(np.int16): (-32768, 32767),
+           np.dtype(np.uint16): (0, 65535), np.dtype(np.int32): (-2**31, 2**31 - 1)}
+_ZP_DTYPES = {torch.int8: np.int8, torch.uint8: np.uint8, torch.int16: np.int16, torch.int32: np.int32}
+
+
+def _per_axis(t: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
+    if t.dim() == 0 or t.numel() == 1:
+        return t.reshape(())
+    shape = [1] * x.dim()
+    shape[_axis(axis, x.dim())] = -1
+    return t.reshape(shape)
+
+
+def _per_axis_np(t: np.ndarray, x: np.ndarray, axis: int) -> np.ndarray:
+    if t.size == 1:
+        return t.reshape(())
+    shape = [1] * x.ndim
+    shape[axis + x.ndim if axis < 0 else axis] = -1
+    return t.reshape(shape)
+
+
+def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, axis: int) -> np.ndarray:
+    zp = 0.0 if zero_point is None else _per_axis_np(zero_point.astype(np.float64), q, axis)
+    return ((q.astype(np.float64) - zp) * _per_axis_np(scale.astype(np.float64), q, axis)).astype(np.float32)
+
+
+def quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, axis: int, dtype) -> np.ndarray:
+    """ONNX QuantizeLinear in numpy: round half to even, add the zero point, saturate."""
+    lo, hi = _QRANGE[np.dtype(dtype)]
+    zp = 0.0 if zero_point is None else _per_axis_np(zero_point.astype(np.float64), x, axis)
+    q = np.rint(x.astype(np.float64) / _per_axis_np(scale.astype(np.float64), x, axis)) + zp
+    return np.clip(q, lo, hi).astype(dtype)
+
+
+def _fake_quant(x, scale, zero_point, axis, qrange):
+    """Quantize on the fixed grid; gradients pass straight through round() and stop where clamped."""
+    s = _per_axis(scale.to(x.dtype), x, axis)
+    z = 0.0 if zero_point is None else _per_axis(zero_point.to(x.dtype), x, axis)
+    scaled = x / s
+    rounded = scaled + (torch.round(scaled) - scaled).detach()
+    return torch.clamp(rounded + z, *qrange)
+
+
+def _qrange(zero_point, default=np.uint8):
+    dtype = _ZP_DTYPES.get(zero_point.dtype, default) if zero_point is not None else default
+    return _QRANGE[np.dtype(dtype)]
+
+
+@op("QuantizeLinear")
+def _quantize_linear(m, a, at):
+    zp = a[2] if len(a) > 2 else None
+    # The quantized values travel as float tensors holding integers, so gradients can flow.
+    return _fake_quant(a[0], a[1], zp, at.get("axis", 1), _qrange(zp))
+
+
+@op("DequantizeLinear")
+def _dequantize_linear(m, a, at):
+    x, scale = a[0], a[1]
+    zp = a[2] if len(a) > 2 else None
+    axis = at.get("axis", 1)
+    z = 0.0 if zp is None else _per_axis(zp.to(torch.float32), x, axis)
+    return (x.to(torch.float32) - z) * _per_axis(scale, x, axis)
+
+
+@op("_DequantizeWeight")
+def _dequantize_weight(m, a, at):
+    """A trained float shadow of an integer weight: fake-quantize it on its grid, then dequantize."""
+    w, scale = a[0], a[1]
+    zp = a[2] if len(a) > 2 else None
+    axis = at.get("axis", 1)
+    q = _fake_quant(w, scale, zp, axis, _qrange(zp, np.int8))
+    z = 0.0 if zp is None else _per_axis(zp.to(w.dtype), w, axis)
+    return (q - z) * _per_axis(scale, w, axis)

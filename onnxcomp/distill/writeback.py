@@ -16,7 +16,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from onnxcomp.distill.onnx_to_torch import OnnxModule
+from onnxcomp.distill.onnx_to_torch import OnnxModule, quantize
 from onnxcomp.errors import InputError
 
 
@@ -29,10 +29,16 @@ def write_back(model: onnx.ModelProto, module: OnnxModule, keep_zeros: bool = Tr
         if kind == "const":
             continue
         old = numpy_helper.to_array(init)
-        new = module.initializer_tensor(init.name).detach().cpu().numpy().astype(old.dtype).reshape(old.shape)
-        if keep_zeros and old.ndim >= 2 and kind == "param":
-            zeros = old == 0
-            if zeros.any() and np.any(new[zeros] != 0):
+        value = module.initializer_tensor(init.name).detach().cpu().numpy()
+        if kind == "qparam":  # back onto the weight's fixed integer grid
+            scale_name, zp_name, axis, dtype = module.qspec[init.name]
+            zp = module.consts.get(zp_name)
+            new = quantize(value, module.consts[scale_name].numpy(), None if zp is None else zp.numpy(), axis, dtype)
+        else:
+            new = value.astype(old.dtype).reshape(old.shape)
+        if keep_zeros and old.ndim >= 2 and kind in ("param", "qparam"):
+            zeros = old == (0 if kind == "param" else _zero_point(module, init.name, old))
+            if zeros.any() and np.any(new[zeros] != old[zeros]):
                 raise AssertionError(f"write-back: sparsity of {init.name!r} was not kept")
         init.CopyFrom(numpy_helper.from_array(new, init.name))
     return out
@@ -73,3 +79,12 @@ def dynamic_axes_like(reference: onnx.ModelProto | None, input_names: list[str],
     for name in input_names + output_names:
         axes.setdefault(name, {0: "batch"})
     return axes
+
+
+def _zero_point(module: OnnxModule, name: str, weight: np.ndarray):
+    """The integer that encodes 0.0 in a quantized weight (per channel, broadcastable)."""
+    from onnxcomp.distill.onnx_to_torch import _per_axis_np
+
+    _, zp_name, axis, _ = module.qspec[name]
+    zp = module.consts.get(zp_name)
+    return 0 if zp is None else _per_axis_np(zp.numpy(), weight, axis)

@@ -178,44 +178,45 @@ def _flatten(ex, node, side, index, m):
 
 
 def _reshape(ex, node, side, index, m):
+    """Reshape keeping, merging (Flatten-like) or splitting into heads the channel axis.
+
+    Shapes are compared from the right (the channel axis and what follows it), so unknown
+    batch/sequence dims do not matter: equal element counts then force equal outer parts.
+    """
     if index != 0 and side == "in":
         ex.refuse(f"{ex.key(node)}: channels reach Reshape through its shape")
     src, dst = ex.shape(node.inputs[0]), ex.shape(node.outputs[0])
-    if src is None or dst is None or None in src or None in dst:
-        ex.refuse(f"{ex.key(node)}: Reshape shapes unknown")
+    if src is None or dst is None:
+        ex.refuse(f"{ex.key(node)}: Reshape ranks unknown")
+    dst = tuple(d if d is not None else _positive_entry(ex, node, i) for i, d in enumerate(dst))
     if side == "out":
         return _reshape_heads_backward(ex, node, src, dst, m)
-    outer = int(np.prod(src[:m.axis]))
-    for k in range(len(dst)):
-        if int(np.prod(dst[:k])) != outer:
+    tail = src[m.axis:]
+    if None in tail:
+        ex.refuse(f"{ex.key(node)}: Reshape input shape unknown from the channel axis on")
+    for t in range(1, len(tail) + 1):  # merge src[axis:axis+t] into dst[k]
+        rest = tuple(tail[t:])
+        k = len(dst) - len(rest) - 1
+        if k < 0 or tuple(dst[k + 1:]) != rest or dst[k] != int(np.prod(tail[:t])):
             continue
-        merged, t = 1, 0
-        while merged < dst[k] and m.axis + t < len(src):
-            merged *= src[m.axis + t]
-            t += 1
-        if merged == dst[k] and t >= 1:
-            inner = int(np.prod(src[m.axis + 1:m.axis + t]))
-            out_m = Mapping(k, m.offset, m.block * inner)
-            entry = _shape_entry(ex, node.inputs[1], k, (ex.key(node), 1))
-            if entry is None:
-                ex.refuse(f"{ex.key(node)}: Reshape's entry for the channel axis is computed at run time")
-            name, i, value, use = entry
-            if value > 0:
-                ex.add(Member("value", name, index=i, lo=0, hi=2**62, use=use, mapping=out_m))
-            elif value == 0 and not (k == m.axis and t == 1):
-                ex.refuse(f"{ex.key(node)}: Reshape copies a dimension that changes meaning")
-            ex.visit(node.outputs[0], out_m, node)
-            return
-    for k in range(len(dst)):  # split [.., H*D, ..] -> [.., H, D, ..]: a group of heads keeps going
-        if int(np.prod(dst[:k])) != outer or k + 1 >= len(dst) or dst[k] * dst[k + 1] != src[m.axis]:
-            continue
+        inner = int(np.prod(tail[1:t]))
+        out_m = Mapping(k, m.offset, m.block * inner)
+        entry = _shape_entry(ex, node.inputs[1], k, (ex.key(node), 1))
+        if entry is None:
+            ex.refuse(f"{ex.key(node)}: Reshape's entry for the channel axis is computed at run time")
+        name, i, value, use = entry
+        if value > 0:
+            ex.add(Member("value", name, index=i, lo=0, hi=2**62, use=use, mapping=out_m))
+        elif value == 0 and not (k == m.axis and t == 1):
+            ex.refuse(f"{ex.key(node)}: Reshape copies a dimension that changes meaning")
+        ex.visit(node.outputs[0], out_m, node)
+        return
+    rest = tuple(tail[1:])  # split [.., H*D, rest] -> [.., H, D, rest]: a group of heads keeps going
+    k = len(dst) - len(rest) - 2
+    if k >= 0 and tuple(dst[k + 2:]) == rest and None not in dst[k:k + 2] and dst[k] * dst[k + 1] == tail[0]:
         if m.block == dst[k + 1]:
             out_m = Mapping(k, m.offset, 1)
-            entry = _shape_entry(ex, node.inputs[1], k, (ex.key(node), 1))
-            if entry is None or entry[2] == 0:
-                ex.refuse(f"{ex.key(node)}: Reshape's head count is computed at run time")
-            if entry[2] > 0:
-                ex.add(Member("value", entry[0], index=entry[1], lo=0, hi=2**62, use=entry[3], mapping=out_m))
+            _head_count_member(ex, node, k, out_m)
             ex.visit(node.outputs[0], out_m, node)
             return
         if m.block == 1 and ex.split_hint is None:
@@ -223,22 +224,30 @@ def _reshape(ex, node, side, index, m):
     ex.refuse(f"{ex.key(node)}: Reshape splits or reorders the channel axis")
 
 
+def _positive_entry(ex, node, i: int):
+    entry = _shape_entry(ex, node.inputs[1], i, (ex.key(node), 1))
+    return entry[2] if entry is not None and entry[2] > 0 else None
+
+
+def _head_count_member(ex, node, k: int, m: Mapping):
+    entry = _shape_entry(ex, node.inputs[1], k, (ex.key(node), 1))
+    if entry is None or entry[2] == 0:
+        ex.refuse(f"{ex.key(node)}: Reshape's head count is computed at run time")
+    if entry[2] > 0:
+        ex.add(Member("value", entry[0], index=entry[1], lo=0, hi=2**62, use=entry[3], mapping=m))
+
+
 def _reshape_heads_backward(ex, node, src, dst, m):
-    """Reached from a head axis of [.., H, D, ..]: the input holds the heads as blocks of D."""
+    """Reached from the head axis of [.., H, D, rest]: the input holds the heads as blocks of D."""
     k = m.axis
-    if m.block != 1 or k + 1 >= len(dst):
+    if m.block != 1 or k + 1 >= len(dst) or None in dst[k:]:
         ex.refuse(f"{ex.key(node)}: Reshape reached from its output")
-    outer = int(np.prod(dst[:k]))
-    for a in range(len(src)):
-        if int(np.prod(src[:a])) == outer and src[a] == dst[k] * dst[k + 1]:
-            entry = _shape_entry(ex, node.inputs[1], k, (ex.key(node), 1))
-            if entry is None or entry[2] == 0:
-                ex.refuse(f"{ex.key(node)}: Reshape's head count is computed at run time")
-            if entry[2] > 0:
-                ex.add(Member("value", entry[0], index=entry[1], lo=0, hi=2**62, use=entry[3], mapping=m))
-            ex.visit(node.inputs[0], Mapping(a, m.offset, int(dst[k + 1])), node)
-            return
-    ex.refuse(f"{ex.key(node)}: Reshape reached from its output")
+    rest = tuple(dst[k + 2:])
+    a = len(src) - len(rest) - 1
+    if a < 0 or tuple(src[a + 1:]) != rest or src[a] != dst[k] * dst[k + 1]:
+        ex.refuse(f"{ex.key(node)}: Reshape reached from its output")
+    _head_count_member(ex, node, k, m)
+    ex.visit(node.inputs[0], Mapping(a, m.offset, int(dst[k + 1])), node)
 
 
 def _shape_entry(ex, tensor, k: int, use, depth: int = 0):

@@ -114,6 +114,36 @@ def apply_plan(graph, plan: Plan, params: dict[str, tuple[np.float32, np.integer
         node.inputs[spec.index] = out
         result.biases += 1
 
-    graph.nodes.extend(new_nodes)
-    graph.cleanup().toposort()
+    _insert_in_order(graph, new_nodes)
     return result
+
+
+def _insert_in_order(graph, new_nodes) -> None:
+    """Place each new node right after the producer of its data input (O(nodes); no global toposort).
+
+    A Q follows the node that makes the tensor it quantizes, its DQ follows it; weight/bias DQs
+    and Qs of graph inputs go first. The original order stays topological, so the result is too.
+    Tensors nothing reads any more (the float weights) are not exported by onnx-graphsurgeon.
+    """
+    after: dict[int, list] = {}
+    first = []
+    for node in new_nodes:
+        data = node.inputs[0]
+        producer = data.inputs[0] if data.inputs else None
+        if producer is None:
+            first.append(node)
+        else:
+            after.setdefault(id(producer), []).append(node)
+    ordered = list(first)
+
+    def emit(node) -> None:
+        ordered.append(node)
+        for follower in after.pop(id(node), ()):
+            emit(follower)
+
+    for node in first:  # a Q of a graph input is followed by its DQ
+        for follower in after.pop(id(node), ()):
+            emit(follower)
+    for node in list(graph.nodes):
+        emit(node)
+    graph.nodes = ordered

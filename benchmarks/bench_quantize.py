@@ -1,0 +1,353 @@
+"""Static INT8 quantization: onnxcomp insert-qdq vs ONNX Runtime's quantize_static, in one run.
+
+    python -m benchmarks quantize [-- --models digits,resnet,minilm --rounds 30 --graph-nodes 1000,10000]
+
+For each model: the float model (cleanup + fold-bn, exact), onnxcomp `--target ort` (default method
+and minmax), and ORT's quantize_static (QDQ, per-channel, after quant_pre_process) in several
+configurations, of which the best-accuracy one is "peer best" (its latency is compared). MiniLM also
+gets ORT's MatMul-only static and dynamic quantization for reference. Every quantization runs in its
+own subprocess (wall time and peak RSS of that process); latency is ONNX Runtime CPU, 2 threads,
+batch 1 and 8, models timed in interleaved rounds in one process (median after warm-up). Finally a
+generated 1,000- and 10,000-node graph measures quantize time against graph size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = REPO / "build" / "models"
+
+
+# ---------- children: one quantization per process ----------
+
+def _child_ours(spec: dict) -> dict:
+    import onnxcomp
+    from onnxcomp.data import load_data
+    from onnxcomp.io import load_model
+
+    start = time.perf_counter()
+    model = load_model(spec["src"])
+    data = load_data(spec["calib"], model)
+    result = onnxcomp.optimize(model, spec["out"], spec["pipeline"], data=data, check_output=False, preloaded=model)
+    qdq = result.records[-1]
+    return {"seconds": time.perf_counter() - start, "pass_seconds": qdq.seconds,
+            "stats": qdq.report.stats, "scheme": qdq.report.details.get("insert-qdq", {}).get("scheme")}
+
+
+def _child_peer(spec: dict) -> dict:
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_dynamic, quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    start = time.perf_counter()
+    pre = spec["out"] + ".pre.onnx"
+    quant_pre_process(spec["src"], pre, auto_merge=spec.get("auto_merge", False))
+    if spec["mode"] == "dynamic":
+        quantize_dynamic(pre, spec["out"], per_channel=True, weight_type=QuantType.QInt8)
+    else:
+        inputs = [i.name for i in onnx.load(pre, load_external_data=False).graph.input]
+        arrays = dict(np.load(spec["calib"]))
+        n = len(arrays[inputs[0]])
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.batches = iter([{k: arrays[k][i:i + 16] for k in inputs} for i in range(0, n, 16)])
+
+            def get_next(self):
+                return next(self.batches, None)
+
+        method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                  "entropy": CalibrationMethod.Entropy}[spec["method"]]
+        act = QuantType.QUInt8 if spec["activation"] == "uint8" else QuantType.QInt8
+        quantize_static(pre, spec["out"], Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=act, weight_type=QuantType.QInt8, reduce_range=spec["reduce_range"],
+                        calibrate_method=method, op_types_to_quantize=spec.get("op_types"))
+    os.unlink(pre)
+    return {"seconds": time.perf_counter() - start}
+
+
+def child_main(kind: str, spec_json: str) -> None:
+    import resource
+
+    spec = json.loads(spec_json)
+    try:
+        info = _child_ours(spec) if kind == "ours" else _child_peer(spec)
+        info["ok"] = True
+    except Exception as exc:  # the peer crashing is a result, not a benchmark failure
+        text = str(exc).strip().splitlines()
+        info = {"ok": False, "error": f"{type(exc).__name__}: {text[0] if text else ''}"[:160]}
+    info["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(info), flush=True)
+
+
+def run_child(kind: str, spec: dict, timeout: float = 900) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.bench_quantize", "--child", kind, json.dumps(spec)]
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"timeout after {timeout:.0f} s", "seconds": timeout, "peak_rss_mb": None}
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            info = json.loads(line[7:])
+            info["wall"] = time.perf_counter() - start
+            return info
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"ok": False, "error": tail[:160], "seconds": None, "peak_rss_mb": None}
+
+
+# ---------- evaluation ----------
+
+def _session(path: str, threads: int = 2):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    # Idle worker threads must not spin: sessions timed in turn would steal each other's cores.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+def _outputs(path: str, feeds: dict, batch: int = 32) -> np.ndarray:
+    sess = _session(path, threads=0)
+    names = {i.name for i in sess.get_inputs()}
+    n = len(next(iter(feeds.values())))
+    out = [sess.run(None, {k: v[i:i + batch] for k, v in feeds.items() if k in names})[0] for i in range(0, n, batch)]
+    return np.concatenate(out)
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    return float(np.mean((a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)))
+
+
+def latency(paths: list[str], feeds: dict, rounds: int) -> list[float]:
+    """Median ms per model, models interleaved round by round (machine drift hits all alike)."""
+    sessions = [_session(p) for p in paths]
+    per = []
+    for s in sessions:
+        names = {i.name for i in s.get_inputs()}
+        per.append({k: v for k, v in feeds.items() if k in names})
+        for _ in range(3):
+            s.run(None, per[-1])
+    times = [[] for _ in paths]
+    for _ in range(rounds):
+        for i, s in enumerate(sessions):
+            t = time.perf_counter()
+            s.run(None, per[i])
+            times[i].append(time.perf_counter() - t)
+    return [float(np.median(t)) * 1e3 for t in times]
+
+
+# ---------- per-model setups ----------
+
+def model_setups(names: list[str], tmp: Path) -> list[dict]:
+    sys.path.insert(0, str(REPO))
+    setups = []
+    if "digits" in names:
+        test = dict(np.load(MODELS / "digits_test.npz"))
+        setups.append({"name": "digits CNN", "src": str(MODELS / "digits_cnn.onnx"),
+                       "calib": str(MODELS / "digits_calib.npz"), "eval": {"input": test["input"]},
+                       "labels": test["labels"], "metric": "acc", "lat_feeds": lambda b: {"input": test["input"][:b]}})
+    if "resnet" in names:
+        from models import resnet_like
+
+        src = resnet_like.ensure(MODELS, log=lambda m: None)
+        held_out = resnet_like.images(32, seed=999)
+        setups.append({"name": "ResNet-18-like", "src": str(src), "calib": str(MODELS / "resnet_like_calib.npz"),
+                       "eval": {"input": held_out}, "metric": "cos/top1",
+                       "lat_feeds": lambda b: {"input": held_out[:b]}})
+    if "minilm" in names:
+        from models import minilm
+
+        if not (MODELS / "minilm.onnx").exists() or not (MODELS / "minilm_calib.npz").exists():
+            print("note: MiniLM skipped (build/models/minilm.onnx absent; run python -m models.minilm)")
+        else:
+            test = dict(np.load(MODELS / "minilm_test.npz"))
+            setups.append({"name": "MiniLM-L6", "src": str(MODELS / "minilm.onnx"),
+                           "calib": str(MODELS / "minilm_calib.npz"), "eval": test, "metric": "emb cos",
+                           "embed": minilm.embed, "auto_merge": True,
+                           "lat_feeds": lambda b: {k: v[:b] for k, v in test.items()}})
+    return setups
+
+
+def quality(setup: dict, path: str, ref: np.ndarray) -> tuple[float, str]:
+    out = _outputs(path, setup["eval"])
+    if setup["metric"] == "acc":
+        acc = float(np.mean(out.argmax(1) == setup["labels"]))
+        return acc, f"{acc:.4f}"
+    if setup["metric"] == "emb cos":
+        e_ref = setup["embed"](ref, setup["eval"]["attention_mask"])
+        e = setup["embed"](out, setup["eval"]["attention_mask"])
+        cos = float(np.mean((e * e_ref).sum(1)))
+        return cos, f"{cos:.4f}"
+    cos = _cos(ref, out)
+    top1 = float(np.mean(ref.argmax(1) == out.argmax(1)))
+    return cos, f"{cos:.4f}/{top1:.2f}"
+
+
+def peer_configs(setup: dict) -> list[tuple[str, dict]]:
+    base = {"mode": "static", "auto_merge": setup.get("auto_merge", False)}
+    configs = [("ort minmax u8", {**base, "method": "minmax", "activation": "uint8", "reduce_range": False}),
+               ("ort minmax u8 rr", {**base, "method": "minmax", "activation": "uint8", "reduce_range": True}),
+               ("ort percentile u8 rr", {**base, "method": "percentile", "activation": "uint8", "reduce_range": True}),
+               ("ort entropy u8 rr", {**base, "method": "entropy", "activation": "uint8", "reduce_range": True}),
+               ("ort minmax s8 rr", {**base, "method": "minmax", "activation": "int8", "reduce_range": True})]
+    if setup["metric"] == "emb cos":
+        configs.append(("ort MatMul-only u8 rr", {**base, "method": "minmax", "activation": "uint8",
+                                                  "reduce_range": True, "op_types": ["MatMul"]}))
+        configs.append(("ort dynamic", {**base, "mode": "dynamic"}))
+    return configs
+
+
+def bench_model(setup: dict, tmp: Path, rounds: int, rows: list, say) -> None:
+    name = setup["name"]
+    fp = str(tmp / f"{name}_float.onnx")
+    import onnxcomp
+
+    onnxcomp.optimize(setup["src"], fp, "cleanup,fold-bn", check_output=False)
+    ref = _outputs(fp, setup["eval"])
+    candidates = []  # (label, path, run info)
+    for label, pipeline in (("onnxcomp auto", "cleanup,fold-bn,insert-qdq{method=auto,target=ort}"),
+                            ("onnxcomp minmax", "cleanup,fold-bn,insert-qdq{method=minmax,target=ort}")):
+        out = str(tmp / f"{name}_{label.replace(' ', '_')}.onnx")
+        say(f"{name}: {label}")
+        info = run_child("ours", {"src": setup["src"], "calib": setup["calib"], "out": out, "pipeline": pipeline})
+        candidates.append((label, out, info))
+    for label, spec in peer_configs(setup):
+        out = str(tmp / f"{name}_{label.replace(' ', '_')}.onnx")
+        say(f"{name}: {label}")
+        info = run_child("peer", {**spec, "src": setup["src"], "calib": setup["calib"], "out": out})
+        candidates.append((label, out, info))
+    scored = []
+    for label, path, info in candidates:
+        if info.get("ok"):
+            score, text = quality(setup, path, ref)
+            scored.append((label, path, info, score, text))
+        else:
+            rows.append([name, label, "FAILED: " + info.get("error", "?"), "-", "-", "-", "-", "-", "-"])
+    static_peers = [s for s in scored if s[0].startswith("ort") and "dynamic" not in s[0] and "MatMul" not in s[0]]
+    best_peer = max(static_peers, key=lambda s: s[3]) if static_peers else None
+    ours = [s for s in scored if s[0].startswith("onnxcomp")]
+    best_ours = max(ours, key=lambda s: s[3]) if ours else None
+    timed = [("float", fp)] + [(s[0], s[1]) for s in scored if s in (best_ours, best_peer)
+                               or "dynamic" in s[0] or "MatMul" in s[0]]
+    lat = {}
+    for batch in (1, 8):
+        say(f"{name}: latency batch {batch} ({len(timed)} models, {rounds} rounds)")
+        ms = latency([p for _, p in timed], setup["lat_feeds"](batch), rounds)
+        for (label, _), value in zip(timed, ms):
+            lat.setdefault(label, {})[batch] = value
+    f_lat = lat["float"]
+    f_score, f_text = quality(setup, fp, ref) if setup["metric"] == "acc" else (1.0, "1.0000")
+    rows.append([name, "float (cleanup,fold-bn)", f_text, f"{f_lat[1]:.2f}", f"{f_lat[8]:.1f}", "1.00x",
+                 _mb(fp), "-", "-"])
+    for label, path, info, score, text in scored:
+        mark = " *" if (best_peer and label == best_peer[0]) else ""
+        l1 = lat.get(label, {}).get(1)
+        l8 = lat.get(label, {}).get(8)
+        rows.append([name, label + mark, text, "-" if l1 is None else f"{l1:.2f}",
+                     "-" if l8 is None else f"{l8:.1f}", "-" if l8 is None else f"{f_lat[8] / l8:.2f}x",
+                     _mb(path), f"{info['seconds']:.1f}", f"{info['peak_rss_mb']:.0f}"])
+
+
+def _mb(path: str) -> str:
+    return f"{Path(path).stat().st_size / 1e6:.1f}"
+
+
+# ---------- graph-size scaling ----------
+
+def generated_graph(nodes: int, width: int = 64):
+    """Residual MLP: blocks of Gemm -> Relu -> Add (3 nodes), `nodes` nodes in all."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    graph_nodes, inits = [], []
+    x = "x"
+    for b in range(nodes // 3):
+        w = numpy_helper.from_array((rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), f"w{b}")
+        bias = numpy_helper.from_array(np.zeros(width, np.float32), f"b{b}")
+        inits += [w, bias]
+        graph_nodes += [helper.make_node("Gemm", [x, f"w{b}", f"b{b}"], [f"g{b}"], name=f"gemm{b}", transB=1),
+                        helper.make_node("Relu", [f"g{b}"], [f"r{b}"], name=f"relu{b}"),
+                        helper.make_node("Add", [f"r{b}", x], [f"a{b}"], name=f"add{b}")]
+        x = f"a{b}"
+    graph = helper.make_graph(graph_nodes, "generated", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", width])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["n", width])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def bench_scaling(sizes: list[int], tmp: Path, rows: list, peer_limit: int, say) -> None:
+    import onnx
+
+    calib = str(tmp / "gen_calib.npz")
+    np.savez(calib, x=np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32) * 0.1)
+    for n in sizes:
+        src = str(tmp / f"gen_{n}.onnx")
+        onnx.save(generated_graph(n), src)
+        say(f"generated {n}-node graph: onnxcomp")
+        out = str(tmp / f"gen_{n}_q.onnx")
+        info = run_child("ours", {"src": src, "calib": calib, "out": out,
+                                  "pipeline": "insert-qdq{method=minmax,target=ort}"})
+        text = f"{info['seconds']:.1f}" if info.get("ok") else "FAILED: " + info.get("error", "?")
+        rows.append([f"graph {n} nodes", "onnxcomp minmax", "-", "-", "-", "-", _mb(src), text,
+                     f"{info['peak_rss_mb']:.0f}" if info.get("peak_rss_mb") else "-"])
+        if n <= peer_limit:
+            say(f"generated {n}-node graph: ORT quantize_static")
+            info = run_child("peer", {"src": src, "calib": calib, "out": str(tmp / f"gen_{n}_peer.onnx"),
+                                      "mode": "static", "method": "minmax", "activation": "uint8",
+                                      "reduce_range": True}, timeout=600)
+            text = f"{info['seconds']:.1f}" if info.get("ok") else "FAILED: " + info.get("error", "?")
+            rows.append([f"graph {n} nodes", "ort minmax u8 rr", "-", "-", "-", "-", _mb(src), text,
+                         f"{info['peak_rss_mb']:.0f}" if info.get("peak_rss_mb") else "-"])
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "--child":
+        child_main(argv[1], argv[2])
+        return 0
+    parser = argparse.ArgumentParser(prog="python -m benchmarks quantize --")
+    parser.add_argument("--models", default="digits,resnet,minilm")
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--graph-nodes", default="1000,10000")
+    parser.add_argument("--peer-graph-limit", type=int, default=1000, help="largest generated graph given to ORT")
+    args = parser.parse_args(argv)
+    from onnxcomp.report import table
+
+    def say(message: str) -> None:
+        print(f"... {message}", file=sys.stderr, flush=True)
+
+    rows: list = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for setup in model_setups(args.models.split(","), tmp):
+            bench_model(setup, tmp, args.rounds, rows, say)
+        sizes = [int(s) for s in args.graph_nodes.split(",") if s]
+        bench_scaling(sizes, tmp, rows, args.peer_graph_limit, say)
+    load = os.getloadavg()
+    print(table(["model", "tool / config", "acc|cos", "ms b1", "ms b8", "speedup b8", "MB", "quant s", "peak MB"], rows))
+    print(f"* = peer best (highest accuracy among ORT static QDQ configs). 'rr' = reduce_range (7-bit weights).\n"
+          f"ORT CPU, 2 threads, median of {args.rounds} interleaved rounds after warm-up; quant s / peak MB: one "
+          f"subprocess per quantization (load + calibrate + write). Load average at end: "
+          f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -8,12 +8,13 @@ is one batch of activations plus a fixed-size histogram per tensor, whatever the
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 import onnx
 
-from onnxcomp.calibration.histogram import EXTREME, Scratch, TensorStats
+from onnxcomp.calibration.histogram import Scratch, TensorStats
 from onnxcomp.calibration.stats import CalibrationStats
 from onnxcomp.errors import InputError
 
@@ -56,8 +57,6 @@ def _known_types(model: onnx.ModelProto) -> dict[str, int]:
 # Ops whose output holds exactly the values of their first input, rearranged: the output's
 # statistics are the input's, so only the input is fetched and binned.
 _SAME_VALUES = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
-_REDUCIBLE = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
-_PREFIX = "onnxcomp.calib/"
 
 
 def value_sources(model: onnx.ModelProto) -> dict[str, str]:
@@ -81,9 +80,7 @@ def collect_stats(model: onnx.ModelProto, data, tensors: list[str] | None = None
     most `batch_size`; a `labels` key is ignored), or any iterable of feed dicts, one per batch —
     use that for sequences of different lengths (pad per batch) or data too big to hold at once.
     tensors: names to calibrate; default every float activation (`activation_tensors`).
-    num_bins: histogram bins per tensor; 0 keeps only min/max (enough for `minmax`): then ONNX
-    Runtime reduces each tensor in-graph and only two numbers per tensor leave it (tensors whose
-    min/max turn out non-finite or extreme, like attention-mask adds, are fetched in full instead).
+    num_bins: histogram bins per tensor; 0 keeps only min/max (enough for `minmax`, faster).
     progress: optional callable taking one message string, called about once a second.
     threads: ONNX Runtime intra-op threads (0 = its default).
     memory_budget_mb: with dict data, batches shrink below `batch_size` so one batch's fetched
@@ -99,21 +96,30 @@ def collect_stats(model: onnx.ModelProto, data, tensors: list[str] | None = None
     sources = value_sources(model)
     root = {name: sources.get(name, name) for name in wanted}
     roots = list(dict.fromkeys(root.values()))
-    runner = _Runner(model, roots, num_bins, threads)
-    stats = {name: TensorStats(name, num_bins) for name in runner.float_roots}
+    runner = _Runner(model, roots, threads)
+    stats = {name: TensorStats(name, num_bins) for name in runner.fetch}
     scratch = Scratch()
-    sizer = _BatchSizer(batch_size, memory_budget_mb, isinstance(data, Mapping) and num_bins > 0)
+    # Two batches are alive at once (one folding while the next runs), hence half the budget each.
+    sizer = _BatchSizer(batch_size, memory_budget_mb / 2, isinstance(data, Mapping))
     samples = batches = 0
     last_say = time.monotonic()
-    for feeds in _batches(data, model, runner.inputs, sizer):
-        fetched_bytes = runner.fold(feeds, stats, scratch, batches + 1)
-        batches += 1
-        n = len(next(iter(feeds.values()))) if feeds else 1
-        samples += n
-        sizer.observe(n, fetched_bytes)
-        if progress is not None and time.monotonic() - last_say > 1.0:
-            progress(f"calibration: batch {batches} ({samples} samples)")
-            last_say = time.monotonic()
+    with ThreadPoolExecutor(max_workers=1) as folder:
+        pending = None
+        for feeds in _batches(data, model, runner.inputs, sizer):
+            values = runner.run(feeds, batches + 1)  # ONNX Runtime runs while the last batch folds
+            if pending is not None:
+                pending.result()
+            pending = folder.submit(runner.fold, values, stats, scratch)
+            batches += 1
+            n = len(next(iter(feeds.values()))) if feeds else 1
+            samples += n
+            sizer.observe(n, sum(v.nbytes for v in values))
+            del values
+            if progress is not None and time.monotonic() - last_say > 1.0:
+                progress(f"calibration: batch {batches} ({samples} samples)")
+                last_say = time.monotonic()
+        if pending is not None:
+            pending.result()
     if batches == 0:
         raise InputError("calibration data holds no batches")
     if progress is not None:
@@ -156,82 +162,45 @@ class _BatchSizer:
 
 
 class _Runner:
-    """The ONNX Runtime session and what it fetches: whole tensors, or in-graph min/max/size."""
+    """The ONNX Runtime session that exposes every wanted tensor as an extra output.
 
-    def __init__(self, model: onnx.ModelProto, roots: list[str], num_bins: int, threads: int):
-        self.model, self.threads = model, threads
-        types = _known_types(model)
-        if num_bins:
-            self.full, self.reduced = list(roots), []
-        else:  # min/max only: reduce in-graph where the type allows it
-            self.reduced = [r for r in roots if types.get(r) in _REDUCIBLE]
-            self.full = [r for r in roots if types.get(r) not in _REDUCIBLE]
-        self._build()
-        kinds = {o.name: o.type for o in self.sess.get_outputs()}
-        self.full = [r for r in self.full if kinds.get(r) in _ORT_FLOAT_TYPES]
-        self.float_roots = [r for r in roots if r in self.full or r in self.reduced]
-        self.inputs = [i.name for i in self.sess.get_inputs()]
+    (Reducing min/max in-graph, as ONNX Runtime's own MinMax calibrator does, measured slower
+    here: the extra nodes run single-threaded per tensor and still block fusions, while NumPy's
+    min/max over the fetched tensor is vectorised; and mask-add tensors need their values anyway.)
+    """
 
-    def _build(self) -> None:
+    def __init__(self, model: onnx.ModelProto, roots: list[str], threads: int):
         from onnxcomp.runtime import session
 
-        graph = self.model.graph
+        graph = model.graph
         existing = {o.name for o in graph.output}
-        added_outputs, added_nodes = 0, 0
+        added = 0
         try:
-            for name in self.full:
+            for name in roots:
                 if name not in existing:
                     graph.output.add().name = name  # no type: ONNX Runtime infers it
-                    added_outputs += 1
-            for i, name in enumerate(self.reduced):
-                for op, suffix in (("ReduceMin", "min"), ("ReduceMax", "max"), ("Size", "size")):
-                    attrs = {"keepdims": 0} if op != "Size" else {}
-                    node = onnx.helper.make_node(op, [name], [f"{_PREFIX}{suffix}/{name}"],
-                                                 name=f"{_PREFIX}{suffix}/{i}", **attrs)
-                    graph.node.append(node)
-                    graph.output.add().name = node.output[0]
-                    added_nodes += 1
-                    added_outputs += 1
-            self.sess = session(self.model, threads=self.threads)
+                    added += 1
+            self.sess = session(model, threads=threads)
         finally:  # leave the caller's model as it was
-            for _ in range(added_outputs):
+            for _ in range(added):
                 graph.output.pop()
-            for _ in range(added_nodes):
-                graph.node.pop()
-        self.fetch = list(self.full) + [f"{_PREFIX}{s}/{r}" for r in self.reduced for s in ("min", "max", "size")]
+        kinds = {o.name: o.type for o in self.sess.get_outputs()}
+        self.fetch = [r for r in roots if kinds.get(r) in _ORT_FLOAT_TYPES]
+        self.inputs = [i.name for i in self.sess.get_inputs()]
 
-    def fold(self, feeds: dict, stats: dict, scratch: Scratch, number: int) -> int:
-        """Run one batch, fold it into stats; returns the bytes of whole tensors fetched."""
-        values = self._run(feeds, number)
-        fetched = 0
-        for name, value in zip(self.full, values):
-            fetched += value.nbytes
-            stats[name].update(value, scratch)
-        dirty = []
-        reduced = values[len(self.full):]
-        for i, name in enumerate(self.reduced):
-            lo, hi, size = (float(reduced[3 * i]), float(reduced[3 * i + 1]), int(reduced[3 * i + 2]))
-            if size and not (-EXTREME < lo <= hi < EXTREME):  # NaN, inf or mask values: need the values
-                dirty.append(name)
-            else:
-                stats[name].update_range(lo, hi, size)
-        del values, reduced
-        if dirty:  # fetch these in full from now on; this batch is rerun for them only
-            self.reduced = [r for r in self.reduced if r not in set(dirty)]
-            self.full += dirty
-            self._build()
-            again = self._run(feeds, number, dirty)
-            for name, value in zip(dirty, again):
-                stats[name].update(value, scratch)
-        return fetched
-
-    def _run(self, feeds: dict, number: int, names: list[str] | None = None) -> list:
+    def run(self, feeds: dict, number: int) -> list:
         try:
-            return self.sess.run(names or self.fetch, feeds)
+            return self.sess.run(self.fetch, feeds)
         except Exception as exc:
             text = str(exc).strip().splitlines()
             raise InputError(f"calibration batch {number}: ONNX Runtime failed: "
                              f"{text[0] if text else type(exc).__name__}") from None
+
+    def fold(self, values: list, stats: dict, scratch: Scratch) -> None:
+        """Fold one batch's tensors into stats, releasing each as soon as it is done."""
+        for i, name in enumerate(self.fetch):
+            stats[name].update(values[i], scratch)
+            values[i] = None
 
 
 def _batches(data, model: onnx.ModelProto, inputs: list[str], sizer: _BatchSizer) -> Iterable[dict]:

@@ -70,16 +70,6 @@ class TensorStats:
             self.zeros += int(np.count_nonzero(np.equal(x, 0.0, out=scratch.mask(x.size))))
             self.counts += self._bin(x, scratch)
 
-    def update_range(self, lo: float, hi: float, size: int) -> None:
-        """Fold in a batch known only by its min, max and size (min/max-only statistics)."""
-        if self.num_bins:
-            raise ValueError(f"{self.name}: a histogram needs the values, not just their range")
-        if size == 0:
-            return
-        self.raw_min, self.raw_max = min(self.raw_min, lo), max(self.raw_max, hi)
-        self.count += int(size)
-        self._extend(lo, hi)
-
     def _drop_outliers(self, x: np.ndarray):
         nans = int(np.count_nonzero(np.isnan(x)))
         if nans < x.size:

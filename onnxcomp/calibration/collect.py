@@ -107,14 +107,15 @@ def collect_stats(model: onnx.ModelProto, data, tensors: list[str] | None = None
         pending = None
         for feeds in _batches(data, model, runner.inputs, sizer):
             values = runner.run(feeds, batches + 1)  # ONNX Runtime runs while the last batch folds
+            fetched = sum(v.nbytes for v in values)
             if pending is not None:
                 pending.result()
             pending = folder.submit(runner.fold, values, stats, scratch)
+            del values
             batches += 1
             n = len(next(iter(feeds.values()))) if feeds else 1
             samples += n
-            sizer.observe(n, sum(v.nbytes for v in values))
-            del values
+            sizer.observe(n, fetched)
             if progress is not None and time.monotonic() - last_say > 1.0:
                 progress(f"calibration: batch {batches} ({samples} samples)")
                 last_say = time.monotonic()

@@ -79,13 +79,18 @@ def all_tensors(model: onnx.ModelProto):
 
 def check_names(model: onnx.ModelProto) -> None:
     """Refuse names that are not valid UTF-8 (protobuf hands them over as bytes; every tool then fails)."""
+    top = [model.producer_name, model.producer_version, model.domain, model.doc_string]
+    if any(not isinstance(v, str) for v in top):
+        raise InputError("the model's producer or doc string is not valid UTF-8")
     graphs = [model.graph]
     while graphs:
         graph = graphs.pop()
-        values = [v.name for v in list(graph.input) + list(graph.output) + list(graph.value_info)]
-        values += [t.name for t in graph.initializer]
+        values = [graph.name, graph.doc_string]
+        values += [x for v in list(graph.input) + list(graph.output) + list(graph.value_info)
+                   for x in (v.name, v.doc_string)]
+        values += [x for t in graph.initializer for x in (t.name, t.doc_string)]
         for node in graph.node:
-            values += [node.op_type, node.name, node.domain, *node.input, *node.output]
+            values += [node.op_type, node.name, node.domain, node.doc_string, *node.input, *node.output]
             for attr in node.attribute:
                 values.append(attr.name)
                 if attr.HasField("g"):
@@ -103,13 +108,13 @@ _TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint6
 
 def declared_bytes(tensor: onnx.TensorProto) -> int | None:
     """Bytes a tensor's dims and type call for (None for strings and unknown types)."""
-    if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
-        return None
     count = 1
     for d in tensor.dims:
         if d < 0:
             raise InputError(f"tensor {tensor.name!r} has a negative dimension {list(tensor.dims)}")
         count *= d
+    if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return None
     if tensor.data_type in _PACKED:
         return (count + 1) // 2
     try:
@@ -137,15 +142,44 @@ def check_tensors(model: onnx.ModelProto, base: Path, need_files: bool = True,
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             external += 1
             _check_external(tensor, base, want, need_files)
-        elif want is not None and want > 0 and not tensor.HasField("raw_data") and \
-                not any(len(getattr(tensor, f)) for f in _TYPED_FIELDS):
-            raise InputError(f"tensor {tensor.name!r} declares shape {list(tensor.dims)} "
-                             f"({_human(want)}) but holds no data")
+        elif tensor.data_type == onnx.TensorProto.STRING:
+            count = 1
+            for d in tensor.dims:
+                count *= d
+            if tensor.HasField("raw_data") or len(tensor.string_data) != count:
+                raise InputError(f"string tensor {tensor.name!r} declares shape {list(tensor.dims)} "
+                                 f"but holds {len(tensor.string_data)} strings")
+        elif want is not None and not tensor.HasField("raw_data"):
+            _check_typed_field(tensor, want)
         elif want is not None and tensor.HasField("raw_data") and (
                 want > file_size or (want <= _EXACT_CHECK_BYTES and len(tensor.raw_data) != want)):
             raise InputError(f"tensor {tensor.name!r} declares shape {list(tensor.dims)} "
                              f"({_human(want)}) but holds a different number of bytes")
     return external
+
+
+# Where a tensor's values live when raw_data is not used (the ONNX TensorProto rules).
+_FIELD_OF = {onnx.TensorProto.FLOAT: "float_data", onnx.TensorProto.COMPLEX64: "float_data",
+             onnx.TensorProto.INT64: "int64_data", onnx.TensorProto.DOUBLE: "double_data",
+             onnx.TensorProto.COMPLEX128: "double_data", onnx.TensorProto.UINT32: "uint64_data",
+             onnx.TensorProto.UINT64: "uint64_data"}
+
+
+def _check_typed_field(tensor: onnx.TensorProto, want: int) -> None:
+    """Values in a typed field: the field the data type calls for must hold one entry per element."""
+    count = 1
+    for d in tensor.dims:
+        count *= d
+    field = _FIELD_OF.get(tensor.data_type, "int32_data")
+    if tensor.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
+        count *= 2
+    elif tensor.data_type in _PACKED:
+        count = (count + 1) // 2
+    held = len(getattr(tensor, field))
+    if held != count:
+        what = "no data" if not any(len(getattr(tensor, f)) for f in _TYPED_FIELDS) else f"{held} values in {field}"
+        raise InputError(f"tensor {tensor.name!r} declares shape {list(tensor.dims)} ({_human(want)}) "
+                         f"but holds {what}")
 
 
 def _check_external(tensor: onnx.TensorProto, base: Path, want: int | None, need_files: bool) -> None:
@@ -197,8 +231,11 @@ def load(path: str | os.PathLike):
 def to_graph(model: onnx.ModelProto):
     import onnx_graphsurgeon as gs
 
+    from onnxcomp.manager import gc_paused
+
     try:
-        return gs.import_onnx(model)
+        with gc_paused():  # import builds one object web; collections while it grows are wasted work
+            return gs.import_onnx(model)
     except Exception as exc:
         raise InputError(f"cannot import the graph ({_first_line(exc)})") from None
 
@@ -207,7 +244,10 @@ def to_model(graph) -> onnx.ModelProto:
     """Export a graph, reusing initializer protos that were never touched (no weight copy)."""
     import onnx_graphsurgeon as gs
 
-    return gs.export_onnx(graph, do_type_check=False)
+    from onnxcomp.manager import gc_paused
+
+    with gc_paused():
+        return gs.export_onnx(graph, do_type_check=False)
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:

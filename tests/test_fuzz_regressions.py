@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
 from onnx import numpy_helper
 
@@ -93,3 +94,36 @@ def test_opset_zero_or_negative_is_refused(tmp_path):
     m.opset_import[0].version = -3
     with pytest.raises(InputError):
         _optimize(_save(m, tmp_path), tmp_path)
+
+
+# Second run (120 s, seed 1): three more, all in the loader's tensor checks.
+
+def test_values_in_the_wrong_typed_field_are_refused(tmp_path):
+    """float_data holds the values but data_type says INT64: numpy failed to reshape 0 values."""
+    m = bad_inputs.good_model()
+    t = next(t for t in m.graph.initializer if t.name == "g")
+    values = numpy_helper.to_array(t)
+    t.ClearField("raw_data")
+    t.float_data.extend(values.tolist())
+    t.data_type = onnx.TensorProto.INT64
+    with pytest.raises(InputError, match="holds 0 values in int64_data"):
+        onnxcomp.load_model(_save(m, tmp_path))
+
+
+def test_graph_name_that_is_not_utf8_is_refused(tmp_path):
+    m = bad_inputs.good_model()
+    m.graph.name = "marker"
+    path = tmp_path / "m.onnx"
+    path.write_bytes(m.SerializeToString().replace(b"marker", b"ma\xffker"))
+    with pytest.raises(InputError, match="UTF-8"):
+        onnxcomp.load_model(path)
+
+
+@pytest.mark.parametrize("dims", [[-(2**40)], [3]])
+def test_string_tensor_with_lying_shape_is_refused(tmp_path, dims):
+    m = bad_inputs.good_model()
+    t = onnx.TensorProto(name="s", data_type=onnx.TensorProto.STRING, dims=dims)
+    t.string_data.append(b"only one")
+    m.graph.initializer.append(t)
+    with pytest.raises(InputError, match="negative dimension|holds 1 strings"):
+        onnxcomp.load_model(_save(m, tmp_path))

@@ -170,3 +170,17 @@ def test_removing_zero_read_channels_is_exact_on_models(models_dir, name, fold):
         model, _ = run_pass(model, "cleanup,fold-bn")
     for seed in (0, 1):
         assert check_exact_removal(model, seed, atol=1e-4 if name == "digits_cnn" else 1e-5) > 0
+
+
+def test_inferred_head_count_is_exact(models_dir):
+    """Reshape [b, s, -1, D]: heads are still found, nothing to rewrite, removal stays exact."""
+    model = onnx.load_model(models_dir / "transformer_block.onnx")
+    node = next(n for n in model.graph.node if n.output[0] == "/Constant_2_output_0")
+    assert int(onnx.numpy_helper.to_array(node.attribute[0].t)) == 4
+    node.attribute[0].t.CopyFrom(onnx.numpy_helper.from_array(np.array(-1, dtype=np.int64)))
+    groups = find_channel_groups(to_graph(_copy(model)))
+    heads = [g for g in groups if g.width == 16]
+    assert len(heads) == 1 and heads[0].prunable
+    assert not any(m.kind == "value" for m in heads[0].members)
+    for seed in (0, 1):
+        check_exact_removal(model, seed)

@@ -213,6 +213,7 @@ def _reshape(ex, node, side, index, m):
         return
     rest = tuple(tail[1:])  # split [.., H*D, rest] -> [.., H, D, rest]: a group of heads keeps going
     k = len(dst) - len(rest) - 2
+    dst = _minus_one_heads(ex, node, dst, k, m.axis, tail[0])
     if k >= 0 and tuple(dst[k + 2:]) == rest and None not in dst[k:k + 2] and dst[k] * dst[k + 1] == tail[0]:
         if m.block == dst[k + 1]:
             out_m = Mapping(k, m.offset, 1)
@@ -222,6 +223,18 @@ def _reshape(ex, node, side, index, m):
         if m.block == 1 and ex.split_hint is None:
             ex.split_hint = int(dst[k + 1])  # find_channel_groups retries with heads of this size
     ex.refuse(f"{ex.key(node)}: Reshape splits or reorders the channel axis")
+
+
+def _minus_one_heads(ex, node, dst, k: int, src_axis: int, channels: int):
+    """[.., -1, D, ..]: the head count is inferred; with the same leading rank it is channels / D.
+
+    Nothing needs rewriting then, as ONNX Runtime infers the smaller head count itself.
+    """
+    if 0 <= k < len(dst) - 1 and dst[k] is None and k == src_axis and dst[k + 1]:
+        entry = _shape_entry(ex, node.inputs[1], k, (ex.key(node), 1))
+        if entry is not None and entry[2] == -1 and channels % dst[k + 1] == 0:
+            return dst[:k] + (channels // dst[k + 1],) + dst[k + 1:]
+    return dst
 
 
 def _positive_entry(ex, node, i: int):
@@ -240,10 +253,12 @@ def _head_count_member(ex, node, k: int, m: Mapping):
 def _reshape_heads_backward(ex, node, src, dst, m):
     """Reached from the head axis of [.., H, D, rest]: the input holds the heads as blocks of D."""
     k = m.axis
-    if m.block != 1 or k + 1 >= len(dst) or None in dst[k:]:
-        ex.refuse(f"{ex.key(node)}: Reshape reached from its output")
     rest = tuple(dst[k + 2:])
     a = len(src) - len(rest) - 1
+    if 0 <= a < len(src) and src[a] is not None:
+        dst = _minus_one_heads(ex, node, dst, k, a, src[a])
+    if m.block != 1 or k + 1 >= len(dst) or None in dst[k:]:
+        ex.refuse(f"{ex.key(node)}: Reshape reached from its output")
     if a < 0 or tuple(src[a + 1:]) != rest or src[a] != dst[k] * dst[k + 1]:
         ex.refuse(f"{ex.key(node)}: Reshape reached from its output")
     _head_count_member(ex, node, k, m)

@@ -351,6 +351,20 @@ def test_mlp_and_transformer_block(models_dir):
     assert all(row["scale"] > 0 for row in details["activations"])
 
 
+@pytest.mark.parametrize("name, calib", [("mlp", "mlp_calib"), ("transformer_block", "transformer_calib")])
+def test_tensorrt_output_of_models_passes_check(models_dir, name, calib):
+    import onnxcomp
+    from onnxcomp.checks import run_checks
+    from onnxcomp.data import load_data
+    from onnxcomp.io import load_model
+
+    model = load_model(models_dir / f"{name}.onnx")
+    data = {k: v[:32] for k, v in load_data(models_dir / f"{calib}.npz", model).items()}
+    result = onnxcomp.optimize(model, None, "cleanup,fold-bn,insert-qdq{target=tensorrt}", data=data)
+    assert [f.line() for f in run_checks(result.model, "tensorrt") if f.severity != "info"] == []
+    assert "QuantizeLinear" in ops(result.model)
+
+
 def test_max_drop_keeps_sensitive_layers_float(models_dir):
     import onnxcomp
     from onnxcomp.data import load_data

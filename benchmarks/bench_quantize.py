@@ -162,7 +162,7 @@ def model_setups(names: list[str], tmp: Path) -> list[dict]:
         test = dict(np.load(MODELS / "digits_test.npz"))
         setups.append({"name": "digits CNN", "src": str(MODELS / "digits_cnn.onnx"),
                        "calib": str(MODELS / "digits_calib.npz"), "eval": {"input": test["input"]},
-                       "labels": test["labels"], "metric": "acc", "lat_feeds": lambda b: {"input": test["input"][:b]}})
+                       "labels": test["labels"], "metric": "acc", "lat_feeds": lambda b, x=test["input"]: {"input": x[:b]}})
     if "resnet" in names:
         from models import resnet_like
 
@@ -170,7 +170,7 @@ def model_setups(names: list[str], tmp: Path) -> list[dict]:
         held_out = resnet_like.images(32, seed=999)
         setups.append({"name": "ResNet-18-like", "src": str(src), "calib": str(MODELS / "resnet_like_calib.npz"),
                        "eval": {"input": held_out}, "metric": "cos/top1",
-                       "lat_feeds": lambda b: {"input": held_out[:b]}})
+                       "lat_feeds": lambda b, x=held_out: {"input": x[:b]}})
     if "minilm" in names:
         from models import minilm
 
@@ -181,7 +181,7 @@ def model_setups(names: list[str], tmp: Path) -> list[dict]:
             setups.append({"name": "MiniLM-L6", "src": str(MODELS / "minilm.onnx"),
                            "calib": str(MODELS / "minilm_calib.npz"), "eval": test, "metric": "emb cos",
                            "embed": minilm.embed, "auto_merge": True,
-                           "lat_feeds": lambda b: {k: v[:b] for k, v in test.items()}})
+                           "lat_feeds": lambda b, t=test: {k: v[:b] for k, v in t.items()}})
     return setups
 
 

@@ -32,16 +32,22 @@ MODELS = {  # name -> (model file, calibration data file)
     "digits": ("digits_cnn.onnx", "digits_calib.npz"),
     "transformer": ("transformer_block.onnx", "transformer_calib.npz"),
     "minilm": ("minilm.onnx", "minilm_calib.npz"),
+    # the same sentences with attention_mask all ones: no -3.4e38 mask values, which crash the
+    # peer's histogram calibrators ("Too many bins for data range"), so it can be compared at all
+    "minilm-nomask": ("minilm.onnx", "minilm_calib.npz"),
 }
 PERCENTILE = 99.999
 
 
 # -- one measurement (runs in its own process) ------------------------------------------------
 
-def _samples(data: dict, n: int) -> dict:
+def _samples(data: dict, n: int, model: str = "") -> dict:
     count = len(next(iter(data.values())))
     index = np.arange(n) % count
-    return {k: v[index] for k, v in data.items() if k != "labels"}
+    out = {k: v[index] for k, v in data.items() if k != "labels"}
+    if model.endswith("-nomask"):
+        out["attention_mask"] = np.ones_like(out["attention_mask"])
+    return out
 
 
 def _batches(data: dict, batch: int) -> list[dict]:
@@ -49,18 +55,19 @@ def _batches(data: dict, batch: int) -> list[dict]:
     return [{k: v[i:i + batch] for k, v in data.items()} for i in range(0, n, batch)]
 
 
-def _run_ours(model_path: str, batches: list[dict], method: str) -> int:
+def _run_ours(model_path: str, data: dict, method: str, batch: int) -> int:
     import onnx
 
     from onnxcomp.calibration import choose_ranges, collect_stats
 
     model = onnx.load(model_path)
-    stats = collect_stats(model, batches, num_bins=0 if method == "minmax" else 2048)
+    stats = collect_stats(model, data, batch_size=batch, num_bins=0 if method == "minmax" else 2048)
     symmetric = method == "percentile"
     return len(choose_ranges(stats, method, percentile=PERCENTILE, symmetric=symmetric))
 
 
-def _run_ort(model_path: str, batches: list[dict], method: str) -> int:
+def _run_ort(model_path: str, data: dict, method: str, batch: int) -> int:
+    batches = _batches(data, batch)
     from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod, create_calibrator
 
     class Reader(CalibrationDataReader):
@@ -81,16 +88,17 @@ def _run_ort(model_path: str, batches: list[dict], method: str) -> int:
     return len(ranges.data) if hasattr(ranges, "data") else len(ranges)
 
 
-def worker(tool: str, model_path: str, data_path: str, method: str, samples: int, batch: int) -> dict:
+def worker(tool: str, model: str, models_dir: str, method: str, samples: int, batch: int) -> dict:
     import resource
 
-    data = _samples(dict(np.load(data_path)), samples)
-    batches = _batches(data, batch)
+    model_file, data_file = MODELS[model]
+    model_path = str(Path(models_dir) / model_file)
+    data = _samples(dict(np.load(Path(models_dir) / data_file)), samples, model)
     import onnxruntime  # noqa: F401  (both tools pay for it; import before the baseline)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     try:
-        tensors = (_run_ours if tool == "ours" else _run_ort)(model_path, batches, method)
+        tensors = (_run_ours if tool == "ours" else _run_ort)(model_path, data, method, batch)
         error = ""
     except Exception as exc:  # the peer crashes on some inputs: report it, do not die
         tensors, error = 0, f"{type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}"
@@ -100,9 +108,8 @@ def worker(tool: str, model_path: str, data_path: str, method: str, samples: int
 
 
 def measure(tool: str, model: str, method: str, samples: int, batch: int, models_dir: Path) -> dict:
-    model_file, data_file = MODELS[model]
-    cmd = [sys.executable, "-m", "benchmarks.bench_calibration", "--worker", tool, str(models_dir / model_file),
-           str(models_dir / data_file), method, str(samples), str(batch)]
+    cmd = [sys.executable, "-m", "benchmarks.bench_calibration", "--worker", tool, model, str(models_dir),
+           method, str(samples), str(batch)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -133,7 +140,7 @@ def merge_check(model: str, models_dir: Path, samples: int, batch: int) -> tuple
 
     model_file, data_file = MODELS[model]
     proto = onnx.load(models_dir / model_file)
-    data = _samples(dict(np.load(models_dir / data_file)), samples)
+    data = _samples(dict(np.load(models_dir / data_file)), samples, model)
     half = (samples // 2 // batch) * batch or samples // 2
     whole = collect_stats(proto, data, batch_size=batch)
     first = collect_stats(proto, {k: v[:half] for k, v in data.items()}, batch_size=batch)
@@ -153,13 +160,14 @@ def _fmt(x: float, digits: int = 2) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench_calibration")
-    parser.add_argument("--worker", nargs=6, metavar=("TOOL", "MODEL", "DATA", "METHOD", "SAMPLES", "BATCH"))
-    parser.add_argument("--models", default="digits,transformer,minilm")
+    parser.add_argument("--worker", nargs=6, metavar=("TOOL", "MODEL", "MODELS_DIR", "METHOD", "SAMPLES", "BATCH"))
+    parser.add_argument("--models", default="digits,transformer,minilm,minilm-nomask")
     parser.add_argument("--methods", default="minmax,percentile,entropy")
-    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--scan", default="64,256,1024", help="sample counts for the memory-vs-samples rows")
-    parser.add_argument("--scan-model", default="minilm")
+    parser.add_argument("--scan", default="32,128,512", help="sample counts for the memory-vs-samples rows")
+    parser.add_argument("--scan-model", default="minilm-nomask")
+    parser.add_argument("--scan-peer-max", type=int, default=128, help="largest sample count the peer is run at")
     parser.add_argument("--models-dir", type=Path, default=REPO / "build" / "models")
     args = parser.parse_args(argv)
     if args.worker:
@@ -195,7 +203,8 @@ def main(argv: list[str]) -> int:
         scan_rows = []
         for n in [int(x) for x in args.scan.split(",")]:
             ours = measure("ours", scan_model, "percentile", n, args.batch, args.models_dir)
-            ort = measure("ort", scan_model, "percentile", n, args.batch, args.models_dir) if n <= 256 else None
+            ort = (measure("ort", scan_model, "percentile", n, args.batch, args.models_dir)
+                   if n <= args.scan_peer_max else None)
             scan_rows.append([scan_model, "percentile", n, _fmt(ours["seconds"]), f"{ours['peak_mb']:.0f}",
                               _fmt(ort["seconds"]) if ort else "not run", f"{ort['peak_mb']:.0f}" if ort else "-"])
         print()
@@ -203,8 +212,8 @@ def main(argv: list[str]) -> int:
 
     print()
     merge_rows = []
-    for model in available:
-        exact, tensors, differ = merge_check(model, args.models_dir, min(args.samples, 128), args.batch)
+    for model in [m for m in available if not m.endswith("-nomask")]:
+        exact, tensors, differ = merge_check(model, args.models_dir, min(args.samples, 64), args.batch)
         merge_rows.append([model, tensors, differ, "yes" if exact else "NO"])
     print(table(["model", "tensors", "histogram bins differing", "halves merged == whole"], merge_rows))
     load = os.getloadavg()

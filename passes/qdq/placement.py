@@ -404,12 +404,54 @@ def _share_concat_scales(g: _Graph, plan: Plan) -> None:
             plan.activations[t.name].key = key
 
 
+# Ops whose outputs are integers/bools whatever they read (shape arithmetic, comparisons).
+_NON_FLOAT_OPS = frozenset({"Shape", "Size", "NonZero", "ArgMax", "ArgMin", "Equal", "Less", "Greater",
+                            "LessOrEqual", "GreaterOrEqual", "And", "Or", "Not", "Xor", "Range", "IsNaN", "IsInf"})
+# Ops whose output type is that of one data input (index given).
+_TYPE_FROM_INPUT = {"Gather": 0, "GatherElements": 0, "Reshape": 0, "Unsqueeze": 0, "Squeeze": 0, "Slice": 0,
+                    "Expand": 0, "Tile": 0, "Transpose": 0, "Flatten": 0, "Where": 1, "ConstantOfShape": None}
+
+
+def _float_tensors(g: _Graph) -> set:
+    """Names of tensors that carry float data, propagated once through the graph (O(nodes)).
+
+    Used only to decide which float-left nodes deserve a skip reason, so shape arithmetic
+    (Shape -> Gather -> Concat ...) does not flood the report.
+    """
+    def known(t):
+        dtype = getattr(t, "dtype", None)
+        if dtype is None:
+            return None
+        try:
+            return np.dtype(dtype).kind == "f"
+        except TypeError:
+            return None
+
+    floats = {t.name for t in g.graph.inputs if known(t) is not False}
+    is_float = lambda t: t.name in floats or (isinstance(t, g.gs.Constant) and known(t))  # noqa: E731
+    for node in g.graph.nodes:
+        if node.op in _NON_FLOAT_OPS:
+            continue
+        if node.op == "Cast":
+            to = int(node.attrs.get("to", 0))
+            out_float = to in (1, 10, 11, 16)
+        elif node.op in _TYPE_FROM_INPUT:
+            idx = _TYPE_FROM_INPUT[node.op]
+            out_float = idx is not None and len(node.inputs) > idx and is_float(node.inputs[idx])
+        else:
+            out_float = any(is_float(t) for t in node.inputs)
+        if out_float:
+            floats.update(t.name for t in node.outputs)
+    return floats
+
+
 def _note_float_nodes(g: _Graph, plan: Plan, options: PlacementOptions) -> None:
     """Skip reasons for float-carrying nodes the plan leaves in float."""
     done = set(plan.nodes) | {name for name, _ in plan.skipped}
+    floats = _float_tensors(g)
     for node in g.graph.nodes:
         name = _node_id(node)
-        if name in done:
+        if name in done or not node.outputs or node.outputs[0].name not in floats:
             continue
         if node.op == "BatchNormalization":
             p = g.producer(node.inputs[0])
@@ -420,6 +462,5 @@ def _note_float_nodes(g: _Graph, plan: Plan, options: PlacementOptions) -> None:
         if plan.scheme == "inputs" and node.op in FLOAT_REASONS:
             plan.skipped.append((name, FLOAT_REASONS[node.op]))
         elif plan.scheme == "full" and node.op not in WEIGHTED + ORT_QLINEAR + PASS_THROUGH + RELU_LIKE \
-                and node.op not in ("Constant", "Shape", "Identity") and node.outputs and g.is_float(node.outputs[0]) \
-                and not all(g.is_constant(t) for t in node.inputs):
+                and node.op not in ("Constant", "Identity") and not all(g.is_constant(t) for t in node.inputs):
             plan.skipped.append((name, f"no int8 kernel rule for {node.op}; kept float"))

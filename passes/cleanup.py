@@ -11,6 +11,7 @@ import numpy as np
 from onnxcomp.gsutil import producer, replace_output, replace_uses
 from onnxcomp.pass_base import Pass, PassContext, PassReport
 from onnxcomp.registry import register_pass
+from onnxcomp.verify import toposort
 
 # Folding these would turn quantized weights back into float ones.
 _NEVER_FOLD = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
@@ -48,7 +49,7 @@ class Cleanup(Pass):
         if self.options.dedupe:
             _merge_duplicate_constants(graph, report)
         before = len(graph.nodes)
-        graph.cleanup(remove_unused_graph_inputs=self.options.remove_unused_inputs).toposort()
+        toposort(graph.cleanup(remove_unused_graph_inputs=self.options.remove_unused_inputs))
         report.count("dead_nodes_removed", before - len(graph.nodes))
         report.stats["nodes_removed"] = nodes_at_start - len(graph.nodes)
         report.modified = any(v for k, v in report.stats.items())

@@ -7,6 +7,7 @@ import numpy as np
 from onnxcomp.gsutil import NameGen
 from onnxcomp.pass_base import Pass, PassContext, PassReport
 from onnxcomp.registry import register_pass
+from onnxcomp.verify import toposort
 
 _FOLDABLE = ("Conv", "ConvTranspose", "Gemm")
 
@@ -40,7 +41,7 @@ class FoldBatchNorm(Pass):
             report.skip(bn.name or bn.outputs[0].name,
                         f"inside a subgraph of {owner.op} {owner.name!r}; control-flow bodies are left as they are")
         if report.stats.get("folded"):
-            graph.cleanup().toposort()
+            toposort(graph.cleanup())
             report.modified = True
         return report
 

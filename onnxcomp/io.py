@@ -246,8 +246,11 @@ def to_model(graph) -> onnx.ModelProto:
 
     from onnxcomp.manager import gc_paused
 
-    with gc_paused():
-        return gs.export_onnx(graph, do_type_check=False)
+    try:
+        with gc_paused():
+            return gs.export_onnx(graph, do_type_check=False)
+    except Exception as exc:  # graphsurgeon fails on some legal oddities (e.g. untyped subgraph outputs)
+        raise InputError(f"cannot export the graph (onnx-graphsurgeon: {type(exc).__name__}: {_first_line(exc)})") from None
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:

@@ -51,10 +51,32 @@ def structural_problems(graph) -> list[str]:
         if not isinstance(t, gs.Constant) and id(t) not in producers and id(t) not in graph_inputs:
             problems.append(f"graph output {t.name!r} is produced by nothing")
 
+    visible = set(producers) | graph_inputs
+    for node in graph.nodes:
+        problems.extend(_subgraph_problems(node, visible))
     if _has_cycle(graph.nodes, producers):
         problems.append("the graph has a cycle")
     problems.extend(_shape_problems(graph))
     return problems[:20]
+
+
+def _subgraph_problems(node, visible: set[int]) -> list[str]:
+    """Inputs inside If/Loop/Scan bodies must come from the body, its inputs, or an enclosing scope."""
+    import onnx_graphsurgeon as gs
+
+    problems = []
+    for value in node.attrs.values():
+        for sub in (value if isinstance(value, list) else [value]):
+            if not isinstance(sub, gs.Graph):
+                continue
+            inner = set(visible) | {id(t) for t in sub.inputs} | {id(t) for n in sub.nodes for t in n.outputs}
+            for n in sub.nodes:
+                for t in n.inputs:
+                    if t.name and not isinstance(t, gs.Constant) and id(t) not in inner:
+                        problems.append(f"input {t.name!r} of node {n.name or n.op!r} inside {node.op} "
+                                        f"{node.name!r} is produced by nothing")
+                problems.extend(_subgraph_problems(n, inner))
+    return problems
 
 
 def _subgraph_reads(node) -> list:

@@ -127,3 +127,17 @@ def test_string_tensor_with_lying_shape_is_refused(tmp_path, dims):
     m.graph.initializer.append(t)
     with pytest.raises(InputError, match="negative dimension|holds 1 strings"):
         onnxcomp.load_model(_save(m, tmp_path))
+
+
+# Third run (180 s, seed 2): one more, in graphsurgeon's export.
+
+def test_dangling_read_inside_a_subgraph_is_refused(tmp_path):
+    """A Loop body's BN reading a name nothing defines (and an untyped body output): graphsurgeon's
+    exporter raised UnboundLocalError; now the input check names the dangling read."""
+    m = bad_inputs._control_flow("loop")
+    body = next(n for n in m.graph.node if n.op_type == "Loop").attribute[0].g
+    next(n for n in body.node if n.op_type == "BatchNormalization").input[1] = "lop_g"
+    body.output[0].type.Clear()
+    with pytest.raises(InputError, match="'lop_g' .* inside Loop"):
+        _optimize(_save(m, tmp_path), tmp_path)
+    assert not (tmp_path / "out.onnx").exists()

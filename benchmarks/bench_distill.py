@@ -40,8 +40,14 @@ def _args(argv):
     p.add_argument("--temperature", type=float, default=4.0)
     p.add_argument("--alpha", type=float, default=0.7)
     p.add_argument("--ratio", type=float, default=0.5)
-    p.add_argument("--skip-a", action="store_true")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--part", choices=["all", "a", "b"], default="all",
+                   help="run only (a) or only (b)+(b')+cache rows (to run both halves in parallel)")
+    p.add_argument("--feature", default="/layer3/relu_1/Relu_output_0",
+                   help="teacher tensor matched by the KD+feature arm (the last residual block's output)")
+    p.add_argument("--skip-folded", action="store_true", help="skip the BN-folded pruned model (one seed)")
+    # One thread: on this shared 2-core machine (load 10+) two torch threads spin against each other
+    # (measured 4x the wall time per batch of one thread); both arms always use the same setting.
+    p.add_argument("--threads", type=int, default=1)
     return p.parse_args(argv)
 
 
@@ -52,9 +58,9 @@ def half_width_student():
     return make_model(widths=(8, 16, 32))
 
 
-def _prune(teacher: Path, out: Path, ratio: float) -> Path:
+def _prune(teacher: Path, out: Path, ratio: float, pipeline: str = "cleanup") -> Path:
     r = subprocess.run([sys.executable, "-m", "onnxcomp", "optimize", str(teacher), "-o", str(out), "--passes",
-                        "cleanup", "--prune-channels", str(ratio), "-q"], capture_output=True, text=True)
+                        pipeline, "--prune-channels", str(ratio), "-q"], capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"bench_distill: pruning failed: {r.stderr.strip()}")
     return out
@@ -84,8 +90,6 @@ def main(argv: list[str]) -> int:
     import onnx
 
     import onnxcomp
-    from onnxcomp.report import table
-
     seeds = [int(s) for s in args.seeds.split(",")]
     teacher_path = args.models / "digits_cnn.onnx"
     train = dict(np.load(args.models / "digits_train.npz"))
@@ -103,18 +107,25 @@ def main(argv: list[str]) -> int:
                      f"{np.mean(per_epoch):.2f}" if per_epoch else "-", note])
 
     kd = {"alpha": args.alpha, "temperature": args.temperature}
+    kd_name = f"KD T={args.temperature:g} a={args.alpha:g}"
+    # The student's matching tensor: same ONNX name in the pruned graph, submodule `layer3` in the torch student.
+    kd_feat_b = {**kd, "features": ((args.feature, args.feature),)}
+    kd_feat_a = {**kd, "features": ((args.feature, "layer3"),)}
     common = {"batch_size": 64, "threads": args.threads}
-    if not args.skip_a:
+    if args.part in ("all", "a"):
         base = {**common, "epochs": args.epochs_a, "lr": args.lr_a}
-        results = {"ce": ([], []), "kd": ([], [])}
+        arms = [("cross-entropy", {"alpha": 0.0}), (kd_name, kd), (kd_name + " + feature", kd_feat_a)]
+        results = {name: ([], []) for name, _ in arms}
         for seed in seeds:  # alternate the arms per seed
-            for arm, extra in (("ce", {"alpha": 0.0}), ("kd", kd)):
+            for name, extra in arms:
                 a, e = _arm(teacher, half_width_student, train, test, {**base, **extra}, [seed])
-                results[arm][0].extend(a)
-                results[arm][1].extend(e)
-        add(f"(a) half-width from scratch, {args.epochs_a} ep", "cross-entropy", *results["ce"])
-        add(f"(a) half-width from scratch, {args.epochs_a} ep", f"KD T={args.temperature:g} a={args.alpha:g}",
-            *results["kd"])
+                results[name][0].extend(a)
+                results[name][1].extend(e)
+        for name, _ in arms:
+            add(f"(a) half-width from scratch, {args.epochs_a} ep", name, *results[name])
+    if args.part == "a":
+        _print(rows, seeds, teacher_acc, test, args, started)
+        return 0
 
     with tempfile.TemporaryDirectory() as tmp:
         pruned_path = _prune(teacher_path, Path(tmp) / "pruned.onnx", args.ratio)
@@ -123,14 +134,22 @@ def main(argv: list[str]) -> int:
         base = {**common, "epochs": args.epochs_b, "lr": args.lr_b}
         label = f"(b) pruned {args.ratio:.0%} ONNX, {args.epochs_b} ep"
         add(label, "no fine-tuning", [before] * len(seeds), [], "remove-channels output, BN kept")
-        results = {"ce": ([], []), "kd": ([], [])}
+        arms = [("cross-entropy", {"alpha": 0.0}), (kd_name, kd), (kd_name + " + feature", kd_feat_b)]
+        results = {name: ([], []) for name, _ in arms}
         for seed in seeds:
-            for arm, extra in (("ce", {"alpha": 0.0}), ("kd", kd)):
+            for name, extra in arms:
                 a, e = _arm(teacher, pruned, train, test, {**base, **extra}, [seed])
-                results[arm][0].extend(a)
-                results[arm][1].extend(e)
-        add(label, "cross-entropy", *results["ce"])
-        add(label, f"KD T={args.temperature:g} a={args.alpha:g}", *results["kd"])
+                results[name][0].extend(a)
+                results[name][1].extend(e)
+        for name, _ in arms:
+            add(label, name, *results[name])
+
+        if not args.skip_folded:  # the default optimize pipeline folds BN first: what that costs the recovery
+            folded = onnx.load(str(_prune(teacher_path, Path(tmp) / "folded.onnx", args.ratio, "cleanup,fold-bn")))
+            folded_label = f"(b') pruned {args.ratio:.0%}, BN folded first, {args.epochs_b} ep"
+            add(folded_label, "no fine-tuning", [_accuracy(folded, test)], [], "one seed")
+            for method, extra in (("cross-entropy", {"alpha": 0.0}), (kd_name + " + feature", kd_feat_b)):
+                add(folded_label, method, *_arm(teacher, folded, train, test, {**base, **extra}, seeds[:1]), "one seed")
 
         # Teacher cache: the same KD fine-tune for 2 epochs with the teacher run per batch vs once.
         timing = {**common, **kd, "epochs": 2, "lr": args.lr_b, "seed": seeds[0]}
@@ -153,6 +172,13 @@ def main(argv: list[str]) -> int:
                      f"targets loaded in {reused.teacher['targets_seconds'] * 1000:.1f} ms "
                      f"({reused.teacher['targets_source']})"])
 
+    _print(rows, seeds, teacher_acc, test, args, started)
+    return 0
+
+
+def _print(rows, seeds, teacher_acc, test, args, started) -> None:
+    from onnxcomp.report import table
+
     rows.append(["teacher digits_cnn.onnx", "-", *[f"{teacher_acc:.4f}"] * len(seeds), f"{teacher_acc:.4f}",
                  "+0.00", "-", "ONNX Runtime, same test split"])
     headers = ["experiment", "method", *[f"seed {s}" for s in seeds], "mean", "vs teacher (pts)", "s/epoch", "notes"]
@@ -160,7 +186,6 @@ def main(argv: list[str]) -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"test accuracy on {len(test['labels'])} samples under ONNX Runtime; torch threads {args.threads}; "
           f"load average {load:.1f} on {os.cpu_count()} cores (timings are noisy); total {time.perf_counter() - started:.0f} s")
-    return 0
 
 
 if __name__ == "__main__":

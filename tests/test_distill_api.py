@@ -168,14 +168,14 @@ def test_qdq_model_fine_tuned_with_fake_quant_keeps_its_grid(models_dir, tmp_pat
     """Quantization-aware fine-tuning: int8 weights trained through float shadows, written back as int8."""
     from onnxcomp.distill.onnx_to_torch import OnnxModule
 
-    calib = dict(np.load(models_dir / "digits_calib.npz"))
-    test = {k: v[:128] for k, v in np.load(models_dir / "digits_test.npz").items()}
+    calib = dict(np.load(models_dir / "mlp_calib.npz"))
+    test = {k: v[:128] for k, v in np.load(models_dir / "mlp_test.npz").items()}
     qdq_path = tmp_path / "qdq.onnx"
-    onnxcomp.optimize(str(models_dir / "digits_cnn.onnx"), str(qdq_path), pipeline="cleanup,fold-bn,insert-qdq",
-                      data=calib)
+    onnxcomp.optimize(str(models_dir / "mlp.onnx"), str(qdq_path), pipeline="cleanup,fold-bn,insert-qdq",
+                      data={k: v[:64] for k, v in calib.items()})
     qdq = onnx.load(str(qdq_path))
     module = OnnxModule(qdq).eval()
-    assert len(module.qspec) >= 10  # every int8 weight and int32 bias has a trainable float shadow
+    assert len(module.qspec) >= 3  # every int8 weight (and int32 bias) has a trainable float shadow
     from helpers import run
 
     with torch.no_grad():
@@ -184,7 +184,7 @@ def test_qdq_model_fine_tuned_with_fake_quant_keeps_its_grid(models_dir, tmp_pat
     # Same integer grid; an activation rounding tie may land one step apart.
     assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.99
-    result = onnxcomp.distill(models_dir / "digits_cnn.onnx", qdq, calib, dict(epochs=1, lr=1e-4), val_data=test)
+    result = onnxcomp.distill(models_dir / "mlp.onnx", qdq, calib, dict(epochs=1, lr=1e-4), val_data=test)
     out = result.model
     assert [n.SerializeToString() for n in out.graph.node] == [n.SerializeToString() for n in qdq.graph.node]
     before, after = inits(qdq), inits(out)
@@ -197,4 +197,4 @@ def test_qdq_model_fine_tuned_with_fake_quant_keeps_its_grid(models_dir, tmp_pat
         else:
             assert np.array_equal(new, old), f"{name}: scales, zero points and other constants stay fixed"
     assert moved > 0
-    assert result.final["accuracy"] >= 0.95
+    assert result.final["accuracy"] >= 0.9

@@ -308,3 +308,26 @@ def test_obs_reconstruction_beats_plain_masking_on_the_layer(kind):
     assert err(got) < 0.7 * err(base)
     again = prune_matrix(got, h, ratio=0.5) if kind == "ratio" else prune_matrix(got, h, nm=(2, 4))
     np.testing.assert_allclose(again, got, atol=1e-9)  # already sparse: nothing to prune or absorb
+
+
+@pytest.mark.parametrize("spec", ["sparsity=2:4,min_size=0", "sparsity=0.6,min_size=0"])
+def test_obs_on_small_net_pattern_counts_and_second_run(spec):
+    model = small_net()
+    data = {"x": rng_array((24, 8, 6, 6), 12)}
+    once, report = sparsify(model, spec, data=data)
+    assert report.details["method"] == "obs"
+    assert {r["method"] for r in report.details["tensors"]} == {"obs"}
+    after = inits(once)
+    if "2:4" in spec:
+        assert satisfies_nm(after["w"], 1, 2, 4) and satisfies_nm(after["fw"], 1, 2, 4)
+        assert satisfies_nm(after["mw"], 0, 2, 4)
+    else:
+        total = sum(after[n].size for n in ("w", "fw", "mw"))
+        zeros = sum(after[n].size - np.count_nonzero(after[n]) for n in ("w", "fw", "mw"))
+        assert zeros == int(np.floor(0.6 * total + 0.5))
+    for name in ("cb", "s", "b", "m", "v", "fb"):
+        np.testing.assert_array_equal(after[name], inits(model)[name])
+    twice, again = sparsify(once, spec, data=data)
+    assert not again.modified
+    for name, value in after.items():
+        np.testing.assert_array_equal(inits(twice)[name], value)

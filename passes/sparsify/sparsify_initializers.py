@@ -98,6 +98,9 @@ class SparsifyInitializersPass(Pass):
         if o.method == "obs" and ctx.data is None:
             raise InputError("sparsify-initializers: method=obs needs sample data (pass --calib FILE.npz)")
         method = "obs" if o.method == "obs" or (o.method == "auto" and ctx.data is not None) else "magnitude"
+        if method == "magnitude" and o.method == "auto":
+            ctx.say("sparsify-initializers: no sample data, choosing weights by magnitude alone "
+                    "(pass --calib FILE.npz for data-aware selection and reconstruction)")
         report = PassReport()
         survey = find_weights(graph, tuple(o.ops), tuple(o.exclude), o.min_size)
         for name, reason in survey.skipped:

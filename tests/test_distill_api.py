@@ -198,3 +198,10 @@ def test_qdq_model_fine_tuned_with_fake_quant_keeps_its_grid(models_dir, tmp_pat
             assert np.array_equal(new, old), f"{name}: scales, zero points and other constants stay fixed"
     assert moved > 0
     assert result.final["accuracy"] >= 0.9
+
+
+def test_labels_outside_the_classes_are_refused(mlp):
+    teacher, train, _ = mlp
+    bad = {**train, "labels": train["labels"] + 5}
+    with pytest.raises(InputError, match=r"'labels' range over \[5, 14\] but the teacher has 10 classes"):
+        onnxcomp.distill(teacher, make_student, bad, dict(epochs=1))

@@ -127,6 +127,11 @@ def run(teacher, student, data, options: DistillOptions | None = None, *, val_da
 
     labels = train.get(LABELS)
     val_labels = None if val is None else val.get(LABELS)
+    classes = t_probe[0].shape[1] if t_probe[0].ndim == 2 else None
+    for where, values in (("data", labels), ("val", val_labels)):
+        if values is not None and classes is not None and len(values) and (values.min() < 0 or values.max() >= classes):
+            raise InputError(f"{where}: 'labels' range over [{values.min()}, {values.max()}] but the teacher "
+                             f"has {classes} classes")
     need_teacher = not (labels is not None and options.alpha == 0.0 and not options.features)
     train_inputs = {k: train[k] for k in input_names}
     if not need_teacher:

@@ -33,6 +33,7 @@ def _args(argv):
     p.add_argument("--ratios", default="0.3,0.5")
     p.add_argument("--epochs", type=int, default=5, help="fine-tune epochs (0 = skip fine-tuning)")
     p.add_argument("--rounds", type=int, default=15, help="interleaved latency rounds")
+    p.add_argument("--lr", type=float, default=1e-3, help="fine-tune learning rate (the same for every model)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     return p.parse_args(argv)
 
@@ -199,7 +200,8 @@ def main(argv: list[str]) -> int:
         deployed[key] = _deploy(pruned)
         ft = None
         if args.epochs:
-            student = _finetune(_load_pruned(teacher, pruned), teacher, train["input"], train["labels"], args.epochs)
+            student = _finetune(_load_pruned(teacher, pruned), teacher, train["input"], train["labels"], args.epochs,
+                                    lr=args.lr)
             ft = _accuracy(_deploy(_export(student, tmp / "oc.onnx", example)), test)
         info[key] = {"tool": "onnxcomp remove-channels", "ratio": ratio, "seconds": seconds, "ft": ft}
         # Torch-Pruning on the PyTorch module, as it ships (round_to=None) and with round_to=8.
@@ -209,7 +211,8 @@ def main(argv: list[str]) -> int:
             deployed[key] = _deploy(_export(module, tmp / "tp.onnx", example))
             ft = None
             if args.epochs:
-                student = _finetune(copy.deepcopy(module), teacher, train["input"], train["labels"], args.epochs)
+                student = _finetune(copy.deepcopy(module), teacher, train["input"], train["labels"], args.epochs,
+                                    lr=args.lr)
                 ft = _accuracy(_deploy(_export(student, tmp / "tpft.onnx", example)), test)
             info[key] = {"tool": "torch-pruning" + (f" round_to={round_to}" if round_to else ""), "ratio": ratio,
                          "seconds": seconds, "ft": ft}
@@ -230,7 +233,7 @@ def main(argv: list[str]) -> int:
                      "-" if i["seconds"] is None else f"{i['seconds']:.2f}"])
     print(table(["tool", "ratio", "conv widths", "params", "MACs", "acc pruned", f"acc +{args.epochs}ep FT",
                  "latency b1", "latency b8", "tool s"], rows))
-    print(f"importance L2, uniform ratio; fine-tune: KD(T=4)+CE, AdamW 1e-3, cosine, {args.epochs} epochs, same for all; "
+    print(f"importance L2, uniform ratio; fine-tune: KD(T=4)+CE, AdamW {args.lr:g}, cosine, {args.epochs} epochs, same for all; "
           f"latency: ORT CPU {args.threads} thread(s), median of {args.rounds} interleaved rounds, BN folded in every model; "
           f"load average {load:.2f}")
     return 0

@@ -98,6 +98,9 @@ class PassManager:
             record = PassRecord(p.name, p.name + format_options(p.options), p.exact, seconds,
                                 report, before, graph_counts(graph))
             records.append(record)
+            # Cycles (graphsurgeon tensors reference their own lists) wait for the collector, paused
+            # during passes for speed: free what this pass dropped before the next one allocates.
+            gc.collect()
             try:
                 self._verify(graph, p, index, record, reference)
             except (VerificationError, ToleranceError) as exc:

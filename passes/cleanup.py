@@ -84,7 +84,32 @@ def _remove_identities(graph, report: PassReport) -> None:
     graph.cleanup()
 
 
+# Nodes graphsurgeon folds although not every input is constant (shapes of static tensors).
+_SHAPE_OPS = frozenset({"Shape", "Size"})
+
+
+def _has_foldable(graph) -> bool:
+    """Whether constant folding could change anything: some node reads only constants, or asks for
+    a shape. Checked in one linear walk because graphsurgeon's folding copies and re-sorts the whole
+    graph (most of cleanup's time on 50k-node graphs with nothing to fold)."""
+    import onnx_graphsurgeon as gs
+
+    for node in graph.nodes:
+        if node.op in _NEVER_FOLD:
+            continue
+        if node.op in _SHAPE_OPS or node.op == "Constant":
+            return True
+        if node.inputs and all(isinstance(t, gs.Constant) or not t.name for t in node.inputs):
+            return True
+        if any(isinstance(v, gs.Graph) or (isinstance(v, list) and any(isinstance(x, gs.Graph) for x in v))
+               for v in node.attrs.values()):
+            return True  # leave subgraph cases to graphsurgeon
+    return False
+
+
 def _fold_constants(graph, size_limit: int) -> None:
+    if not _has_foldable(graph):
+        return
     gs_logger = logging.getLogger("onnx_graphsurgeon")
     previous = gs_logger.level
     gs_logger.setLevel(logging.ERROR)

@@ -86,9 +86,21 @@ def _refusal(graph, bn) -> str | None:
     return None
 
 
+def _array(t, dtype) -> np.ndarray:
+    """A constant's values as `dtype` without caching them on the constant.
+
+    Reading `.values` would keep a decoded copy on the old constant until it is collected; on
+    big models that doubled the weights held during the pass.
+    """
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    values = t._values.load() if isinstance(t._values, LazyValues) else t.values
+    return np.asarray(values, dtype=dtype)
+
+
 def _bn_affine(bn) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel scale s and shift t such that BN(y) = s * y + t."""
-    gamma, beta, mean, var = (np.asarray(t.values, dtype=np.float64) for t in bn.inputs[1:5])
+    gamma, beta, mean, var = (_array(t, np.float64) for t in bn.inputs[1:5])
     eps = float(bn.attrs.get("epsilon", 1e-5))
     s = gamma / np.sqrt(var + eps)
     return s, beta - mean * s
@@ -99,15 +111,16 @@ def _fold(producer, bn, names) -> str | None:
 
     s, t = _bn_affine(bn)
     weight = producer.inputs[1]
-    w = np.asarray(weight.values, dtype=np.float64)
+    w = _array(weight, np.float64)
     has_bias = len(producer.inputs) > 2 and producer.inputs[2].name != ""
     op = producer.op
     if op == "Conv":
         out_channels = w.shape[0]
         if out_channels != s.size:
             return f"Conv has {out_channels} output channels, BN has {s.size}"
-        new_w = w * s.reshape((-1,) + (1,) * (w.ndim - 1))
-        b = np.asarray(producer.inputs[2].values, np.float64) if has_bias else np.zeros(out_channels)
+        w *= s.reshape((-1,) + (1,) * (w.ndim - 1))  # in place: one float64 copy, not two
+        new_w = w
+        b = _array(producer.inputs[2], np.float64) if has_bias else np.zeros(out_channels)
         new_b = b * s + t
     elif op == "ConvTranspose":
         group = int(producer.attrs.get("group", 1))
@@ -117,7 +130,7 @@ def _fold(producer, bn, names) -> str | None:
         grouped = w.reshape((group, w.shape[0] // group, w.shape[1]) + w.shape[2:])
         scale = s.reshape((group, 1, w.shape[1]) + (1,) * (w.ndim - 2))
         new_w = (grouped * scale).reshape(w.shape)
-        b = np.asarray(producer.inputs[2].values, np.float64) if has_bias else np.zeros(out_channels)
+        b = _array(producer.inputs[2], np.float64) if has_bias else np.zeros(out_channels)
         new_b = b * s + t
     else:  # Gemm: Y = alpha * A' @ B' + beta * C
         if producer.attrs.get("transA", 0) not in (0, 1) or w.ndim != 2:
@@ -128,7 +141,7 @@ def _fold(producer, bn, names) -> str | None:
             return f"Gemm has {out_features} output features, BN has {s.size}"
         new_w = w * (s[:, None] if trans_b else s[None, :])
         beta = float(producer.attrs.get("beta", 1.0))
-        c = np.asarray(producer.inputs[2].values, np.float64) if has_bias else np.zeros(1)
+        c = _array(producer.inputs[2], np.float64) if has_bias else np.zeros(1)
         if c.size not in (1, out_features) or (c.ndim == 2 and c.shape[0] != 1) or c.ndim > 2:
             return f"Gemm bias shape {c.shape} is not per-feature"
         new_b = (beta * np.broadcast_to(c.reshape(-1), (out_features,))) * s + t

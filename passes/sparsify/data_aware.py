@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxcomp.passes.sparsify.obs import (conv_hessian, dense_hessian, from_matrix, hessian_rows, prune_matrix,
+from onnxcomp.passes.sparsify.obs import (_one_blas_thread, conv_hessian, dense_hessian, from_matrix, hessian_rows, prune_matrix,
                                           supported, to_matrix)
 
 
@@ -54,11 +54,12 @@ def sparsify_with_data(graph, cand, values: np.ndarray, data: dict, *, ratio=Non
     count = len(next(iter(data.values())))
     budget = hessian_rows(values.shape) if use.op == "Conv" else None
     for index, x in enumerate(capture_batches(graph, node.inputs[0].name, data)):
-        if use.op == "Conv":
-            rows = -(-budget * len(x) // count)  # this batch's share of the row budget
-            part = conv_hessian(x, values.shape, node.attrs, max_rows=rows, seed=index)
-        else:
-            part = dense_hessian(x, trans_a)
+        with _one_blas_thread():
+            if use.op == "Conv":
+                rows = -(-budget * len(x) // count)  # this batch's share of the row budget
+                part = conv_hessian(x, values.shape, node.attrs, max_rows=rows, seed=index)
+            else:
+                part = dense_hessian(x, trans_a)
         h = part if h is None else h + part
     mat = to_matrix(values, use.op, use.axis)
     pruned = prune_matrix(mat, h, ratio=ratio, nm=nm)

@@ -183,7 +183,7 @@ def _entropy_range(t: TensorStats, symmetric: bool, bits: int) -> tuple[float, f
     return _legal(max(t.min, -threshold), min(t.max, threshold), False)
 
 
-def kl_threshold_bins(counts: np.ndarray, levels: int, eps: float = 1e-4, max_coarse: int = 512) -> int | None:
+def kl_threshold_bins(counts: np.ndarray, levels: int, eps: float = 1e-4, max_coarse: int = 256) -> int | None:
     """Number of |x| bins to keep that minimises KL(P || Q), or None when no clipping can help.
 
     As TensorRT: P is the first i bins with the mass beyond folded into bin i-1; Q is the first i
@@ -207,25 +207,30 @@ def kl_threshold_bins(counts: np.ndarray, levels: int, eps: float = 1e-4, max_co
         return np.where(x > 0, x * np.log(np.where(x > 0, x, 1.0)), 0.0)
 
     c0 = np.concatenate([[0.0], np.cumsum(p)])
-    cz = np.concatenate([[0.0], np.cumsum(p > 0)])
+    cz = np.concatenate([[0], np.cumsum(p > 0)])
     cl = np.concatenate([[0.0], np.cumsum(xlogx(p))])
+    log_count = np.log(np.maximum(np.arange(size + 1), 1))   # log n for integer n: a lookup, not a log
+    steps = np.arange(levels + 1)
+
     def kl(cand: np.ndarray) -> np.ndarray:
         kept = c0[cand]                                   # Q's total mass
         tail = total - kept
         last = p[cand - 1] + tail                         # P's last bin
         p_term = cl[cand - 1] + xlogx(last)
-        bounds = (np.arange(levels + 1)[None, :] * cand[:, None]) // levels   # (n_cand, levels + 1)
-        s = c0[bounds[:, 1:]] - c0[bounds[:, :-1]]
-        n = cz[bounds[:, 1:]] - cz[bounds[:, :-1]]
-        q_term = (xlogx(s) - s * np.log(np.where(n > 0, n, 1.0))).sum(axis=1)
-        q_last = np.where(p[cand - 1] > 0, s[:, -1] / np.where(n[:, -1] > 0, n[:, -1], 1.0), eps * kept)
+        bounds = (steps[None, :] * cand[:, None]) // levels   # (n_cand, levels + 1) chunk edges
+        s = np.diff(c0[bounds], axis=1)                   # chunk mass
+        n = np.diff(cz[bounds], axis=1)                   # non-empty bins per chunk (0 iff s == 0)
+        log_s = np.zeros_like(s)
+        np.log(s, out=log_s, where=s > 0)
+        q_term = (s * (log_s - log_count[n])).sum(axis=1)
+        q_last = np.where(p[cand - 1] > 0, s[:, -1] / np.maximum(n[:, -1], 1), eps * kept)
         return (p_term - q_term - tail * np.log(q_last)) / total + np.log(kept / total)
 
     # at most max_coarse evenly spaced candidates first, then every candidate around the best
     stride = max(1, (size + 1 - levels) // max_coarse)
     coarse = np.arange(levels, size + 1, stride)
     best = int(coarse[int(np.argmin(kl(coarse)))])
-    fine = np.arange(max(levels, best - stride + 1), min(size, best + stride - 1) + 1)
+    fine = np.arange(max(levels, best - 2 * stride), min(size, best + 2 * stride) + 1)
     return int(fine[int(np.argmin(kl(fine)))])
 
 

@@ -201,3 +201,21 @@ def test_activations_pass_channels_through(op):
     g = by_producer(groups_of(net.model(out)))[key(c)]
     assert g.prunable, g.reason
     assert any(m.kind == "param" for m in g.members)  # the per-channel Mul constant
+
+
+def test_weight_also_read_inside_a_subgraph_is_refused():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3, 1, 1)).astype(np.float32)
+    w2 = rng.standard_normal((2, 4, 1, 1)).astype(np.float32)
+    then_branch = helper.make_graph([helper.make_node("Identity", ["w"], ["t_out"])], "then", [],
+                                    [helper.make_tensor_value_info("t_out", onnx.TensorProto.FLOAT, None)])
+    else_branch = helper.make_graph([helper.make_node("Identity", ["w"], ["e_out"])], "else", [],
+                                    [helper.make_tensor_value_info("e_out", onnx.TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], name="c1"),
+             helper.make_node("Relu", ["a"], ["r"], name="r1"),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="c2"),
+             helper.make_node("If", ["cond"], ["w_out"], name="if", then_branch=then_branch, else_branch=else_branch)]
+    model = make_model(nodes, [tensor("x", [1, 3, 2, 2]), tensor("cond", [], onnx.TensorProto.BOOL)],
+                       [tensor("y", None), tensor("w_out", None)], {"w": w, "w2": w2})
+    groups = by_producer(groups_of(model))
+    assert not groups["c1"].prunable and "subgraph" in groups["c1"].reason

@@ -296,11 +296,28 @@ def _uses_of_constants(graph) -> dict[str, set]:
             yield ("<graph output>", 0)
 
     output_names = {t.name for t in graph.outputs}
+    in_subgraphs = _names_read_in_subgraphs(graph)
     for name, tensor in graph.tensors().items():
         produced_by_constant = tensor.inputs and tensor.inputs[0].op == "Constant"
         if isinstance(tensor, gs.Constant) or produced_by_constant:
             uses[name] = set(reader_slots(tensor))
+            if name in in_subgraphs:
+                uses[name].add(("<subgraph of If/Loop/Scan>", 0))
     return uses
+
+
+def _names_read_in_subgraphs(graph) -> set[str]:
+    """Tensor names read inside If/Loop/Scan bodies (outer-scope reads are invisible otherwise)."""
+    import onnx_graphsurgeon as gs
+
+    names: set[str] = set()
+    stack = [v for n in graph.nodes for v in n.attrs.values() if isinstance(v, gs.Graph)]
+    while stack:
+        sub = stack.pop()
+        for node in sub.nodes:
+            names.update(t.name for t in node.inputs)
+            stack.extend(v for v in node.attrs.values() if isinstance(v, gs.Graph))
+    return names
 
 
 def _check_shared_constants(graph, groups: list[ChannelGroup]) -> None:

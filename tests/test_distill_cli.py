@@ -135,3 +135,12 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(work, capsys, case):
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert (out.read_bytes() if out.exists() else None) == before
     assert not list(tmp.glob(".out.onnx*"))
+
+
+def test_onnxcomp_imports_without_torch_and_distill_is_callable():
+    code = ("import sys, onnxcomp, onnxcomp.distill; "
+            "assert 'torch' not in sys.modules, 'torch imported'; "
+            "assert callable(onnxcomp.distill) and onnxcomp.distill.DistillOptions().epochs == 10; "
+            "from onnxcomp.cli import cli; print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

@@ -331,3 +331,14 @@ def test_obs_on_small_net_pattern_counts_and_second_run(spec):
     assert not again.modified
     for name, value in after.items():
         np.testing.assert_array_equal(inits(twice)[name], value)
+
+
+def test_conv_transpose_nm_along_input_channels_and_depthwise_refused():
+    w = rng_array((8, 4, 3, 3), 1)  # ConvTranspose [C_in, C_out/g, R, S]: reduction over C_in (axis 0)
+    dw = rng_array((8, 1, 3, 3), 2)  # depthwise Conv (group=4 over 4 channels): one input channel per group
+    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["t"], name="deconv"),
+             helper.make_node("Conv", ["t", "dw"], ["y"], name="dwconv", group=4)]
+    model = make_model(nodes, [tensor("x", [1, 8, 5, 5])], [tensor("y", None)], {"w": w, "dw": dw[:4]})
+    out, report = sparsify(model, "sparsity=2:4,min_size=0")
+    assert satisfies_nm(inits(out)["w"], 0, 2, 4)
+    assert "input channels per group 1" in {s.name: s.reason for s in report.skipped}["dw"]

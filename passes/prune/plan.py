@@ -85,7 +85,7 @@ def build_plan(graph, groups: list[ChannelGroup], kept: dict[int, np.ndarray]) -
     Several groups may slice one constant on one axis (a Conv reading a Concat): their
     removed positions are united, so the plan holds one entry per (constant, axis).
     """
-    values_of = _Constants(graph).get
+    values_of = ConstantTable(graph).get
     drops: dict[tuple[str, int], set] = {}
     value_delta: dict[tuple[str, int], int] = {}
     group_delta: dict[str, int] = {}
@@ -125,7 +125,7 @@ def build_plan(graph, groups: list[ChannelGroup], kept: dict[int, np.ndarray]) -
     return plan
 
 
-class _Constants:
+class ConstantTable:
     """Find constants by name: initializers and Constant-node outputs."""
 
     def __init__(self, graph):
@@ -152,7 +152,7 @@ class _Constants:
 
 def apply_plan(graph, plan: PruningPlan, infer: bool = True) -> None:
     """Slice, rewrite and re-infer shapes in place. Raises InputError if the plan does not fit."""
-    consts = _Constants(graph)
+    consts = ConstantTable(graph)
     for s in plan.slices:
         values = consts.get(s["tensor"])
         axis, keep = int(s["axis"]), [int(i) for i in s["keep"]]

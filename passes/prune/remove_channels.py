@@ -8,17 +8,14 @@ it also needs sample data (ctx.data) and backs the ratio off until the measured 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal, Optional
-
-import numpy as np
 
 from onnxcomp.errors import InputError, ToleranceError
 from onnxcomp.pass_base import Pass, PassContext, PassReport
 from onnxcomp.passes.prune.groups import find_channel_groups, node_key
 from onnxcomp.passes.prune.importance import channel_importance, keep_global, keep_uniform
-from onnxcomp.passes.prune.plan import PruningPlan, _Constants, apply_plan, build_plan
+from onnxcomp.passes.prune.plan import ConstantTable, PruningPlan, apply_plan, build_plan
 from onnxcomp.registry import register_pass
 
 BACKOFF_STEPS = 6
@@ -70,7 +67,7 @@ class RemoveChannelsPass(Pass):
                 reasons = "; ".join(sorted({g.reason for g in groups}))[:300]
                 raise InputError(f"remove-channels: no prunable channel group in the model ({len(groups)} "
                                  f"found: {reasons or 'no Conv/ConvTranspose/Gemm/MatMul with constant weights'})")
-            values_of = _Constants(graph).get
+            values_of = ConstantTable(graph).get
             scores, used = {}, set()
             for g in live:
                 scores[g.id], criterion = channel_importance(g, values_of, o.importance)
@@ -82,7 +79,7 @@ class RemoveChannelsPass(Pass):
             plan = choose(o.ratio)
             if o.max_drop is not None and plan.slices:
                 plan = _fit_budget(choose, o.ratio, o.max_drop, before_model, ctx, report)
-        predicted = plan.removed_params(_Constants(graph).get)
+        predicted = plan.removed_params(ConstantTable(graph).get)
         apply_plan(graph, plan)
         graph.cleanup().toposort()
         if o.write_plan:

@@ -19,8 +19,9 @@ IMPORTANCE = ("l1", "l2", "bn-scale")
 
 
 def _per_channel(values: np.ndarray, member, channels: int, power: int) -> np.ndarray:
-    w = np.moveaxis(np.asarray(values, dtype=np.float64), member.axis, 0)
-    per_position = (np.abs(w) if power == 1 else w * w).reshape(w.shape[0], -1).sum(1)
+    w = np.asarray(values)
+    others = tuple(a for a in range(w.ndim) if a != member.axis)
+    per_position = np.sum(np.abs(w) if power == 1 else np.square(w), axis=others, dtype=np.float64)
     pos = member.mapping.positions(np.arange(channels)).reshape(channels, -1)
     return per_position[pos].sum(1)
 

@@ -83,9 +83,10 @@ def collect_stats(model: onnx.ModelProto, data, tensors: list[str] | None = None
     num_bins: histogram bins per tensor; 0 keeps only min/max (enough for `minmax`, faster).
     progress: optional callable taking one message string, called about once a second.
     threads: ONNX Runtime intra-op threads (0 = its default).
-    memory_budget_mb: with dict data, batches shrink below `batch_size` so one batch's fetched
-    activations stay under this (measured on a first one-sample batch); peak memory is then
-    bounded by the budget, not by the sample count.
+    memory_budget_mb: with dict data, batches shrink below `batch_size` so the fetched
+    activations stay under this (measured on one sample first); peak memory is then bounded by
+    the budget, not by the sample count. Splitting dict data at a multiple of the batch size used
+    gives the same batches, so statistics of the parts merge to exactly those of the whole.
     """
     if not isinstance(model, onnx.ModelProto):
         from onnxcomp.io import load_model
@@ -107,11 +108,14 @@ def collect_stats(model: onnx.ModelProto, data, tensors: list[str] | None = None
     sizer = _BatchSizer(batch_size, memory_budget_mb / 2, isinstance(data, Mapping))
     samples = batches = 0
     last_say = time.monotonic()
+
+    def probe(feeds: dict) -> None:  # size batches from one sample's activations; not folded in
+        sizer.observe(1, sum(v.nbytes for v in runner.run(feeds, 0)))
+
     with ThreadPoolExecutor(max_workers=1) as folder:
         pending = None
-        for feeds in _batches(data, model, runner.inputs, sizer):
+        for feeds in _batches(data, model, runner.inputs, sizer, probe):
             values = runner.run(feeds, batches + 1)  # ONNX Runtime runs while the last batch folds
-            fetched = sum(v.nbytes for v in values)
             if pending is not None:
                 pending.result()
             pending = folder.submit(runner.fold, values, stats, scratch)
@@ -119,7 +123,6 @@ def collect_stats(model: onnx.ModelProto, data, tensors: list[str] | None = None
             batches += 1
             n = len(next(iter(feeds.values()))) if feeds else 1
             samples += n
-            sizer.observe(n, fetched)
             if progress is not None and time.monotonic() - last_say > 1.0:
                 progress(f"calibration: batch {batches} ({samples} samples)")
                 last_say = time.monotonic()
@@ -152,13 +155,13 @@ def _check_names(model: onnx.ModelProto, wanted: list[str]) -> None:
 
 
 class _BatchSizer:
-    """Batch size for dict data: a one-sample probe, then as many samples as the memory budget allows."""
+    """Batch size for dict data: as many samples as the memory budget allows (measured on one)."""
 
     def __init__(self, batch_size: int, budget_mb: float, adaptive: bool):
         self.limit = batch_size
         self.budget = budget_mb * 2**20
         self.adaptive = adaptive and budget_mb > 0
-        self.size = 1 if self.adaptive else batch_size
+        self.size = batch_size
 
     def observe(self, samples: int, fetched_bytes: int) -> None:
         if self.adaptive and samples and fetched_bytes:
@@ -228,18 +231,21 @@ def _session(model: onnx.ModelProto, threads: int):
         raise InputError(f"ONNX Runtime cannot load the model: {text[0] if text else type(exc).__name__}") from None
 
 
-def _batches(data, model: onnx.ModelProto, inputs: list[str], sizer: _BatchSizer) -> Iterable[dict]:
+def _batches(data, model: onnx.ModelProto, inputs: list[str], sizer: _BatchSizer, probe) -> Iterable[dict]:
+    """Feed dicts. Dict data is cut at multiples of one batch size (chosen by `probe` on a single
+    sample), so data split at such a multiple gives the same batches, hence bit-identical
+    activations: ONNX Runtime's kernels round differently for different batch shapes."""
     from onnxcomp.data import validate
 
     if isinstance(data, Mapping):
         arrays = {k: np.asarray(data[k]) for k in data}
         validate(arrays, model, "calibration data")
         n = len(arrays[inputs[0]]) if inputs else 1
-        start = 0
-        while start < n:
-            stop = start + sizer.size
-            yield {k: arrays[k][start:stop] for k in inputs}
-            start = stop
+        if sizer.adaptive and n > 1:
+            probe({k: arrays[k][:1] for k in inputs})
+        size = sizer.size
+        for start in range(0, n, size):
+            yield {k: arrays[k][start:start + size] for k in inputs}
         return
     if isinstance(data, (str, bytes, np.ndarray)) or not isinstance(data, Iterable):
         raise InputError(f"calibration data must be a dict of arrays or an iterable of feed dicts, "

@@ -77,9 +77,19 @@ def _child_peer(spec: dict) -> dict:
     return {"seconds": time.perf_counter() - start}
 
 
-def child_main(kind: str, spec_json: str) -> None:
+def _peak_rss_mb() -> float:
+    """This process image's peak RSS (VmHWM). getrusage's ru_maxrss is not used: Linux carries the
+    parent's high-water mark across fork+exec, so a child spawned by a big benchmark would inherit it."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_main(kind: str, spec_json: str) -> None:
     spec = json.loads(spec_json)
     try:
         info = _child_ours(spec) if kind == "ours" else _child_peer(spec)
@@ -87,7 +97,7 @@ def child_main(kind: str, spec_json: str) -> None:
     except Exception as exc:  # the peer crashing is a result, not a benchmark failure
         text = str(exc).strip().splitlines()
         info = {"ok": False, "error": f"{type(exc).__name__}: {text[0] if text else ''}"[:160]}
-    info["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    info["peak_rss_mb"] = _peak_rss_mb()
     print("RESULT " + json.dumps(info), flush=True)
 
 
@@ -200,7 +210,11 @@ def quality(setup: dict, path: str, ref: np.ndarray) -> tuple[float, str]:
     return cos, f"{cos:.4f}/{top1:.2f}"
 
 
-def peer_configs(setup: dict) -> list[tuple[str, dict]]:
+def peer_configs(setup: dict, only: str = "") -> list[tuple[str, dict]]:
+    return [c for c in _peer_configs(setup) if not only or c[0] in only.split(",")]
+
+
+def _peer_configs(setup: dict) -> list[tuple[str, dict]]:
     base = {"mode": "static", "auto_merge": setup.get("auto_merge", False)}
     configs = [("ort minmax u8", {**base, "method": "minmax", "activation": "uint8", "reduce_range": False}),
                ("ort minmax u8 rr", {**base, "method": "minmax", "activation": "uint8", "reduce_range": True}),
@@ -214,7 +228,7 @@ def peer_configs(setup: dict) -> list[tuple[str, dict]]:
     return configs
 
 
-def bench_model(setup: dict, tmp: Path, rounds: int, rows: list, say) -> None:
+def bench_model(setup: dict, tmp: Path, rounds: int, rows: list, say, peers: str = "") -> None:
     name = setup["name"]
     fp = str(tmp / f"{name}_float.onnx")
     import onnxcomp
@@ -228,7 +242,7 @@ def bench_model(setup: dict, tmp: Path, rounds: int, rows: list, say) -> None:
         say(f"{name}: {label}")
         info = run_child("ours", {"src": setup["src"], "calib": setup["calib"], "out": out, "pipeline": pipeline})
         candidates.append((label, out, info))
-    for label, spec in peer_configs(setup):
+    for label, spec in peer_configs(setup, peers):
         out = str(tmp / f"{name}_{label.replace(' ', '_')}.onnx")
         say(f"{name}: {label}")
         info = run_child("peer", {**spec, "src": setup["src"], "calib": setup["calib"], "out": out})
@@ -246,8 +260,8 @@ def bench_model(setup: dict, tmp: Path, rounds: int, rows: list, say) -> None:
     best_ours = max(ours, key=lambda s: s[3]) if ours else None
     timed = [("float", fp)] + [(s[0], s[1]) for s in scored if s in (best_ours, best_peer)
                                or "dynamic" in s[0] or "MatMul" in s[0]]
-    lat = {}
-    for batch in (1, 8):
+    lat = {"float": {1: float("nan"), 8: float("nan")}}
+    for batch in ((1, 8) if rounds else ()):
         say(f"{name}: latency batch {batch} ({len(timed)} models, {rounds} rounds)")
         ms = latency([p for _, p in timed], setup["lat_feeds"](batch), rounds)
         for (label, _), value in zip(timed, ms):
@@ -280,7 +294,7 @@ def generated_graph(nodes: int, width: int = 64):
     x = "x"
     for b in range(nodes // 3):
         w = numpy_helper.from_array((rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), f"w{b}")
-        bias = numpy_helper.from_array(np.zeros(width, np.float32), f"b{b}")
+        bias = numpy_helper.from_array((rng.standard_normal(width) * 0.01).astype(np.float32), f"b{b}")
         inits += [w, bias]
         graph_nodes += [helper.make_node("Gemm", [x, f"w{b}", f"b{b}"], [f"g{b}"], name=f"gemm{b}", transB=1),
                         helper.make_node("Relu", [f"g{b}"], [f"r{b}"], name=f"relu{b}"),
@@ -326,6 +340,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--models", default="digits,resnet,minilm")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--graph-nodes", default="1000,10000")
+    parser.add_argument("--peers", default="", help="comma-separated peer config names to run (default: all)")
     parser.add_argument("--peer-graph-limit", type=int, default=1000, help="largest generated graph given to ORT")
     args = parser.parse_args(argv)
     from onnxcomp.report import table
@@ -337,7 +352,7 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for setup in model_setups(args.models.split(","), tmp):
-            bench_model(setup, tmp, args.rounds, rows, say)
+            bench_model(setup, tmp, args.rounds, rows, say, args.peers)
         sizes = [int(s) for s in args.graph_nodes.split(",") if s]
         bench_scaling(sizes, tmp, rows, args.peer_graph_limit, say)
     load = os.getloadavg()

@@ -4,7 +4,7 @@
                                          --samples 256 --batch 16 --scan 64,256,1024]
 
 Each measurement runs in a fresh subprocess (wall time from the model path to the ranges, peak
-RSS of that process from getrusage), so neither tool inherits the other's memory. Settings are the
+RSS of that process from /proc VmHWM), so neither tool inherits the other's memory. Settings are the
 peer's defaults, given to both: minmax asymmetric; percentile 99.999 symmetric with 2048 bins;
 entropy (ORT's default 128 bins; onnxcomp keeps its 2048). The peer's tensors are every float
 tensor its shape inference types; ours every float activation (constants excluded).
@@ -103,14 +103,24 @@ def _run_ort(model_path: str, data: dict, method: str, batch: int, scope) -> int
     return len(ranges.data) if hasattr(ranges, "data") else len(ranges)
 
 
-def worker(tool: str, model: str, models_dir: str, method: str, samples: int, batch: int) -> dict:
+def _peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM (ru_maxrss would include the parent's RSS at fork time)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(tool: str, model: str, models_dir: str, method: str, samples: int, batch: int) -> dict:
 
     model_file, data_file = MODELS[model]
     model_path = str(Path(models_dir) / model_file)
     data = _samples(dict(np.load(Path(models_dir) / data_file)), samples, model)
     import onnxruntime  # noqa: F401  (both tools pay for it; import before the baseline)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base = _peak_rss_mb()
     start = time.perf_counter()
     try:
         tensors = (_run_ours if tool == "ours" else _run_ort)(model_path, data, method, batch, _op_scope(model))
@@ -118,7 +128,7 @@ def worker(tool: str, model: str, models_dir: str, method: str, samples: int, ba
     except Exception as exc:  # the peer crashes on some inputs: report it, do not die
         tensors, error = 0, f"{type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}"
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_rss_mb()
     return {"seconds": seconds, "peak_mb": peak, "base_mb": base, "tensors": tensors, "error": error}
 
 

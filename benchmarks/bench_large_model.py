@@ -104,7 +104,7 @@ def _reset_peak() -> None:
         pass
 
 
-def child(path: str, out: str, samples: int) -> None:
+def child(path: str, out: str, samples: int, skip: set[str]) -> None:
     """Run every stage in this process, printing one JSON line per stage."""
     import onnxcomp
     from onnxcomp.io import load_model, save, to_graph, to_model
@@ -135,7 +135,9 @@ def child(path: str, out: str, samples: int) -> None:
                 ("sparsify-initializers", "sparsify-initializers{sparsity=0.5,method=magnitude,scope=layer}"),
                 ("insert-qdq", "insert-qdq")]
     for name, spec in pipeline:
-        if name in registered:
+        if name in skip:
+            print(json.dumps({"stage": name, "skipped": "left out (--skip)"}), flush=True)
+        elif name in registered:
             stage(name, lambda spec=spec: run_pass(spec))
         else:
             print(json.dumps({"stage": name, "skipped": "not registered"}), flush=True)
@@ -150,10 +152,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--samples", type=int, default=4, help="calibration samples for insert-qdq")
     parser.add_argument("--folder", default=str(ROOT / "build" / "large"))
     parser.add_argument("--keep", action="store_true", help="keep the generated model and output")
+    parser.add_argument("--skip", default="", help="comma-separated passes to leave out (e.g. slow lossy ones)")
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child(args.child[0], args.child[1], args.samples)
+        child(args.child[0], args.child[1], args.samples, set(filter(None, args.skip.split(","))))
         return 0
     from onnxcomp.report import human_bytes, table
 
@@ -168,7 +171,7 @@ def main(argv: list[str]) -> int:
     out = folder / "model.opt.onnx"
     try:
         proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_large_model", "--child", str(path), str(out),
-                               "--samples", str(args.samples)], capture_output=True, text=True, cwd=ROOT)
+                               "--samples", str(args.samples), "--skip", args.skip], capture_output=True, text=True, cwd=ROOT)
         records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
         rows = []
         stages = [r for r in records if "peak" in r]

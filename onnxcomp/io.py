@@ -253,6 +253,12 @@ def to_model(graph) -> onnx.ModelProto:
         raise InputError(f"cannot export the graph (onnx-graphsurgeon: {type(exc).__name__}: {_first_line(exc)})") from None
 
 
+def fits_protobuf(model: onnx.ModelProto) -> bool:
+    """Whether `model` can be serialized in one piece. ByteSize() raises EncodeError past 2 GB
+    (upb), so it cannot be compared with the limit; weights are counted instead."""
+    return weight_bytes(model) < PROTOBUF_LIMIT - 64 * 1024**2
+
+
 def weight_bytes(model: onnx.ModelProto) -> int:
     total = 0
     for init in model.graph.initializer:

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from onnxcomp.errors import ToleranceError, VerificationError
-from onnxcomp.io import load_model, save, to_graph, to_model
+from onnxcomp.io import fits_protobuf, load_model, save, to_graph, to_model
 from onnxcomp.manager import PassManager, PassRecord
 from onnxcomp.pass_base import PassContext
 from onnxcomp.pipeline import format_pipeline, parse_pipeline
@@ -107,11 +107,11 @@ def validate_against(original: onnx.ModelProto, result: onnx.ModelProto, passes,
     from onnxcomp.runtime import random_inputs, run_batched, session
 
     try:
-        onnx.checker.check_model(result if result.ByteSize() < 2**31 - 2**20 else _no_check(), full_check=False)
+        onnx.checker.check_model(result if fits_protobuf(result) else _no_check(), full_check=False)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         try:  # blame the input when it was already invalid, not the passes
-            onnx.checker.check_model(original if original.ByteSize() < 2**31 - 2**20 else _no_check(), full_check=False)
+            onnx.checker.check_model(original if fits_protobuf(original) else _no_check(), full_check=False)
         except Exception:
             from onnxcomp.errors import InputError
 

@@ -120,12 +120,19 @@ def session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0, optimi
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         if isinstance(model, onnx.ModelProto):
-            if model.ByteSize() < 2**31 - 2**20:
-                return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            try:  # serializing is the size check: ByteSize() costs as much and misreports past 2 GB
+                blob = model.SerializeToString()
+            except Exception:
+                blob = None
+            if blob is not None:
+                return ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
+            from onnxcomp.io import _write_with_external_data
+
+            # Over protobuf's 2 GB limit: stream the weights to a temporary data file (the model
+            # itself is not converted or copied) and let the runtime read it from there.
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "model.onnx"
-                onnx.save_model(model, str(path), save_as_external_data=True, location="model.onnx.data")
-                onnx.external_data_helper.load_external_data_for_model(model, tmp)
+                _write_with_external_data(model, path, Path(tmp) / "model.onnx.data", "model.onnx.data")
                 return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:

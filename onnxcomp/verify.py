@@ -128,25 +128,59 @@ def _has_cycle(nodes, producers) -> bool:
 def toposort(graph):
     """Sort graph.nodes (and every subgraph's) into dependency order in O(nodes + edges).
 
-    Replaces onnx-graphsurgeon's toposort, whose time grew faster than the graph (measured:
-    3.1 s at 10k nodes, 20.9 s at 40k). Raises InputError on a cycle.
+    Same order as onnx-graphsurgeon's toposort (stable sort by depth, ties in depth-first
+    discovery order), so outputs and golden dumps do not change, but without its cost, which grew
+    faster than the graph (measured: 3.1 s at 10k nodes, 20.9 s at 40k). Raises InputError on a cycle.
     """
     import onnx_graphsurgeon as gs
-
-    from onnxcomp.errors import InputError
 
     graphs = [graph]
     while graphs:
         g = graphs.pop()
-        producers = {id(t): node for node in g.nodes for t in node.outputs}
-        order = _kahn_order(g.nodes, producers)
-        if len(order) != len(g.nodes):
-            raise InputError(f"graph {g.name!r} has a cycle")
-        g.nodes = [g.nodes[i] for i in order]
+        g.nodes = _depth_order(g)
         for node in g.nodes:
             for value in node.attrs.values():
                 graphs.extend(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, gs.Graph))
     return graph
+
+
+def _depth_order(g) -> list:
+    from onnxcomp.errors import InputError
+
+    producers = {id(t): node for node in g.nodes for t in node.outputs}
+    deps_of: dict[int, list] = {}
+
+    def deps(node) -> list:
+        found = deps_of.get(id(node))
+        if found is None:
+            unique = {}
+            for t in list(node.inputs) + _subgraph_reads(node):
+                p = producers.get(id(t))
+                if p is not None:
+                    unique.setdefault(id(p), p)
+            found = deps_of[id(node)] = list(unique.values())
+        return found
+
+    level: dict[int, int] = {}
+    order = []
+    for root in g.nodes:
+        if id(root) in level:
+            continue
+        stack, on_stack = [(root, iter(deps(root)))], {id(root)}
+        while stack:
+            node, pending = stack[-1]
+            nxt = next((d for d in pending if id(d) not in level), None)
+            if nxt is not None:
+                if id(nxt) in on_stack:
+                    raise InputError(f"graph {g.name!r} has a cycle through node {nxt.name or nxt.op!r}")
+                on_stack.add(id(nxt))
+                stack.append((nxt, iter(deps(nxt))))
+                continue
+            stack.pop()
+            on_stack.discard(id(node))
+            level[id(node)] = 1 + max((level[id(d)] for d in deps(node)), default=-1)
+            order.append(node)
+    return sorted(order, key=lambda n: level[id(n)])
 
 
 def _shape_problems(graph) -> list[str]:

@@ -10,7 +10,7 @@ machine-load drift hits all. The last epoch is kept (no best-epoch selection on 
 Runtime on the held-out digits test split (359 samples: one sample = 0.28 points).
 Also: training seconds per epoch, and what the teacher cache saves (teacher run per batch vs once).
 
-Run: python -m benchmarks distill [-- --seeds 0,1,2 --epochs-a 10 --epochs-b 5 --temperature 4 --alpha 0.7]
+Run: python -m benchmarks distill [-- --seeds 0,1,2 --epochs-a 6 --epochs-b 5 --temperature 1 --alpha 0.5]
 Needs build/models (python -m models.build).
 """
 
@@ -33,12 +33,14 @@ def _args(argv):
     p = argparse.ArgumentParser(prog="bench_distill", description=__doc__.splitlines()[0])
     p.add_argument("--models", type=Path, default=REPO / "build" / "models")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--epochs-a", type=int, default=10, help="epochs for the half-width student from scratch")
+    p.add_argument("--epochs-a", type=int, default=6, help="epochs for the half-width student from scratch")
     p.add_argument("--epochs-b", type=int, default=5, help="epochs for recovering the pruned model")
     p.add_argument("--lr-a", type=float, default=3e-3)
     p.add_argument("--lr-b", type=float, default=3e-3)
-    p.add_argument("--temperature", type=float, default=4.0)
-    p.add_argument("--alpha", type=float, default=0.7)
+    # Tuned here (docs/distillation.md): T=1, alpha=0.5 ties or beats cross-entropy in 5-6 epochs;
+    # the common T=4, alpha=0.7 loses 0.6-3 points at these short schedules (--temperature 4 --alpha 0.7).
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--ratio", type=float, default=0.5)
     p.add_argument("--part", choices=["all", "a", "b"], default="all",
                    help="run only (a) or only (b)+(b')+cache rows (to run both halves in parallel)")

@@ -12,6 +12,16 @@ _NON_PARAM_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorP
                     onnx.TensorProto.STRING}
 
 
+def _is_parameter_dtype(dtype) -> bool:
+    """Float and small-int constants are parameters; int32/int64 are shapes and indices.
+    graphsurgeon gives types numpy lacks (bfloat16, float8) as ONNX enums: those count too."""
+    try:
+        kind = np.dtype(dtype)
+    except TypeError:
+        return dtype not in _NON_PARAM_TYPES
+    return kind.kind in "fciu" and kind not in (np.dtype(np.int64), np.dtype(np.int32))
+
+
 def graph_counts(graph) -> dict:
     """Node, initializer and parameter counts of a gs.Graph (O(nodes + tensors))."""
     import onnx_graphsurgeon as gs
@@ -23,7 +33,7 @@ def graph_counts(graph) -> dict:
                 constants[t.name] = t
     params = 0
     for t in constants.values():
-        if np.dtype(t.dtype).kind in "fciu" and np.dtype(t.dtype) not in (np.dtype(np.int64), np.dtype(np.int32)):
+        if _is_parameter_dtype(t.dtype):
             params += int(np.prod(t.shape)) if t.shape is not None else 0
     return {"nodes": len(graph.nodes), "initializers": len(constants), "params": params}
 

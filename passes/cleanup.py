@@ -136,7 +136,7 @@ def _constant_key(t) -> tuple:
         data = values.tensor.raw_data
     else:
         data = np.ascontiguousarray(t.values).tobytes()
-    return (str(np.dtype(t.dtype)), tuple(t.shape), hashlib.sha1(data).hexdigest())
+    return (str(t.dtype), tuple(t.shape), hashlib.sha1(data).hexdigest())  # str: bfloat16 is an ONNX enum here
 
 
 def _merge_duplicate_constants(graph, report: PassReport) -> None:

@@ -141,3 +141,19 @@ def test_dangling_read_inside_a_subgraph_is_refused(tmp_path):
     with pytest.raises(InputError, match="'lop_g' .* inside Loop"):
         _optimize(_save(m, tmp_path), tmp_path)
     assert not (tmp_path / "out.onnx").exists()
+
+
+# Fourth run (90 s, seed 3): pass statistics on a bfloat16 initializer.
+
+def test_bfloat16_initializer_is_counted_not_crashed_on(tmp_path):
+    """graphsurgeon hands bfloat16 over as an ONNX enum numpy cannot read: graph_counts raised TypeError."""
+    m = bad_inputs._control_flow("if")
+    t = next(t for t in m.graph.initializer if t.name == "bias_outer")
+    t.data_type = onnx.TensorProto.BFLOAT16  # 4 floats' bytes reread as 8 bfloat16 values: shape lies
+    del t.dims[:]
+    t.dims.extend([8])
+    graph = onnxcomp.io.to_graph(onnxcomp.load_model(_save(m, tmp_path)))
+    counts = onnxcomp.stats.graph_counts(graph)
+    assert counts["params"] >= 8
+    (record,) = onnxcomp.PassManager(onnxcomp.parse_pipeline("cleanup")).run(graph)  # dedupe keys too
+    assert record.after["params"] >= 8

@@ -104,7 +104,7 @@ def test_signal_between_the_two_renames_is_deferred_until_the_new_output_is_whol
     assert_same_outputs(onnxcomp.load_model(source), model, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("delay", [0.5, 1.5, 3.0])
+@pytest.mark.parametrize("delay", [0.7, 2.0])
 def test_sigterm_at_arbitrary_times_never_leaves_a_partial_output(source, tmp_path, delay):
     """Without hooks: whatever the moment, the folder holds the old output (byte-identical) or a complete new one."""
     out = tmp_path / "out.onnx"

@@ -90,3 +90,33 @@ def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
 
     with torch.no_grad():
         return float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
+
+
+def residual_block(cin: int, cout: int, stride: int):
+    """ResNet's basic block: conv-BN-ReLU-conv-BN plus an identity (or 1x1 conv-BN projection) skip, then ReLU.
+
+    Shared by the digits CNN and the ResNet-18-like benchmark model so both exercise the same
+    residual pattern (projection on the skip branch, Add, Relu) that fold-bn, remove-channels and
+    insert-qdq must handle.
+    """
+    import torch.nn as nn
+
+    class ResidualBlock(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.relu = nn.ReLU()
+            self.proj = None
+            if stride != 1 or cin != cout:
+                self.proj = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            skip = x if self.proj is None else self.proj(x)
+            return self.relu(out + skip)
+
+    return ResidualBlock()

@@ -19,23 +19,7 @@ OUTPUT = "logits"
 def make_model(widths=(16, 32, 64), num_classes: int = 10):
     import torch.nn as nn
 
-    class Block(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.relu = nn.ReLU()
-            self.proj = None
-            if stride != 1 or cin != cout:
-                self.proj = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-        def forward(self, x):
-            out = self.relu(self.bn1(self.conv1(x)))
-            out = self.bn2(self.conv2(out))
-            skip = x if self.proj is None else self.proj(x)
-            return self.relu(out + skip)
+    from models.common import residual_block as Block
 
     class DigitsCNN(nn.Module):
         def __init__(self):

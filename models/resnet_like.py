@@ -29,22 +29,7 @@ FILES = ("resnet_like.onnx", "resnet_like_calib.npz")
 def make_model(widths=(64, 128, 256, 512), num_classes: int = 1000):
     import torch.nn as nn
 
-    class Block(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.relu = nn.ReLU()
-            self.proj = None
-            if stride != 1 or cin != cout:
-                self.proj = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-        def forward(self, x):
-            skip = x if self.proj is None else self.proj(x)
-            h = self.relu(self.bn1(self.conv1(x)))
-            return self.relu(self.bn2(self.conv2(h)) + skip)
+    from models.common import residual_block as Block
 
     layers = [nn.Conv2d(3, widths[0], 7, 2, 3, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(),
               nn.MaxPool2d(3, 2, 1)]

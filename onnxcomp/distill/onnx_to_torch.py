@@ -193,49 +193,25 @@ def _div(m, a, at):
     return a[0] / a[1]
 
 
+# Elementwise ops of one input: ONNX op_type -> the torch function computing it.
+_UNARY = {
+    "Sqrt": torch.sqrt, "Exp": torch.exp, "Log": torch.log, "Neg": torch.neg, "Abs": torch.abs,
+    "Reciprocal": torch.reciprocal, "Erf": torch.erf, "Relu": F.relu, "Sigmoid": torch.sigmoid,
+    "HardSwish": F.hardswish, "Tanh": torch.tanh,
+}
+
+
+def _unary_op(fn):
+    return lambda m, a, at: fn(a[0])
+
+
+for _name, _fn in _UNARY.items():
+    OPS[_name] = _unary_op(_fn)
+
+
 @op("Pow")
 def _pow(m, a, at):
     return torch.pow(a[0], a[1].to(a[0].dtype) if a[0].is_floating_point() else a[1])
-
-
-@op("Sqrt")
-def _sqrt(m, a, at):
-    return torch.sqrt(a[0])
-
-
-@op("Exp")
-def _exp(m, a, at):
-    return torch.exp(a[0])
-
-
-@op("Log")
-def _log(m, a, at):
-    return torch.log(a[0])
-
-
-@op("Neg")
-def _neg(m, a, at):
-    return -a[0]
-
-
-@op("Abs")
-def _abs(m, a, at):
-    return torch.abs(a[0])
-
-
-@op("Reciprocal")
-def _reciprocal(m, a, at):
-    return 1.0 / a[0]
-
-
-@op("Erf")
-def _erf(m, a, at):
-    return torch.erf(a[0])
-
-
-@op("Relu")
-def _relu(m, a, at):
-    return F.relu(a[0])
 
 
 @op("LeakyRelu")
@@ -243,24 +219,9 @@ def _leaky(m, a, at):
     return F.leaky_relu(a[0], at.get("alpha", 0.01))
 
 
-@op("Sigmoid")
-def _sigmoid(m, a, at):
-    return torch.sigmoid(a[0])
-
-
 @op("HardSigmoid")
 def _hardsigmoid(m, a, at):
     return torch.clamp(at.get("alpha", 0.2) * a[0] + at.get("beta", 0.5), 0.0, 1.0)
-
-
-@op("HardSwish")
-def _hardswish(m, a, at):
-    return F.hardswish(a[0])
-
-
-@op("Tanh")
-def _tanh(m, a, at):
-    return torch.tanh(a[0])
 
 
 @op("Gelu")

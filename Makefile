@@ -28,6 +28,9 @@ demo: install models
 	$(BIN)/onnxcomp optimize $(MODELS)/digits_cnn.onnx -o $(DEMO)/digits_cnn.opt.onnx \
 		--passes "cleanup,fold-bn" --val $(MODELS)/digits_test.npz --verify numeric --report $(DEMO)/report.json
 	$(BIN)/onnxcomp compare $(MODELS)/digits_cnn.onnx $(DEMO)/digits_cnn.opt.onnx --data $(MODELS)/digits_test.npz
+	$(BIN)/onnxcomp optimize $(MODELS)/digits_cnn.onnx -o $(DEMO)/digits_cnn.int8.onnx --quantize int8 \
+		--calib $(MODELS)/digits_calib.npz --val $(MODELS)/digits_test.npz --target ort --report $(DEMO)/int8_report.json
+	$(BIN)/onnxcomp check $(DEMO)/digits_cnn.int8.onnx --target ort
 
 test: install models
 	cd tests && ../$(BIN)/python -m pytest -q

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks._measure import peak_rss_mb
+
 REPO = Path(__file__).resolve().parent.parent
 MODELS = {  # name -> (model file, calibration data file)
     "digits": ("digits_cnn.onnx", "digits_calib.npz"),
@@ -103,24 +105,13 @@ def _run_ort(model_path: str, data: dict, method: str, batch: int, scope) -> int
     return len(ranges.data) if hasattr(ranges, "data") else len(ranges)
 
 
-def _peak_rss_mb() -> float:
-    """This process's peak RSS: VmHWM (ru_maxrss would include the parent's RSS at fork time)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def worker(tool: str, model: str, models_dir: str, method: str, samples: int, batch: int) -> dict:
 
     model_file, data_file = MODELS[model]
     model_path = str(Path(models_dir) / model_file)
     data = _samples(dict(np.load(Path(models_dir) / data_file)), samples, model)
     import onnxruntime  # noqa: F401  (both tools pay for it; import before the baseline)
-    base = _peak_rss_mb()
+    base = peak_rss_mb()
     start = time.perf_counter()
     try:
         tensors = (_run_ours if tool == "ours" else _run_ort)(model_path, data, method, batch, _op_scope(model))
@@ -128,7 +119,7 @@ def worker(tool: str, model: str, models_dir: str, method: str, samples: int, ba
     except Exception as exc:  # the peer crashes on some inputs: report it, do not die
         tensors, error = 0, f"{type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}"
     seconds = time.perf_counter() - start
-    peak = _peak_rss_mb()
+    peak = peak_rss_mb()
     return {"seconds": seconds, "peak_mb": peak, "base_mb": base, "tensors": tensors, "error": error}
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from benchmarks._measure import interleaved_seconds, top1_accuracy
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -135,8 +137,7 @@ def _deploy(model: onnx.ModelProto) -> onnx.ModelProto:
 def _accuracy(model: onnx.ModelProto, data) -> float:
     from onnxcomp.runtime import run_batched, session
 
-    logits = run_batched(session(model), {"input": data["input"]}, 256)["logits"]
-    return float(np.mean(logits.argmax(1) == data["labels"]))
+    return top1_accuracy(run_batched(session(model), {"input": data["input"]}, 256)["logits"], data["labels"])
 
 
 def _conv_widths(model: onnx.ModelProto) -> str:
@@ -157,18 +158,9 @@ def _latency(models: dict[str, onnx.ModelProto], batch: int, rounds: int, thread
     sessions = {k: ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
                 for k, m in models.items()}
     x = np.random.default_rng(0).standard_normal((batch, 1, 32, 32)).astype(np.float32)
-    calls = 200 if batch == 1 else 60
-    for s in sessions.values():
-        for _ in range(20):
-            s.run(None, {"input": x})
-    samples = {k: [] for k in sessions}
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            start = time.perf_counter()
-            for _ in range(calls):
-                s.run(None, {"input": x})
-            samples[k].append((time.perf_counter() - start) / calls)
-    return {k: float(np.median(v)) for k, v in samples.items()}
+    seconds = interleaved_seconds(list(sessions.values()), [{"input": x}] * len(sessions), rounds,
+                                  calls=200 if batch == 1 else 60, warmup=20)
+    return dict(zip(sessions, seconds))
 
 
 def main(argv: list[str]) -> int:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks._measure import interleaved_seconds, peak_rss_mb
+
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "build" / "models"
 
@@ -77,18 +79,6 @@ def _child_peer(spec: dict) -> dict:
     return {"seconds": time.perf_counter() - start}
 
 
-def _peak_rss_mb() -> float:
-    """This process image's peak RSS (VmHWM). getrusage's ru_maxrss is not used: Linux carries the
-    parent's high-water mark across fork+exec, so a child spawned by a big benchmark would inherit it."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def child_main(kind: str, spec_json: str) -> None:
     spec = json.loads(spec_json)
     try:
@@ -97,7 +87,7 @@ def child_main(kind: str, spec_json: str) -> None:
     except Exception as exc:  # the peer crashing is a result, not a benchmark failure
         text = str(exc).strip().splitlines()
         info = {"ok": False, "error": f"{type(exc).__name__}: {text[0] if text else ''}"[:160]}
-    info["peak_rss_mb"] = _peak_rss_mb()
+    info["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(info), flush=True)
 
 
@@ -148,19 +138,8 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 def latency(paths: list[str], feeds: dict, rounds: int) -> list[float]:
     """Median ms per model, models interleaved round by round (machine drift hits all alike)."""
     sessions = [_session(p) for p in paths]
-    per = []
-    for s in sessions:
-        names = {i.name for i in s.get_inputs()}
-        per.append({k: v for k, v in feeds.items() if k in names})
-        for _ in range(3):
-            s.run(None, per[-1])
-    times = [[] for _ in paths]
-    for _ in range(rounds):
-        for i, s in enumerate(sessions):
-            t = time.perf_counter()
-            s.run(None, per[i])
-            times[i].append(time.perf_counter() - t)
-    return [float(np.median(t)) * 1e3 for t in times]
+    per = [{k: v for k, v in feeds.items() if k in {i.name for i in s.get_inputs()}} for s in sessions]
+    return [t * 1e3 for t in interleaved_seconds(sessions, per, rounds)]
 
 
 # ---------- per-model setups ----------

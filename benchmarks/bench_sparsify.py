@@ -117,7 +117,6 @@ def main(argv: list[str]) -> int:
             ref_out = None
 
             def add(mode, tool, model, seconds, recover=False):
-                nonlocal ref_out
                 fid = measure(folded, model, test, ref_out)
                 acc = "-" if fid.accuracy is None else f"{fid.accuracy:.4f}"
                 sparse_model, _ = to_sparse_storage(model)

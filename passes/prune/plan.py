@@ -178,8 +178,11 @@ def apply_plan(graph, plan: PruningPlan, infer: bool = True) -> None:
         reinfer_shapes(graph)
 
 
-def reinfer_shapes(graph) -> None:
-    """Forget the intermediate static shapes (they changed) and infer them again."""
+def reinfer_shapes(graph):
+    """Forget the intermediate static shapes (they changed) and infer them again.
+
+    Returns the model exported for the inference (intermediate shapes left out), so a caller
+    that needs the pruned model (e.g. to count MACs) need not export it again."""
     import onnx
     import onnx_graphsurgeon as gs
 
@@ -190,10 +193,11 @@ def reinfer_shapes(graph) -> None:
     variables = [t for t in graph.tensors().values() if isinstance(t, gs.Variable) and t.name not in io]
     for t in variables:
         t.shape = None
+    model = to_model(graph)
     try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton(to_model(graph)))
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model))
     except Exception:
-        return  # shapes stay unknown; ONNX Runtime infers them itself
+        return model  # shapes stay unknown; ONNX Runtime infers them itself
     known = {}
     for value in inferred.graph.value_info:
         tt = value.type.tensor_type
@@ -203,3 +207,4 @@ def reinfer_shapes(graph) -> None:
     for t in variables:
         if t.name in known:
             t.shape = known[t.name]
+    return model

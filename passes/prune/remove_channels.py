@@ -15,7 +15,7 @@ from onnxcomp.errors import InputError, ToleranceError
 from onnxcomp.pass_base import Pass, PassContext, PassReport
 from onnxcomp.passes.prune.groups import find_channel_groups, node_key
 from onnxcomp.passes.prune.importance import channel_importance, keep_global, keep_uniform
-from onnxcomp.passes.prune.plan import ConstantTable, PruningPlan, apply_plan, build_plan
+from onnxcomp.passes.prune.plan import ConstantTable, PruningPlan, apply_plan, build_plan, reinfer_shapes
 from onnxcomp.registry import register_pass
 
 BACKOFF_STEPS = 6
@@ -80,12 +80,13 @@ class RemoveChannelsPass(Pass):
             if o.max_drop is not None and plan.slices:
                 plan = _fit_budget(choose, o.ratio, o.max_drop, before_model, ctx, report)
         predicted = plan.removed_params(ConstantTable(graph).get)
-        apply_plan(graph, plan)
+        apply_plan(graph, plan, infer=False)
         graph.cleanup().toposort()
+        after_model = reinfer_shapes(graph)  # the one export of the pruned graph, also used for MACs
         if o.write_plan:
             plan.save(o.write_plan)
         params_after = graph_counts(graph)["params"]
-        macs_after = estimate_macs(to_model(graph), ctx.dims)["macs"]
+        macs_after = estimate_macs(after_model, ctx.dims)["macs"]
         _fill_report(report, groups, plan, params_before, params_after, macs_before, macs_after, predicted)
         for row in report.details["groups"]:
             head = row["producers"][0] + (f" +{len(row['producers']) - 1}" if len(row["producers"]) > 1 else "")

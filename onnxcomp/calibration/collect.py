@@ -178,6 +178,8 @@ class _Runner:
     """
 
     def __init__(self, model: onnx.ModelProto, roots: list[str], threads: int):
+        from onnxcomp.runtime import session
+
         graph = model.graph
         existing = {o.name for o in graph.output}
         added = 0
@@ -186,7 +188,7 @@ class _Runner:
                 if name not in existing:
                     graph.output.add().name = name  # no type: ONNX Runtime infers it
                     added += 1
-            self.sess = _session(model, threads)
+            self.sess = session(model, threads=threads)
         finally:  # leave the caller's model as it was
             for _ in range(added):
                 graph.output.pop()
@@ -207,28 +209,6 @@ class _Runner:
         for i, name in enumerate(self.fetch):
             stats[name].update(values[i], scratch)
             values[i] = None
-
-
-def _session(model: onnx.ModelProto, threads: int):
-    """Serialize straight away (ByteSize() first costs as much again on a 90 MB model); models
-    over protobuf's 2 GB limit take runtime.session's external-data path."""
-    import onnxruntime as ort
-
-    from onnxcomp.runtime import session
-
-    try:
-        blob = model.SerializeToString()
-    except Exception:  # over 2 GB (ValueError or EncodeError, by protobuf backend)
-        return session(model, threads=threads)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        text = str(exc).strip().splitlines()
-        raise InputError(f"ONNX Runtime cannot load the model: {text[0] if text else type(exc).__name__}") from None
 
 
 def _batches(data, model: onnx.ModelProto, inputs: list[str], sizer: _BatchSizer, probe) -> Iterable[dict]:

@@ -75,9 +75,19 @@ class ModelIndex:
                 self.consumers.setdefault(name, []).append(node)
         self.opset = {(o.domain or "ai.onnx"): o.version for o in model.opset_import}
         self.graph_outputs = {o.name for o in model.graph.output}
+        self.cache: dict = {}  # per-model results several rules share (e.g. the 2:4 weight survey)
+        self._constants: dict = {}
 
     def constant(self, name: str):
-        """The numpy value of an initializer or Constant node output, else None."""
+        """The numpy value of an initializer or Constant node output, else None.
+
+        Converted once per name (every Q/DQ rule asks for the same scales and weights); the
+        array is shared, so rules must not modify it."""
+        if name not in self._constants:
+            self._constants[name] = self._convert(name)
+        return self._constants[name]
+
+    def _convert(self, name: str):
         from onnx import numpy_helper
 
         if name in self.initializers:

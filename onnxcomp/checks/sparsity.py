@@ -62,6 +62,14 @@ def weight_uses(index):
 
 
 def _survey(index):
+    """(label, op, weight, axis, axis length, is 2:4) per weight use; computed once per model for
+    the three SPARSE rules."""
+    if "sparse-survey" not in index.cache:
+        index.cache["sparse-survey"] = _scan(index)
+    return index.cache["sparse-survey"]
+
+
+def _scan(index):
     rows = []
     for label, op, name, axis in weight_uses(index):
         dims = list(index.initializers[name].dims)

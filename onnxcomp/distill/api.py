@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxcomp.data import LABELS, load_npz, validate
+from onnxcomp.data import LABELS, load_npz, take, validate
 from onnxcomp.distill.options import DistillOptions
 from onnxcomp.errors import InputError
 
@@ -46,7 +46,7 @@ class DistillResult:
                 "epochs": self.history}
 
 
-def _data(value, role: str) -> dict[str, np.ndarray]:
+def _data(value) -> dict[str, np.ndarray]:
     if value is None:
         return None
     if isinstance(value, dict):
@@ -84,23 +84,23 @@ def run(teacher, student, data, options: DistillOptions | None = None, *, val_da
     from onnxcomp.distill.teacher import LiveTargets, OnnxTeacher, TorchTeacher, teacher_targets
     from onnxcomp.distill.trainer import Trainer, predict, seed_all
     from onnxcomp.distill.writeback import dynamic_axes_like, export_student, write_back
+    from onnxcomp.runtime import input_specs
 
     options = options or DistillOptions()
     say = progress or (lambda message: None)
     start = time.perf_counter()
     seed_all(options.seed, options.threads)
 
-    teacher_model = load_onnx(teacher, "teacher") if is_onnx_spec(teacher) else None
-    student_model = load_onnx(student, "student") if is_onnx_spec(student) else None
-    train = _data(data, "data")
-    val = _data(val_data, "val")
+    teacher_model = load_onnx(teacher) if is_onnx_spec(teacher) else None
+    student_model = load_onnx(student) if is_onnx_spec(student) else None
+    train = _data(data)
+    val = _data(val_data)
     if student_model is not None:
         module = OnnxModule(student_model, "student")
     else:
         module = load_torch_module(student, "student", student_weights)
     if teacher_model is not None:
-        input_names = [i.name for i in teacher_model.graph.input
-                       if i.name not in {t.name for t in teacher_model.graph.initializer}]
+        input_names = [s.name for s in input_specs(teacher_model)]
     elif student_model is not None:
         input_names = list(module.input_names)
     else:
@@ -182,15 +182,15 @@ def _final_check(model: onnx.ModelProto, module, input_names, data, val_targets,
     from onnxcomp.runtime import run_batched, session
 
     limit = 4096  # enough for a stable accuracy, bounded time
-    sample = {k: data[k][:limit] for k in input_names}
+    sample = take(data, 0, limit)  # run_batched feeds only the model's inputs
     got = run_batched(session(model, threads=options.threads), sample, 64)
     ort_outs = [got[o.name] for o in model.graph.output]
     torch_outs = predict(module, [sample[k] for k in input_names])
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(ort_outs, torch_outs))
     final = {"ort_vs_torch_max_abs": diff, "samples": len(sample[input_names[0]])}
-    labels = data.get(LABELS)
+    labels = sample.get(LABELS)
     if labels is not None and ort_outs[0].ndim == 2:
-        final["accuracy"] = float(np.mean(ort_outs[0].argmax(1) == labels[:limit]))
+        final["accuracy"] = float(np.mean(ort_outs[0].argmax(1) == labels))
         if val_targets is not None:
-            final["teacher_accuracy"] = float(np.mean(val_targets.outputs[0][:limit].argmax(1) == labels[:limit]))
+            final["teacher_accuracy"] = float(np.mean(val_targets.outputs[0][:limit].argmax(1) == labels))
     return final

@@ -22,7 +22,7 @@ def is_onnx_spec(spec) -> bool:
                                                   and str(spec).lower().endswith(".onnx"))
 
 
-def load_onnx(spec, role: str) -> onnx.ModelProto:
+def load_onnx(spec) -> onnx.ModelProto:
     if isinstance(spec, onnx.ModelProto):
         return spec
     from onnxcomp.io import load_model

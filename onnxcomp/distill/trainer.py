@@ -149,10 +149,13 @@ class Trainer:
         result.masked_zeros = int(sum(int((m == 0).sum()) for m in masks.values()))
         labels_t = None if labels is None else torch.from_numpy(np.asarray(labels).astype(np.int64))
         generator = torch.Generator().manual_seed(opts.seed)
-        use_teacher = not (labels is not None and opts.alpha == 0.0 and not self.pairs)
+        use_teacher = targets is not None  # None: plain cross-entropy, the caller did not run the teacher
         source = getattr(targets, "source", None)
         best_key, best_state = None, None
         val_inputs = [val[k] for k in self.input_names] if val is not None else None
+        # Fixed across epochs: converted once, not per validation pass.
+        val_teacher_t = None if val_targets is None else [_tensor(o) for o in val_targets.outputs]
+        val_labels_t = None if val_labels is None else torch.from_numpy(np.asarray(val_labels, np.int64))
         for epoch in range(1, opts.epochs + 1):
             t0 = time.perf_counter()
             self.student.train()
@@ -205,10 +208,10 @@ class Trainer:
                 result.metric = metric_name(v_outs[0], val_labels is not None)
                 row[result.metric] = score(result.metric, v_outs[0],
                                            teacher_v[0] if teacher_v is not None else None, val_labels)
-                v_loss, _ = distillation_loss([torch.from_numpy(o) for o in v_outs],
-                                              [_tensor(o) for o in (teacher_v or v_outs)],
-                                              None if val_labels is None else torch.from_numpy(np.asarray(val_labels, np.int64)),
-                                              opts.temperature, opts.alpha if teacher_v is not None else 0.0)
+                v_student = [torch.from_numpy(o) for o in v_outs]
+                v_loss, _ = distillation_loss(v_student, val_teacher_t if val_teacher_t is not None else v_student,
+                                              val_labels_t, opts.temperature,
+                                              opts.alpha if val_teacher_t is not None else 0.0)
                 row["val_loss"] = float(v_loss)
                 row["val_seconds"] = time.perf_counter() - v0
                 key = (row[result.metric], -row["val_loss"])

@@ -7,10 +7,12 @@ from typing import Literal, Optional
 
 import numpy as np
 
+from onnxcomp.data import LABELS, model_inputs_only, take
 from onnxcomp.errors import InputError
 from onnxcomp.pass_base import Pass, PassContext, PassReport
 from onnxcomp.registry import register_pass
 from onnxcomp.sparsity import WEIGHTED_OPS, nm_violations, parse_nm, zero_fraction
+from onnxcomp.passes.sparsify.budget import Trials, fit_budget
 from onnxcomp.passes.sparsify.eligibility import find_weights, nm_refusal, values_of
 from onnxcomp.passes.sparsify.masks import NORMALIZATIONS, global_masks, magnitude_mask, nm_mask
 
@@ -117,14 +119,19 @@ class SparsifyInitializersPass(Pass):
         sparse = {n: np.where(keep[n], dense[n], np.zeros((), dense[n].dtype)).astype(dense[n].dtype)
                   for n in dense}
         methods = {n: "magnitude" for n in dense}
+        samples = take(ctx.data, 0, o.samples) if ctx.data is not None else None  # obs, fidelity, max_drop
         if method == "obs" and candidates:
-            _data_aware(graph, spec, candidates, dense, keep, sparse, methods, ctx, o)
+            _data_aware(graph, spec, candidates, dense, keep, sparse, methods, model_inputs_only(samples), ctx)
         changed = [n for n in dense if not np.array_equal(sparse[n], dense[n])]
         constants = {c.name: c.constant for c in candidates}
         chosen, budget = changed, None
-        trials = _trials(graph, constants, dense, sparse, ctx, o) if ctx.data is not None and changed else None
+        trials = None
+        if samples is not None and changed:
+            labels = samples.get(LABELS)
+            trials = Trials(graph, constants, dense, sparse, model_inputs_only(samples),
+                            None if labels is None else np.asarray(labels))
         if trials is not None and o.max_drop is not None:
-            budget = _fit(trials, changed, o.max_drop, ctx)
+            budget = fit_budget(trials, changed, o.max_drop, ctx.say)
             chosen = budget.sparse
             for name in budget.dense:
                 report.skip(name, f"left dense: most sensitive (1-cosine {budget.sensitivity[name]:.2e} alone) "
@@ -161,12 +168,10 @@ def _masks(spec, scope, candidates, dense, o) -> dict:
     return {name: magnitude_mask(values, ratio) for name, values in dense.items()}
 
 
-def _data_aware(graph, spec, candidates, dense, keep, sparse, methods, ctx, o) -> None:
+def _data_aware(graph, spec, candidates, dense, keep, sparse, methods, data, ctx) -> None:
     """Replace magnitude results by OBS-reconstructed ones where the layer allows, in graph order."""
-    from onnxcomp.data import model_inputs_only
     from onnxcomp.passes.sparsify.data_aware import refusal, sparsify_with_data
 
-    data = {k: v[: o.samples] for k, v in model_inputs_only(ctx.data).items()}
     try:
         for index, cand in enumerate(candidates):
             name = cand.name
@@ -185,21 +190,6 @@ def _data_aware(graph, spec, candidates, dense, keep, sparse, methods, ctx, o) -
     finally:
         for cand in candidates:
             cand.constant.values = dense[cand.name]
-
-
-def _trials(graph, constants, dense, sparse, ctx, o):
-    from onnxcomp.data import LABELS, model_inputs_only
-    from onnxcomp.passes.sparsify.budget import Trials
-
-    data = {k: v[: o.samples] for k, v in model_inputs_only(ctx.data).items()}
-    labels = ctx.data.get(LABELS)
-    return Trials(graph, constants, dense, sparse, data, None if labels is None else np.asarray(labels[: o.samples]))
-
-
-def _fit(trials, names, max_drop, ctx):
-    from onnxcomp.passes.sparsify.budget import fit_budget
-
-    return fit_budget(trials, names, max_drop, ctx.say)
 
 
 def _describe(report, spec, scope, candidates, dense, sparse, chosen, graph) -> None:

@@ -54,11 +54,13 @@ def command(teacher, teacher_weights, student, student_weights, data, val, outpu
     from pathlib import Path
 
     from onnxcomp.distill import DistillOptions, parse_feature
+    from onnxcomp.distill.loading import is_onnx_spec
     from onnxcomp.errors import InputError
+    from onnxcomp.io import same_file, save
 
     out = Path(output)
     for name, path in (("teacher", teacher), ("student", student), ("data", data), ("val", val)):
-        if path and Path(str(path)).exists() and out.exists() and out.resolve() == Path(str(path)).resolve():
+        if path and same_file(out, str(path)):
             raise InputError(f"{output}: refusing to overwrite the {name} file; choose another output path")
     if not out.parent.is_dir() and str(out.parent):
         raise InputError(f"{out.parent}: output folder does not exist")
@@ -67,16 +69,15 @@ def command(teacher, teacher_weights, student, student_weights, data, val, outpu
                              features=tuple(parse_feature(f) for f in features), feature_weight=feature_weight,
                              seed=seed, threads=threads, cache=cache, cache_dir=cache_dir, bn=bn,
                              keep_zeros=keep_zeros, opset=opset, checkpoint=checkpoint)
-    progress = None if quiet else (lambda message: _line(message))
+    progress = None if quiet else _line
     on_batch = None if quiet or not sys.stderr.isatty() else _bar
 
     import onnxcomp.distill as distill
-    from onnxcomp.io import save
     from onnxcomp.report import write_json
 
     result = distill.run(teacher, student, data, options, val_data=val, teacher_weights=teacher_weights,
                          student_weights=student_weights, progress=progress, on_batch=on_batch)
-    forbid = student if str(student).lower().endswith(".onnx") else None
+    forbid = student if is_onnx_spec(student) else None
     save(result.model, output, forbid=forbid)
     click.echo(format_result(result, output))
     if report_path:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from onnxcomp.gsutil import producer
 from onnxcomp.passes.qdq.formats import weight_axis
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -145,10 +146,6 @@ class _Graph:
         except TypeError:
             return False
 
-    @staticmethod
-    def producer(t):
-        return t.inputs[0] if t.inputs else None
-
 
 def _node_id(node) -> str:
     return node.name or node.outputs[0].name
@@ -166,15 +163,8 @@ def _excluded(node, options: PlacementOptions) -> str | None:
 
 def _weight_input(g: _Graph, node) -> tuple[int, object] | None:
     """Index and tensor of a weighted node's constant weight, if it has one."""
-    if node.op in ("Conv", "ConvTranspose"):
-        idx = 1
-    elif node.op == "Gemm":
-        idx = 1
-    elif node.op == "MatMul":
-        idx = 1
-    else:
-        return None
-    if len(node.inputs) <= idx:
+    idx = 1  # the weight slot of every WEIGHTED op
+    if node.op not in WEIGHTED or len(node.inputs) <= idx:
         return None
     w = node.inputs[idx]
     return (idx, w) if isinstance(w, g.gs.Constant) else None
@@ -286,10 +276,10 @@ def _plan_full(g: _Graph, plan: Plan, options: PlacementOptions) -> None:
 def _qlinear_refusal(g: _Graph, node) -> str | None:
     if not node.inputs or not node.outputs:
         return "no inputs or outputs"
-    if any(g.is_constant(t) for t in node.inputs) and node.op != "Concat":
+    if any(g.is_constant(t) for t in node.inputs):
+        if node.op == "Concat":
+            return "Concat of constants (shape arithmetic)"
         return f"{node.op} with a constant operand is kept float"
-    if node.op == "Concat" and any(g.is_constant(t) for t in node.inputs):
-        return "Concat of constants (shape arithmetic)"
     if any(not g.is_float(t) for t in node.inputs) or not g.is_float(node.outputs[0]):
         return "not a float32 tensor op"
     return None
@@ -316,9 +306,7 @@ def _share_pass_through(g: _Graph, plan: Plan) -> None:
 
 def _plan_inputs(g: _Graph, plan: Plan, options: PlacementOptions) -> None:
     for node in g.graph.nodes:
-        if node.op in ("MatMul", "Gemm"):
-            _plan_weighted(g, plan, node, options, all_consumers=False)
-        elif node.op in ("Conv", "ConvTranspose"):
+        if node.op in WEIGHTED:
             _plan_weighted(g, plan, node, options, all_consumers=False)
 
 
@@ -339,7 +327,7 @@ def _move_before_pad(g: _Graph, plan: Plan, node) -> None:
     if node.op not in ("Conv", "ConvTranspose"):
         return
     x = node.inputs[0]
-    pad = g.producer(x)
+    pad = producer(x)
     if pad is None or pad.op != "Pad" or len(x.outputs) != 1 or x.name in g.outputs:
         return
     mode = pad.attrs.get("mode", "constant")
@@ -376,9 +364,9 @@ def _quantize_skip_branch(g: _Graph, plan: Plan, add, depth: dict, options: Plac
 
 def _from_weighted(g: _Graph, t) -> bool:
     """Produced by a Conv/Gemm/MatMul, possibly through an unfolded BatchNormalization."""
-    p = g.producer(t)
+    p = producer(t)
     if p is not None and p.op == "BatchNormalization":
-        p = g.producer(p.inputs[0])
+        p = producer(p.inputs[0])
     return p is not None and p.op in WEIGHTED
 
 
@@ -454,7 +442,7 @@ def _note_float_nodes(g: _Graph, plan: Plan, options: PlacementOptions) -> None:
         if name in done or not node.outputs or node.outputs[0].name not in floats:
             continue
         if node.op == "BatchNormalization":
-            p = g.producer(node.inputs[0])
+            p = producer(node.inputs[0])
             if p is not None and p.op in ("Conv", "ConvTranspose", "Gemm"):
                 plan.skipped.append((name, f"unfolded BatchNormalization after {p.op} {_node_id(p)}: run fold-bn "
                                            "before insert-qdq (ORT cannot fuse Conv-BN-Q; about half the speedup is lost)"))

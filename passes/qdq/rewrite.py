@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxcomp.gsutil import NameGen, replace_input
+from onnxcomp.gsutil import NameGen, producer, replace_input
 from onnxcomp.passes.qdq.formats import ActivationFormat, quantize_bias, quantize_weight
-from onnxcomp.passes.qdq.placement import Plan
+from onnxcomp.passes.qdq.placement import Plan, _node_id
 
 
 @dataclass
@@ -30,7 +30,7 @@ def apply_plan(graph, plan: Plan, params: dict[str, tuple[np.float32, np.integer
 
     names = NameGen(graph)
     tensors = graph.tensors()
-    nodes = {(n.name or n.outputs[0].name): n for n in graph.nodes}
+    nodes = {_node_id(n): n for n in graph.nodes}
     result = RewriteResult()
     constants: dict[str, tuple] = {}
     new_nodes = []
@@ -48,20 +48,17 @@ def apply_plan(graph, plan: Plan, params: dict[str, tuple[np.float32, np.integer
         scale, zp = qparams(spec.key)
         if name in graph_outputs and spec.consumers is None and t.inputs:
             # A fused producer may feed only its Q: the graph output becomes the DQ output (same name).
-            pre = gs.Variable(names(f"{name}_float"), dtype=t.dtype, shape=t.shape)
-            producer = t.inputs[0]
-            producer.outputs[producer.outputs.index(t)] = pre
-            q_out = gs.Variable(names(f"{name}_quantized"), dtype=fmt.dtype, shape=t.shape)
-            new_nodes.append(gs.Node("QuantizeLinear", names(f"{name}_QuantizeLinear"), inputs=[pre, scale, zp],
-                                     outputs=[q_out]))
-            new_nodes.append(gs.Node("DequantizeLinear", names(f"{name}_DequantizeLinear"),
-                                     inputs=[q_out, scale, zp], outputs=[t]))
-            result.activations += 1
-            continue
+            q_in = gs.Variable(names(f"{name}_float"), dtype=t.dtype, shape=t.shape)
+            maker = t.inputs[0]
+            maker.outputs[maker.outputs.index(t)] = q_in
+            dq_out, readers = t, []
+        else:
+            q_in = t
+            dq_out = gs.Variable(names(f"{name}_dequantized"), dtype=np.float32, shape=t.shape)
+            readers = [c for c in list(t.outputs) if spec.consumers is None or _node_id(c) in spec.consumers]
         q_out = gs.Variable(names(f"{name}_quantized"), dtype=fmt.dtype, shape=t.shape)
-        dq_out = gs.Variable(names(f"{name}_dequantized"), dtype=np.float32, shape=t.shape)
-        readers = [c for c in list(t.outputs) if spec.consumers is None or (c.name or c.outputs[0].name) in spec.consumers]
-        new_nodes.append(gs.Node("QuantizeLinear", names(f"{name}_QuantizeLinear"), inputs=[t, scale, zp], outputs=[q_out]))
+        new_nodes.append(gs.Node("QuantizeLinear", names(f"{name}_QuantizeLinear"), inputs=[q_in, scale, zp],
+                                 outputs=[q_out]))
         new_nodes.append(gs.Node("DequantizeLinear", names(f"{name}_DequantizeLinear"), inputs=[q_out, scale, zp],
                                  outputs=[dq_out]))
         for consumer in readers:
@@ -128,12 +125,11 @@ def _insert_in_order(graph, new_nodes) -> None:
     after: dict[int, list] = {}
     first = []
     for node in new_nodes:
-        data = node.inputs[0]
-        producer = data.inputs[0] if data.inputs else None
-        if producer is None:
+        maker = producer(node.inputs[0])
+        if maker is None:
             first.append(node)
         else:
-            after.setdefault(id(producer), []).append(node)
+            after.setdefault(id(maker), []).append(node)
     ordered = list(first)
 
     def emit(node) -> None:

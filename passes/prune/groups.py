@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from onnxcomp.gsutil import producer as producer_of
 from onnxcomp.passes.prune.handlers import CONST_PASSTHROUGH, HANDLERS, PRODUCERS
 from onnxcomp.passes.prune.mapping import Mapping, Member
 
@@ -91,7 +92,7 @@ class _Explorer:
         while True:
             if isinstance(tensor, self.gs.Constant):
                 return self._in_layout(tensor.name, tensor.values, axes)
-            node = tensor.inputs[0] if tensor.inputs else None
+            node = producer_of(tensor)
             if node is None:
                 return None
             if node.op == "Constant":
@@ -152,7 +153,7 @@ class _Explorer:
             yield lambda: self.refuse(f"reaches graph output {tensor.name}")
         if tensor.name in self.graph_inputs:
             yield lambda: self.refuse(f"coupled with graph input {tensor.name}")
-        node = tensor.inputs[0] if tensor.inputs else None
+        node = producer_of(tensor)
         if node is not None and node is not via:
             yield lambda: self._handle(node, "out", list(node.outputs).index(tensor), m)
         for consumer in list(tensor.outputs):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnxcomp.gsutil import producer
 from onnxcomp.passes.prune.mapping import Mapping, Member
 
 # Elementwise on one data input: channels pass straight through.       # x[c] -> y[c]
@@ -275,7 +276,7 @@ def _shape_entry(ex, tensor, k: int, use, depth: int = 0):
     if found is not None:
         flat = np.asarray(found[2]).reshape(-1)
         return (found[0], k, int(flat[k]), use) if found[1] == list(range(found[2].ndim)) and k < flat.size else None
-    node = tensor.inputs[0] if tensor.inputs else None
+    node = producer(tensor)
     if node is None or depth > 8:
         return None
     if node.op == "Concat":

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from onnxcomp.gsutil import producer as producer_of
 from onnxcomp.sparsity import AXIS_KEEPING_OPS, reduction_axis, through_transpose
 
 # Inputs of each op that carry a weight when constant; the others are activations or biases.
@@ -131,7 +132,7 @@ def _trace(node, slot: int):
 
     tensor, chain, reader = node.inputs[slot], [], node
     while not isinstance(tensor, gs.Constant):
-        producer = tensor.inputs[0] if tensor.inputs else None
+        producer = producer_of(tensor)
         if producer is None:
             return "weight is a graph input, computed at run time"
         if producer.op == "DequantizeLinear":

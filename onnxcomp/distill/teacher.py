@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from onnxcomp.data import take
 from onnxcomp.errors import InputError
 
 
@@ -109,7 +110,7 @@ def run_teacher(teacher, inputs: dict[str, np.ndarray], batch_size: int = 128):
     outs: list[list[np.ndarray]] = []
     feats: dict[str, list[np.ndarray]] = {}
     for start in range(0, n, batch_size):
-        o, f = teacher({k: inputs[k][start:start + batch_size] for k in teacher.input_names})
+        o, f = teacher(take(inputs, start, start + batch_size))
         if not outs:
             outs = [[] for _ in o]
         for acc, value in zip(outs, o):

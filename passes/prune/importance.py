@@ -15,8 +15,6 @@ import numpy as np
 
 from onnxcomp.passes.prune.groups import ChannelGroup
 
-IMPORTANCE = ("l1", "l2", "bn-scale")
-
 
 def _per_channel(values: np.ndarray, member, channels: int, power: int) -> np.ndarray:
     w = np.asarray(values)

@@ -27,3 +27,14 @@ class ToleranceError(OnnxcompError):
     """Outputs differ from the reference by more than the allowed tolerance."""
 
     exit_code = 4
+
+
+def first_line(exc: BaseException, fallback: str | None = None) -> str:
+    """The first line of an exception's message, for one-line error reports.
+
+    An empty message gives `fallback`, or the exception's type name when no fallback is given.
+    """
+    text = str(exc).strip().splitlines()
+    if text:
+        return text[0]
+    return type(exc).__name__ if fallback is None else fallback

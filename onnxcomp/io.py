@@ -16,7 +16,7 @@ from pathlib import Path
 
 import onnx
 
-from onnxcomp.errors import InputError
+from onnxcomp.errors import InputError, first_line
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Models whose weights exceed this are saved with external data next to the output.
@@ -41,7 +41,7 @@ def load_model(path: str | os.PathLike, load_external_data: bool = True) -> onnx
     try:
         model = onnx.load_model(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises several types for garbage bytes
-        raise InputError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
+        raise InputError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
     if not model.HasField("graph") or (len(model.graph.node) == 0 and len(model.graph.output) == 0):
         raise InputError(f"{path}: the file holds no ONNX graph")
     if not model.opset_import:
@@ -53,7 +53,7 @@ def load_model(path: str | os.PathLike, load_external_data: bool = True) -> onnx
         try:
             onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
         except Exception as exc:
-            raise InputError(f"{path}: cannot read external data ({_first_line(exc)})") from None
+            raise InputError(f"{path}: cannot read external data ({first_line(exc)})") from None
     test_pause("loaded")
     return model
 
@@ -237,7 +237,7 @@ def to_graph(model: onnx.ModelProto):
         with gc_paused():  # import builds one object web; collections while it grows are wasted work
             return gs.import_onnx(model)
     except Exception as exc:
-        raise InputError(f"cannot import the graph ({_first_line(exc)})") from None
+        raise InputError(f"cannot import the graph ({first_line(exc)})") from None
 
 
 def to_model(graph) -> onnx.ModelProto:
@@ -250,7 +250,7 @@ def to_model(graph) -> onnx.ModelProto:
         with gc_paused():
             return gs.export_onnx(graph, do_type_check=False)
     except Exception as exc:  # graphsurgeon fails on some legal oddities (e.g. untyped subgraph outputs)
-        raise InputError(f"cannot export the graph (onnx-graphsurgeon: {type(exc).__name__}: {_first_line(exc)})") from None
+        raise InputError(f"cannot export the graph (onnx-graphsurgeon: {type(exc).__name__}: {first_line(exc)})") from None
 
 
 def fits_protobuf(model: onnx.ModelProto) -> bool:
@@ -472,7 +472,3 @@ def _fsync_dir(folder: Path) -> None:
     finally:
         os.close(fd)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from onnxcomp.errors import InputError, ToleranceError, VerificationError
+from onnxcomp.errors import InputError, ToleranceError, VerificationError, first_line
 from onnxcomp.io import test_pause
 from onnxcomp.options import format_options
 from onnxcomp.pass_base import Pass, PassContext, PassReport
@@ -166,8 +166,7 @@ class PassManager:
             try:
                 onnx.checker.check_model(model, full_check=False)
             except Exception as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise VerificationError(f"{self._where(index)}: ONNX checker: {first}") from None
+                raise VerificationError(f"{self._where(index)}: ONNX checker: {first_line(exc)}") from None
         if reference is not None:
             from onnxcomp.compare import diff_outputs
             from onnxcomp.runtime import run, session

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxcomp.errors import ToleranceError, VerificationError
+from onnxcomp.errors import ToleranceError, VerificationError, first_line
 from onnxcomp.io import fits_protobuf, load_model, save, to_graph, to_model
 from onnxcomp.manager import PassManager, PassRecord
 from onnxcomp.pass_base import PassContext
@@ -109,7 +109,7 @@ def validate_against(original: onnx.ModelProto, result: onnx.ModelProto, passes,
     try:
         onnx.checker.check_model(result if fits_protobuf(result) else _no_check(), full_check=False)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         try:  # blame the input when it was already invalid, not the passes
             onnx.checker.check_model(original if fits_protobuf(original) else _no_check(), full_check=False)
         except Exception:

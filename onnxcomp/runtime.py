@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxcomp.errors import InputError
+from onnxcomp.errors import InputError, first_line
 
 _NP_TYPES = {
     onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
@@ -136,8 +136,7 @@ def session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0, optimi
                 return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        text = str(exc).strip().splitlines()
-        raise InputError(f"ONNX Runtime cannot load the model: {text[0] if text else type(exc).__name__}") from None
+        raise InputError(f"ONNX Runtime cannot load the model: {first_line(exc)}") from None
 
 
 def run(sess, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -146,8 +145,7 @@ def run(sess, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) ->
     try:
         values = sess.run(names, {k: v for k, v in feeds.items() if k in wanted})
     except Exception as exc:
-        text = str(exc).strip().splitlines()
-        raise InputError(f"ONNX Runtime failed to run the model: {text[0] if text else type(exc).__name__}") from None
+        raise InputError(f"ONNX Runtime failed to run the model: {first_line(exc)}") from None
     return dict(zip(names, values))
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from onnxcomp.errors import first_line
 from onnxcomp.gsutil import producer, replace_output, replace_uses
 from onnxcomp.pass_base import Pass, PassContext, PassReport
 from onnxcomp.registry import register_pass
@@ -42,9 +43,8 @@ class Cleanup(Pass):
             try:
                 _fold_constants(graph, int(self.options.fold_size_limit_mb * 1024**2))
             except Exception as exc:  # onnx-graphsurgeon gives up on some odd graphs: fold nothing, say why
-                text = str(exc).strip().splitlines()
                 report.skip("constant folding", f"onnx-graphsurgeon failed ({type(exc).__name__}: "
-                                                f"{text[0] if text else ''}); no constants folded")
+                                                f"{first_line(exc, '')}); no constants folded")
             report.count("constant_nodes_folded", max(0, before - len(graph.nodes)))
         if self.options.dedupe:
             _merge_duplicate_constants(graph, report)

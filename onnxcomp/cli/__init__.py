@@ -74,7 +74,7 @@ def main(argv=None) -> None:
     debug = "--debug" in argv
     import signal
 
-    from onnxcomp.errors import OnnxcompError
+    from onnxcomp.errors import OnnxcompError, first_line
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         try:
@@ -115,7 +115,6 @@ def main(argv=None) -> None:
     except Exception as exc:  # internal error: still one line unless --debug
         if debug:
             raise
-        text = str(exc).strip().splitlines()
-        click.echo(f"onnxcomp: internal error: {type(exc).__name__}: {text[0] if text else ''} "
+        click.echo(f"onnxcomp: internal error: {type(exc).__name__}: {first_line(exc, '')} "
                    "(run with --debug for the traceback)", err=True)
         sys.exit(1)

@@ -322,10 +322,10 @@ def _split(ex, node, side, index, m):
         ex.refuse(f"{ex.key(node)}: split channels coupled from downstream")
     if len(node.inputs) < 2 or not node.inputs[1].name:
         ex.refuse(f"{ex.key(node)}: Split without explicit sizes")
-    sizes = ex.const_values(node.inputs[1])
     source = ex.const_source(node.inputs[1])
-    if sizes is None or source is None:
+    if source is None:
         ex.refuse(f"{ex.key(node)}: Split sizes are computed at run time")
+    sizes = source[2]
     lo, hi = m.span(ex.channels)
     start = 0
     for k, size in enumerate(int(s) for s in sizes):
@@ -345,7 +345,8 @@ def _slice(ex, node, side, index, m):
         ex.refuse(f"{ex.key(node)}: Slice reached from its output or parameters")
     r = rank(ex, node.inputs[0])
     n = dim(ex, node.inputs[0], m.axis)
-    params = [ex.const_values(t) if t.name else None for t in node.inputs[1:5]]
+    sources = [ex.const_source(t) if t.name else None for t in node.inputs[1:5]]
+    params = [None if src is None else src[2] for src in sources]
     starts, ends = params[0], params[1]
     if starts is None or ends is None:
         ex.refuse(f"{ex.key(node)}: Slice bounds are computed at run time")
@@ -365,7 +366,7 @@ def _slice(ex, node, side, index, m):
     inside, outside = start <= lo and hi <= end, hi <= start or lo >= end
     if not (inside or outside):
         ex.refuse(f"{ex.key(node)}: Slice cuts through the group's channels")
-    src_starts, src_ends = ex.const_source(node.inputs[1]), ex.const_source(node.inputs[2])
+    src_starts, src_ends = sources[0], sources[1]
     ex.add(Member("value", src_starts[0], index=k, lo=0, hi=start, use=(ex.key(node), 1), mapping=m))
     if int(ends[k]) <= n:
         ex.add(Member("value", src_ends[0], index=k, lo=0, hi=end, use=(ex.key(node), 2), mapping=m))
@@ -500,11 +501,11 @@ def _matmul_activations(ex, node, side, index, m):
 
 
 def _matmul(ex, node, side, index, m):
-    if len(node.inputs) < 2 or ex.const_source(node.inputs[1]) is None:
+    w = ex.const_source(node.inputs[1]) if len(node.inputs) >= 2 else None
+    if w is None:
         if len(node.inputs) == 2 and ex.const_source(node.inputs[0]) is None:
             return _matmul_activations(ex, node, side, index, m)
         ex.refuse(f"{ex.key(node)}: MatMul with a constant first operand")
-    w = ex.const_source(node.inputs[1])
     if w[2].ndim != 2:
         ex.refuse(f"{ex.key(node)}: MatMul weight of rank {w[2].ndim}")
     if side == "in":

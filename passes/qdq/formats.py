@@ -41,17 +41,12 @@ def activation_format(target: str) -> ActivationFormat:
 
 
 def activation_params(lo: float, hi: float, fmt: ActivationFormat) -> tuple[np.float32, np.integer]:
-    """Scale and zero point covering [lo, hi] (widened to include 0, so 0 is exact)."""
-    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
-    if fmt.symmetric:
-        amax = max(-lo, hi)
-        scale = amax / fmt.qmax
-        zero_point = 0
-    else:
-        scale = (hi - lo) / (fmt.qmax - fmt.qmin)
-        zero_point = 0 if scale == 0 else int(np.clip(round(fmt.qmin - lo / scale), fmt.qmin, fmt.qmax))
-    if not np.isfinite(scale) or scale <= 0:
-        scale, zero_point = 1.0, 0 if fmt.symmetric else int(np.clip(0, fmt.qmin, fmt.qmax))
+    """Scale and zero point covering [lo, hi] (widened to include 0, so 0 is exact): calibration's
+    own arithmetic (symmetric formats are the signed ones), so the zero point is computed from the
+    float32 scale actually stored and a scale that underflows float32 falls back to 1."""
+    from onnxcomp.calibration.quant import scale_zero_point
+
+    scale, zero_point = scale_zero_point(lo, hi, symmetric=fmt.symmetric, bits=np.iinfo(fmt.dtype).bits)
     return np.float32(scale), fmt.dtype(zero_point)
 
 

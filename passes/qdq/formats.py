@@ -128,10 +128,7 @@ def quantize_bias(bias: np.ndarray, input_scale: np.float32, weight_scale: np.nd
 
 def sqnr_db(signal: np.ndarray, error: np.ndarray) -> float:
     """Signal-to-quantization-noise ratio in dB (inf when exact)."""
-    noise = float(np.sum(np.square(error, dtype=np.float64)))
+    from onnxcomp.calibration.quant import ratio_db
+
     power = float(np.sum(np.square(signal, dtype=np.float64)))
-    if noise == 0:
-        return float("inf")
-    if power == 0:
-        return float("-inf")
-    return 10.0 * np.log10(power / noise)
+    return ratio_db(power, float(np.sum(np.square(error, dtype=np.float64))))

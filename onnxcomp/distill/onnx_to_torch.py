@@ -74,7 +74,6 @@ class OnnxModule(torch.nn.Module):
         super().__init__()
         check_supported(model, where)
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
-        self.nodes = [(n.op_type, list(n.input), list(n.output), _attrs(n), n.name) for n in model.graph.node]
         init_names = {t.name for t in model.graph.initializer}
         self.input_names = [v.name for v in model.graph.input if v.name not in init_names]
         self.output_names = [v.name for v in model.graph.output]
@@ -91,8 +90,8 @@ class OnnxModule(torch.nn.Module):
             if w is not None and w.dtype.kind in "iu" and n.input[1] in arrays:
                 zp = n.input[2] if len(n.input) > 2 and n.input[2] else ""
                 self.qspec[n.input[0]] = (n.input[1], zp, _attrs(n).get("axis", 1), w.dtype)
-        self.nodes = [("_DequantizeWeight" if op_type == "DequantizeLinear" and ins[0] in self.qspec else op_type,
-                       ins, outs, at, name) for op_type, ins, outs, at, name in self.nodes]
+        self.nodes = [("_DequantizeWeight" if n.op_type == "DequantizeLinear" and n.input[0] in self.qspec
+                       else n.op_type, list(n.input), list(n.output), _attrs(n), n.name) for n in model.graph.node]
         self.params = torch.nn.ParameterDict()
         self.stats = torch.nn.Module()  # BatchNorm running mean/var as buffers
         self.key_of: dict[str, tuple[str, str]] = {}  # initializer -> ("param"|"qparam"|"stat"|"const", key)
@@ -609,7 +608,7 @@ def _per_axis_np(t: np.ndarray, x: np.ndarray, axis: int) -> np.ndarray:
     if t.size == 1:
         return t.reshape(())
     shape = [1] * x.ndim
-    shape[axis + x.ndim if axis < 0 else axis] = -1
+    shape[_axis(axis, x.ndim)] = -1
     return t.reshape(shape)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from onnxcomp.distill.losses import FeatureAdapter, distillation_loss, feature_loss, is_logits
+from onnxcomp.distill.losses import FeatureAdapter, distillation_loss, feature_loss
 from onnxcomp.distill.onnx_to_torch import OnnxModule
 from onnxcomp.distill.options import DistillOptions
 from onnxcomp.distill.taps import Tapped

@@ -78,6 +78,11 @@ class PassManager:
         # Where to write the model as it was before a pass that fails verification (MLIR's
         # reproducer): the failing pass can then be rerun alone on exactly that input.
         self.reproducer = reproducer
+        # The graph as last exported by verification ("checker"/"numeric"), valid until a pass edits
+        # the graph again: (model, feeds, outputs), outputs only at "numeric". The next pass's
+        # reference and snapshot, and optimize()'s result, reuse it instead of exporting and running
+        # the same graph again.
+        self.exported: tuple | None = None
 
     def run(self, graph) -> list[PassRecord]:
         with gc_paused():
@@ -85,12 +90,14 @@ class PassManager:
 
     def _run(self, graph) -> list[PassRecord]:
         records: list[PassRecord] = []
+        self.exported = None
         self._check_input(graph)
         test_pause("passes")
         for index, p in enumerate(self.passes):
             before = graph_counts(graph)
             reference = self._reference(graph) if self.verify == "numeric" else None
             snapshot = self._snapshot(graph, reference)
+            self.exported = None  # the pass is about to edit the graph
             self.ctx.say(f"running {p.name}")
             start = time.perf_counter()
             report = p.run(graph, self.ctx) or PassReport()
@@ -132,6 +139,8 @@ class PassManager:
             return None
         if reference is not None:
             return reference[2]
+        if self.exported is not None:
+            return self.exported[0]
         from onnxcomp.io import to_model
 
         return to_model(graph)
@@ -141,12 +150,15 @@ class PassManager:
         return f"pass {self.passes[index].name!r}" + (f" (after {', '.join(earlier)})" if earlier else " (first pass)")
 
     def _reference(self, graph):
+        """(feeds, outputs, model) of the graph as it is now, reusing the previous pass's verified run."""
         from onnxcomp.io import to_model
         from onnxcomp.runtime import random_inputs, run, session
 
-        model = to_model(graph)
+        model, last_feeds, outputs = self.exported or (to_model(graph), None, None)
         feeds = random_inputs(model, self.ctx.dims, seed=self.ctx.seed)
-        return feeds, run(session(model), feeds), model
+        if outputs is None or not _same_feeds(feeds, last_feeds):
+            outputs = run(session(model), feeds)
+        return feeds, outputs, model
 
     def _verify(self, graph, p: Pass, index: int, record: PassRecord, reference) -> None:
         if self.verify == "none":
@@ -167,15 +179,23 @@ class PassManager:
                 onnx.checker.check_model(model, full_check=False)
             except Exception as exc:
                 raise VerificationError(f"{self._where(index)}: ONNX checker: {first_line(exc)}") from None
+            self.exported = (model, None, None)
         if reference is not None:
             from onnxcomp.compare import diff_outputs
             from onnxcomp.runtime import run, session
 
             feeds, expected, _ = reference
             got = run(session(model), feeds)
+            self.exported = (model, feeds, got)
             record.numeric = diff_outputs(expected, got, self.atol, self.rtol)
             bad = [d for d in record.numeric if not d.within]
             if p.exact and bad:
                 d = bad[0]
                 raise ToleranceError(f"{self._where(index)} is exact but changed output {d.name!r}: "
                                      f"max abs diff {d.max_abs:.3g} (atol {self.atol}, rtol {self.rtol})")
+
+
+def _same_feeds(a: dict, b: dict | None) -> bool:
+    import numpy as np
+
+    return b is not None and a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

@@ -72,8 +72,10 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     passes = parse_pipeline(pipeline) if isinstance(pipeline, str) else list(pipeline)
     ctx = PassContext(data=data, target=target, seed=seed, progress=progress, dims=dict(dims or {}))
     graph = to_graph(original)
-    records = PassManager(passes, verify=verify, atol=atol, rtol=rtol, ctx=ctx, reproducer=reproducer).run(graph)
-    result_model = to_model(graph)
+    manager = PassManager(passes, verify=verify, atol=atol, rtol=rtol, ctx=ctx, reproducer=reproducer)
+    records = manager.run(graph)
+    # At verify="checker"/"numeric" the manager already exported the final graph.
+    result_model = manager.exported[0] if manager.exported is not None else to_model(graph)
     _carry_metadata(original, result_model)
     result = OptimizeResult(result_model, records, format_pipeline(passes), _describe(original, source), {})
     if check_output:

@@ -52,14 +52,20 @@ class Distribution:
         return float(np.sum(self.mass * (a * a + a * b + b * b) / 3.0) / self.total) if self.total else 0.0
 
 
-def signed(stats: TensorStats) -> Distribution:
-    """The distribution of x."""
-    counts = stats.counts.astype(np.float64)
+def _counts_without_zeros(stats: TensorStats) -> tuple[np.ndarray, int]:
+    """float64 bin counts with the exact zeros taken out of their bin, and that bin's index."""
     if stats.num_bins == 0 or stats.count == 0:
         raise ValueError(f"{stats.name}: no histogram")
-    edges = stats.edges()
+    counts = stats.counts.astype(np.float64)
     zero_bin = -stats.offset  # the bin [0, w)
     counts[zero_bin] -= stats.zeros
+    return counts, zero_bin
+
+
+def signed(stats: TensorStats) -> Distribution:
+    """The distribution of x."""
+    counts, _zero_bin = _counts_without_zeros(stats)
+    edges = stats.edges()
     occupied = np.flatnonzero(counts > 0)
     left = np.clip(edges[occupied], stats.min, stats.max)
     right = np.clip(edges[occupied + 1], stats.min, stats.max)
@@ -68,11 +74,7 @@ def signed(stats: TensorStats) -> Distribution:
 
 def absolute(stats: TensorStats) -> Distribution:
     """The distribution of |x|: negative bins fold onto positive ones (the grid is symmetric about 0)."""
-    counts = stats.counts.astype(np.float64)
-    if stats.num_bins == 0 or stats.count == 0:
-        raise ValueError(f"{stats.name}: no histogram")
-    zero_bin = -stats.offset
-    counts[zero_bin] -= stats.zeros
+    counts, zero_bin = _counts_without_zeros(stats)
     folded = fold_abs(counts, zero_bin)
     amax = max(-stats.min, stats.max, 0.0)
     w = stats.width

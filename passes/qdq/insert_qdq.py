@@ -78,14 +78,14 @@ class InsertQdqPass(Pass):
         float_model = to_model(graph)
         ctx.say(f"insert-qdq: calibrating {len(plan.range_groups())} activation ranges ({opts.method})")
         ranges = _calibrate(float_model, ctx.data, plan, opts, fmt.symmetric, ctx)
+        weight_qmax = _weight_qmax(target, opts)  # reads /proc/cpuinfo: once, not per --max-drop trial
         budget = None
         if opts.max_drop is not None:
-            budget = _fit_budget(float_model, plan, placement, ranges, fmt, opts, ctx)
+            budget = _fit_budget(float_model, plan, placement, ranges, fmt, weight_qmax, opts, ctx)
             plan = plan_placement(graph, _with_float(placement, budget.float_nodes))
         params, table = _params(plan, ranges, fmt)
-        result = apply_plan(graph, plan, params, fmt, quantize_biases=plan.scheme == "full",
-                            weight_qmax=_weight_qmax(target, opts))
-        _fill_report(report, plan, result, table, target, opts, budget)
+        result = apply_plan(graph, plan, params, fmt, quantize_biases=plan.scheme == "full", weight_qmax=weight_qmax)
+        _fill_report(report, plan, result, table, target, weight_qmax, opts, budget)
         return report
 
 
@@ -154,8 +154,8 @@ def _round(x, digits: int = 2):
     return round(float(x), digits)
 
 
-def _fit_budget(float_model, plan: Plan, placement: PlacementOptions, ranges: dict, fmt, opts: InsertQdqOptions,
-                ctx: PassContext):
+def _fit_budget(float_model, plan: Plan, placement: PlacementOptions, ranges: dict, fmt, weight_qmax: int,
+                opts: InsertQdqOptions, ctx: PassContext):
     from onnxcomp.data import LABELS, model_inputs_only
     from onnxcomp.io import to_graph, to_model
     from onnxcomp.passes.qdq.sensitivity import fit_budget
@@ -169,14 +169,14 @@ def _fit_budget(float_model, plan: Plan, placement: PlacementOptions, ranges: di
         graph = to_graph(float_model)
         trial = plan_placement(graph, _with_float(placement, float_nodes))
         params, _ = _params(trial, ranges, fmt)
-        apply_plan(graph, trial, params, fmt, quantize_biases=trial.scheme == "full",
-                   weight_qmax=_weight_qmax(placement.target, opts))
+        apply_plan(graph, trial, params, fmt, quantize_biases=trial.scheme == "full", weight_qmax=weight_qmax)
         return to_model(graph)
 
     return fit_budget(float_model, build, list(plan.nodes), data, opts.max_drop, ctx.say)
 
 
-def _fill_report(report: PassReport, plan: Plan, result, table, target: str, opts: InsertQdqOptions, budget) -> None:
+def _fill_report(report: PassReport, plan: Plan, result, table, target: str, weight_qmax: int, opts: InsertQdqOptions,
+                 budget) -> None:
     report.modified = True
     report.count("int8_nodes", len(plan.nodes))
     report.count("qdq_activations", result.activations)
@@ -187,7 +187,7 @@ def _fill_report(report: PassReport, plan: Plan, result, table, target: str, opt
         report.skip(name, reason)
     report.count("float_nodes", len(plan.skipped))
     details = {"target": target, "scheme": plan.scheme, "method": opts.method, "per_channel": opts.per_channel,
-               "weight_qmax": _weight_qmax(target, opts),
+               "weight_qmax": weight_qmax,
                "int8_nodes": list(plan.nodes), "activations": table, "weights": result.weights,
                "notes": list(plan.notes)}
     if result.float_bias and plan.scheme == "full":

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +98,6 @@ class Targets:
     seconds: float
     source: str  # "computed", "disk" (loaded from the cache folder)
     path: str | None = None
-    extra: dict = field(default_factory=dict)
 
     def batch(self, index: np.ndarray):
         return [o[index] for o in self.outputs], {k: v[index] for k, v in self.features.items()}
@@ -173,7 +172,6 @@ class LiveTargets:
     def __init__(self, teacher, inputs: dict[str, np.ndarray]):
         self.teacher, self.inputs = teacher, inputs
         self.seconds = 0.0
-        self.extra: dict = {}
 
     def batch(self, index: np.ndarray):
         start = time.perf_counter()

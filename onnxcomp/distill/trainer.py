@@ -39,8 +39,6 @@ class TrainResult:
     history: list = field(default_factory=list)
     metric: str = ""
     best_epoch: int = 0
-    best_metric: float | None = None
-    seconds: float = 0.0
     teacher_seconds_in_training: float = 0.0
     masked_tensors: int = 0
     masked_zeros: int = 0
@@ -132,7 +130,6 @@ class Trainer:
             val: dict[str, np.ndarray] | None = None, val_targets=None, val_labels=None) -> TrainResult:
         opts = self.options
         result = TrainResult()
-        start_all = time.perf_counter()
         inputs = [train[n] for n in self.input_names]
         n = len(inputs[0])
         self._build_adapters(inputs, targets)
@@ -229,8 +226,6 @@ class Trainer:
         if best_state is not None:
             self.student.load_state_dict(best_state)
         self.student.eval()
-        result.best_metric = result.history[result.best_epoch - 1].get(result.metric) if result.metric else None
-        result.seconds = time.perf_counter() - start_all
         result.teacher_seconds_in_training = float(targets.seconds) if source == "live" else 0.0
         return result
 

@@ -10,6 +10,7 @@ hyperparameters) skip the teacher entirely.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -47,9 +48,14 @@ class OnnxTeacher:
             run_model.CopyFrom(model)
             for name in extra:
                 run_model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-        self.identity = hashlib.sha256(model.SerializeToString()).hexdigest()
+        self.model = model
         self.session = session(run_model, threads=threads)
         self._names = self.output_names + extra
+
+    @functools.cached_property
+    def identity(self) -> str:
+        """Hash of the model for the disk cache key (only computed when cache="disk")."""
+        return hashlib.sha256(self.model.SerializeToString()).hexdigest()
 
     def __call__(self, feeds: dict[str, np.ndarray]):
         from onnxcomp.runtime import run
@@ -74,13 +80,17 @@ class TorchTeacher:
         self.input_names = list(input_names)
         self.features = list(features)
         self.tapped = Tapped(self.module, list(dict.fromkeys(features)), "teacher")
-        digest = hashlib.sha256(type(module).__qualname__.encode())
-        for name, tensor in module.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        self.identity = digest.hexdigest()
         self._torch = torch
         self.output_names = None
+
+    @functools.cached_property
+    def identity(self) -> str:
+        """Hash of the module's class and weights for the disk cache key (only computed when cache="disk")."""
+        digest = hashlib.sha256(type(self.module).__qualname__.encode())
+        for name, tensor in self.module.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     def __call__(self, feeds: dict[str, np.ndarray]):
         torch = self._torch

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from onnxcomp.errors import InputError, ToleranceError, VerificationError, first_line
+from onnxcomp.errors import InputError, ToleranceError, VerificationError
 from onnxcomp.io import test_pause
 from onnxcomp.options import format_options
 from onnxcomp.pass_base import Pass, PassContext, PassReport
@@ -131,8 +131,7 @@ class PassManager:
 
         problems = structural_problems(graph)
         if problems:
-            raise InputError(f"input model is malformed: {problems[0]}"
-                             + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
+            raise InputError(f"input model is malformed: {_first_of(problems)}")
 
     def _snapshot(self, graph, reference):
         if self.reproducer is None:
@@ -167,18 +166,15 @@ class PassManager:
 
         problems = structural_problems(graph)
         if problems:
-            raise VerificationError(f"{self._where(index)} broke the graph: {problems[0]}"
-                                    + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
+            raise VerificationError(f"{self._where(index)} broke the graph: {_first_of(problems)}")
         if self.verify in ("checker", "numeric"):
-            import onnx
-
             from onnxcomp.io import to_model
+            from onnxcomp.verify import checker_problem
 
             model = to_model(graph)
-            try:
-                onnx.checker.check_model(model, full_check=False)
-            except Exception as exc:
-                raise VerificationError(f"{self._where(index)}: ONNX checker: {first_line(exc)}") from None
+            problem = checker_problem(model)
+            if problem is not None:
+                raise VerificationError(f"{self._where(index)}: ONNX checker: {problem}")
             self.exported = (model, None, None)
         if reference is not None:
             from onnxcomp.compare import diff_outputs
@@ -193,6 +189,10 @@ class PassManager:
                 d = bad[0]
                 raise ToleranceError(f"{self._where(index)} is exact but changed output {d.name!r}: "
                                      f"max abs diff {d.max_abs:.3g} (atol {self.atol}, rtol {self.rtol})")
+
+
+def _first_of(problems: list[str]) -> str:
+    return problems[0] + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else "")
 
 
 def _same_feeds(a: dict, b: dict | None) -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxcomp.errors import ToleranceError, VerificationError, first_line
+from onnxcomp.errors import ToleranceError, VerificationError
 from onnxcomp.io import fits_protobuf, load_model, save, to_graph, to_model
 from onnxcomp.manager import PassManager, PassRecord
 from onnxcomp.pass_base import PassContext
@@ -108,17 +108,16 @@ def validate_against(original: onnx.ModelProto, result: onnx.ModelProto, passes,
     from onnxcomp.data import LABELS, model_inputs_only
     from onnxcomp.runtime import random_inputs, run_batched, session
 
-    try:
-        onnx.checker.check_model(result if fits_protobuf(result) else _no_check(), full_check=False)
-    except Exception as exc:
-        first = first_line(exc)
-        try:  # blame the input when it was already invalid, not the passes
-            onnx.checker.check_model(original if fits_protobuf(original) else _no_check(), full_check=False)
-        except Exception:
+    from onnxcomp.verify import checker_problem
+
+    problem = checker_problem(result if fits_protobuf(result) else _no_check())
+    if problem is not None:
+        # Blame the input when it was already invalid, not the passes.
+        if checker_problem(original if fits_protobuf(original) else _no_check()) is not None:
             from onnxcomp.errors import InputError
 
-            raise InputError(f"input model fails the ONNX checker: {first}") from None
-        raise VerificationError(f"output model fails the ONNX checker: {first}") from None
+            raise InputError(f"input model fails the ONNX checker: {problem}")
+        raise VerificationError(f"output model fails the ONNX checker: {problem}")
     if data is not None:
         feeds = {k: v[:max_samples] for k, v in model_inputs_only(data).items()}
         source = f"{len(next(iter(feeds.values())))} samples of the given data"

@@ -10,6 +10,19 @@ from __future__ import annotations
 import heapq
 
 
+def checker_problem(model) -> str | None:
+    """First line of the ONNX checker's complaint about a ModelProto (full_check off), None when it passes."""
+    import onnx
+
+    from onnxcomp.errors import first_line
+
+    try:
+        onnx.checker.check_model(model, full_check=False)
+    except Exception as exc:
+        return first_line(exc)
+    return None
+
+
 def structural_problems(graph) -> list[str]:
     import onnx_graphsurgeon as gs
 

@@ -106,13 +106,18 @@ _PACKED = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1")
 _TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
 
 
-def declared_bytes(tensor: onnx.TensorProto) -> int | None:
-    """Bytes a tensor's dims and type call for (None for strings and unknown types)."""
+def _element_count(tensor: onnx.TensorProto) -> int:
     count = 1
     for d in tensor.dims:
-        if d < 0:
-            raise InputError(f"tensor {tensor.name!r} has a negative dimension {list(tensor.dims)}")
         count *= d
+    return count
+
+
+def declared_bytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes a tensor's dims and type call for (None for strings and unknown types)."""
+    if any(d < 0 for d in tensor.dims):
+        raise InputError(f"tensor {tensor.name!r} has a negative dimension {list(tensor.dims)}")
+    count = _element_count(tensor)
     if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
         return None
     if tensor.data_type in _PACKED:
@@ -143,10 +148,7 @@ def check_tensors(model: onnx.ModelProto, base: Path, need_files: bool = True,
             external += 1
             _check_external(tensor, base, want, need_files)
         elif tensor.data_type == onnx.TensorProto.STRING:
-            count = 1
-            for d in tensor.dims:
-                count *= d
-            if tensor.HasField("raw_data") or len(tensor.string_data) != count:
+            if tensor.HasField("raw_data") or len(tensor.string_data) != _element_count(tensor):
                 raise InputError(f"string tensor {tensor.name!r} declares shape {list(tensor.dims)} "
                                  f"but holds {len(tensor.string_data)} strings")
         elif want is not None and not tensor.HasField("raw_data"):
@@ -167,9 +169,7 @@ _FIELD_OF = {onnx.TensorProto.FLOAT: "float_data", onnx.TensorProto.COMPLEX64: "
 
 def _check_typed_field(tensor: onnx.TensorProto, want: int) -> None:
     """Values in a typed field: the field the data type calls for must hold one entry per element."""
-    count = 1
-    for d in tensor.dims:
-        count *= d
+    count = _element_count(tensor)
     field = _FIELD_OF.get(tensor.data_type, "int32_data")
     if tensor.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
         count *= 2
@@ -455,11 +455,6 @@ def test_pause(stage: str) -> None:
 
     print(f"onnxcomp-test: paused at {stage}", file=sys.stderr, flush=True)
     time.sleep(float(os.environ.get("ONNXCOMP_TEST_PAUSE_SECONDS", "3")))
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -8,8 +8,3 @@ dim_option = click.option(
     "--dim", "dims", multiple=True, metavar="NAME=SIZE",
     help="Size of a dynamic dimension for generated inputs: a dim name (batch=8) or INPUT:AXIS (input_ids:1=128). "
          "Unset dynamic dims are 1.")
-
-
-def existing_file(ctx, param, value):
-    """Click callback: clear one-line errors for model paths (existence is checked by the loader)."""
-    return value

@@ -17,6 +17,7 @@ from pathlib import Path
 import onnx
 
 from onnxcomp.errors import InputError, first_line
+from onnxcomp.report import human_bytes
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Models whose weights exceed this are saved with external data next to the output.
@@ -156,7 +157,7 @@ def check_tensors(model: onnx.ModelProto, base: Path, need_files: bool = True,
         elif want is not None and tensor.HasField("raw_data") and (
                 want > file_size or (want <= _EXACT_CHECK_BYTES and len(tensor.raw_data) != want)):
             raise InputError(f"tensor {tensor.name!r} declares shape {list(tensor.dims)} "
-                             f"({_human(want)}) but holds a different number of bytes")
+                             f"({human_bytes(want)}) but holds a different number of bytes")
     return external
 
 
@@ -178,7 +179,7 @@ def _check_typed_field(tensor: onnx.TensorProto, want: int) -> None:
     held = len(getattr(tensor, field))
     if held != count:
         what = "no data" if not any(len(getattr(tensor, f)) for f in _TYPED_FIELDS) else f"{held} values in {field}"
-        raise InputError(f"tensor {tensor.name!r} declares shape {list(tensor.dims)} ({_human(want)}) "
+        raise InputError(f"tensor {tensor.name!r} declares shape {list(tensor.dims)} ({human_bytes(want)}) "
                          f"but holds {what}")
 
 
@@ -213,14 +214,6 @@ def _check_external(tensor: onnx.TensorProto, base: Path, want: int | None, need
     if needed is not None and offset + needed > size:
         raise InputError(f"external data of {name!r} needs bytes {offset}..{offset + needed} "
                          f"but {location} holds {size}")
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if n < 1024 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def load(path: str | os.PathLike):

@@ -52,3 +52,13 @@ class NameGen:
             name = f"{base}_{next(self.counter)}"
         self.taken.add(name)
         return name
+
+
+def is_pass_through(node) -> bool:
+    """Identity, or an inference Dropout (mask unused, no training_mode input): output == input."""
+    if node.op == "Identity":
+        return bool(node.inputs and node.outputs)
+    if node.op == "Dropout":
+        mask_used = len(node.outputs) > 1 and bool(node.outputs[1].outputs)
+        return bool(node.inputs and node.outputs) and not mask_used and len(node.inputs) <= 2
+    return False

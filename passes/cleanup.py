@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnxcomp.errors import first_line
-from onnxcomp.gsutil import producer, replace_output, replace_uses
+from onnxcomp.gsutil import is_pass_through, producer, replace_output, replace_uses
 from onnxcomp.pass_base import Pass, PassContext, PassReport
 from onnxcomp.registry import register_pass
 from onnxcomp.verify import toposort
@@ -62,10 +62,8 @@ def _remove_identities(graph, report: PassReport) -> None:
     graph_inputs = {id(t) for t in graph.inputs}
     graph_outputs = {id(t) for t in graph.outputs}
     for node in list(graph.nodes):
-        if node.op not in ("Identity", "Dropout") or not node.inputs or not node.outputs:
+        if not is_pass_through(node):
             continue
-        if node.op == "Dropout" and (len(node.outputs) > 1 and node.outputs[1].outputs or len(node.inputs) > 2):
-            continue  # mask used, or training_mode given: not a pure pass-through
         src, dst = node.inputs[0], node.outputs[0]
         if id(dst) in graph_outputs:
             # Keep the graph output's name: make the producer of src write dst directly.

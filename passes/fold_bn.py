@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxcomp.gsutil import NameGen
+from onnxcomp.gsutil import NameGen, is_pass_through
 from onnxcomp.pass_base import Pass, PassContext, PassReport
 from onnxcomp.registry import register_pass
 from onnxcomp.verify import toposort
@@ -22,12 +22,14 @@ class FoldBatchNorm(Pass):
     def run(self, graph, ctx: PassContext) -> PassReport:
         report = PassReport()
         names = NameGen(graph)
-        for bn in [n for n in graph.nodes if n.op == "BatchNormalization"]:
-            reason = _refusal(graph, bn)
+        batchnorms = [n for n in graph.nodes if n.op == "BatchNormalization"]
+        live = _live_nodes(graph) if batchnorms else set()
+        for bn in batchnorms:
+            reason = _refusal(graph, bn, live)
             if reason:
                 report.skip(bn.name or bn.outputs[0].name, reason)
                 continue
-            producer = bn.inputs[0].inputs[0]
+            producer = _source(graph, bn.inputs[0]).inputs[0]
             reason = _fold(producer, bn, names)
             if reason:
                 report.skip(bn.name or bn.outputs[0].name, reason)
@@ -62,7 +64,24 @@ def _subgraph_batchnorms(graph):
                         stack.append((inner, owner))
 
 
-def _refusal(graph, bn) -> str | None:
+def _live_nodes(graph) -> set[int]:
+    """ids of the nodes some graph output depends on. Dead readers (which cleanup would remove)
+    must not block a fold, or fold-bn's result would depend on whether cleanup ran first."""
+    live, stack = set(), [t for t in graph.outputs]
+    seen = set()
+    while stack:
+        tensor = stack.pop()
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        for node in tensor.inputs:
+            if id(node) not in live:
+                live.add(id(node))
+                stack.extend(node.inputs)
+    return live
+
+
+def _refusal(graph, bn, live: set[int]) -> str | None:
     import onnx_graphsurgeon as gs
 
     if bn.attrs.get("training_mode", 0):
@@ -71,19 +90,27 @@ def _refusal(graph, bn) -> str | None:
         return "running-statistics outputs are used"
     if len(bn.inputs) < 5 or not all(isinstance(t, gs.Constant) for t in bn.inputs[1:5]):
         return "scale/bias/mean/var are not all constants"
-    x = bn.inputs[0]
+    x = _source(graph, bn.inputs[0])
     if not x.inputs:
         return "input is not produced by a node"
     producer = x.inputs[0]
     if producer.op not in _FOLDABLE:
         return f"input comes from {producer.op}, not {'/'.join(_FOLDABLE)}"
-    if len(x.outputs) != 1 or x in graph.outputs:
+    if sum(id(n) in live for n in x.outputs) > 1 or x in graph.outputs:
         return f"{producer.op} output has other consumers"
     if len(producer.inputs) < 2 or not isinstance(producer.inputs[1], gs.Constant):
         return f"{producer.op} weight is not a constant"
     if len(producer.inputs) > 2 and producer.inputs[2].name and not isinstance(producer.inputs[2], gs.Constant):
         return f"{producer.op} bias is not a constant"
     return None
+
+
+def _source(graph, x):
+    """The tensor behind `x` once pass-through nodes (Identity, inference Dropout) that feed only
+    this BatchNormalization are skipped, so fold-bn does not depend on cleanup having run first."""
+    while x.inputs and is_pass_through(x.inputs[0]) and len(x.outputs) == 1 and x not in graph.outputs:
+        x = x.inputs[0].inputs[0]
+    return x
 
 
 def _array(t, dtype) -> np.ndarray:

@@ -99,3 +99,19 @@ def test_second_run_changes_nothing(digits_cnn):
     assert not any(r.report.modified for r in second)
     assert len(twice.graph.node) == len(once.graph.node)
     assert_same_outputs(model, once, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("between", ["identity", "dead_reader"])
+def test_folds_without_cleanup_first(between):
+    """fold-bn looks through Identity and ignores dead readers, so "fold-bn,cleanup" is idempotent."""
+    inits = {"w": rng_array((8, 4, 3, 3), 1), **bn_params("b", 8, 2)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1])]
+    if between == "identity":
+        nodes += [helper.make_node("Identity", ["c"], ["i"], name="id"), bn_node("i", "y", "b")]
+    else:
+        nodes += [helper.make_node("Relu", ["c"], ["unused"], name="dead"), bn_node("c", "y", "b")]
+    model = make_model(nodes, [tensor("x", [1, 4, 6, 6])], [tensor("y", None)], inits)
+    out, records = run_pass(model, "fold-bn")
+    assert records[0].report.stats["folded"] == 1
+    assert [n.op_type for n in out.graph.node] == ["Conv"]
+    assert_same_outputs(model, out)

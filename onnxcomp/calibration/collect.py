@@ -16,7 +16,7 @@ import onnx
 
 from onnxcomp.calibration.histogram import Scratch, TensorStats
 from onnxcomp.calibration.stats import CalibrationStats
-from onnxcomp.errors import InputError
+from onnxcomp.errors import InputError, first_line
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                 onnx.TensorProto.BFLOAT16}
@@ -200,9 +200,7 @@ class _Runner:
         try:
             return self.sess.run(self.fetch, feeds)
         except Exception as exc:
-            text = str(exc).strip().splitlines()
-            raise InputError(f"calibration batch {number}: ONNX Runtime failed: "
-                             f"{text[0] if text else type(exc).__name__}") from None
+            raise InputError(f"calibration batch {number}: ONNX Runtime failed: {first_line(exc)}") from None
 
     def fold(self, values: list, stats: dict, scratch: Scratch) -> None:
         """Fold one batch's tensors into stats, releasing each as soon as it is done."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import onnx
 
-from onnxcomp.errors import InputError
+from onnxcomp.errors import InputError, first_line
 
 
 def is_onnx_spec(spec) -> bool:
@@ -31,8 +31,9 @@ def load_onnx(spec) -> onnx.ModelProto:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    """The exception's type and the first line of its message (import errors need both)."""
+    line = first_line(exc, fallback="")
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
 def load_factory(spec: str, role: str):

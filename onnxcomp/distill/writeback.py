@@ -17,7 +17,7 @@ import torch
 from onnx import numpy_helper
 
 from onnxcomp.distill.onnx_to_torch import OnnxModule, quantize
-from onnxcomp.errors import InputError
+from onnxcomp.errors import InputError, first_line
 
 
 def write_back(model: onnx.ModelProto, module: OnnxModule, keep_zeros: bool = True) -> onnx.ModelProto:
@@ -56,9 +56,8 @@ def export_student(module: torch.nn.Module, example: list[torch.Tensor], input_n
                               opset_version=opset, input_names=input_names, output_names=output_names,
                               dynamic_axes=dynamic_axes)
     except Exception as exc:
-        text = str(exc).strip().splitlines()
         raise InputError(f"exporting the student to ONNX failed: {type(exc).__name__}: "
-                         f"{text[0] if text else ''}") from None
+                         f"{first_line(exc, fallback='')}") from None
     return onnx.load_model_from_string(buffer.getvalue())
 
 

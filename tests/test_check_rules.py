@@ -128,3 +128,20 @@ def test_ort_rules():
 def test_finding_lines_name_node_rule_and_reason():
     lines = [f.line() for f in run_checks(qdq_conv(x_zp=np.uint8(7)), "tensorrt")]
     assert any("TRT-03" in line and "q_x" in line and "UINT8" in line for line in lines)
+
+
+def test_check_reads_external_weights_from_the_model_folder(tmp_path):
+    """`onnxcomp check` indexes the model without its weights; a rule reading a constant stored as
+    external data must find it beside the model, whatever the working directory."""
+    import os
+    import subprocess
+    import sys
+
+    import onnx
+
+    path = tmp_path / "model" / "q.onnx"
+    path.parent.mkdir()
+    onnx.save(qdq_conv(), str(path), save_as_external_data=True, location="q.onnx.data", size_threshold=0)
+    r = subprocess.run([sys.executable, "-m", "onnxcomp", "check", str(path), "--target", "tensorrt"],
+                       capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
+    assert r.returncode == 0 and "0 error(s)" in r.stdout, r.stdout + r.stderr

@@ -62,8 +62,11 @@ def all_rules() -> dict[str, Rule]:
 class ModelIndex:
     """Producers, consumers and initializers of a ModelProto, built once (O(nodes))."""
 
-    def __init__(self, model):
+    def __init__(self, model, base_dir: str = ""):
         self.model = model
+        # Folder that external-data locations are relative to: the model is indexed without its
+        # weights loaded, and a rule reads one only when it asks for that constant.
+        self.base_dir = base_dir
         self.graph = model.graph
         self.initializers = {t.name: t for t in model.graph.initializer}
         self.producer = {}
@@ -91,17 +94,19 @@ class ModelIndex:
         from onnx import numpy_helper
 
         if name in self.initializers:
-            return numpy_helper.to_array(self.initializers[name])
+            return numpy_helper.to_array(self.initializers[name], self.base_dir)
         node = self.producer.get(name)
         if node is not None and node.op_type == "Constant":
             for attr in node.attribute:
                 if attr.name == "value":
-                    return numpy_helper.to_array(attr.t)
+                    return numpy_helper.to_array(attr.t, self.base_dir)
         return None
 
 
-def run_checks(model, target: str) -> list[Finding]:
-    index = ModelIndex(model)
+def run_checks(model, target: str, base_dir: str = "") -> list[Finding]:
+    """Findings of every rule for `target`; `base_dir` is the model's folder when its weights
+    are external data that was not loaded."""
+    index = ModelIndex(model, base_dir)
     findings: list[Finding] = []
     for r in all_rules().values():
         if target not in r.targets:

@@ -21,7 +21,10 @@ def command(model, target, as_json, list_rules):
             if target in r.targets:
                 click.echo(f"{r.id:8} {r.severity:7} {r.summary}")
         return
-    findings = run_checks(load_model(model, load_external_data=False), target)
+    import os
+
+    findings = run_checks(load_model(model, load_external_data=False), target,
+                          base_dir=os.path.dirname(os.path.abspath(model)))
     errors = [f for f in findings if f.severity == "error"]
     if as_json:
         click.echo(json.dumps({"target": target, "compatible": not errors,

@@ -67,9 +67,11 @@ def _batches(data: dict, batch: int) -> list[dict]:
 def _run_ours(model_path: str, data: dict, method: str, batch: int, scope) -> int:
     import onnx
 
-    from onnxcomp.calibration import choose_ranges, collect_stats
-
-    from onnxcomp.calibration import activation_tensors
+    from onnxcomp.passes.qdq.calibration import (
+        activation_tensors,
+        choose_ranges,
+        collect_stats,
+    )
 
     model = onnx.load(model_path)
     tensors = None
@@ -85,7 +87,11 @@ def _run_ours(model_path: str, data: dict, method: str, batch: int, scope) -> in
 
 def _run_ort(model_path: str, data: dict, method: str, batch: int, scope) -> int:
     batches = _batches(data, batch)
-    from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod, create_calibrator
+    from onnxruntime.quantization.calibrate import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        create_calibrator,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -152,7 +158,7 @@ def merge_check(model: str, models_dir: Path, samples: int, batch: int) -> tuple
     """(merged == whole, tensors compared, histogram bins that differ)."""
     import onnx
 
-    from onnxcomp.calibration import collect_stats
+    from onnxcomp.passes.qdq.calibration import collect_stats
 
     model_file, data_file = MODELS[model]
     proto = onnx.load(models_dir / model_file)

@@ -71,7 +71,7 @@ def _prune(teacher: Path, out: Path, ratio: float, pipeline: str = "cleanup") ->
 
 
 def _accuracy(model, data) -> float:
-    from onnxcomp.runtime import run_batched, session
+    from onnxcomp.measure.runtime import run_batched, session
 
     out = run_batched(session(model, threads=2), {"input": data["input"]}, 128)
     return top1_accuracy(next(iter(out.values())), data["labels"])

@@ -132,7 +132,9 @@ def run_model_case(data: bytes, folder: Path) -> str:
     """'ok', 'refused', or raise the unexpected exception."""
     import onnxcomp
     from onnxcomp.errors import OnnxcompError
-    from onnxcomp.io import load_model, save, to_graph, to_model
+    from onnxcomp.graph.convert import to_graph, to_model
+    from onnxcomp.graph.load import load_model
+    from onnxcomp.graph.save import save
 
     path = folder / "case.onnx"
     path.write_bytes(data)
@@ -182,8 +184,8 @@ def fuzz_pipelines(examples: int, seed: int) -> dict:
     from hypothesis import strategies as st
 
     from onnxcomp.errors import OnnxcompError
-    from onnxcomp.pipeline import parse_pipeline
-    from onnxcomp.registry import all_passes
+    from onnxcomp.pipeline.registry import all_passes
+    from onnxcomp.pipeline.text import parse_pipeline
 
     names = sorted(all_passes())
     words = st.sampled_from(names + ["method", "ratio", "true", "false", "0.5", "[a;b]", "=", ",", "{", "}",

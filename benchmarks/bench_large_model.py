@@ -106,8 +106,10 @@ def _reset_peak() -> None:
 def child(path: str, out: str, samples: int, skip: set[str]) -> None:
     """Run every stage in this process, printing one JSON line per stage."""
     import onnxcomp
-    from onnxcomp.io import load_model, save, to_graph, to_model
-    from onnxcomp.registry import all_passes
+    from onnxcomp.graph.convert import to_graph, to_model
+    from onnxcomp.graph.load import load_model
+    from onnxcomp.graph.save import save
+    from onnxcomp.pipeline.registry import all_passes
 
     registered = set(all_passes())
     rng = np.random.default_rng(0)

@@ -135,7 +135,7 @@ def _deploy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _accuracy(model: onnx.ModelProto, data) -> float:
-    from onnxcomp.runtime import run_batched, session
+    from onnxcomp.measure.runtime import run_batched, session
 
     return top1_accuracy(run_batched(session(model), {"input": data["input"]}, 256)["logits"], data["labels"])
 
@@ -171,8 +171,8 @@ def main(argv: list[str]) -> int:
     except ImportError as exc:
         print(f"bench_prune needs the bench extra: pip install -e '.[bench]' ({exc})", file=sys.stderr)
         return 2
-    from onnxcomp.data import load_npz
-    from onnxcomp.stats import estimate_macs, model_counts
+    from onnxcomp.measure.counts import estimate_macs, model_counts
+    from onnxcomp.measure.data import load_npz
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     models = args.models

@@ -34,8 +34,8 @@ MODELS = REPO / "build" / "models"
 
 def _child_ours(spec: dict) -> dict:
     import onnxcomp
-    from onnxcomp.data import load_data
-    from onnxcomp.io import load_model
+    from onnxcomp.graph.load import load_model
+    from onnxcomp.measure.data import load_data
 
     start = time.perf_counter()
     model = load_model(spec["src"])
@@ -48,8 +48,14 @@ def _child_ours(spec: dict) -> dict:
 
 def _child_peer(spec: dict) -> dict:
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_dynamic, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     start = time.perf_counter()

@@ -57,8 +57,10 @@ def chain_model(nodes: int, channels: int = 4) -> onnx.ModelProto:
 
 def measure(nodes: int, folder: Path) -> dict:
     import onnxcomp
-    from onnxcomp.io import load_model, save, to_graph, to_model
-    from onnxcomp.verify import structural_problems
+    from onnxcomp.graph.convert import to_graph, to_model
+    from onnxcomp.graph.load import load_model
+    from onnxcomp.graph.save import save
+    from onnxcomp.pipeline.verify import structural_problems
 
     source = folder / f"chain{nodes}.onnx"
     onnx.save(chain_model(nodes), str(source))

@@ -57,10 +57,10 @@ def _polygraphy(model: onnx.ModelProto, workdir: Path) -> tuple[onnx.ModelProto,
 
 
 def _onnxcomp(model: onnx.ModelProto, spec: str, data) -> tuple[onnx.ModelProto, float, dict]:
-    from onnxcomp.io import to_graph, to_model
-    from onnxcomp.manager import PassManager
-    from onnxcomp.pass_base import PassContext
-    from onnxcomp.pipeline import parse_pipeline
+    from onnxcomp.graph.convert import to_graph, to_model
+    from onnxcomp.pipeline.manager import PassManager
+    from onnxcomp.pipeline.pass_base import PassContext
+    from onnxcomp.pipeline.text import parse_pipeline
 
     start = time.perf_counter()
     graph = to_graph(model)
@@ -99,8 +99,8 @@ def _recover(teacher: onnx.ModelProto, student: onnx.ModelProto, train, test, ep
 
 def main(argv: list[str]) -> int:
     args = _args(argv)
-    from onnxcomp.data import load_npz
-    from onnxcomp.fidelity import measure
+    from onnxcomp.measure.data import load_npz
+    from onnxcomp.measure.fidelity import measure
     from onnxcomp.optimize import optimize
     from onnxcomp.passes.sparsify.storage import gzip_size, to_sparse_storage
     from onnxcomp.report import table
@@ -130,7 +130,7 @@ def main(argv: list[str]) -> int:
                              _nm_ok(model) if mode == "2:4" else "-", rec])
                 print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
 
-            from onnxcomp.fidelity import outputs_of
+            from onnxcomp.measure.fidelity import outputs_of
             ref_out = outputs_of(folded, test)
             add("dense", "-", folded, None)
             for mode, spec in MODES.items():

@@ -42,7 +42,15 @@ def make_model(widths=(16, 32, 64), num_classes: int = 10):
 def build(out: Path, epochs: int = 12, seed: int = 0, log=print) -> dict:
     import torch
 
-    from models.common import accuracy, digits_split, export, seed_everything, train_classifier, upsample, write_npz
+    from models.common import (
+        accuracy,
+        digits_split,
+        export,
+        seed_everything,
+        train_classifier,
+        upsample,
+        write_npz,
+    )
 
     seed_everything(seed)
     (x_train, y_train), (x_test, y_test) = digits_split(seed)

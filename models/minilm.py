@@ -225,7 +225,7 @@ def build(out: Path, log=print) -> dict:
     write_npz(out / "minilm_test.npz", **test)
     info = {"samples_calib": 256, "samples_test": 128, "seq": SEQ, "torch_reference_max_abs": None}
     try:
-        from onnxcomp.runtime import run, session
+        from onnxcomp.measure.runtime import run, session
 
         got = run(session(out / "minilm.onnx"), {k: v[:8] for k, v in test.items()})[OUTPUT]
         info["torch_reference_max_abs"] = float(np.abs(got - ref).max())

@@ -19,7 +19,14 @@ def make_model(hidden=(128, 64), num_classes: int = 10):
 def build(out: Path, epochs: int = 30, seed: int = 0, log=print) -> dict:
     import torch
 
-    from models.common import accuracy, digits_split, export, seed_everything, train_classifier, write_npz
+    from models.common import (
+        accuracy,
+        digits_split,
+        export,
+        seed_everything,
+        train_classifier,
+        write_npz,
+    )
 
     seed_everything(seed)
     (x_train, y_train), (x_test, y_test) = digits_split(seed)

@@ -6,15 +6,17 @@
     onnxcomp.save(graph, "out.onnx")
 """
 
-from onnxcomp.errors import InputError, OnnxcompError, ToleranceError, VerificationError
-from onnxcomp.io import load, load_model, save
-from onnxcomp.manager import PassManager, PassRecord
-from onnxcomp.optimize import optimize
-from onnxcomp.pass_base import Pass, PassContext, PassReport
-from onnxcomp.pipeline import parse_pipeline
-from onnxcomp.registry import all_passes, get_pass, register_pass
 # A callable package (torch is imported only when it runs): onnxcomp.distill(teacher, student, data, options).
 from onnxcomp import distill
+from onnxcomp.errors import InputError, OnnxcompError, ToleranceError, VerificationError
+from onnxcomp.graph.convert import load
+from onnxcomp.graph.load import load_model
+from onnxcomp.graph.save import save
+from onnxcomp.optimize import optimize
+from onnxcomp.pipeline.manager import PassManager, PassRecord
+from onnxcomp.pipeline.pass_base import Pass, PassContext, PassReport
+from onnxcomp.pipeline.registry import all_passes, get_pass, register_pass
+from onnxcomp.pipeline.text import parse_pipeline
 
 Pipeline = PassManager
 

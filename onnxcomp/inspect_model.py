@@ -7,8 +7,8 @@ from pathlib import Path
 
 import onnx
 
+from onnxcomp.measure.counts import estimate_macs, model_counts
 from onnxcomp.report import human_bytes, human_count, table
-from onnxcomp.stats import estimate_macs, model_counts
 
 _DTYPE_NAMES = {v: k.lower() for k, v in onnx.TensorProto.DataType.items()}
 

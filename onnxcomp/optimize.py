@@ -12,11 +12,13 @@ import numpy as np
 import onnx
 
 from onnxcomp.errors import ToleranceError, VerificationError
-from onnxcomp.io import fits_protobuf, load_model, save, to_graph, to_model
-from onnxcomp.manager import PassManager, PassRecord
-from onnxcomp.pass_base import PassContext
-from onnxcomp.pipeline import format_pipeline, parse_pipeline
-from onnxcomp.stats import model_counts
+from onnxcomp.graph.convert import to_graph, to_model
+from onnxcomp.graph.load import load_model
+from onnxcomp.graph.save import fits_protobuf, save
+from onnxcomp.measure.counts import model_counts
+from onnxcomp.pipeline.manager import PassManager, PassRecord
+from onnxcomp.pipeline.pass_base import PassContext
+from onnxcomp.pipeline.text import format_pipeline, parse_pipeline
 
 DEFAULT_PIPELINE = "cleanup,fold-bn"
 
@@ -82,7 +84,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         result.validation = validate_against(original, result_model, passes, val_data or data, ctx, atol, rtol)
     if output is not None:
         if external_data is None and source is not None:
-            from onnxcomp.io import input_files
+            from onnxcomp.graph.save import input_files
 
             # Keep the input's layout: a model that came with external data leaves with it.
             external_data = True if len(input_files(source)) > 1 else None
@@ -104,11 +106,10 @@ def _carry_metadata(original: onnx.ModelProto, result: onnx.ModelProto) -> None:
 def validate_against(original: onnx.ModelProto, result: onnx.ModelProto, passes, data, ctx: PassContext,
                      atol: float, rtol: float, max_samples: int = 256) -> dict:
     """ONNX checker plus an ONNX Runtime comparison of `result` with `original`."""
-    from onnxcomp.compare import diff_outputs
-    from onnxcomp.data import LABELS, model_inputs_only
-    from onnxcomp.runtime import random_inputs, run_batched, session
-
-    from onnxcomp.verify import checker_problem
+    from onnxcomp.measure.compare import diff_outputs
+    from onnxcomp.measure.data import LABELS, model_inputs_only
+    from onnxcomp.measure.runtime import random_inputs, run_batched, session
+    from onnxcomp.pipeline.verify import checker_problem
 
     problem = checker_problem(result if fits_protobuf(result) else _no_check())
     if problem is not None:

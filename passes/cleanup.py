@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnxcomp.errors import first_line
-from onnxcomp.gsutil import is_pass_through, producer, replace_output, replace_uses
-from onnxcomp.pass_base import Pass, PassContext, PassReport
-from onnxcomp.registry import register_pass
-from onnxcomp.verify import toposort
+from onnxcomp.graph.edit import is_pass_through, producer, replace_output, replace_uses
+from onnxcomp.graph.toposort import toposort
+from onnxcomp.pipeline.pass_base import Pass, PassContext, PassReport
+from onnxcomp.pipeline.registry import register_pass
 
 # Folding these would turn quantized weights back into float ones.
 _NEVER_FOLD = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxcomp.gsutil import NameGen, is_pass_through
-from onnxcomp.pass_base import Pass, PassContext, PassReport
-from onnxcomp.registry import register_pass
-from onnxcomp.verify import toposort
+from onnxcomp.graph.edit import NameGen, is_pass_through
+from onnxcomp.graph.toposort import toposort
+from onnxcomp.pipeline.pass_base import Pass, PassContext, PassReport
+from onnxcomp.pipeline.registry import register_pass
 
 _FOLDABLE = ("Conv", "ConvTranspose", "Gemm")
 

@@ -43,7 +43,7 @@ def run(model: onnx.ModelProto, feeds: dict) -> dict:
 
 
 def random_feeds(model: onnx.ModelProto, seed: int = 0, batch: int = 2) -> dict:
-    from onnxcomp.runtime import random_inputs
+    from onnxcomp.measure.runtime import random_inputs
 
     return random_inputs(model, seed=seed, batch=batch)
 
@@ -65,7 +65,7 @@ def rng_array(shape, seed: int = 0, scale: float = 1.0) -> np.ndarray:
 def run_pass(model: onnx.ModelProto, pipeline: str, **ctx):
     """Run pipeline text on a copy of `model`; returns (new model, records)."""
     import onnxcomp
-    from onnxcomp.io import to_graph, to_model
+    from onnxcomp.graph.convert import to_graph, to_model
 
     copy = onnx.ModelProto()
     copy.CopyFrom(model)

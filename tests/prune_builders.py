@@ -7,9 +7,8 @@ Net keeps the channel count of every tensor it makes, so tests can compose block
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto, helper
-
 from helpers import make_model, tensor
+from onnx import TensorProto, helper
 
 
 class Net:

@@ -13,11 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import bad_inputs
 import numpy as np
 import onnx
 import pytest
 
-import bad_inputs
 
 def _tree(folder: Path) -> dict[str, str]:
     """Every file under `folder` (symlinks as their target text) with a content hash."""

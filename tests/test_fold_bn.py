@@ -89,7 +89,7 @@ def test_refuses_bn_after_non_weighted_op():
 
 
 def test_second_run_changes_nothing(digits_cnn):
-    from onnxcomp.io import load_model
+    from onnxcomp.graph.load import load_model
 
     model = load_model(digits_cnn)
     once, first = run_pass(model, "cleanup,fold-bn")

@@ -11,12 +11,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import bad_inputs
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
 
-import bad_inputs
 import onnxcomp
 from onnxcomp.errors import InputError
 
@@ -55,7 +55,7 @@ def test_if_without_branches_does_not_crash_cleanup(tmp_path):
     node = next(n for n in m.graph.node if n.op_type == "Reshape")
     node.op_type = "If"
     path = _save(m, tmp_path)
-    graph = onnxcomp.io.to_graph(onnxcomp.load_model(path))
+    graph = onnxcomp.graph.convert.to_graph(onnxcomp.load_model(path))
     (record,) = onnxcomp.PassManager(onnxcomp.parse_pipeline("cleanup")).run(graph)
     assert any("constant folding" in s.name for s in record.report.skipped)
     # Through the CLI: the input's own invalidity is named, exit 2, nothing written.
@@ -152,8 +152,8 @@ def test_bfloat16_initializer_is_counted_not_crashed_on(tmp_path):
     t.data_type = onnx.TensorProto.BFLOAT16  # 4 floats' bytes reread as 8 bfloat16 values: shape lies
     del t.dims[:]
     t.dims.extend([8])
-    graph = onnxcomp.io.to_graph(onnxcomp.load_model(_save(m, tmp_path)))
-    counts = onnxcomp.stats.graph_counts(graph)
+    graph = onnxcomp.graph.convert.to_graph(onnxcomp.load_model(_save(m, tmp_path)))
+    counts = onnxcomp.measure.counts.graph_counts(graph)
     assert counts["params"] >= 8
     (record,) = onnxcomp.PassManager(onnxcomp.parse_pipeline("cleanup")).run(graph)  # dedupe keys too
     assert record.after["params"] >= 8

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 from helpers import make_model, rng_array, run, run_pass, tensor
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from onnxcomp.errors import InputError, ToleranceError
 
@@ -41,7 +41,7 @@ def residual_block():
 
 
 def calib(model, n=32, seed=0):
-    from onnxcomp.runtime import random_inputs
+    from onnxcomp.measure.runtime import random_inputs
 
     return random_inputs(model, seed=seed, batch=n)
 
@@ -93,7 +93,12 @@ def fused_ops(model):
 # ---------- formats ----------
 
 def test_activation_params_cover_range_and_keep_zero_exact():
-    from onnxcomp.passes.qdq.formats import ORT_ACTIVATIONS, TENSORRT_ACTIVATIONS, activation_params, fake_quantize
+    from onnxcomp.passes.qdq.formats import (
+        ORT_ACTIVATIONS,
+        TENSORRT_ACTIVATIONS,
+        activation_params,
+        fake_quantize,
+    )
 
     x = np.linspace(-1.5, 4.0, 1001).astype(np.float32)
     for fmt in (ORT_ACTIVATIONS, TENSORRT_ACTIVATIONS):
@@ -295,8 +300,8 @@ def test_unfolded_batchnorm_is_reported():
 
 @pytest.fixture(scope="module")
 def digits(models_dir):
-    from onnxcomp.data import load_data
-    from onnxcomp.io import load_model
+    from onnxcomp.graph.load import load_model
+    from onnxcomp.measure.data import load_data
 
     model = load_model(models_dir / "digits_cnn.onnx")
     return model, load_data(models_dir / "digits_calib.npz", model), load_data(models_dir / "digits_test.npz", model)
@@ -324,8 +329,8 @@ def test_digits_cnn_keeps_accuracy(digits, target):
 
 def test_mlp_and_transformer_block(models_dir):
     import onnxcomp
-    from onnxcomp.data import load_data
-    from onnxcomp.io import load_model
+    from onnxcomp.graph.load import load_model
+    from onnxcomp.measure.data import load_data
 
     mlp = load_model(models_dir / "mlp.onnx")
     result = onnxcomp.optimize(mlp, None, "cleanup,fold-bn,insert-qdq", data=load_data(models_dir / "mlp_calib.npz", mlp),
@@ -355,8 +360,8 @@ def test_mlp_and_transformer_block(models_dir):
 def test_tensorrt_output_of_models_passes_check(models_dir, name, calib):
     import onnxcomp
     from onnxcomp.checks import run_checks
-    from onnxcomp.data import load_data
-    from onnxcomp.io import load_model
+    from onnxcomp.graph.load import load_model
+    from onnxcomp.measure.data import load_data
 
     model = load_model(models_dir / f"{name}.onnx")
     data = {k: v[:32] for k, v in load_data(models_dir / f"{calib}.npz", model).items()}
@@ -367,20 +372,20 @@ def test_tensorrt_output_of_models_passes_check(models_dir, name, calib):
 
 def test_max_drop_keeps_sensitive_layers_float(models_dir):
     import onnxcomp
-    from onnxcomp.data import load_data
-    from onnxcomp.io import load_model
+    from onnxcomp.graph.load import load_model
+    from onnxcomp.measure.data import load_data
 
     block = load_model(models_dir / "transformer_block.onnx")
     data = {k: v[:32] for k, v in load_data(models_dir / "transformer_calib.npz", block).items()}
     base = onnxcomp.optimize(block, None, "cleanup", check_output=False).model
     full = onnxcomp.optimize(base, None, "insert-qdq", data=data, check_output=False)
-    drop_all = 1 - onnxcomp.fidelity.measure(base, full.model, data).cosine
+    drop_all = 1 - onnxcomp.measure.fidelity.measure(base, full.model, data).cosine
     budget = drop_all / 3
     result = onnxcomp.optimize(base, None, f"insert-qdq{{max_drop={budget}}}", data=data, check_output=False)
     info = result.records[-1].report.details["insert-qdq"]["budget"]
     assert info["float_nodes"], "the budget is below the all-int8 drop, so some layer must stay float"
     assert info["drop"] <= budget
-    assert onnxcomp.fidelity.measure(base, result.model, data).drop == pytest.approx(info["drop"], abs=1e-6)
+    assert onnxcomp.measure.fidelity.measure(base, result.model, data).drop == pytest.approx(info["drop"], abs=1e-6)
     with pytest.raises(ToleranceError, match="cannot be met"):
         onnxcomp.optimize(base, None, "insert-qdq{max_drop=1e-12}", data=data, check_output=False)
 

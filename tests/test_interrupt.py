@@ -15,12 +15,12 @@ import sys
 import time
 from pathlib import Path
 
+import bad_inputs
 import numpy as np
 import onnx
 import pytest
 from helpers import assert_same_outputs
 
-import bad_inputs
 import onnxcomp
 
 

@@ -9,8 +9,8 @@ from onnx import helper
 
 import onnxcomp
 from onnxcomp.errors import ToleranceError, VerificationError
-from onnxcomp.io import to_graph
-from onnxcomp.pass_base import Pass, PassReport
+from onnxcomp.graph.convert import to_graph
+from onnxcomp.pipeline.pass_base import Pass, PassReport
 
 
 def small_model():
@@ -69,7 +69,7 @@ def test_lossy_pass_has_its_error_recorded_not_raised():
 
 
 def test_cycle_is_detected():
-    from onnxcomp.verify import structural_problems
+    from onnxcomp.pipeline.verify import structural_problems
 
     graph = to_graph(small_model())
     mm = next(n for n in graph.nodes if n.op == "MatMul")
@@ -89,7 +89,6 @@ def test_records_counts_and_time():
 
 def test_reproducer_holds_the_model_before_the_failing_pass(tmp_path):
     import onnx
-
     from helpers import run
 
     model = small_model()

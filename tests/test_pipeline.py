@@ -6,7 +6,7 @@ import pytest
 
 import onnxcomp
 from onnxcomp.errors import InputError
-from onnxcomp.pipeline import format_pipeline, parse_pipeline
+from onnxcomp.pipeline.text import format_pipeline, parse_pipeline
 
 
 def test_parses_passes_and_typed_options():
@@ -61,7 +61,7 @@ def test_passes_import_from_a_regular_install_not_the_source_tree(tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                     "--target", str(target), str(REPO)], check=True, capture_output=True)
-    code = ("import onnxcomp, onnxcomp.passes as p; from onnxcomp.registry import all_passes; "
+    code = ("import onnxcomp, onnxcomp.passes as p; from onnxcomp.pipeline.registry import all_passes; "
             "print(p.__file__); print(','.join(sorted(all_passes())))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})
@@ -75,7 +75,7 @@ def test_presets_expand_and_print_pipeline_shows_the_expansion(digits_cnn):
     import subprocess
     import sys
 
-    from onnxcomp.pipeline import expand_presets, format_pipeline, parse_pipeline
+    from onnxcomp.pipeline.text import expand_presets, format_pipeline, parse_pipeline
 
     assert expand_presets("default") == "cleanup,fold-bn"
     assert format_pipeline(parse_pipeline("default")) == format_pipeline(parse_pipeline("cleanup,fold-bn"))

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxcomp
-from onnxcomp.io import to_graph, to_model
+from onnxcomp.graph.convert import to_graph, to_model
 
 EXACT_PIPELINES = ["cleanup", "fold-bn", "cleanup,fold-bn", "fold-bn,cleanup"]
 

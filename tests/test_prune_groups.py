@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
-
 from helpers import make_model, tensor
+from onnx import helper
 from prune_builders import Net, ffn_model
 
-from onnxcomp.io import to_graph
+from onnxcomp.graph.convert import to_graph
 from onnxcomp.passes.prune.groups import find_channel_groups
 
 

@@ -11,17 +11,16 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from helpers import run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from helpers import run
 from prune_builders import Net, ffn_model
 
-from onnxcomp.io import to_graph, to_model
-from onnxcomp.runtime import random_inputs
+from onnxcomp.graph.convert import to_graph, to_model
+from onnxcomp.measure.counts import graph_counts
+from onnxcomp.measure.runtime import random_inputs
 from onnxcomp.passes.prune.groups import find_channel_groups
 from onnxcomp.passes.prune.plan import apply_plan, build_plan
-from onnxcomp.stats import graph_counts
 
 
 def choose_drops(groups, seed: int) -> dict[int, np.ndarray]:

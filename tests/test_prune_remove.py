@@ -10,13 +10,12 @@ import sys
 import numpy as np
 import onnx
 import pytest
-
 from helpers import random_feeds, run, run_pass
 from prune_builders import Net, ffn_model
 
-from onnxcomp.data import load_npz
 from onnxcomp.errors import InputError, ToleranceError
-from onnxcomp.stats import estimate_macs, model_counts
+from onnxcomp.measure.counts import estimate_macs, model_counts
+from onnxcomp.measure.data import load_npz
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +116,7 @@ def test_transformer_ffn_hidden_dim_and_heads_are_pruned(models_dir):
     pruned = [r for r in report.details["groups"] if r["reason"] is None]
     assert sorted((r["channels"], r["after"]) for r in pruned) == [(4, 2), (256, 128)]
     assert len(report.skipped) == 1 and "graph input" in report.skipped[0].reason
-    from onnxcomp.runtime import random_inputs
+    from onnxcomp.measure.runtime import random_inputs
 
     feeds = random_inputs(model, {"seq": 7}, batch=3)
     assert run(out, feeds)["y"].shape == run(model, feeds)["y"].shape == (3, 7, 64)
@@ -130,7 +129,7 @@ def test_max_drop_backs_off_until_the_budget_fits(cnn, models_dir):
     out, report = prune(cnn, "ratio=0.5,max_drop=0.02", data=data)
     assert report.stats["measured_drop"] <= 0.02
     assert report.stats["ratio_used"] < 0.5 and len(report.details["backoff"]) > 1
-    from onnxcomp.fidelity import measure
+    from onnxcomp.measure.fidelity import measure
 
     assert measure(cnn, out, data).drop <= 0.02
 

@@ -10,7 +10,7 @@ from helpers import make_model, rng_array, run, run_pass, tensor
 from onnx import helper, numpy_helper
 
 from onnxcomp.errors import InputError, ToleranceError
-from onnxcomp.sparsity import satisfies_nm, zero_fraction
+from onnxcomp.passes.sparsify.nm import satisfies_nm, zero_fraction
 
 
 def inits(model):
@@ -158,7 +158,7 @@ def test_int_weights_and_runtime_weights_get_reasons():
 
 
 def digits_data(models_dir, name, n=64):
-    from onnxcomp.data import load_npz
+    from onnxcomp.measure.data import load_npz
 
     data = load_npz(models_dir / name)
     return {k: v[:n] for k, v in data.items()}
@@ -166,7 +166,7 @@ def digits_data(models_dir, name, n=64):
 
 def test_obs_beats_magnitude_on_digits_2_4(models_dir, digits_cnn):
     """With sample data the default is data-aware (OBS + reconstruction): far closer to dense than magnitude."""
-    from onnxcomp.fidelity import measure
+    from onnxcomp.measure.fidelity import measure
 
     model = onnx.load(str(digits_cnn))
     folded, _ = run_pass(model, "cleanup,fold-bn")
@@ -193,7 +193,9 @@ def test_max_drop_leaves_sensitive_tensors_dense_within_budget(models_dir, digit
     assert len(dense) == report.stats["left_dense"]
     for name in dense:
         np.testing.assert_array_equal(inits(out)[name], inits(folded)[name])
-    from onnxcomp.fidelity import measure  # the reported drop is what the same data measures
+    from onnxcomp.measure.fidelity import (
+        measure,  # the reported drop is what the same data measures
+    )
     assert 1 - measure(folded, out, calib).cosine == pytest.approx(report.details["fidelity"]["drop"], abs=1e-6)
 
 
@@ -255,7 +257,7 @@ def test_zeros_survive_int8_qdq_and_check_sees_them():
     """Sparsify then quantize (the shortcut order): symmetric INT8 weights keep every zero, and the
     TensorRT check traces the 2:4 pattern through DequantizeLinear."""
     from onnxcomp.checks import run_checks
-    from onnxcomp.registry import all_passes
+    from onnxcomp.pipeline.registry import all_passes
 
     if "insert-qdq" not in all_passes():
         pytest.skip("insert-qdq is not available in this build")

@@ -4,8 +4,13 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onnxcomp.passes.sparsify.masks import global_masks, magnitude_mask, nm_mask, prune_count
-from onnxcomp.sparsity import nm_violations, satisfies_nm
+from onnxcomp.passes.sparsify.masks import (
+    global_masks,
+    magnitude_mask,
+    nm_mask,
+    prune_count,
+)
+from onnxcomp.passes.sparsify.nm import nm_violations, satisfies_nm
 
 SETTINGS = settings(max_examples=60, deadline=None)
 

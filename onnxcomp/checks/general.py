@@ -1,6 +1,6 @@
 """Rules every target shares: opsets and operator domains."""
 
-from onnxcomp.checks import rule
+from onnxcomp.pipeline.rules import rule
 
 _KNOWN_DOMAINS = {"ai.onnx", "", "com.microsoft", "ai.onnx.ml"}
 

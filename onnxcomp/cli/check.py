@@ -12,9 +12,10 @@ import click
 @click.option("--rules", "list_rules", is_flag=True, help="List the rules for the target and exit.")
 def command(model, target, as_json, list_rules):
     """Check MODEL against TARGET's rules: one line per finding (severity, rule id, node, why)."""
-    from onnxcomp.checks import all_rules, run_checks
+    from onnxcomp.checks import run_checks
     from onnxcomp.errors import VerificationError
-    from onnxcomp.io import load_model
+    from onnxcomp.graph.load import load_model
+    from onnxcomp.pipeline.rules import all_rules
 
     if list_rules:
         for r in all_rules().values():

@@ -22,11 +22,12 @@ def command(reference, candidate, data, atol, rtol, batch, seed, max_samples, as
     """Run REFERENCE and CANDIDATE under ONNX Runtime and compare outputs (exit 4 outside tolerance)."""
     import numpy as np
 
-    from onnxcomp.compare import diff_outputs, format_diffs
-    from onnxcomp.data import LABELS, load_data, model_inputs_only
     from onnxcomp.errors import InputError, ToleranceError
-    from onnxcomp.io import load_model
-    from onnxcomp.runtime import parse_dims, random_inputs, run_batched, session
+    from onnxcomp.graph.load import load_model
+    from onnxcomp.graph.signature import parse_dims
+    from onnxcomp.measure.compare import diff_outputs, format_diffs
+    from onnxcomp.measure.data import LABELS, load_data, model_inputs_only
+    from onnxcomp.measure.runtime import random_inputs, run_batched, session
 
     ref_model = load_model(reference)
     cand_model = load_model(candidate)

@@ -56,7 +56,7 @@ def command(teacher, teacher_weights, student, student_weights, data, val, outpu
     from onnxcomp.distill import DistillOptions, parse_feature
     from onnxcomp.distill.loading import is_onnx_spec
     from onnxcomp.errors import InputError
-    from onnxcomp.io import same_file, save
+    from onnxcomp.graph.save import same_file, save
 
     out = Path(output)
     for name, path in (("teacher", teacher), ("student", student), ("data", data), ("val", val)):

@@ -13,9 +13,9 @@ from onnxcomp.cli.common import dim_option
 @dim_option
 def command(model, as_json, dims):
     """Summarize MODEL: opsets, inputs/outputs, op histogram, parameters, MACs, files."""
+    from onnxcomp.graph.load import load_model
+    from onnxcomp.graph.signature import parse_dims
     from onnxcomp.inspect_model import format_summary, summarize
-    from onnxcomp.io import load_model
-    from onnxcomp.runtime import parse_dims
 
     summary = summarize(load_model(model, load_external_data=False), model, parse_dims(dims))
     click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))

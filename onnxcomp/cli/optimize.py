@@ -46,16 +46,16 @@ def command(model, output, pipeline, quantize, calib, val, calib_method, target,
     from pathlib import Path
 
     from onnxcomp.cli.shortcuts import shortcut_passes
-    from onnxcomp.data import load_data
     from onnxcomp.errors import InputError
-    from onnxcomp.io import load_model
+    from onnxcomp.graph.load import load_model
+    from onnxcomp.graph.signature import parse_dims
+    from onnxcomp.measure.data import load_data
     from onnxcomp.optimize import DEFAULT_PIPELINE, optimize
-    from onnxcomp.pipeline import parse_pipeline
+    from onnxcomp.pipeline.text import parse_pipeline
     from onnxcomp.report import write_json
-    from onnxcomp.runtime import parse_dims
 
     output = output or str(Path(model).with_suffix("")) + ".opt.onnx"
-    from onnxcomp.io import input_files, same_file
+    from onnxcomp.graph.save import input_files, same_file
 
     # Checked before any work (by file identity: symlinks, hard links, other spellings), and again on save.
     if any(same_file(output, p) or same_file(str(output) + ".data", p) for p in input_files(model)):
@@ -68,7 +68,7 @@ def command(model, output, pipeline, quantize, calib, val, calib_method, target,
                             sparsify_scope=sparsify_scope)
     passes = parse_pipeline(pipeline or DEFAULT_PIPELINE) + extra
     if print_pipeline:
-        from onnxcomp.pipeline import format_pipeline
+        from onnxcomp.pipeline.text import format_pipeline
 
         click.echo(format_pipeline(passes))
         return

@@ -9,8 +9,8 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def command(as_json):
     """List every registered pass with its options."""
-    from onnxcomp.options import describe
-    from onnxcomp.registry import all_passes
+    from onnxcomp.pipeline.options import describe
+    from onnxcomp.pipeline.registry import all_passes
 
     listing = [{"name": name, "exact": cls.exact, "description": cls.description(),
                 "options": describe(cls.Options)} for name, cls in all_passes().items()]

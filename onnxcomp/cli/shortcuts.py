@@ -7,8 +7,8 @@ sparsify-initializers, insert-qdq (quantize last, so it sees the final weights).
 from __future__ import annotations
 
 from onnxcomp.errors import InputError
-from onnxcomp.options import build_options
-from onnxcomp.registry import all_passes
+from onnxcomp.pipeline.options import build_options
+from onnxcomp.pipeline.registry import all_passes
 
 
 def make_pass(name: str, values: dict):

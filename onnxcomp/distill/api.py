@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxcomp.data import LABELS, load_npz, take, validate
 from onnxcomp.distill.options import DistillOptions
 from onnxcomp.errors import InputError
+from onnxcomp.measure.data import LABELS, load_npz, take, validate
 
 
 @dataclass
@@ -81,10 +81,15 @@ def run(teacher, student, data, options: DistillOptions | None = None, *, val_da
 
     from onnxcomp.distill.loading import is_onnx_spec, load_onnx, load_torch_module
     from onnxcomp.distill.onnx_to_torch import OnnxModule
-    from onnxcomp.distill.teacher import LiveTargets, OnnxTeacher, TorchTeacher, teacher_targets
+    from onnxcomp.distill.teacher import (
+        LiveTargets,
+        OnnxTeacher,
+        TorchTeacher,
+        teacher_targets,
+    )
     from onnxcomp.distill.trainer import Trainer, predict, seed_all
     from onnxcomp.distill.writeback import dynamic_axes_like, export_student, write_back
-    from onnxcomp.runtime import input_specs
+    from onnxcomp.graph.signature import input_specs
 
     options = options or DistillOptions()
     say = progress or (lambda message: None)
@@ -179,7 +184,7 @@ def run(teacher, student, data, options: DistillOptions | None = None, *, val_da
 def _final_check(model: onnx.ModelProto, module, input_names, data, val_targets, options) -> dict:
     """Run the written ONNX model under ONNX Runtime: it must reproduce the trained module; report accuracy."""
     from onnxcomp.distill.trainer import predict
-    from onnxcomp.runtime import run_batched, session
+    from onnxcomp.measure.runtime import run_batched, session
 
     limit = 4096  # enough for a stable accuracy, bounded time
     sample = take(data, 0, limit)  # run_batched feeds only the model's inputs

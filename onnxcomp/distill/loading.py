@@ -25,7 +25,7 @@ def is_onnx_spec(spec) -> bool:
 def load_onnx(spec) -> onnx.ModelProto:
     if isinstance(spec, onnx.ModelProto):
         return spec
-    from onnxcomp.io import load_model
+    from onnxcomp.graph.load import load_model
 
     return load_model(spec)
 

@@ -604,7 +604,7 @@ def _per_axis(t: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
     return t.reshape(shape)
 
 
-def _per_axis_np(t: np.ndarray, x: np.ndarray, axis: int) -> np.ndarray:
+def per_axis_np(t: np.ndarray, x: np.ndarray, axis: int) -> np.ndarray:
     if t.size == 1:
         return t.reshape(())
     shape = [1] * x.ndim
@@ -613,15 +613,15 @@ def _per_axis_np(t: np.ndarray, x: np.ndarray, axis: int) -> np.ndarray:
 
 
 def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, axis: int) -> np.ndarray:
-    zp = 0.0 if zero_point is None else _per_axis_np(zero_point.astype(np.float64), q, axis)
-    return ((q.astype(np.float64) - zp) * _per_axis_np(scale.astype(np.float64), q, axis)).astype(np.float32)
+    zp = 0.0 if zero_point is None else per_axis_np(zero_point.astype(np.float64), q, axis)
+    return ((q.astype(np.float64) - zp) * per_axis_np(scale.astype(np.float64), q, axis)).astype(np.float32)
 
 
 def quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, axis: int, dtype) -> np.ndarray:
     """ONNX QuantizeLinear in numpy: round half to even, add the zero point, saturate."""
     lo, hi = _QRANGE[np.dtype(dtype)]
-    zp = 0.0 if zero_point is None else _per_axis_np(zero_point.astype(np.float64), x, axis)
-    q = np.rint(x.astype(np.float64) / _per_axis_np(scale.astype(np.float64), x, axis)) + zp
+    zp = 0.0 if zero_point is None else per_axis_np(zero_point.astype(np.float64), x, axis)
+    q = np.rint(x.astype(np.float64) / per_axis_np(scale.astype(np.float64), x, axis)) + zp
     return np.clip(q, lo, hi).astype(dtype)
 
 

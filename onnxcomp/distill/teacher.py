@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxcomp.data import take
 from onnxcomp.errors import InputError
+from onnxcomp.measure.data import take
 
 
 class OnnxTeacher:
@@ -32,7 +32,8 @@ class OnnxTeacher:
     kind = "onnx"
 
     def __init__(self, model: onnx.ModelProto, features: list[str], threads: int):
-        from onnxcomp.runtime import input_specs, session
+        from onnxcomp.graph.signature import input_specs
+        from onnxcomp.measure.runtime import session
 
         self.input_names = [s.name for s in input_specs(model)]
         self.output_names = [o.name for o in model.graph.output]
@@ -58,7 +59,7 @@ class OnnxTeacher:
         return hashlib.sha256(self.model.SerializeToString()).hexdigest()
 
     def __call__(self, feeds: dict[str, np.ndarray]):
-        from onnxcomp.runtime import run
+        from onnxcomp.measure.runtime import run
 
         values = run(self.session, {k: feeds[k] for k in self.input_names}, self._names)
         return [values[n] for n in self.output_names], {f: values[f] for f in self.features}

@@ -98,7 +98,7 @@ def score(name: str, student_out: np.ndarray, teacher_out: np.ndarray, labels) -
         return float(np.mean(student_out.argmax(1) == labels))
     if name == "teacher_top1":
         return float(np.mean(student_out.argmax(1) == teacher_out.argmax(1)))
-    from onnxcomp.fidelity import per_sample_cosine
+    from onnxcomp.measure.fidelity import per_sample_cosine
 
     return float(per_sample_cosine(teacher_out, student_out).mean())
 

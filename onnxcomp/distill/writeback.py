@@ -82,8 +82,8 @@ def dynamic_axes_like(reference: onnx.ModelProto | None, input_names: list[str],
 
 def _zero_point(module: OnnxModule, name: str, weight: np.ndarray):
     """The integer that encodes 0.0 in a quantized weight (per channel, broadcastable)."""
-    from onnxcomp.distill.onnx_to_torch import _per_axis_np
+    from onnxcomp.distill.onnx_to_torch import per_axis_np
 
     _, zp_name, axis, _ = module.qspec[name]
     zp = module.consts.get(zp_name)
-    return 0 if zp is None else _per_axis_np(zp.numpy(), weight, axis)
+    return 0 if zp is None else per_axis_np(zp.numpy(), weight, axis)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxcomp.gsutil import producer as producer_of
+from onnxcomp.graph.edit import producer as producer_of
 from onnxcomp.passes.prune.handlers import CONST_PASSTHROUGH, HANDLERS, PRODUCERS
 from onnxcomp.passes.prune.mapping import Mapping, Member
 
@@ -196,12 +196,12 @@ class _Explorer:
 def find_channel_groups(graph, shapes: dict | None = None) -> list[ChannelGroup]:
     """Every channel group of a gs.Graph, prunable or with the reason it is not.
 
-    `shapes` maps tensor names to static shapes (onnxcomp.stats.infer_shapes); computed when
+    `shapes` maps tensor names to static shapes (onnxcomp.graph.shapes.infer_shapes); computed when
     not given, with symbolic dims set to 1.
     """
     if shapes is None:
-        from onnxcomp.io import to_model
-        from onnxcomp.stats import infer_shapes
+        from onnxcomp.graph.convert import to_model
+        from onnxcomp.graph.shapes import infer_shapes
 
         shapes = infer_shapes(to_model(graph))
     ex = _Explorer(graph, shapes)

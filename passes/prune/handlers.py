@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxcomp.gsutil import producer
+from onnxcomp.graph.edit import producer
 from onnxcomp.passes.prune.mapping import Mapping, Member
 
 # Elementwise on one data input: channels pass straight through.       # x[c] -> y[c]

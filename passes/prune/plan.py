@@ -186,8 +186,8 @@ def reinfer_shapes(graph):
     import onnx
     import onnx_graphsurgeon as gs
 
-    from onnxcomp.io import to_model
-    from onnxcomp.stats import skeleton
+    from onnxcomp.graph.convert import to_model
+    from onnxcomp.graph.shapes import skeleton
 
     io = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
     variables = [t for t in graph.tensors().values() if isinstance(t, gs.Variable) and t.name not in io]

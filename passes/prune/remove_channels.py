@@ -12,11 +12,21 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from onnxcomp.errors import InputError, ToleranceError
-from onnxcomp.pass_base import Pass, PassContext, PassReport
 from onnxcomp.passes.prune.groups import find_channel_groups, node_key
-from onnxcomp.passes.prune.importance import channel_importance, keep_global, keep_uniform
-from onnxcomp.passes.prune.plan import ConstantTable, PruningPlan, apply_plan, build_plan, reinfer_shapes
-from onnxcomp.registry import register_pass
+from onnxcomp.passes.prune.importance import (
+    channel_importance,
+    keep_global,
+    keep_uniform,
+)
+from onnxcomp.passes.prune.plan import (
+    ConstantTable,
+    PruningPlan,
+    apply_plan,
+    build_plan,
+    reinfer_shapes,
+)
+from onnxcomp.pipeline.pass_base import Pass, PassContext, PassReport
+from onnxcomp.pipeline.registry import register_pass
 
 BACKOFF_STEPS = 6
 
@@ -47,8 +57,9 @@ class RemoveChannelsPass(Pass):
     Options = RemoveChannelsOptions
 
     def run(self, graph, ctx: PassContext) -> PassReport:
-        from onnxcomp.io import to_model
-        from onnxcomp.stats import estimate_macs, graph_counts, infer_shapes
+        from onnxcomp.graph.convert import to_model
+        from onnxcomp.graph.shapes import infer_shapes
+        from onnxcomp.measure.counts import estimate_macs, graph_counts
 
         o = self.options
         report = PassReport()
@@ -124,7 +135,7 @@ def _apply_exclude(groups, exclude, graph) -> None:
 
 def _fit_budget(choose, ratio, max_drop, before_model, ctx: PassContext, report: PassReport) -> PruningPlan:
     """Largest ratio (bisected, at most BACKOFF_STEPS+1 evaluations) whose drop fits max_drop."""
-    from onnxcomp.fidelity import measure, outputs_of
+    from onnxcomp.measure.fidelity import measure, outputs_of
 
     if ctx.data is None:
         raise InputError("remove-channels: max_drop needs sample data (give --calib) to measure the drop")
@@ -174,7 +185,7 @@ def _fit_budget(choose, ratio, max_drop, before_model, ctx: PassContext, report:
 def _applied_copy(model, plan: PruningPlan):
     import onnx
 
-    from onnxcomp.io import to_graph, to_model
+    from onnxcomp.graph.convert import to_graph, to_model
 
     copy = onnx.ModelProto()
     copy.CopyFrom(model)

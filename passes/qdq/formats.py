@@ -44,7 +44,7 @@ def activation_params(lo: float, hi: float, fmt: ActivationFormat) -> tuple[np.f
     """Scale and zero point covering [lo, hi] (widened to include 0, so 0 is exact): calibration's
     own arithmetic (symmetric formats are the signed ones), so the zero point is computed from the
     float32 scale actually stored and a scale that underflows float32 falls back to 1."""
-    from onnxcomp.calibration.quant import scale_zero_point
+    from onnxcomp.passes.qdq.numerics import scale_zero_point
 
     scale, zero_point = scale_zero_point(lo, hi, symmetric=fmt.symmetric, bits=np.iinfo(fmt.dtype).bits)
     return np.float32(scale), fmt.dtype(zero_point)
@@ -128,7 +128,7 @@ def quantize_bias(bias: np.ndarray, input_scale: np.float32, weight_scale: np.nd
 
 def sqnr_db(signal: np.ndarray, error: np.ndarray) -> float:
     """Signal-to-quantization-noise ratio in dB (inf when exact)."""
-    from onnxcomp.calibration.quant import ratio_db
+    from onnxcomp.passes.qdq.numerics import ratio_db
 
     power = float(np.sum(np.square(signal, dtype=np.float64)))
     return ratio_db(power, float(np.sum(np.square(error, dtype=np.float64))))

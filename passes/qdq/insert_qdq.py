@@ -8,12 +8,17 @@ from typing import Literal, Optional
 import numpy as np
 
 from onnxcomp.errors import InputError
-from onnxcomp.pass_base import Pass, PassContext, PassReport
-from onnxcomp.passes.qdq.formats import (REDUCED_WEIGHT_QMAX, WEIGHT_QMAX, activation_format, activation_params,
-                                         host_needs_reduced_range)
+from onnxcomp.passes.qdq.formats import (
+    REDUCED_WEIGHT_QMAX,
+    WEIGHT_QMAX,
+    activation_format,
+    activation_params,
+    host_needs_reduced_range,
+)
 from onnxcomp.passes.qdq.placement import PlacementOptions, Plan, plan_placement
 from onnxcomp.passes.qdq.rewrite import apply_plan
-from onnxcomp.registry import register_pass
+from onnxcomp.pipeline.pass_base import Pass, PassContext, PassReport
+from onnxcomp.pipeline.registry import register_pass
 
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
             "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd", "MatMulIntegerToFloat")
@@ -60,7 +65,7 @@ class InsertQdqPass(Pass):
     Options = InsertQdqOptions
 
     def run(self, graph, ctx: PassContext) -> PassReport:
-        from onnxcomp.io import to_model
+        from onnxcomp.graph.convert import to_model
 
         opts = self.options
         target = opts.target or ctx.target or "ort"
@@ -117,7 +122,7 @@ def _with_float(placement: PlacementOptions, nodes) -> PlacementOptions:
 
 
 def _calibrate(model, data, plan: Plan, opts: InsertQdqOptions, symmetric: bool, ctx: PassContext) -> dict:
-    from onnxcomp.calibration import choose_ranges, collect_stats
+    from onnxcomp.passes.qdq.calibration import choose_ranges, collect_stats
 
     tensors = sorted({t for names in plan.range_groups().values() for t in names})
     # minmax needs no histograms: skipping them makes calibration several times cheaper.
@@ -156,8 +161,8 @@ def _round(x, digits: int = 2):
 
 def _fit_budget(float_model, plan: Plan, placement: PlacementOptions, ranges: dict, fmt, weight_qmax: int,
                 opts: InsertQdqOptions, ctx: PassContext):
-    from onnxcomp.data import LABELS, model_inputs_only
-    from onnxcomp.io import to_graph, to_model
+    from onnxcomp.graph.convert import to_graph, to_model
+    from onnxcomp.measure.data import LABELS, model_inputs_only
     from onnxcomp.passes.qdq.sensitivity import fit_budget
 
     n = opts.sensitivity_samples

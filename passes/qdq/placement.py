@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxcomp.gsutil import producer
+from onnxcomp.graph.edit import producer
 from onnxcomp.passes.qdq.formats import weight_axis
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -147,14 +147,14 @@ class _Graph:
             return False
 
 
-def _node_id(node) -> str:
+def node_id(node) -> str:
     return node.name or node.outputs[0].name
 
 
 def _excluded(node, options: PlacementOptions) -> str | None:
-    if _node_id(node) in options.exclude or node.op in options.exclude:
+    if node_id(node) in options.exclude or node.op in options.exclude:
         return "excluded by option"
-    if _node_id(node) in options.float_nodes:
+    if node_id(node) in options.float_nodes:
         return "kept float by the --max-drop sensitivity analysis"
     if options.op_types and node.op not in options.op_types:
         return f"{node.op} is not in op_types"
@@ -201,7 +201,7 @@ def _add_activation(plan: Plan, t, key: str | None = None, consumer=None) -> Non
     if consumer is None:
         spec.consumers = None
     elif spec.consumers is not None:
-        spec.consumers.add(_node_id(consumer))
+        spec.consumers.add(node_id(consumer))
 
 
 def plan_placement(graph, options: PlacementOptions) -> Plan:
@@ -221,9 +221,9 @@ def plan_placement(graph, options: PlacementOptions) -> Plan:
 def _plan_weighted(g: _Graph, plan: Plan, node, options: PlacementOptions, all_consumers: bool) -> bool:
     reason = _excluded(node, options) or _weighted_refusal(g, node)
     if reason:
-        plan.skipped.append((_node_id(node), reason))
+        plan.skipped.append((node_id(node), reason))
         return False
-    plan.nodes.append(_node_id(node))
+    plan.nodes.append(node_id(node))
     w = _weight_input(g, node)
     for i, t in enumerate(node.inputs[:2]):
         if w is not None and i == w[0]:
@@ -233,7 +233,7 @@ def _plan_weighted(g: _Graph, plan: Plan, node, options: PlacementOptions, all_c
         _add_activation(plan, t, consumer=None if all_consumers else node)
     if w is not None:
         idx, weight = w
-        plan.weights.append(WeightSpec(_node_id(node), idx, _axis(node, weight, options)))
+        plan.weights.append(WeightSpec(node_id(node), idx, _axis(node, weight, options)))
     return True
 
 
@@ -258,14 +258,14 @@ def _plan_full(g: _Graph, plan: Plan, options: PlacementOptions) -> None:
                 continue
             quantized.add(id(node))
             if _has_bias(g, node):
-                plan.biases.append(BiasSpec(_node_id(node), 2, node.inputs[0].name))
+                plan.biases.append(BiasSpec(node_id(node), 2, node.inputs[0].name))
             _quantize_output(g, plan, node)
         elif node.op in ORT_QLINEAR:
             reason = _excluded(node, options) or _qlinear_refusal(g, node)
             if reason:
-                plan.skipped.append((_node_id(node), reason))
+                plan.skipped.append((node_id(node), reason))
                 continue
-            plan.nodes.append(_node_id(node))
+            plan.nodes.append(node_id(node))
             quantized.add(id(node))
             for t in node.inputs:
                 _add_activation(plan, t)
@@ -342,7 +342,7 @@ def _move_before_pad(g: _Graph, plan: Plan, node) -> None:
     if spec is None:
         return
     _add_activation(plan, pad.inputs[0], consumer=pad)
-    plan.notes.append(f"{_node_id(node)}: Q/DQ placed before {_node_id(pad)} (no Q/DQ between Pad and Conv)")
+    plan.notes.append(f"{node_id(node)}: Q/DQ placed before {node_id(pad)} (no Q/DQ between Pad and Conv)")
 
 
 def _quantize_skip_branch(g: _Graph, plan: Plan, add, depth: dict, options: PlacementOptions) -> None:
@@ -438,13 +438,13 @@ def _note_float_nodes(g: _Graph, plan: Plan, options: PlacementOptions) -> None:
     done = set(plan.nodes) | {name for name, _ in plan.skipped}
     floats = _float_tensors(g)
     for node in g.graph.nodes:
-        name = _node_id(node)
+        name = node_id(node)
         if name in done or not node.outputs or node.outputs[0].name not in floats:
             continue
         if node.op == "BatchNormalization":
             p = producer(node.inputs[0])
             if p is not None and p.op in ("Conv", "ConvTranspose", "Gemm"):
-                plan.skipped.append((name, f"unfolded BatchNormalization after {p.op} {_node_id(p)}: run fold-bn "
+                plan.skipped.append((name, f"unfolded BatchNormalization after {p.op} {node_id(p)}: run fold-bn "
                                            "before insert-qdq (ORT cannot fuse Conv-BN-Q; about half the speedup is lost)"))
                 continue
         if plan.scheme == "inputs" and node.op in FLOAT_REASONS:

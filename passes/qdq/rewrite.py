@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxcomp.gsutil import NameGen, producer, replace_input
+from onnxcomp.graph.edit import NameGen, producer, replace_input
 from onnxcomp.passes.qdq.formats import ActivationFormat, quantize_bias, quantize_weight
-from onnxcomp.passes.qdq.placement import Plan, _node_id
+from onnxcomp.passes.qdq.placement import Plan, node_id
 
 
 @dataclass
@@ -30,7 +30,7 @@ def apply_plan(graph, plan: Plan, params: dict[str, tuple[np.float32, np.integer
 
     names = NameGen(graph)
     tensors = graph.tensors()
-    nodes = {_node_id(n): n for n in graph.nodes}
+    nodes = {node_id(n): n for n in graph.nodes}
     result = RewriteResult()
     constants: dict[str, tuple] = {}
     new_nodes = []
@@ -55,7 +55,7 @@ def apply_plan(graph, plan: Plan, params: dict[str, tuple[np.float32, np.integer
         else:
             q_in = t
             dq_out = gs.Variable(names(f"{name}_dequantized"), dtype=np.float32, shape=t.shape)
-            readers = [c for c in list(t.outputs) if spec.consumers is None or _node_id(c) in spec.consumers]
+            readers = [c for c in list(t.outputs) if spec.consumers is None or node_id(c) in spec.consumers]
         q_out = gs.Variable(names(f"{name}_quantized"), dtype=fmt.dtype, shape=t.shape)
         new_nodes.append(gs.Node("QuantizeLinear", names(f"{name}_QuantizeLinear"), inputs=[q_in, scale, zp],
                                  outputs=[q_out]))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from onnxcomp.errors import ToleranceError
-from onnxcomp.fidelity import Fidelity, fidelity, outputs_of
+from onnxcomp.measure.fidelity import Fidelity, fidelity, outputs_of
 
 
 @dataclass
@@ -28,7 +28,7 @@ class BudgetResult:
 def fit_budget(float_model, build: Callable[[frozenset], object], units: list[str], data: dict, max_drop: float,
                say: Callable[[str], None] = lambda m: None) -> BudgetResult:
     """build(float_nodes) -> quantized ModelProto with those nodes left float."""
-    from onnxcomp.data import LABELS
+    from onnxcomp.measure.data import LABELS
 
     labels = data.get(LABELS)
     reference = outputs_of(float_model, data)

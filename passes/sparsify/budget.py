@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnxcomp.errors import ToleranceError
-from onnxcomp.fidelity import Fidelity, fidelity, outputs_of
+from onnxcomp.measure.fidelity import Fidelity, fidelity, outputs_of
 
 
 @dataclass
@@ -31,12 +31,12 @@ class Trials:
     count: int = 0
 
     def __post_init__(self) -> None:
-        from onnxcomp.io import to_model
+        from onnxcomp.graph.convert import to_model
 
         self.reference = outputs_of(to_model(self.graph), self.data)
 
     def measure(self, names) -> Fidelity:
-        from onnxcomp.io import to_model
+        from onnxcomp.graph.convert import to_model
 
         self.count += 1
         try:

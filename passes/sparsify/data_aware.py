@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxcomp.passes.sparsify.obs import (_one_blas_thread, conv_hessian, dense_hessian, from_matrix, hessian_rows, prune_matrix,
-                                          supported, to_matrix)
+from onnxcomp.passes.sparsify.obs import (
+    _one_blas_thread,
+    conv_hessian,
+    dense_hessian,
+    from_matrix,
+    hessian_rows,
+    prune_matrix,
+    supported,
+    to_matrix,
+)
 
 
 def refusal(cand, values: np.ndarray) -> str | None:
@@ -32,8 +40,8 @@ def capture_batches(graph, tensor_name: str, data: dict, batch: int = 32):
     """
     import onnx
 
-    from onnxcomp.io import to_model
-    from onnxcomp.runtime import run, session
+    from onnxcomp.graph.convert import to_model
+    from onnxcomp.measure.runtime import run, session
 
     model = to_model(graph)
     if tensor_name not in {o.name for o in model.graph.output}:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxcomp.gsutil import producer as producer_of
-from onnxcomp.sparsity import AXIS_KEEPING_OPS, reduction_axis, through_transpose
+from onnxcomp.graph.edit import producer as producer_of
+from onnxcomp.graph.op_facts import AXIS_KEEPING_OPS, reduction_axis, through_transpose
 
 # Inputs of each op that carry a weight when constant; the others are activations or biases.
 _WEIGHT_SLOTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (1, 0), "MatMul": (1, 0)}

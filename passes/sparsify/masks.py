@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxcomp.sparsity import nm_groups
+from onnxcomp.passes.sparsify.nm import nm_groups
 
 NORMALIZATIONS = ("lamp", "rms", "none")
 

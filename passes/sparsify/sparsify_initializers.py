@@ -7,14 +7,20 @@ from typing import Literal, Optional
 
 import numpy as np
 
-from onnxcomp.data import LABELS, model_inputs_only, take
 from onnxcomp.errors import InputError
-from onnxcomp.pass_base import Pass, PassContext, PassReport
-from onnxcomp.registry import register_pass
-from onnxcomp.sparsity import WEIGHTED_OPS, nm_violations, parse_nm, zero_fraction
+from onnxcomp.graph.op_facts import WEIGHTED_OPS
+from onnxcomp.measure.data import LABELS, model_inputs_only, take
 from onnxcomp.passes.sparsify.budget import Trials, fit_budget
 from onnxcomp.passes.sparsify.eligibility import find_weights, nm_refusal, values_of
-from onnxcomp.passes.sparsify.masks import NORMALIZATIONS, global_masks, magnitude_mask, nm_mask
+from onnxcomp.passes.sparsify.masks import (
+    NORMALIZATIONS,
+    global_masks,
+    magnitude_mask,
+    nm_mask,
+)
+from onnxcomp.passes.sparsify.nm import nm_violations, parse_nm, zero_fraction
+from onnxcomp.pipeline.pass_base import Pass, PassContext, PassReport
+from onnxcomp.pipeline.registry import register_pass
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxcomp.calibration.histogram import TensorStats
+from onnxcomp.passes.qdq.calibration.histogram import TensorStats
 
 
 @dataclass

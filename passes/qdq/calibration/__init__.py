@@ -8,11 +8,26 @@
 Methods: minmax, percentile, entropy (TensorRT KL), mse, auto (lowest expected error per tensor).
 """
 
-from onnxcomp.calibration.collect import activation_tensors, collect_stats, value_sources
-from onnxcomp.calibration.histogram import EXTREME, TensorStats
-from onnxcomp.calibration.quant import fake_quantize, qrange, representable, scale_zero_point, sqnr_db
-from onnxcomp.calibration.ranges import METHODS, TensorRange, choose_ranges, tensor_range
-from onnxcomp.calibration.stats import CalibrationStats
+from onnxcomp.passes.qdq.calibration.collect import (
+    activation_tensors,
+    collect_stats,
+    value_sources,
+)
+from onnxcomp.passes.qdq.calibration.histogram import EXTREME, TensorStats
+from onnxcomp.passes.qdq.calibration.ranges import (
+    METHODS,
+    TensorRange,
+    choose_ranges,
+    tensor_range,
+)
+from onnxcomp.passes.qdq.calibration.stats import CalibrationStats
+from onnxcomp.passes.qdq.numerics import (
+    fake_quantize,
+    qrange,
+    representable,
+    scale_zero_point,
+    sqnr_db,
+)
 
 __all__ = [
     "CalibrationStats", "EXTREME", "METHODS", "TensorRange", "TensorStats", "activation_tensors",

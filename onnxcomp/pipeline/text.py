@@ -7,8 +7,8 @@ braces; list values are written `[a;b]`.
 from __future__ import annotations
 
 from onnxcomp.errors import InputError
-from onnxcomp.options import build_options, format_options
-from onnxcomp.registry import get_pass
+from onnxcomp.pipeline.options import build_options, format_options
+from onnxcomp.pipeline.registry import get_pass
 
 # Named presets expand to pipeline text; `onnxcomp optimize --print-pipeline` shows the expansion.
 PRESETS = {

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxcomp.calibration.histogram import TensorStats
 from onnxcomp.errors import InputError
+from onnxcomp.passes.qdq.calibration.histogram import TensorStats
 
 FORMAT = "onnxcomp-calibration-stats/1"
 _INT_FIELDS = ("count", "zeros", "outliers", "nans", "exponent", "offset")

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxcomp.checks import rule
-from onnxcomp.checks._qdq import dequantized_from, is_activation, node_id, qdq_facts, qdq_nodes
+from onnxcomp.passes.qdq.rule_facts import (
+    dequantized_from,
+    is_activation,
+    node_id,
+    qdq_facts,
+    qdq_nodes,
+)
+from onnxcomp.pipeline.rules import rule
 
 _FUSED_WITH_OUTPUT_Q = ("Conv", "Add", "Mul", "GlobalAveragePool", "AveragePool")
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from onnxcomp.data import LABELS, model_inputs_only
+from onnxcomp.measure.data import LABELS, model_inputs_only
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Fidelity:
 
 
 def outputs_of(model, data: dict[str, np.ndarray], batch_size: int = 64) -> dict[str, np.ndarray]:
-    from onnxcomp.runtime import run_batched, session
+    from onnxcomp.measure.runtime import run_batched, session
 
     return run_batched(session(model), model_inputs_only(data), batch_size)
 

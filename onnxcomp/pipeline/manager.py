@@ -2,39 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from onnxcomp._testhooks import test_pause
 from onnxcomp.errors import InputError, ToleranceError, VerificationError
-from onnxcomp.io import test_pause
-from onnxcomp.options import format_options
-from onnxcomp.pass_base import Pass, PassContext, PassReport
-from onnxcomp.stats import graph_counts
+from onnxcomp.graph.convert import gc_paused
+from onnxcomp.measure.counts import graph_counts
+from onnxcomp.pipeline.options import format_options
+from onnxcomp.pipeline.pass_base import Pass, PassContext, PassReport
 
 VERIFY_LEVELS = ("none", "structure", "checker", "numeric")
+
+
 # Older opsets differ in BatchNormalization, Dropout, Upsample and Slice semantics the passes rely on.
 MIN_OPSET = 10
-
-
-@contextlib.contextmanager
-def gc_paused():
-    """Pause Python's cyclic garbage collector while graphs are rewritten.
-
-    onnx-graphsurgeon graphs are webs of node<->tensor references; with the collector on, each
-    full collection walks every live object, and the number of collections grows with the edits,
-    so pass time grew faster than the graph (measured: fold-bn 2.8 s at 10k nodes, 16 s at 40k).
-    Reference counting still frees acyclic garbage; cycles are collected once when the block ends.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 @dataclass
@@ -112,7 +96,7 @@ class PassManager:
                 self._verify(graph, p, index, record, reference)
             except (VerificationError, ToleranceError) as exc:
                 if snapshot is not None:
-                    from onnxcomp.io import save
+                    from onnxcomp.graph.save import save
 
                     save(snapshot, self.reproducer)
                     exc.args = (f"{exc.args[0]}; the model before {p.name} is in {self.reproducer}",)
@@ -127,7 +111,7 @@ class PassManager:
                              "(convert it with onnx.version_converter.convert_version)")
         if self.verify == "none":
             return
-        from onnxcomp.verify import structural_problems
+        from onnxcomp.pipeline.verify import structural_problems
 
         problems = structural_problems(graph)
         if problems:
@@ -140,7 +124,7 @@ class PassManager:
             return reference[2]
         if self.exported is not None:
             return self.exported[0]
-        from onnxcomp.io import to_model
+        from onnxcomp.graph.convert import to_model
 
         return to_model(graph)
 
@@ -150,8 +134,8 @@ class PassManager:
 
     def _reference(self, graph):
         """(feeds, outputs, model) of the graph as it is now, reusing the previous pass's verified run."""
-        from onnxcomp.io import to_model
-        from onnxcomp.runtime import random_inputs, run, session
+        from onnxcomp.graph.convert import to_model
+        from onnxcomp.measure.runtime import random_inputs, run, session
 
         model, last_feeds, outputs = self.exported or (to_model(graph), None, None)
         feeds = random_inputs(model, self.ctx.dims, seed=self.ctx.seed)
@@ -162,14 +146,14 @@ class PassManager:
     def _verify(self, graph, p: Pass, index: int, record: PassRecord, reference) -> None:
         if self.verify == "none":
             return
-        from onnxcomp.verify import structural_problems
+        from onnxcomp.pipeline.verify import structural_problems
 
         problems = structural_problems(graph)
         if problems:
             raise VerificationError(f"{self._where(index)} broke the graph: {_first_of(problems)}")
         if self.verify in ("checker", "numeric"):
-            from onnxcomp.io import to_model
-            from onnxcomp.verify import checker_problem
+            from onnxcomp.graph.convert import to_model
+            from onnxcomp.pipeline.verify import checker_problem
 
             model = to_model(graph)
             problem = checker_problem(model)
@@ -177,8 +161,8 @@ class PassManager:
                 raise VerificationError(f"{self._where(index)}: ONNX checker: {problem}")
             self.exported = (model, None, None)
         if reference is not None:
-            from onnxcomp.compare import diff_outputs
-            from onnxcomp.runtime import run, session
+            from onnxcomp.measure.compare import diff_outputs
+            from onnxcomp.measure.runtime import run, session
 
             feeds, expected, _ = reference
             got = run(session(model), feeds)

@@ -24,11 +24,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxcomp.calibration.distribution import Distribution, absolute, fold_abs, signed
-from onnxcomp.calibration.histogram import TensorStats
-from onnxcomp.calibration.quant import qrange, ratio_db, representable, scale_zero_point
-from onnxcomp.calibration.stats import CalibrationStats
 from onnxcomp.errors import InputError
+from onnxcomp.passes.qdq.calibration.distribution import (
+    Distribution,
+    absolute,
+    fold_abs,
+    signed,
+)
+from onnxcomp.passes.qdq.calibration.histogram import TensorStats
+from onnxcomp.passes.qdq.calibration.stats import CalibrationStats
+from onnxcomp.passes.qdq.numerics import (
+    qrange,
+    ratio_db,
+    representable,
+    scale_zero_point,
+)
 
 METHODS = ("minmax", "percentile", "entropy", "mse", "auto")
 _AUTO_ORDER = ("minmax", "percentile", "entropy", "mse")  # ties go to the simpler method

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxcomp.checks import rule
-from onnxcomp.sparsity import AXIS_KEEPING_OPS, reduction_axis, satisfies_nm, through_transpose
+from onnxcomp.graph.op_facts import AXIS_KEEPING_OPS, reduction_axis, through_transpose
+from onnxcomp.passes.sparsify.nm import satisfies_nm
+from onnxcomp.pipeline.rules import rule
 
 _SLOTS = {"Conv": (1,), "Gemm": (1, 0), "MatMul": (1, 0)}
 _AXIS_NAMES = {"Conv": "input channels"}

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from onnxcomp.errors import InputError
-from onnxcomp.runtime import input_specs
+from onnxcomp.graph.signature import input_specs
 
 LABELS = "labels"
 

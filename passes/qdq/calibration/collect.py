@@ -8,15 +8,15 @@ is one batch of activations plus a fixed-size histogram per tensor, whatever the
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx
 
-from onnxcomp.calibration.histogram import Scratch, TensorStats
-from onnxcomp.calibration.stats import CalibrationStats
 from onnxcomp.errors import InputError, first_line
+from onnxcomp.passes.qdq.calibration.histogram import Scratch, TensorStats
+from onnxcomp.passes.qdq.calibration.stats import CalibrationStats
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                 onnx.TensorProto.BFLOAT16}
@@ -43,7 +43,7 @@ def activation_tensors(model: onnx.ModelProto) -> list[str]:
 
 def _known_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element types from shape inference on a weightless copy (unknown names are absent)."""
-    from onnxcomp.stats import skeleton
+    from onnxcomp.graph.shapes import skeleton
 
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False)
@@ -89,7 +89,7 @@ def collect_stats(model: onnx.ModelProto, data, tensors: list[str] | None = None
     gives the same batches, so statistics of the parts merge to exactly those of the whole.
     """
     if not isinstance(model, onnx.ModelProto):
-        from onnxcomp.io import load_model
+        from onnxcomp.graph.load import load_model
 
         model = load_model(model)
     if batch_size < 1:
@@ -178,7 +178,7 @@ class _Runner:
     """
 
     def __init__(self, model: onnx.ModelProto, roots: list[str], threads: int):
-        from onnxcomp.runtime import session
+        from onnxcomp.measure.runtime import session
 
         graph = model.graph
         existing = {o.name for o in graph.output}
@@ -213,7 +213,7 @@ def _batches(data, model: onnx.ModelProto, inputs: list[str], sizer: _BatchSizer
     """Feed dicts. Dict data is cut at multiples of one batch size (chosen by `probe` on a single
     sample), so data split at such a multiple gives the same batches, hence bit-identical
     activations: ONNX Runtime's kernels round differently for different batch shapes."""
-    from onnxcomp.data import validate
+    from onnxcomp.measure.data import validate
 
     if isinstance(data, Mapping):
         arrays = {k: np.asarray(data[k]) for k in data}

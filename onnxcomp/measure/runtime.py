@@ -1,70 +1,19 @@
-"""Running models under ONNX Runtime: sessions, input specs, seeded synthetic inputs."""
+"""Running models under ONNX Runtime: sessions, seeded synthetic inputs, batched runs."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from onnxcomp.errors import InputError, first_line
-
-_NP_TYPES = {
-    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
-    onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT64: np.int64,
-    onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT8: np.int8,
-    onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.BOOL: np.bool_,
-}
-
+from onnxcomp.graph.signature import input_specs, resolve_shape
 
 # Synthetic inputs larger than this are refused rather than allocated (hostile or mistaken shapes).
 MAX_GENERATED_BYTES = 2 * 1024**3
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    name: str
-    dtype: np.dtype
-    # ints are fixed sizes; strings are symbolic dims (dim_param) or "?" when unnamed.
-    shape: tuple
-
-
-def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
-    initializers = {t.name for t in model.graph.initializer}
-    specs = []
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor = value.type.tensor_type
-        dtype = _NP_TYPES.get(tensor.elem_type)
-        if dtype is None:
-            raise InputError(f"input {value.name!r}: element type {tensor.elem_type} is not supported for data generation")
-        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                      for d in tensor.shape.dim)
-        specs.append(InputSpec(value.name, np.dtype(dtype), shape))
-    return specs
-
-
-def resolve_shape(spec: InputSpec, dims: dict[str, int], batch: int | None = None) -> tuple[int, ...]:
-    """Concrete shape: symbolic dims from `dims` (by dim name or `input:axis`), else 1 (or batch on axis 0)."""
-    shape = []
-    for axis, d in enumerate(spec.shape):
-        if isinstance(d, int) and d > 0:
-            shape.append(d)
-            continue
-        key_axis = f"{spec.name}:{axis}"
-        if key_axis in dims:
-            shape.append(int(dims[key_axis]))
-        elif isinstance(d, str) and d in dims:
-            shape.append(int(dims[d]))
-        elif axis == 0 and batch is not None:
-            shape.append(batch)
-        else:
-            shape.append(1)
-    return tuple(shape)
 
 
 def random_inputs(model: onnx.ModelProto, dims: dict[str, int] | None = None, seed: int = 0,
@@ -91,23 +40,6 @@ def random_inputs(model: onnx.ModelProto, dims: dict[str, int] | None = None, se
     return feeds
 
 
-def parse_dims(items) -> dict[str, int]:
-    """`batch=8`, `input:0=8` → {name: size}."""
-    dims = {}
-    for item in items or ():
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise InputError(f"--dim {item!r}: expected NAME=SIZE (a dim name, or INPUT:AXIS)")
-        try:
-            size = int(value)
-        except ValueError:
-            raise InputError(f"--dim {item!r}: size must be an integer") from None
-        if size <= 0:
-            raise InputError(f"--dim {item!r}: size must be positive")
-        dims[key.strip()] = size
-    return dims
-
-
 def session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0, optimize: bool = True):
     """An ONNX Runtime CPU session for a ModelProto or a path (large models via a temp file)."""
     import onnxruntime as ort
@@ -126,13 +58,13 @@ def session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0, optimi
                 blob = None
             if blob is not None:
                 return ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
-            from onnxcomp.io import _write_with_external_data
+            from onnxcomp.graph.save import write_with_external_data
 
             # Over protobuf's 2 GB limit: stream the weights to a temporary data file (the model
             # itself is not converted or copied) and let the runtime read it from there.
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "model.onnx"
-                _write_with_external_data(model, path, Path(tmp) / "model.onnx.data", "model.onnx.data")
+                write_with_external_data(model, path, Path(tmp) / "model.onnx.data", "model.onnx.data")
                 return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:

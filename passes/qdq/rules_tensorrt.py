@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxcomp.checks import rule
-from onnxcomp.checks._qdq import (WEIGHTED, dequantized_from, is_activation, node_id, output_axis, qdq_facts,
-                                  qdq_nodes, quantize_source)
+from onnxcomp.passes.qdq.rule_facts import (
+    WEIGHTED,
+    dequantized_from,
+    is_activation,
+    node_id,
+    output_axis,
+    qdq_facts,
+    qdq_nodes,
+    quantize_source,
+)
+from onnxcomp.pipeline.rules import rule
 
 _QOPERATOR = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear",
               "QLinearAdd", "QLinearMul", "QGemm", "MatMulIntegerToFloat", "QLinearGlobalAveragePool",

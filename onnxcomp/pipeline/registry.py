@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 from onnxcomp.errors import InputError
 
 _PASSES: dict[str, type] = {}
@@ -16,12 +18,14 @@ def register_pass(cls):
     return cls
 
 
-def _ensure_loaded() -> None:
-    import onnxcomp.passes  # noqa: F401  (imports every pass module)
+def load_passes() -> None:
+    """Import onnxcomp.passes, whose modules register their passes and rules. By name, not by an
+    import statement: the core knows the package exists, never what is in it."""
+    importlib.import_module("onnxcomp.passes")
 
 
 def all_passes() -> dict[str, type]:
-    _ensure_loaded()
+    load_passes()
     return dict(sorted(_PASSES.items()))
 
 

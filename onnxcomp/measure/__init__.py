@@ -1,0 +1,1 @@
+"""The measuring floor: ONNX Runtime sessions, sample data, comparisons, counts. Knows no technique."""

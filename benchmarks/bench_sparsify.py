@@ -100,7 +100,7 @@ def _recover(teacher: onnx.ModelProto, student: onnx.ModelProto, train, test, ep
 def main(argv: list[str]) -> int:
     args = _args(argv)
     from onnxcomp.measure.data import load_npz
-    from onnxcomp.measure.fidelity import measure
+    from onnxcomp.measure.compare import measure
     from onnxcomp.optimize import optimize
     from onnxcomp.passes.sparsify.storage import gzip_size, to_sparse_storage
     from onnxcomp.report import table
@@ -130,7 +130,7 @@ def main(argv: list[str]) -> int:
                              _nm_ok(model) if mode == "2:4" else "-", rec])
                 print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
 
-            from onnxcomp.measure.fidelity import outputs_of
+            from onnxcomp.measure.compare import outputs_of
             ref_out = outputs_of(folded, test)
             add("dense", "-", folded, None)
             for mode, spec in MODES.items():

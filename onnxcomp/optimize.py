@@ -63,7 +63,8 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     Exact pipelines must reproduce the original outputs within atol/rtol (else ToleranceError);
     lossy ones have their fidelity (cosine, max abs diff, top-1, accuracy) recorded.
     `data` is the calibration/sample data lossy passes use; `val_data` (held out) is
-    preferred for the final comparison. `preloaded` avoids reading `model` twice.
+    preferred for the final comparison. `preloaded` avoids reading `model` twice. Progress
+    messages go to the `onnxcomp` logger, or to `progress(message)` when that is given.
     """
     start = time.perf_counter()
     source = model if not isinstance(model, onnx.ModelProto) else None
@@ -81,6 +82,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     _carry_metadata(original, result_model)
     result = OptimizeResult(result_model, records, format_pipeline(passes), _describe(original, source), {})
     if check_output:
+        ctx.say("validating the result against the original")
         result.validation = validate_against(original, result_model, passes, val_data or data, ctx, atol, rtol)
     if output is not None:
         if external_data is None and source is not None:
@@ -88,6 +90,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
 
             # Keep the input's layout: a model that came with external data leaves with it.
             external_data = True if len(input_files(source)) > 1 else None
+        ctx.say(f"saving {output}")
         save(result_model, output, forbid=source, external_data=external_data)
     result.output = _describe(result_model, output)
     result.seconds = time.perf_counter() - start
@@ -106,9 +109,9 @@ def _carry_metadata(original: onnx.ModelProto, result: onnx.ModelProto) -> None:
 def validate_against(original: onnx.ModelProto, result: onnx.ModelProto, passes, data, ctx: PassContext,
                      atol: float, rtol: float, max_samples: int = 256) -> dict:
     """ONNX checker plus an ONNX Runtime comparison of `result` with `original`."""
-    from onnxcomp.measure.compare import diff_outputs
-    from onnxcomp.measure.data import LABELS, model_inputs_only
-    from onnxcomp.measure.runtime import random_inputs, run_batched, session
+    from onnxcomp.measure.compare import Tolerances, compare_models
+    from onnxcomp.measure.data import LABELS, model_inputs_only, take
+    from onnxcomp.measure.runtime import random_inputs
     from onnxcomp.pipeline.verify import checker_problem
 
     problem = checker_problem(result if fits_protobuf(result) else _no_check())
@@ -119,25 +122,21 @@ def validate_against(original: onnx.ModelProto, result: onnx.ModelProto, passes,
 
             raise InputError(f"input model fails the ONNX checker: {problem}")
         raise VerificationError(f"output model fails the ONNX checker: {problem}")
+    labels = None
     if data is not None:
-        feeds = {k: v[:max_samples] for k, v in model_inputs_only(data).items()}
+        samples = take(data, 0, max_samples)
+        feeds, labels = model_inputs_only(samples), samples.get(LABELS)
         source = f"{len(next(iter(feeds.values())))} samples of the given data"
     else:
         feeds = random_inputs(original, ctx.dims, seed=ctx.seed, batch=8)
         source = "seeded random inputs"
-    expected = run_batched(session(original), feeds)
-    got = run_batched(session(result), feeds)
-    diffs = diff_outputs(expected, got, atol, rtol)
+    comparison = compare_models(original, result, feeds, Tolerances(atol, rtol), labels=labels)
     exact = all(p.exact for p in passes)
     validation = {"inputs": source, "exact_pipeline": exact, "atol": atol, "rtol": rtol,
-                  "outputs": [d.as_dict() for d in diffs]}
-    if data is not None and LABELS in data:
-        labels = np.asarray(data[LABELS][:max_samples])
-        first = next(iter(expected))
-        if expected[first].ndim == 2:
-            validation["accuracy_original"] = float(np.mean(expected[first].argmax(1) == labels))
-            validation["accuracy_output"] = float(np.mean(got[first].argmax(1) == labels))
-    bad = [d for d in diffs if not d.within]
+                  "outputs": [d.as_dict() for d in comparison.diffs]}
+    if comparison.accuracy is not None:
+        validation["accuracy_original"], validation["accuracy_output"] = comparison.accuracy
+    bad = comparison.outside
     if exact and bad:
         raise ToleranceError(f"output {bad[0].name!r} differs from the original by {bad[0].max_abs:.3g} "
                              f"(atol {atol}, rtol {rtol}) although every pass is exact")

@@ -69,7 +69,7 @@ def test_onnx_student_is_written_back_into_the_same_graph_with_sparsity_kept(mlp
 def test_fine_tuning_recovers_a_damaged_student(mlp):
     teacher, train, val = mlp
     student = sparsified(teacher, 0.8)
-    from onnxcomp.measure.fidelity import measure
+    from onnxcomp.measure.compare import measure
 
     start = measure(teacher, student, val).accuracy
     result = onnxcomp.distill(teacher, student, train, dict(epochs=4, lr=3e-3, temperature=2.0, alpha=0.5),

@@ -118,3 +118,51 @@ def test_truncated_data_file_is_refused_before_reading(model, tmp_path):
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     with pytest.raises(InputError, match="holds"):
         onnxcomp.load_model(tmp_path / "m.onnx")
+
+
+# Typed-field tensors (float_data, int32_data, ...; not raw_data): each dtype a field stores differently,
+# 4-bit ones packed two to a byte. Saving them as external data once crashed on NumPy 2 (ndarray.newbyteorder).
+TYPED = [onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE,
+         onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32,
+         onnx.TensorProto.INT64, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL, onnx.TensorProto.INT4,
+         onnx.TensorProto.UINT4]
+
+
+def typed_field_model(count: int = 3001) -> onnx.ModelProto:
+    """One initializer per dtype, each big enough to go to the data file, held in its typed field."""
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    inits, nodes, outputs = [], [], []
+    for i, dtype in enumerate(TYPED):
+        np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
+        if dtype == onnx.TensorProto.BOOL:
+            values = rng.integers(0, 2, count).astype(bool)
+        elif np.issubdtype(np_dtype, np.floating) or dtype == onnx.TensorProto.BFLOAT16:
+            values = rng.standard_normal(count).astype(np_dtype)
+            values[:3] = np.array([np.nan, -0.0, np.inf]).astype(np_dtype)   # bit patterns must survive
+        else:
+            low, high = (0, 16) if dtype == onnx.TensorProto.UINT4 else (-8, 8)
+            values = rng.integers(low, high, count).astype(np_dtype)
+        init = helper.make_tensor(f"t{i}", dtype, [count], values, raw=False)
+        assert not init.HasField("raw_data")
+        inits.append(init)
+        nodes.append(helper.make_node("Identity", [f"t{i}"], [f"y{i}"]))
+        outputs.append(helper.make_tensor_value_info(f"y{i}", dtype, [count]))
+    graph = helper.make_graph(nodes, "typed", [], outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+def test_typed_field_tensors_round_trip_bit_exact_through_external_data(tmp_path):
+    model = typed_field_model()
+    onnx.checker.check_model(model)
+    path = onnxcomp.save(model, tmp_path / "m.onnx", external_data=True)
+    stored = onnx.load(str(path), load_external_data=False)
+    assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in stored.graph.initializer)
+    loaded = onnxcomp.load_model(path)
+    originals = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert len(loaded.graph.initializer) == len(TYPED)
+    for t in loaded.graph.initializer:
+        got, want = numpy_helper.to_array(t), originals[t.name]
+        assert t.data_type == TYPED[int(t.name[1:])] and got.dtype == want.dtype and got.shape == want.shape
+        assert got.tobytes() == want.tobytes(), t.name

@@ -93,7 +93,7 @@ def fused_ops(model):
 # ---------- formats ----------
 
 def test_activation_params_cover_range_and_keep_zero_exact():
-    from onnxcomp.passes.qdq.formats import (
+    from onnxcomp.passes.qdq.numerics import (
         ORT_ACTIVATIONS,
         TENSORRT_ACTIVATIONS,
         activation_params,
@@ -104,16 +104,16 @@ def test_activation_params_cover_range_and_keep_zero_exact():
     for fmt in (ORT_ACTIVATIONS, TENSORRT_ACTIVATIONS):
         scale, zp = activation_params(-1.5, 4.0, fmt)
         assert np.dtype(type(zp)) == np.dtype(fmt.dtype)
-        err = np.abs(fake_quantize(x, scale, zp, fmt.qmin, fmt.qmax) - x)
+        err = np.abs(fake_quantize(x, scale, zp, fmt.symmetric, fmt.bits) - x)
         assert err.max() <= scale / 2 + 1e-6
-        assert fake_quantize(np.zeros(1, np.float32), scale, zp, fmt.qmin, fmt.qmax)[0] == 0.0
+        assert fake_quantize(np.zeros(1, np.float32), scale, zp, fmt.symmetric, fmt.bits)[0] == 0.0
     assert int(activation_params(-1.0, 3.0, TENSORRT_ACTIVATIONS)[1]) == 0
     # after ReLU the UINT8 zero point is 0, so ORT folds the ReLU into the Q
     assert int(activation_params(0.0, 6.0, ORT_ACTIVATIONS)[1]) == 0
 
 
 def test_weight_axes_follow_output_channels():
-    from onnxcomp.passes.qdq.formats import quantize_weight, weight_axis
+    from onnxcomp.passes.qdq.numerics import quantize_weight, weight_axis
 
     assert weight_axis("Conv", {}, 4) == 0
     assert weight_axis("ConvTranspose", {}, 4) == 1
@@ -379,13 +379,13 @@ def test_max_drop_keeps_sensitive_layers_float(models_dir):
     data = {k: v[:32] for k, v in load_data(models_dir / "transformer_calib.npz", block).items()}
     base = onnxcomp.optimize(block, None, "cleanup", check_output=False).model
     full = onnxcomp.optimize(base, None, "insert-qdq", data=data, check_output=False)
-    drop_all = 1 - onnxcomp.measure.fidelity.measure(base, full.model, data).cosine
+    drop_all = 1 - onnxcomp.measure.compare.measure(base, full.model, data).cosine
     budget = drop_all / 3
     result = onnxcomp.optimize(base, None, f"insert-qdq{{max_drop={budget}}}", data=data, check_output=False)
     info = result.records[-1].report.details["insert-qdq"]["budget"]
     assert info["float_nodes"], "the budget is below the all-int8 drop, so some layer must stay float"
     assert info["drop"] <= budget
-    assert onnxcomp.measure.fidelity.measure(base, result.model, data).drop == pytest.approx(info["drop"], abs=1e-6)
+    assert onnxcomp.measure.compare.measure(base, result.model, data).drop == pytest.approx(info["drop"], abs=1e-6)
     with pytest.raises(ToleranceError, match="cannot be met"):
         onnxcomp.optimize(base, None, "insert-qdq{max_drop=1e-12}", data=data, check_output=False)
 
@@ -437,7 +437,21 @@ def placement_text(model) -> str:
 def _check_golden(model, filename: str) -> None:
     text = placement_text(model)
     path = GOLDEN / filename
-    if os.environ.get("ONNXCOMP_REGEN_GOLDEN") or not path.exists():
+    regen = "ONNXCOMP_REGEN_GOLDEN=1 ../.venv/bin/python -m pytest test_insert_qdq.py -k digits_cnn_keeps_accuracy"
+    if os.environ.get("ONNXCOMP_REGEN_GOLDEN"):  # only on purpose: a missing file is a failure, not a new golden
         path.parent.mkdir(exist_ok=True)
         path.write_text(text)
+    assert path.exists(), f"golden file {path} is missing; write it on purpose from tests/: {regen}"
     assert text == path.read_text(), f"placement changed; regenerate {path} on purpose (ONNXCOMP_REGEN_GOLDEN=1)"
+
+
+def test_a_missing_golden_file_fails_and_is_not_written(monkeypatch, tmp_path, digits):
+    monkeypatch.setattr(sys.modules[__name__], "GOLDEN", tmp_path)
+    monkeypatch.delenv("ONNXCOMP_REGEN_GOLDEN", raising=False)
+    with pytest.raises(AssertionError, match="missing.*ONNXCOMP_REGEN_GOLDEN=1"):
+        _check_golden(digits[0], "absent.txt")
+    assert not (tmp_path / "absent.txt").exists()
+    monkeypatch.setenv("ONNXCOMP_REGEN_GOLDEN", "1")  # on purpose: written, then it holds
+    _check_golden(digits[0], "absent.txt")
+    monkeypatch.delenv("ONNXCOMP_REGEN_GOLDEN")
+    _check_golden(digits[0], "absent.txt")

@@ -32,6 +32,8 @@ def test_round_trip():
     ("cleanup{dedupe=true", "unclosed"),
     ("", "empty"),
     ("cleanup,,fold-bn", "empty entry"),
+    ("remove-channels{ratio=1.5}", "remove-channels.ratio must be in [0, 1), got 1.5"),
+    ("insert-qdq{method=kl}", "insert-qdq.method: 'kl' is not one of minmax, percentile, entropy, mse, auto"),
 ])
 def test_errors_are_one_line(text, message):
     with pytest.raises(InputError) as info:

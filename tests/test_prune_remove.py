@@ -129,7 +129,7 @@ def test_max_drop_backs_off_until_the_budget_fits(cnn, models_dir):
     out, report = prune(cnn, "ratio=0.5,max_drop=0.02", data=data)
     assert report.stats["measured_drop"] <= 0.02
     assert report.stats["ratio_used"] < 0.5 and len(report.details["backoff"]) > 1
-    from onnxcomp.measure.fidelity import measure
+    from onnxcomp.measure.compare import measure
 
     assert measure(cnn, out, data).drop <= 0.02
 

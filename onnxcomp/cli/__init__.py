@@ -47,9 +47,45 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
-@click.group(cls=LazyGroup, epilog=EXIT_CODES)
+# Distributions whose versions a bug report needs: label -> the names it may be installed under.
+DEPENDENCIES = {
+    "onnx": ("onnx",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    "onnx-graphsurgeon": ("onnx-graphsurgeon", "onnx_graphsurgeon"),
+    "numpy": ("numpy",),
+    "torch": ("torch",),
+}
+
+
+def versions() -> list[str]:
+    """`onnxcomp X`, Python, then each dependency's installed version, read from package metadata
+    (nothing is imported, so this is instant and works when torch is absent)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(names) -> str:
+        for name in names:
+            try:
+                return version(name)
+            except PackageNotFoundError:
+                continue
+        return "not installed"
+
+    lines = [f"onnxcomp {installed(('onnxcomp',))}", f"python {platform.python_version()}"]
+    return lines + [f"{label} {installed(names)}" for label, names in DEPENDENCIES.items()]
+
+
+def _print_versions(ctx, param, value) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo("\n".join(versions()))
+    ctx.exit()
+
+
+@click.group(cls=LazyGroup, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
-@click.version_option(package_name="onnxcomp")
+@click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_versions,
+              help="Show the versions of onnxcomp, Python and its dependencies, and exit.")
 @click.pass_context
 def cli(ctx, debug):
     """onnxcomp: compress and verify ONNX models (quantize, prune, sparsify, distill)."""

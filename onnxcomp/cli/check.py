@@ -4,12 +4,16 @@ import json
 
 import click
 
+from onnxcomp.cli.common import verbosity_options
+from onnxcomp.pipeline.options import TARGETS
+
 
 @click.command("check")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--target", type=click.Choice(["ort", "tensorrt"]), default="tensorrt", show_default=True)
+@click.option("--target", type=click.Choice(TARGETS), default="tensorrt", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print findings as JSON.")
 @click.option("--rules", "list_rules", is_flag=True, help="List the rules for the target and exit.")
+@verbosity_options
 def command(model, target, as_json, list_rules):
     """Check MODEL against TARGET's rules: one line per finding (severity, rule id, node, why)."""
     from onnxcomp.checks import run_checks

@@ -4,54 +4,67 @@ import json
 
 import click
 
-from onnxcomp.cli.common import dim_option
+from onnxcomp.cli.common import dim_option, verbosity_options
 
 
 @click.command("compare")
 @click.argument("reference", type=click.Path(dir_okay=False))
 @click.argument("candidate", type=click.Path(dir_okay=False))
 @click.option("--data", type=click.Path(dir_okay=False), help=".npz with one array per input (first axis = samples).")
-@click.option("--atol", default=1e-5, show_default=True, help="Absolute tolerance.")
-@click.option("--rtol", default=1e-4, show_default=True, help="Relative tolerance.")
+@click.option("--atol", "atols", multiple=True, metavar="[OUTPUT=]TOL",
+              help="Absolute tolerance: TOL for every output, OUTPUT=TOL for one (repeatable).  [default: 1e-5]")
+@click.option("--rtol", "rtols", multiple=True, metavar="[OUTPUT=]TOL",
+              help="Relative tolerance: TOL for every output, OUTPUT=TOL for one (repeatable).  [default: 1e-4]")
+@click.option("--statistic", default="max", show_default=True, metavar="max|mean|median|pNN",
+              help="Statistic of each element's error over its tolerance that must be <= 1: max (every element), "
+                   "mean, median or a percentile such as p99.")
 @click.option("--batch", default=8, show_default=True, help="Samples of generated data (when no --data).")
 @click.option("--seed", default=0, show_default=True, help="Seed of generated data.")
 @click.option("--max-samples", default=1024, show_default=True, help="Use at most this many samples of --data.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @dim_option
-def command(reference, candidate, data, atol, rtol, batch, seed, max_samples, as_json, dims):
+@verbosity_options
+def command(reference, candidate, data, atols, rtols, statistic, batch, seed, max_samples, as_json, dims):
     """Run REFERENCE and CANDIDATE under ONNX Runtime and compare outputs (exit 4 outside tolerance)."""
-    import numpy as np
-
     from onnxcomp.errors import InputError, ToleranceError
     from onnxcomp.graph.load import load_model
     from onnxcomp.graph.signature import parse_dims
-    from onnxcomp.measure.compare import diff_outputs, format_diffs
-    from onnxcomp.measure.data import LABELS, load_data, model_inputs_only
-    from onnxcomp.measure.runtime import random_inputs, run_batched, session
+    from onnxcomp.measure.compare import (
+        DEFAULT_ATOL,
+        DEFAULT_RTOL,
+        Tolerances,
+        check_statistic,
+        compare_models,
+        format_diffs,
+    )
+    from onnxcomp.measure.data import LABELS, load_data, model_inputs_only, take
+    from onnxcomp.measure.runtime import random_inputs
 
+    check_statistic(statistic)
     ref_model = load_model(reference)
     cand_model = load_model(candidate)
+    outputs = [o.name for o in ref_model.graph.output]
+    atol, per_atol = _tolerance_option("--atol", atols, DEFAULT_ATOL, outputs)
+    rtol, per_rtol = _tolerance_option("--rtol", rtols, DEFAULT_RTOL, outputs)
+    tolerances = Tolerances(atol, rtol, {name: (per_atol.get(name, atol), per_rtol.get(name, rtol))
+                                         for name in {**per_atol, **per_rtol}})
+    labels = None
     if data:
-        samples = load_data(data, ref_model)
-        feeds = {k: v[:max_samples] for k, v in model_inputs_only(samples).items()}
+        samples = take(load_data(data, ref_model), 0, max_samples)
+        feeds, labels = model_inputs_only(samples), samples.get(LABELS)
         source = f"{len(next(iter(feeds.values())))} samples from {data}"
     else:
-        samples = None
         feeds = random_inputs(ref_model, parse_dims(dims), seed=seed, batch=batch)
         source = f"seeded random inputs (seed {seed}, batch {batch})"
-    expected = run_batched(session(ref_model), feeds)
-    got = run_batched(session(cand_model), feeds)
-    missing = [name for name in expected if name not in got]
+    comparison = compare_models(ref_model, cand_model, feeds, tolerances, statistic, labels)
+    missing = [name for name in comparison.reference if name not in comparison.candidate]
     if missing:
         raise InputError(f"{candidate}: has no output named {missing[0]!r}")
-    diffs = diff_outputs(expected, got, atol, rtol)
-    result = {"inputs": source, "atol": atol, "rtol": rtol, "outputs": [d.as_dict() for d in diffs]}
-    if samples is not None and LABELS in samples:
-        labels = samples[LABELS][:max_samples]
-        first = next(iter(expected))
-        if expected[first].ndim == 2:
-            result["accuracy_reference"] = float(np.mean(expected[first].argmax(1) == labels))
-            result["accuracy_candidate"] = float(np.mean(got[first].argmax(1) == labels))
+    diffs = comparison.diffs
+    result = {"inputs": source, "atol": atol, "rtol": rtol, "statistic": statistic,
+              "outputs": [d.as_dict() for d in diffs]}
+    if comparison.accuracy is not None:
+        result["accuracy_reference"], result["accuracy_candidate"] = comparison.accuracy
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
@@ -60,7 +73,30 @@ def command(reference, candidate, data, atol, rtol, batch, seed, max_samples, as
         if "accuracy_reference" in result:
             click.echo(f"accuracy: reference {result['accuracy_reference']:.4f}, "
                        f"candidate {result['accuracy_candidate']:.4f}")
-    bad = [d for d in diffs if not d.within]
+    bad = comparison.outside
     if bad:
         raise ToleranceError(f"{len(bad)} of {len(diffs)} outputs outside tolerance "
                              f"(worst max abs diff {max(d.max_abs for d in bad):.3g})")
+
+
+def _tolerance_option(flag: str, values: tuple, default: float, outputs: list[str]) -> tuple[float, dict]:
+    """(global tolerance, {output: tolerance}) from repeated `TOL` / `OUTPUT=TOL` values."""
+    from onnxcomp.errors import InputError
+
+    every, per_output = default, {}
+    for value in values:
+        name, _, number = value.rpartition("=")
+        try:
+            tol = float(number)
+        except ValueError:
+            raise InputError(f"{flag} {value}: {number!r} is not a number") from None
+        if not tol >= 0 or tol == float("inf"):
+            raise InputError(f"{flag} {value}: a tolerance is a finite number >= 0")
+        if not name:
+            every = tol
+        elif name in outputs:
+            per_output[name] = tol
+        else:
+            raise InputError(f"{flag} {value}: the reference model has no output {name!r} "
+                             f"(outputs: {', '.join(outputs)})")
+    return every, per_output

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import click
 
+from onnxcomp.cli.common import verbosity_options
+
 
 @click.command("distill")
 @click.option("--teacher", required=True, metavar="MODEL.onnx|FILE.py:FN",
@@ -45,12 +47,11 @@ import click
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=2, show_default=True, help="CPU threads for torch and ONNX Runtime.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the result as JSON.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@verbosity_options
 def command(teacher, teacher_weights, student, student_weights, data, val, output, epochs, lr, batch_size,
             temperature, alpha, features, feature_weight, weight_decay, optimizer, schedule, bn, keep_zeros,
-            cache, cache_dir, opset, checkpoint, seed, threads, report_path, quiet):
+            cache, cache_dir, opset, checkpoint, seed, threads, report_path):
     """Train STUDENT from TEACHER with knowledge distillation and write it as ONNX."""
-    import sys
     from pathlib import Path
 
     from onnxcomp.distill import DistillOptions, parse_feature
@@ -69,35 +70,17 @@ def command(teacher, teacher_weights, student, student_weights, data, val, outpu
                              features=tuple(parse_feature(f) for f in features), feature_weight=feature_weight,
                              seed=seed, threads=threads, cache=cache, cache_dir=cache_dir, bn=bn,
                              keep_zeros=keep_zeros, opset=opset, checkpoint=checkpoint)
-    progress = None if quiet else _line
-    on_batch = None if quiet or not sys.stderr.isatty() else _bar
-
     import onnxcomp.distill as distill
     from onnxcomp.report import write_json
 
     result = distill.run(teacher, student, data, options, val_data=val, teacher_weights=teacher_weights,
-                         student_weights=student_weights, progress=progress, on_batch=on_batch)
+                         student_weights=student_weights)
     forbid = student if is_onnx_spec(student) else None
     save(result.model, output, forbid=forbid)
     click.echo(format_result(result, output))
     if report_path:
         write_json(result.as_dict(), report_path)
         click.echo(f"report: {report_path}")
-
-
-def _line(message: str) -> None:
-    click.echo(f"\r... {message}\033[K" if _bar.active else f"... {message}", err=True)
-    _bar.active = False
-
-
-def _bar(epoch: int, done: int, total: int) -> None:
-    width = 30
-    filled = width * done // total
-    click.echo(f"\r  epoch {epoch} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", err=True, nl=False)
-    _bar.active = True
-
-
-_bar.active = False
 
 
 def format_result(result, output: str) -> str:

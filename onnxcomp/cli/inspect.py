@@ -4,13 +4,14 @@ import json
 
 import click
 
-from onnxcomp.cli.common import dim_option
+from onnxcomp.cli.common import dim_option, verbosity_options
 
 
 @click.command("inspect")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @dim_option
+@verbosity_options
 def command(model, as_json, dims):
     """Summarize MODEL: opsets, inputs/outputs, op histogram, parameters, MACs, files."""
     from onnxcomp.graph.load import load_model

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import click
 
-from onnxcomp.cli.common import dim_option
+from onnxcomp.cli.common import dim_option, verbosity_options
+from onnxcomp.cli.shortcuts import shortcut_options
+from onnxcomp.optimize import DEFAULT_PIPELINE
+from onnxcomp.pipeline.text import PRESETS
 
 
 @click.command("optimize")
@@ -12,20 +15,10 @@ from onnxcomp.cli.common import dim_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output model (default: MODEL.opt.onnx beside it).")
 @click.option("--passes", "pipeline", metavar="PIPELINE",
               help='Pipeline text, e.g. "cleanup,fold-bn,insert-qdq{method=entropy}", or a preset '
-                   '(default, int8-ort, int8-tensorrt, slim, sparse-2of4). Default: cleanup,fold-bn.')
-@click.option("--quantize", type=click.Choice(["int8"]), help="Static INT8 quantization (QDQ).")
+                   f'({", ".join(PRESETS)}). Default: {DEFAULT_PIPELINE}.')
 @click.option("--calib", type=click.Path(dir_okay=False), help="Calibration/sample data .npz (one array per input).")
 @click.option("--val", type=click.Path(dir_okay=False), help="Held-out data .npz for the final comparison.")
-@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy", "mse", "auto"]))
-@click.option("--target", type=click.Choice(["ort", "tensorrt"]), help="Runtime the output is tuned for.")
-@click.option("--exclude", multiple=True, metavar="NODE_OR_OP", help="Leave these nodes/op types alone (repeatable).")
-@click.option("--max-drop", type=float, help="Accuracy/fidelity budget for lossy passes.")
-@click.option("--prune-channels", type=float, metavar="RATIO", help="Remove this fraction of channels per group.")
-@click.option("--importance", type=click.Choice(["l1", "l2", "bn-scale"]))
-@click.option("--round-to", type=int, help="Round kept channel counts to a multiple of this.")
-@click.option("--global", "global_ranking", is_flag=True, help="Rank channels globally across groups.")
-@click.option("--sparsify", metavar="RATIO|N:M", help="Unstructured ratio (0.5) or N:M pattern (2:4).")
-@click.option("--sparsify-scope", type=click.Choice(["layer", "global"]))
+@shortcut_options
 @click.option("--verify", type=click.Choice(["none", "structure", "checker", "numeric"]), default="structure",
               show_default=True, help="Verification after every pass.")
 @click.option("--atol", default=1e-5, show_default=True, help="Absolute tolerance for exact passes.")
@@ -34,23 +27,22 @@ from onnxcomp.cli.common import dim_option
 @click.option("--external-data/--no-external-data", "external_data", default=None,
               help="Save weights to OUT.data beside the model (default: as the input did, or when over ~2 GB).")
 @click.option("--seed", default=0, show_default=True)
-@click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
+@verbosity_options
 @click.option("--reproducer", type=click.Path(dir_okay=False),
               help="If a pass fails verification, write the model as it was before that pass here.")
 @click.option("--print-pipeline", is_flag=True, help="Print the expanded pipeline (presets, shortcut flags, options) and exit.")
 @dim_option
-def command(model, output, pipeline, quantize, calib, val, calib_method, target, exclude, max_drop,
-            prune_channels, importance, round_to, global_ranking, sparsify, sparsify_scope, verify,
-            atol, rtol, report_path, external_data, seed, quiet, reproducer, print_pipeline, dims):
+def command(model, output, pipeline, calib, val, verify, atol, rtol, report_path, external_data, seed,
+            reproducer, print_pipeline, dims, **shortcuts):
     """Optimize MODEL with a pass pipeline; the result is verified against MODEL."""
     from pathlib import Path
 
-    from onnxcomp.cli.shortcuts import shortcut_passes
+    from onnxcomp.cli.shortcuts import apply_shortcuts
     from onnxcomp.errors import InputError
     from onnxcomp.graph.load import load_model
     from onnxcomp.graph.signature import parse_dims
     from onnxcomp.measure.data import load_data
-    from onnxcomp.optimize import DEFAULT_PIPELINE, optimize
+    from onnxcomp.optimize import optimize
     from onnxcomp.pipeline.text import parse_pipeline
     from onnxcomp.report import write_json
 
@@ -62,22 +54,19 @@ def command(model, output, pipeline, quantize, calib, val, calib_method, target,
         raise InputError(f"{output}: refusing to overwrite the input model or its data; choose another output path")
     if report_path and Path(report_path).resolve() == Path(model).resolve():
         raise InputError(f"{report_path}: refusing to overwrite the input model with the report")
-    extra = shortcut_passes(quantize=quantize, calib_method=calib_method, target=target, exclude=exclude,
-                            max_drop=max_drop, prune_channels=prune_channels, importance=importance,
-                            round_to=round_to, global_ranking=global_ranking, sparsify=sparsify,
-                            sparsify_scope=sparsify_scope)
-    passes = parse_pipeline(pipeline or DEFAULT_PIPELINE) + extra
+    # Every option is checked here, before the model is even loaded.
+    text = pipeline or DEFAULT_PIPELINE
+    passes = apply_shortcuts(parse_pipeline(text), shortcuts, text)
     if print_pipeline:
         from onnxcomp.pipeline.text import format_pipeline
 
         click.echo(format_pipeline(passes))
         return
-    progress = None if quiet else (lambda message: click.echo(f"... {message}", err=True))
     original = load_model(model)
     data = load_data(calib, original) if calib else None
     val_data = load_data(val, original) if val else None
-    result = optimize(model, output, passes, data=data, val_data=val_data, target=target, verify=verify,
-                      atol=atol, rtol=rtol, dims=parse_dims(dims), progress=progress, seed=seed,
+    result = optimize(model, output, passes, data=data, val_data=val_data, verify=verify,
+                      atol=atol, rtol=rtol, dims=parse_dims(dims), seed=seed,
                       external_data=external_data, preloaded=original, reproducer=reproducer)
     click.echo(format_result(result))
     if report_path:

@@ -1,39 +1,179 @@
-"""Turn `optimize`'s convenience flags into pass instances, in the order that works best.
+"""`optimize`'s shortcut flags: a table of flag -> (pass, option), typed from the Options dataclasses.
 
-Order: cleanup, fold-bn (BN must be folded before QDQ), remove-channels,
-sparsify-initializers, insert-qdq (quantize last, so it sees the final weights).
+Each flag's click type, choices, range and help come from its Options field, so the flags cannot
+drift from the pipeline text or from `onnxcomp passes`. Three kinds:
+
+- adding flags (--prune-channels, --sparsify, --quantize) append their pass after the pipeline, in
+  that order (prune and sparsify first, so insert-qdq sees the final weights); a pipeline that
+  already has the pass (a preset such as int8-ort) is refused rather than doubled;
+- option flags (--importance, --round-to, --global, --sparsify-scope, --calib-method, --target) set
+  that option of their pass wherever it came from, --passes text or an adding flag; a pipeline
+  without the pass is refused;
+- shared flags (--exclude, --exclude-op, --max-drop) set the option on every pass in the pipeline
+  that has it; a pipeline with none is refused.
+
+A flag never overrides a different value the --passes text gave explicitly: that is refused too.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, get_origin
+
+import click
+
 from onnxcomp.errors import InputError
-from onnxcomp.pipeline.options import build_options
+from onnxcomp.pipeline.options import (
+    choices_of,
+    default_of,
+    format_value,
+    option_fields,
+    unwrap_optional,
+    with_option,
+)
 from onnxcomp.pipeline.registry import all_passes
 
+# flag -> (pass name, or None for every pass with the option; Options field, or None for the pass itself)
+SHORTCUTS: dict[str, tuple[str | None, str | None]] = {
+    "--prune-channels": ("remove-channels", "ratio"),
+    "--importance": ("remove-channels", "importance"),
+    "--round-to": ("remove-channels", "round_to"),
+    "--global": ("remove-channels", "global_ranking"),
+    "--sparsify": ("sparsify-initializers", "sparsity"),
+    "--sparsify-scope": ("sparsify-initializers", "scope"),
+    "--quantize": ("insert-qdq", None),
+    "--calib-method": ("insert-qdq", "method"),
+    "--target": ("insert-qdq", "target"),
+    "--exclude": (None, "exclude"),
+    "--exclude-op": (None, "exclude_op"),
+    "--max-drop": (None, "max_drop"),
+}
+ADDING = ("--prune-channels", "--sparsify", "--quantize")  # in the order their passes are appended
+QUANTIZE_CHOICES = ("int8",)  # --quantize names a number format, not an option of insert-qdq
 
-def make_pass(name: str, values: dict):
-    passes = all_passes()
-    if name not in passes:
-        raise InputError(f"pass {name!r} is not available in this build; available: {', '.join(passes)}")
-    cls = passes[name]
-    return cls(build_options(cls.Options, {k: v for k, v in values.items() if v is not None}, name))
+
+def param_name(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
 
 
-def shortcut_passes(*, quantize=None, calib_method=None, target=None, exclude=(), max_drop=None,
-                    prune_channels=None, importance=None, round_to=None, global_ranking=False,
-                    sparsify=None, sparsify_scope=None) -> list:
-    passes = []
-    exclude = tuple(exclude) if exclude else None
-    if prune_channels is not None:
-        passes.append(make_pass("remove-channels", {
-            "ratio": prune_channels, "importance": importance, "round_to": round_to,
-            "global_ranking": True if global_ranking else None, "exclude": exclude, "max_drop": max_drop}))
-    if sparsify is not None:
-        passes.append(make_pass("sparsify-initializers", {
-            "sparsity": sparsify, "scope": sparsify_scope, "exclude": exclude, "max_drop": max_drop}))
-    if quantize is not None:
-        if quantize != "int8":
-            raise InputError(f"--quantize {quantize!r}: only int8 is supported")
-        passes.append(make_pass("insert-qdq", {
-            "method": calib_method, "target": target, "exclude": exclude, "max_drop": max_drop}))
+def passes_with(option: str) -> list[str]:
+    """Names of the registered passes whose Options have `option`."""
+    return [name for name, cls in all_passes().items()
+            if any(f.name == option for f in dataclasses.fields(cls.Options))]
+
+
+def field_of(flag: str) -> tuple[dataclasses.Field, Any]:
+    """The Options field (and its annotation) behind a flag; shared flags read the first pass that has
+    it (every pass declares a shared option with the same field helper, so they are alike)."""
+    name, option = SHORTCUTS[flag]
+    cls = all_passes()[name or passes_with(option)[0]]
+    return next((f, hint) for f, hint in option_fields(cls.Options) if f.name == option)
+
+
+def flag_for(pass_name: str, option: str) -> str | None:
+    """The flag that sets `option` of `pass_name`, if any."""
+    for flag, (name, field_name) in SHORTCUTS.items():
+        if field_name == option and (name == pass_name or (name is None and option in _fields(pass_name))):
+            return flag
+    return None
+
+
+def adding_flag(pass_name: str) -> str | None:
+    """The flag that adds `pass_name` to the pipeline, if any."""
+    return next((flag for flag in ADDING if SHORTCUTS[flag][0] == pass_name), None)
+
+
+def _fields(pass_name: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(all_passes()[pass_name].Options)}
+
+
+def _role(flag: str) -> str:
+    name, option = SHORTCUTS[flag]
+    if name is None:
+        return f"Sets {option} of every pass in the pipeline that has it ({', '.join(passes_with(option))})."
+    if flag in ADDING:
+        return (f"Adds {name}{'' if option is None else f'{{{option}=...}}'} after the pipeline; "
+                f"an error if --passes already has {name}.")
+    return (f"Sets {name}.{option} of the {name} in the pipeline (from --passes or {adding_flag(name)}); "
+            "an error without one.")
+
+
+def click_kwargs(flag: str) -> dict[str, Any]:
+    """click.option arguments for a shortcut: type, choices, range and help from its Options field."""
+    option = SHORTCUTS[flag][1]
+    if option is None:
+        return {"type": click.Choice(QUANTIZE_CHOICES), "help": f"Static quantization as Q/DQ pairs. {_role(flag)}"}
+    f, hint = field_of(flag)
+    text, valid = f.metadata.get("help", ""), f.metadata.get("range")
+    kwargs: dict[str, Any] = {"help": f"{text[:1].upper()}{text[1:]}." + (f" Must be {valid}." if valid else "")
+                              + f" {_role(flag)}"}
+    metavar = f.metadata.get("metavar", option.upper())
+    base = unwrap_optional(hint)
+    if choices_of(base):
+        kwargs["type"] = click.Choice([str(c) for c in choices_of(base)])
+    elif base is bool:
+        kwargs["is_flag"] = True
+    elif get_origin(base) is tuple:
+        kwargs.update(multiple=True, metavar=metavar, help=kwargs["help"] + " Repeatable.")
+    else:
+        kwargs.update(type=base, metavar=metavar)
+    return kwargs
+
+
+def shortcut_options(command):
+    """Decorate `optimize` with one click option per shortcut flag."""
+    for flag in reversed(list(SHORTCUTS)):
+        command = click.option(flag, param_name(flag), **click_kwargs(flag))(command)
+    return command
+
+
+def apply_shortcuts(passes: list, values: dict[str, Any], pipeline_text: str) -> list:
+    """`passes` (parsed from --passes) with the given shortcut flags applied, or one InputError line.
+
+    `values` maps click parameter names to what click passed (None, () or False when not given).
+    """
+    given = {flag: values.get(param_name(flag)) for flag in SHORTCUTS}
+    given = {flag: v for flag, v in given.items() if v is not None and v is not False and v != ()}
+    in_text = len(passes)
+    passes = list(passes)
+    for flag in ADDING:
+        if flag not in given:
+            continue
+        name, option = SHORTCUTS[flag]
+        if any(p.name == name for p in passes):
+            raise InputError(f"{flag} adds {name}, but --passes {pipeline_text!r} already has {name}: give one of "
+                             "them (set its options in the text, or with the option flags)")
+        fresh = all_passes()[name]()
+        passes.append(fresh if option is None else type(fresh)(_set(fresh, flag, option, given[flag])))
+    for flag, value in given.items():
+        name, option = SHORTCUTS[flag]
+        if flag in ADDING:
+            continue
+        hits = [i for i, p in enumerate(passes) if (p.name == name if name else option in _fields(p.name))]
+        if not hits:
+            present = ", ".join(p.name for p in passes)
+            if name is None:
+                raise InputError(f"{flag}: no pass in the pipeline ({present}) has {option}; it applies to "
+                                 f"{', '.join(passes_with(option))}")
+            raise InputError(f"{flag} sets {name}.{option}, but the pipeline ({present}) has no {name}; "
+                             f"add it with {adding_flag(name)} or in --passes")
+        for i in hits:
+            p = passes[i]
+            new = _set(p, flag, option, value)
+            current, default = getattr(p.options, option), default_of(_field(p, option))
+            if i < in_text and current != default and current != getattr(new, option):
+                raise InputError(f"{flag} {format_value(value)} contradicts {p.name}{{{option}="
+                                 f"{format_value(current)}}} from --passes {pipeline_text!r}: give it once")
+            passes[i] = type(p)(new)
     return passes
+
+
+def _set(p, flag: str, option: str, value: Any):
+    try:
+        return with_option(p.options, option, value, p.name)
+    except InputError as exc:
+        raise InputError(f"{flag}: {exc}") from None
+
+
+def _field(p, option: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(p.options) if f.name == option)

@@ -23,6 +23,7 @@ import onnx
 from onnxcomp.distill.options import DistillOptions
 from onnxcomp.errors import InputError
 from onnxcomp.measure.data import LABELS, load_npz, take, validate
+from onnxcomp.progress import logger, say_to
 
 
 @dataclass
@@ -75,8 +76,11 @@ def _shapes_match(teacher_outs, student_outs) -> None:
 
 
 def run(teacher, student, data, options: DistillOptions | None = None, *, val_data=None,
-        teacher_weights=None, student_weights=None, progress=None, on_batch=None) -> DistillResult:
-    """Distill `student` from `teacher` on `data`; see the module docstring."""
+        teacher_weights=None, student_weights=None, progress=None) -> DistillResult:
+    """Distill `student` from `teacher` on `data`; see the module docstring.
+
+    Progress lines go to the `onnxcomp` logger, or to `progress(line)` when that is given.
+    """
     import torch
 
     from onnxcomp.distill.loading import is_onnx_spec, load_onnx, load_torch_module
@@ -92,7 +96,7 @@ def run(teacher, student, data, options: DistillOptions | None = None, *, val_da
     from onnxcomp.graph.signature import input_specs
 
     options = options or DistillOptions()
-    say = progress or (lambda message: None)
+    say = say_to(progress)
     start = time.perf_counter()
     seed_all(options.seed, options.threads)
 
@@ -138,6 +142,9 @@ def run(teacher, student, data, options: DistillOptions | None = None, *, val_da
             raise InputError(f"{where}: 'labels' range over [{values.min()}, {values.max()}] but the teacher "
                              f"has {classes} classes")
     need_teacher = not (labels is not None and options.alpha == 0.0 and not options.features)
+    logger.debug("teacher: %s, student: %s, inputs %s, %s", teacher_runner.kind,
+                 "onnx" if student_model is not None else "torch", ", ".join(input_names),
+                 "soft targets" if need_teacher else "labels only")
     train_inputs = {k: train[k] for k in input_names}
     if not need_teacher:
         targets = None
@@ -157,10 +164,12 @@ def run(teacher, student, data, options: DistillOptions | None = None, *, val_da
         teacher_info["val_accuracy"] = float(np.mean(val_targets.outputs[0].argmax(1) == val_labels))
 
     torch.manual_seed(options.seed)
-    trainer = Trainer(module, input_names, options, progress=say, on_batch=on_batch)
+    trainer = Trainer(module, input_names, options, progress=progress)
     trained = trainer.fit(train, targets, labels, val, val_targets, val_labels)
     teacher_info["seconds_in_training"] = trained.teacher_seconds_in_training
 
+    say("writing the trained weights back into the student graph" if student_model is not None
+        else f"exporting the student to ONNX (opset {options.opset})")
     if student_model is not None:
         mode = "onnx-student"
         out_model = write_back(student_model, module, options.keep_zeros)

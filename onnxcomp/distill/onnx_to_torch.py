@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 
 from onnxcomp.errors import InputError
+from onnxcomp.passes.qdq.numerics import dequantize_linear, dtype_range
 
 OPS: dict = {}
 
@@ -101,7 +102,7 @@ class OnnxModule(torch.nn.Module):
             key = f"t{i}"
             if init.name in self.qspec:
                 scale_name, zp_name, axis, _ = self.qspec[init.name]
-                value = dequantize(array, arrays[scale_name], arrays.get(zp_name), axis)
+                value = dequantize_linear(array, arrays[scale_name], arrays.get(zp_name), axis)
                 self.params[key] = torch.nn.Parameter(torch.from_numpy(value))
                 self.key_of[init.name] = ("qparam", key)
             elif init.name in qdq_consts:
@@ -590,9 +591,9 @@ OPS["ReduceMax"] = _reduce(lambda x, axes, keep: torch.amax(x, dim=axes, keepdim
 
 
 # --- QDQ: fake quantization with a straight-through estimator ---------------------------------------
+# The arithmetic is onnxcomp.passes.qdq.numerics' (integer ranges, round half to even: torch.round
+# rounds like np.rint), written in torch ops so gradients flow; the numpy side is numerics itself.
 
-_QRANGE = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255), np.dtype(np.int16): (-32768, 32767),
-           np.dtype(np.uint16): (0, 65535), np.dtype(np.int32): (-2**31, 2**31 - 1)}
 _ZP_DTYPES = {torch.int8: np.int8, torch.uint8: np.uint8, torch.int16: np.int16, torch.int32: np.int32}
 
 
@@ -602,27 +603,6 @@ def _per_axis(t: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
     shape = [1] * x.dim()
     shape[_axis(axis, x.dim())] = -1
     return t.reshape(shape)
-
-
-def per_axis_np(t: np.ndarray, x: np.ndarray, axis: int) -> np.ndarray:
-    if t.size == 1:
-        return t.reshape(())
-    shape = [1] * x.ndim
-    shape[_axis(axis, x.ndim)] = -1
-    return t.reshape(shape)
-
-
-def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, axis: int) -> np.ndarray:
-    zp = 0.0 if zero_point is None else per_axis_np(zero_point.astype(np.float64), q, axis)
-    return ((q.astype(np.float64) - zp) * per_axis_np(scale.astype(np.float64), q, axis)).astype(np.float32)
-
-
-def quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, axis: int, dtype) -> np.ndarray:
-    """ONNX QuantizeLinear in numpy: round half to even, add the zero point, saturate."""
-    lo, hi = _QRANGE[np.dtype(dtype)]
-    zp = 0.0 if zero_point is None else per_axis_np(zero_point.astype(np.float64), x, axis)
-    q = np.rint(x.astype(np.float64) / per_axis_np(scale.astype(np.float64), x, axis)) + zp
-    return np.clip(q, lo, hi).astype(dtype)
 
 
 def _fake_quant(x, scale, zero_point, axis, qrange):
@@ -635,8 +615,9 @@ def _fake_quant(x, scale, zero_point, axis, qrange):
 
 
 def _qrange(zero_point, default=np.uint8):
+    """The integer range of the zero point's type; `default`'s when there is no zero point."""
     dtype = _ZP_DTYPES.get(zero_point.dtype, default) if zero_point is not None else default
-    return _QRANGE[np.dtype(dtype)]
+    return dtype_range(dtype)
 
 
 @op("QuantizeLinear")

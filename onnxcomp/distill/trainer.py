@@ -22,6 +22,7 @@ from onnxcomp.distill.losses import FeatureAdapter, distillation_loss, feature_l
 from onnxcomp.distill.onnx_to_torch import OnnxModule
 from onnxcomp.distill.options import DistillOptions
 from onnxcomp.distill.taps import Tapped
+from onnxcomp.progress import bar, logger, say_to
 
 
 def seed_all(seed: int, threads: int) -> None:
@@ -98,17 +99,16 @@ def score(name: str, student_out: np.ndarray, teacher_out: np.ndarray, labels) -
         return float(np.mean(student_out.argmax(1) == labels))
     if name == "teacher_top1":
         return float(np.mean(student_out.argmax(1) == teacher_out.argmax(1)))
-    from onnxcomp.measure.fidelity import per_sample_cosine
+    from onnxcomp.measure.compare import per_sample_cosine
 
     return float(per_sample_cosine(teacher_out, student_out).mean())
 
 
 class Trainer:
     def __init__(self, student: torch.nn.Module, input_names: list[str], options: DistillOptions,
-                 progress=None, on_batch=None):
+                 progress=None):
         self.student, self.input_names, self.options = student, list(input_names), options
-        self.progress = progress or (lambda message: None)
-        self.on_batch = on_batch
+        self.progress = say_to(progress)  # one line per epoch; batches show as a bar on a terminal
         self.pairs = list(options.features)
         self.tapped = Tapped(student, list(dict.fromkeys(s for _, s in self.pairs)), "student")
         self.adapters = torch.nn.ModuleDict()
@@ -153,7 +153,7 @@ class Trainer:
         # Fixed across epochs: converted once, not per validation pass.
         val_teacher_t = None if val_targets is None else [_tensor(o) for o in val_targets.outputs]
         val_labels_t = None if val_labels is None else torch.from_numpy(np.asarray(val_labels, np.int64))
-        for epoch in range(1, opts.epochs + 1):
+        for epoch in bar(range(1, opts.epochs + 1), "distill", total=opts.epochs, unit="epoch"):
             t0 = time.perf_counter()
             self.student.train()
             self.adapters.train()
@@ -161,7 +161,7 @@ class Trainer:
             order = torch.randperm(n, generator=generator).numpy()
             sums: dict[str, float] = {}
             batches = (n + opts.batch_size - 1) // opts.batch_size
-            for b, s in enumerate(range(0, n, opts.batch_size)):
+            for s in bar(range(0, n, opts.batch_size), f"epoch {epoch}", total=batches, unit="batch"):
                 index = order[s:s + opts.batch_size]
                 outs, feats = self.tapped([_tensor(x[index]) for x in inputs])
                 batch_labels = None if labels_t is None else labels_t[index]
@@ -193,8 +193,6 @@ class Trainer:
                 sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * weight
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v * weight
-                if self.on_batch:
-                    self.on_batch(epoch, b + 1, batches)
             train_seconds = time.perf_counter() - t0
             row = {"epoch": epoch, **{k: v / n for k, v in sums.items()}, "seconds": train_seconds,
                    "lr": opt.param_groups[0]["lr"]}
@@ -223,6 +221,9 @@ class Trainer:
             row["best"] = improved
             result.history.append(row)
             self.progress(_epoch_line(row, opts.epochs, result.metric))
+            logger.debug("epoch %d: lr %.3g, %d batches%s", epoch, row["lr"], batches,
+                         f", validation {row['val_seconds']:.2f} s, val loss {row['val_loss']:.4f}"
+                         if "val_loss" in row else "")
         if best_state is not None:
             self.student.load_state_dict(best_state)
         self.student.eval()

@@ -16,8 +16,9 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from onnxcomp.distill.onnx_to_torch import OnnxModule, quantize
+from onnxcomp.distill.onnx_to_torch import OnnxModule
 from onnxcomp.errors import InputError, first_line
+from onnxcomp.passes.qdq.numerics import per_axis, quantize_linear
 
 
 def write_back(model: onnx.ModelProto, module: OnnxModule, keep_zeros: bool = True) -> onnx.ModelProto:
@@ -33,7 +34,8 @@ def write_back(model: onnx.ModelProto, module: OnnxModule, keep_zeros: bool = Tr
         if kind == "qparam":  # back onto the weight's fixed integer grid
             scale_name, zp_name, axis, dtype = module.qspec[init.name]
             zp = module.consts.get(zp_name)
-            new = quantize(value, module.consts[scale_name].numpy(), None if zp is None else zp.numpy(), axis, dtype)
+            new = quantize_linear(value, module.consts[scale_name].numpy(), None if zp is None else zp.numpy(), axis,
+                                  dtype)
         else:
             new = value.astype(old.dtype).reshape(old.shape)
         if keep_zeros and old.ndim >= 2 and kind in ("param", "qparam"):
@@ -82,8 +84,6 @@ def dynamic_axes_like(reference: onnx.ModelProto | None, input_names: list[str],
 
 def _zero_point(module: OnnxModule, name: str, weight: np.ndarray):
     """The integer that encodes 0.0 in a quantized weight (per channel, broadcastable)."""
-    from onnxcomp.distill.onnx_to_torch import per_axis_np
-
     _, zp_name, axis, _ = module.qspec[name]
     zp = module.consts.get(zp_name)
-    return 0 if zp is None else per_axis_np(zp.numpy(), weight, axis)
+    return 0 if zp is None else per_axis(zp.numpy(), weight, axis)

@@ -8,6 +8,7 @@ import os
 import onnx
 
 from onnxcomp.errors import InputError, first_line
+from onnxcomp.graph.edit import keep_declared_interface
 from onnxcomp.graph.load import load_model
 
 
@@ -21,9 +22,11 @@ def to_graph(model: onnx.ModelProto):
 
     try:
         with gc_paused():  # import builds one object web; collections while it grows are wasted work
-            return gs.import_onnx(model)
+            graph = gs.import_onnx(model)
     except Exception as exc:
         raise InputError(f"cannot import the graph ({first_line(exc)})") from None
+    keep_declared_interface(graph, model)
+    return graph
 
 
 def to_model(graph) -> onnx.ModelProto:

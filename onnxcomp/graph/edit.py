@@ -9,6 +9,11 @@ from __future__ import annotations
 import itertools
 
 
+def node_key(node) -> str:
+    """A stable name for a node: its name, or its first output's (tensor names are unique)."""
+    return node.name or (node.outputs[0].name if node.outputs else "")
+
+
 def producer(tensor):
     """The node that produces `tensor`, or None for inputs and constants."""
     return tensor.inputs[0] if tensor.inputs else None
@@ -62,3 +67,19 @@ def is_pass_through(node) -> bool:
         mask_used = len(node.outputs) > 1 and bool(node.outputs[1].outputs)
         return bool(node.inputs and node.outputs) and not mask_used and len(node.inputs) <= 2
     return False
+
+
+def keep_declared_interface(graph, model) -> None:
+    """Give the graph's inputs and outputs the dtype and shape the model declares for them.
+
+    graphsurgeon takes a tensor's type from the last value_info naming it, and exporters sometimes
+    repeat an output there with fewer dims known (seen: a YOLO export's output lost its 'batch').
+    """
+    import onnx_graphsurgeon as gs
+    from onnx_graphsurgeon.importers.onnx_importer import get_onnx_tensor_dtype, get_onnx_tensor_shape
+
+    declared = {v.name: v for v in list(model.graph.input) + list(model.graph.output)}
+    for t in list(graph.inputs) + list(graph.outputs):
+        value = declared.get(t.name)
+        if isinstance(t, gs.Variable) and value is not None and value.type.HasField("tensor_type"):
+            t.dtype, t.shape = get_onnx_tensor_dtype(value), get_onnx_tensor_shape(value)

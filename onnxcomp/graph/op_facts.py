@@ -1,8 +1,13 @@
-"""Facts about ONNX operators that several passes need: weighted ops and their reduction axes."""
+"""Facts about ONNX operators that several passes need: weighted ops, their weight inputs and axes."""
 
 from __future__ import annotations
 
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# Inputs of each weighted op that carry a weight when constant, the op's own weight slot first
+# (Gemm and MatMul multiply two operands, so either may be the constant one).
+WEIGHT_INPUTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (1, 0), "MatMul": (1, 0)}
+WEIGHTED_OPS = tuple(WEIGHT_INPUTS)
+# Weighted ops with an optional bias as input 2 (added per output channel).
+BIASED_OPS = ("Conv", "ConvTranspose", "Gemm")
 
 
 # Ops a weight may pass through on its way to a weighted op without changing its values;
@@ -28,6 +33,20 @@ def reduction_axis(op: str, input_index: int, attrs: dict, rank: int) -> int | N
             return rank - 1
         if input_index == 1:
             return 0 if rank == 1 else rank - 2
+    return None
+
+
+def output_axis(op: str, attrs: dict, rank: int) -> int | None:
+    """The output-channel axis of the weight (input 1) of `op`: Conv 0, ConvTranspose 1, Gemm by
+    transB, MatMul the last; None for other ops."""
+    if op == "Conv":
+        return 0
+    if op == "ConvTranspose":
+        return 1
+    if op == "Gemm":
+        return 0 if int(attrs.get("transB", 0) or 0) else 1
+    if op == "MatMul":
+        return rank - 1
     return None
 
 

@@ -142,9 +142,7 @@ def write_with_external_data(model: onnx.ModelProto, model_path: Path, data_path
             if size is None or size < _EXTERNAL_MIN_BYTES:
                 shell.graph.initializer.add().CopyFrom(init)
                 continue
-            data = init.raw_data if init.HasField("raw_data") else \
-                onnx.numpy_helper.to_array(init).astype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
-                                                        ).newbyteorder("<").tobytes()
+            data = init.raw_data if init.HasField("raw_data") else raw_bytes(init)
             align = _PAGE if len(data) >= 64 * 1024 else 16
             pad = -offset % align
             if pad:
@@ -163,6 +161,12 @@ def write_with_external_data(model: onnx.ModelProto, model_path: Path, data_path
         f.flush()
         os.fsync(f.fileno())
     _write_file(model_path, [shell.SerializeToString()])
+
+
+def raw_bytes(init: onnx.TensorProto) -> bytes:
+    """The raw_data bytes of a tensor stored in typed fields (float_data, int32_data, ...): little-endian,
+    4-bit types packed two to a byte. onnx's from_array does both on any host and any NumPy."""
+    return onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init)).raw_data
 
 
 def _copy_fields(src, dst, skip=()) -> None:

@@ -36,15 +36,30 @@ def infer_shapes(model: onnx.ModelProto, dims: dict[str, int] | None = None) -> 
             for d, size in zip(value.type.tensor_type.shape.dim, fixed[value.name]):
                 d.Clear()
                 d.dim_value = size
-    try:
-        inferred = onnx.shape_inference.infer_shapes(sk, data_prop=True)
-    except Exception:
-        inferred = sk
-    shapes = {}
-    for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        t = value.type.tensor_type
-        if t.HasField("shape"):
-            shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+    found = value_shapes(sk, data_prop=True)
+    if found is None:
+        found = _declared(sk)
+    shapes = {name: tuple(d if isinstance(d, int) else None for d in dims) for name, dims in found.items()}
     for init in model.graph.initializer:
         shapes[init.name] = tuple(init.dims)
+    return shapes
+
+
+def value_shapes(model: onnx.ModelProto, data_prop: bool = False) -> dict[str, list] | None:
+    """What ONNX shape inference finds for every value of `model` (give it a skeleton: weights are
+    not needed): dims as ints, symbolic names or None; None when inference fails."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=data_prop)
+    except Exception:
+        return None
+    return _declared(inferred)
+
+
+def _declared(model: onnx.ModelProto) -> dict[str, list]:
+    shapes = {}
+    for value in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        t = value.type.tensor_type
+        if t.HasField("shape"):
+            shapes[value.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                                  for d in t.shape.dim]
     return shapes

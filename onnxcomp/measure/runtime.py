@@ -97,3 +97,19 @@ def run_batched(sess, data: dict[str, np.ndarray], batch_size: int = 32,
         for name, value in run(sess, feeds, outputs).items():
             chunks.setdefault(name, []).append(value)
     return {k: np.concatenate(v, axis=0) for k, v in chunks.items()}
+
+
+def run_model(model, feeds: dict[str, np.ndarray], batch_size: int | None = 32) -> dict[str, np.ndarray]:
+    """All outputs of `model` (ModelProto or path) on `feeds`: in batches along axis 0, or in one
+    run when batch_size is None (feeds whose axis 0 is not a sample axis)."""
+    sess = session(model)
+    return run(sess, feeds) if batch_size is None else run_batched(sess, feeds, batch_size)
+
+
+def run_both(reference_model, candidate_model, feeds: dict[str, np.ndarray], batch_size: int | None = 32,
+             reference_outputs: dict[str, np.ndarray] | None = None) -> tuple[dict, dict]:
+    """(reference outputs, candidate outputs) on the same feeds; `reference_outputs`, when the
+    reference already ran on exactly these feeds, saves running it again."""
+    if reference_outputs is None:
+        reference_outputs = run_model(reference_model, feeds, batch_size)
+    return reference_outputs, run_model(candidate_model, feeds, batch_size)

@@ -13,6 +13,7 @@ from onnxcomp.graph.convert import gc_paused
 from onnxcomp.measure.counts import graph_counts
 from onnxcomp.pipeline.options import format_options
 from onnxcomp.pipeline.pass_base import Pass, PassContext, PassReport
+from onnxcomp.progress import logger
 
 VERIFY_LEVELS = ("none", "structure", "checker", "numeric")
 
@@ -89,9 +90,13 @@ class PassManager:
             record = PassRecord(p.name, p.name + format_options(p.options), p.exact, seconds,
                                 report, before, graph_counts(graph))
             records.append(record)
+            logger.debug("%s: %.3f s, modified %s, nodes %d -> %d, stats %s", p.name, seconds, report.modified,
+                         record.before["nodes"], record.after["nodes"], report.stats or "-")
             # Cycles (graphsurgeon tensors reference their own lists) wait for the collector, paused
             # during passes for speed: free what this pass dropped before the next one allocates.
             gc.collect()
+            if self.verify != "none":
+                logger.debug("%s: verifying (%s)", p.name, self.verify)
             try:
                 self._verify(graph, p, index, record, reference)
             except (VerificationError, ToleranceError) as exc:
@@ -135,12 +140,12 @@ class PassManager:
     def _reference(self, graph):
         """(feeds, outputs, model) of the graph as it is now, reusing the previous pass's verified run."""
         from onnxcomp.graph.convert import to_model
-        from onnxcomp.measure.runtime import random_inputs, run, session
+        from onnxcomp.measure.runtime import random_inputs, run_model
 
         model, last_feeds, outputs = self.exported or (to_model(graph), None, None)
         feeds = random_inputs(model, self.ctx.dims, seed=self.ctx.seed)
         if outputs is None or not _same_feeds(feeds, last_feeds):
-            outputs = run(session(model), feeds)
+            outputs = run_model(model, feeds, batch_size=None)
         return feeds, outputs, model
 
     def _verify(self, graph, p: Pass, index: int, record: PassRecord, reference) -> None:
@@ -161,14 +166,15 @@ class PassManager:
                 raise VerificationError(f"{self._where(index)}: ONNX checker: {problem}")
             self.exported = (model, None, None)
         if reference is not None:
-            from onnxcomp.measure.compare import diff_outputs
-            from onnxcomp.measure.runtime import run, session
+            from onnxcomp.measure.compare import Tolerances, compare_models
 
-            feeds, expected, _ = reference
-            got = run(session(model), feeds)
-            self.exported = (model, feeds, got)
-            record.numeric = diff_outputs(expected, got, self.atol, self.rtol)
-            bad = [d for d in record.numeric if not d.within]
+            feeds, expected, before = reference
+            # One run of the whole feed (batch_size=None): generated feeds need not be sample-major.
+            comparison = compare_models(before, model, feeds, Tolerances(self.atol, self.rtol),
+                                        batch_size=None, reference_outputs=expected)
+            self.exported = (model, feeds, comparison.candidate)
+            record.numeric = comparison.diffs
+            bad = comparison.outside
             if p.exact and bad:
                 d = bad[0]
                 raise ToleranceError(f"{self._where(index)} is exact but changed output {d.name!r}: "

@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
+from onnxcomp.progress import say_to
+
 
 @dataclass(frozen=True)
 class NoOptions:
@@ -43,9 +45,11 @@ class PassReport:
 
 @dataclass
 class PassContext:
-    """What a run knows beyond the graph: sample data, target, progress output.
+    """What a run knows beyond the graph: sample data, target, where progress messages go.
 
     `data` maps input names to arrays whose first axis is samples (and may hold `labels`).
+    `progress`, when given, receives each message instead of the `onnxcomp` logger (for callers
+    that show progress their own way).
     """
 
     data: dict[str, Any] | None = None
@@ -55,8 +59,7 @@ class PassContext:
     dims: dict[str, int] = field(default_factory=dict)
 
     def say(self, message: str) -> None:
-        if self.progress is not None:
-            self.progress(message)
+        say_to(self.progress)(message)
 
 
 class Pass:

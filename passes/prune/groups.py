@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from onnxcomp.graph.edit import node_key
 from onnxcomp.graph.edit import producer as producer_of
 from onnxcomp.passes.prune.handlers import CONST_PASSTHROUGH, HANDLERS, PRODUCERS
 from onnxcomp.passes.prune.mapping import Mapping, Member
@@ -43,11 +44,6 @@ class ChannelGroup:
 
 class Refused(Exception):
     """Raised by a handler to abandon the group being explored."""
-
-
-def node_key(node) -> str:
-    """A stable name for a node: its name, or its first output's (tensor names are unique)."""
-    return node.name or (node.outputs[0].name if node.outputs else "")
 
 
 class _Explorer:

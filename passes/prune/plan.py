@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from onnxcomp.errors import InputError
-from onnxcomp.passes.prune.groups import ChannelGroup, node_key
+from onnxcomp.graph.edit import node_key
+from onnxcomp.passes.prune.groups import ChannelGroup
 
 PLAN_VERSION = 1
 
@@ -183,27 +184,19 @@ def reinfer_shapes(graph):
 
     Returns the model exported for the inference (intermediate shapes left out), so a caller
     that needs the pruned model (e.g. to count MACs) need not export it again."""
-    import onnx
     import onnx_graphsurgeon as gs
 
     from onnxcomp.graph.convert import to_model
-    from onnxcomp.graph.shapes import skeleton
+    from onnxcomp.graph.shapes import skeleton, value_shapes
 
     io = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
     variables = [t for t in graph.tensors().values() if isinstance(t, gs.Variable) and t.name not in io]
     for t in variables:
         t.shape = None
     model = to_model(graph)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton(model))
-    except Exception:
+    known = value_shapes(skeleton(model))  # symbolic dims (batch) stay symbolic
+    if known is None:
         return model  # shapes stay unknown; ONNX Runtime infers them itself
-    known = {}
-    for value in inferred.graph.value_info:
-        tt = value.type.tensor_type
-        if tt.HasField("shape"):
-            known[value.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                                 for d in tt.shape.dim]
     for t in variables:
         if t.name in known:
             t.shape = known[t.name]

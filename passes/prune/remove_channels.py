@@ -3,7 +3,7 @@
 Needs only the model: channel groups come from find_channel_groups, importance from the
 weights, and the removal is a PruningPlan applied with shape re-inference. With `max_drop`
 it also needs sample data (ctx.data) and backs the ratio off until the measured drop
-(onnxcomp.fidelity) fits, or stops with ToleranceError and the figures.
+(onnxcomp.pipeline.budget) fits, or stops with ToleranceError and the figures.
 """
 
 from __future__ import annotations
@@ -25,6 +25,15 @@ from onnxcomp.passes.prune.plan import (
     build_plan,
     reinfer_shapes,
 )
+from onnxcomp.pipeline.budget import BudgetSearch, drop_measure
+from onnxcomp.pipeline.options import (
+    Exclusion,
+    Range,
+    check_ranges,
+    exclude_op_option,
+    exclude_option,
+    max_drop_option,
+)
 from onnxcomp.pipeline.pass_base import Pass, PassContext, PassReport
 from onnxcomp.pipeline.registry import register_pass
 
@@ -33,19 +42,23 @@ BACKOFF_STEPS = 6
 
 @dataclass(frozen=True)
 class RemoveChannelsOptions:
-    ratio: float = field(default=0.5, metadata={"help": "fraction of channels to remove per group (0 <= ratio < 1)"})
+    ratio: float = field(default=0.5, metadata={"help": "fraction of channels to remove per group",
+                                                "range": Range(0, 1, hi_open=True)})
     importance: Literal["l1", "l2", "bn-scale"] = field(
         default="l2", metadata={"help": "how channels are ranked: weight magnitude over the group, or BN scale"})
     round_to: int = field(default=8, metadata={
-        "help": "kept channel counts are multiples of this (blocked kernels want it; odd widths can be slower)"})
+        "help": "kept channel counts are multiples of this (blocked kernels want it; odd widths can be slower)",
+        "range": Range(1)})
     global_ranking: bool = field(default=False, metadata={
         "help": "rank channels across groups (layers lose different fractions) instead of per group"})
-    exclude: tuple[str, ...] = field(default=(), metadata={
-        "help": "node or initializer names whose groups are left whole"})
-    max_drop: Optional[float] = field(default=None, metadata={
-        "help": "largest allowed accuracy (or 1-cosine) drop on the sample data; the ratio backs off to fit"})
+    exclude: tuple[str, ...] = exclude_option()  # a group with a matching member is left whole
+    exclude_op: tuple[str, ...] = exclude_op_option()
+    max_drop: Optional[float] = max_drop_option()
     plan: Optional[str] = field(default=None, metadata={"help": "apply this JSON PruningPlan instead of choosing"})
     write_plan: Optional[str] = field(default=None, metadata={"help": "write the chosen PruningPlan here (JSON)"})
+
+    def __post_init__(self):
+        check_ranges(self, "remove-channels")
 
 
 @register_pass
@@ -63,7 +76,7 @@ class RemoveChannelsPass(Pass):
 
         o = self.options
         report = PassReport()
-        _check_options(o, graph)
+        exclude = _exclusion(o, graph)
         before_model = to_model(graph)
         macs_before = estimate_macs(before_model, ctx.dims)["macs"]
         params_before = graph_counts(graph)["params"]
@@ -72,7 +85,7 @@ class RemoveChannelsPass(Pass):
             groups = []
         else:
             groups = find_channel_groups(graph, infer_shapes(before_model, ctx.dims))
-            _apply_exclude(groups, o.exclude, graph)
+            _apply_exclude(groups, exclude, graph)
             live = [g for g in groups if g.prunable]
             if not live:
                 reasons = "; ".join(sorted({g.reason for g in groups}))[:300]
@@ -106,80 +119,52 @@ class RemoveChannelsPass(Pass):
         return report
 
 
-def _check_options(o: RemoveChannelsOptions, graph) -> None:
-    if not 0.0 <= o.ratio < 1.0:
-        raise InputError(f"remove-channels: ratio must be in [0, 1), got {o.ratio}")
-    if o.round_to < 1:
-        raise InputError(f"remove-channels: round_to must be at least 1, got {o.round_to}")
-    if o.max_drop is not None and o.max_drop < 0:
-        raise InputError(f"remove-channels: max_drop must be >= 0, got {o.max_drop}")
-    if o.exclude:
-        known = {n.name for n in graph.nodes} | {node_key(n) for n in graph.nodes} | set(graph.tensors())
-        missing = [name for name in o.exclude if name not in known]
-        if missing:
-            raise InputError(f"remove-channels: exclude names not in the model: {', '.join(missing)}")
+def _exclusion(o: RemoveChannelsOptions, graph) -> Exclusion:
+    exclude = Exclusion(tuple(o.exclude), tuple(o.exclude_op))
+    exclude.check("remove-channels", graph)
+    return exclude
 
 
-def _apply_exclude(groups, exclude, graph) -> None:
+def _apply_exclude(groups, exclude: Exclusion, graph) -> None:
+    """Leave whole every group whose producers, consumers, nodes in between or weights match."""
     if not exclude:
         return
-    wanted = set(exclude)
     by_output = {t.name: node_key(n) for n in graph.nodes for t in n.outputs}
+    op_of = {node_key(n): n.op for n in graph.nodes}
     for g in groups:
-        names = set(g.producers) | {m.tensor for m in g.members} | {m.use[0] for m in g.members}
-        names |= {by_output.get(t, "") for t in g.tensors}
-        hit = sorted(names & wanted)
-        if hit and g.prunable:
-            g.reason = f"excluded ({', '.join(hit)})"
+        if not g.prunable:
+            continue
+        nodes = set(g.producers) | {m.use[0] for m in g.members} | {by_output.get(t, "") for t in g.tensors}
+        nodes.discard("")
+        reason = exclude.reason(sorted(nodes) + sorted({m.tensor for m in g.members}),
+                                sorted({op_of[n] for n in nodes if n in op_of}))
+        if reason:
+            g.reason = reason
 
 
 def _fit_budget(choose, ratio, max_drop, before_model, ctx: PassContext, report: PassReport) -> PruningPlan:
-    """Largest ratio (bisected, at most BACKOFF_STEPS+1 evaluations) whose drop fits max_drop."""
-    from onnxcomp.measure.fidelity import measure, outputs_of
-
+    """The plan at the largest ratio whose measured drop fits max_drop: `ratio` itself, else the best of
+    BACKOFF_STEPS bisections below it (onnxcomp.pipeline.budget); a candidate is the plan at a ratio."""
     if ctx.data is None:
         raise InputError("remove-channels: max_drop needs sample data (give --calib) to measure the drop")
-    reference = outputs_of(before_model, ctx.data)
-    tried: dict[str, float] = {}
-    trials = []
-
-    def drop_of(plan) -> float:
-        key = plan.to_json()
-        if key not in tried:
-            candidate = _applied_copy(before_model, plan)
-            tried[key] = measure(before_model, candidate, ctx.data, reference_outputs=reference).drop
-        return tried[key]
-
-    plan = choose(ratio)
-    d = drop_of(plan)
-    trials.append({"ratio": ratio, "drop": d})
-    ctx.say(f"remove-channels: ratio {ratio:.3f} -> drop {d:.4f}")
-    if d <= max_drop:
-        report.details["backoff"] = trials
-        report.stats["measured_drop"] = round(d, 6)
-        return plan
-    lo, hi, best = 0.0, ratio, None
-    for _ in range(BACKOFF_STEPS):
-        mid = (lo + hi) / 2
-        candidate = choose(mid)
-        if not candidate.slices:
-            lo = mid
-            continue
-        d = drop_of(candidate)
-        trials.append({"ratio": mid, "drop": d})
-        ctx.say(f"remove-channels: ratio {mid:.3f} -> drop {d:.4f}")
-        if d <= max_drop:
-            lo, best = mid, (candidate, d)
-        else:
-            hi = mid
+    search = BudgetSearch("remove-channels", lambda plan: _applied_copy(before_model, plan),
+                          drop_measure(before_model, ctx.data), max_drop, key=PruningPlan.to_json)
+    result = search.back_off(ratio, BACKOFF_STEPS, lambda r: _removing(choose(r)))
+    trials = [{"ratio": t.step, "drop": t.drop} for t in result.trials]
     report.details["backoff"] = trials
-    if best is None:
+    if not result.met:
         worst = min(trials, key=lambda t: t["drop"])
         raise ToleranceError(f"remove-channels: no ratio fits max_drop {max_drop}: ratio {worst['ratio']:.3g} "
                              f"already drops {worst['drop']:.4f} (ratio {ratio} drops {trials[0]['drop']:.4f})")
-    report.stats["ratio_used"] = round(lo, 6)
-    report.stats["measured_drop"] = round(best[1], 6)
-    return best[0]
+    if result.level < ratio:
+        report.stats["ratio_used"] = round(result.level, 6)
+    report.stats["measured_drop"] = round(result.fidelity.drop, 6)
+    return result.candidate
+
+
+def _removing(plan: PruningPlan) -> PruningPlan | None:
+    """The plan, or None when it removes no channel (a ratio too small to matter)."""
+    return plan if plan.slices else None
 
 
 def _applied_copy(model, plan: PruningPlan):

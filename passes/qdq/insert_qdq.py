@@ -8,15 +8,26 @@ from typing import Literal, Optional
 import numpy as np
 
 from onnxcomp.errors import InputError
-from onnxcomp.passes.qdq.formats import (
+from onnxcomp.passes.qdq.calibration.ranges import Method
+from onnxcomp.passes.qdq.numerics import (
     REDUCED_WEIGHT_QMAX,
     WEIGHT_QMAX,
     activation_format,
     activation_params,
     host_needs_reduced_range,
 )
-from onnxcomp.passes.qdq.placement import PlacementOptions, Plan, plan_placement
-from onnxcomp.passes.qdq.rewrite import apply_plan
+from onnxcomp.passes.qdq.placement import PlacementOptions, QdqPlacement, plan_placement
+from onnxcomp.passes.qdq.rewrite import insert_qdq_pairs
+from onnxcomp.passes.qdq.sensitivity import choose_float_layers, sensitivity_table
+from onnxcomp.pipeline.options import (
+    Exclusion,
+    Range,
+    Target,
+    check_ranges,
+    exclude_op_option,
+    exclude_option,
+    max_drop_option,
+)
 from onnxcomp.pipeline.pass_base import Pass, PassContext, PassReport
 from onnxcomp.pipeline.registry import register_pass
 
@@ -26,34 +37,30 @@ _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLin
 
 @dataclass(frozen=True)
 class InsertQdqOptions:
-    method: Literal["minmax", "percentile", "entropy", "mse", "auto"] = field(
+    method: Method = field(
         default="minmax", metadata={"help": "activation range choice (auto: per tensor the lowest error)"})
-    target: Optional[Literal["ort", "tensorrt"]] = field(
-        default=None, metadata={"help": "runtime the placement/format is for (default: --target, else ort)"})
+    target: Optional[Target] = field(
+        default=None, metadata={"help": "runtime the placement/format is for (default: the run's target, else ort)"})
     scheme: Literal["auto", "full", "inputs"] = field(
         default="auto", metadata={"help": "ort placement: full (all int8 kernels), inputs (MatMul/Gemm inputs "
                                           "only); auto picks inputs for transformers"})
     per_channel: bool = field(default=True, metadata={"help": "per-output-channel weight scales"})
-    exclude: tuple[str, ...] = field(default=(), metadata={"help": "node names or op types kept float"})
+    exclude: tuple[str, ...] = exclude_option()
+    exclude_op: tuple[str, ...] = exclude_op_option()
     op_types: tuple[str, ...] = field(default=(), metadata={"help": "quantize only these op types (empty: all the "
                                                                      "placement supports)"})
-    max_drop: Optional[float] = field(
-        default=None, metadata={"help": "budget (accuracy with labels, else 1-cosine) on the calibration data; "
-                                        "sensitive layers are kept float to meet it"})
+    max_drop: Optional[float] = max_drop_option()
     reduce_range: Optional[bool] = field(
         default=None, metadata={"help": "7-bit weights (|q| <= 63) so ORT's u8s8 kernels cannot saturate on x86 "
                                         "CPUs without VNNI; default: on for target ort on such a host"})
-    percentile: float = field(default=99.99, metadata={"help": "percentile for method=percentile"})
-    calib_batch_size: int = field(default=16, metadata={"help": "samples per calibration batch"})
-    sensitivity_samples: int = field(default=256, metadata={"help": "samples used by the --max-drop search"})
+    percentile: float = field(default=99.99, metadata={"help": "percentile for method=percentile",
+                                                       "range": Range(0, 100, lo_open=True)})
+    calib_batch_size: int = field(default=16, metadata={"help": "samples per calibration batch", "range": Range(1)})
+    sensitivity_samples: int = field(default=256, metadata={"help": "samples used by the max_drop search",
+                                                            "range": Range(1)})
 
     def __post_init__(self):
-        if not 0 < self.percentile <= 100:
-            raise ValueError(f"percentile must be in (0, 100], got {self.percentile}")
-        if self.calib_batch_size < 1:
-            raise ValueError("calib_batch_size must be at least 1")
-        if self.max_drop is not None and self.max_drop < 0:
-            raise ValueError("max_drop must be non-negative")
+        check_ranges(self, "insert-qdq")
 
 
 @register_pass
@@ -71,8 +78,10 @@ class InsertQdqPass(Pass):
         target = opts.target or ctx.target or "ort"
         _check_model(graph, ctx)
         report = PassReport()
+        exclude = Exclusion(tuple(opts.exclude), tuple(opts.exclude_op))
+        exclude.check("insert-qdq", graph)
         placement = PlacementOptions(target=target, scheme=opts.scheme, per_channel=opts.per_channel,
-                                     op_types=tuple(opts.op_types), exclude=tuple(opts.exclude))
+                                     op_types=tuple(opts.op_types), exclude=exclude)
         plan = plan_placement(graph, placement)
         if not plan.nodes:
             for name, reason in plan.skipped:
@@ -87,9 +96,10 @@ class InsertQdqPass(Pass):
         budget = None
         if opts.max_drop is not None:
             budget = _fit_budget(float_model, plan, placement, ranges, fmt, weight_qmax, opts, ctx)
-            plan = plan_placement(graph, _with_float(placement, budget.float_nodes))
+            plan = plan_placement(graph, _with_float(placement, budget.held_back))
         params, table = _params(plan, ranges, fmt)
-        result = apply_plan(graph, plan, params, fmt, quantize_biases=plan.scheme == "full", weight_qmax=weight_qmax)
+        result = insert_qdq_pairs(graph, plan, params, fmt, quantize_biases=plan.scheme == "full",
+                                  weight_qmax=weight_qmax)
         _fill_report(report, plan, result, table, target, weight_qmax, opts, budget)
         return report
 
@@ -121,7 +131,7 @@ def _with_float(placement: PlacementOptions, nodes) -> PlacementOptions:
     return replace(placement, float_nodes=frozenset(nodes))
 
 
-def _calibrate(model, data, plan: Plan, opts: InsertQdqOptions, symmetric: bool, ctx: PassContext) -> dict:
+def _calibrate(model, data, plan: QdqPlacement, opts: InsertQdqOptions, symmetric: bool, ctx: PassContext) -> dict:
     from onnxcomp.passes.qdq.calibration import choose_ranges, collect_stats
 
     tensors = sorted({t for names in plan.range_groups().values() for t in names})
@@ -131,7 +141,7 @@ def _calibrate(model, data, plan: Plan, opts: InsertQdqOptions, symmetric: bool,
     return choose_ranges(stats, method=opts.method, percentile=opts.percentile, symmetric=symmetric, bits=8)
 
 
-def _params(plan: Plan, ranges: dict, fmt) -> tuple[dict, list[dict]]:
+def _params(plan: QdqPlacement, ranges: dict, fmt) -> tuple[dict, list[dict]]:
     """One (scale, zero point) per range group: the union of its tensors' calibrated ranges."""
     params, table = {}, []
     for key, names in plan.range_groups().items():
@@ -159,11 +169,10 @@ def _round(x, digits: int = 2):
     return round(float(x), digits)
 
 
-def _fit_budget(float_model, plan: Plan, placement: PlacementOptions, ranges: dict, fmt, weight_qmax: int,
+def _fit_budget(float_model, plan: QdqPlacement, placement: PlacementOptions, ranges: dict, fmt, weight_qmax: int,
                 opts: InsertQdqOptions, ctx: PassContext):
     from onnxcomp.graph.convert import to_graph, to_model
     from onnxcomp.measure.data import LABELS, model_inputs_only
-    from onnxcomp.passes.qdq.sensitivity import fit_budget
 
     n = opts.sensitivity_samples
     data = {k: v[:n] for k, v in model_inputs_only(ctx.data).items()}
@@ -174,14 +183,14 @@ def _fit_budget(float_model, plan: Plan, placement: PlacementOptions, ranges: di
         graph = to_graph(float_model)
         trial = plan_placement(graph, _with_float(placement, float_nodes))
         params, _ = _params(trial, ranges, fmt)
-        apply_plan(graph, trial, params, fmt, quantize_biases=trial.scheme == "full", weight_qmax=weight_qmax)
+        insert_qdq_pairs(graph, trial, params, fmt, quantize_biases=trial.scheme == "full", weight_qmax=weight_qmax)
         return to_model(graph)
 
-    return fit_budget(float_model, build, list(plan.nodes), data, opts.max_drop, ctx.say)
+    return choose_float_layers(float_model, build, list(plan.nodes), data, opts.max_drop)
 
 
-def _fill_report(report: PassReport, plan: Plan, result, table, target: str, weight_qmax: int, opts: InsertQdqOptions,
-                 budget) -> None:
+def _fill_report(report: PassReport, plan: QdqPlacement, result, table, target: str, weight_qmax: int,
+                 opts: InsertQdqOptions, budget) -> None:
     report.modified = True
     report.count("int8_nodes", len(plan.nodes))
     report.count("qdq_activations", result.activations)
@@ -198,8 +207,8 @@ def _fill_report(report: PassReport, plan: Plan, result, table, target: str, wei
     if result.float_bias and plan.scheme == "full":
         details["float_bias"] = result.float_bias
     if budget is not None:
-        details["budget"] = {"max_drop": opts.max_drop, "float_nodes": budget.float_nodes,
-                             "drop_all_int8": budget.full_fidelity.drop, "drop": budget.fidelity.drop,
+        details["budget"] = {"max_drop": opts.max_drop, "float_nodes": budget.held_back,
+                             "drop_all_int8": budget.full.drop, "drop": budget.fidelity.drop,
                              "fidelity": budget.fidelity.as_dict(), "trials": budget.trials,
-                             "sensitivity": budget.sensitivity, "measured_on": "calibration data"}
+                             "sensitivity": sensitivity_table(budget), "measured_on": "calibration data"}
     report.details["insert-qdq"] = details

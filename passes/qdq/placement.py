@@ -15,7 +15,7 @@ Three placements, chosen by target and graph:
   residual Add quantized on the skip branch, Concat inputs sharing one scale, Q/DQ moved before a
   zero Pad that feeds a Conv, nothing on Conv outputs (so Conv+BN+ReLU+Add fuse).
 
-The plan is plain data; `rewrite.apply_plan` turns it into graph edits.
+The placement (`QdqPlacement`) is plain data; `rewrite.insert_qdq_pairs` turns it into graph edits.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxcomp.graph.edit import producer
-from onnxcomp.passes.qdq.formats import weight_axis
+from onnxcomp.graph.edit import node_key, producer
+from onnxcomp.graph.op_facts import BIASED_OPS, WEIGHT_INPUTS, WEIGHTED_OPS
+from onnxcomp.passes.qdq.numerics import weight_axis
+from onnxcomp.pipeline.options import NO_EXCLUSION, Exclusion
 
-WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # ORT CPU has QLinear kernels (or QDQ fusions) for these; their outputs are quantized too.
 ORT_QLINEAR = ("Add", "Mul", "GlobalAveragePool", "AveragePool", "Concat", "Sigmoid", "LeakyRelu")
 # Quantization commutes with these (same scale in and out): ORT drops the Q/DQ around them.
@@ -83,7 +84,9 @@ class BiasSpec:
 
 
 @dataclass
-class Plan:
+class QdqPlacement:
+    """Where Q/DQ pairs go: activation tensors, weights and biases of the nodes that run in INT8."""
+
     scheme: str
     nodes: list[str] = field(default_factory=list)  # nodes that will compute in int8
     activations: dict[str, ActivationSpec] = field(default_factory=dict)
@@ -109,7 +112,7 @@ class PlacementOptions:
     scheme: str = "auto"  # auto | full | inputs | tensorrt
     per_channel: bool = True
     op_types: tuple = ()  # restrict quantized op types (empty: the scheme's set)
-    exclude: tuple = ()  # node names or op types kept float
+    exclude: Exclusion = NO_EXCLUSION  # node-name globs and op types kept float
     float_nodes: frozenset = frozenset()  # chosen by sensitivity analysis
 
 
@@ -147,14 +150,14 @@ class _Graph:
             return False
 
 
-def node_id(node) -> str:
-    return node.name or node.outputs[0].name
-
-
 def _excluded(node, options: PlacementOptions) -> str | None:
-    if node_id(node) in options.exclude or node.op in options.exclude:
-        return "excluded by option"
-    if node_id(node) in options.float_nodes:
+    import onnx_graphsurgeon as gs
+
+    if options.exclude:
+        names = [node_key(node)] + [t.name for t in node.inputs if isinstance(t, gs.Constant)]
+        if options.exclude.reason(names, (node.op,)):
+            return "excluded by option"
+    if node_key(node) in options.float_nodes:
         return "kept float by the --max-drop sensitivity analysis"
     if options.op_types and node.op not in options.op_types:
         return f"{node.op} is not in op_types"
@@ -163,8 +166,10 @@ def _excluded(node, options: PlacementOptions) -> str | None:
 
 def _weight_input(g: _Graph, node) -> tuple[int, object] | None:
     """Index and tensor of a weighted node's constant weight, if it has one."""
-    idx = 1  # the weight slot of every WEIGHTED op
-    if node.op not in WEIGHTED or len(node.inputs) <= idx:
+    if node.op not in WEIGHTED_OPS:
+        return None
+    idx = WEIGHT_INPUTS[node.op][0]  # the op's own weight slot (1 for all of them)
+    if len(node.inputs) <= idx:
         return None
     w = node.inputs[idx]
     return (idx, w) if isinstance(w, g.gs.Constant) else None
@@ -193,7 +198,7 @@ def _follow_relu(g: _Graph, t):
     return t
 
 
-def _add_activation(plan: Plan, t, key: str | None = None, consumer=None) -> None:
+def _add_activation(plan: QdqPlacement, t, key: str | None = None, consumer=None) -> None:
     spec = plan.activations.get(t.name)
     if spec is None:
         spec = ActivationSpec(key or t.name, None if consumer is None else set())
@@ -201,13 +206,13 @@ def _add_activation(plan: Plan, t, key: str | None = None, consumer=None) -> Non
     if consumer is None:
         spec.consumers = None
     elif spec.consumers is not None:
-        spec.consumers.add(node_id(consumer))
+        spec.consumers.add(node_key(consumer))
 
 
-def plan_placement(graph, options: PlacementOptions) -> Plan:
+def plan_placement(graph, options: PlacementOptions) -> QdqPlacement:
     g = _Graph(graph)
     scheme = choose_scheme(graph, options)
-    plan = Plan(scheme)
+    plan = QdqPlacement(scheme)
     if scheme == "full":
         _plan_full(g, plan, options)
     elif scheme == "inputs":
@@ -218,12 +223,12 @@ def plan_placement(graph, options: PlacementOptions) -> Plan:
     return plan
 
 
-def _plan_weighted(g: _Graph, plan: Plan, node, options: PlacementOptions, all_consumers: bool) -> bool:
+def _plan_weighted(g: _Graph, plan: QdqPlacement, node, options: PlacementOptions, all_consumers: bool) -> bool:
     reason = _excluded(node, options) or _weighted_refusal(g, node)
     if reason:
-        plan.skipped.append((node_id(node), reason))
+        plan.skipped.append((node_key(node), reason))
         return False
-    plan.nodes.append(node_id(node))
+    plan.nodes.append(node_key(node))
     w = _weight_input(g, node)
     for i, t in enumerate(node.inputs[:2]):
         if w is not None and i == w[0]:
@@ -233,7 +238,7 @@ def _plan_weighted(g: _Graph, plan: Plan, node, options: PlacementOptions, all_c
         _add_activation(plan, t, consumer=None if all_consumers else node)
     if w is not None:
         idx, weight = w
-        plan.weights.append(WeightSpec(node_id(node), idx, _axis(node, weight, options)))
+        plan.weights.append(WeightSpec(node_key(node), idx, _axis(node, weight, options)))
     return True
 
 
@@ -244,28 +249,28 @@ def _axis(node, weight, options: PlacementOptions) -> int | None:
 
 
 def _has_bias(g: _Graph, node) -> bool:
-    if node.op not in ("Conv", "ConvTranspose", "Gemm") or len(node.inputs) < 3:
+    if node.op not in BIASED_OPS or len(node.inputs) < 3:
         return False
     b = node.inputs[2]
     return bool(b.name) and isinstance(b, g.gs.Constant) and b.values.ndim == 1
 
 
-def _plan_full(g: _Graph, plan: Plan, options: PlacementOptions) -> None:
+def _plan_full(g: _Graph, plan: QdqPlacement, options: PlacementOptions) -> None:
     quantized = set()
     for node in g.graph.nodes:
-        if node.op in WEIGHTED:
+        if node.op in WEIGHTED_OPS:
             if not _plan_weighted(g, plan, node, options, all_consumers=True):
                 continue
             quantized.add(id(node))
             if _has_bias(g, node):
-                plan.biases.append(BiasSpec(node_id(node), 2, node.inputs[0].name))
+                plan.biases.append(BiasSpec(node_key(node), 2, node.inputs[0].name))
             _quantize_output(g, plan, node)
         elif node.op in ORT_QLINEAR:
             reason = _excluded(node, options) or _qlinear_refusal(g, node)
             if reason:
-                plan.skipped.append((node_id(node), reason))
+                plan.skipped.append((node_key(node), reason))
                 continue
-            plan.nodes.append(node_id(node))
+            plan.nodes.append(node_key(node))
             quantized.add(id(node))
             for t in node.inputs:
                 _add_activation(plan, t)
@@ -285,14 +290,14 @@ def _qlinear_refusal(g: _Graph, node) -> str | None:
     return None
 
 
-def _quantize_output(g: _Graph, plan: Plan, node) -> None:
+def _quantize_output(g: _Graph, plan: QdqPlacement, node) -> None:
     out = _follow_relu(g, node.outputs[0])
     # Gemm/MatMul emit float directly (QGemm, MatMulIntegerToFloat); the others fuse only with a Q after them.
     if out.outputs or (out.name in g.outputs and node.op not in ("Gemm", "MatMul")):
         _add_activation(plan, out)
 
 
-def _share_pass_through(g: _Graph, plan: Plan) -> None:
+def _share_pass_through(g: _Graph, plan: QdqPlacement) -> None:
     """Outputs of MaxPool/Reshape/... take their input's scale (so ORT drops the Q/DQ pair)."""
     for node in g.graph.nodes:  # topological order: chains propagate
         if node.op not in PASS_THROUGH or not node.outputs:
@@ -300,20 +305,21 @@ def _share_pass_through(g: _Graph, plan: Plan) -> None:
         out, src = node.outputs[0], node.inputs[0]
         if out.name in plan.activations and src.name in plan.activations:
             plan.activations[out.name].key = plan.activations[src.name].key
-        elif src.name in plan.activations and any(c.op in WEIGHTED + ORT_QLINEAR + PASS_THROUGH for c in out.outputs):
+        elif src.name in plan.activations and any(c.op in WEIGHTED_OPS + ORT_QLINEAR + PASS_THROUGH
+                                                  for c in out.outputs):
             _add_activation(plan, out, key=plan.activations[src.name].key)
 
 
-def _plan_inputs(g: _Graph, plan: Plan, options: PlacementOptions) -> None:
+def _plan_inputs(g: _Graph, plan: QdqPlacement, options: PlacementOptions) -> None:
     for node in g.graph.nodes:
-        if node.op in WEIGHTED:
+        if node.op in WEIGHTED_OPS:
             _plan_weighted(g, plan, node, options, all_consumers=False)
 
 
-def _plan_tensorrt(g: _Graph, plan: Plan, options: PlacementOptions) -> None:
+def _plan_tensorrt(g: _Graph, plan: QdqPlacement, options: PlacementOptions) -> None:
     depth = _depths(g.graph)
     for node in g.graph.nodes:
-        if node.op in WEIGHTED:
+        if node.op in WEIGHTED_OPS:
             if not _plan_weighted(g, plan, node, options, all_consumers=False):
                 continue
             _move_before_pad(g, plan, node)
@@ -322,7 +328,7 @@ def _plan_tensorrt(g: _Graph, plan: Plan, options: PlacementOptions) -> None:
     _share_concat_scales(g, plan)
 
 
-def _move_before_pad(g: _Graph, plan: Plan, node) -> None:
+def _move_before_pad(g: _Graph, plan: QdqPlacement, node) -> None:
     """TRT-18: Q/DQ on a zero Pad's input, not between the Pad and its Conv (Pad commutes with Q at zp 0)."""
     if node.op not in ("Conv", "ConvTranspose"):
         return
@@ -342,10 +348,10 @@ def _move_before_pad(g: _Graph, plan: Plan, node) -> None:
     if spec is None:
         return
     _add_activation(plan, pad.inputs[0], consumer=pad)
-    plan.notes.append(f"{node_id(node)}: Q/DQ placed before {node_id(pad)} (no Q/DQ between Pad and Conv)")
+    plan.notes.append(f"{node_key(node)}: Q/DQ placed before {node_key(pad)} (no Q/DQ between Pad and Conv)")
 
 
-def _quantize_skip_branch(g: _Graph, plan: Plan, add, depth: dict, options: PlacementOptions) -> None:
+def _quantize_skip_branch(g: _Graph, plan: QdqPlacement, add, depth: dict, options: PlacementOptions) -> None:
     """TRT-15: quantize the residual Add's skip input only, so TRT fuses the Conv branch into the Add."""
     if len(add.inputs) != 2 or any(g.is_constant(t) for t in add.inputs) or _excluded(add, options):
         return
@@ -367,7 +373,7 @@ def _from_weighted(g: _Graph, t) -> bool:
     p = producer(t)
     if p is not None and p.op == "BatchNormalization":
         p = producer(p.inputs[0])
-    return p is not None and p.op in WEIGHTED
+    return p is not None and p.op in WEIGHTED_OPS
 
 
 def _depths(graph) -> dict[str, int]:
@@ -379,7 +385,7 @@ def _depths(graph) -> dict[str, int]:
     return depth
 
 
-def _share_concat_scales(g: _Graph, plan: Plan) -> None:
+def _share_concat_scales(g: _Graph, plan: QdqPlacement) -> None:
     """TRT-16: a quantized Concat output and all its inputs share one scale."""
     for node in g.graph.nodes:
         if node.op != "Concat" or not node.outputs or node.outputs[0].name not in plan.activations:
@@ -433,22 +439,22 @@ def _float_tensors(g: _Graph) -> set:
     return floats
 
 
-def _note_float_nodes(g: _Graph, plan: Plan, options: PlacementOptions) -> None:
+def _note_float_nodes(g: _Graph, plan: QdqPlacement, options: PlacementOptions) -> None:
     """Skip reasons for float-carrying nodes the plan leaves in float."""
     done = set(plan.nodes) | {name for name, _ in plan.skipped}
     floats = _float_tensors(g)
     for node in g.graph.nodes:
-        name = node_id(node)
+        name = node_key(node)
         if name in done or not node.outputs or node.outputs[0].name not in floats:
             continue
         if node.op == "BatchNormalization":
             p = producer(node.inputs[0])
-            if p is not None and p.op in ("Conv", "ConvTranspose", "Gemm"):
-                plan.skipped.append((name, f"unfolded BatchNormalization after {p.op} {node_id(p)}: run fold-bn "
+            if p is not None and p.op in BIASED_OPS:
+                plan.skipped.append((name, f"unfolded BatchNormalization after {p.op} {node_key(p)}: run fold-bn "
                                            "before insert-qdq (ORT cannot fuse Conv-BN-Q; about half the speedup is lost)"))
                 continue
         if plan.scheme == "inputs" and node.op in FLOAT_REASONS:
             plan.skipped.append((name, FLOAT_REASONS[node.op]))
-        elif plan.scheme == "full" and node.op not in WEIGHTED + ORT_QLINEAR + PASS_THROUGH + RELU_LIKE \
+        elif plan.scheme == "full" and node.op not in WEIGHTED_OPS + ORT_QLINEAR + PASS_THROUGH + RELU_LIKE \
                 and node.op not in ("Constant", "Identity") and not all(g.is_constant(t) for t in node.inputs):
             plan.skipped.append((name, f"no int8 kernel rule for {node.op}; kept float"))

@@ -1,4 +1,4 @@
-"""Turn a placement plan into Q/DQ nodes: one Q->DQ pair per activation, INT8 weights behind a DQ.
+"""Turn a QdqPlacement into Q/DQ nodes: one Q->DQ pair per activation, INT8 weights behind a DQ.
 
 Every lookup is through dicts built once, so the rewrite is O(nodes + edges); the graph is
 topologically sorted once at the end.
@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxcomp.graph.edit import NameGen, producer, replace_input
-from onnxcomp.passes.qdq.formats import ActivationFormat, quantize_bias, quantize_weight
-from onnxcomp.passes.qdq.placement import Plan, node_id
+from onnxcomp.graph.edit import NameGen, node_key, producer, replace_input
+from onnxcomp.passes.qdq.numerics import WEIGHT_QMAX, ActivationFormat, quantize_bias, quantize_weight
+from onnxcomp.passes.qdq.placement import QdqPlacement
 
 
 @dataclass
@@ -23,14 +23,14 @@ class RewriteResult:
     float_bias: list[str] = field(default_factory=list)
 
 
-def apply_plan(graph, plan: Plan, params: dict[str, tuple[np.float32, np.integer]], fmt: ActivationFormat,
-               quantize_biases: bool, weight_qmax: int = 127) -> RewriteResult:
+def insert_qdq_pairs(graph, plan: QdqPlacement, params: dict[str, tuple[np.float32, np.integer]],
+                     fmt: ActivationFormat, quantize_biases: bool, weight_qmax: int = WEIGHT_QMAX) -> RewriteResult:
     """Edit `graph` in place. params: range key -> (scale, zero point) of the activation format."""
     import onnx_graphsurgeon as gs
 
     names = NameGen(graph)
     tensors = graph.tensors()
-    nodes = {node_id(n): n for n in graph.nodes}
+    nodes = {node_key(n): n for n in graph.nodes}
     result = RewriteResult()
     constants: dict[str, tuple] = {}
     new_nodes = []
@@ -55,7 +55,7 @@ def apply_plan(graph, plan: Plan, params: dict[str, tuple[np.float32, np.integer
         else:
             q_in = t
             dq_out = gs.Variable(names(f"{name}_dequantized"), dtype=np.float32, shape=t.shape)
-            readers = [c for c in list(t.outputs) if spec.consumers is None or node_id(c) in spec.consumers]
+            readers = [c for c in list(t.outputs) if spec.consumers is None or node_key(c) in spec.consumers]
         q_out = gs.Variable(names(f"{name}_quantized"), dtype=fmt.dtype, shape=t.shape)
         new_nodes.append(gs.Node("QuantizeLinear", names(f"{name}_QuantizeLinear"), inputs=[q_in, scale, zp],
                                  outputs=[q_out]))

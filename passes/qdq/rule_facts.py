@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
@@ -70,15 +69,3 @@ def quantize_source(index, dq):
     """For DQ fed by a Q: the tensor that Q quantizes (else None)."""
     q = index.producer.get(dq.input[0])
     return q.input[0] if q is not None and q.op_type == "QuantizeLinear" else None
-
-
-def output_axis(node, ndim: int) -> int | None:
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "ConvTranspose":
-        return 1
-    if node.op_type == "Gemm":
-        return 0 if int(attr(node, "transB", 0) or 0) else 1
-    if node.op_type == "MatMul":
-        return ndim - 1
-    return None

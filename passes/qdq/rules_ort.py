@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnxcomp.graph.op_facts import BIASED_OPS
 from onnxcomp.passes.qdq.rule_facts import (
     dequantized_from,
     is_activation,
@@ -92,7 +93,7 @@ def bn_folded(index):
         if node.op_type != "BatchNormalization":
             continue
         producer = index.producer.get(node.input[0])
-        if producer is not None and producer.op_type in ("Conv", "ConvTranspose", "Gemm") and any(
+        if producer is not None and producer.op_type in BIASED_OPS and any(
                 dequantized_from(index, t) is not None for t in producer.input[:2]):
             yield (node_id(node), f"unfolded BatchNormalization after quantized {producer.op_type}; run fold-bn "
                                   "before insert-qdq (about half the int8 speedup is lost)")

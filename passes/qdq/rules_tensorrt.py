@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnxcomp.graph.op_facts import BIASED_OPS, WEIGHTED_OPS, output_axis
 from onnxcomp.passes.qdq.rule_facts import (
-    WEIGHTED,
+    attr,
     dequantized_from,
     is_activation,
     node_id,
-    output_axis,
     qdq_facts,
     qdq_nodes,
     quantize_source,
@@ -102,7 +102,7 @@ def per_tensor_activations(index):
 @rule("TRT-08", targets=("tensorrt",), severity="error", summary="per-channel weights on the output-channel axis")
 def weight_axis(index):
     for node in index.graph.node:
-        if node.op_type not in WEIGHTED or len(node.input) < 2:
+        if node.op_type not in WEIGHTED_OPS or len(node.input) < 2:
             continue
         dq = dequantized_from(index, node.input[1])
         if dq is None:
@@ -117,7 +117,7 @@ def weight_axis(index):
         if weight is None:
             continue
         axis = facts.axis if facts.axis >= 0 else facts.axis + weight.ndim
-        expected = output_axis(node, weight.ndim)
+        expected = output_axis(node.op_type, {"transB": attr(node, "transB", 0)}, weight.ndim)
         if node.op_type == "MatMul" and weight.ndim != 2:
             yield (node_id(dq), f"per-channel scale on a {weight.ndim}-D MatMul weight; TensorRT needs a 2-D constant")
         elif axis != expected:
@@ -130,7 +130,7 @@ def weight_axis(index):
 @rule("TRT-11", targets=("tensorrt",), severity="warning", summary="all inputs of a quantized weighted op are quantized")
 def weighted_inputs_quantized(index):
     for node in index.graph.node:
-        if node.op_type not in WEIGHTED or len(node.input) < 2:
+        if node.op_type not in WEIGHTED_OPS or len(node.input) < 2:
             continue
         dq = [_dequantized_through_commuting(index, t) for t in node.input[:2]]
         if any(dq) and not all(dq):
@@ -157,7 +157,7 @@ def _dequantized_through_commuting(index, tensor: str) -> bool:
 @rule("TRT-14", targets=("tensorrt",), severity="warning", summary="bias stays float (no INT32 bias DQ)")
 def float_bias(index):
     for node in index.graph.node:
-        if node.op_type in ("Conv", "ConvTranspose", "Gemm") and len(node.input) > 2 and node.input[2]:
+        if node.op_type in BIASED_OPS and len(node.input) > 2 and node.input[2]:
             dq = dequantized_from(index, node.input[2])
             if dq is not None:
                 yield (node_id(node), "bias is dequantized from INT32; TensorRT quantizes bias itself, keep it float")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 
 from onnxcomp.passes.sparsify.obs import (
-    _one_blas_thread,
     conv_hessian,
     dense_hessian,
     from_matrix,
     hessian_rows,
+    one_blas_thread,
     prune_matrix,
     supported,
     to_matrix,
@@ -62,7 +62,7 @@ def sparsify_with_data(graph, cand, values: np.ndarray, data: dict, *, ratio=Non
     count = len(next(iter(data.values())))
     budget = hessian_rows(values.shape) if use.op == "Conv" else None
     for index, x in enumerate(capture_batches(graph, node.inputs[0].name, data)):
-        with _one_blas_thread():
+        with one_blas_thread():
             if use.op == "Conv":
                 rows = -(-budget * len(x) // count)  # this batch's share of the row budget
                 part = conv_hessian(x, values.shape, node.attrs, max_rows=rows, seed=index)

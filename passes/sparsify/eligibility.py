@@ -8,16 +8,14 @@ Each weight slot that does not qualify gets a reason.
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from onnxcomp.graph.edit import producer as producer_of
-from onnxcomp.graph.op_facts import AXIS_KEEPING_OPS, reduction_axis, through_transpose
+from onnxcomp.graph.op_facts import AXIS_KEEPING_OPS, WEIGHT_INPUTS, reduction_axis, through_transpose
+from onnxcomp.pipeline.options import NO_EXCLUSION, Exclusion
 
-# Inputs of each op that carry a weight when constant; the others are activations or biases.
-_WEIGHT_SLOTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (1, 0), "MatMul": (1, 0)}
 # Slots that are a weight by role even when not constant (worth a skip reason).
 _PRIMARY_SLOT = 1
 
@@ -63,21 +61,12 @@ class Survey:
     skipped: list[tuple[str, str]]
 
 
-def matches(patterns: tuple[str, ...], *names: str) -> str | None:
-    """The first pattern (exact or glob) matching any of `names`."""
-    for pattern in patterns:
-        for name in names:
-            if name and (name == pattern or fnmatch.fnmatchcase(name, pattern)):
-                return pattern
-    return None
-
-
 def values_of(constant) -> np.ndarray:
     values = constant.values
     return values.load() if hasattr(values, "load") else np.asarray(values)
 
 
-def find_weights(graph, ops: tuple[str, ...], exclude: tuple[str, ...] = (), min_size: int = 0) -> Survey:
+def find_weights(graph, ops: tuple[str, ...], exclude: Exclusion = NO_EXCLUSION, min_size: int = 0) -> Survey:
     """Walk the weighted ops once (O(nodes)) and classify every constant that reaches a weight slot."""
     import onnx_graphsurgeon as gs
 
@@ -85,10 +74,10 @@ def find_weights(graph, ops: tuple[str, ...], exclude: tuple[str, ...] = (), min
     refused: dict[int, tuple[str, str]] = {}
     skipped: list[tuple[str, str]] = []
     for node in graph.nodes:
-        if node.op not in ops or node.op not in _WEIGHT_SLOTS:
+        if node.op not in ops or node.op not in WEIGHT_INPUTS:
             continue
         label = node.name or node.outputs[0].name
-        for slot in _WEIGHT_SLOTS[node.op]:
+        for slot in WEIGHT_INPUTS[node.op]:
             if slot >= len(node.inputs):
                 continue
             traced = _trace(node, slot)
@@ -122,7 +111,7 @@ def find_weights(graph, ops: tuple[str, ...], exclude: tuple[str, ...] = (), min
 
 def _has_constant_slot(node) -> bool:
     """True when another weight slot of this node holds a constant (e.g. MatMul with a constant A)."""
-    return any(not isinstance(_trace(node, s), str) for s in _WEIGHT_SLOTS[node.op] if s != _PRIMARY_SLOT
+    return any(not isinstance(_trace(node, s), str) for s in WEIGHT_INPUTS[node.op] if s != _PRIMARY_SLOT
                and s < len(node.inputs))
 
 
@@ -154,10 +143,10 @@ def _trace(node, slot: int):
     return tensor, axis, reader
 
 
-def _refusal(constant, node, axis: int, exclude: tuple[str, ...], min_size: int) -> str | None:
-    hit = matches(exclude, node.name, node.op, constant.name)
-    if hit:
-        return f"excluded by {hit!r}"
+def _refusal(constant, node, axis: int, exclude: Exclusion, min_size: int) -> str | None:
+    excluded = exclude.reason((node.name or node.outputs[0].name, constant.name), (node.op,))
+    if excluded:
+        return excluded
     dtype = np.dtype(constant.dtype) if not isinstance(constant.dtype, np.dtype) else constant.dtype
     if dtype.kind != "f":
         return f"dtype {dtype} is not floating point"

@@ -8,11 +8,14 @@ lowest and are chosen first).
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import numpy as np
 
 from onnxcomp.passes.sparsify.nm import nm_groups
 
-NORMALIZATIONS = ("lamp", "rms", "none")
+Normalization = Literal["lamp", "rms", "none"]
+NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
 
 
 def prune_count(ratio: float, size: int) -> int:

@@ -135,7 +135,7 @@ def prune_matrix(w: np.ndarray, h: np.ndarray, *, ratio: float | None = None, nm
     A W that already has the pattern is returned unchanged.
     """
     w = np.asarray(w, dtype=np.float64)
-    with _one_blas_thread():
+    with one_blas_thread():
         sequential = _sequential(w.copy(), h, ratio, nm, damp)
         keep = sequential != 0
         if np.array_equal(keep, w != 0):
@@ -145,7 +145,7 @@ def prune_matrix(w: np.ndarray, h: np.ndarray, *, ratio: float | None = None, nm
         return refit_rows(w, h, keep, damp)
 
 
-def _one_blas_thread():
+def one_blas_thread():
     """Small solves and mid-sized GEMMs: BLAS threads mostly contend (solves measured 30x, GEMMs
     1.8x slower with default threads than with one on a busy 2-core machine)."""
     try:

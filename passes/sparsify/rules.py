@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxcomp.graph.op_facts import AXIS_KEEPING_OPS, reduction_axis, through_transpose
+from onnxcomp.graph.op_facts import AXIS_KEEPING_OPS, WEIGHT_INPUTS, reduction_axis, through_transpose
 from onnxcomp.passes.sparsify.nm import satisfies_nm
 from onnxcomp.pipeline.rules import rule
 
-_SLOTS = {"Conv": (1,), "Gemm": (1, 0), "MatMul": (1, 0)}
+SPARSE_KERNEL_OPS = ("Conv", "Gemm", "MatMul")  # TensorRT has 2:4 kernels for these (not ConvTranspose)
 _AXIS_NAMES = {"Conv": "input channels"}
 
 
@@ -43,10 +43,10 @@ def _trace(index, name: str):
 def weight_uses(index):
     """(node label, op, initializer name, reduction axis) for every constant weight of a weighted op."""
     for node in index.graph.node:
-        if node.op_type not in _SLOTS:
+        if node.op_type not in SPARSE_KERNEL_OPS:
             continue
         attrs = _attrs(node)
-        for slot in _SLOTS[node.op_type]:
+        for slot in WEIGHT_INPUTS[node.op_type]:
             if slot >= len(node.input):
                 continue
             traced = _trace(index, node.input[slot])

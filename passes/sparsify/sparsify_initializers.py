@@ -8,17 +8,28 @@ from typing import Literal, Optional
 import numpy as np
 
 from onnxcomp.errors import InputError
+from onnxcomp.graph.convert import to_model
 from onnxcomp.graph.op_facts import WEIGHTED_OPS
-from onnxcomp.measure.data import LABELS, model_inputs_only, take
-from onnxcomp.passes.sparsify.budget import Trials, fit_budget
+from onnxcomp.measure.data import model_inputs_only, take
+from onnxcomp.passes.sparsify.budget import choose_dense_tensors, sensitivity, with_sparse
 from onnxcomp.passes.sparsify.eligibility import find_weights, nm_refusal, values_of
 from onnxcomp.passes.sparsify.masks import (
     NORMALIZATIONS,
+    Normalization,
     global_masks,
     magnitude_mask,
     nm_mask,
 )
 from onnxcomp.passes.sparsify.nm import nm_violations, parse_nm, zero_fraction
+from onnxcomp.pipeline.budget import drop_measure
+from onnxcomp.pipeline.options import (
+    Exclusion,
+    Range,
+    check_ranges,
+    exclude_op_option,
+    exclude_option,
+    max_drop_option,
+)
 from onnxcomp.pipeline.pass_base import Pass, PassContext, PassReport
 from onnxcomp.pipeline.registry import register_pass
 
@@ -27,40 +38,35 @@ from onnxcomp.pipeline.registry import register_pass
 class SparsifyOptions:
     sparsity: str = field(default="0.5", metadata={
         "help": "fraction of zeros, 0 <= r < 1 (e.g. 0.5 or 50%), or an N:M pattern: at most N non-zeros in "
-                "every M consecutive weights along the reduction axis (2:4 for TensorRT sparse kernels)"})
+                "every M consecutive weights along the reduction axis (2:4 for TensorRT sparse kernels)",
+        "metavar": "RATIO|N:M"})
     scope: Optional[Literal["layer", "global"]] = field(default=None, metadata={
         "help": "ratio per tensor (layer) or across all eligible tensors (global, ranked by normalised "
                 "magnitude); default global for a ratio. N:M is always per group"})
-    exclude: tuple[str, ...] = field(default=(), metadata={
-        "help": "node names, op types or initializer names (globs allowed) to leave dense"})
-    max_drop: Optional[float] = field(default=None, metadata={
-        "help": "accuracy (with labels) or 1-cosine budget on the sample data; the most sensitive tensors "
-                "are left dense until the measured drop fits, else ToleranceError"})
-    min_size: int = field(default=256, metadata={"help": "leave tensors with fewer elements dense"})
+    exclude: tuple[str, ...] = exclude_option()  # matches the weighted node or the weight itself
+    exclude_op: tuple[str, ...] = exclude_op_option()
+    max_drop: Optional[float] = max_drop_option()
+    min_size: int = field(default=256, metadata={"help": "leave tensors with fewer elements dense", "range": Range(0)})
     ops: tuple[str, ...] = field(default=WEIGHTED_OPS, metadata={"help": "op types whose weights qualify"})
-    normalize: Literal["lamp", "rms", "none"] = field(default="lamp", metadata={
+    normalize: Normalization = field(default="lamp", metadata={
         "help": "global scope: how magnitudes are made comparable across tensors (lamp: layer-adaptive "
                 "magnitude scores; rms: |w|/rms; none: raw |w|)"})
     max_tensor_sparsity: float = field(default=0.98, metadata={
-        "help": "global scope: no tensor loses more than this fraction"})
+        "help": "global scope: no tensor loses more than this fraction", "range": Range(0, 1, lo_open=True)})
     method: Literal["auto", "magnitude", "obs"] = field(default="auto", metadata={
         "help": "which weights to zero: magnitude (no data needed) or obs (needs sample data: choose by "
                 "output-error saliency and let the kept weights absorb the error, layer by layer, like "
                 "SparseGPT); auto = obs when sample data is given"})
-    samples: int = field(default=512, metadata={"help": "sample-data rows used for obs, fidelity and max_drop"})
+    samples: int = field(default=512, metadata={"help": "sample-data rows used for obs, fidelity and max_drop",
+                                                "range": Range(1)})
 
     def __post_init__(self) -> None:
+        check_ranges(self, "sparsify-initializers")
         object.__setattr__(self, "sparsity", str(self.sparsity).strip())
         parse_spec(self.sparsity)
         if self.scope == "global" and parse_spec(self.sparsity)[0] == "nm":
             raise InputError(f"sparsify-initializers: scope=global applies to a ratio; {self.sparsity} is "
                              "per group of M weights")
-        if self.max_drop is not None and not 0 <= self.max_drop <= 1:
-            raise InputError(f"sparsify-initializers: max_drop must be in [0, 1], got {self.max_drop}")
-        if self.min_size < 0 or self.samples < 1:
-            raise InputError("sparsify-initializers: min_size must be >= 0 and samples >= 1")
-        if not 0 < self.max_tensor_sparsity <= 1:
-            raise InputError("sparsify-initializers: max_tensor_sparsity must be in (0, 1]")
         if self.normalize not in NORMALIZATIONS:
             raise InputError(f"sparsify-initializers: normalize must be one of {', '.join(NORMALIZATIONS)}")
 
@@ -110,7 +116,9 @@ class SparsifyInitializersPass(Pass):
             ctx.say("sparsify-initializers: no sample data, choosing weights by magnitude alone "
                     "(pass --calib FILE.npz for data-aware selection and reconstruction)")
         report = PassReport()
-        survey = find_weights(graph, tuple(o.ops), tuple(o.exclude), o.min_size)
+        exclude = Exclusion(tuple(o.exclude), tuple(o.exclude_op))
+        exclude.check("sparsify-initializers", graph)
+        survey = find_weights(graph, tuple(o.ops), exclude, o.min_size)
         for name, reason in survey.skipped:
             report.skip(name, reason)
         candidates = []
@@ -130,17 +138,16 @@ class SparsifyInitializersPass(Pass):
             _data_aware(graph, spec, candidates, dense, keep, sparse, methods, model_inputs_only(samples), ctx)
         changed = [n for n in dense if not np.array_equal(sparse[n], dense[n])]
         constants = {c.name: c.constant for c in candidates}
-        chosen, budget = changed, None
-        trials = None
+        chosen, budget, measure = changed, None, None
         if samples is not None and changed:
-            labels = samples.get(LABELS)
-            trials = Trials(graph, constants, dense, sparse, model_inputs_only(samples),
-                            None if labels is None else np.asarray(labels))
-        if trials is not None and o.max_drop is not None:
-            budget = fit_budget(trials, changed, o.max_drop, ctx.say)
-            chosen = budget.sparse
-            for name in budget.dense:
-                report.skip(name, f"left dense: most sensitive (1-cosine {budget.sensitivity[name]:.2e} alone) "
+            measure = drop_measure(to_model(graph), samples)  # against the dense graph, which runs once
+        if measure is not None and o.max_drop is not None:
+            budget = choose_dense_tensors(with_sparse(graph, constants, dense, sparse, changed), measure, changed,
+                                          o.max_drop)
+            chosen = [name for name in changed if name not in budget.held_back]
+            alone = sensitivity(budget)
+            for name in budget.held_back:
+                report.skip(name, f"left dense: most sensitive (1-cosine {alone[name]:.2e} alone) "
                                   f"for max_drop {o.max_drop}")
         for name in chosen:
             constants[name].values = sparse[name]
@@ -148,15 +155,15 @@ class SparsifyInitializersPass(Pass):
         for row in report.details["tensors"]:
             row["method"] = methods[row["name"]]
         report.details["method"] = method
-        if trials is not None:
-            fid = budget.fidelity if budget is not None else trials.measure([])  # graph already sparse
+        if measure is not None:
+            fid = budget.fidelity if budget is not None else measure(to_model(graph))  # graph already sparse
             report.details["fidelity"] = fid.as_dict()
-            report.details["fidelity_samples"] = len(next(iter(trials.data.values())))
+            report.details["fidelity_samples"] = len(next(iter(model_inputs_only(samples).values())))
             report.stats["drop"] = round(float(fid.drop), 5)
             report.stats["cosine"] = round(float(fid.cosine), 6)
             if budget is not None:
-                report.details["sensitivity"] = budget.sensitivity
-                report.stats["left_dense"] = len(budget.dense)
+                report.details["sensitivity"] = sensitivity(budget)
+                report.stats["left_dense"] = len(budget.held_back)
                 report.stats["trials"] = budget.trials
         report.modified = bool(chosen)
         ctx.say(f"sparsify-initializers: {len(chosen)} tensor(s) sparsified ({o.sparsity}, {scope}), "

@@ -8,7 +8,7 @@ is one batch of activations plus a fixed-size histogram per tensor, whatever the
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sized
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -17,6 +17,7 @@ import onnx
 from onnxcomp.errors import InputError, first_line
 from onnxcomp.passes.qdq.calibration.histogram import Scratch, TensorStats
 from onnxcomp.passes.qdq.calibration.stats import CalibrationStats
+from onnxcomp.progress import bar, bars_enabled, logger, say_to
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                 onnx.TensorProto.BFLOAT16}
@@ -81,7 +82,8 @@ def collect_stats(model: onnx.ModelProto, data, tensors: list[str] | None = None
     use that for sequences of different lengths (pad per batch) or data too big to hold at once.
     tensors: names to calibrate; default every float activation (`activation_tensors`).
     num_bins: histogram bins per tensor; 0 keeps only min/max (enough for `minmax`, faster).
-    progress: optional callable taking one message string, called about once a second.
+    progress: optional callable taking each message string (default: the `onnxcomp` logger); without
+    a progress bar on screen it also gets a line about once a second.
     threads: ONNX Runtime intra-op threads (0 = its default).
     memory_budget_mb: with dict data, batches shrink below `batch_size` so the fetched
     activations stay under this (measured on one sample first); peak memory is then bounded by
@@ -107,14 +109,19 @@ def collect_stats(model: onnx.ModelProto, data, tensors: list[str] | None = None
     # Two batches are alive at once (one folding while the next runs), hence half the budget each.
     sizer = _BatchSizer(batch_size, memory_budget_mb / 2, isinstance(data, Mapping))
     samples = batches = 0
+    say = say_to(progress)
+    # A bar on screen already shows liveness; logs and callbacks get a line about once a second.
+    periodic = progress is not None or not bars_enabled()
     last_say = time.monotonic()
 
     def probe(feeds: dict) -> None:  # size batches from one sample's activations; not folded in
         sizer.observe(1, sum(v.nbytes for v in runner.run(feeds, 0)))
 
+    feed_batches, total = _batches(data, model, runner.inputs, sizer, probe)
+    logger.debug("calibration: %d tensors fetched, batches of up to %d samples", len(runner.fetch), sizer.size)
     with ThreadPoolExecutor(max_workers=1) as folder:
         pending = None
-        for feeds in _batches(data, model, runner.inputs, sizer, probe):
+        for feeds in bar(feed_batches, "calibration", total=total, unit="batch"):
             values = runner.run(feeds, batches + 1)  # ONNX Runtime runs while the last batch folds
             if pending is not None:
                 pending.result()
@@ -123,15 +130,14 @@ def collect_stats(model: onnx.ModelProto, data, tensors: list[str] | None = None
             batches += 1
             n = len(next(iter(feeds.values()))) if feeds else 1
             samples += n
-            if progress is not None and time.monotonic() - last_say > 1.0:
-                progress(f"calibration: batch {batches} ({samples} samples)")
+            if periodic and time.monotonic() - last_say > 1.0:
+                say(f"calibration: batch {batches} ({samples} samples)")
                 last_say = time.monotonic()
         if pending is not None:
             pending.result()
     if batches == 0:
         raise InputError("calibration data holds no batches")
-    if progress is not None:
-        progress(f"calibration: {batches} batches, {samples} samples, {len(stats)} tensors")
+    say(f"calibration: {batches} batches, {samples} samples, {len(stats)} tensors")
     out = {}
     for name in wanted:
         src = stats.get(root[name])
@@ -209,10 +215,11 @@ class _Runner:
             values[i] = None
 
 
-def _batches(data, model: onnx.ModelProto, inputs: list[str], sizer: _BatchSizer, probe) -> Iterable[dict]:
-    """Feed dicts. Dict data is cut at multiples of one batch size (chosen by `probe` on a single
-    sample), so data split at such a multiple gives the same batches, hence bit-identical
-    activations: ONNX Runtime's kernels round differently for different batch shapes."""
+def _batches(data, model: onnx.ModelProto, inputs: list[str], sizer: _BatchSizer,
+             probe) -> tuple[Iterable[dict], int | None]:
+    """(feed dicts, how many; None when unknown). Dict data is cut at multiples of one batch size
+    (chosen by `probe` on a single sample), so data split at such a multiple gives the same batches,
+    hence bit-identical activations: ONNX Runtime's kernels round differently for different batch shapes."""
     from onnxcomp.measure.data import validate
 
     if isinstance(data, Mapping):
@@ -222,12 +229,17 @@ def _batches(data, model: onnx.ModelProto, inputs: list[str], sizer: _BatchSizer
         if sizer.adaptive and n > 1:
             probe({k: arrays[k][:1] for k in inputs})
         size = sizer.size
-        for start in range(0, n, size):
-            yield {k: arrays[k][start:start + size] for k in inputs}
-        return
+        return ({k: arrays[k][start:start + size] for k in inputs} for start in range(0, n, size)), -(-n // size)
     if isinstance(data, (str, bytes, np.ndarray)) or not isinstance(data, Iterable):
         raise InputError(f"calibration data must be a dict of arrays or an iterable of feed dicts, "
                          f"got {type(data).__name__}")
+    return _feed_batches(data, model, inputs), (len(data) if isinstance(data, Sized) else None)
+
+
+def _feed_batches(data: Iterable, model: onnx.ModelProto, inputs: list[str]) -> Iterable[dict]:
+    """The caller's own batches, each checked against the model as it arrives."""
+    from onnxcomp.measure.data import validate
+
     for i, feeds in enumerate(data):
         if not isinstance(feeds, Mapping):
             raise InputError(f"calibration batch {i + 1}: expected a dict of input arrays, got {type(feeds).__name__}")

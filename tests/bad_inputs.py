@@ -235,8 +235,13 @@ def build(folder: Path) -> list[Case]:
                       why="an op from a domain no runtime here knows"))
     old = good_model()
     old.opset_import[0].version = 8
-    cases.append(Case("opset_too_old", _save(old, folder / "opset8.onnx"), exits={"optimize": 2, "inspect": 0},
-                      why="opset 8 (< 10)"))
+    cases.append(Case("opset_too_old", _save(old, folder / "opset8.onnx"), exits={"optimize": 0, "inspect": 0},
+                      why="opset 8 (< 10): converted to the pipeline's opset, not refused"))
+    unconvertible = good_model()
+    unconvertible.opset_import[0].version = 8
+    unconvertible.graph.node[2].op_type = "FancyRelu"
+    cases.append(Case("opset_unconvertible", _save(unconvertible, folder / "opset8_unknown_op.onnx"),
+                      exits={"optimize": 2, "inspect": 0}, why="opset 8 with an op the version converter cannot know"))
     cases.append(Case("absurd_initializer", _save(_absurd_initializer(), folder / "absurd.onnx"),
                       exits={"optimize": 2, "compare": 2, "inspect": 2}, why="dims [2**40], no data"))
     huge_input = good_model()

@@ -118,19 +118,24 @@ def test_depthwise_conv_couples_its_input_and_output():
     groups = by_producer(groups_of(net.model(out)))
     g = groups[key(c)]
     assert g.prunable and key(dw) not in groups  # a depthwise conv joins its input's group
-    assert any(m.kind == "group" for m in g.members)
+    assert any(m.kind == "attr" and m.role == "group" for m in g.members)
     assert sum(m.kind == "out" and m.role != "bias" for m in g.members) == 2  # dw filters go with the channels
 
 
-def test_grouped_conv_is_refused_with_a_reason():
+def test_grouped_conv_prunes_whole_conv_groups():
     net = Net(3)
     c = net.conv(net.x, 8)
-    out = net.head(net.conv(net.conv(net.unary(c), 8, group=2), 8))
+    grouped = net.conv(net.unary(c), 6, group=2)  # 4 input channels and 3 filters per conv group
+    out = net.head(net.conv(grouped, 8))
     g = by_producer(groups_of(net.model(out)))[key(c)]
-    assert not g.prunable and "grouped Conv" in g.reason
+    assert g.prunable and (g.channels, g.width, g.unit) == (2, 4, "block of 4")
+    attr = next(m for m in g.members if m.kind == "attr")
+    assert attr.role == "group" and attr.tensor == key(grouped)
+    filters = next(m for m in g.members if m.kind == "out" and m.use == (key(grouped), 1))
+    assert filters.mapping.block == 3  # the conv group's filters go with its input channels
 
 
-def test_split_on_channels_rewrites_sizes_when_a_group_stays_inside_one_part():
+def test_split_on_channels_rewrites_sizes_of_every_part_a_group_spans():
     net = Net(3)
     a, b = net.conv(net.x, 8), net.conv(net.x, 8)
     cat = net.concat([a, b])
@@ -144,7 +149,10 @@ def test_split_on_channels_rewrites_sizes_when_a_group_stays_inside_one_part():
     p, q = net.split(cat, [8, 8])
     out = net.head(net.add(net.conv(p, 8), net.conv(q, 8)))
     g = by_producer(groups_of(net.model(out)))[key(cat)]
-    assert not g.prunable and "several Split outputs" in g.reason
+    assert g.prunable, g.reason  # each part keeps its own channels; both sizes are rewritten
+    assert sorted(m.index for m in g.members if m.kind == "value") == [0, 1]
+    parts = sorted((m.mapping.lo, m.mapping.hi) for m in g.members if m.kind == "in")
+    assert parts == [(0, 8), (8, 16)]
 
 
 def test_graph_input_output_and_unknown_ops_are_refused():

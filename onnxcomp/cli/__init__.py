@@ -27,8 +27,33 @@ COMMANDS = {
 }
 
 
+# Commands that run models. ONNX Runtime comes from either of two wheels (see
+# onnxcomp.measure.runtime.require_runtime), so these check for it once their options are parsed:
+# `onnxcomp optimize -h` works without it, `onnxcomp optimize m.onnx` says in one line what to install.
+RUNS_MODELS = ("optimize", "compare", "distill")
+
+
 def _available(name: str) -> bool:
     return importlib.util.find_spec(COMMANDS[name][0]) is not None
+
+
+def _checking_runtime(command: click.Command) -> click.Command:
+    """A copy of `command` whose callback first checks that ONNX Runtime is installed."""
+    import copy
+    import functools
+
+    run = command.callback
+
+    @functools.wraps(run)
+    def callback(*args, **kwargs):
+        from onnxcomp.measure.runtime import require_runtime
+
+        require_runtime()
+        return run(*args, **kwargs)
+
+    checked = copy.copy(command)
+    checked.callback = callback
+    return checked
 
 
 class LazyGroup(click.Group):
@@ -38,8 +63,8 @@ class LazyGroup(click.Group):
     def get_command(self, ctx, name):
         if name not in COMMANDS or not _available(name):
             return None
-        module = importlib.import_module(COMMANDS[name][0])
-        return module.command
+        command = importlib.import_module(COMMANDS[name][0]).command
+        return _checking_runtime(command) if name in RUNS_MODELS else command
 
     def format_commands(self, ctx, formatter):
         rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]

@@ -11,6 +11,31 @@ dim_option = click.option(
     help="Size of a dynamic dimension for generated inputs: a dim name (batch=8) or INPUT:AXIS (input_ids:1=128). "
          "Unset dynamic dims are 1.")
 
+# Sample data: every command that takes some accepts the same sources (onnxcomp.measure.samples).
+DATA_METAVAR = "FILE.npz|FILE.npy|FILE.py:FN|DIR"
+DATA_FORMS = ("FILE.npz (one array per input, axis 0 = samples, optional 'labels'), FILE.npy (one-input models), "
+              "FILE.py:FUNCTION (returns feed dicts, one model call each) or a folder of test_data_set_*/input_*.pb.")
+
+
+def data_option(flag: str, dest: str, what: str, required: bool = False):
+    """A sample-data option (`--calib`, `--val`, `--data`): `what` it is for, then the accepted forms."""
+    return click.option(flag, dest, required=required, metavar=DATA_METAVAR, help=f"{what} {DATA_FORMS}")
+
+
+input_shapes_option = click.option(
+    "--input-shapes", "input_shapes", multiple=True, metavar="NAME:D1,D2,...",
+    help="Fix an input's dynamic dims for this run (generated data, shape inference, verification, how data is "
+         "cut into calls), e.g. x:1,3,320,320; repeatable, or several separated by spaces.")
+
+make_static_option = click.option(
+    "--make-static", is_flag=True,
+    help="Write the sizes --input-shapes and --dim give into the output model's inputs (and the output and "
+         "intermediate shapes shape inference then finds).")
+
+input_value_option = click.option(
+    "--input-value", "input_values", multiple=True, metavar="NAME=VALUE",
+    help="Pin an input in generated data: every element VALUE (sr=16000, a scalar or a fill value); repeatable.")
+
 
 def verbosity_options(command):
     """-v/--verbose (repeatable) and -q/--quiet on a command: they set how much the `onnxcomp` logger

@@ -4,13 +4,19 @@ import json
 
 import click
 
-from onnxcomp.cli.common import dim_option, verbosity_options
+from onnxcomp.cli.common import (
+    data_option,
+    dim_option,
+    input_shapes_option,
+    input_value_option,
+    verbosity_options,
+)
 
 
 @click.command("compare")
 @click.argument("reference", type=click.Path(dir_okay=False))
 @click.argument("candidate", type=click.Path(dir_okay=False))
-@click.option("--data", type=click.Path(dir_okay=False), help=".npz with one array per input (first axis = samples).")
+@data_option("--data", "data", "Inputs to run both models on (default: seeded random inputs).")
 @click.option("--atol", "atols", multiple=True, metavar="[OUTPUT=]TOL",
               help="Absolute tolerance: TOL for every output, OUTPUT=TOL for one (repeatable).  [default: 1e-5]")
 @click.option("--rtol", "rtols", multiple=True, metavar="[OUTPUT=]TOL",
@@ -23,12 +29,23 @@ from onnxcomp.cli.common import dim_option, verbosity_options
 @click.option("--max-samples", default=1024, show_default=True, help="Use at most this many samples of --data.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @dim_option
+@input_shapes_option
+@input_value_option
 @verbosity_options
-def command(reference, candidate, data, atols, rtols, statistic, batch, seed, max_samples, as_json, dims):
+def command(reference, candidate, data, atols, rtols, statistic, batch, seed, max_samples, as_json, dims,
+            input_shapes, input_values):
     """Run REFERENCE and CANDIDATE under ONNX Runtime and compare outputs (exit 4 outside tolerance)."""
     from onnxcomp.errors import InputError, ToleranceError
     from onnxcomp.graph.load import load_model
-    from onnxcomp.graph.signature import parse_dims
+    from onnxcomp.graph.signature import (
+        check_input_shapes,
+        input_specs,
+        parse_dims,
+        parse_input_shapes,
+        parse_input_values,
+        shape_dims,
+        with_shapes,
+    )
     from onnxcomp.measure.compare import (
         DEFAULT_ATOL,
         DEFAULT_RTOL,
@@ -37,10 +54,11 @@ def command(reference, candidate, data, atols, rtols, statistic, batch, seed, ma
         compare_models,
         format_diffs,
     )
-    from onnxcomp.measure.data import LABELS, load_data, model_inputs_only, take
-    from onnxcomp.measure.runtime import random_inputs
+    from onnxcomp.measure.runtime import check_input_values, random_inputs
+    from onnxcomp.measure.samples import as_samples, one_call
 
     check_statistic(statistic)
+    dims, shapes, values = parse_dims(dims), parse_input_shapes(input_shapes), parse_input_values(input_values)
     ref_model = load_model(reference)
     cand_model = load_model(candidate)
     outputs = [o.name for o in ref_model.graph.output]
@@ -48,15 +66,17 @@ def command(reference, candidate, data, atols, rtols, statistic, batch, seed, ma
     rtol, per_rtol = _tolerance_option("--rtol", rtols, DEFAULT_RTOL, outputs)
     tolerances = Tolerances(atol, rtol, {name: (per_atol.get(name, atol), per_rtol.get(name, rtol))
                                          for name in {**per_atol, **per_rtol}})
-    labels = None
+    specs = input_specs(ref_model)
+    check_input_shapes(specs, shapes)
+    check_input_values(ref_model, values)
     if data:
-        samples = take(load_data(data, ref_model), 0, max_samples)
-        feeds, labels = model_inputs_only(samples), samples.get(LABELS)
-        source = f"{len(next(iter(feeds.values())))} samples from {data}"
+        feeds = as_samples(data, with_shapes(specs, shapes)).first(max_samples)
+        source = f"{feeds.describe()} from {data}"
     else:
-        feeds = random_inputs(ref_model, parse_dims(dims), seed=seed, batch=batch)
+        generated = random_inputs(ref_model, {**dims, **shape_dims(shapes)}, seed=seed, batch=batch, values=values)
+        feeds = one_call(generated, ref_model)
         source = f"seeded random inputs (seed {seed}, batch {batch})"
-    comparison = compare_models(ref_model, cand_model, feeds, tolerances, statistic, labels)
+    comparison = compare_models(ref_model, cand_model, feeds, tolerances, statistic)
     missing = [name for name in comparison.reference if name not in comparison.candidate]
     if missing:
         raise InputError(f"{candidate}: has no output named {missing[0]!r}")

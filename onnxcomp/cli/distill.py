@@ -1,14 +1,15 @@
 """`onnxcomp distill --teacher T --student S --data train.npz -o out.onnx`: knowledge distillation.
 
 torch is imported only inside the command (through onnxcomp.distill), so `onnxcomp --help`
-stays instant and the other commands work without torch.
+stays instant and the other commands work without torch; without it this one ends in one line
+naming `pip install 'onnxcomp[torch]'` (exit 2).
 """
 
 from __future__ import annotations
 
 import click
 
-from onnxcomp.cli.common import verbosity_options
+from onnxcomp.cli.common import data_option, verbosity_options
 
 
 @click.command("distill")
@@ -19,9 +20,8 @@ from onnxcomp.cli.common import verbosity_options
               help="Student: a torch factory (trained, then exported) or an ONNX model, e.g. a pruned or "
                    "sparsified one (fine-tuned, weights written back into the same graph).")
 @click.option("--student-weights", type=click.Path(dir_okay=False), help="state_dict file for a torch student factory.")
-@click.option("--data", required=True, type=click.Path(dir_okay=False),
-              help="Training data .npz: one array per model input, optional 'labels'.")
-@click.option("--val", type=click.Path(dir_okay=False), help="Validation data .npz (best epoch on it is kept).")
+@data_option("--data", "data", "Training data (its calls must stack along a dynamic axis 0).", required=True)
+@data_option("--val", "val", "Validation data (the best epoch on it is kept).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output ONNX model.")
 @click.option("--epochs", default=10, show_default=True)
 @click.option("--lr", default=1e-3, show_default=True, help="Peak learning rate (cosine schedule).")

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from onnxcomp.cli.common import dim_option, verbosity_options
+from onnxcomp.cli.common import (
+    data_option,
+    dim_option,
+    input_shapes_option,
+    input_value_option,
+    make_static_option,
+    verbosity_options,
+)
+from onnxcomp.cli.check import target_check_options
 from onnxcomp.cli.shortcuts import shortcut_options
 from onnxcomp.optimize import DEFAULT_PIPELINE
 from onnxcomp.pipeline.text import PRESETS
@@ -16,8 +24,8 @@ from onnxcomp.pipeline.text import PRESETS
 @click.option("--passes", "pipeline", metavar="PIPELINE",
               help='Pipeline text, e.g. "cleanup,fold-bn,insert-qdq{method=entropy}", or a preset '
                    f'({", ".join(PRESETS)}). Default: {DEFAULT_PIPELINE}.')
-@click.option("--calib", type=click.Path(dir_okay=False), help="Calibration/sample data .npz (one array per input).")
-@click.option("--val", type=click.Path(dir_okay=False), help="Held-out data .npz for the final comparison.")
+@data_option("--calib", "calib", "Calibration/sample data for lossy passes.")
+@data_option("--val", "val", "Held-out data for the final comparison and --verify numeric (default: --calib).")
 @shortcut_options
 @click.option("--verify", type=click.Choice(["none", "structure", "checker", "numeric"]), default="structure",
               show_default=True, help="Verification after every pass.")
@@ -32,16 +40,20 @@ from onnxcomp.pipeline.text import PRESETS
               help="If a pass fails verification, write the model as it was before that pass here.")
 @click.option("--print-pipeline", is_flag=True, help="Print the expanded pipeline (presets, shortcut flags, options) and exit.")
 @dim_option
+@input_shapes_option
+@make_static_option
+@input_value_option
+@target_check_options
 def command(model, output, pipeline, calib, val, verify, atol, rtol, report_path, external_data, seed,
-            reproducer, print_pipeline, dims, **shortcuts):
+            reproducer, print_pipeline, dims, input_shapes, make_static, input_values, trt_version,
+            allow_incompatible, **shortcuts):
     """Optimize MODEL with a pass pipeline; the result is verified against MODEL."""
     from pathlib import Path
 
     from onnxcomp.cli.shortcuts import apply_shortcuts
     from onnxcomp.errors import InputError
     from onnxcomp.graph.load import load_model
-    from onnxcomp.graph.signature import parse_dims
-    from onnxcomp.measure.data import load_data
+    from onnxcomp.graph.signature import parse_dims, parse_input_shapes, parse_input_values
     from onnxcomp.optimize import optimize
     from onnxcomp.pipeline.text import parse_pipeline
     from onnxcomp.report import write_json
@@ -57,17 +69,21 @@ def command(model, output, pipeline, calib, val, verify, atol, rtol, report_path
     # Every option is checked here, before the model is even loaded.
     text = pipeline or DEFAULT_PIPELINE
     passes = apply_shortcuts(parse_pipeline(text), shortcuts, text)
+    from onnxcomp.cli.check import gate_kwargs
+
+    gate = gate_kwargs(passes, trt_version, allow_incompatible)  # the output is checked against the target
     if print_pipeline:
         from onnxcomp.pipeline.text import format_pipeline
 
         click.echo(format_pipeline(passes))
         return
+    dims, shapes, values = parse_dims(dims), parse_input_shapes(input_shapes), parse_input_values(input_values)
     original = load_model(model)
-    data = load_data(calib, original) if calib else None
-    val_data = load_data(val, original) if val else None
-    result = optimize(model, output, passes, data=data, val_data=val_data, verify=verify,
-                      atol=atol, rtol=rtol, dims=parse_dims(dims), seed=seed,
-                      external_data=external_data, preloaded=original, reproducer=reproducer)
+    # Data is read and checked against the model (and --input-shapes) before any pass runs.
+    result = optimize(model, output, passes, data=calib, val_data=val, verify=verify,
+                      atol=atol, rtol=rtol, dims=dims, seed=seed, external_data=external_data,
+                      preloaded=original, reproducer=reproducer, input_shapes=shapes, make_static=make_static,
+                      input_values=values, **gate)
     click.echo(format_result(result))
     if report_path:
         write_json(result.as_dict(), report_path)
@@ -108,6 +124,9 @@ def format_result(result) -> str:
     deltas = [f"{op} {ops_in.get(op, 0)}->{ops_out.get(op, 0)}" for op in changed if ops_in.get(op, 0) != ops_out.get(op, 0)]
     if deltas:
         lines.append("ops: " + ", ".join(deltas[:8]))
+    from onnxcomp.cli.check import target_check_lines
+
+    lines += target_check_lines(result.target_check)
     size_in, size_out = result.input.get("file_size"), result.output.get("file_size")
     lines.append(f"wrote {result.output.get('file', '-')} ({human_bytes(size_out)}; input {human_bytes(size_in)}) "
                  f"in {result.seconds:.2f} s")

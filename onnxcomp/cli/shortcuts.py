@@ -3,9 +3,11 @@
 Each flag's click type, choices, range and help come from its Options field, so the flags cannot
 drift from the pipeline text or from `onnxcomp passes`. Three kinds:
 
-- adding flags (--prune-channels, --sparsify, --quantize) append their pass after the pipeline, in
-  that order (prune and sparsify first, so insert-qdq sees the final weights); a pipeline that
-  already has the pass (a preset such as int8-ort) is refused rather than doubled;
+- adding flags (--prune-channels, --sparsify, --quantize) add their pass, in that order, after the
+  pipeline but before any pass that must come later (MUST_PRECEDE): remove-channels goes before
+  fold-bn, so channels are ranked and sliced with BatchNorm still there and a distilled student keeps
+  a BN to recover with, and prune and sparsify go before insert-qdq, so it sees the final weights; a
+  pipeline that already has the pass (a preset such as int8-ort) is refused rather than doubled;
 - option flags (--importance, --round-to, --global, --sparsify-scope, --calib-method, --target) set
   that option of their pass wherever it came from, --passes text or an adding flag; a pipeline
   without the pass is refused;
@@ -48,7 +50,14 @@ SHORTCUTS: dict[str, tuple[str | None, str | None]] = {
     "--exclude-op": (None, "exclude_op"),
     "--max-drop": (None, "max_drop"),
 }
-ADDING = ("--prune-channels", "--sparsify", "--quantize")  # in the order their passes are appended
+ADDING = ("--prune-channels", "--sparsify", "--quantize")  # in the order their passes are added
+# pass an adding flag adds -> passes it is placed before when the pipeline has them. Lossy structural
+# passes run before BatchNorm folding: `cleanup,fold-bn,remove-channels` left a student that
+# distillation recovered to 0.76 accuracy on the digits CNN, against 0.994 with BN kept.
+MUST_PRECEDE = {
+    "remove-channels": ("fold-bn", "sparsify-initializers", "insert-qdq"),
+    "sparsify-initializers": ("insert-qdq",),
+}
 QUANTIZE_CHOICES = ("int8",)  # --quantize names a number format, not an option of insert-qdq
 
 
@@ -134,8 +143,8 @@ def apply_shortcuts(passes: list, values: dict[str, Any], pipeline_text: str) ->
     """
     given = {flag: values.get(param_name(flag)) for flag in SHORTCUTS}
     given = {flag: v for flag, v in given.items() if v is not None and v is not False and v != ()}
-    in_text = len(passes)
     passes = list(passes)
+    from_text = [True] * len(passes)  # parallel to passes: given in the --passes text
     for flag in ADDING:
         if flag not in given:
             continue
@@ -144,7 +153,9 @@ def apply_shortcuts(passes: list, values: dict[str, Any], pipeline_text: str) ->
             raise InputError(f"{flag} adds {name}, but --passes {pipeline_text!r} already has {name}: give one of "
                              "them (set its options in the text, or with the option flags)")
         fresh = all_passes()[name]()
-        passes.append(fresh if option is None else type(fresh)(_set(fresh, flag, option, given[flag])))
+        at = next((i for i, p in enumerate(passes) if p.name in MUST_PRECEDE.get(name, ())), len(passes))
+        passes.insert(at, fresh if option is None else type(fresh)(_set(fresh, flag, option, given[flag])))
+        from_text.insert(at, False)
     for flag, value in given.items():
         name, option = SHORTCUTS[flag]
         if flag in ADDING:
@@ -161,7 +172,7 @@ def apply_shortcuts(passes: list, values: dict[str, Any], pipeline_text: str) ->
             p = passes[i]
             new = _set(p, flag, option, value)
             current, default = getattr(p.options, option), default_of(_field(p, option))
-            if i < in_text and current != default and current != getattr(new, option):
+            if from_text[i] and current != default and current != getattr(new, option):
                 raise InputError(f"{flag} {format_value(value)} contradicts {p.name}{{{option}="
                                  f"{format_value(current)}}} from --passes {pipeline_text!r}: give it once")
             passes[i] = type(p)(new)

@@ -5,7 +5,9 @@ teacher: an .onnx path or ModelProto (run by ONNX Runtime), a torch module, or a
 student: an .onnx path or ModelProto (fine-tuned through the interpreter, weights written back into
   the same graph), or a torch module / factory (trained, then exported to ONNX).
 data, val_data: an .npz path or a dict of arrays (one per model input, first axis = samples,
-  optional `labels`).
+  optional `labels`), or any source onnxcomp.measure.samples.as_samples takes (FILE.py:FUNCTION,
+  feed dicts, ...) whose calls stack into that layout: training draws its own batches, so data
+  for a fixed batch or with per-call constants (RNN state) is refused with one line.
 
 The result holds the output ModelProto (not yet saved: `onnxcomp.save(result.model, path)`), the
 per-epoch history, the best epoch, timings, and the final accuracy measured on the written ONNX
@@ -21,8 +23,8 @@ import numpy as np
 import onnx
 
 from onnxcomp.distill.options import DistillOptions
-from onnxcomp.errors import InputError
-from onnxcomp.measure.data import LABELS, load_npz, take, validate
+from onnxcomp.errors import InputError, require
+from onnxcomp.measure.data import LABELS, take, validate
 from onnxcomp.progress import logger, say_to
 
 
@@ -47,12 +49,21 @@ class DistillResult:
                 "epochs": self.history}
 
 
-def _data(value) -> dict[str, np.ndarray]:
+def _data(value, model: onnx.ModelProto | None, where: str) -> dict[str, np.ndarray] | None:
+    """Sample data in the stacked layout the trainer draws batches from (checked against `model`)."""
+    from onnxcomp.measure.samples import as_samples
+
     if value is None:
         return None
-    if isinstance(value, dict):
+    if isinstance(value, dict) and model is None:
         return {k: np.asarray(v) for k, v in value.items()}
-    return load_npz(value)
+    samples = as_samples(value, model, where)
+    stacked = samples.stacked()
+    if stacked is None:
+        raise InputError(f"{where}: distillation trains on samples stacked along a dynamic axis 0 and draws its own "
+                         f"batches; this data ({samples.describe()}) does not stack that way (a fixed batch, "
+                         "per-call constants such as RNN state, or shapes that differ between calls)")
+    return stacked
 
 
 def _check_inputs(data: dict, names: list[str], where: str, models: list[onnx.ModelProto]) -> None:
@@ -81,10 +92,12 @@ def run(teacher, student, data, options: DistillOptions | None = None, *, val_da
 
     Progress lines go to the `onnxcomp` logger, or to `progress(line)` when that is given.
     """
+    require("torch", feature="distillation", extra="torch")
     import torch
 
     from onnxcomp.distill.loading import is_onnx_spec, load_onnx, load_torch_module
     from onnxcomp.distill.onnx_to_torch import OnnxModule
+    from onnxcomp.distill.renorm import renormalize
     from onnxcomp.distill.teacher import (
         LiveTargets,
         OnnxTeacher,
@@ -102,8 +115,9 @@ def run(teacher, student, data, options: DistillOptions | None = None, *, val_da
 
     teacher_model = load_onnx(teacher) if is_onnx_spec(teacher) else None
     student_model = load_onnx(student) if is_onnx_spec(student) else None
-    train = _data(data)
-    val = _data(val_data)
+    spec_model = teacher_model if teacher_model is not None else student_model
+    train = _data(data, spec_model, "data")
+    val = _data(val_data, spec_model, "val")
     if student_model is not None:
         module = OnnxModule(student_model, "student")
     else:
@@ -141,6 +155,13 @@ def run(teacher, student, data, options: DistillOptions | None = None, *, val_da
         if values is not None and classes is not None and len(values) and (values.min() < 0 or values.max() >= classes):
             raise InputError(f"{where}: 'labels' range over [{values.min()}, {values.max()}] but the teacher "
                              f"has {classes} classes")
+    renormalized = None
+    if student_model is not None and options.renorm and options.bn == "train":
+        renormalized = renormalize(student_model, module, {k: train[k] for k in input_names})
+        if renormalized is not None:
+            module = OnnxModule(renormalized.model, "student")
+            say(f"student has no BatchNormalization: training {len(renormalized.layers)} layers with one, "
+                "folded back when written")
     need_teacher = not (labels is not None and options.alpha == 0.0 and not options.features)
     logger.debug("teacher: %s, student: %s, inputs %s, %s", teacher_runner.kind,
                  "onnx" if student_model is not None else "torch", ", ".join(input_names),
@@ -172,7 +193,11 @@ def run(teacher, student, data, options: DistillOptions | None = None, *, val_da
         else f"exporting the student to ONNX (opset {options.opset})")
     if student_model is not None:
         mode = "onnx-student"
-        out_model = write_back(student_model, module, options.keep_zeros)
+        if renormalized is None:
+            out_model = write_back(student_model, module, options.keep_zeros)
+        else:
+            out_model = renormalized.fold_back(write_back(renormalized.model, module, options.keep_zeros),
+                                               student_model)
     else:
         mode = "torch-student"
         output_names = list(teacher_runner.output_names or [f"output_{i}" for i in range(len(t_probe))])
@@ -184,6 +209,7 @@ def run(teacher, student, data, options: DistillOptions | None = None, *, val_da
     final["data"] = "val" if val is not None else "train"
     final["masked_tensors"] = trained.masked_tensors
     final["masked_zeros"] = trained.masked_zeros
+    final["renormalized"] = 0 if renormalized is None else len(renormalized.layers)
     seconds = time.perf_counter() - start
     epoch_seconds = [row["seconds"] for row in trained.history]
     return DistillResult(out_model, mode, options, trained.history, trained.metric, trained.best_epoch, seconds,

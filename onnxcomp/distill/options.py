@@ -26,6 +26,9 @@ class DistillOptions:
     bn: "train" uses batch statistics and updates running statistics (torch's default);
     "frozen" keeps BatchNorm in inference mode (small batches, or to keep the statistics).
     keep_zeros: weights (rank >= 2) that are exactly zero stay zero, so sparsity survives fine-tuning.
+    renorm: an ONNX student with no BatchNormalization left (folded into its convolutions) trains with
+    an identity-initialised BatchNorm after each Conv/Gemm, folded back when written (renorm.py):
+    folded students then recover as well as ones with BN kept. Only with bn="train".
     opset: for exporting a torch student.
     """
 
@@ -45,6 +48,7 @@ class DistillOptions:
     cache_dir: str | None = None
     bn: str = "train"
     keep_zeros: bool = True
+    renorm: bool = True
     opset: int = 17
     checkpoint: str | None = None
 

@@ -39,6 +39,11 @@ def convert_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
         return model
     from onnx import version_converter
 
+    unknown = sorted({n.op_type for n in model.graph.node
+                      if n.domain in DEFAULT_DOMAINS and not onnx.defs.has(n.op_type)})
+    if unknown:
+        raise InputError(f"cannot convert opset {current} -> {target}: operator(s) {', '.join(unknown[:5])} "
+                         "are not ONNX operators")
     try:
         converted = version_converter.convert_version(model, target)
     except Exception as exc:

@@ -26,6 +26,7 @@ import numpy as np
 from onnxcomp.errors import InputError
 from onnxcomp.measure.data import LABELS, model_inputs_only
 from onnxcomp.measure.runtime import run_both, run_model
+from onnxcomp.measure.samples import Samples
 
 DEFAULT_ATOL, DEFAULT_RTOL = 1e-5, 1e-4
 STATISTICS = "max, mean, median or pNN (a percentile: p90, p99, p99.9)"
@@ -194,15 +195,19 @@ class Comparison:
         return [d for d in self.diffs if not d.within]
 
 
-def compare_models(reference_model, candidate_model, feeds: dict[str, np.ndarray],
+def compare_models(reference_model, candidate_model, feeds: Samples | dict[str, np.ndarray],
                    tolerances: Tolerances | None = None, statistic: str = "max", labels: np.ndarray | None = None,
                    batch_size: int | None = 32, reference_outputs: dict[str, np.ndarray] | None = None) -> Comparison:
     """The one feed-run-diff flow: run both models on `feeds` under ONNX Runtime and compare.
 
-    batch_size None runs each model once on the whole feed (axis 0 not a sample axis);
-    `reference_outputs` are the reference's outputs on exactly these feeds, if already known.
+    feeds: Samples (each call at the model's own batch size; their labels are used unless `labels`
+    is given) or a dict (cut into calls when in the stacked layout). batch_size None runs each
+    call as is (a dict: once, whole: axis 0 not a sample axis); `reference_outputs` are the
+    reference's outputs on exactly these feeds, if already known.
     """
     check_statistic(statistic)
+    if labels is None and isinstance(feeds, Samples):
+        labels = feeds.labels()
     expected, got = run_both(reference_model, candidate_model, feeds, batch_size, reference_outputs)
     return Comparison(expected, got, compare_outputs(expected, got, tolerances, statistic),
                       accuracy_pair(expected, got, labels))
@@ -244,9 +249,14 @@ class Fidelity:
         return d
 
 
-def outputs_of(model, data: dict[str, np.ndarray], batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Outputs of `model` on sample data (labels left out)."""
-    return run_model(model, model_inputs_only(data), batch_size)
+def outputs_of(model, data: Samples | dict[str, np.ndarray], batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Outputs of `model` on sample data (Samples, or a dict in the stacked layout; labels left out)."""
+    return run_model(model, data if isinstance(data, Samples) else model_inputs_only(data), batch_size)
+
+
+def labels_of(data: Samples | dict[str, np.ndarray]) -> np.ndarray | None:
+    """The labels of sample data, or None."""
+    return data.labels() if isinstance(data, Samples) else data.get(LABELS)
 
 
 def fidelity(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
@@ -259,7 +269,9 @@ def fidelity(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
                     acc, ref_acc)
 
 
-def measure(reference_model, candidate_model, data: dict[str, np.ndarray], reference_outputs=None) -> Fidelity:
-    """Fidelity of candidate against reference on data (labels used when present)."""
-    ref, got = run_both(reference_model, candidate_model, model_inputs_only(data), 64, reference_outputs)
-    return fidelity(ref, got, data.get(LABELS))
+def measure(reference_model, candidate_model, data: Samples | dict[str, np.ndarray],
+            reference_outputs=None) -> Fidelity:
+    """Fidelity of candidate against reference on data (Samples or a stacked dict; labels used when present)."""
+    feeds = data if isinstance(data, Samples) else model_inputs_only(data)
+    ref, got = run_both(reference_model, candidate_model, feeds, 64, reference_outputs)
+    return fidelity(ref, got, labels_of(data))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -9,21 +10,36 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxcomp.errors import InputError, first_line
-from onnxcomp.graph.signature import input_specs, resolve_shape
+from onnxcomp.errors import InputError, first_line, require
+from onnxcomp.graph.signature import InputSpec, index_limits, input_specs, resolve_shape
+from onnxcomp.measure.samples import Samples, as_samples, one_call
 
 # Synthetic inputs larger than this are refused rather than allocated (hostile or mistaken shapes).
 MAX_GENERATED_BYTES = 2 * 1024**3
 
 
-def random_inputs(model: onnx.ModelProto, dims: dict[str, int] | None = None, seed: int = 0,
-                  batch: int | None = None, int_high: int = 100) -> dict[str, np.ndarray]:
-    """Seeded synthetic inputs from the model's input specs.
+def require_runtime() -> None:
+    """One line naming `pip install 'onnxcomp[cpu]'` when no ONNX Runtime is installed. It is not a
+    plain dependency: onnxruntime and onnxruntime-gpu install the same module, and requiring the
+    first would put the CPU wheel over a GPU user's; the [cpu] and [gpu] extras pick one."""
+    require("onnxruntime", feature="running models", extra="cpu", package="ONNX Runtime",
+            note="or 'onnxcomp[gpu]' for onnxruntime-gpu")
 
-    Floats are standard normal; integers uniform in [0, int_high) (token ids, indices);
-    bools random. Symbolic dims come from `dims`, else 1.
+
+def random_inputs(model: onnx.ModelProto, dims: dict[str, int] | None = None, seed: int = 0,
+                  batch: int | None = None, int_high: int = 100,
+                  values: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    """Seeded synthetic inputs from the model's input specs, made to mean something.
+
+    Floats are standard normal; integers uniform in [0, int_high) (token ids, indices), kept below
+    the rows of every constant table they index through Gather (index_limits); a 0-d integer (a
+    length, a trip count) a small positive number, not 0; bools true/false. `values` pins inputs
+    (`--input-value sr=16000`): every element of that input is the value. Symbolic dims come
+    from `dims`, else `batch` on axis 0, else 1.
     """
     rng = np.random.default_rng(seed)
+    values = values or {}
+    limits = index_limits(model)
     feeds = {}
     for spec in input_specs(model):
         shape = resolve_shape(spec, dims or {}, batch)
@@ -31,17 +47,60 @@ def random_inputs(model: onnx.ModelProto, dims: dict[str, int] | None = None, se
         if size > MAX_GENERATED_BYTES:
             raise InputError(f"input {spec.name!r}: generating data of shape {list(shape)} would take "
                              f"{size / 1024**3:.3g} GB; give sample data or smaller --dim values")
-        if spec.dtype.kind == "f":
+        if spec.name in values:
+            feeds[spec.name] = np.full(shape, values[spec.name]).astype(spec.dtype)
+        elif spec.dtype.kind == "f":
             feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         elif spec.dtype.kind in "iu":
-            feeds[spec.name] = rng.integers(0, int_high, size=shape).astype(spec.dtype)
+            high = max(1, min(int_high, limits.get(spec.name, int_high)))
+            low = 1 if shape == () and high > 1 else 0
+            feeds[spec.name] = rng.integers(low, min(high, 9) if low else high, size=shape).astype(spec.dtype)
         else:
             feeds[spec.name] = rng.integers(0, 2, size=shape).astype(spec.dtype)
     return feeds
 
 
+def check_input_values(model: onnx.ModelProto, values: dict[str, float]) -> None:
+    """Every pinned input exists and can hold its value (an integer input takes whole numbers)."""
+    specs = {s.name: s for s in input_specs(model)}
+    for name, value in values.items():
+        spec = specs.get(name)
+        if spec is None:
+            raise InputError(f"--input-value {name}: the model has no input {name!r} "
+                             f"(inputs: {', '.join(specs) or 'none'})")
+        if spec.dtype.kind in "iub" and float(value) != int(value):
+            raise InputError(f"--input-value {name}={value}: input {name!r} is {spec.dtype}, which holds "
+                             "whole numbers only")
+
+
+@functools.lru_cache(maxsize=1)
+def runtime_max_ir() -> int:
+    """The newest model IR version the installed ONNX Runtime reads, asked of the runtime itself:
+    onnx's helpers write a newer IR than some runtimes take (onnx 1.23 writes 14)."""
+    require_runtime()
+    import re
+
+    import onnxruntime as ort
+    from onnx import helper
+
+    probe = helper.make_model(
+        helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                          [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]),
+        opset_imports=[helper.make_opsetid("", 13)])
+    probe.ir_version = 99
+    try:
+        ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        found = re.search(r"max supported IR version: (\d+)", str(exc))
+        if found:
+            return int(found.group(1))
+    return onnx.IR_VERSION
+
+
 def session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0, optimize: bool = True):
     """An ONNX Runtime CPU session for a ModelProto or a path (large models via a temp file)."""
+    require_runtime()
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -72,41 +131,114 @@ def session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0, optimi
 
 
 def run(sess, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    """One ONNX Runtime run; a failure is one line that keeps the runtime's point (which input,
+    which dim, expected and got), worked out from the session's inputs where the feeds explain it."""
     names = outputs or [o.name for o in sess.get_outputs()]
     wanted = {i.name for i in sess.get_inputs()}
+    fed = {k: v for k, v in feeds.items() if k in wanted}
     try:
-        values = sess.run(names, {k: v for k, v in feeds.items() if k in wanted})
+        values = sess.run(names, fed)
     except Exception as exc:
-        raise InputError(f"ONNX Runtime failed to run the model: {first_line(exc)}") from None
+        why = feed_problem(sess, fed) or runtime_message(exc)
+        raise InputError(f"ONNX Runtime failed to run the model: {why}") from None
     return dict(zip(names, values))
 
 
-def run_batched(sess, data: dict[str, np.ndarray], batch_size: int = 32,
-                outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-    """Run sample-major data in batches and concatenate outputs along axis 0."""
-    wanted = [i.name for i in sess.get_inputs()]
-    lengths = {data[k].shape[0] if np.ndim(data[k]) else None for k in wanted}
-    if len(lengths) != 1 or None in lengths:
-        # Scalars (If conditions, Loop trip counts) or inputs of unequal length have no common
-        # sample axis to split: run the feed as given, once.
-        return run(sess, {k: data[k] for k in wanted}, outputs)
-    n = lengths.pop() if wanted else 1
-    chunks: dict[str, list] = {}
-    for start in range(0, n, batch_size):
-        feeds = {k: data[k][start:start + batch_size] for k in wanted}
-        for name, value in run(sess, feeds, outputs).items():
-            chunks.setdefault(name, []).append(value)
-    return {k: np.concatenate(v, axis=0) for k, v in chunks.items()}
+_ORT_TYPES = {"float": "float32", "double": "float64"}
 
 
-def run_model(model, feeds: dict[str, np.ndarray], batch_size: int | None = 32) -> dict[str, np.ndarray]:
-    """All outputs of `model` (ModelProto or path) on `feeds`: in batches along axis 0, or in one
-    run when batch_size is None (feeds whose axis 0 is not a sample axis)."""
+def session_specs(sess) -> list[InputSpec]:
+    """The session's inputs as specs (initializers the runtime lets a feed override are not inputs)."""
+    specs = []
+    for i in sess.get_inputs():
+        kind = i.type[len("tensor("):-1] if i.type.startswith("tensor(") else None
+        try:
+            dtype = np.dtype(_ORT_TYPES.get(kind, kind)) if kind else np.dtype(object)
+        except TypeError:
+            dtype = np.dtype(object)
+        shape = tuple(d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) else "?") for d in i.shape)
+        specs.append(InputSpec(i.name, dtype, shape))
+    return specs
+
+
+def feed_problem(sess, feeds: dict[str, np.ndarray]) -> str | None:
+    """Why these feeds do not fit the session's inputs (missing, dtype, rank, a static dim), or None."""
+    for spec in session_specs(sess):
+        if spec.name not in feeds:
+            return f"input {spec.name!r} is not fed"
+        array = np.asarray(feeds[spec.name])
+        if spec.dtype != object and array.dtype != spec.dtype:
+            return f"input {spec.name!r} is {spec.dtype}, data is {array.dtype}"
+        if array.ndim != spec.rank:
+            return f"input {spec.name!r} has {spec.rank} dims {list(spec.shape)}, data has {array.ndim} {list(array.shape)}"
+        for axis in range(spec.rank):
+            want = spec.static(axis)
+            if want is not None and array.shape[axis] != want:
+                return f"input {spec.name!r}: dim {axis} is {want}, data has {array.shape[axis]}"
+    return None
+
+
+def runtime_message(exc: BaseException, limit: int = 400) -> str:
+    """ONNX Runtime's message on one line: all of it (its detail is on the lines after the first),
+    without the `[ONNXRuntimeError] : 2 : INVALID_ARGUMENT :` prefix, cut at `limit` characters."""
+    import re
+
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    text = re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", text)
+    if not text:
+        return first_line(exc)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def run_batched(sess, data, batch_size: int | None = 32, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Run Samples (or a dict in the stacked layout, converted) batch by batch: consecutive calls
+    merged up to `batch_size` samples where that is safe (Samples.batches), each call as is when
+    None. Outputs are joined as join_outputs says."""
+    samples = data if isinstance(data, Samples) else runnable(data, session_specs(sess))
+    results = [run(sess, feeds, outputs) for feeds in samples.batches(batch_size)]
+    return join_outputs(results, samples.batch_sizes(batch_size))
+
+
+def runnable(feeds: dict[str, np.ndarray], specs) -> Samples:
+    """A dict of arrays as Samples: cut into calls when it is in the stacked layout, else (inputs of
+    unequal length, nothing to cut along) one call as given."""
+    try:
+        return as_samples(feeds, specs)
+    except InputError:
+        return one_call({k: np.asarray(v) for k, v in feeds.items()}, specs)
+
+
+def join_outputs(results: list[dict], sizes: list[int]) -> dict[str, np.ndarray]:
+    """Each output over all runs: one run as it is; else concatenated along axis 0 when every run's
+    value has a batch axis of that run's sample count, else stacked on a new leading axis (one row
+    per run) when the shapes agree, else flattened and concatenated. The rule depends only on the
+    runs and their shapes, so a reference and a candidate joined alike compare elementwise."""
+    if len(results) == 1:
+        return dict(results[0])
+    joined = {}
+    for name in results[0]:
+        parts = [r[name] for r in results]
+        rest = {p.shape[1:] if p.ndim else None for p in parts}
+        if len(rest) == 1 and None not in rest and all(len(p) == n for p, n in zip(parts, sizes)):
+            joined[name] = np.concatenate(parts, axis=0)
+        elif len({p.shape for p in parts}) == 1:
+            joined[name] = np.stack(parts)
+        else:
+            joined[name] = np.concatenate([p.ravel() for p in parts])
+    return joined
+
+
+def run_model(model, feeds, batch_size: int | None = 32) -> dict[str, np.ndarray]:
+    """All outputs of `model` (ModelProto or path) on `feeds`: Samples, or a dict (cut into calls
+    when in the stacked layout; one run when batch_size is None: feeds whose axis 0 is not a
+    sample axis). See run_batched."""
     sess = session(model)
-    return run(sess, feeds) if batch_size is None else run_batched(sess, feeds, batch_size)
+    if batch_size is None and not isinstance(feeds, Samples):
+        return run(sess, feeds)
+    return run_batched(sess, feeds, batch_size)
 
 
-def run_both(reference_model, candidate_model, feeds: dict[str, np.ndarray], batch_size: int | None = 32,
+def run_both(reference_model, candidate_model, feeds, batch_size: int | None = 32,
              reference_outputs: dict[str, np.ndarray] | None = None) -> tuple[dict, dict]:
     """(reference outputs, candidate outputs) on the same feeds; `reference_outputs`, when the
     reference already ran on exactly these feeds, saves running it again."""

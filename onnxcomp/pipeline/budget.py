@@ -19,16 +19,16 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from onnxcomp.measure.compare import Fidelity, fidelity, outputs_of
-from onnxcomp.measure.data import LABELS
+from onnxcomp.measure.compare import Fidelity, fidelity, labels_of, outputs_of
 from onnxcomp.progress import bar, logger
 
 
-def drop_measure(reference_model, data: dict) -> Callable[[Any], Fidelity]:
-    """Fidelity of a model against `reference_model` on `data` (labels used when present);
-    the reference runs once, here, not once per trial."""
+def drop_measure(reference_model, data) -> Callable[[Any], Fidelity]:
+    """Fidelity of a model against `reference_model` on `data` (Samples: each call at the model's
+    own batch size; or a stacked dict; labels used when present); the reference runs once, here,
+    not once per trial."""
     reference = outputs_of(reference_model, data)
-    labels = data.get(LABELS)
+    labels = labels_of(data)
     return lambda model: fidelity(reference, outputs_of(model, data), labels)
 
 

@@ -15,6 +15,10 @@ from typing import Any, Callable, ClassVar
 from onnxcomp.progress import say_to
 
 
+# Older opsets differ in BatchNormalization, Dropout, Upsample and Slice semantics the passes rely on.
+MIN_OPSET = 10
+
+
 @dataclass(frozen=True)
 class NoOptions:
     """For passes without options."""
@@ -47,16 +51,23 @@ class PassReport:
 class PassContext:
     """What a run knows beyond the graph: sample data, target, where progress messages go.
 
-    `data` maps input names to arrays whose first axis is samples (and may hold `labels`).
+    `data` is the sample data lossy passes calibrate and measure on: onnxcomp.measure.samples.Samples,
+    one model call per feed dict at the model's own batch size, with optional labels (any source
+    as_samples takes, such as a dict of arrays whose first axis is samples, is converted by
+    PassManager.run). `val_data` is held-out data; numeric verification runs on it (else on
+    `data`) instead of random inputs. `dims` sizes dynamic dims of generated inputs and shape
+    inference (`--dim`, `--input-shapes`); `input_values` pins generated inputs (`--input-value`).
     `progress`, when given, receives each message instead of the `onnxcomp` logger (for callers
     that show progress their own way).
     """
 
-    data: dict[str, Any] | None = None
+    data: Any = None
     target: str | None = None
     seed: int = 0
     progress: Callable[[str], None] | None = None
     dims: dict[str, int] = field(default_factory=dict)
+    val_data: Any = None
+    input_values: dict[str, float] = field(default_factory=dict)
 
     def say(self, message: str) -> None:
         say_to(self.progress)(message)
@@ -68,6 +79,9 @@ class Pass:
     name: ClassVar[str]
     exact: ClassVar[bool] = True
     Options: ClassVar[type] = NoOptions
+    # The oldest default-domain opset whose semantics the pass relies on; optimize() converts an
+    # older model up to the highest min_opset of its pipeline before any pass runs.
+    min_opset: ClassVar[int] = MIN_OPSET
 
     def __init__(self, options: Any = None, **overrides: Any):
         if options is None:

@@ -6,18 +6,27 @@ channels, backward from coupled tensors (a residual Add's other operand) to thei
 The closure is one group. A group that reaches something the rules do not understand, a
 graph input or output, or a constant also read from outside the group, is kept whole with
 the reason recorded — never pruned into a wrong model. O(nodes) per group.
+
+A tensor may hold several pieces of one group (the parts of a Split joined again by a
+Concat); pieces must not overlap. Where per-channel pruning is refused because the channels
+only move in units (attention heads and GroupNorm groups behind a Reshape, an LSTM's gates
+behind a Split, a grouped Conv's groups), the handlers leave a hint and the group is explored
+again in those units.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from onnxcomp.graph.edit import node_key
 from onnxcomp.graph.edit import producer as producer_of
 from onnxcomp.passes.prune.handlers import CONST_PASSTHROUGH, HANDLERS, PRODUCERS
-from onnxcomp.passes.prune.mapping import Mapping, Member
+from onnxcomp.passes.prune.mapping import Mapping, Member, Unit
+
+MAX_PIECES = 16  # pieces of one group on one tensor before the walk gives up
+RETRIES = 4  # unit hints tried per refused group
 
 
 @dataclass
@@ -30,16 +39,19 @@ class ChannelGroup:
     members: list[Member] = field(default_factory=list)
     tensors: list[str] = field(default_factory=list)
     reason: str | None = None
-    # Positions per channel at the producers: 1 for channels, the head size for attention heads.
+    # Positions per channel at the producers: 1 for channels, the head size for attention heads,
+    # times the repeat count for units laid out several times (an LSTM's gates).
     width: int = 1
+    unit: str = "channel"
 
     @property
     def prunable(self) -> bool:
         return self.reason is None
 
     def describe(self) -> dict:
-        return {"id": self.id, "channels": self.channels, "width": self.width, "producers": self.producers,
-                "members": sorted({m.label() for m in self.members}), "reason": self.reason}
+        return {"id": self.id, "channels": self.channels, "width": self.width, "unit": self.unit,
+                "producers": self.producers, "members": sorted({m.label() for m in self.members}),
+                "reason": self.reason}
 
 
 class Refused(Exception):
@@ -117,30 +129,56 @@ class _Explorer:
         return None if found is None else found[2]
 
     def add(self, member: Member):
-        self.members.setdefault((member.kind, member.tensor, member.axis, member.use, member.index), member)
+        self.members.setdefault((member.kind, member.tensor, member.axis, member.use, member.index,
+                                 member.mapping), member)
 
     def add_const(self, kind, const, axis, m, node, index, role=""):
         name, axis_map, values = const
         c_axis = axis_map[axis]
-        self.add(Member(kind, name, c_axis, Mapping(c_axis, m.offset, m.block), (node_key(node), index),
-                        role=role or kind))
+        self.add(Member(kind, name, c_axis, m.on_axis(c_axis), (node_key(node), index), role=role or kind))
 
-    def producer(self, node, channels: int, m: Mapping):
-        if m.offset != 0 or channels != self.channels * m.block:
-            self.refuse(f"{node_key(node)}: {node.op} with {channels} output channels coupled to a "
-                        f"{self.channels}-channel group at offset {m.offset}")
+    def producer(self, node, channels: int, m: Mapping, output: int = 0):
+        """`node` makes the group's channels on output `output`; they must cover its `channels` exactly
+        (checked once the walk is over, as several pieces may cover them together)."""
         self.group_producers.append(node_key(node))
+        self.coverage.append((node, node.outputs[output].name, m.axis, channels))
+
+    def hint(self, unit: Unit):
+        """The walk would work if the producer's channels were counted in `unit`s (heads, gates, groups)."""
+        if unit not in self.hints and (unit.block > 1 or unit.repeat > 1):
+            self.hints.append(unit)
+
+    def follows(self, out_name: str, axis: int, source, source_axis: int, what: str):
+        """Axis `axis` of `out_name` is sized at run time by axis `source_axis` of `source`: after the
+        walk both must lose the same count for every channel (else the run-time size is wrong)."""
+        self.follow_checks.append((out_name, axis, source.name, source_axis, what))
+
+    def reads_size(self, tensor_name: str, axis: int, reader: str):
+        """`reader` (a Reshape) reads the run-time size of axis `axis` of `tensor_name`, checked by follows()."""
+        self.size_readers.add((tensor_name, axis, reader))
+
+    def needs_reader(self, tensor_name: str, axis: int, reader: str, what: str):
+        """A Shape reads this axis and feeds `reader`: fine only if `reader` checks it with follows()."""
+        self.size_uses.append((tensor_name, axis, reader, what))
+
+    def pieces(self, name: str) -> list[Mapping]:
+        return self.state.get(name, [])
 
     # --- the search ---
     def visit(self, tensor, m: Mapping, via=None):
-        seen = self.state.get(tensor.name)
-        if seen is not None:
-            if seen != m:
-                self.refuse(f"{tensor.name} reached with two different channel layouts")
+        pieces = self.state.setdefault(tensor.name, [])
+        if m in pieces:
             return
         if isinstance(tensor, self.gs.Constant):
             self.refuse(f"constant {tensor.name} coupled as an activation")
-        self.state[tensor.name] = m
+        for p in pieces:
+            if p.axis != m.axis:
+                self.refuse(f"{tensor.name} reached on two axes ({p.axis} and {m.axis})")
+            if np.intersect1d(p.positions(np.arange(self.channels)), m.positions(np.arange(self.channels))).size:
+                self.refuse(f"{tensor.name} reached with two different channel layouts")
+        if len(pieces) >= MAX_PIECES:
+            self.refuse(f"{tensor.name} holds more than {MAX_PIECES} pieces of the group")
+        pieces.append(m)
         self.queue.append((tensor, m, via))
 
     def _steps(self, tensor, m, via):
@@ -165,20 +203,24 @@ class _Explorer:
             self.refuse(f"{node_key(node)}: {node.op} is not understood")
         handler(self, node, side, index, m)
 
-    def explore(self, start, channels: int, axis: int, block: int = 1) -> str | None:
+    def explore(self, start, channels: int, output: int, m: Mapping) -> str | None:
         """Walk the closure of `start`'s output channels; returns the first refusal, if any.
 
         After a refusal the walk goes on, so every producer of the closure lands in this one
         (refused) group instead of seeding duplicates of it.
         """
         self.channels = channels
-        self.state: dict[str, Mapping] = {}
+        self.state: dict[str, list[Mapping]] = {}
         self.queue: list = []
         self.members: dict = {}
         self.group_producers: list[str] = []
-        self.split_hint: int | None = None
+        self.coverage: list = []
+        self.hints: list[Unit] = []
+        self.follow_checks: list = []
+        self.size_readers: set = set()
+        self.size_uses: list = []
         reasons: list[str] = []
-        self.visit(start.outputs[0], Mapping(axis, 0, block), None)
+        self.visit(start.outputs[output], m, None)
         while self.queue:
             tensor, m, via = self.queue.pop()
             for call in self._steps(tensor, m, via):
@@ -186,7 +228,33 @@ class _Explorer:
                     call()
                 except Refused as exc:
                     reasons.append(str(exc))
+        reasons.extend(self._final_checks())
         return reasons[0] if reasons else None
+
+    def counts(self, name: str, axis: int) -> np.ndarray:
+        """Positions per channel the group holds on one axis of a tensor (0 where it is absent)."""
+        total = np.zeros(self.channels, dtype=np.int64)
+        for p in self.pieces(name):
+            if p.axis == axis:
+                present = p.present(np.arange(self.channels))
+                total[present] += p.per_channel()
+        return total
+
+    def _final_checks(self) -> list[str]:
+        reasons = []
+        for node, name, axis, channels in self.coverage:
+            pos = np.sort(np.concatenate([p.positions(np.arange(self.channels)) for p in self.pieces(name)
+                                          if p.axis == axis] or [np.zeros(0, np.int64)]))
+            if pos.size != channels or not np.array_equal(pos, np.arange(channels)):
+                reasons.append(f"{node_key(node)}: {node.op} with {channels} output channels coupled to "
+                               f"{pos.size} positions of a {self.channels}-channel group")
+        for out_name, axis, source, source_axis, what in self.follow_checks:
+            if not np.array_equal(self.counts(out_name, axis), self.counts(source, source_axis)):
+                reasons.append(f"{what}: the size read at run time from {source} does not follow the group")
+        for name, axis, reader, what in self.size_uses:
+            if (name, axis, reader) not in self.size_readers:
+                reasons.append(f"{what}: the channel count is read by Shape")
+        return reasons
 
 
 def find_channel_groups(graph, shapes: dict | None = None) -> list[ChannelGroup]:
@@ -206,73 +274,67 @@ def find_channel_groups(graph, shapes: dict | None = None) -> list[ChannelGroup]
     for node in graph.nodes:
         if node.op not in PRODUCERS or node_key(node) in ex.claimed or not node.outputs:
             continue
-        if node.op == "Conv" and int(node.attrs.get("group", 1)) != 1:
-            continue  # depthwise convs join the group of their input
-        channels = _output_channels(ex, node)
-        if channels is None:
-            continue  # no constant weight (e.g. attention's activation @ activation): not a producer
-        group = _explore_group(ex, node, len(groups), channels, 1)
+        start = PRODUCERS[node.op](ex, node)
+        if start is None:
+            continue  # no constant weight (attention's activation @ activation), a grouped Conv: not a producer
+        channels, output, axis = start
+        group = _explore_group(ex, node, len(groups), channels, output, axis, Unit())
         groups.append(group)
-        if group.reason and ex.split_hint and channels % ex.split_hint == 0:
-            hints[group.id] = (node, ex.split_hint)
+        if group.reason and ex.hints:
+            hints[group.id] = (node, start, list(ex.hints))
         for p in group.producers:
             ex.claimed.setdefault(p, group.id)
-    groups = _head_groups(ex, groups, hints)
+    groups = _unit_groups(ex, groups, hints)
     _check_shared_constants(graph, groups)
     return groups
 
 
-def _explore_group(ex, node, gid: int, channels: int, block: int) -> ChannelGroup:
-    r = len(ex.shape(node.outputs[0]) or ()) or (2 if node.op == "Gemm" else 0)
-    group = ChannelGroup(gid, channels, [node_key(node)], width=block)
-    group.reason = ex.explore(node, channels, PRODUCERS[node.op](node, r), block)
+def _explore_group(ex, node, gid: int, channels: int, output: int, axis: int, unit: Unit) -> ChannelGroup:
+    per = unit.block * unit.repeat
+    m = Mapping(axis, 0, unit.block, unit.repeat, channels // unit.repeat if unit.repeat > 1 else 0)
+    group = ChannelGroup(gid, channels // per, [node_key(node)], width=per, unit=unit.describe())
+    group.reason = ex.explore(node, channels // per, output, m)
     group.producers = list(dict.fromkeys([node_key(node), *ex.group_producers]))
     group.members = list(ex.members.values())
     group.tensors = list(ex.state)
     return group
 
 
-def _head_groups(ex, groups: list[ChannelGroup], hints: dict) -> list[ChannelGroup]:
-    """Retry groups refused at a Reshape that splits channels into heads, counting whole heads.
+def _unit_groups(ex, groups: list[ChannelGroup], hints: dict) -> list[ChannelGroup]:
+    """Retry refused groups in the units their walk hinted at (heads, gates, conv groups).
 
     Attention's q/k/v projections end in Reshape [.., H*D] -> [.., H, D]: per channel they are
     unprunable, but head h (D consecutive channels of q, k and v, and of o's input) is one unit.
-    A head group that works replaces the per-channel groups of the producers it covers.
+    An LSTM written out as Gemm -> Split(4) prunes hidden unit u as channels u, H+u, 2H+u, 3H+u.
+    A retried group that works replaces the refused groups of the producers it covers.
     """
     replaced: set[int] = set()
     extra: list[ChannelGroup] = []
-    for gid, (node, head_dim) in hints.items():
+    for gid, (node, (channels, output, axis), first) in hints.items():
         if gid in replaced:
             continue
-        heads = groups[gid].channels // head_dim
-        group = _explore_group(ex, node, -1, heads, head_dim)
-        if group.reason is not None:
-            continue
-        covered = {ex.claimed.get(p) for p in group.producers}
-        if not covered <= set(hints) or covered & replaced:
-            continue
-        replaced |= covered
-        extra.append(group)
+        tried, todo = set(), list(first)
+        while todo and len(tried) < RETRIES:
+            unit = todo.pop(0)
+            if unit in tried or channels % (unit.block * unit.repeat):
+                continue
+            tried.add(unit)
+            group = _explore_group(ex, node, -1, channels, output, axis, unit)
+            if group.reason is None:
+                covered = {ex.claimed.get(p) for p in group.producers}
+                if None not in covered and not covered & replaced and all(groups[c].reason for c in covered):
+                    replaced |= covered
+                    extra.append(group)
+                break
+            todo += [_combined(unit, h) for h in ex.hints]
     kept = [g for g in groups if g.id not in replaced] + extra
     for i, g in enumerate(kept):
         g.id = i
     return kept
 
 
-def _output_channels(ex, node) -> int | None:
-    if len(node.inputs) < 2:
-        return None
-    w = ex.const_source(node.inputs[1])
-    if w is None:
-        return None
-    values = w[2]
-    if node.op == "Conv":
-        return int(values.shape[0])
-    if node.op == "ConvTranspose":
-        return int(values.shape[1]) * int(node.attrs.get("group", 1))
-    if node.op == "Gemm":
-        return int(values.shape[0] if int(node.attrs.get("transB", 0)) else values.shape[1])
-    return int(values.shape[-1]) if values.ndim == 2 else None
+def _combined(unit: Unit, more: Unit) -> Unit:
+    return Unit(max(unit.block, more.block), max(unit.repeat, more.repeat))
 
 
 def _uses_of_constants(graph) -> dict[str, set]:
@@ -318,17 +380,25 @@ def _names_read_in_subgraphs(graph) -> set[str]:
 
 
 def _check_shared_constants(graph, groups: list[ChannelGroup]) -> None:
-    """A constant sliced for a group must be read only by that group's own members."""
+    """A constant sliced for a group must be read only by that group's own members.
+
+    Shape entries (Reshape shapes, Split sizes) shared with other readers are fine: the plan gives
+    the group's readers their own copy (exporters share one [0, 32, -1] among every GroupNorm).
+    """
     uses = _uses_of_constants(graph)
     for group in groups:
         if not group.prunable:
             continue
         known = {m.use for m in group.members}
-        for m in group.members:
-            if m.kind in ("group",):
+        for i, m in enumerate(group.members):
+            if m.kind == "attr":
                 continue
             outside = uses.get(m.tensor, set()) - known
-            if outside:
-                node, slot = sorted(outside)[0]
-                group.reason = f"constant {m.tensor} is also read by {node} (input {slot}) outside the group"
-                break
+            if not outside:
+                continue
+            if m.kind == "value" and not {u for u in outside if u[0].startswith("<")}:
+                group.members[i] = replace(m, private=True)
+                continue
+            node, slot = sorted(outside)[0]
+            group.reason = f"constant {m.tensor} is also read by {node} (input {slot}) outside the group"
+            break

@@ -20,8 +20,10 @@ def _per_channel(values: np.ndarray, member, channels: int, power: int) -> np.nd
     w = np.asarray(values)
     others = tuple(a for a in range(w.ndim) if a != member.axis)
     per_position = np.sum(np.abs(w) if power == 1 else np.square(w), axis=others, dtype=np.float64)
-    pos = member.mapping.positions(np.arange(channels)).reshape(channels, -1)
-    return per_position[pos].sum(1)
+    score = np.zeros(channels)
+    present = member.mapping.present(np.arange(channels))
+    score[present] = per_position[member.mapping.by_channel(present)].sum(1)
+    return score
 
 
 def channel_importance(group: ChannelGroup, values_of, kind: str = "l2") -> tuple[np.ndarray, str]:
@@ -33,8 +35,8 @@ def channel_importance(group: ChannelGroup, values_of, kind: str = "l2") -> tupl
             score = np.zeros(c)
             for m in scales:
                 gamma = np.abs(_gather(values_of(m.tensor), m, c))
-                var = next((_gather(values_of(v.tensor), v, c) for v in group.members
-                            if v.kind == "param" and v.use == (m.use[0], 4)), np.ones(c))
+                var = next((_gather(values_of(v.tensor), v, c, 1.0) for v in group.members
+                            if v.kind == "param" and v.use == (m.use[0], 4) and v.mapping == m.mapping), np.ones(c))
                 score += gamma / np.sqrt(np.maximum(var, 0) + 1e-5)
             return score, "bn-scale"
         kind = "l2"
@@ -50,9 +52,13 @@ def channel_importance(group: ChannelGroup, values_of, kind: str = "l2") -> tupl
     return (score if power == 1 else np.sqrt(score)), used
 
 
-def _gather(values, member, channels: int) -> np.ndarray:
+def _gather(values, member, channels: int, missing: float = 0.0) -> np.ndarray:
+    """The constant's first entry per channel (`missing` for channels that do not live on it)."""
     v = np.moveaxis(np.asarray(values, dtype=np.float64), member.axis, 0).reshape(-1)
-    return v[member.mapping.positions(np.arange(channels)).reshape(channels, -1)[:, 0]]
+    out = np.full(channels, missing)
+    present = member.mapping.present(np.arange(channels))
+    out[present] = v[member.mapping.by_channel(present)[:, 0]]
+    return out
 
 
 def unit_for(round_to: int, width: int) -> int:

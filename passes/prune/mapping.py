@@ -1,16 +1,22 @@
 """How one group's channels sit on an axis of a tensor or a constant, and what gets sliced.
 
 A group has C coupled channels. On a given axis, channel c occupies the positions
-(offset + c) * block + j for j < block: `offset` counts channels of other groups placed
-before it (Concat), `block` the consecutive positions per channel (Flatten/Reshape turn one
-channel into H*W features; a depthwise Conv with multiplier m gives m outputs per channel).
+r * period + (offset + c) * block + j  for j < block and r < repeat:
+`offset` counts channels of other groups placed before it (Concat), `block` the consecutive
+positions per channel (Flatten/Reshape turn one channel into H*W features; a depthwise Conv
+with multiplier m gives m outputs per channel; an attention head is D features), and
+`repeat`/`period` lay the whole pattern out several times (an LSTM's four gates, a grouped
+conv's groups, FiLM's scale and shift). Only channels in [lo, hi) live on the tensor: one
+part of a Split holds some of a group's channels, the other parts the rest.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+
+ALL = 2**62  # hi of a mapping that holds every channel
 
 
 @dataclass(frozen=True)
@@ -18,18 +24,59 @@ class Mapping:
     axis: int
     offset: int = 0
     block: int = 1
+    repeat: int = 1
+    period: int = 0
+    lo: int = 0
+    hi: int = ALL
+
+    def present(self, channels) -> np.ndarray:
+        channels = np.asarray(channels, dtype=np.int64).reshape(-1)
+        return channels[(channels >= self.lo) & (channels < self.hi)]
+
+    def by_channel(self, channels) -> np.ndarray:
+        """Positions per present channel: shape (present channels, repeat * block)."""
+        channels = self.present(channels)
+        base = (self.offset + channels)[:, None] * self.block + np.arange(self.block)
+        reps = np.arange(self.repeat) * self.period
+        return (reps[None, :, None] + base[:, None, :]).reshape(len(channels), -1)
 
     def positions(self, channels) -> np.ndarray:
-        """Positions on the axis taken by `channels` (sorted input gives sorted output)."""
-        channels = np.asarray(channels, dtype=np.int64).reshape(-1)
-        return ((self.offset + channels)[:, None] * self.block + np.arange(self.block)).reshape(-1)
+        """Positions on the axis taken by `channels` (those of them that live on the tensor)."""
+        return self.by_channel(channels).reshape(-1)
 
     def on_axis(self, axis: int) -> "Mapping":
-        return Mapping(axis, self.offset, self.block)
+        return replace(self, axis=axis)
+
+    def scaled(self, factor: int) -> "Mapping":
+        """Each position becomes `factor` consecutive ones (merging the channel axis with inner axes)."""
+        return replace(self, block=self.block * factor, period=self.period * factor)
+
+    def shifted(self, positions: int) -> "Mapping | None":
+        """Every position moved by `positions` (a Concat/Split offset), None if that cuts a block."""
+        if positions % self.block:
+            return None
+        return replace(self, offset=self.offset + positions // self.block)
 
     def span(self, channels: int) -> tuple[int, int]:
         """First position and one past the last position taken by a group of `channels`."""
-        return self.offset * self.block, (self.offset + channels) * self.block
+        pos = self.positions(np.arange(channels))
+        return (int(pos.min()), int(pos.max()) + 1) if pos.size else (0, 0)
+
+    def per_channel(self) -> int:
+        return self.block * self.repeat
+
+
+@dataclass(frozen=True)
+class Unit:
+    """How a producer's output channels are counted: `block` consecutive channels laid out `repeat` times."""
+
+    block: int = 1
+    repeat: int = 1
+
+    def describe(self) -> str:
+        if self.repeat > 1:
+            return f"{self.repeat} repeats"
+        return "channel" if self.block == 1 else f"block of {self.block}"
 
 
 @dataclass(frozen=True)
@@ -41,9 +88,11 @@ class Member:
       "in"    a reader's weight, sliced on `axis` (its input channels/features)
       "param" a per-channel constant (BN scale/bias/mean/var, bias, per-channel Mul/Add, PRelu slope)
       "value" one entry of an int64 constant (Reshape shape, Split sizes, Slice start/end):
-              it decreases by the number of removed positions in [lo, hi)
-      "group" the `group` attribute of a depthwise Conv, which decreases by the removed channels
-    `tensor` names the constant (initializer or Constant node output); for "group" the node key.
+              it decreases by the number of removed positions in [lo, hi); `private` when the
+              constant is also read outside the group, so the plan gives this reader its own copy
+      "attr"  an integer attribute of node `tensor` (a grouped Conv's `group`, an RNN's
+              `hidden_size`), which decreases by the number of removed positions of `mapping`
+    `tensor` names the constant (initializer or Constant node output); for "attr" the node key.
     `use` is the (node key, input index) reading the constant, for the shared-constant check.
     """
 
@@ -56,10 +105,11 @@ class Member:
     lo: int = 0
     hi: int = 0
     role: str = ""
+    private: bool = False
 
     def label(self) -> str:
         if self.kind == "value":
             return f"{self.tensor}[{self.index}]"
-        if self.kind == "group":
-            return f"{self.tensor}.group"
+        if self.kind == "attr":
+            return f"{self.tensor}.{self.role}"
         return f"{self.tensor}@{self.axis}"

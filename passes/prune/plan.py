@@ -84,12 +84,15 @@ def build_plan(graph, groups: list[ChannelGroup], kept: dict[int, np.ndarray]) -
     """Merge per-group decisions (kept channel indices by group id) into one plan.
 
     Several groups may slice one constant on one axis (a Conv reading a Concat): their
-    removed positions are united, so the plan holds one entry per (constant, axis).
+    removed positions are united, so the plan holds one entry per (constant, axis). A shape
+    entry shrinks by the group's removed positions it counts (summed over the pieces a reader
+    sees, counted once when several readers share it), and a `private` one is rewritten in a
+    copy of the constant for that reader alone.
     """
     values_of = ConstantTable(graph).get
     drops: dict[tuple[str, int], set] = {}
-    value_delta: dict[tuple[str, int], int] = {}
-    group_delta: dict[str, int] = {}
+    value_delta: dict[tuple, int] = {}
+    attr_delta: dict[tuple[str, str], int] = {}
     plan = PruningPlan()
     for group in groups:
         if group.id not in kept:
@@ -100,29 +103,33 @@ def build_plan(graph, groups: list[ChannelGroup], kept: dict[int, np.ndarray]) -
             continue
         plan.groups.append({"id": group.id, "producers": group.producers, "channels": group.channels,
                             "kept": int(keep.size)})
-        group_values: dict[tuple[str, int], int] = {}  # one entry read at several places counts once
+        counted: dict[tuple, dict] = {}  # (tensor, index, private use or None) -> {reader: removed}
         for m in group.members:
             pos = m.mapping.positions(removed)
             if m.kind in ("out", "in", "param"):
                 drops.setdefault((m.tensor, m.axis), set()).update(int(p) for p in pos)
             elif m.kind == "value":
-                key = (m.tensor, m.index)
-                group_values[key] = max(group_values.get(key, 0), int(np.sum((pos >= m.lo) & (pos < m.hi))))
-            elif m.kind == "group":
-                group_delta[m.tensor] = group_delta.get(m.tensor, 0) + int(removed.size)
-        for key, delta in group_values.items():
-            value_delta[key] = value_delta.get(key, 0) + delta
+                readers = counted.setdefault((m.tensor, m.index, m.use if m.private else None), {})
+                readers[m.use] = readers.get(m.use, 0) + int(np.sum((pos >= m.lo) & (pos < m.hi)))
+            elif m.kind == "attr":
+                attr_delta[(m.tensor, m.role)] = attr_delta.get((m.tensor, m.role), 0) + int(pos.size)
+        for key, readers in counted.items():
+            value_delta[key] = value_delta.get(key, 0) + max(readers.values())
     for (name, axis), removed_pos in sorted(drops.items()):
         size = int(np.shape(values_of(name))[axis])
         keep = [i for i in range(size) if i not in removed_pos]
         plan.slices.append({"tensor": name, "axis": axis, "size": size, "keep": keep})
-    for (name, index), delta in sorted(value_delta.items()):
+    for (name, index, use), delta in sorted(value_delta.items(), key=lambda kv: (kv[0][0], kv[0][1], str(kv[0][2]))):
         if delta:
             old = int(np.asarray(values_of(name)).reshape(-1)[index])
-            plan.values.append({"tensor": name, "index": index, "value": old - delta})
+            entry = {"tensor": name, "index": index, "value": old - delta}
+            if use is not None:
+                entry.update(node=use[0], input=int(use[1]))
+            plan.values.append(entry)
     nodes = {node_key(n): n for n in graph.nodes}
-    for key, delta in sorted(group_delta.items()):
-        plan.attributes.append({"node": key, "name": "group", "value": int(nodes[key].attrs.get("group", 1)) - delta})
+    for (key, attr), delta in sorted(attr_delta.items()):
+        default = 1 if attr == "group" else 0
+        plan.attributes.append({"node": key, "name": attr, "value": int(nodes[key].attrs.get(attr, default)) - delta})
     return plan
 
 
@@ -163,13 +170,13 @@ def apply_plan(graph, plan: PruningPlan, infer: bool = True) -> None:
         if not keep or keep != sorted(set(keep)) or keep[0] < 0 or keep[-1] >= values.shape[axis]:
             raise InputError(f"pruning plan: kept indices of {s['tensor']} must be sorted, unique, in range")
         consts.set(s["tensor"], np.ascontiguousarray(np.take(values, keep, axis=axis)))
+    private = [v for v in plan.values if "node" in v]
     for v in plan.values:
-        values = consts.get(v["tensor"]).copy()
-        flat = values.reshape(-1)
-        if not 0 <= int(v["index"]) < flat.size:
-            raise InputError(f"pruning plan: {v['tensor']} has no entry {v['index']}")
-        flat[int(v["index"])] = int(v["value"])
-        consts.set(v["tensor"], values)
+        if "node" not in v:
+            values = consts.get(v["tensor"]).copy()
+            _set_entry(values, v)
+            consts.set(v["tensor"], values)
+    _private_copies(graph, consts, private)
     nodes = {node_key(n): n for n in graph.nodes}
     for a in plan.attributes:
         if a["node"] not in nodes:
@@ -177,6 +184,32 @@ def apply_plan(graph, plan: PruningPlan, infer: bool = True) -> None:
         nodes[a["node"]].attrs[a["name"]] = int(a["value"])
     if infer:
         reinfer_shapes(graph)
+
+
+def _set_entry(values: np.ndarray, v: dict) -> None:
+    flat = values.reshape(-1)
+    if not 0 <= int(v["index"]) < flat.size:
+        raise InputError(f"pruning plan: {v['tensor']} has no entry {v['index']}")
+    flat[int(v["index"])] = int(v["value"])
+
+
+def _private_copies(graph, consts, entries: list[dict]) -> None:
+    """Shape entries rewritten for one reader only: that reader gets its own copy of the constant."""
+    import onnx_graphsurgeon as gs
+
+    from onnxcomp.graph.edit import NameGen
+
+    nodes = {node_key(n): n for n in graph.nodes}
+    fresh = NameGen(graph)
+    copies: dict[tuple[str, int], np.ndarray] = {}
+    for v in entries:
+        node, slot = nodes.get(v["node"]), int(v["input"])
+        if node is None or not 0 <= slot < len(node.inputs):
+            raise InputError(f"pruning plan names input {slot} of node {v['node']!r}, which this model lacks")
+        values = copies.setdefault((v["node"], slot), consts.get(v["tensor"]).copy())
+        _set_entry(values, v)
+    for (key, slot), values in copies.items():
+        nodes[key].inputs[slot] = gs.Constant(fresh(f"{key}_shape{slot}"), values)
 
 
 def reinfer_shapes(graph):

@@ -69,6 +69,7 @@ class InsertQdqPass(Pass):
 
     name = "insert-qdq"
     exact = False
+    min_opset = 13  # DequantizeLinear gained per-channel `axis` in opset 13
     Options = InsertQdqOptions
 
     def run(self, graph, ctx: PassContext) -> PassReport:
@@ -113,9 +114,9 @@ def _check_model(graph, ctx: PassContext) -> None:
     if opset is not None and opset < 13:
         raise InputError(f"insert-qdq: model opset {opset} < 13 (per-channel Q/DQ needs 13); convert it first, "
                          "e.g. onnx.version_converter.convert_version(model, 13)")
-    if not ctx.data:
-        raise InputError("insert-qdq: calibration data is required: pass --calib FILE.npz "
-                         "(one array per model input, first axis = samples)")
+    if ctx.data is None:
+        raise InputError("insert-qdq: calibration data is required: pass --calib FILE.npz (one array per model "
+                         "input, first axis = samples) or --calib FILE.py:FUNCTION (feed dicts, one per model call)")
 
 
 def _weight_qmax(target: str, opts: InsertQdqOptions) -> int:
@@ -172,12 +173,8 @@ def _round(x, digits: int = 2):
 def _fit_budget(float_model, plan: QdqPlacement, placement: PlacementOptions, ranges: dict, fmt, weight_qmax: int,
                 opts: InsertQdqOptions, ctx: PassContext):
     from onnxcomp.graph.convert import to_graph, to_model
-    from onnxcomp.measure.data import LABELS, model_inputs_only
 
-    n = opts.sensitivity_samples
-    data = {k: v[:n] for k, v in model_inputs_only(ctx.data).items()}
-    if LABELS in ctx.data:
-        data[LABELS] = ctx.data[LABELS][:n]
+    data = ctx.data.first(opts.sensitivity_samples)
 
     def build(float_nodes):
         graph = to_graph(float_model)

@@ -16,9 +16,10 @@ from onnxcomp.errors import ToleranceError
 from onnxcomp.pipeline.budget import BudgetSearch, HoldBack, drop_measure
 
 
-def choose_float_layers(float_model, build: Callable[[frozenset], object], layers: list[str], data: dict,
+def choose_float_layers(float_model, build: Callable[[frozenset], object], layers: list[str], data,
                         max_drop: float) -> HoldBack:
-    """build(float_nodes) -> quantized ModelProto with those nodes left float; `held_back` = float layers."""
+    """build(float_nodes) -> quantized ModelProto with those nodes left float; `held_back` = float layers.
+    `data`: Samples (each call at the model's own batch size) or a stacked dict."""
     search = BudgetSearch("insert-qdq", build, drop_measure(float_model, data), max_drop)
     result = search.hold_back(layers, rank=lambda fid: (fid.drop, 1.0 - fid.cosine), search="first-fit")
     if not result.met:

@@ -33,10 +33,12 @@ def refusal(cand, values: np.ndarray) -> str | None:
     return supported(use.op, values, node.attrs)
 
 
-def capture_batches(graph, tensor_name: str, data: dict, batch: int = 32):
+def capture_batches(graph, tensor_name: str, data, batch: int = 32):
     """Yield an intermediate tensor's values batch by batch, from the graph as it is now.
 
-    Streaming keeps memory at one batch of activations, whatever the sample count.
+    `data` is Samples: calls merge up to `batch` samples where they can, else run as they are (a
+    fixed batch is never split). Streaming keeps memory at one batch of activations, whatever the
+    sample count.
     """
     import onnx
 
@@ -47,19 +49,16 @@ def capture_batches(graph, tensor_name: str, data: dict, batch: int = 32):
     if tensor_name not in {o.name for o in model.graph.output}:
         model.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor_name))
     sess = session(model)
-    wanted = [i.name for i in sess.get_inputs()]
-    count = len(data[wanted[0]])
-    for begin in range(0, count, batch):
-        feeds = {k: data[k][begin:begin + batch] for k in wanted}
+    for feeds in data.batches(batch):
         yield run(sess, feeds, [tensor_name])[tensor_name]
 
 
-def sparsify_with_data(graph, cand, values: np.ndarray, data: dict, *, ratio=None, nm=None) -> np.ndarray:
-    """Pruned (and reconstructed) values of `cand` with the graph's current upstream weights."""
+def sparsify_with_data(graph, cand, values: np.ndarray, data, *, ratio=None, nm=None) -> np.ndarray:
+    """Pruned (and reconstructed) values of `cand` with the graph's current upstream weights (`data`: Samples)."""
     node, use = cand.node, cand.uses[0]
     h = None
     trans_a = bool(node.attrs.get("transA", 0)) and use.op == "Gemm"
-    count = len(next(iter(data.values())))
+    count = max(1, data.samples)
     budget = hessian_rows(values.shape) if use.op == "Conv" else None
     for index, x in enumerate(capture_batches(graph, node.inputs[0].name, data)):
         with one_blas_thread():

@@ -10,7 +10,6 @@ import numpy as np
 from onnxcomp.errors import InputError
 from onnxcomp.graph.convert import to_model
 from onnxcomp.graph.op_facts import WEIGHTED_OPS
-from onnxcomp.measure.data import model_inputs_only, take
 from onnxcomp.passes.sparsify.budget import choose_dense_tensors, sensitivity, with_sparse
 from onnxcomp.passes.sparsify.eligibility import find_weights, nm_refusal, values_of
 from onnxcomp.passes.sparsify.masks import (
@@ -133,9 +132,9 @@ class SparsifyInitializersPass(Pass):
         sparse = {n: np.where(keep[n], dense[n], np.zeros((), dense[n].dtype)).astype(dense[n].dtype)
                   for n in dense}
         methods = {n: "magnitude" for n in dense}
-        samples = take(ctx.data, 0, o.samples) if ctx.data is not None else None  # obs, fidelity, max_drop
+        samples = ctx.data.first(o.samples) if ctx.data is not None else None  # obs, fidelity, max_drop
         if method == "obs" and candidates:
-            _data_aware(graph, spec, candidates, dense, keep, sparse, methods, model_inputs_only(samples), ctx)
+            _data_aware(graph, spec, candidates, dense, keep, sparse, methods, samples, ctx)
         changed = [n for n in dense if not np.array_equal(sparse[n], dense[n])]
         constants = {c.name: c.constant for c in candidates}
         chosen, budget, measure = changed, None, None
@@ -158,7 +157,7 @@ class SparsifyInitializersPass(Pass):
         if measure is not None:
             fid = budget.fidelity if budget is not None else measure(to_model(graph))  # graph already sparse
             report.details["fidelity"] = fid.as_dict()
-            report.details["fidelity_samples"] = len(next(iter(model_inputs_only(samples).values())))
+            report.details["fidelity_samples"] = samples.samples
             report.stats["drop"] = round(float(fid.drop), 5)
             report.stats["cosine"] = round(float(fid.cosine), 6)
             if budget is not None:

@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 
 from onnxcomp.errors import InputError, first_line
+from onnxcomp.graph.signature import input_specs
+from onnxcomp.measure.samples import Samples, as_samples, checked_feed
 from onnxcomp.passes.qdq.calibration.histogram import Scratch, TensorStats
 from onnxcomp.passes.qdq.calibration.stats import CalibrationStats
 from onnxcomp.progress import bar, bars_enabled, logger, say_to
@@ -77,18 +79,21 @@ def collect_stats(model: onnx.ModelProto, data, tensors: list[str] | None = None
                   memory_budget_mb: float = 256.0) -> CalibrationStats:
     """Run `data` through `model` under ONNX Runtime and return the statistics of `tensors`.
 
-    data: a dict of sample-major arrays named after the model inputs (sliced into batches of at
-    most `batch_size`; a `labels` key is ignored), or any iterable of feed dicts, one per batch —
-    use that for sequences of different lengths (pad per batch) or data too big to hold at once.
+    data: Samples (onnxcomp.measure.samples: merged into batches of at most `batch_size` where every
+    input has a dynamic axis 0, else each model call as is), a dict of sample-major arrays named
+    after the model inputs (cut into calls as Samples are; a `labels` key is ignored), or any
+    iterable of feed dicts (or a CalibrationDataReader), one call each, streamed — use that for
+    sequences of different lengths (pad per batch) or data too big to hold at once.
     tensors: names to calibrate; default every float activation (`activation_tensors`).
     num_bins: histogram bins per tensor; 0 keeps only min/max (enough for `minmax`, faster).
     progress: optional callable taking each message string (default: the `onnxcomp` logger); without
     a progress bar on screen it also gets a line about once a second.
     threads: ONNX Runtime intra-op threads (0 = its default).
-    memory_budget_mb: with dict data, batches shrink below `batch_size` so the fetched
-    activations stay under this (measured on one sample first); peak memory is then bounded by
-    the budget, not by the sample count. Splitting dict data at a multiple of the batch size used
-    gives the same batches, so statistics of the parts merge to exactly those of the whole.
+    memory_budget_mb: with dict data or Samples whose calls can merge, batches shrink below
+    `batch_size` so the fetched activations stay under this (measured on one call first); peak
+    memory is then bounded by the budget, not by the sample count. Splitting dict data at a
+    multiple of the batch size used gives the same batches, so statistics of the parts merge to
+    exactly those of the whole.
     """
     if not isinstance(model, onnx.ModelProto):
         from onnxcomp.graph.load import load_model
@@ -107,28 +112,29 @@ def collect_stats(model: onnx.ModelProto, data, tensors: list[str] | None = None
     stats = {name: TensorStats(name, num_bins) for name in runner.fetch}
     scratch = Scratch()
     # Two batches are alive at once (one folding while the next runs), hence half the budget each.
-    sizer = _BatchSizer(batch_size, memory_budget_mb / 2, isinstance(data, Mapping))
+    if isinstance(data, Mapping):
+        data = as_samples(data, model, "calibration data")
+    sizer = _BatchSizer(batch_size, memory_budget_mb / 2, isinstance(data, Samples) and data.mergeable)
     samples = batches = 0
     say = say_to(progress)
     # A bar on screen already shows liveness; logs and callbacks get a line about once a second.
     periodic = progress is not None or not bars_enabled()
     last_say = time.monotonic()
 
-    def probe(feeds: dict) -> None:  # size batches from one sample's activations; not folded in
-        sizer.observe(1, sum(v.nbytes for v in runner.run(feeds, 0)))
+    def probe(feeds: dict, count: int) -> None:  # size batches from one call's activations; not folded in
+        sizer.observe(count, sum(v.nbytes for v in runner.run(feeds, 0)))
 
     feed_batches, total = _batches(data, model, runner.inputs, sizer, probe)
     logger.debug("calibration: %d tensors fetched, batches of up to %d samples", len(runner.fetch), sizer.size)
     with ThreadPoolExecutor(max_workers=1) as folder:
         pending = None
-        for feeds in bar(feed_batches, "calibration", total=total, unit="batch"):
+        for feeds, n in bar(feed_batches, "calibration", total=total, unit="batch"):
             values = runner.run(feeds, batches + 1)  # ONNX Runtime runs while the last batch folds
             if pending is not None:
                 pending.result()
             pending = folder.submit(runner.fold, values, stats, scratch)
             del values
             batches += 1
-            n = len(next(iter(feeds.values()))) if feeds else 1
             samples += n
             if periodic and time.monotonic() - last_say > 1.0:
                 say(f"calibration: batch {batches} ({samples} samples)")
@@ -216,33 +222,29 @@ class _Runner:
 
 
 def _batches(data, model: onnx.ModelProto, inputs: list[str], sizer: _BatchSizer,
-             probe) -> tuple[Iterable[dict], int | None]:
-    """(feed dicts, how many; None when unknown). Dict data is cut at multiples of one batch size
-    (chosen by `probe` on a single sample), so data split at such a multiple gives the same batches,
-    hence bit-identical activations: ONNX Runtime's kernels round differently for different batch shapes."""
-    from onnxcomp.measure.data import validate
-
-    if isinstance(data, Mapping):
-        arrays = {k: np.asarray(data[k]) for k in data}
-        validate(arrays, model, "calibration data")
-        n = len(arrays[inputs[0]]) if inputs else 1
-        if sizer.adaptive and n > 1:
-            probe({k: arrays[k][:1] for k in inputs})
+             probe) -> tuple[Iterable[tuple[dict, int]], int | None]:
+    """((feed dict, samples in it) pairs, how many; None when unknown). Samples whose calls can
+    merge are cut at multiples of one batch size (chosen by `probe` on the first call), so data
+    split at such a multiple gives the same batches, hence bit-identical activations: ONNX
+    Runtime's kernels round differently for different batch shapes. Other calls run as they are."""
+    if isinstance(data, Samples):
+        if sizer.adaptive and data.samples > 1:
+            probe({k: data[0][k] for k in inputs if k in data[0]}, data.batch_sizes()[0])
         size = sizer.size
-        return ({k: arrays[k][start:start + size] for k in inputs} for start in range(0, n, size)), -(-n // size)
+        counts = data.batch_sizes(size)
+        feeds = ({k: f[k] for k in inputs if k in f} for f in data.batches(size))
+        return zip(feeds, counts), len(counts)
+    if callable(getattr(data, "get_next", None)):  # an ONNX Runtime CalibrationDataReader
+        data = iter(data.get_next, None)
     if isinstance(data, (str, bytes, np.ndarray)) or not isinstance(data, Iterable):
-        raise InputError(f"calibration data must be a dict of arrays or an iterable of feed dicts, "
+        raise InputError(f"calibration data must be a dict of arrays, Samples or an iterable of feed dicts, "
                          f"got {type(data).__name__}")
     return _feed_batches(data, model, inputs), (len(data) if isinstance(data, Sized) else None)
 
 
-def _feed_batches(data: Iterable, model: onnx.ModelProto, inputs: list[str]) -> Iterable[dict]:
-    """The caller's own batches, each checked against the model as it arrives."""
-    from onnxcomp.measure.data import validate
-
+def _feed_batches(data: Iterable, model: onnx.ModelProto, inputs: list[str]) -> Iterable[tuple[dict, int]]:
+    """The caller's own calls, each checked against the model as it arrives, with its sample count."""
+    specs = input_specs(model)
     for i, feeds in enumerate(data):
-        if not isinstance(feeds, Mapping):
-            raise InputError(f"calibration batch {i + 1}: expected a dict of input arrays, got {type(feeds).__name__}")
-        arrays = {k: np.asarray(feeds[k]) for k in feeds}
-        validate(arrays, model, f"calibration batch {i + 1}")
-        yield {k: arrays[k] for k in inputs}
+        call, _ = checked_feed(feeds, specs, f"calibration batch {i + 1}")
+        yield {k: call[k] for k in inputs if k in call}, Samples([call], specs).samples

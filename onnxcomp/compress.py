@@ -1,0 +1,529 @@
+"""compress(): prune -> distill -> fold -> quantize, in that order, to a latency or size goal within an
+accuracy budget.
+
+The order is the point, and each step is verified before the next:
+
+1. cleanup (exact: the result must reproduce the input);
+2. remove-channels with BatchNorm kept (ranking and slicing see BN, and the student keeps a BN to
+   recover with: folded first, distillation reached 0.76 on the digits CNN, kept 0.99);
+3. distillation of the pruned student from the original model (labels when the data has them,
+   else the teacher's outputs alone);
+4. fold-bn (exact against the distilled student);
+5. sparsify-initializers (optional);
+6. insert-qdq, calibrated on the training data;
+7. quantization-aware fine-tuning of the QDQ graph (fixed grid, straight-through) when max_drop is
+   still missed;
+8. the target's checks (`onnxcomp check --target`).
+
+The goal chooses the pruning by measurement, not by MAC counts. Candidates - pruning ratios with
+uniform and global channel ranking, widths rounded to the host's measured channel block - are built
+in the form they would ship in (folded, quantized) and measured: latency under ONNX Runtime at
+`batch` against the input (interleaved rounds, see onnxcomp.measure.latency) or serialized bytes.
+The least-pruned candidate that meets the goal is trained. When its recovered drop misses max_drop
+the search backs off: it bisects the measured candidates between that one and no pruning at all,
+training each it tries, and keeps the most compressed one within max_drop (the goal is then missed,
+and the result says what was reached). When even no pruning misses max_drop, ToleranceError.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxcomp.errors import InputError, ToleranceError, VerificationError
+from onnxcomp.measure.data import LABELS, take
+from onnxcomp.progress import bar, logger, say_to
+
+QUANTIZE = ("int8", "none")
+TARGETS = ("ort", "tensorrt")
+RATIOS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)  # the search grid (0 is always a candidate)
+SEARCH_CALIB = 32  # samples calibrating a search candidate (its latency and size do not depend on ranges)
+CALIB = 256  # samples calibrating the trained model
+HELD_OUT = 0.2  # share of the training data held out for validation when no val data is given
+RECOVERY_LR = 3e-3  # distillation of a pruned student: 4 epochs reach 0.96 here, 0.77 at 1e-3
+QAT_LR = 1e-4  # fine-tuning on a fixed integer grid: small steps
+
+
+@dataclass
+class Candidate:
+    """One measured point of the search: a pruning and its deployed form's figures."""
+
+    ratio: float
+    ranking: str  # "uniform" or "global" (layers lose different fractions)
+    widths: tuple  # channels kept per channel group
+    params: int
+    latency: float | None = None  # deployed form's latency at `batch`, as a ratio to the input's
+    size: float | None = None  # deployed form's serialized bytes, as a ratio to the input's
+    drop_before: float | None = None  # drop of the deployed form before any recovery
+    drop_recovered: float | None = None  # after distillation (and folding, quantizing)
+    drop: float | None = None  # final: after quantization-aware fine-tuning when it ran
+    qat: bool = False
+    trained: bool = False
+    chosen: bool = False
+    pruned: Any = None  # the pruned model (BatchNorm kept), not reported
+
+    @property
+    def pruning(self) -> bool:
+        return self.ratio > 0
+
+    def as_dict(self) -> dict:
+        return {"ratio": self.ratio, "ranking": self.ranking, "widths": list(self.widths), "params": self.params,
+                "latency": self.latency, "size": self.size, "drop_before": self.drop_before,
+                "drop_recovered": self.drop_recovered, "drop": self.drop, "qat": self.qat, "trained": self.trained,
+                "chosen": self.chosen}
+
+
+@dataclass
+class Stage:
+    name: str
+    seconds: float = 0.0
+    runs: int = 0
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "seconds": round(self.seconds, 3), "runs": self.runs, "note": self.note}
+
+
+@dataclass
+class CompressResult:
+    model: onnx.ModelProto  # not saved yet: onnxcomp.save(result.model, path)
+    goal: dict
+    met: bool  # every goal given (latency/size, max_drop) met
+    message: str  # what was reached, and why when a goal was missed
+    metric: str  # "accuracy" (labels) or "cosine"
+    figures: dict  # name -> {"original", "output", "ratio"}
+    candidates: list[Candidate]
+    stages: list[Stage]
+    host: dict
+    data: dict
+    check: dict
+    seconds: float = 0.0
+    output: str | None = None
+
+    @property
+    def chosen(self) -> Candidate | None:
+        return next((c for c in self.candidates if c.chosen), None)
+
+    def as_dict(self) -> dict:
+        chosen = self.chosen
+        return {"goal": self.goal, "met": self.met, "message": self.message, "metric": self.metric,
+                "figures": self.figures, "chosen": None if chosen is None else chosen.as_dict(),
+                "candidates": [c.as_dict() for c in self.candidates], "stages": [s.as_dict() for s in self.stages],
+                "host": self.host, "data": self.data, "check": self.check, "seconds": round(self.seconds, 3),
+                "output": self.output}
+
+
+class _Clock:
+    """Time per stage, summed over every candidate that ran it, in the order stages first ran."""
+
+    def __init__(self, say):
+        self.stages: dict[str, Stage] = {}
+        self.say = say
+
+    def run(self, name: str, fn, note: str = ""):
+        stage = self.stages.setdefault(name, Stage(name))
+        start = time.perf_counter()
+        value = fn()
+        seconds = time.perf_counter() - start
+        stage.seconds += seconds
+        stage.runs += 1
+        if note:
+            stage.note = note
+        self.say(f"{name}: {seconds:.1f} s" + (f" ({note})" if note else ""))
+        return value
+
+
+def compress(model, data, val_data=None, *, target: str = "ort", latency: float | None = None,
+             size: float | None = None, prune: float | None = None, quantize: str = "int8",
+             sparsify: str | None = None, max_drop: float | None = None, epochs: int = 4, batch: int = 8,
+             threads: int = 1, seed: int = 0, backoff: int = 2, progress=None) -> CompressResult:
+    """Compress `model` (path or ModelProto) on `data` (the training data: an .npz path or a dict of
+    arrays, optional `labels`), checked on `val_data` (default: a seeded fifth of `data`).
+
+    One of `latency` (output latency at `batch` <= latency x the input's, under ONNX Runtime here),
+    `size` (output bytes <= size x the input's) or `prune` (a fixed channel ratio); with none, only
+    the rest of the pipeline (quantization) runs. `max_drop`: accuracy drop on val_data (labels),
+    else 1 - mean cosine. `epochs`: distillation epochs per trained candidate (half as many, at
+    least one, for quantization-aware fine-tuning). `backoff`: how many extra candidates may be
+    trained when max_drop is missed. Raises ToleranceError (its `result` attribute holds the
+    figures) when max_drop cannot be met even without pruning.
+    """
+    from onnxcomp.graph.load import load_model
+
+    say = say_to(progress)
+    start = time.perf_counter()
+    _check_options(target, latency, size, prune, quantize, max_drop, epochs, batch, threads, backoff)
+    original = load_model(model) if not isinstance(model, onnx.ModelProto) else model
+    train, val, data_info = _split(_arrays(data, original, "data"), _arrays(val_data, original, "val"), seed)
+    metric = _check_labels(original, train, val)
+    clock = _Clock(say)
+    goal = {"kind": "latency" if latency is not None else "size" if size is not None else
+            "prune" if prune is not None else "none",
+            "value": latency if latency is not None else size if size is not None else prune,
+            "max_drop": max_drop, "batch": batch, "target": target, "quantize": quantize, "sparsify": sparsify,
+            "epochs": epochs, "backoff": backoff}
+    steps = _Steps(original, train, val, target, quantize, sparsify, epochs, threads, seed, progress, clock)
+    cleaned = clock.run("cleanup", steps.cleanup, "exact, checked against the input")
+    steps.teacher = cleaned
+    host = {"threads": threads, "cpu": _cpu_name()}
+    block = 1
+    if goal["kind"] in ("latency", "size"):
+        from onnxcomp.measure.latency import channel_block
+
+        probe = clock.run("channel block", lambda: channel_block(threads, batch))
+        block = probe["block"]
+        host["channel_block"] = block
+        host["channel_probe_ms"] = dict(zip(map(str, probe["widths"]), probe["ms"]))
+        say(f"channel block of this host's convolution kernels: {block} (measured)")
+    ratios = [0.0] + (list(RATIOS) if goal["kind"] in ("latency", "size") else [prune] if prune else [])
+    rankings = ("uniform", "global") if goal["kind"] in ("latency", "size") else ("uniform",)
+    candidates = clock.run("search", lambda: steps.candidates(cleaned, ratios, rankings, block, goal))
+    result = CompressResult(cleaned, goal, False, "", metric, {}, candidates, [], host, data_info, {})
+    try:
+        chosen, reached = _choose(candidates, goal)
+        final = _train_and_back_off(steps, candidates, chosen, goal, result)
+        result.model = final
+        result.message, result.met = _outcome(result.chosen, reached, goal, metric)
+        result.check = clock.run("check", lambda: _check_target(final, target))
+        result.figures = clock.run("measure", lambda: steps.figures(original, final, batch, metric))
+    finally:
+        result.stages = list(clock.stages.values())
+        result.seconds = time.perf_counter() - start
+    return result
+
+
+def _check_options(target, latency, size, prune, quantize, max_drop, epochs, batch, threads, backoff) -> None:
+    given = [name for name, value in (("latency", latency), ("size", size), ("prune", prune)) if value is not None]
+    checks = [
+        (len(given) <= 1, f"give one of latency, size and prune, not {' and '.join(given)}"),
+        (target in TARGETS, f"target must be one of {', '.join(TARGETS)}, got {target!r}"),
+        (quantize in QUANTIZE, f"quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}"),
+        (given or quantize != "none", "nothing to do: give latency, size or prune, or quantize int8"),
+        (latency is None or latency > 0, f"latency must be a positive factor, got {latency}"),
+        (size is None or size > 0, f"size must be a positive factor, got {size}"),
+        (prune is None or 0 <= prune < 1, f"prune must be in [0, 1), got {prune}"),
+        (max_drop is None or max_drop >= 0, f"max_drop must be >= 0, got {max_drop}"),
+        (epochs >= 1, f"epochs must be at least 1, got {epochs}"),
+        (batch >= 1, f"batch must be at least 1, got {batch}"),
+        (threads >= 1, f"threads must be at least 1, got {threads}"),
+        (backoff >= 0, f"backoff must be >= 0, got {backoff}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise InputError(f"compress: {message}")
+
+
+def _arrays(value, model: onnx.ModelProto, where: str) -> dict[str, np.ndarray] | None:
+    from onnxcomp.measure.data import load_npz, validate
+
+    if value is None:
+        return None
+    arrays = {k: np.asarray(v) for k, v in value.items()} if isinstance(value, dict) else load_npz(value)
+    validate(arrays, model, where)
+    return arrays
+
+
+def _split(train: dict, val: dict | None, seed: int) -> tuple[dict, dict, dict]:
+    """(train, val, what was used): val as given, else a seeded HELD_OUT share of train set aside."""
+    n = len(next(v for k, v in train.items() if k != LABELS))
+    if val is not None:
+        return train, val, {"train": n, "val": len(next(v for k, v in val.items() if k != LABELS)), "val_source": "val"}
+    if n < 10:
+        raise InputError(f"data: {n} samples is too few to hold some out for validation; give val data")
+    order = np.random.default_rng(seed).permutation(n)
+    cut = int(round(n * (1 - HELD_OUT)))
+    pick = lambda index: {k: v[np.sort(index)] for k, v in train.items()}
+    return pick(order[:cut]), pick(order[cut:]), {"train": cut, "val": n - cut, "val_source": "held out from data"}
+
+
+def _check_labels(model: onnx.ModelProto, train: dict, val: dict) -> str:
+    """"accuracy" when both data sets have labels that fit the model's first output, else "cosine";
+    labels that cannot fit it are one InputError."""
+    from onnxcomp.measure.compare import outputs_of
+
+    has = [LABELS in d for d in (train, val)]
+    if not any(has):
+        return "cosine"
+    if not all(has):
+        raise InputError(f"{'data' if has[0] else 'val'} has labels but {'val' if has[0] else 'data'} has none: "
+                         "give labels with both, or with neither (label-free)")
+    first = next(iter(outputs_of(model, take(train, 0, 2)).values()))
+    if first.ndim != 2 or first.shape[1] < 2:
+        raise InputError(f"labels given, but the model's first output has shape {list(first.shape)}, not "
+                         "[samples, classes]; drop the labels to compress label-free")
+    classes = first.shape[1]
+    for where, d in (("data", train), ("val", val)):
+        labels = d[LABELS]
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise InputError(f"{where}: 'labels' must be a 1-D array of integer class indices")
+        if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+            raise InputError(f"{where}: 'labels' range over [{labels.min()}, {labels.max()}] but the model has "
+                             f"{classes} classes")
+    return "accuracy"
+
+
+class _Steps:
+    """The stages themselves, on one model each: passes through optimize() (verified as it verifies),
+    distillation through onnxcomp.distill."""
+
+    def __init__(self, original, train, val, target, quantize, sparsify, epochs, threads, seed, progress, clock):
+        from onnxcomp.pipeline.budget import drop_measure
+
+        self.original, self.train, self.val = original, train, val
+        self.target, self.quantize, self.sparsify = target, quantize, sparsify
+        self.epochs, self.threads, self.seed, self.progress = epochs, threads, seed, progress
+        self.calib = take(train, 0, CALIB)
+        self.drop_of = drop_measure(original, val)
+        self.teacher = original
+        self.size = len(original.SerializeToString())
+        self.clock = clock
+
+    def passes(self, model, pipeline: str, data=None, check: bool = True) -> onnx.ModelProto:
+        from onnxcomp.optimize import optimize
+
+        quiet = lambda message: logger.debug(message)
+        result = optimize(model, None, pipeline, data=data, val_data=take(self.val, 0, 256) if check else None,
+                          check_output=check, progress=quiet, seed=self.seed)
+        return result.model
+
+    def cleanup(self) -> onnx.ModelProto:
+        return self.passes(self.original, "cleanup")
+
+    def deployed(self, model, calib) -> onnx.ModelProto:
+        """`model` (BatchNorm kept) in the form it ships in: folded, sparsified, quantized."""
+        tail = ["fold-bn"]
+        if self.sparsify:
+            tail.append(f"sparsify-initializers{{sparsity={self.sparsify}}}")
+        if self.quantize == "int8":
+            tail.append(f"insert-qdq{{target={self.target}}}")
+        return self.passes(model, ",".join(tail), data=calib, check=False)
+
+    def candidates(self, cleaned, ratios, rankings, block: int, goal: dict) -> list[Candidate]:
+        """Every distinct pruning on the grid, its deployed form measured (latency, size, drop)."""
+        from onnxcomp.measure.counts import model_counts
+        from onnxcomp.passes.prune.remove_channels import RemoveChannelsPass
+
+        found: dict[tuple, Candidate] = {}
+        full = None
+        for ratio in bar(ratios, "compress: candidates", total=len(ratios)):
+            for ranking in rankings if ratio > 0 else ("uniform",):
+                if ratio == 0:
+                    pruned, widths = cleaned, None
+                else:
+                    from onnxcomp.optimize import optimize
+
+                    step = RemoveChannelsPass(ratio=ratio, round_to=block, global_ranking=ranking == "global")
+                    done = optimize(cleaned, None, [step], check_output=False, progress=lambda m: logger.debug(m))
+                    pruned = done.model
+                    widths = tuple(row["after"] for row in done.records[-1].report.details.get("groups", []))
+                    full = full or tuple(row["channels"] for row in done.records[-1].report.details.get("groups", []))
+                key = widths if widths is not None else "unpruned"
+                if widths is not None and widths == full:
+                    continue  # rounding kept every channel: the unpruned candidate
+                if key not in found:
+                    found[key] = Candidate(ratio, ranking, widths or (), model_counts(pruned)["params"], pruned=pruned)
+        cands = list(found.values())
+        unpruned = next(c for c in cands if not c.pruning)
+        if full is not None:
+            unpruned.widths = full
+        calib = take(self.train, 0, SEARCH_CALIB)
+        forms = [self.deployed(c.pruned, calib) for c in bar(cands, "compress: deployed forms", total=len(cands))]
+        for c, form in zip(cands, forms):
+            c.size = len(form.SerializeToString()) / self.size
+            c.drop_before = float(self.drop_of(form).drop)
+        if goal["kind"] == "latency":
+            from onnxcomp.measure.latency import batch_feeds, interleaved_ms
+
+            feeds = batch_feeds(self.original, self.val, goal["batch"])
+            ms = interleaved_ms([self.original] + forms, [feeds] * (len(forms) + 1), self.threads,
+                                budget_s=1.0 + 0.4 * len(forms), statistic="min")
+            for c, t in zip(cands, ms[1:]):
+                c.latency = t / ms[0]
+        for c in sorted(cands, key=lambda c: -c.params):
+            logger.info("candidate ratio %.3f %s widths %s: %s params, size %.3fx%s, drop before recovery %.4f",
+                        c.ratio, c.ranking, list(c.widths), c.params, c.size,
+                        "" if c.latency is None else f", latency {c.latency:.3f}x", c.drop_before)
+        return cands
+
+    def recover(self, c: Candidate, max_drop) -> onnx.ModelProto:
+        """Distill (when pruned), fold, sparsify, quantize, and fine-tune the QDQ graph when over max_drop."""
+        import onnxcomp.distill as distill
+
+        options = dict(epochs=self.epochs, lr=RECOVERY_LR, threads=self.threads, seed=self.seed)
+        student = c.pruned
+        if c.pruning:
+            student = self.clock.run("distill", lambda: distill.run(self.teacher, c.pruned, self.train, options,
+                                                                      val_data=self.val, progress=self.progress).model,
+                                     f"{self.epochs} epochs from the original")
+        folded = self.clock.run("fold-bn", lambda: self.passes(student, "fold-bn"), "exact, checked")
+        if self.sparsify:
+            folded = self.clock.run("sparsify", lambda: self.passes(
+                folded, f"sparsify-initializers{{sparsity={self.sparsify}}}"))
+        final = folded
+        if self.quantize == "int8":
+            final = self.clock.run("insert-qdq", lambda: self.passes(folded, f"insert-qdq{{target={self.target}}}",
+                                                                      data=self.calib), f"target {self.target}")
+        c.drop_recovered = c.drop = float(self.drop_of(final).drop)
+        c.trained = True
+        if max_drop is not None and c.drop > max_drop and self.quantize == "int8":
+            qat_epochs = max(1, self.epochs // 2)
+            qat = dict(options, epochs=qat_epochs, lr=QAT_LR)
+            tuned = self.clock.run("qat", lambda: distill.run(self.teacher, final, self.train, qat,
+                                                              val_data=self.val, progress=self.progress).model,
+                                   f"{qat_epochs} epochs on the QDQ graph")
+            drop = float(self.drop_of(tuned).drop)
+            c.qat = True
+            if drop < c.drop:
+                final, c.drop = tuned, drop
+        logger.info("ratio %.3f %s: drop %.4f after recovery%s", c.ratio, c.ranking, c.drop_recovered,
+                    f", {c.drop:.4f} after quantization-aware fine-tuning" if c.qat else "")
+        return final
+
+    def figures(self, original, final, batch: int, metric: str) -> dict:
+        """The table: file size, parameters, MACs, latency at batch 1 and `batch`, accuracy or cosine."""
+        from onnxcomp.measure.compare import cosine, outputs_of, top1_accuracy
+        from onnxcomp.measure.counts import estimate_macs, model_counts
+        from onnxcomp.measure.latency import batch_feeds, interleaved_ms
+
+        def row(a, b):
+            return {"original": a, "output": b, "ratio": (b / a) if a else None}
+
+        rows = {"file_size": row(self.size, len(final.SerializeToString())),
+                "params": row(model_counts(original)["params"], model_counts(final)["params"]),
+                "macs": row(estimate_macs(original)["macs"], estimate_macs(final)["macs"])}
+        for key, n in (("latency_b1_ms", 1), ("latency_batch_ms", batch)):
+            feeds = batch_feeds(original, self.val, n)
+            rows[key] = row(*interleaved_ms([original, final], [feeds, feeds], self.threads, statistic="min"))
+        ref, out = outputs_of(original, self.val), outputs_of(final, self.val)
+        first = next(iter(ref))
+        if metric == "accuracy":
+            rows["quality"] = row(top1_accuracy(ref[first], self.val[LABELS]), top1_accuracy(out[first], self.val[LABELS]))
+        else:
+            rows["quality"] = row(1.0, float(np.mean([cosine(ref[k], out[k]) for k in ref if k in out])))
+        return rows
+
+
+def _metric_of(c: Candidate, goal: dict) -> float | None:
+    return c.latency if goal["kind"] == "latency" else c.size if goal["kind"] == "size" else None
+
+
+def _choose(candidates: list[Candidate], goal: dict) -> tuple[Candidate, bool]:
+    """(candidate to train first, whether it meets the goal): the least-pruned one that meets it
+    (most parameters kept, then the smaller drop before recovery), else the one closest to it."""
+    if goal["kind"] == "prune":
+        pruned = [c for c in candidates if c.pruning]
+        return (pruned[0] if pruned else candidates[0]), True
+    if goal["kind"] == "none":
+        return candidates[0], True
+    meeting = [c for c in candidates if _metric_of(c, goal) <= goal["value"]]
+    if meeting:
+        return max(meeting, key=lambda c: (c.params, -c.drop_before)), True
+    return min(candidates, key=lambda c: (_metric_of(c, goal), -c.params)), False
+
+
+def _train_and_back_off(steps: _Steps, candidates, chosen: Candidate, goal: dict,
+                        result: CompressResult) -> onnx.ModelProto:
+    """Train `chosen`; when it misses max_drop, bisect the less-pruned candidates (at most `backoff`
+    of them), then no pruning. Marks the one kept; ToleranceError when none fits."""
+    max_drop = goal["max_drop"]
+    fits = lambda c: max_drop is None or c.drop <= max_drop
+    models: dict[int, onnx.ModelProto] = {}
+
+    def trial(c: Candidate) -> bool:
+        models[id(c)] = steps.recover(c, max_drop)
+        return fits(c)
+
+    if trial(chosen):
+        best = chosen
+    elif goal["kind"] == "prune" and chosen.pruning:
+        best = None  # the ratio is fixed: no search
+    else:
+        # Less pruning, from none (index 0) to the candidate that missed (last).
+        ladder = sorted((c for c in candidates if c.params > chosen.params or not c.pruning), key=lambda c: -c.params)
+        ladder.append(chosen)
+        lo, hi, best = 0, len(ladder) - 1, None
+        for _ in range(goal["backoff"]):
+            if hi - lo <= 1:
+                break
+            mid = (lo + hi) // 2
+            logger.info("backing off: ratio %.3f %s missed max_drop; trying ratio %.3f", ladder[hi].ratio,
+                        ladder[hi].ranking, ladder[mid].ratio)
+            if trial(ladder[mid]):
+                lo, best = mid, ladder[mid]
+            else:
+                hi = mid
+        if best is None and ladder[0] is not chosen and ladder[0].drop is None:
+            logger.info("backing off to no pruning")
+            if trial(ladder[0]):
+                best = ladder[0]
+    if best is None:
+        tried = [c for c in candidates if c.trained]
+        closest = min(tried, key=lambda c: c.drop)
+        error = ToleranceError(
+            f"compress: max_drop {max_drop} cannot be met: the closest, ratio {closest.ratio:.3g} "
+            f"({closest.ranking}), drops {closest.drop:.4f} after recovery"
+            + (" and quantization-aware fine-tuning" if closest.qat else "")
+            + ("" if goal["kind"] == "prune" else f"; {len(tried)} candidate(s) trained")
+            + ("; try --quantize none, more --epochs or a larger --max-drop" if steps.quantize == "int8"
+               else "; try more --epochs or a larger --max-drop"))
+        error.result = result
+        raise error
+    best.chosen = True
+    return models[id(best)]
+
+
+def _outcome(chosen: Candidate, reached: bool, goal: dict, metric: str) -> tuple[str, bool]:
+    """One line of what was reached, and whether every goal was met."""
+    kind, value = goal["kind"], goal["value"]
+    what = (f"ratio {chosen.ratio:.3g} ({chosen.ranking}, widths {list(chosen.widths)})" if chosen.pruning
+            else "no pruning")
+    figure = _metric_of(chosen, goal)
+    drop = f"drop {chosen.drop:.4f}" + (f" (max {goal['max_drop']})" if goal["max_drop"] is not None else "")
+    if kind in ("latency", "size"):
+        met = figure <= value
+        line = f"{kind} {figure:.3f}x of the input (goal {value}x) at {what}, {drop}"
+        if not met:
+            why = ("max_drop holds only with less pruning" if reached else
+                   f"no candidate reaches it on this host: the {'fastest' if kind == 'latency' else 'smallest'} "
+                   f"measured is {figure:.3f}x")
+            line = f"{kind} goal not met: {line}; {why}"
+        return line, met
+    return f"{what}, {drop}", True
+
+
+def _check_target(model: onnx.ModelProto, target: str) -> dict:
+    """`onnxcomp check --target` on the result: VerificationError on errors, else the counts."""
+    from onnxcomp.checks import run_checks
+
+    findings = run_checks(model, target)
+    errors = [f for f in findings if f.severity == "error"]
+    if errors:
+        raise VerificationError(f"compress: the result is not compatible with {target}: {errors[0].line()}"
+                                + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""))
+    return {"target": target, "errors": 0, "warnings": sum(f.severity == "warning" for f in findings)}
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def save_result(result: CompressResult, path: str | os.PathLike, forbid=None) -> None:
+    """Save the compressed model atomically (never over `forbid`, the input) and record where."""
+    from onnxcomp.graph.save import save
+
+    save(result.model, path, forbid=forbid)
+    result.output = str(path)

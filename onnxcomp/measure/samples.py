@@ -1,0 +1,453 @@
+"""Samples: the data a model runs on, as an ordered sequence of model calls.
+
+Each call is one feed dict (input name -> array) at the model's own batch size, with optional
+labels. Everything that takes sample data (optimize --calib/--val, compare --data, distill
+--data/--val, calibration, validation, verification, the --max-drop searches) goes through
+`as_samples`, so a fixed-batch model is never fed a batch it cannot take, and inputs that are not
+a stack of samples (RNN state, a 0-d sample rate) are fed as they are.
+
+Sources `as_samples(source, model)` takes:
+- an `.npz` path or a dict of arrays (the stacked layout, onnxcomp.measure.data), a `.npy` path or
+  an array for a one-input model;
+- `FILE.py:FUNCTION`: a function of no arguments returning an iterable of feed dicts, one model
+  call each (Polygraphy's data-loader convention); a `labels` key in a feed is that call's labels;
+- a folder of ONNX test-data sets (`test_data_set_*/input_*.pb`, the layout of ONNX's backend
+  tests and ORT's tools);
+- from Python: a list or generator of feed dicts, or an object with ONNX Runtime's
+  CalibrationDataReader `get_next()` (a dict, then None at the end).
+
+Loaded data is held in memory, as an .npz always was. Consecutive calls are merged into bigger
+runs (`batches`) only where that cannot change what the model sees: every input has a dynamic
+axis 0 (or is the same fully static value in every call) and the shapes agree.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from onnxcomp.errors import InputError, first_line
+from onnxcomp.graph.signature import InputSpec, specs_of
+from onnxcomp.measure.data import LABELS, checked_array, dim_mismatch, layout, load_npy, load_npz
+from onnxcomp.progress import logger
+
+LOADER = re.compile(r"^(?P<file>.+\.py):(?P<function>[A-Za-z_][A-Za-z0-9_]*)$")
+
+
+class Samples:
+    """An ordered sequence of model calls (feed dicts), with optional labels per call.
+
+    Build one with `as_samples`. `len()` counts calls; iterating gives each call's feeds.
+    """
+
+    def __init__(self, calls: list[dict], specs: list[InputSpec], labels: list | None = None,
+                 counts: list[int] | None = None, stack: tuple | None = None):
+        self._calls = list(calls)
+        self._specs = list(specs)
+        self._labels = labels  # one array per call, or None
+        self._counts = counts if counts is not None else [
+            _call_count(c, self._specs, None if labels is None else labels[i]) for i, c in enumerate(self._calls)]
+        # (arrays, starts, labels) when the calls are consecutive slices of one stack: merged
+        # batches and stacked() are then views of it, not copies.
+        self._stack = stack
+        self._mergeable: bool | None = None
+
+    # -- the sequence -------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self._calls)
+
+    def __getitem__(self, index: int) -> dict:
+        return self._calls[index]
+
+    def __repr__(self) -> str:
+        return f"Samples({self.describe()})"
+
+    @property
+    def specs(self) -> list[InputSpec]:
+        return list(self._specs)
+
+    @property
+    def samples(self) -> int:
+        """Samples over all calls (a call's count: its labels, else its batch axis, else 1)."""
+        return sum(self._counts)
+
+    def describe(self) -> str:
+        calls = len(self)
+        return f"{self.samples} samples" + ("" if calls == self.samples else f" in {calls} calls")
+
+    def take(self, n: int) -> Samples:
+        """The first `n` calls."""
+        n = max(0, n)
+        stack = None
+        if self._stack is not None:
+            arrays, starts, labels = self._stack
+            stack = (arrays, starts[:n + 1], labels)
+        return Samples(self._calls[:n], self._specs, None if self._labels is None else self._labels[:n],
+                       self._counts[:n], stack)
+
+    def first(self, max_samples: int) -> Samples:
+        """The first calls holding at most `max_samples` samples (at least one call)."""
+        total, n = 0, 0
+        for count in self._counts:
+            if n and total + count > max_samples:
+                break
+            total, n = total + count, n + 1
+        return self if n == len(self) else self.take(n)
+
+    def labels(self) -> np.ndarray | None:
+        """Every call's labels concatenated, or None unless every call has some."""
+        if self._labels is None or not self._calls or any(x is None for x in self._labels):
+            return None
+        if self._stack is not None and self._stack[2] is not None:
+            starts = self._stack[1]
+            return self._stack[2][starts[0]:starts[-1]]
+        return np.concatenate([np.atleast_1d(x) for x in self._labels])
+
+    # -- running ------------------------------------------------------------------------------
+
+    @property
+    def mergeable(self) -> bool:
+        """Whether consecutive calls may run as one: every input stacks on a dynamic axis 0 (with
+        as many rows as the call has samples) or is one fully static value shared by every call."""
+        if self._mergeable is None:
+            self._mergeable = bool(self._calls) and all(self._role(spec) is not None for spec in self._specs)
+        return self._mergeable
+
+    def _role(self, spec: InputSpec) -> str | None:
+        first = self._calls[0][spec.name]
+        if spec.rank and spec.static(0) is None:
+            if all(c[spec.name].ndim and len(c[spec.name]) == n for c, n in zip(self._calls, self._counts)):
+                return "stack"
+            return None
+        if spec.fully_static and all(_same(c[spec.name], first) for c in self._calls[1:]):
+            return "shared"
+        return None
+
+    def _plan(self, max_samples: int | None) -> list[tuple[int, int]]:
+        """Consecutive call ranges [i, j) that run as one."""
+        n = len(self._calls)
+        if max_samples is None or n <= 1 or not self.mergeable:
+            return [(i, i + 1) for i in range(n)]
+        stacking = [s.name for s in self._specs if s.rank and s.static(0) is None]
+        plan, start, total = [], 0, self._counts[0]
+        for j in range(1, n + 1):
+            if j < n and total + self._counts[j] <= max_samples and _agree(self._calls[start], self._calls[j], stacking):
+                total += self._counts[j]
+                continue
+            plan.append((start, j))
+            if j < n:
+                start, total = j, self._counts[j]
+        return plan
+
+    def batches(self, max_samples: int | None = None) -> Iterator[dict]:
+        """Feed dicts to run: consecutive calls merged up to `max_samples` samples where `mergeable`
+        (never splitting a call, never stacking a static axis); each call as is when None."""
+        for i, j in self._plan(max_samples):
+            yield self._merged(i, j)
+
+    def batch_sizes(self, max_samples: int | None = None) -> list[int]:
+        """Samples in each of `batches(max_samples)`, in order."""
+        return [sum(self._counts[i:j]) for i, j in self._plan(max_samples)]
+
+    def _merged(self, i: int, j: int) -> dict:
+        if j - i == 1:
+            return self._calls[i]
+        first = self._calls[i]
+        feeds = {}
+        for spec in self._specs:
+            name = spec.name
+            if not (spec.rank and spec.static(0) is None):
+                feeds[name] = first[name]
+            elif self._stack is not None and name in self._stack[0]:
+                starts = self._stack[1]
+                feeds[name] = self._stack[0][name][starts[i]:starts[j]]
+            else:
+                feeds[name] = np.concatenate([c[name] for c in self._calls[i:j]], axis=0)
+        return feeds
+
+    def stacked(self) -> dict[str, np.ndarray] | None:
+        """The stacked layout (axis 0 = samples, `labels` when present) when every input stacks on
+        a dynamic axis 0 and the shapes agree; else None (static batch, constants, per-call shapes)."""
+        if not self._calls or not self.mergeable:
+            return None
+        names = [s.name for s in self._specs]
+        if not all(s.rank and s.static(0) is None for s in self._specs):
+            return None
+        if any(not _agree(self._calls[0], c, names) for c in self._calls[1:]):
+            return None
+        out = next(self.batches(max_samples=self.samples)) if len(self) > 1 else dict(self._calls[0])
+        out = dict(out)
+        labels = self.labels()
+        if labels is not None:
+            out[LABELS] = labels
+        return out
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a is b or (a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b))
+
+
+def _agree(a: dict, b: dict, names: list[str]) -> bool:
+    """Same dtype and same shape beyond axis 0 for each of `names`."""
+    return all(a[k].dtype == b[k].dtype and a[k].shape[1:] == b[k].shape[1:] for k in names)
+
+
+def _call_count(feeds: dict, specs: list[InputSpec], labels) -> int:
+    """Samples in one call: its labels, else the common axis 0 of the dynamic-batch inputs, else 1."""
+    if labels is not None:
+        return int(np.size(labels)) if np.ndim(labels) else 1
+    for group in ([s for s in specs if s.rank and s.static(0) is None], [s for s in specs if s.rank]):
+        sizes = {len(feeds[s.name]) for s in group if np.ndim(feeds[s.name])}
+        if len(sizes) == 1:
+            return sizes.pop()
+    return 1
+
+
+# -- building Samples from what the user gives ------------------------------------------------
+
+def as_samples(source, model=None, where: str | None = None) -> Samples | None:
+    """Samples from any supported source (module docstring), checked against `model` (a
+    ModelProto or its input specs; None: specs are taken from the data, every dim dynamic).
+    None gives None; Samples are returned as they are."""
+    if source is None or isinstance(source, Samples):
+        return source
+    specs = None if model is None else specs_of(model)
+    if isinstance(source, (str, os.PathLike)):
+        text = str(source)
+        where = where or text
+        match = LOADER.match(text)
+        if match and not Path(text).exists():
+            return from_calls(_run_loader(match["file"], match["function"], text), specs, where)
+        path = Path(text)
+        if path.is_dir():
+            return from_calls(read_test_data_sets(path, specs), specs, where)
+        if path.suffix.lower() == ".npy":
+            return _one_array(load_npy(path), specs, where)
+        if path.suffix.lower() == ".py":
+            raise InputError(f"{text}: a data loader is named FILE.py:FUNCTION (a function of no arguments "
+                             "returning feed dicts, one per model call)")
+        return from_stacked(load_npz(path), specs, where)
+    where = where or "data"
+    if isinstance(source, np.ndarray):
+        return _one_array(source, specs, where)
+    if isinstance(source, Mapping):
+        return from_stacked(source, specs, where)
+    if callable(getattr(source, "get_next", None)):
+        return from_calls(iter(source.get_next, None), specs, where)
+    if isinstance(source, (bytes, bytearray)) or not isinstance(source, Iterable):
+        raise InputError(f"{where}: sample data must be an .npz/.npy path, FILE.py:FUNCTION, a folder of "
+                         f"test_data_set_* folders, a dict of arrays or an iterable of feed dicts; got "
+                         f"{type(source).__name__}")
+    return from_calls(source, specs, where)
+
+
+def one_call(feeds: dict[str, np.ndarray], model) -> Samples:
+    """Feeds that are a single model call as they are (seeded random inputs, a probe)."""
+    return Samples([dict(feeds)], specs_of(model) if model is not None else _guessed_specs(feeds))
+
+
+def from_stacked(data: Mapping, specs: list[InputSpec] | None, where: str = "data") -> Samples:
+    """Cut the stacked layout into calls (onnxcomp.measure.data.layout says how)."""
+    specs = specs if specs is not None else _guessed_specs(data)
+    lay = layout(data, specs, where)
+    size, calls = lay.call_size, lay.calls
+    used = calls * size if lay.stacked else 0
+    if lay.stacked and used < lay.samples:
+        fixed = next(s.name for s in specs if s.name in lay.stacked and s.static(0) is not None)
+        logger.info("%s: %d samples do not fill calls of %d (input %r has a fixed batch of %d): the last %d "
+                    "are left out", where, lay.samples, size, fixed, size, lay.samples - used)
+    feeds, labels = [], None if lay.labels is None else []
+    for c in range(calls):
+        feed = {}
+        for spec in specs:
+            array = lay.arrays[spec.name]
+            if spec.name in lay.stacked:
+                feed[spec.name] = array[c * size:(c + 1) * size]
+            elif spec.name in lay.per_call:
+                feed[spec.name] = array[c:c + 1].reshape(())
+            else:
+                feed[spec.name] = array
+        feeds.append(feed)
+        if labels is not None:
+            labels.append(lay.labels[c * size:(c + 1) * size] if lay.stacked else lay.labels[c:c + 1])
+    counts = [size if lay.stacked else 1] * calls
+    stack = None
+    if lay.stacked:
+        stacked_labels = None if lay.labels is None else lay.labels[:used]
+        stack = ({k: lay.arrays[k][:used] for k in lay.stacked}, [c * size for c in range(calls + 1)],
+                 stacked_labels)
+    return Samples(feeds, specs, labels, counts, stack)
+
+
+def from_calls(feeds: Iterable, specs: list[InputSpec] | None, where: str = "data") -> Samples:
+    """One model call per feed dict, each checked against the specs (names, dtype kinds, rank,
+    every static dim) as it arrives; a `labels` key is that call's labels."""
+    calls, labels = [], []
+    try:
+        for i, feed in enumerate(feeds):
+            call, label = checked_feed(feed, specs, f"{where}: call {i + 1}")
+            if specs is None:
+                specs = _guessed_specs(call)
+            calls.append(call)
+            labels.append(label)
+    except InputError:
+        raise
+    except Exception as exc:  # a generator or reader of the user's that fails while producing feeds
+        raise InputError(f"{where}: producing feed {len(calls) + 1} failed: {type(exc).__name__}: "
+                         f"{first_line(exc)}") from None
+    if not calls:
+        raise InputError(f"{where}: holds no model calls (no feed dicts)")
+    known = [x for x in labels if x is not None]
+    if known and len(known) != len(labels):
+        raise InputError(f"{where}: some calls have 'labels' and some do not; give them for every call or none")
+    return Samples(calls, specs, labels if known else None)
+
+
+def checked_feed(feed, specs: list[InputSpec] | None, where: str) -> tuple[dict, np.ndarray | None]:
+    """(feeds of the model's inputs, labels or None) of one call, or one InputError line."""
+    if not isinstance(feed, Mapping):
+        raise InputError(f"{where}: expected a dict of input arrays, got {type(feed).__name__}")
+    if specs is None:
+        specs = _guessed_specs({k: v for k, v in feed.items() if k != LABELS})
+    names = {s.name for s in specs}
+    missing = [s.name for s in specs if s.name not in feed]
+    if missing:
+        raise InputError(f"{where}: missing array(s) for model input(s) {', '.join(missing)}; "
+                         f"found keys {', '.join(sorted(map(str, feed))) or 'none'}")
+    call = {}
+    for spec in specs:
+        array = checked_array(spec, feed[spec.name], where)
+        if array.ndim != spec.rank:
+            raise InputError(f"{where}: input {spec.name!r} has {array.ndim} dims {array.shape}, model expects "
+                             f"{spec.rank} dims {tuple(spec.shape)}")
+        problem = dim_mismatch(spec, array.shape)
+        if problem:
+            raise InputError(f"{where}: {problem}")
+        call[spec.name] = array
+    labels = None
+    if LABELS in feed and LABELS not in names:
+        labels = np.asarray(feed[LABELS])
+        if labels.dtype.kind not in "biuf":
+            raise InputError(f"{where}: 'labels' must be class indices, got dtype {labels.dtype}")
+    return call, labels
+
+
+def _guessed_specs(data: Mapping) -> list[InputSpec]:
+    """Specs read off the data itself (no model to ask): every dim dynamic."""
+    specs = []
+    for name, value in data.items():
+        if name == LABELS:
+            continue
+        array = np.asarray(value)
+        specs.append(InputSpec(name, array.dtype, ("?",) * array.ndim))
+    return specs
+
+
+def _one_array(array: np.ndarray, specs: list[InputSpec] | None, where: str) -> Samples:
+    if specs is None or len(specs) != 1:
+        count = "an unknown number of" if specs is None else str(len(specs))
+        names = "" if specs is None else f" ({', '.join(s.name for s in specs)})"
+        raise InputError(f"{where}: a single array fits a one-input model; this one has {count} inputs{names}: "
+                         "give an .npz with one array per input, or a FILE.py:FUNCTION data loader")
+    return from_stacked({specs[0].name: array}, specs, where)
+
+
+def _run_loader(file: str, function: str, text: str) -> list:
+    """Import FILE.py by path (not kept in sys.modules or on sys.path), call FUNCTION(), and
+    collect its feed dicts."""
+    path = Path(file)
+    if not path.is_file():
+        raise InputError(f"{text}: no such file {file}")
+    name = f"onnxcomp_data_loader_{abs(hash(str(path.resolve())))}"
+    folder = str(path.resolve().parent)
+    before = set(sys.modules)
+    sys.path.insert(0, folder)
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise InputError(f"{text}: {file} cannot be imported as Python")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses and pickling look the module up while it runs
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise InputError(f"{text}: importing {file} failed: {type(exc).__name__}: {first_line(exc)}") from None
+        loader = getattr(module, function, None)
+        if not callable(loader):
+            found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
+                           and getattr(v, "__module__", None) == name)
+            raise InputError(f"{text}: {file} has no function {function!r}"
+                             + (f" (functions: {', '.join(found)})" if found else ""))
+        try:
+            result = loader()
+        except Exception as exc:
+            raise InputError(f"{text}: {function}() failed: {type(exc).__name__}: {first_line(exc)}") from None
+        if isinstance(result, Mapping):
+            raise InputError(f"{text}: {function}() returned one dict; return a list (or generator) of feed "
+                             "dicts, one per model call")
+        if isinstance(result, (str, bytes)) or not isinstance(result, Iterable):
+            raise InputError(f"{text}: {function}() must return an iterable of feed dicts (one per model call), "
+                             f"got {type(result).__name__}")
+        try:
+            return list(result)
+        except Exception as exc:
+            raise InputError(f"{text}: iterating what {function}() returned failed: {type(exc).__name__}: "
+                             f"{first_line(exc)}") from None
+    finally:
+        if folder in sys.path:  # the entry added above (the loader may have added its own in front)
+            sys.path.remove(folder)
+        for added in set(sys.modules) - before:  # the loader and its neighbours, not what they imported from elsewhere
+            where_from = getattr(sys.modules[added], "__file__", None) or ""
+            if added == name or (where_from and os.path.dirname(os.path.abspath(where_from)) == folder):
+                del sys.modules[added]
+
+
+def read_test_data_sets(folder: Path, specs: list[InputSpec] | None) -> list[dict]:
+    """Feeds from ONNX test-data sets: `folder/test_data_set_N/input_M.pb` (or `folder/input_M.pb`),
+    one call per set; each TensorProto's name picks its input, else its position does."""
+    import onnx
+    from onnx import numpy_helper
+
+    def number(p: Path) -> int:
+        digits = re.findall(r"\d+", p.stem if p.is_file() else p.name)
+        return int(digits[-1]) if digits else 0
+
+    sets = sorted((p for p in folder.glob("test_data_set_*") if p.is_dir()), key=number)
+    if not sets and any(folder.glob("input_*.pb")):
+        sets = [folder]
+    if not sets:
+        raise InputError(f"{folder}: a data folder holds ONNX test-data sets (test_data_set_*/input_*.pb); "
+                         "found none")
+    names = None if specs is None else [s.name for s in specs]
+    feeds = []
+    for data_set in sets:
+        files = sorted(data_set.glob("input_*.pb"), key=number)
+        if not files:
+            raise InputError(f"{data_set}: no input_*.pb files")
+        if names is not None and len(files) > len(names):
+            raise InputError(f"{data_set}: {len(files)} input files for a model with {len(names)} inputs")
+        feed = {}
+        for position, file in enumerate(files):
+            tensor = onnx.TensorProto()
+            try:
+                tensor.ParseFromString(file.read_bytes())
+                array = numpy_helper.to_array(tensor)
+            except Exception as exc:
+                raise InputError(f"{file}: not a readable TensorProto ({first_line(exc)})") from None
+            if names is None:
+                name = tensor.name or f"input_{position}"
+            else:
+                name = tensor.name if tensor.name in names else names[position]
+            feed[name] = array
+        feeds.append(feed)
+    return feeds

@@ -1,0 +1,111 @@
+"""cleanup: everything that makes a graph smaller without changing what it computes.
+
+Dead nodes, Identity/Dropout and other no-op nodes (noops.py), Constant nodes as initializers,
+constant subgraphs evaluated once (folding.py), shape computations folded where shapes are known
+(shapes.py, with facts.py's shape inference), per-channel Mul/Add folded into the Conv before them
+(fusions.py), duplicate initializers and duplicate nodes (cse.py).
+The steps feed each other (a folded shape makes a Reshape a no-op, a merged Shape lets two Gathers
+merge), so they run in rounds until one changes nothing. The graph's interface - input and output
+names, dtypes and shapes, symbolic dim names included - is exactly what it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from onnxcomp.graph.edit import NameGen
+from onnxcomp.graph.toposort import toposort
+from onnxcomp.pipeline.options import Range
+from onnxcomp.pipeline.pass_base import Pass, PassContext, PassReport
+from onnxcomp.pipeline.registry import register_pass
+
+from .cse import dedupe_nodes
+from .facts import ShapeFacts, infer_facts
+from .folding import constants_to_initializers, fold_constant_nodes, merge_duplicate_constants
+from .fusions import fuse_channel_constants
+from .noops import remove_noops, wants_facts
+from .shapes import fold_shapes
+
+# Each round re-reads shapes; past a few the rounds find nothing on real models (measured).
+_MAX_ROUNDS = 4
+
+
+@dataclass(frozen=True)
+class CleanupOptions:
+    fold_constants: bool = field(default=True, metadata={"help": "evaluate subgraphs whose inputs are all constant"})
+    fold_size_limit_mb: float = field(default=64.0, metadata={
+        "help": "do not materialise folded tensors larger than this", "range": Range(0)})
+    dedupe: bool = field(default=True, metadata={"help": "merge initializers with identical dtype, shape and bytes"})
+    remove_unused_inputs: bool = field(default=False, metadata={"help": "also drop graph inputs nothing reads (changes the interface)"})
+
+
+@register_pass
+class Cleanup(Pass):
+    """Remove dead and no-op nodes, fold constants and known shapes, merge duplicates (exact)."""
+
+    name = "cleanup"
+    exact = True
+    Options = CleanupOptions
+
+    def run(self, graph, ctx: PassContext) -> PassReport:
+        report = PassReport()
+        nodes_at_start = len(graph.nodes)
+        interface = _interface(graph)
+        names = NameGen(graph)
+        constants_to_initializers(graph, report)
+        remove_noops(graph, ShapeFacts(), report, names)  # Identity, Dropout: no facts needed
+        graph.cleanup()  # the emptied nodes go before shape inference exports the graph
+        limit = int(self.options.fold_size_limit_mb * 1024**2)
+        facts = None
+        for round_ in range(_MAX_ROUNDS):
+            # Later rounds re-run only ONNX's inference: the symbolic facts still hold where names remain.
+            facts = _facts(graph, report, facts, symbolic=round_ == 0) if wants_facts(graph) else ShapeFacts()
+            changed = remove_noops(graph, facts, report, names)
+            if self.options.fold_constants:
+                changed += fold_shapes(graph, facts, report, names)
+                changed += fold_constant_nodes(graph, limit, facts, report)
+            changed += fuse_channel_constants(graph, facts, report, names)
+            if self.options.dedupe:  # merges enable little else: they do not call for another round
+                merge_duplicate_constants(graph, report)
+                dedupe_nodes(graph, report)
+            before = len(graph.nodes)
+            toposort(graph.cleanup())
+            report.count("dead_nodes_removed", before - len(graph.nodes))
+            if not changed:
+                break
+        before = len(graph.nodes)
+        toposort(graph.cleanup(remove_unused_graph_inputs=self.options.remove_unused_inputs))
+        report.count("dead_nodes_removed", before - len(graph.nodes))
+        _restore(interface)
+        report.stats["nodes_removed"] = nodes_at_start - len(graph.nodes)
+        report.modified = any(v for v in report.stats.values())
+        return report
+
+
+def _facts(graph, report: PassReport, previous: ShapeFacts | None, symbolic: bool) -> ShapeFacts:
+    from onnxcomp.errors import InputError
+    from onnxcomp.graph.convert import to_model
+
+    try:
+        facts = infer_facts(to_model(graph), previous, symbolic)
+    except InputError as exc:
+        report.skip("shape inference", f"{exc}; shapes unknown, shape rules skipped")
+        return previous or ShapeFacts()
+    for note in facts.notes:
+        if not any(s.name == "shape inference" and s.reason == note for s in report.skipped):
+            report.skip("shape inference", note)
+    return facts
+
+
+def _interface(graph) -> list:
+    return [(t, t.dtype, None if t.shape is None else list(t.shape)) for t in list(graph.inputs) + list(graph.outputs)]
+
+
+def _restore(interface: list) -> None:
+    """Put back every graph input's and output's dtype and shape (graphsurgeon's folding and
+    rewiring may have touched them; the interface is not cleanup's to change)."""
+    import onnx_graphsurgeon as gs
+
+    for t, dtype, shape in interface:
+        if isinstance(t, gs.Variable):
+            t.dtype, t.shape = dtype, shape

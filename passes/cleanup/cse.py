@@ -1,0 +1,78 @@
+"""Common-subexpression elimination: nodes with the same op, the same input tensors and the same
+attributes compute the same values, so readers of the later one read the first one instead.
+
+Exporters repeat Shape(x) and its Gathers for every use of a dim; after initializers with equal
+bytes are merged, repeated constant expressions share inputs too. One walk in graph order with a
+dict keyed by (op, inputs, attributes): linear, and a merge makes its readers' keys match in turn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from onnxcomp.graph.edit import replace_uses
+from onnxcomp.pipeline.pass_base import PassReport
+
+from .folding import RANDOM_OPS
+
+
+class _Unkeyable(Exception):
+    pass
+
+
+def _freeze(value):
+    """A hashable stand-in for an attribute value."""
+    import onnx_graphsurgeon as gs
+
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, np.ndarray):
+        return ("array", str(value.dtype), value.shape, hashlib.sha1(value.tobytes()).hexdigest())
+    if isinstance(value, gs.Constant):
+        return ("tensor", _freeze(np.asarray(value.values)))
+    if isinstance(value, (gs.Graph, gs.Tensor)) or not isinstance(value, (int, float, str, bytes, bool, type(None))):
+        raise _Unkeyable
+    if isinstance(value, float) and value != value:
+        return ("nan",)
+    return value
+
+
+def _key(node) -> tuple | None:
+    if node.op in RANDOM_OPS or not node.outputs:
+        return None
+    try:
+        attrs = tuple(sorted((k, _freeze(v)) for k, v in node.attrs.items()))
+    except _Unkeyable:  # subgraphs, attribute references: not compared
+        return None
+    return (node.op, node.domain, tuple(id(t) for t in node.inputs), attrs, len(node.outputs))
+
+
+def dedupe_nodes(graph, report: PassReport) -> int:
+    """Merge identical nodes; returns how many were merged. A node writing a graph output is kept
+    as the one the others merge into (two graph outputs are never merged: both names stay)."""
+    outputs = {id(t) for t in graph.outputs}
+    first: dict[tuple, object] = {}
+    merged = 0
+    for node in graph.nodes:
+        key = _key(node)
+        if key is None:
+            continue
+        keep = first.setdefault(key, node)
+        if keep is node:
+            continue
+        writes_output = any(id(t) in outputs for t in node.outputs)
+        if writes_output:
+            if any(id(t) in outputs for t in keep.outputs):
+                continue
+            first[key], keep, node = node, node, keep  # the graph output's writer stays
+        for kept, dup in zip(keep.outputs, node.outputs):
+            if dup.name and kept.name:
+                replace_uses(dup, kept)
+            elif dup.name:  # the kept node omitted an optional output the other wrote
+                break
+        else:
+            merged += 1
+            report.count("duplicate_nodes_merged")
+    return merged

@@ -1,0 +1,170 @@
+"""Rules for ops that cut an axis into parts or join parts into one: Split, Slice, Concat.
+
+Split forward and Concat backward cut (each part holds some of the group's positions, as a
+mapping of its own: a window of the channels, or some of the repeats); Split backward and
+Concat forward join (a part's positions move by the part's start). A cut that would split a
+block of positions between parts is refused. Split sizes and Slice bounds are rewritten.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from onnxcomp.passes.prune.mapping import Mapping, Member, Unit
+from onnxcomp.passes.prune.shape_entries import dim, rank
+
+_BIG = np.int64(2**31)
+
+
+def cut(ex, node, m: Mapping, parts: list[tuple[int, int]]) -> list[tuple[int, Mapping]]:
+    """(part index, mapping within the part) for every part [start, start + size) holding group positions."""
+    channels = np.arange(ex.channels)
+    rows = m.by_channel(channels)
+    present = m.present(channels)
+    found = []
+    for k, (start, size) in enumerate(parts):
+        inside = (rows >= start) & (rows < start + size)
+        if not inside.any():
+            continue
+        want = _pairs(np.repeat(present, rows.shape[1])[inside.reshape(-1)], rows[inside] - start)
+        for candidate in _candidates(m, start, inside, present, ex.channels):
+            got = candidate.by_channel(channels)
+            if np.array_equal(want, _pairs(np.repeat(candidate.present(channels), got.shape[1]), got.reshape(-1))):
+                found.append((k, candidate))
+                break
+        else:
+            ex.refuse(f"{ex.key(node)}: {node.op} cuts through the group's channel blocks")
+    return found
+
+
+def _pairs(channels: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    return np.sort(channels.astype(np.int64) * _BIG + positions.astype(np.int64))
+
+
+def _candidates(m: Mapping, start: int, inside: np.ndarray, present: np.ndarray, channels: int):
+    """Mappings that may describe the group's positions inside a part, relative to its start:
+    the channels that live there (a window), or the repeats that do."""
+    if start % m.block == 0:
+        held = present[inside.any(1)]
+        lo, hi = max(m.lo, int(held.min())), min(m.hi, int(held.max()) + 1)
+        if lo <= 0 and hi >= channels:
+            lo, hi = m.lo, m.hi
+        yield replace(m, offset=m.offset - start // m.block, lo=lo, hi=hi)
+    if m.repeat > 1:
+        per_repeat = inside.reshape(len(present), m.repeat, m.block).all((0, 2))
+        reps = np.flatnonzero(per_repeat)
+        if reps.size and reps[-1] - reps[0] + 1 == reps.size:
+            shift = int(reps[0]) * m.period - start
+            if shift % m.block == 0:
+                n = int(reps.size)
+                yield replace(m, offset=m.offset + shift // m.block, repeat=n, period=m.period if n > 1 else 0)
+
+
+def join(ex, node, m: Mapping, start: int) -> Mapping:
+    moved = m.shifted(start)
+    if moved is None:
+        ex.refuse(f"{ex.key(node)}: {node.op} offset {start} is not a multiple of the block {m.block}")
+    return moved
+
+
+def concat(ex, node, side, index, m):
+    r = rank(ex, node.outputs[0])
+    axis = int(node.attrs.get("axis", 0)) % r
+    if axis != m.axis:  # concatenation along another axis: all inputs share the channels
+        for t in node.inputs:
+            ex.visit(t, m, node)
+        ex.visit(node.outputs[0], m, node)
+        return
+    sizes = [dim(ex, t, axis) for t in node.inputs]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int).tolist()
+    if side == "in":
+        ex.visit(node.outputs[0], join(ex, node, m, starts[index]), node)
+        return
+    for k, part in cut(ex, node, m, list(zip(starts, sizes))):
+        ex.visit(node.inputs[k], part, node)
+
+
+def split(ex, node, side, index, m):
+    r = rank(ex, node.inputs[0])
+    axis = int(node.attrs.get("axis", 0)) % r
+    if axis != m.axis:
+        for t in [node.inputs[0], *node.outputs]:
+            ex.visit(t, m, node)
+        return
+    if side == "in" and index != 0:
+        ex.refuse(f"{ex.key(node)}: channels reach Split through its sizes")
+    source, sizes = _split_sizes(ex, node, axis)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int).tolist()
+    if side == "out":
+        whole = join(ex, node, m, starts[index])
+        _size_member(ex, node, source, index, starts, sizes, whole, m)
+        ex.visit(node.inputs[0], whole, node)
+        return
+    if len(set(sizes)) == 1 and len(sizes) > 1 and m == Mapping(m.axis):
+        ex.hint(Unit(repeat=len(sizes)))  # an LSTM's gates: hidden unit u is channel u of every part
+    for k, part in cut(ex, node, m, list(zip(starts, sizes))):
+        _size_member(ex, node, source, k, starts, sizes, m, part)
+        ex.visit(node.outputs[k], part, node)
+
+
+def _split_sizes(ex, node, axis):
+    n = len(node.outputs)
+    if len(node.inputs) > 1 and node.inputs[1].name:
+        source = ex.const_source(node.inputs[1])
+        if source is None:
+            ex.refuse(f"{ex.key(node)}: Split sizes are computed at run time")
+        return source, [int(s) for s in np.reshape(source[2], -1)]
+    if node.attrs.get("split"):
+        ex.refuse(f"{ex.key(node)}: Split sizes given as an attribute")
+    total = dim(ex, node.inputs[0], axis)
+    if total % n:
+        ex.refuse(f"{ex.key(node)}: uneven Split without explicit sizes")
+    return None, [total // n] * n
+
+
+def _size_member(ex, node, source, k, starts, sizes, whole: Mapping, part: Mapping):
+    """Split sizes[k] shrinks by the group's removed positions in part k; implicit (equal) sizes need
+    every part to shrink alike, so each channel must hold as many positions in every part."""
+    lo, hi = starts[k], starts[k] + sizes[k]
+    if source is not None:
+        ex.add(Member("value", source[0], index=k, lo=lo, hi=hi, use=(ex.key(node), 1), mapping=whole))
+        return
+    rows = whole.by_channel(np.arange(ex.channels))
+    counts = [((rows >= s) & (rows < s + n)).sum(1) for s, n in zip(starts, sizes)]
+    if any(not np.array_equal(c, counts[0]) for c in counts):
+        ex.refuse(f"{ex.key(node)}: Split without explicit sizes would shrink its parts unevenly")
+
+
+def slice_(ex, node, side, index, m):
+    if side == "in" and index != 0:
+        ex.refuse(f"{ex.key(node)}: channels reach Slice through its parameters")
+    r = rank(ex, node.inputs[0])
+    sources = [ex.const_source(t) if t.name else None for t in node.inputs[1:5]]
+    params = [None if src is None else np.reshape(src[2], -1) for src in sources]
+    starts, ends = params[0], params[1]
+    if starts is None or ends is None:
+        ex.refuse(f"{ex.key(node)}: Slice bounds are computed at run time")
+    axes = [int(a) % r for a in params[2]] if len(params) > 2 and params[2] is not None else list(range(len(starts)))
+    if m.axis not in axes:
+        ex.visit(node.outputs[0] if side == "in" else node.inputs[0], m, node)
+        return
+    k = axes.index(m.axis)
+    steps = params[3] if len(params) > 3 and params[3] is not None else None
+    if steps is not None and int(steps[k]) != 1:
+        ex.refuse(f"{ex.key(node)}: Slice with step {int(steps[k])} on the channel axis")
+    n = dim(ex, node.inputs[0], m.axis)
+    start, end = int(starts[k]), int(ends[k])
+    if start < 0 or end < 0:
+        ex.refuse(f"{ex.key(node)}: Slice with negative bounds on the channel axis")
+    start, end = min(start, n), min(end, n)
+    whole = join(ex, node, m, start) if side == "out" else m
+    ex.add(Member("value", sources[0][0], index=k, lo=0, hi=start, use=(ex.key(node), 1), mapping=whole))
+    if int(ends[k]) <= n:
+        ex.add(Member("value", sources[1][0], index=k, lo=0, hi=end, use=(ex.key(node), 2), mapping=whole))
+    if side == "out":
+        ex.visit(node.inputs[0], whole, node)
+        return
+    for _, part in cut(ex, node, m, [(start, end - start)]):
+        ex.visit(node.outputs[0], part, node)

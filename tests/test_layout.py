@@ -21,11 +21,12 @@ from pathlib import Path
 from conftest import REPO
 
 FACE = {"onnxcomp", "onnxcomp.__main__"}      # the package face: above every floor
-WINGS = ("onnxcomp.passes.qdq", "onnxcomp.passes.prune", "onnxcomp.passes.sparsify")
+WINGS = ("onnxcomp.passes.qdq", "onnxcomp.passes.prune", "onnxcomp.passes.sparsify", "onnxcomp.passes.precision")
 FLOORS = [  # (module or package prefix, floor)
     ("onnxcomp.errors", 0), ("onnxcomp.report", 0), ("onnxcomp.progress", 0), ("onnxcomp._testhooks", 0),
     ("onnxcomp.graph", 1), ("onnxcomp.measure", 2), ("onnxcomp.pipeline", 3), ("onnxcomp.passes", 4),
     ("onnxcomp.checks", 5), ("onnxcomp.distill", 5), ("onnxcomp.optimize", 5), ("onnxcomp.inspect_model", 5),
+    ("onnxcomp.compress", 5),
     ("onnxcomp.cli", 5),
 ]
 TORCH = ("torch", "torchvision")

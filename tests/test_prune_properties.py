@@ -14,13 +14,14 @@ import pytest
 from helpers import run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prune_builders import Net, ffn_model
+from prune_builders import Net, attention_model, ffn_model, rnn_model
 
 from onnxcomp.graph.convert import to_graph, to_model
 from onnxcomp.measure.counts import graph_counts
 from onnxcomp.measure.runtime import random_inputs
 from onnxcomp.passes.prune.groups import find_channel_groups
-from onnxcomp.passes.prune.plan import apply_plan, build_plan
+from onnxcomp.passes.prune.importance import keep_each_part
+from onnxcomp.passes.prune.plan import ConstantTable, apply_plan, build_plan, readers_in
 
 
 def choose_drops(groups, seed: int) -> dict[int, np.ndarray]:
@@ -30,7 +31,7 @@ def choose_drops(groups, seed: int) -> dict[int, np.ndarray]:
     for g in groups:
         if g.prunable:
             n_keep = int(rng.integers(1, g.channels + 1))
-            kept[g.id] = np.sort(rng.choice(g.channels, n_keep, replace=False))
+            kept[g.id] = keep_each_part(g, np.sort(rng.choice(g.channels, n_keep, replace=False)))
     return kept
 
 
@@ -60,22 +61,38 @@ def zero_readers(model: onnx.ModelProto, groups, kept) -> onnx.ModelProto:
 
 
 def expected_param_drop(model, groups, kept) -> int:
-    """From the members alone: shrink each sliced constant axis by the union of removed positions."""
+    """From the members alone: shrink each sliced constant axis by the union of removed positions.
+
+    A member marked private is sliced in a copy for its reader: the copy's size counts as added,
+    and the original goes once all its readers have a copy."""
     shapes = {i.name: list(i.dims) for i in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Constant":
             shapes[node.output[0]] = list(onnx.numpy_helper.to_array(node.attribute[0].t).shape)
-    removed: dict[tuple[str, int], set] = {}
+    readers = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    removed: dict[tuple, set] = {}
     for g in groups:
         if g.id in kept:
             dropped = np.setdiff1d(np.arange(g.channels), kept[g.id])
             for m in g.members:
-                if m.kind in ("out", "in", "param"):
-                    removed.setdefault((m.tensor, m.axis), set()).update(m.mapping.positions(dropped).tolist())
-    new_shapes = {k: list(v) for k, v in shapes.items()}
-    for (name, axis), pos in removed.items():
-        new_shapes[name][axis] -= len(pos)
-    return sum(int(np.prod(shapes[n])) - int(np.prod(new_shapes[n])) for n in {n for n, _ in removed})
+                if m.kind in ("out", "in", "param") and dropped.size:
+                    key = (m.tensor, m.axis, m.use if m.private else None)
+                    removed.setdefault(key, set()).update(m.mapping.positions(dropped).tolist())
+    shared, private = {}, {}
+    for (name, axis, use), pos in removed.items():
+        target = shared.setdefault(name, list(shapes[name])) if use is None else \
+            private.setdefault((name, use), list(shapes[name]))
+        target[axis] -= len(pos)
+    total = sum(int(np.prod(shapes[n])) - int(np.prod(s)) for n, s in shared.items())
+    total -= sum(int(np.prod(s)) for s in private.values())
+    copies = {}
+    for name, _ in private:
+        copies[name] = copies.get(name, 0) + 1
+    total += sum(int(np.prod(shapes[n])) for n, k in copies.items() if k >= readers.get(n, 0))
+    return total
 
 
 def _copy(model):
@@ -84,20 +101,22 @@ def _copy(model):
     return copy
 
 
-def check_exact_removal(model: onnx.ModelProto, seed: int, atol: float = 1e-5) -> int:
+def check_exact_removal(model: onnx.ModelProto, seed: int, atol: float = 1e-5, feeds_dims=None) -> int:
     groups = find_channel_groups(to_graph(_copy(model)))
     kept = choose_drops(groups, seed)
     reference = zero_readers(model, groups, kept)
     graph = to_graph(_copy(reference))
+    graph_before = to_graph(_copy(reference))
     params_before = graph_counts(graph)["params"]
     plan = build_plan(graph, find_channel_groups(graph), kept)
     apply_plan(graph, plan)
     pruned = to_model(graph.cleanup().toposort())
     onnx.checker.check_model(pruned)
     removed = params_before - graph_counts(graph)["params"]
+    assert removed == plan.removed_params(ConstantTable(graph_before).get, readers_in(graph_before))
     assert removed == expected_param_drop(reference, groups, kept)
     for feed_seed in (0, 1):
-        feeds = random_inputs(reference, {"seq": 5, "S": 5}, seed=feed_seed, batch=2)
+        feeds = random_inputs(reference, feeds_dims or {"seq": 5, "S": 5}, seed=feed_seed, batch=2)
         want, got = run(reference, feeds), run(pruned, feeds)
         for name in want:
             assert got[name].shape == want[name].shape
@@ -105,13 +124,17 @@ def check_exact_removal(model: onnx.ModelProto, seed: int, atol: float = 1e-5) -
     return removed
 
 
+BLOCKS = ["conv", "convbn", "res", "concat", "dw", "scale", "pool", "pad", "split", "slice", "sigmoid", "resize",
+          "se", "c2f", "grouped", "shuffle", "groupnorm", "gates", "squeeze", "view"]
+
+
 @st.composite
-def random_cnn(draw):
+def random_cnn(draw, blocks=tuple(BLOCKS)):
     net = Net(channels=draw(st.integers(1, 3)), size=4, seed=draw(st.integers(0, 10**6)))
     width = st.integers(2, 6)
     x = net.unary(net.conv(net.x, draw(width)))
-    for block in draw(st.lists(st.sampled_from(
-            ["conv", "convbn", "res", "concat", "dw", "scale", "pool", "pad", "split", "slice", "sigmoid", "resize"]), min_size=1, max_size=4)):
+    shared_gn = None
+    for block in draw(st.lists(st.sampled_from(blocks), min_size=1, max_size=4)):
         c = net.channels[x]
         if block == "conv":
             x = net.unary(net.conv(x, draw(width), k=draw(st.sampled_from([1, 3]))))
@@ -142,6 +165,28 @@ def random_cnn(draw):
             x = net.resize(x, sizes=draw(st.booleans()))
         elif block == "sigmoid":
             x = net.node("Mul", [x, net.unary(x, "Sigmoid")], c)  # SiLU
+        elif block == "se":
+            x = net.se(x, pool=draw(st.sampled_from(["gap", "mean", "max", "sum"])), fc=draw(st.booleans()),
+                       gate=draw(st.sampled_from(["Sigmoid", "HardSigmoid"])))
+        elif block == "c2f":
+            x = net.c2f(x, draw(width))
+        elif block == "grouped":
+            g = draw(st.sampled_from([2, 3]))
+            x = net.unary(net.conv(net.unary(net.conv(x, g * draw(width))), g * draw(width), group=g))
+        elif block == "shuffle":
+            g = draw(st.sampled_from([2, 3]))
+            x = net.shuffle(net.unary(net.conv(x, g * draw(width))), g)
+        elif block == "groupnorm":
+            g = draw(st.sampled_from([1, 2, 3]))
+            if shared_gn is None:
+                shared_gn = net.const_int("gshape", [0, 2, -1])  # one [0, G, -1] for every GroupNorm, as dynamo
+            x = net.unary(net.group_norm(net.conv(x, 2 * g), 2, shape=shared_gn))
+        elif block == "gates":
+            x = net.gates(x, draw(width), sizes=draw(st.booleans()))
+        elif block == "squeeze":
+            x = net.squeeze_path(x)
+        elif block == "view":
+            x = net.runtime_view(x)
     head = draw(st.sampled_from(["gap", "flatten", "reshape", "-1", "features"]))
     return net.model(net.head(x, flatten=head == "flatten", reshape=head == "reshape",
                               view=head if head in ("-1", "features") else ""))
@@ -151,6 +196,39 @@ def random_cnn(draw):
 @given(model=random_cnn(), seed=st.integers(0, 2**16))
 def test_removing_zero_read_channels_is_exact_on_random_cnns(model, seed):
     check_exact_removal(model, seed)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(model=random_cnn(blocks=("se", "c2f", "grouped", "shuffle", "groupnorm", "gates", "squeeze", "view", "res")),
+       seed=st.integers(0, 2**16))
+def test_new_structures_prune_exactly_and_are_reached(model, seed):
+    """The structures real models have (SE, C2f, grouped convs, shuffles, GroupNorm, gates) prune exactly
+    and leave no group refused but the head's (which reaches the graph output)."""
+    groups = find_channel_groups(to_graph(_copy(model)))
+    refused = [g.reason for g in groups if not g.prunable]
+    assert all("graph output" in r for r in refused), refused
+    check_exact_removal(model, seed)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(op=st.sampled_from(["LSTM", "GRU", "RNN"]), hidden=st.integers(2, 7), bidirectional=st.booleans(),
+       layers=st.integers(1, 2), state=st.sampled_from(["none", "zeros", "filled"]), seed=st.integers(0, 2**16))
+def test_removing_zero_read_rnn_hidden_units_is_exact(op, hidden, bidirectional, layers, state, seed):
+    model = rnn_model(op, hidden, bidirectional=bidirectional, layers=layers, seed=seed, state=state)
+    groups = find_channel_groups(to_graph(_copy(model)))
+    assert sum(g.prunable for g in groups) == layers, [g.reason for g in groups]
+    assert all(g.prunable for g in groups if any(p.startswith(op.lower()) for p in g.producers))
+    check_exact_removal(model, seed, feeds_dims={"T": 3, "N": 2})
+
+
+@settings(max_examples=10, deadline=None)
+@given(heads=st.sampled_from([2, 4]), seed=st.integers(0, 2**16))
+def test_heads_behind_shape_gather_concat_prune_exactly(heads, seed):
+    model = attention_model(16, heads, seed)
+    groups = find_channel_groups(to_graph(_copy(model)))
+    (group,) = [g for g in groups if g.prunable]
+    assert (group.channels, group.width) == (heads, 16 // heads)
+    assert check_exact_removal(model, seed) >= 0
 
 
 @settings(max_examples=10, deadline=None)

@@ -2,13 +2,13 @@
 
 Rules are declared with `onnxcomp.pipeline.rules.rule`; each technique's wing under passes/ owns
 the rules of its own format (qdq: TRT-/ORT-, sparsify: SPARSE-), general.py here holds the
-rules that hold for every model (GEN-), and tensorrt_rules.py what TensorRT's ONNX parser
-takes per release (TRT-30.., from the table in tensorrt_table.py).
+rules that hold for every model (GEN-), and tensorrt_rules.py / tensorrt_limits.py what
+TensorRT's ONNX parser takes per release (TRT-30..39, from the table in tensorrt_table.py).
 """
 
 from __future__ import annotations
 
-from onnxcomp.checks import general, tensorrt_rules  # noqa: F401  (register the GEN- and TRT-3x rules)
+from onnxcomp.checks import general, tensorrt_limits, tensorrt_rules  # noqa: F401  (register GEN-, TRT-3x)
 from onnxcomp.pipeline.rules import SEVERITIES, Finding, ModelIndex, all_rules
 
 

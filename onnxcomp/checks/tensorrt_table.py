@@ -867,10 +867,12 @@ DEFAULT_RELEASE = "10.15"  # the newest documented
 
 
 def release(version: str | None) -> Release:
-    """The table of `version` (default: the newest), or KeyError naming the known ones."""
+    """The table of `version` (default: the newest), or one InputError line naming the known ones."""
     key = version or DEFAULT_RELEASE
     if key not in RELEASES:
-        raise KeyError(f"no TensorRT {key} table; known: {', '.join(RELEASES)}")
+        from onnxcomp.errors import InputError
+
+        raise InputError(f"no table for TensorRT {key}; known releases: {', '.join(RELEASES)}")
     return RELEASES[key]
 
 

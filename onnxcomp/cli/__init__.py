@@ -24,6 +24,7 @@ COMMANDS = {
     "passes": ("onnxcomp.cli.passes", "List every registered pass with its options."),
     "check": ("onnxcomp.cli.check", "Lint a model for a target runtime (tensorrt, ort)."),
     "distill": ("onnxcomp.cli.distill", "Train a student from a teacher with knowledge distillation."),
+    "compress": ("onnxcomp.cli.compress", "Prune, distill, fold and quantize to a latency or size goal in one command."),
 }
 
 

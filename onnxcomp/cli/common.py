@@ -25,7 +25,7 @@ def data_option(flag: str, dest: str, what: str, required: bool = False):
 input_shapes_option = click.option(
     "--input-shapes", "input_shapes", multiple=True, metavar="NAME:D1,D2,...",
     help="Fix an input's dynamic dims for this run (generated data, shape inference, verification, how data is "
-         "cut into calls), e.g. x:1,3,320,320; repeatable, or several separated by spaces.")
+         "cut into calls), e.g. x:1,3,320,320; repeatable, or several in one value (x:1,3,320,320,mask:1,320).")
 
 make_static_option = click.option(
     "--make-static", is_flag=True,

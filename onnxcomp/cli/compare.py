@@ -28,12 +28,19 @@ from onnxcomp.cli.common import (
 @click.option("--seed", default=0, show_default=True, help="Seed of generated data.")
 @click.option("--max-samples", default=1024, show_default=True, help="Use at most this many samples of --data.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--per-layer", is_flag=True,
+              help="Compare every intermediate tensor both models compute (matched by name), in graph order: "
+                   "SQNR, cosine, and the first node where the error jumps.")
+@click.option("--jump-db", default=10.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="With --per-layer: SQNR lost at one node (dB) that counts as a jump.")
+@click.option("--plot", type=click.Path(dir_okay=False),
+              help="With --per-layer: write the error along the graph here, as a self-contained HTML page.")
 @dim_option
 @input_shapes_option
 @input_value_option
 @verbosity_options
-def command(reference, candidate, data, atols, rtols, statistic, batch, seed, max_samples, as_json, dims,
-            input_shapes, input_values):
+def command(reference, candidate, data, atols, rtols, statistic, batch, seed, max_samples, as_json, per_layer,
+            jump_db, plot, dims, input_shapes, input_values):
     """Run REFERENCE and CANDIDATE under ONNX Runtime and compare outputs (exit 4 outside tolerance)."""
     from onnxcomp.errors import InputError, ToleranceError
     from onnxcomp.graph.load import load_model
@@ -58,6 +65,8 @@ def command(reference, candidate, data, atols, rtols, statistic, batch, seed, ma
     from onnxcomp.measure.samples import as_samples, one_call
 
     check_statistic(statistic)
+    if plot and not per_layer:
+        raise InputError("--plot draws the per-layer errors: give --per-layer too")
     dims, shapes, values = parse_dims(dims), parse_input_shapes(input_shapes), parse_input_values(input_values)
     ref_model = load_model(reference)
     cand_model = load_model(candidate)
@@ -76,6 +85,9 @@ def command(reference, candidate, data, atols, rtols, statistic, batch, seed, ma
         generated = random_inputs(ref_model, {**dims, **shape_dims(shapes)}, seed=seed, batch=batch, values=values)
         feeds = one_call(generated, ref_model)
         source = f"seeded random inputs (seed {seed}, batch {batch})"
+    if per_layer:
+        _per_layer(ref_model, cand_model, feeds, source, jump_db, plot, as_json)
+        return
     comparison = compare_models(ref_model, cand_model, feeds, tolerances, statistic)
     missing = [name for name in comparison.reference if name not in comparison.candidate]
     if missing:
@@ -120,3 +132,27 @@ def _tolerance_option(flag: str, values: tuple, default: float, outputs: list[st
             raise InputError(f"{flag} {value}: the reference model has no output {name!r} "
                              f"(outputs: {', '.join(outputs)})")
     return every, per_output
+
+
+def _per_layer(ref_model, cand_model, feeds, source: str, jump_db: float, plot: str | None, as_json: bool) -> None:
+    """`--per-layer`: every matching intermediate tensor, in graph order (onnxcomp.measure.layers)."""
+    from pathlib import Path
+
+    from onnxcomp.measure.layers import first_jump, format_layers, layer_errors, plot_html
+
+    rows = layer_errors(ref_model, cand_model, feeds, jump_db)
+    jump = first_jump(rows)
+    result = {"inputs": source, "jump_db": jump_db, "tensors": [r.as_dict() for r in rows],
+              "first_jump": None if jump is None else jump.tensor}
+    if plot:
+        Path(plot).write_text(plot_html(rows, f"per-layer error: {len(rows)} tensors ({source})"))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"inputs: {source}")
+    click.echo(format_layers(rows))
+    click.echo("first jump: " + ("none" if jump is None else
+                                 f"{jump.tensor} ({jump.op} {jump.node}): {jump.drop_db:.1f} dB lost there, "
+                                 f"SQNR {jump.sqnr_db:.1f} dB"))
+    if plot:
+        click.echo(f"plot: {plot}")

@@ -41,24 +41,36 @@ SHORTCUTS: dict[str, tuple[str | None, str | None]] = {
     "--importance": ("remove-channels", "importance"),
     "--round-to": ("remove-channels", "round_to"),
     "--global": ("remove-channels", "global_ranking"),
+    "--lowrank": ("factorize-lowrank", "kept"),
     "--sparsify": ("sparsify-initializers", "sparsity"),
     "--sparsify-scope": ("sparsify-initializers", "scope"),
     "--quantize": ("insert-qdq", None),
     "--calib-method": ("insert-qdq", "method"),
-    "--target": ("insert-qdq", "target"),
+    "--target": (None, "target"),
     "--exclude": (None, "exclude"),
     "--exclude-op": (None, "exclude_op"),
     "--max-drop": (None, "max_drop"),
 }
-ADDING = ("--prune-channels", "--sparsify", "--quantize")  # in the order their passes are added
+ADDING = ("--prune-channels", "--lowrank", "--sparsify", "--quantize")  # in the order their passes are added
 # pass an adding flag adds -> passes it is placed before when the pipeline has them. Lossy structural
 # passes run before BatchNorm folding: `cleanup,fold-bn,remove-channels` left a student that
 # distillation recovered to 0.76 accuracy on the digits CNN, against 0.994 with BN kept.
 MUST_PRECEDE = {
-    "remove-channels": ("fold-bn", "sparsify-initializers", "insert-qdq"),
-    "sparsify-initializers": ("insert-qdq",),
+    "remove-channels": ("fold-bn", "sparsify-initializers", "insert-qdq", "quantize-dynamic", "convert-float16",
+                        "quantize-int4-weights"),
+    "factorize-lowrank": ("fold-bn", "sparsify-initializers", "insert-qdq", "quantize-dynamic", "convert-float16",
+                          "quantize-int4-weights"),
+    "sparsify-initializers": ("insert-qdq", "quantize-dynamic", "convert-float16", "quantize-int4-weights"),
 }
-QUANTIZE_CHOICES = ("int8",)  # --quantize names a number format, not an option of insert-qdq
+# --quantize names a number format, not an option: format -> (the pass it adds, options it sets there).
+QUANTIZE_FORMATS: dict[str, tuple[str, dict[str, str]]] = {
+    "int8": ("insert-qdq", {}),                      # static, calibrated Q/DQ (needs --calib)
+    "dynamic": ("quantize-dynamic", {}),             # INT8 weights, activations quantized at run time
+    "fp16": ("convert-float16", {}),
+    "bf16": ("convert-float16", {"dtype": "bfloat16"}),
+    "int4": ("quantize-int4-weights", {}),           # block-wise INT4 weights
+}
+QUANTIZE_CHOICES = tuple(QUANTIZE_FORMATS)
 
 
 def param_name(flag: str) -> str:
@@ -89,6 +101,8 @@ def flag_for(pass_name: str, option: str) -> str | None:
 
 def adding_flag(pass_name: str) -> str | None:
     """The flag that adds `pass_name` to the pipeline, if any."""
+    if any(name == pass_name for name, _ in QUANTIZE_FORMATS.values()):
+        return "--quantize"
     return next((flag for flag in ADDING if SHORTCUTS[flag][0] == pass_name), None)
 
 
@@ -111,7 +125,11 @@ def click_kwargs(flag: str) -> dict[str, Any]:
     """click.option arguments for a shortcut: type, choices, range and help from its Options field."""
     option = SHORTCUTS[flag][1]
     if option is None:
-        return {"type": click.Choice(QUANTIZE_CHOICES), "help": f"Static quantization as Q/DQ pairs. {_role(flag)}"}
+        formats = ", ".join(f"{value} ({name}{format_options_text(preset)})"
+                            for value, (name, preset) in QUANTIZE_FORMATS.items())
+        return {"type": click.Choice(QUANTIZE_CHOICES),
+                "help": f"Number format, each by its pass: {formats}; int8 is static and needs --calib. Adds that "
+                        "pass after the pipeline; an error if --passes already has it."}
     f, hint = field_of(flag)
     text, valid = f.metadata.get("help", ""), f.metadata.get("range")
     kwargs: dict[str, Any] = {"help": f"{text[:1].upper()}{text[1:]}." + (f" Must be {valid}." if valid else "")
@@ -149,10 +167,15 @@ def apply_shortcuts(passes: list, values: dict[str, Any], pipeline_text: str) ->
         if flag not in given:
             continue
         name, option = SHORTCUTS[flag]
+        preset = {}
+        if flag == "--quantize":
+            name, preset = QUANTIZE_FORMATS[given[flag]]
         if any(p.name == name for p in passes):
             raise InputError(f"{flag} adds {name}, but --passes {pipeline_text!r} already has {name}: give one of "
                              "them (set its options in the text, or with the option flags)")
         fresh = all_passes()[name]()
+        for key, value in preset.items():
+            fresh = type(fresh)(_set(fresh, flag, key, value))
         at = next((i for i, p in enumerate(passes) if p.name in MUST_PRECEDE.get(name, ())), len(passes))
         passes.insert(at, fresh if option is None else type(fresh)(_set(fresh, flag, option, given[flag])))
         from_text.insert(at, False)
@@ -177,6 +200,10 @@ def apply_shortcuts(passes: list, values: dict[str, Any], pipeline_text: str) ->
                                  f"{format_value(current)}}} from --passes {pipeline_text!r}: give it once")
             passes[i] = type(p)(new)
     return passes
+
+
+def format_options_text(preset: dict[str, str]) -> str:
+    return "{" + ",".join(f"{k}={v}" for k, v in preset.items()) + "}" if preset else ""
 
 
 def _set(p, flag: str, option: str, value: Any):

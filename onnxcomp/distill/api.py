@@ -157,11 +157,12 @@ def run(teacher, student, data, options: DistillOptions | None = None, *, val_da
                              f"has {classes} classes")
     renormalized = None
     if student_model is not None and options.renorm and options.bn == "train":
-        renormalized = renormalize(student_model, module, {k: train[k] for k in input_names})
+        renormalized = renormalize(student_model, module, {k: train[k] for k in input_names}, teacher_model)
         if renormalized is not None:
             module = OnnxModule(renormalized.model, "student")
-            say(f"student has no BatchNormalization: training {len(renormalized.layers)} layers with one, "
-                "folded back when written")
+            restored = sum(layer.restored for layer in renormalized.layers)
+            say(f"student has no BatchNormalization: training {len(renormalized.layers)} layers with one "
+                f"({restored} the teacher's), folded back when written")
     need_teacher = not (labels is not None and options.alpha == 0.0 and not options.features)
     logger.debug("teacher: %s, student: %s, inputs %s, %s", teacher_runner.kind,
                  "onnx" if student_model is not None else "torch", ", ".join(input_names),

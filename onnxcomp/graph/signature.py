@@ -130,11 +130,14 @@ def parse_dims(items) -> dict[str, int]:
 
 
 def parse_input_shapes(items) -> dict[str, tuple[int, ...]]:
-    """`x:1,3,320,320` (onnxslim's spelling; several per item when separated by spaces) ->
-    {input name: shape}. The name is everything before the last colon, so `input:0:1,3` names `input:0`."""
+    """`x:1,3,320,320` (onnxslim's spelling; several per item separated by spaces, or by a comma
+    before the next NAME:) -> {input name: shape}. The name is everything before the last colon,
+    so `input:0:1,3` names `input:0`."""
+    import re
+
     shapes = {}
     for item in items or ():
-        for token in str(item).split():
+        for token in (t for part in str(item).split() for t in re.split(r",(?=[^\d,][^,]*:)", part)):
             name, colon, dims = token.rpartition(":")
             if not colon or not name:
                 raise InputError(f"--input-shapes {token!r}: expected NAME:D1,D2,... (e.g. x:1,3,224,224)")

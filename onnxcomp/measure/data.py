@@ -147,7 +147,8 @@ def layout(data: dict, specs: list[InputSpec], where: str = "data") -> Layout:
         else:
             counts[spec.name] = array.shape[0]
     if len(set(counts.values())) > 1:
-        (a, n), (b, m) = next(iter(counts.items())), next(i for i in counts.items() if i[1] != counts[a])
+        (a, n) = next(iter(counts.items()))
+        (b, m) = next(item for item in counts.items() if item[1] != n)
         raise InputError(f"{where}: inputs have different sample counts ({a} has {n}, {b} has {m}); for inputs "
                          f"whose batch axis is not axis 0 (RNN state), {LOADER_HINT}")
     samples = next(iter(counts.values()), 0)

@@ -135,7 +135,7 @@ def run(sess, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) ->
     which dim, expected and got), worked out from the session's inputs where the feeds explain it."""
     names = outputs or [o.name for o in sess.get_outputs()]
     wanted = {i.name for i in sess.get_inputs()}
-    fed = {k: v for k, v in feeds.items() if k in wanted}
+    fed = {k: np.asarray(v) for k, v in feeds.items() if k in wanted}  # numpy scalars too (np.float32(16000))
     try:
         values = sess.run(names, fed)
     except Exception as exc:

@@ -17,8 +17,8 @@ Sources `as_samples(source, model)` takes:
   CalibrationDataReader `get_next()` (a dict, then None at the end).
 
 Loaded data is held in memory, as an .npz always was. Consecutive calls are merged into bigger
-runs (`batches`) only where that cannot change what the model sees: every input has a dynamic
-axis 0 (or is the same fully static value in every call) and the shapes agree.
+runs (`batches`) only where the model allows it: every input has the same dynamic axis 0 (or is
+one 0-d value shared by every call) and the shapes agree.
 """
 
 from __future__ import annotations
@@ -117,19 +117,24 @@ class Samples:
 
     @property
     def mergeable(self) -> bool:
-        """Whether consecutive calls may run as one: every input stacks on a dynamic axis 0 (with
-        as many rows as the call has samples) or is one fully static value shared by every call."""
+        """Whether consecutive calls may run as one: every input stacks on one dynamic axis 0 (with
+        as many rows as the call has samples) or is one 0-d value shared by every call."""
         if self._mergeable is None:
-            self._mergeable = bool(self._calls) and all(self._role(spec) is not None for spec in self._specs)
+            # Dynamic axes 0 with different names (nodes 'N', edges 'E') are not one batch axis.
+            names = {s.shape[0] for s in self._specs if s.rank and s.static(0) is None and s.shape[0] != "?"}
+            self._mergeable = (bool(self._calls) and len(names) <= 1
+                               and all(self._role(spec) is not None for spec in self._specs))
         return self._mergeable
 
     def _role(self, spec: InputSpec) -> str | None:
-        first = self._calls[0][spec.name]
         if spec.rank and spec.static(0) is None:
             if all(c[spec.name].ndim and len(c[spec.name]) == n for c, n in zip(self._calls, self._counts)):
                 return "stack"
             return None
-        if spec.fully_static and all(_same(c[spec.name], first) for c in self._calls[1:]):
+        # Only a 0-d value can be shared by a merged run: a fixed-shape tensor may be tied to the
+        # batch (RNN state [layers, 1, hidden] next to a dynamic batch).
+        first = self._calls[0][spec.name]
+        if spec.rank == 0 and all(_same(c[spec.name], first) for c in self._calls[1:]):
             return "shared"
         return None
 
@@ -203,14 +208,12 @@ def _agree(a: dict, b: dict, names: list[str]) -> bool:
 
 
 def _call_count(feeds: dict, specs: list[InputSpec], labels) -> int:
-    """Samples in one call: its labels, else the common axis 0 of the dynamic-batch inputs, else 1."""
+    """Samples in one call: its labels, else axis 0 when every input that has one agrees on its
+    length, else 1 (state [layers, batch, hidden] next to x [batch, ...]: axis 0 is not the batch)."""
     if labels is not None:
         return int(np.size(labels)) if np.ndim(labels) else 1
-    for group in ([s for s in specs if s.rank and s.static(0) is None], [s for s in specs if s.rank]):
-        sizes = {len(feeds[s.name]) for s in group if np.ndim(feeds[s.name])}
-        if len(sizes) == 1:
-            return sizes.pop()
-    return 1
+    sizes = {len(feeds[s.name]) for s in specs if s.rank and np.ndim(feeds[s.name])}
+    return sizes.pop() if len(sizes) == 1 else 1
 
 
 # -- building Samples from what the user gives ------------------------------------------------

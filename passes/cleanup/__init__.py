@@ -51,10 +51,11 @@ class Cleanup(Pass):
         report = PassReport()
         nodes_at_start = len(graph.nodes)
         interface = _interface(graph)
+        graph.cleanup()  # what was dead on arrival (rules' leftovers are counted as their rule's)
+        report.count("dead_nodes_removed", nodes_at_start - len(graph.nodes))
         names = NameGen(graph)
         constants_to_initializers(graph, report)
         remove_noops(graph, ShapeFacts(), report, names)  # Identity, Dropout: no facts needed
-        graph.cleanup()  # the emptied nodes go before shape inference exports the graph
         limit = int(self.options.fold_size_limit_mb * 1024**2)
         facts = None
         for round_ in range(_MAX_ROUNDS):
@@ -65,18 +66,15 @@ class Cleanup(Pass):
                 changed += fold_shapes(graph, facts, report, names)
                 changed += fold_constant_nodes(graph, limit, facts, report)
             changed += fuse_channel_constants(graph, facts, report, names)
-            if self.options.dedupe:  # merges enable little else: they do not call for another round
+            if self.options.dedupe:  # merged initializers only enable node merges, which come next
                 merge_duplicate_constants(graph, report)
-                dedupe_nodes(graph, report)
-            before = len(graph.nodes)
-            toposort(graph.cleanup())
-            report.count("dead_nodes_removed", before - len(graph.nodes))
+                changed += dedupe_nodes(graph, report)
             if not changed:
                 break
-        before = len(graph.nodes)
+            toposort(graph.cleanup())
         toposort(graph.cleanup(remove_unused_graph_inputs=self.options.remove_unused_inputs))
-        report.count("dead_nodes_removed", before - len(graph.nodes))
         _restore(interface)
+        report.skipped = list({(s.name, s.reason): s for s in report.skipped}.values())  # rounds repeat them
         report.stats["nodes_removed"] = nodes_at_start - len(graph.nodes)
         report.modified = any(v for v in report.stats.values())
         return report
@@ -86,6 +84,7 @@ def _facts(graph, report: PassReport, previous: ShapeFacts | None, symbolic: boo
     from onnxcomp.errors import InputError
     from onnxcomp.graph.convert import to_model
 
+    graph.cleanup()  # emptied nodes would not export as valid ONNX
     try:
         facts = infer_facts(to_model(graph), previous, symbolic)
     except InputError as exc:

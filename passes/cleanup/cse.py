@@ -9,6 +9,7 @@ dict keyed by (op, inputs, attributes): linear, and a merge makes its readers' k
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 
@@ -34,7 +35,7 @@ def _freeze(value):
         return ("tensor", _freeze(np.asarray(value.values)))
     if isinstance(value, (gs.Graph, gs.Tensor)) or not isinstance(value, (int, float, str, bytes, bool, type(None))):
         raise _Unkeyable
-    if isinstance(value, float) and value != value:
+    if isinstance(value, float) and math.isnan(value):
         return ("nan",)
     return value
 
@@ -46,7 +47,7 @@ def _key(node) -> tuple | None:
         attrs = tuple(sorted((k, _freeze(v)) for k, v in node.attrs.items()))
     except _Unkeyable:  # subgraphs, attribute references: not compared
         return None
-    return (node.op, node.domain, tuple(id(t) for t in node.inputs), attrs, len(node.outputs))
+    return (node.op, node.domain, tuple(id(t) if t.name else "" for t in node.inputs), attrs, len(node.outputs))
 
 
 def dedupe_nodes(graph, report: PassReport) -> int:

@@ -12,9 +12,12 @@ merged a dim with a number, and the symbols it merged count as unknown.
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 import logging
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import onnx
 
@@ -104,19 +107,59 @@ def _collect(model: onnx.ModelProto) -> tuple[dict, dict]:
     return shapes, dtypes
 
 
+# CPU seconds the symbolic inference may take: it is pure Python and sympy, seconds on some
+# detectors (Resize with float scales); past this, what it inferred so far is used.
+_SYMBOLIC_SECONDS = 5.0
+
+
+def _limit_time(inference, seconds: float) -> None:
+    """Stop `inference` between two nodes once `seconds` of CPU time have passed."""
+    import time
+
+    deadline = time.process_time() + seconds
+    per_node = inference._onnx_infer_single_node
+
+    def checked(node):
+        if time.process_time() > deadline:
+            raise TimeoutError(f"over its {seconds:.0f} s budget")
+        return per_node(node)
+
+    inference._onnx_infer_single_node = checked
+
+
+@functools.lru_cache(maxsize=1)
+def _symbolic_module():
+    """onnxruntime/tools/symbolic_shape_infer.py, loaded from its file: importing it by name runs
+    onnxruntime.tools/__init__.py, which imports torch when torch is installed (seconds, and torch
+    has no business here). The module itself needs only numpy, onnx and sympy."""
+    import sys
+
+    name = "onnxruntime.tools.symbolic_shape_infer"
+    if name in sys.modules:
+        return sys.modules[name]
+    import onnxruntime
+
+    path = Path(onnxruntime.__file__).parent / "tools" / "symbolic_shape_infer.py"
+    spec = importlib.util.spec_from_file_location("onnxcomp_ort_symbolic_shape_infer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _symbolic(model: onnx.ModelProto):
     """ONNX Runtime's symbolic shape inference: (model, merges, error). Run step by step so that a
     failure part-way still yields what was inferred before it (the public infer_shapes raises, and
     writes a file into the working folder first)."""
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    SymbolicShapeInference = _symbolic_module().SymbolicShapeInference
 
     logging.getLogger("onnxruntime.tools.symbolic_shape_infer").setLevel(logging.ERROR)
     inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
-    if not all(hasattr(inference, s) for s in ("_preprocess", "_infer_impl", "known_vi_", "suggested_merge_")):
+    if not all(hasattr(inference, s) for s in ("_preprocess", "_infer_impl", "_onnx_infer_single_node", "suggested_merge_")):
         with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
             return SymbolicShapeInference.infer_shapes(model, auto_merge=True), {}, None
     error = None
     inference._preprocess(model)
+    _limit_time(inference, _SYMBOLIC_SECONDS)
     try:
         while inference.run_:
             inference._infer_impl()
@@ -126,7 +169,7 @@ def _symbolic(model: onnx.ModelProto):
         error = f"{type(exc).__name__}: {first_line(exc, 'no message')}"
         out = onnx.ModelProto()
         out.graph.input.extend(model.graph.input)
-        out.graph.value_info.extend(inference.known_vi_.values())
+        out.graph.value_info.extend(getattr(inference, "known_vi_", {}).values())
     return out, dict(inference.suggested_merge_), error
 
 

@@ -233,7 +233,11 @@ def _constant_key(t) -> tuple:
         data = values.tensor.raw_data
     else:
         data = np.ascontiguousarray(t.values).tobytes()
-    return (str(t.dtype), tuple(t.shape), hashlib.sha1(data).hexdigest())  # str: bfloat16 is an ONNX enum here
+    try:
+        dtype = np.dtype(t.dtype).num  # (str() of a numpy dtype costs more than hashing small data)
+    except TypeError:  # bfloat16, float8: graphsurgeon gives an ONNX enum
+        dtype = ("onnx", t.dtype)
+    return (dtype, tuple(t.shape), hashlib.sha1(data).hexdigest())
 
 
 def merge_duplicate_constants(graph, report: PassReport) -> int:

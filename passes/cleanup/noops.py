@@ -1,6 +1,6 @@
 """Nodes that compute nothing: their output equals an input (or an earlier tensor), so readers
 are pointed there. One table of local rules, each `(node, facts) -> tensor the output equals`;
-two more rules merge a pair into one node (Transpose pairs, Reshape pairs).
+three more merge a pair into one node (Transpose, Reshape and Unsqueeze pairs).
 
 A rule that needs a shape or dtype asks the shape facts and refuses when they do not prove it.
 """
@@ -137,6 +137,28 @@ def _squeeze(node, facts):
     return _squeeze_pair(node, facts) or _same_shape(node, facts)
 
 
+_VIEWS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
+
+
+def _view_chain(node, facts):
+    """A chain of views (Reshape/Flatten/Squeeze/Unsqueeze keep the elements in order) that ends
+    in the shape it started from -> its start: Unsqueeze(Reshape(x, []), 0) with x of shape [1]."""
+    out = facts.shape(node.outputs[0])
+    current = node
+    for _ in range(4):
+        x = current.inputs[0]
+        if facts.same_dims(facts.shape(x), out):
+            return x
+        current = producer(x)
+        if current is None or current.op not in _VIEWS or not current.inputs:
+            return None
+    return None
+
+
+def _view(rule):
+    return lambda node, facts: rule(node, facts) or _view_chain(node, facts)
+
+
 def _expand(node, facts):
     x = node.inputs[0]
     shape = constant_ints(node.inputs[1]) if len(node.inputs) > 1 else None
@@ -154,14 +176,11 @@ def _tile(node, facts):
 
 
 def _concat(node, facts):
-    """Concat(x) -> x, after dropping inputs that are empty along the axis."""
-    if len(node.inputs) > 1:
-        axis = int(node.attrs.get("axis", 0))
-        keep = [t for t in node.inputs if not _empty_along(t, axis, facts)]
-        if keep and len(keep) < len(node.inputs):
-            node.inputs.clear()  # graphsurgeon lists take no slice assignment
-            node.inputs.extend(keep)
-    return node.inputs[0] if len(node.inputs) == 1 else None
+    """Concat(x) -> x, also when every other input is empty along the axis."""
+    axis = int(node.attrs.get("axis", 0))
+    left = [t for t in node.inputs if len(node.inputs) == 1 or not _empty_along(t, axis, facts)]
+    return left[0] if len(left) == 1 and facts.same_dims(facts.shape(left[0]), facts.shape(node.outputs[0])) \
+        or len(node.inputs) == 1 else None
 
 
 def _empty_along(t, axis: int, facts) -> bool:
@@ -239,11 +258,12 @@ RULES = {
     "Identity": _identity,                                  # Identity(x) -> x
     "Dropout": _identity,                                   # Dropout(x) at inference -> x
     "Cast": _cast,                                          # Cast(x, type(x)) -> x; exact Cast pairs -> x
-    "Reshape": _reshape,                                    # Reshape to x's own shape -> x
-    "Flatten": _same_shape,                                 # Flatten of an already 2-D x -> x
+    "Reshape": _view(_reshape),                             # Reshape to x's own shape -> x
+    "Flatten": _view(_same_shape),                          # Flatten of an already 2-D x -> x
     "Transpose": _transpose,                                # Transpose(x, identity) -> x
-    "Squeeze": _squeeze,                                    # Squeeze(Unsqueeze(x, a), a) -> x
-    "Unsqueeze": _squeeze_pair,                             # Unsqueeze(Squeeze(x, a), a) -> x
+    "Squeeze": _view(_squeeze),                             # Squeeze(Unsqueeze(x, a), a) -> x
+    "Unsqueeze": _view(_squeeze_pair),                      # Unsqueeze(Squeeze(x, a), a) -> x
+                                                            # and views ending where they began -> x
     "Expand": _expand,                                      # Expand(x, x's shape or ones) -> x
     "Tile": _tile,                                          # Tile(x, ones) -> x
     "Concat": _concat,                                      # Concat(x, empty) -> x
@@ -271,7 +291,7 @@ def _reads_facts(node) -> bool:
     if node.op == "Transpose":
         return "perm" not in node.attrs
     if node.op == "Unsqueeze":
-        return producer(node.inputs[0]) is not None and producer(node.inputs[0]).op == "Unsqueeze"
+        return producer(node.inputs[0]) is not None and producer(node.inputs[0]).op in _VIEWS
     if node.op in ("And", "Or", "Where"):
         return any(isinstance(t, gs.Constant) for t in node.inputs)
     if node.op in ("Mul", "Div", "Add", "Sub"):
@@ -408,6 +428,8 @@ def _apply(node, facts, report: PassReport, names, graph_inputs: set[int], graph
         if bypass(node, src, graph_inputs, graph_outputs):
             report.count(_COUNT_AS.get(node.op, f"noop_{node.op.lower()}_removed"))
             return True
+        report.skip(node.name or node.op, f"a no-op {node.op}, kept: it writes graph output "
+                                         f"{node.outputs[0].name!r} straight from an input, a constant or another output")
         return False
     if node.op == "Transpose":
         return _merge_transposes(node, facts, report)

@@ -174,7 +174,7 @@ def has_shape_work(graph) -> bool:
 
 def fold_shapes(graph, facts, report: PassReport, names) -> int:
     """Replace fully known shape values by constants and give Reshapes constant targets where
-    only one entry is unknown. Returns how many tensors became constants."""
+    only one entry is unknown. Returns how many tensors became constants (targets included)."""
     import onnx_graphsurgeon as gs
 
     from onnxcomp.graph.edit import replace_uses
@@ -184,7 +184,7 @@ def fold_shapes(graph, facts, report: PassReport, names) -> int:
     replaced = 0
     for node in graph.nodes:
         if node.op == "Reshape" and len(node.inputs) == 2 and not isinstance(node.inputs[1], gs.Constant):
-            _constant_target(node, known.get(id(node.inputs[1])), facts, report, names)
+            replaced += _constant_target(node, known.get(id(node.inputs[1])), facts, report, names)
         rule = _RULES.get(node.op)
         if rule is None or node.domain not in (None, "", "ai.onnx") or len(node.outputs) != 1 or not node.inputs:
             continue
@@ -204,7 +204,7 @@ def fold_shapes(graph, facts, report: PassReport, names) -> int:
             replace_uses(out, const)
             known[id(const)] = result
             replaced += 1
-            report.count(f"shape_{node.op.lower()}_folded")
+            report.count("shape_values_folded")
     return replaced
 
 
@@ -218,7 +218,7 @@ def _value(t, known: dict) -> Partial | None:
     return Partial(tuple(int(v) for v in values.reshape(-1)), values.ndim == 0, values.dtype.type)
 
 
-def _constant_target(node, partial: Partial | None, facts, report: PassReport, names) -> None:
+def _constant_target(node, partial: Partial | None, facts, report: PassReport, names) -> int:
     """Reshape(x, computed) -> Reshape(x, constant) when the target is known but for one entry
     (that one becomes -1: the reshape infers it from x's size, which is what it was)."""
     import onnx_graphsurgeon as gs
@@ -230,7 +230,8 @@ def _constant_target(node, partial: Partial | None, facts, report: PassReport, n
     if partial is not None and (target is None or sum(d is None for d in partial.items) < sum(d is None for d in target)):
         target = list(partial.items)
     if target is None or sum(d is None for d in target) > 1 or any(d is not None and d <= 0 for d in target):
-        return  # 0 and -1 entries mean "copy" and "infer": they would have to be proven the same here
+        return 0  # 0 and -1 entries mean "copy" and "infer": they would have to be proven the same here
     node.inputs[1] = gs.Constant(names(node.outputs[0].name + "_shape"),
                                  np.array([-1 if d is None else d for d in target], dtype=np.int64))
     report.count("reshape_target_made_constant")
+    return 1

@@ -5,7 +5,7 @@ What stays float32, and why (each such node is in the report's `skipped` with it
 - numerically sensitive ops (keep_sensitive): Softmax, normalizations and reductions (their sums lose
   small terms in float16), Exp/Log/Pow/Sqrt (float16 overflows above 65504);
 - index and random sources (Range, Random*, EyeLike, TopK, NonMaxSuppression, RoiAlign), control
-  flow, ops of other domains, and anything a subgraph reads;
+  flow, recurrent ops (GRU, LSTM, RNN), ops of other domains, and anything a subgraph reads;
 - on the ort target, ops ONNX Runtime's CPU provider has no kernel for at that type (asked of the
   installed runtime: today that is nearly all arithmetic, MatMul and Conv included). Their weights
   are still stored at the low type with a Cast to float32, which ONNX Runtime folds at load: the
@@ -59,6 +59,9 @@ FLOAT_ONLY = {
                      "Bernoulli", "Multinomial"), "kept float32: an index or random source"),
     **dict.fromkeys(("TopK", "NonMaxSuppression", "RoiAlign"), "kept float32: index arithmetic on scores/boxes"),
     **dict.fromkeys(("If", "Loop", "Scan"), "kept float32: control flow"),
+    # Their state accumulates rounding over the time steps; and ONNX Runtime 1.32 crashed loading a
+    # float16 GRU (the corpus's lac_bigru) rather than casting around it.
+    **dict.fromkeys(("GRU", "LSTM", "RNN"), "kept float32: a recurrent op (its state accumulates rounding)"),
 }
 # Data movement: exact at any type, so they take their input's precision instead of forcing Casts.
 FOLLOWERS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Concat", "Split", "Slice",
@@ -127,9 +130,13 @@ class ConvertFloat16Pass(Pass):
         if no_kernel:
             notes.append(f"ONNX Runtime CPU has no {opts.dtype} kernel for {', '.join(no_kernel)}: those nodes compute "
                          f"in float32 (weights stored in {opts.dtype}, cast at load); target tensorrt converts them")
-        if target == "tensorrt":
-            notes.append(f"for TensorRT (builds with --{'fp16' if opts.dtype == 'float16' else 'bf16'}); ONNX Runtime "
-                         f"CPU runs this model by casting around ops it has no {opts.dtype} kernel for (slow)")
+        missing = sorted(conversion.ort_missing)
+        if target == "tensorrt" and opts.dtype == "bfloat16" and missing:
+            notes.append(f"for TensorRT (builds with --bf16); ONNX Runtime CPU cannot load this model: it has no "
+                         f"bfloat16 kernel for {', '.join(missing)}")
+        elif target == "tensorrt":
+            notes.append(f"for TensorRT (builds with --fp16); ONNX Runtime CPU runs this model by casting around the "
+                         f"ops it has no float16 kernel for ({', '.join(missing) or 'none'}): slowly")
         details = {"dtype": opts.dtype, "target": target, "keep_sensitive": opts.keep_sensitive,
                    "low_nodes": conversion.low_nodes, "notes": notes}
         if budget is not None:
@@ -171,7 +178,8 @@ class _Conversion:
         self.np_low = np.float16 if opts.dtype == "float16" else _bfloat16()
         self.low_nodes: list[str] = []
         self.kept: list[tuple[str, str]] = []
-        self.no_kernel_ops: set[str] = set()
+        self.no_kernel_ops: set[str] = set()  # kept float32 for want of an ORT CPU kernel (target ort)
+        self.ort_missing: set[str] = set()  # computing low without an ORT CPU kernel (target tensorrt)
         self.weights = self.casts = self.clamped = 0
 
     # ---- deciding ----
@@ -252,6 +260,8 @@ class _Conversion:
             self.no_kernel_ops.add(node.op)
             weighty = any(isinstance(t, self.gs.Constant) and self._low_input(t) for t in ins)
             return ("weights" if weighty else "keep"), f"kept float32: ONNX Runtime CPU has no {self.opts.dtype} kernel"
+        if not has_cpu_kernel(node.op, node.domain, opset, self.opts.dtype):
+            self.ort_missing.add(node.op)
         return "low", ""
 
     # ---- editing ----
@@ -273,6 +283,8 @@ class _Conversion:
                 for t in node.outputs:
                     if t.name in self.low:
                         t.dtype = self.np_low
+                if node.op == "Cast":  # a float32 -> float32 Cast computing low now casts to the low type
+                    node.attrs["to"] = _ONNX[self.opts.dtype]
             elif kind == "low-source":
                 self._lower_source(node)
             elif kind != "neutral":  # neutral nodes read no float32, or any type (Shape, Cast)

@@ -8,12 +8,12 @@ with more kernels is used as it is.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 ONNX_TYPE_NAMES = {"float16": "tensor(float16)", "bfloat16": "tensor(bfloat16)"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def cpu_kernels(dtype: str) -> dict[tuple[str, str], tuple[tuple[int, int], ...]]:
     """{(domain, op): version ranges} of CPU kernels with a type constraint allowing `dtype`; empty when
     the runtime does not list its kernels."""

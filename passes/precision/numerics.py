@@ -141,54 +141,63 @@ def output_error(w: np.ndarray, w_hat: np.ndarray, hessian: np.ndarray) -> float
 
 
 def gptq(w: np.ndarray, hessian: np.ndarray, block: int, symmetric: bool, damp: float = 0.01,
-         lazy: int = 128) -> Blocks:
+         lazy: int = 128, act_order: bool = True, upper: np.ndarray | None = None) -> Blocks:
     """GPTQ (Frantar et al. 2022): quantize one reduction-axis column at a time and spread its rounding
     error over the columns not yet quantized, weighted by the inverse Hessian of the layer's inputs.
 
-    w [rows, k], hessian [k, k] = X^T X / n of the layer's inputs. Each block's scale is taken from the
-    block's (already error-updated) values when the walk reaches it. Columns no input ever excites
-    (zero diagonal) are set to 0.
+    w [rows, k], hessian [k, k] = X^T X / n of the layer's inputs. The block scales are fixed first
+    (round to nearest with scale search, so GPTQ never does worse on the weights' ranges); with
+    `act_order` the columns are walked by decreasing input energy (diag H), the most excited first,
+    so their error can still be absorbed by the most columns. Columns no input excites are set to 0.
+    `upper` is inverse_cholesky_upper(hessian, damp, act_order) when the caller has it (layers that
+    read the same input share it).
     """
-    w = np.array(w, np.float64)
+    w = np.asarray(w, np.float32)
     rows, k = w.shape
-    nb = -(-k // block)
-    kp = nb * block
-    h = np.zeros((kp, kp))
-    h[:k, :k] = hessian
-    work = np.zeros((rows, kp))
-    work[:, :k] = w
-    dead = np.diag(h) <= 0
-    h[dead, dead] = 1.0
-    work[:, dead] = 0.0
-    h[np.diag_indices(kp)] += damp * float(np.mean(np.diag(h)))
-    upper = _inverse_cholesky_upper(h)
-    codes = np.zeros((rows, nb, block), np.uint8)
-    scales = np.zeros((rows, nb), np.float32)
-    zeros = np.zeros((rows, nb), np.uint8)
-    lazy = max(block, lazy // block * block)
-    for start in range(0, kp, lazy):
-        stop = min(start + lazy, kp)
+    fixed = rtn(w, block, symmetric)
+    scale_of = np.repeat(fixed.scales, block, axis=1)[:, :k].astype(np.float64)
+    zero_of = np.repeat(fixed.zero_points, block, axis=1)[:, :k].astype(np.float64)
+    order = hessian_order(hessian, act_order)
+    if upper is None:
+        upper = inverse_cholesky_upper(hessian, damp, act_order)
+    work = np.array(w, np.float64)[:, order]
+    work[:, np.diag(hessian)[order] <= 0] = 0.0
+    scale_of, zero_of = scale_of[:, order], zero_of[:, order]
+    q_all = np.zeros((rows, k))
+    for start in range(0, k, lazy):
+        stop = min(start + lazy, k)
         chunk = work[:, start:stop].copy()
         errors = np.zeros_like(chunk)
         u = upper[start:stop, start:stop]
         for i in range(stop - start):
             col = start + i
-            b, j = divmod(col, block)
-            if j == 0:
-                group = chunk[:, i:i + block].astype(np.float32)[:, None, :]
-                scale, zero = block_params(group, symmetric)
-                scales[:, b], zeros[:, b] = scale[:, 0], zero[:, 0]
-            scale, zero = scales[:, b], zeros[:, b]
-            q = np.clip(np.rint(chunk[:, i] / scale) + zero, 0, INT4_LEVELS - 1)
-            codes[:, b, j] = q.astype(np.uint8)
-            err = (chunk[:, i] - (q - zero) * scale) / u[i, i]
+            q = np.clip(np.rint(chunk[:, i] / scale_of[:, col]) + zero_of[:, col], 0, INT4_LEVELS - 1)
+            q_all[:, col] = q
+            err = (chunk[:, i] - (q - zero_of[:, col]) * scale_of[:, col]) / u[i, i]
             chunk[:, i:] -= np.outer(err, u[i, i:])
             errors[:, i] = err
         work[:, stop:] -= errors @ upper[start:stop, stop:]
-    for b in range(nb):  # padding codes sit at the zero point
-        tail = np.arange(b * block, (b + 1) * block) >= k
-        codes[:, b, tail] = zeros[:, b, None]
-    return Blocks(codes, scales, zeros, k, symmetric)
+    codes = np.empty((rows, k), np.uint8)
+    codes[:, order] = q_all.astype(np.uint8)
+    blocks = _padded(codes.astype(np.float32), block)
+    padded = np.where(np.isnan(blocks), fixed.zero_points[..., None], blocks).astype(np.uint8)
+    return Blocks(padded, fixed.scales, fixed.zero_points, k, symmetric)
+
+
+def hessian_order(hessian: np.ndarray, act_order: bool) -> np.ndarray:
+    """The column order GPTQ walks: decreasing diag(H) with act_order, else natural."""
+    k = len(hessian)
+    return np.argsort(-np.diag(hessian), kind="stable") if act_order else np.arange(k)
+
+
+def inverse_cholesky_upper(hessian: np.ndarray, damp: float = 0.01, act_order: bool = True) -> np.ndarray:
+    """U upper triangular with inv(H') = U^T U, H' the damped Hessian in GPTQ's walking order."""
+    order = hessian_order(hessian, act_order)
+    h = np.array(hessian, np.float64)[np.ix_(order, order)]
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    h[np.diag_indices(len(h))] += damp * float(np.mean(np.diag(h)))
+    return _inverse_cholesky_upper(h)
 
 
 def _inverse_cholesky_upper(h: np.ndarray) -> np.ndarray:

@@ -35,12 +35,21 @@ from onnxcomp.passes.precision.common import (
     refuse_quantized,
 )
 from onnxcomp.passes.precision.numerics import int8_per_channel, sqnr_db
-from onnxcomp.pipeline.options import Range, check_ranges, exclude_op_option, exclude_option, max_drop_option
+from onnxcomp.pipeline.options import (
+    Range,
+    Target,
+    check_ranges,
+    exclude_op_option,
+    exclude_option,
+    max_drop_option,
+)
 from onnxcomp.pipeline.pass_base import Pass, PassContext, PassReport
 from onnxcomp.pipeline.registry import register_pass
 
 SUPPORTED = ("MatMul", "Gemm", "Gather", "LSTM", "Conv")
 DEFAULT_OPS = ("MatMul", "Gemm", "Gather", "LSTM")
+TENSORRT_REFUSAL = ("quantize-dynamic: TensorRT runs no dynamic quantization (DynamicQuantizeLinear, MatMulInteger); "
+                    "for TensorRT use --quantize int8 (static Q/DQ), fp16 or int4")
 _FLOAT = 1  # onnx.TensorProto.FLOAT
 
 
@@ -49,6 +58,8 @@ class QuantizeDynamicOptions:
     op_types: tuple[str, ...] = field(
         default=DEFAULT_OPS, metadata={"help": "op types to quantize, of " + ", ".join(SUPPORTED) + " (Conv runs as "
                                                 "ConvInteger, slower than float on ORT CPU: not by default)"})
+    target: Optional[Target] = field(
+        default=None, metadata={"help": "runtime the placement/format is for (default: the run's target, else ort)"})
     per_channel: bool = field(default=True, metadata={"help": "one weight scale per output channel (else per tensor)"})
     reduce_range: Optional[bool] = field(
         default=None, metadata={"help": "7-bit weights (|q| <= 63) for x86 CPUs without VNNI, whose u8s8 kernels "
@@ -61,6 +72,8 @@ class QuantizeDynamicOptions:
 
     def __post_init__(self):
         check_ranges(self, "quantize-dynamic")
+        if self.target == "tensorrt":
+            raise InputError(TENSORRT_REFUSAL)
         unknown = [op for op in self.op_types if op not in SUPPORTED]
         if unknown:
             raise InputError(f"quantize-dynamic.op_types: {', '.join(unknown)} not supported; "
@@ -73,10 +86,13 @@ class QuantizeDynamicPass(Pass):
 
     name = "quantize-dynamic"
     exact = False
+    min_opset = 11  # DynamicQuantizeLinear
     Options = QuantizeDynamicOptions
 
     def run(self, graph, ctx: PassContext) -> PassReport:
         opts = self.options
+        if (opts.target or ctx.target) == "tensorrt":
+            raise InputError(TENSORRT_REFUSAL)
         refuse_quantized(graph, self.name)
         exclude = exclusion(opts, graph, self.name)
         qmax = 63 if (opts.reduce_range if opts.reduce_range is not None else needs_7bit_weights()) else 127
@@ -92,7 +108,7 @@ class QuantizeDynamicPass(Pass):
         for name, reason in rewrite.skipped:
             report.skip(name, reason)
         report.modified = bool(rewrite.rows)
-        report.count("int8_nodes", len(rewrite.rows))
+        report.count("int8_nodes", len({r["node"] for r in rewrite.rows}))
         report.count("dynamic_activations", rewrite.activations)
         report.count("float_nodes", len(rewrite.skipped))
         details = {"op_types": list(opts.op_types), "per_channel": opts.per_channel, "weight_qmax": qmax,
@@ -239,7 +255,7 @@ class _Rewrite:
     # ---- one method per op ----
 
     def _matmul(self, node) -> None:
-        x, w = node.inputs[0], node.inputs[1]
+        x, w = node.inputs[0], constant_input(node, 1)
         w_kn = np.asarray(w.values, np.float32)
         (y,) = self.detach(node)
         as_float, combined, q, scale = self.integer_matmul(x, w_kn)
@@ -247,7 +263,7 @@ class _Rewrite:
         self.row(node, w, q, scale, w_kn, 1 if self.opts.per_channel else None)
 
     def _gemm(self, node) -> None:
-        x, b = node.inputs[0], node.inputs[1]
+        x, b = node.inputs[0], constant_input(node, 1)
         bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
         alpha, beta = float(node.attrs.get("alpha", 1.0)), float(node.attrs.get("beta", 1.0))
         w_kn = np.asarray(b.values, np.float32)
@@ -264,7 +280,7 @@ class _Rewrite:
         self.row(node, b, q, scale, w_kn, 1 if self.opts.per_channel else None)
 
     def _gather(self, node) -> None:
-        table, ids = node.inputs[0], node.inputs[1]
+        table, ids = constant_input(node, 0), node.inputs[1]
         values = np.asarray(table.values, np.float32)
         axis = 0 if self.opts.per_channel else None
         q, scale = int8_per_channel(values, axis, 127)  # weight-only: no u8s8 product, full range
@@ -279,7 +295,7 @@ class _Rewrite:
         self.row(node, table, q, scale, values, axis)
 
     def _conv(self, node) -> None:
-        x, w = node.inputs[0], node.inputs[1]
+        x, w = node.inputs[0], constant_input(node, 1)
         bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
         values = np.asarray(w.values, np.float32)
         axis = 0 if self.opts.per_channel else None
@@ -296,14 +312,18 @@ class _Rewrite:
             self.node("Mul", [as_float, combined], [y])
         else:
             scaled = self.node("Mul", [as_float, combined])
-            self.node("Add", [scaled, self.const(f"{bias.name}_reshaped",
-                                                 np.asarray(bias.values, np.float32).reshape(shape))], [y])
+            constant = constant_input(node, 2)
+            bias = bias if constant is None else self.const(f"{bias.name}_reshaped",
+                                                              np.asarray(constant.values, np.float32).reshape(shape))
+            if constant is None:  # a computed bias: broadcast it per channel at run time
+                bias = self.node("Reshape", [bias, self.const("bias_shape", np.asarray(shape, np.int64))])
+            self.node("Add", [scaled, bias], [y])
         self.row(node, w, q, scale, values, axis)
 
     def _lstm(self, node) -> None:
         import onnx_graphsurgeon as gs
 
-        w, r = node.inputs[1], node.inputs[2]
+        w, r = constant_input(node, 1), constant_input(node, 2)
         ins = list(node.inputs) + [gs.Variable.empty()] * (8 - len(node.inputs))
         quantized = []
         for t in (w, r):  # ONNX [dirs, 4H, in] -> DynamicQuantizeLSTM's [dirs, in, 4H], scale per (dir, gate row)

@@ -18,6 +18,7 @@ and keeps the smaller; without data it is rtn. Tables are always rtn (a lookup h
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -35,7 +36,15 @@ from onnxcomp.passes.precision.common import (
     refuse_quantized,
     require_data,
 )
-from onnxcomp.passes.precision.numerics import Blocks, gptq, output_error, pack_nibbles, rtn, sqnr_db
+from onnxcomp.passes.precision.numerics import (
+    Blocks,
+    gptq,
+    inverse_cholesky_upper,
+    output_error,
+    pack_nibbles,
+    rtn,
+    sqnr_db,
+)
 from onnxcomp.pipeline.options import (
     Range,
     Target,
@@ -89,6 +98,11 @@ class QuantizeInt4WeightsPass(Pass):
     exact = False
     Options = QuantizeInt4Options
 
+    @property
+    def min_opset(self) -> int:
+        """INT4 DequantizeLinear with block_size (tensorrt) is opset 21: optimize() converts the model up."""
+        return QDQ_OPSET if self.options.target == "tensorrt" else 10
+
     def run(self, graph, ctx: PassContext) -> PassReport:
         opts = self.options
         target = opts.target or ctx.target or "ort"
@@ -136,12 +150,12 @@ class _Int4:
     def __init__(self, opts: QuantizeInt4Options, target: str, exclude, held: frozenset = frozenset(),
                  cache: dict | None = None):
         self.opts, self.target, self.exclude, self.held = opts, target, exclude, held
-        self.cache = {} if cache is None else cache  # weight name -> (Blocks, row facts)
+        self.cache = {} if cache is None else cache  # (weight name, op) -> (Blocks, row facts); "upper", input -> U
         self.hessians: dict[str, np.ndarray] = {}
         self.rows: list[dict] = []
         self.skipped: list[tuple[str, str]] = []
 
-    def copy(self, held: frozenset) -> "_Int4":
+    def copy(self, held: frozenset) -> _Int4:
         twin = _Int4(self.opts, self.target, self.exclude, held, self.cache)
         twin.hessians = self.hessians
         return twin
@@ -191,13 +205,16 @@ class _Int4:
             if self.opts.method in ("auto", "rtn") or h is None:
                 candidates["rtn"] = rtn(w, block, sym)
             if h is not None and self.opts.method in ("auto", "gptq"):
-                candidates["gptq"] = gptq(w, h, block, sym)
+                factor = ("upper", node.inputs[0].name)  # Q, K and V read one input: one factorisation
+                if factor not in self.cache:
+                    self.cache[factor] = inverse_cholesky_upper(h)
+                candidates["gptq"] = gptq(w, h, block, sym, upper=self.cache[factor])
             if h is not None:
                 for method, blocks in candidates.items():
                     facts[f"error_{method}"] = output_error(w, blocks.dequantize(), h)
                 method = min(candidates, key=lambda m: facts[f"error_{m}"])
                 signal = float(np.sum((w.astype(np.float64) @ h) * w))
-                facts["output_sqnr_db"] = round(10 * np.log10(signal / facts[f"error_{method}"]), 2) \
+                facts["output_sqnr_db"] = round(10 * math.log10(signal / facts[f"error_{method}"]), 2) \
                     if facts[f"error_{method}"] > 0 and signal > 0 else None
             else:
                 method = next(iter(candidates))
@@ -239,7 +256,7 @@ class _Int4:
         bias = node.inputs[2] if node.op == "Gemm" and len(node.inputs) > 2 and node.inputs[2].name else None
         alpha = float(node.attrs.get("alpha", 1.0)) if node.op == "Gemm" else 1.0
         beta = float(node.attrs.get("beta", 1.0)) if node.op == "Gemm" else 1.0
-        rows, nb, _ = blocks.codes.shape
+        rows = len(blocks.codes)
         inputs = [x, gs.Constant(self.names(f"{node_key(node)}_weight_int4"), pack_nibbles(blocks.codes)),
                   gs.Constant(self.names(f"{node_key(node)}_scales"), (blocks.scales * alpha).reshape(-1))]
         if not blocks.symmetric:
@@ -295,7 +312,7 @@ class _Int4:
         from onnx import helper
 
         gs = self.gs
-        rows, nb, _ = blocks.codes.shape
+        rows = len(blocks.codes)
         signed = (blocks.codes.reshape(rows, -1)[:, : blocks.k] ^ 8)  # nibbles of code - 8
         scales = blocks.scales
         transposed = node.op == "Gemm" and int(node.attrs.get("transB", 0))
@@ -303,12 +320,16 @@ class _Int4:
             signed, scales = signed.T, scales.T
         data = helper.make_tensor("q", onnx.TensorProto.INT4, list(signed.shape),
                                   pack_nibbles(np.ascontiguousarray(signed).reshape(-1)).tobytes(), raw=True)
+        # An explicit all-zero INT4 zero point: TensorRT reads a missing one as UINT8's (TRT-05).
+        zero = helper.make_tensor("zp", onnx.TensorProto.INT4, list(scales.shape),
+                                  np.zeros(-(-scales.size // 2), np.uint8).tobytes(), raw=True)
         out = gs.Variable(self.names(f"{weight.name}_dequantized"), dtype=np.float32, shape=list(weight.values.shape))
         new_nodes.append(gs.Node("DequantizeLinear", self.names(f"{weight.name}_DequantizeLinear"),
                                  attrs={"axis": 1 if transposed else 0, "block_size": blocks.block},
                                  inputs=[proto_constant(self.names(f"{weight.name}_int4"), data),
                                          gs.Constant(self.names(f"{weight.name}_scale"),
-                                                     np.ascontiguousarray(scales, np.float32))],
+                                                     np.ascontiguousarray(scales, np.float32)),
+                                         proto_constant(self.names(f"{weight.name}_zero_point"), zero)],
                                  outputs=[out]))
         node.inputs[1] = out
 
@@ -326,10 +347,16 @@ def _input_hessians(graph, plan: _Int4, data, samples: int, batch: int = 16) -> 
         if name not in existing:
             model.graph.output.add().name = name  # untyped: ONNX Runtime infers it
     sess = session(model)
+    from onnxcomp.errors import InputError
+
     sums: dict[str, np.ndarray] = {}
     rows: dict[str, int] = {}
-    for feeds in data.first(samples).batches(batch):
-        values = run(sess, feeds, names)
+    taken = data.first(samples)
+    try:
+        runs = [run(sess, feeds, names) for feeds in taken.batches(batch)]
+    except InputError:  # a model whose declared dynamic batch is not (a Reshape to batch 1): call by call
+        runs = [run(sess, feeds, names) for feeds in taken.batches()]
+    for values in runs:
         for name, x in values.items():
             x = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
             sums[name] = sums.get(name, 0.0) + x.T @ x

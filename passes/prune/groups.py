@@ -150,7 +150,8 @@ class _Explorer:
 
     def follows(self, out_name: str, axis: int, source, source_axis: int, what: str):
         """Axis `axis` of `out_name` is sized at run time by axis `source_axis` of `source`: after the
-        walk both must lose the same count for every channel (else the run-time size is wrong)."""
+        walk both must lose the same count for every channel (else the run-time size is wrong).
+        source_axis -1: the axis must not change at all."""
         self.follow_checks.append((out_name, axis, source.name, source_axis, what))
 
     def reads_size(self, tensor_name: str, axis: int, reader: str):
@@ -160,6 +161,10 @@ class _Explorer:
     def needs_reader(self, tensor_name: str, axis: int, reader: str, what: str):
         """A Shape reads this axis and feeds `reader`: fine only if `reader` checks it with follows()."""
         self.size_uses.append((tensor_name, axis, reader, what))
+
+    def even_parts(self, node, axis: int, starts: list[int], sizes: list[int]):
+        """A Split without sizes: every part must lose as many positions as the others, per channel."""
+        self.even_checks[(node_key(node), axis)] = (node, axis, starts, sizes)
 
     def pieces(self, name: str) -> list[Mapping]:
         return self.state.get(name, [])
@@ -219,6 +224,7 @@ class _Explorer:
         self.follow_checks: list = []
         self.size_readers: set = set()
         self.size_uses: list = []
+        self.even_checks: dict = {}
         reasons: list[str] = []
         self.visit(start.outputs[output], m, None)
         while self.queue:
@@ -231,13 +237,14 @@ class _Explorer:
         reasons.extend(self._final_checks())
         return reasons[0] if reasons else None
 
-    def counts(self, name: str, axis: int) -> np.ndarray:
-        """Positions per channel the group holds on one axis of a tensor (0 where it is absent)."""
+    def counts(self, name: str, axis: int, start: int = 0, size: int = 2**62) -> np.ndarray:
+        """Positions per channel the group holds on one axis of a tensor, within [start, start + size)."""
         total = np.zeros(self.channels, dtype=np.int64)
         for p in self.pieces(name):
             if p.axis == axis:
                 present = p.present(np.arange(self.channels))
-                total[present] += p.per_channel()
+                rows = p.by_channel(present)
+                total[present] += ((rows >= start) & (rows < start + size)).sum(1)
         return total
 
     def _final_checks(self) -> list[str]:
@@ -249,8 +256,13 @@ class _Explorer:
                 reasons.append(f"{node_key(node)}: {node.op} with {channels} output channels coupled to "
                                f"{pos.size} positions of a {self.channels}-channel group")
         for out_name, axis, source, source_axis, what in self.follow_checks:
-            if not np.array_equal(self.counts(out_name, axis), self.counts(source, source_axis)):
+            other = self.counts(source, source_axis) if source_axis >= 0 else np.zeros(self.channels, np.int64)
+            if not np.array_equal(self.counts(out_name, axis), other):
                 reasons.append(f"{what}: the size read at run time from {source} does not follow the group")
+        for node, axis, starts, sizes in self.even_checks.values():
+            per_part = [self.counts(node.inputs[0].name, axis, start, size) for start, size in zip(starts, sizes)]
+            if any(not np.array_equal(c, per_part[0]) for c in per_part):
+                reasons.append(f"{node_key(node)}: Split without explicit sizes would shrink its parts unevenly")
         for name, axis, reader, what in self.size_uses:
             if (name, axis, reader) not in self.size_readers:
                 reasons.append(f"{what}: the channel count is read by Shape")
@@ -382,10 +394,13 @@ def _names_read_in_subgraphs(graph) -> set[str]:
 def _check_shared_constants(graph, groups: list[ChannelGroup]) -> None:
     """A constant sliced for a group must be read only by that group's own members.
 
-    Shape entries (Reshape shapes, Split sizes) shared with other readers are fine: the plan gives
-    the group's readers their own copy (exporters share one [0, 32, -1] among every GroupNorm).
+    Small per-channel constants shared with other readers are fine: shape entries (Reshape
+    shapes, Split sizes), normalization parameters and biases. The plan gives the group's
+    readers their own sliced copy (exporters share one [0, 32, -1] and one ones(32) among every
+    GroupNorm). Weights shared outside the group stay a refusal: copying them would not compress.
     """
     uses = _uses_of_constants(graph)
+    nodes = {node_key(n): n for n in graph.nodes}
     for group in groups:
         if not group.prunable:
             continue
@@ -396,9 +411,16 @@ def _check_shared_constants(graph, groups: list[ChannelGroup]) -> None:
             outside = uses.get(m.tensor, set()) - known
             if not outside:
                 continue
-            if m.kind == "value" and not {u for u in outside if u[0].startswith("<")}:
+            if _copyable(m, nodes) and not {u for u in outside if u[0].startswith("<")}:
                 group.members[i] = replace(m, private=True)
                 continue
             node, slot = sorted(outside)[0]
             group.reason = f"constant {m.tensor} is also read by {node} (input {slot}) outside the group"
             break
+
+
+def _copyable(m: Member, nodes: dict) -> bool:
+    """Small constants a reader reads directly (no Transpose between) may get a private copy."""
+    reader = nodes.get(m.use[0])
+    direct = reader is not None and 0 <= m.use[1] < len(reader.inputs) and reader.inputs[m.use[1]].name == m.tensor
+    return direct and (m.kind in ("value", "param") or (m.kind == "out" and m.role == "bias"))

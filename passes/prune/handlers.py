@@ -49,6 +49,7 @@ HANDLERS = {
     "Expand": reshapes.expand,
     "Concat": parts.concat, "Split": parts.split, "Slice": parts.slice_,
     "Conv": weighted.conv, "ConvTranspose": weighted.conv_transpose, "Gemm": weighted.gemm, "MatMul": weighted.matmul,
+    "Einsum": weighted.einsum,
     **{op: recurrent.recurrent for op in recurrent.GATES},
 }
 

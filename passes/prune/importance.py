@@ -103,6 +103,23 @@ def keep_global(scores: dict[int, np.ndarray], ratio: float, round_to: int,
     return kept
 
 
+def parts_of(group: ChannelGroup) -> list[tuple[int, int]]:
+    """The channel windows [lo, hi) that live apart (the parts of a Split): each must keep a channel,
+    or a tensor would be left with none."""
+    return sorted({(m.mapping.lo, min(m.mapping.hi, group.channels)) for m in group.members
+                   if m.kind in ("out", "in", "param") and (m.mapping.lo > 0 or m.mapping.hi < group.channels)})
+
+
+def keep_each_part(group: ChannelGroup, kept: np.ndarray, score: np.ndarray | None = None) -> np.ndarray:
+    """`kept` plus, for every part that would lose all its channels, its best channel."""
+    kept = set(int(k) for k in kept)
+    for lo, hi in parts_of(group):
+        if not any(lo <= k < hi for k in kept):
+            inside = np.arange(lo, hi)
+            kept.add(int(inside[np.argmax(score[lo:hi])] if score is not None else lo))
+    return np.asarray(sorted(kept), dtype=np.int64)
+
+
 def _top(score: np.ndarray, n: int) -> np.ndarray:
     order = np.argsort(-score, kind="stable")[:n]
     return np.sort(order)

@@ -38,7 +38,7 @@ class Mapping:
         channels = self.present(channels)
         base = (self.offset + channels)[:, None] * self.block + np.arange(self.block)
         reps = np.arange(self.repeat) * self.period
-        return (reps[None, :, None] + base[:, None, :]).reshape(len(channels), -1)
+        return (reps[None, :, None] + base[:, None, :]).reshape(len(channels), self.repeat * self.block)
 
     def positions(self, channels) -> np.ndarray:
         """Positions on the axis taken by `channels` (those of them that live on the tensor)."""

@@ -126,15 +126,12 @@ def _split_sizes(ex, node, axis):
 
 def _size_member(ex, node, source, k, starts, sizes, whole: Mapping, part: Mapping):
     """Split sizes[k] shrinks by the group's removed positions in part k; implicit (equal) sizes need
-    every part to shrink alike, so each channel must hold as many positions in every part."""
+    every part to shrink alike (checked over all pieces once the walk is over)."""
     lo, hi = starts[k], starts[k] + sizes[k]
     if source is not None:
         ex.add(Member("value", source[0], index=k, lo=lo, hi=hi, use=(ex.key(node), 1), mapping=whole))
-        return
-    rows = whole.by_channel(np.arange(ex.channels))
-    counts = [((rows >= s) & (rows < s + n)).sum(1) for s, n in zip(starts, sizes)]
-    if any(not np.array_equal(c, counts[0]) for c in counts):
-        ex.refuse(f"{ex.key(node)}: Split without explicit sizes would shrink its parts unevenly")
+    else:
+        ex.even_parts(node, whole.axis, starts, sizes)
 
 
 def slice_(ex, node, side, index, m):

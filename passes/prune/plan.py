@@ -65,19 +65,47 @@ class PruningPlan:
         """Positions removed over all sliced constants (not parameters: see removed_params)."""
         return sum(s["size"] - len(s["keep"]) for s in self.slices)
 
-    def removed_params(self, values_of) -> int:
-        """Parameters this plan removes: each constant's size before minus after all its slices."""
+    def removed_params(self, values_of, readers_of=None) -> int:
+        """Parameters this plan removes: each constant's size before minus after all its slices.
+
+        A slice for one reader (`node`/`input`) makes a sliced copy for it: the copy's size is
+        added, and the original is removed once every reader has its copy (`readers_of(name)`
+        counts a constant's reader slots; without it the original is taken to stay).
+        """
         by_tensor: dict[str, list[dict]] = {}
+        copies: dict[tuple[str, str, int], list[dict]] = {}
         for s in self.slices:
-            by_tensor.setdefault(s["tensor"], []).append(s)
+            if "node" in s:
+                copies.setdefault((s["tensor"], s["node"], int(s["input"])), []).append(s)
+            else:
+                by_tensor.setdefault(s["tensor"], []).append(s)
         total = 0
         for name, entries in by_tensor.items():
-            shape = list(np.shape(values_of(name)))
-            before = int(np.prod(shape))
-            for s in entries:
-                shape[s["axis"]] = len(s["keep"])
-            total += before - int(np.prod(shape))
+            total += _size(values_of(name)) - _size(values_of(name), entries)
+        per_original: dict[str, int] = {}
+        for (name, _, _), entries in copies.items():
+            total -= _size(values_of(name), entries)
+            per_original[name] = per_original.get(name, 0) + 1
+        for name, n in per_original.items():
+            if readers_of is not None and n >= readers_of(name):
+                total += _size(values_of(name))
         return total
+
+
+def _size(values, slices=()) -> int:
+    shape = list(np.shape(values))
+    for s in slices:
+        shape[s["axis"]] = len(s["keep"])
+    return int(np.prod(shape))
+
+
+def readers_in(graph):
+    """name -> number of (node, input) slots reading that constant directly (for removed_params)."""
+    counts: dict[str, int] = {}
+    for node in graph.nodes:
+        for t in node.inputs:
+            counts[t.name] = counts.get(t.name, 0) + 1
+    return lambda name: counts.get(name, 0)
 
 
 def build_plan(graph, groups: list[ChannelGroup], kept: dict[int, np.ndarray]) -> PruningPlan:
@@ -90,7 +118,7 @@ def build_plan(graph, groups: list[ChannelGroup], kept: dict[int, np.ndarray]) -
     copy of the constant for that reader alone.
     """
     values_of = ConstantTable(graph).get
-    drops: dict[tuple[str, int], set] = {}
+    drops: dict[tuple, set] = {}  # (constant, axis, private reader or None) -> removed positions
     value_delta: dict[tuple, int] = {}
     attr_delta: dict[tuple[str, str], int] = {}
     plan = PruningPlan()
@@ -107,7 +135,7 @@ def build_plan(graph, groups: list[ChannelGroup], kept: dict[int, np.ndarray]) -
         for m in group.members:
             pos = m.mapping.positions(removed)
             if m.kind in ("out", "in", "param"):
-                drops.setdefault((m.tensor, m.axis), set()).update(int(p) for p in pos)
+                drops.setdefault((m.tensor, m.axis, m.use if m.private else None), set()).update(int(p) for p in pos)
             elif m.kind == "value":
                 readers = counted.setdefault((m.tensor, m.index, m.use if m.private else None), {})
                 readers[m.use] = readers.get(m.use, 0) + int(np.sum((pos >= m.lo) & (pos < m.hi)))
@@ -115,10 +143,13 @@ def build_plan(graph, groups: list[ChannelGroup], kept: dict[int, np.ndarray]) -
                 attr_delta[(m.tensor, m.role)] = attr_delta.get((m.tensor, m.role), 0) + int(pos.size)
         for key, readers in counted.items():
             value_delta[key] = value_delta.get(key, 0) + max(readers.values())
-    for (name, axis), removed_pos in sorted(drops.items()):
+    for (name, axis, use), removed_pos in sorted(drops.items(), key=lambda kv: (kv[0][0], kv[0][1], str(kv[0][2]))):
         size = int(np.shape(values_of(name))[axis])
         keep = [i for i in range(size) if i not in removed_pos]
-        plan.slices.append({"tensor": name, "axis": axis, "size": size, "keep": keep})
+        entry = {"tensor": name, "axis": axis, "size": size, "keep": keep}
+        if use is not None:
+            entry.update(node=use[0], input=int(use[1]))
+        plan.slices.append(entry)
     for (name, index, use), delta in sorted(value_delta.items(), key=lambda kv: (kv[0][0], kv[0][1], str(kv[0][2]))):
         if delta:
             old = int(np.asarray(values_of(name)).reshape(-1)[index])
@@ -162,21 +193,15 @@ def apply_plan(graph, plan: PruningPlan, infer: bool = True) -> None:
     """Slice, rewrite and re-infer shapes in place. Raises InputError if the plan does not fit."""
     consts = ConstantTable(graph)
     for s in plan.slices:
-        values = consts.get(s["tensor"])
-        axis, keep = int(s["axis"]), [int(i) for i in s["keep"]]
-        if not 0 <= axis < values.ndim or values.shape[axis] != int(s["size"]):
-            raise InputError(f"pruning plan: {s['tensor']} has shape {values.shape}, plan expects "
-                             f"{s['size']} on axis {axis}")
-        if not keep or keep != sorted(set(keep)) or keep[0] < 0 or keep[-1] >= values.shape[axis]:
-            raise InputError(f"pruning plan: kept indices of {s['tensor']} must be sorted, unique, in range")
-        consts.set(s["tensor"], np.ascontiguousarray(np.take(values, keep, axis=axis)))
-    private = [v for v in plan.values if "node" in v]
-    for v in plan.values:
-        if "node" not in v:
-            values = consts.get(v["tensor"]).copy()
-            _set_entry(values, v)
-            consts.set(v["tensor"], values)
-    _private_copies(graph, consts, private)
+        if "node" not in s:
+            consts.set(s["tensor"], _sliced(consts.get(s["tensor"]), s))
+    private = [s for s in plan.slices if "node" in s]
+    for s in plan.values:
+        if "node" not in s:
+            values = consts.get(s["tensor"]).copy()
+            _set_entry(values, s)
+            consts.set(s["tensor"], values)
+    _private_copies(graph, consts, private + [v for v in plan.values if "node" in v])
     nodes = {node_key(n): n for n in graph.nodes}
     for a in plan.attributes:
         if a["node"] not in nodes:
@@ -184,6 +209,16 @@ def apply_plan(graph, plan: PruningPlan, infer: bool = True) -> None:
         nodes[a["node"]].attrs[a["name"]] = int(a["value"])
     if infer:
         reinfer_shapes(graph)
+
+
+def _sliced(values: np.ndarray, s: dict) -> np.ndarray:
+    axis, keep = int(s["axis"]), [int(i) for i in s["keep"]]
+    if not 0 <= axis < values.ndim or values.shape[axis] != int(s["size"]):
+        raise InputError(f"pruning plan: {s['tensor']} has shape {values.shape}, plan expects "
+                         f"{s['size']} on axis {axis}")
+    if not keep or keep != sorted(set(keep)) or keep[0] < 0 or keep[-1] >= values.shape[axis]:
+        raise InputError(f"pruning plan: kept indices of {s['tensor']} must be sorted, unique, in range")
+    return np.ascontiguousarray(np.take(values, keep, axis=axis))
 
 
 def _set_entry(values: np.ndarray, v: dict) -> None:
@@ -194,7 +229,7 @@ def _set_entry(values: np.ndarray, v: dict) -> None:
 
 
 def _private_copies(graph, consts, entries: list[dict]) -> None:
-    """Shape entries rewritten for one reader only: that reader gets its own copy of the constant."""
+    """Slices and shape entries for one reader only: that reader gets its own copy of the constant."""
     import onnx_graphsurgeon as gs
 
     from onnxcomp.graph.edit import NameGen
@@ -206,10 +241,14 @@ def _private_copies(graph, consts, entries: list[dict]) -> None:
         node, slot = nodes.get(v["node"]), int(v["input"])
         if node is None or not 0 <= slot < len(node.inputs):
             raise InputError(f"pruning plan names input {slot} of node {v['node']!r}, which this model lacks")
-        values = copies.setdefault((v["node"], slot), consts.get(v["tensor"]).copy())
-        _set_entry(values, v)
+        values = copies.get((v["node"], slot), consts.get(v["tensor"]))
+        if "keep" in v:
+            copies[(v["node"], slot)] = _sliced(values, v)
+        else:
+            copies[(v["node"], slot)] = values = values.copy()
+            _set_entry(values, v)
     for (key, slot), values in copies.items():
-        nodes[key].inputs[slot] = gs.Constant(fresh(f"{key}_shape{slot}"), values)
+        nodes[key].inputs[slot] = gs.Constant(fresh(f"{key}_in{slot}"), values)
 
 
 def reinfer_shapes(graph):

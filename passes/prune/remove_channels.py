@@ -15,6 +15,7 @@ from onnxcomp.errors import InputError, ToleranceError
 from onnxcomp.passes.prune.groups import find_channel_groups, node_key
 from onnxcomp.passes.prune.importance import (
     channel_importance,
+    keep_each_part,
     keep_global,
     keep_uniform,
 )
@@ -23,6 +24,7 @@ from onnxcomp.passes.prune.plan import (
     PruningPlan,
     apply_plan,
     build_plan,
+    readers_in,
     reinfer_shapes,
 )
 from onnxcomp.pipeline.budget import BudgetSearch, drop_measure
@@ -98,12 +100,17 @@ class RemoveChannelsPass(Pass):
                 used.add(criterion)
             report.details["importance"] = sorted(used)
             widths = {g.id: g.width for g in live}
-            choose = lambda ratio: build_plan(graph, groups, (keep_global if o.global_ranking else keep_uniform)(
-                scores, ratio, max(1, o.round_to), widths))
+            by_id = {g.id: g for g in live}
+
+            def choose(ratio):
+                kept = (keep_global if o.global_ranking else keep_uniform)(scores, ratio, max(1, o.round_to), widths)
+                kept = {gid: keep_each_part(by_id[gid], k, scores[gid]) for gid, k in kept.items()}
+                return build_plan(graph, groups, kept)
+
             plan = choose(o.ratio)
             if o.max_drop is not None and plan.slices:
                 plan = _fit_budget(choose, o.ratio, o.max_drop, before_model, ctx, report)
-        predicted = plan.removed_params(ConstantTable(graph).get)
+        predicted = plan.removed_params(ConstantTable(graph).get, readers_in(graph))
         apply_plan(graph, plan, infer=False)
         graph.cleanup().toposort()
         after_model = reinfer_shapes(graph)  # the one export of the pruned graph, also used for MACs

@@ -26,15 +26,16 @@ def regroup(src, axis: int, m: Mapping, dst):
     prod(src[a0:]) == prod(dst[k:]), so the outer parts line up and the suffixes are the same
     elements in the same order.
     """
-    if None in src[axis:] or None in dst:
+    if None in src[axis:]:
         return None, None
     inner = int(np.prod(src[axis + 1:]))
     channels = src[axis]
+    known = [k for k in range(len(dst)) if None not in dst[k:]]  # unknown outer dims (batch) do not matter
     for a0 in range(axis, -1, -1):
         if None in src[a0:axis]:
             break
         total = int(np.prod(src[a0:]))
-        ks = [k for k in range(len(dst)) if int(np.prod(dst[k:])) == total and dst[k] != 1]
+        ks = [k for k in known if int(np.prod(dst[k:])) == total and dst[k] != 1]
         if not ks:
             continue
         k = max(ks)
@@ -51,8 +52,31 @@ def regroup(src, axis: int, m: Mapping, dst):
             h = inner_d // inner
             if m.block % h == 0 and m.period % h == 0:
                 return k, replace(m, axis=k, block=m.block // h, period=m.period // h)
+            if m.repeat == dst[k] and m.period == h:  # [3 * D] -> [3, D]: the repeats get their own axis
+                sub_k, sub_m = regroup((h, *src[axis + 1:]), 0, replace(m, repeat=1, period=0), dst[k + 1:])
+                return (None, None) if sub_k is None else (k + 1 + sub_k, sub_m.on_axis(k + 1 + sub_k))
             return None, h
         return None, None
+    return None, None
+
+
+def split_hints(src, axis: int, dst) -> list[Unit]:
+    """Units that would carry a per-channel walk through a Reshape splitting the channel axis:
+    whole groups of the split (heads, GroupNorm groups), or, for [.., R*G*S] -> [.., R, G, S]
+    (q, k and v packed together), R repeats of a head of S."""
+    k, h = regroup(src, axis, Mapping(axis), dst)
+    if k is not None or h is None:
+        return []
+    hints = [Unit(block=h)]
+    heads = [j for j in range(len(dst)) if None not in dst[j:] and int(np.prod(dst[j:])) == int(np.prod(src[axis:]))
+             and dst[j] != 1]
+    j = max(heads)
+    inner = int(np.prod(src[axis + 1:]))
+    for n in range(j + 2, len(dst) + 1):
+        block = int(np.prod(dst[n:])) // inner if int(np.prod(dst[n:])) % inner == 0 else 0
+        if block and src[axis] % (dst[j] * block) == 0:
+            hints.append(Unit(block=block, repeat=dst[j]))
+    return hints
     return None, None
 
 
@@ -61,8 +85,6 @@ def reshape(ex, node, side, index, m):
     the channels' new axis is rewritten, followed at run time, or inferred (-1)."""
     if side == "in" and index != 0:
         ex.refuse(f"{ex.key(node)}: channels reach Reshape through its shape")
-    if int(node.attrs.get("allowzero", 0)):
-        ex.refuse(f"{ex.key(node)}: Reshape with allowzero")
     src, dst = ex.shape(node.inputs[0]), ex.shape(node.outputs[0])
     if src is None or dst is None:
         ex.refuse(f"{ex.key(node)}: Reshape ranks unknown")
@@ -75,12 +97,12 @@ def reshape(ex, node, side, index, m):
         in_axis, in_m = regroup(dst, m.axis, m, src)
         k, out_m = m.axis, m
     if in_axis is None or k is None:
-        hint = out_m if side == "in" else in_m
-        if isinstance(hint, int) and m.block == 1 and m.repeat == 1:
-            ex.hint(Unit(block=hint))
+        if m.block == 1 and m.repeat == 1 and side == "in":
+            for unit in split_hints(src, m.axis, dst):
+                ex.hint(unit)
         where = "the channel axis" if src[in_axis if in_axis is not None else m.axis] is not None else "unknown sizes"
         ex.refuse(f"{ex.key(node)}: Reshape splits or reorders {where}")
-    copies = k == in_axis and src[in_axis] == dst[k]
+    copies = k == in_axis and src[in_axis] == dst[k] and not int(node.attrs.get("allowzero", 0))
     follow_entry(ex, node, 1, k, node.outputs[0], k, out_m, zero_copies=copies, minus_one=True)
     fixed_entries_stay(ex, node, 1, len(dst), k, in_axis)
     ex.visit(node.inputs[0], in_m, node)
@@ -105,8 +127,18 @@ def _fill_inferred(src, dst):
 
 
 def _positive_entry(ex, node, i: int):
+    """Entry i of a Reshape's shape when static inference left it unknown: a positive constant, or a
+    run-time size (times a constant) whose source dimension is known."""
     entry = shape_entry(ex, node.inputs[1], i, (ex.key(node), 1))
-    return entry.value if entry is not None and entry.kind == "const" and entry.value > 0 else None
+    if entry is None:
+        return None
+    if entry.kind == "const":
+        return entry.value if entry.value > 0 else None
+    shape = ex.shape(entry.source)
+    size = shape[entry.axis] if shape is not None and shape[entry.axis] is not None else None
+    if size is None:
+        return None
+    return size * entry.value if entry.kind == "product" else size
 
 
 def flatten(ex, node, side, index, m):
@@ -183,8 +215,12 @@ def expand(ex, node, side, index, m):
         if entry is None or not (entry.kind == "const" and entry.value == 1):
             follow_entry(ex, node, 1, j, out, a_out, m.on_axis(a_out))
     ex.visit(out, m.on_axis(a_out), node)
+    const = ex.const_source(x)
     if a_x >= 0 and dim(ex, x, a_x) != 1:
-        ex.visit(x, m.on_axis(a_x), node)
+        if const is not None:
+            ex.add_const("param", const, a_x, m, node, 0)
+        else:
+            ex.visit(x, m.on_axis(a_x), node)
     elif side == "in":
         ex.refuse(f"{ex.key(node)}: Expand input broadcast on the channel axis")
 

@@ -23,7 +23,7 @@ PIECE_OPS = ("Unsqueeze", "Cast", "Identity", "Squeeze")  # ops that pass a one-
 class Entry:
     """One entry of a shape tensor: a constant's flat `index` (value known), or axis `axis` of `source`."""
 
-    kind: str  # "const" or "size"
+    kind: str  # "const", "size", or "product" (a size times the constant entry: batch * heads)
     name: str = ""
     index: int = 0
     value: int = 0
@@ -67,8 +67,13 @@ def shape_entry(ex, tensor, k: int, use, depth: int = 0) -> Entry | None:
                 return shape_entry(ex, part, k - start, (ex.key(node), i), depth + 1)
             start += n
         return None
-    if node.op in PIECE_OPS and k == 0:
+    if (node.op in PIECE_OPS or node.op == "Reshape" and ex.size(node.inputs[0]) == 1) and k == 0:
         return shape_entry(ex, node.inputs[0], 0, (ex.key(node), 0), depth + 1)
+    if node.op == "Mul" and k == 0 and all(ex.size(t) == 1 for t in node.inputs):
+        a, b = (shape_entry(ex, t, 0, (ex.key(node), i), depth + 1) for i, t in enumerate(node.inputs))
+        size, factor = (a, b) if b is not None and b.kind == "const" else (b, a)
+        if size is not None and size.kind == "size" and factor is not None and factor.kind == "const":
+            return Entry("product", factor.name, factor.index, factor.value, factor.use, size.source, size.axis)
     if node.op == "Shape":
         axis = _shape_axis(ex, node, k)
         return None if axis is None else Entry("size", source=node.inputs[0], axis=axis)
@@ -110,6 +115,9 @@ def follow_entry(ex, node, input_index: int, k: int, out, axis: int, m, zero_cop
     if entry.kind == "size":
         ex.follows(out.name, axis, entry.source, entry.axis, what)
         ex.reads_size(entry.source.name, entry.axis, ex.key(node))
+    elif entry.kind == "product":  # batch * heads: the head count is the constant, the batch must not change
+        ex.add(Member("value", entry.name, index=entry.index, lo=0, hi=ALL, use=entry.use, mapping=m))
+        ex.follows(entry.source.name, entry.axis, entry.source, -1, what)
     elif entry.value > 0:
         ex.add(Member("value", entry.name, index=entry.index, lo=0, hi=ALL, use=entry.use, mapping=m))
     elif not ((entry.value == -1 and minus_one) or (entry.value == 0 and zero_copies)):
@@ -124,5 +132,5 @@ def fixed_entries_stay(ex, node, input_index: int, n: int, skip: int, changing_a
         entry = shape_entry(ex, node.inputs[input_index], i, (ex.key(node), input_index))
         if entry is None:
             continue  # a computed entry that the group does not feed (e.g. the batch size)
-        if entry.kind == "const" and entry.value == 0 and i == changing_axis:
+        if entry.kind == "const" and entry.value == 0 and i == changing_axis and not int(node.attrs.get("allowzero", 0)):
             ex.refuse(f"{ex.key(node)}: {node.op} copies the channel axis into entry {i}")

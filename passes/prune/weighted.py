@@ -130,6 +130,35 @@ def _matmul_activations(ex, node, side, index, m):
         ex.visit(b, m.on_axis(r_b - 1), node)
 
 
+def einsum(ex, node, side, index, m):
+    """Einsum: the channel letter couples every operand that has it (unless broadcast) and the output;
+    a contracted channel letter (absent from the output) is refused."""
+    equation = str(node.attrs.get("equation", "")).replace(" ", "")
+    if "..." in equation or "->" not in equation:
+        ex.refuse(f"{ex.key(node)}: Einsum equation {equation!r} without explicit output or with ellipsis")
+    lhs, out_letters = equation.split("->")
+    operands = lhs.split(",")
+    here = out_letters if side == "out" else operands[index]
+    if m.axis >= len(here):
+        ex.refuse(f"{ex.key(node)}: Einsum operand rank does not match its equation")
+    letter = here[m.axis]
+    if letter not in out_letters:
+        ex.refuse(f"{ex.key(node)}: channels contracted by Einsum")
+    size = dim(ex, node.outputs[0], out_letters.index(letter))
+    ex.visit(node.outputs[0], m.on_axis(out_letters.index(letter)), node)
+    for i, (t, letters) in enumerate(zip(node.inputs, operands)):
+        if letter not in letters or (side == "in" and i == index):
+            continue
+        a = letters.index(letter)
+        if dim(ex, t, a) == 1 and size != 1:
+            continue
+        const = ex.const_source(t)
+        if const is not None:
+            ex.add_const("param", const, a, m, node, i)
+        else:
+            ex.visit(t, m.on_axis(a), node)
+
+
 def matmul(ex, node, side, index, m):
     w = ex.const_source(node.inputs[1]) if len(node.inputs) >= 2 else None
     if w is None:

@@ -16,6 +16,8 @@ from onnxcomp.passes.qdq.numerics import (
     activation_params,
     host_needs_reduced_range,
 )
+from onnxcomp.passes.qdq.overrides import activation_params as override_params
+from onnxcomp.passes.qdq.overrides import check_names, load_overrides
 from onnxcomp.passes.qdq.placement import PlacementOptions, QdqPlacement, plan_placement
 from onnxcomp.passes.qdq.rewrite import insert_qdq_pairs
 from onnxcomp.passes.qdq.sensitivity import choose_float_layers, sensitivity_table
@@ -58,6 +60,10 @@ class InsertQdqOptions:
     calib_batch_size: int = field(default=16, metadata={"help": "samples per calibration batch", "range": Range(1)})
     sensitivity_samples: int = field(default=256, metadata={"help": "samples used by the max_drop search",
                                                             "range": Range(1)})
+    overrides: Optional[str] = field(
+        default=None, metadata={"help": "JSON or TOML file of per-tensor overrides (dtype, symmetric, axis, "
+                                        "rmin/rmax, scale/zero_point), like ORT's TensorQuantOverrides",
+                                "metavar": "PATH"})
 
     def __post_init__(self):
         check_ranges(self, "insert-qdq")
@@ -81,6 +87,8 @@ class InsertQdqPass(Pass):
         report = PassReport()
         exclude = Exclusion(tuple(opts.exclude), tuple(opts.exclude_op))
         exclude.check("insert-qdq", graph)
+        overrides = load_overrides(opts.overrides) if opts.overrides else {}
+        check_names(overrides, graph)
         placement = PlacementOptions(target=target, scheme=opts.scheme, per_channel=opts.per_channel,
                                      op_types=tuple(opts.op_types), exclude=exclude)
         plan = plan_placement(graph, placement)
@@ -96,12 +104,14 @@ class InsertQdqPass(Pass):
         weight_qmax = _weight_qmax(target, opts)  # reads /proc/cpuinfo: once, not per --max-drop trial
         budget = None
         if opts.max_drop is not None:
-            budget = _fit_budget(float_model, plan, placement, ranges, fmt, weight_qmax, opts, ctx)
+            budget = _fit_budget(float_model, plan, placement, ranges, fmt, weight_qmax, opts, ctx, overrides)
             plan = plan_placement(graph, _with_float(placement, budget.held_back))
-        params, table = _params(plan, ranges, fmt)
+        params, table = _params(plan, ranges, fmt, overrides)
         result = insert_qdq_pairs(graph, plan, params, fmt, quantize_biases=plan.scheme == "full",
-                                  weight_qmax=weight_qmax)
+                                  weight_qmax=weight_qmax, weight_overrides=overrides)
         _fill_report(report, plan, result, table, target, weight_qmax, opts, budget)
+        if overrides:
+            report.details["insert-qdq"]["overrides"] = _overrides_used(overrides, plan, table, result)
         return report
 
 
@@ -142,8 +152,9 @@ def _calibrate(model, data, plan: QdqPlacement, opts: InsertQdqOptions, symmetri
     return choose_ranges(stats, method=opts.method, percentile=opts.percentile, symmetric=symmetric, bits=8)
 
 
-def _params(plan: QdqPlacement, ranges: dict, fmt) -> tuple[dict, list[dict]]:
-    """One (scale, zero point) per range group: the union of its tensors' calibrated ranges."""
+def _params(plan: QdqPlacement, ranges: dict, fmt, overrides: dict | None = None) -> tuple[dict, list[dict]]:
+    """One (scale, zero point) per range group: the union of its tensors' calibrated ranges, or what an
+    override of one of its tensors fixes."""
     params, table = {}, []
     for key, names in plan.range_groups().items():
         found = [ranges[n] for n in names if n in ranges]
@@ -154,6 +165,9 @@ def _params(plan: QdqPlacement, ranges: dict, fmt) -> tuple[dict, list[dict]]:
         if not (np.isfinite(lo) and np.isfinite(hi)):
             raise InputError(f"insert-qdq: calibrated range of {key!r} is not finite ({lo}, {hi})")
         scale, zp = activation_params(lo, hi, fmt)
+        fixed = next((overrides[n] for n in [key, *names] if overrides and n in overrides), None)
+        if fixed is not None:
+            scale, zp, _ = override_params(fixed, lo, hi, fmt)
         params[key] = (scale, zp)
         own = ranges.get(key, found[0])
         table.append({"tensor": key, "shared_by": sorted(n for n in names if n != key),
@@ -171,7 +185,7 @@ def _round(x, digits: int = 2):
 
 
 def _fit_budget(float_model, plan: QdqPlacement, placement: PlacementOptions, ranges: dict, fmt, weight_qmax: int,
-                opts: InsertQdqOptions, ctx: PassContext):
+                opts: InsertQdqOptions, ctx: PassContext, overrides: dict):
     from onnxcomp.graph.convert import to_graph, to_model
 
     data = ctx.data.first(opts.sensitivity_samples)
@@ -179,8 +193,9 @@ def _fit_budget(float_model, plan: QdqPlacement, placement: PlacementOptions, ra
     def build(float_nodes):
         graph = to_graph(float_model)
         trial = plan_placement(graph, _with_float(placement, float_nodes))
-        params, _ = _params(trial, ranges, fmt)
-        insert_qdq_pairs(graph, trial, params, fmt, quantize_biases=trial.scheme == "full", weight_qmax=weight_qmax)
+        params, _ = _params(trial, ranges, fmt, overrides)
+        insert_qdq_pairs(graph, trial, params, fmt, quantize_biases=trial.scheme == "full", weight_qmax=weight_qmax,
+                         weight_overrides=overrides)
         return to_model(graph)
 
     return choose_float_layers(float_model, build, list(plan.nodes), data, opts.max_drop)
@@ -209,3 +224,11 @@ def _fill_report(report: PassReport, plan: QdqPlacement, result, table, target: 
                              "fidelity": budget.fidelity.as_dict(), "trials": budget.trials,
                              "sensitivity": sensitivity_table(budget), "measured_on": "calibration data"}
     report.details["insert-qdq"] = details
+
+
+def _overrides_used(overrides: dict, plan: QdqPlacement, table: list[dict], result) -> list[dict]:
+    """Each override and what it set: the range group it fixed, the weight, or nothing (not quantized)."""
+    groups = {n: row["tensor"] for row in table for n in [row["tensor"], *row["shared_by"]]}
+    weights = {w["weight"] for w in result.weights}
+    return [{"tensor": name, "applied_to": groups.get(name, name if name in weights else None)}
+            for name in overrides]

@@ -12,6 +12,7 @@ import numpy as np
 
 from onnxcomp.graph.edit import NameGen, node_key, producer, replace_input
 from onnxcomp.passes.qdq.numerics import WEIGHT_QMAX, ActivationFormat, quantize_bias, quantize_weight
+from onnxcomp.passes.qdq.overrides import quantize_with_scale, weight_axis, weight_scale
 from onnxcomp.passes.qdq.placement import QdqPlacement
 
 
@@ -24,8 +25,11 @@ class RewriteResult:
 
 
 def insert_qdq_pairs(graph, plan: QdqPlacement, params: dict[str, tuple[np.float32, np.integer]],
-                     fmt: ActivationFormat, quantize_biases: bool, weight_qmax: int = WEIGHT_QMAX) -> RewriteResult:
-    """Edit `graph` in place. params: range key -> (scale, zero point) of the activation format."""
+                     fmt: ActivationFormat, quantize_biases: bool, weight_qmax: int = WEIGHT_QMAX,
+                     weight_overrides: dict | None = None) -> RewriteResult:
+    """Edit `graph` in place. params: range key -> (scale, zero point) of the activation format (the
+    zero point's dtype is the quantized type: an override may pick the other 8-bit type);
+    weight_overrides: initializer name -> passes.qdq.overrides.TensorOverride."""
     import onnx_graphsurgeon as gs
 
     names = NameGen(graph)
@@ -38,8 +42,9 @@ def insert_qdq_pairs(graph, plan: QdqPlacement, params: dict[str, tuple[np.float
     def qparams(key: str):
         if key not in constants:
             scale, zp = params[key]
+            zp_type = getattr(zp, "dtype", fmt.dtype)
             constants[key] = (gs.Constant(names(f"{key}_scale"), np.asarray(scale, np.float32)),
-                              gs.Constant(names(f"{key}_zero_point"), np.asarray(zp, fmt.dtype)))
+                              gs.Constant(names(f"{key}_zero_point"), np.asarray(zp, zp_type)))
         return constants[key]
 
     graph_outputs = {t.name for t in graph.outputs}
@@ -56,7 +61,7 @@ def insert_qdq_pairs(graph, plan: QdqPlacement, params: dict[str, tuple[np.float
             q_in = t
             dq_out = gs.Variable(names(f"{name}_dequantized"), dtype=np.float32, shape=t.shape)
             readers = [c for c in list(t.outputs) if spec.consumers is None or node_key(c) in spec.consumers]
-        q_out = gs.Variable(names(f"{name}_quantized"), dtype=fmt.dtype, shape=t.shape)
+        q_out = gs.Variable(names(f"{name}_quantized"), dtype=zp.values.dtype, shape=t.shape)
         new_nodes.append(gs.Node("QuantizeLinear", names(f"{name}_QuantizeLinear"), inputs=[q_in, scale, zp],
                                  outputs=[q_out]))
         new_nodes.append(gs.Node("DequantizeLinear", names(f"{name}_DequantizeLinear"), inputs=[q_out, scale, zp],
@@ -70,18 +75,22 @@ def insert_qdq_pairs(graph, plan: QdqPlacement, params: dict[str, tuple[np.float
     for spec in plan.weights:
         node = nodes[spec.node]
         w = node.inputs[spec.index]
-        key = (w.name, spec.axis)
+        override = (weight_overrides or {}).get(w.name)
+        axis = spec.axis if override is None else weight_axis(override, np.asarray(w.values), spec.axis)
+        key = (w.name, axis)
         if key not in cache:
-            qw = quantize_weight(np.asarray(w.values), spec.axis, weight_qmax)
+            fixed = None if override is None else weight_scale(override, np.asarray(w.values), axis, weight_qmax)
+            qw = quantize_weight(np.asarray(w.values), axis, weight_qmax) if fixed is None else \
+                quantize_with_scale(np.asarray(w.values), fixed, axis, weight_qmax)
             q_const = gs.Constant(names(f"{w.name}_quantized"), qw.values)
             s_const = gs.Constant(names(f"{w.name}_scale"), qw.scale)
             z_const = gs.Constant(names(f"{w.name}_zero_point"), np.zeros(qw.scale.shape, np.int8))
             out = gs.Variable(names(f"{w.name}_dequantized"), dtype=np.float32, shape=list(w.shape))
-            attrs = {"axis": spec.axis} if spec.axis is not None else {}
+            attrs = {"axis": axis} if axis is not None else {}
             new_nodes.append(gs.Node("DequantizeLinear", names(f"{w.name}_DequantizeLinear"), attrs=attrs,
                                      inputs=[q_const, s_const, z_const], outputs=[out]))
             cache[key] = (out, qw)
-            result.weights.append({"weight": w.name, "node": spec.node, "axis": spec.axis,
+            result.weights.append({"weight": w.name, "node": spec.node, "axis": axis,
                                    "channels": int(qw.scale.size), "sqnr_db": round(qw.sqnr_db, 2)})
         out, qw = cache[key]
         node.inputs[spec.index] = out

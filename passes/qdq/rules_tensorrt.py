@@ -48,6 +48,8 @@ def int8_only(index):
     for node in qdq_nodes(index):
         facts = qdq_facts(index, node)
         zp = facts.zero_point
+        if _int4_block_weight(index, node, facts):
+            continue  # TensorRT 10's weight-only INT4: block-wise DQ of a constant INT4 weight
         if zp is not None and zp.dtype != np.int8:
             if node.op_type == "DequantizeLinear" and zp.dtype == np.int32:
                 continue  # INT32 bias: TRT-14
@@ -56,6 +58,15 @@ def int8_only(index):
             data = index.constant(node.input[0])
             if data is not None and data.dtype not in (np.int8, np.int32):
                 yield (node_id(node), f"dequantizes {data.dtype.name.upper()} data; TensorRT accepts INT8 only")
+
+
+def _int4_block_weight(index, node, facts) -> bool:
+    """A DequantizeLinear with block_size of a constant INT4 weight (zero point absent or INT4)."""
+    if node.op_type != "DequantizeLinear" or not facts.on_constant or not attr(node, "block_size", 0):
+        return False
+    data = index.constant(node.input[0])
+    kinds = {np.dtype(x.dtype).name for x in (data, facts.zero_point) if x is not None}
+    return data is not None and kinds == {"int4"}
 
 
 @rule("TRT-04", targets=("tensorrt",), severity="error", summary="zero points are all zero (symmetric)")

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import onnx
 
-from onnxcomp.errors import InputError, first_line
+from onnxcomp.errors import InputError
 from onnxcomp.graph.signature import input_specs
 from onnxcomp.measure.samples import Samples, as_samples, checked_feed
 from onnxcomp.passes.qdq.calibration.histogram import Scratch, TensorStats
@@ -212,7 +212,10 @@ class _Runner:
         try:
             return self.sess.run(self.fetch, feeds)
         except Exception as exc:
-            raise InputError(f"calibration batch {number}: ONNX Runtime failed: {first_line(exc)}") from None
+            from onnxcomp.measure.runtime import feed_problem, runtime_message
+
+            why = feed_problem(self.sess, feeds) or runtime_message(exc)
+            raise InputError(f"calibration batch {number}: ONNX Runtime failed: {why}") from None
 
     def fold(self, values: list, stats: dict, scratch: Scratch) -> None:
         """Fold one batch's tensors into stats, releasing each as soon as it is done."""

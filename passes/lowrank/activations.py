@@ -1,0 +1,69 @@
+"""The second moment X^T X of every layer's real inputs, from sample data in one streamed pass.
+
+MatMul/Gemm rows are the input's last axis; a Conv's rows are its input patches (the same
+padding, strides and dilations), a random subset of positions per batch so a large feature
+map does not cost a huge matrix.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxcomp.passes.lowrank.layers import Layer
+
+CONV_ROWS = 4096  # patch rows per batch and Conv layer
+
+
+def input_moments(graph, layers: list[Layer], data, batch: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
+    """{layer node: X^T X / rows} over `data` (onnxcomp Samples), the graph as it is now."""
+    import onnx
+
+    from onnxcomp.graph.convert import to_model
+    from onnxcomp.measure.runtime import run, session
+
+    model = to_model(graph)
+    names = sorted({layer.input for layer in layers})
+    outputs = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in outputs:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    sess = session(model)
+    sums = {layer.node: np.zeros((layer.m, layer.m)) for layer in layers}
+    rows = dict.fromkeys(sums, 0)
+    rng = np.random.default_rng(seed)
+    for feeds in data.batches(batch):
+        values = run(sess, feeds, names)
+        for layer in layers:
+            x = _rows(layer, np.asarray(values[layer.input], dtype=np.float64), rng)
+            sums[layer.node] += x.T @ x
+            rows[layer.node] += len(x)
+    return {key: total / max(rows[key], 1) for key, total in sums.items()}
+
+
+def _rows(layer: Layer, x: np.ndarray, rng) -> np.ndarray:
+    if layer.op != "Conv":
+        return x.reshape(-1, x.shape[-1])
+    return conv_patches(x, layer, rng)
+
+
+def conv_patches(x: np.ndarray, layer: Layer, rng, max_rows: int = CONV_ROWS) -> np.ndarray:
+    """Rows of the patch matrix (in_channels * kernel, in the weight's order) at random output positions."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    kernel = list(layer.attrs["kernel"])
+    d = len(kernel)
+    pads = list(layer.attrs.get("pads") or [0] * (2 * d))
+    strides = list(layer.attrs.get("strides") or [1] * d)
+    dilations = list(layer.attrs.get("dilations") or [1] * d)
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + d]) for i in range(d)])
+    extent = [(k - 1) * dl + 1 for k, dl in zip(kernel, dilations)]
+    win = sliding_window_view(xp, extent, axis=tuple(range(2, 2 + d)))
+    win = win[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides)
+              + tuple(slice(None, None, dl) for dl in dilations)]
+    out = win.shape[2:2 + d]
+    total = int(np.prod(out))
+    chosen = np.sort(rng.choice(total, min(total, max(1, max_rows // max(1, len(x)))), replace=False))
+    idx = np.unravel_index(chosen, out)
+    patches = win[(slice(None), slice(None)) + idx]  # N, C, positions, *kernel
+    patches = np.moveaxis(patches, 2, 1)  # N, positions, C, *kernel
+    return patches.reshape(-1, int(np.prod(patches.shape[2:])))

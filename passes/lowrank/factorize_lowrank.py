@@ -1,0 +1,149 @@
+"""factorize-lowrank: MatMul/Gemm/Conv weights replaced by two thin factors under a parameter budget (lossy).
+
+Without data the factors are the weight's own SVD; with sample data (ctx.data) they are
+activation-whitened (the layer's output error on its real inputs is what is minimized), and the
+ranks are shared out across layers by that measured error. `kept` is the fraction of the
+factorizable weights' parameters the factors may hold; layers where no rank pays
+(r * (m + n) >= m * n) and layers the budget leaves whole are reported with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from onnxcomp.errors import InputError
+from onnxcomp.passes.lowrank.factors import spectrum
+from onnxcomp.passes.lowrank.layers import Layer, as_matrix, find_layers, weight_source
+from onnxcomp.passes.lowrank.plan import LowRankPlan
+from onnxcomp.passes.lowrank.ranks import WHOLE, allocate
+from onnxcomp.passes.lowrank.rewrite import factorize
+from onnxcomp.pipeline.options import Exclusion, Range, check_ranges, exclude_op_option, exclude_option
+from onnxcomp.pipeline.pass_base import Pass, PassContext, PassReport
+from onnxcomp.pipeline.registry import register_pass
+
+
+@dataclass(frozen=True)
+class FactorizeLowRankOptions:
+    kept: float = field(default=0.75, metadata={
+        "help": "fraction of the factorizable weights' parameters the two factors keep (0.75 = a quarter fewer)",
+        "range": Range(0, 1, lo_open=True, hi_open=True), "metavar": "FRACTION"})
+    method: Literal["auto", "svd", "whitened"] = field(default="auto", metadata={
+        "help": "svd: the weights' own SVD (no data); whitened: SVD weighted by each layer's real inputs, "
+                "ranks shared out by the measured output error (needs sample data); auto = whitened with data"})
+    round_to: int = field(default=8, metadata={"help": "ranks are multiples of this (blocked kernels want it)",
+                                               "range": Range(1)})
+    exclude: tuple[str, ...] = exclude_option()
+    exclude_op: tuple[str, ...] = exclude_op_option()
+    plan: Optional[str] = field(default=None, metadata={"help": "apply this JSON LowRankPlan instead of choosing"})
+    write_plan: Optional[str] = field(default=None, metadata={"help": "write the chosen LowRankPlan here (JSON)"})
+
+    def __post_init__(self):
+        check_ranges(self, "factorize-lowrank")
+
+
+@register_pass
+class FactorizeLowRankPass(Pass):
+    """Replace MatMul/Gemm weights by two thin factors and Conv by a kxk conv to r channels and a 1x1 conv (lossy)."""
+
+    name = "factorize-lowrank"
+    exact = False
+    Options = FactorizeLowRankOptions
+
+    def run(self, graph, ctx: PassContext) -> PassReport:
+        from onnxcomp.graph.convert import to_model
+        from onnxcomp.graph.edit import NameGen
+        from onnxcomp.measure.counts import estimate_macs, graph_counts
+
+        o = self.options
+        report = PassReport()
+        layers, skipped = find_layers(graph, o.round_to if not o.plan else 1)
+        layers, excluded = _exclude(o, graph, layers)
+        skipped += excluded
+        plan = LowRankPlan.load(o.plan) if o.plan else None
+        if not layers:
+            reasons = "; ".join(sorted({r for _, r in skipped}))[:300]
+            raise InputError(f"factorize-lowrank: nothing to factorize ({len(skipped)} weighted nodes: "
+                             f"{reasons or 'no MatMul/Gemm/Conv with a constant weight'})")
+        method = plan.method if plan else _method(o.method, ctx.data)
+        if method == "whitened" and ctx.data is None:
+            raise InputError("factorize-lowrank: whitened factors need sample data (give --calib)")
+        macs_before = estimate_macs(to_model(graph), ctx.dims)["macs"]
+        params_before = graph_counts(graph)["params"]
+        moments = {}
+        if method == "whitened":
+            from onnxcomp.passes.lowrank.activations import input_moments
+
+            ctx.say(f"factorize-lowrank: input statistics of {len(layers)} layers")
+            moments = input_moments(graph, layers, ctx.data)
+        nodes = {(n.name or n.outputs[0].name): n for n in graph.nodes}
+        spectra = {layer.node: spectrum(as_matrix(layer.op, weight_source(nodes[layer.node])[1], layer.attrs),
+                                        moments.get(layer.node)) for layer in layers}
+        error = lambda layer, rank: spectra[layer.node].relative_error(rank)
+        if plan:
+            ranks = plan.ranks_for(layers)
+        else:
+            budget = int(o.kept * sum(layer.params for layer in layers))
+            ranks = allocate(layers, error, budget, o.round_to)
+        names = NameGen(graph)
+        rows = []
+        for layer in layers:
+            rank = ranks.get(layer.node, WHOLE)
+            if rank == WHOLE:
+                skipped.append((layer.node, "kept whole: the budget does better elsewhere" if not plan
+                                else "not in the plan"))
+                continue
+            p, q = spectra[layer.node].factors(rank)
+            _, values = weight_source(nodes[layer.node])
+            factorize(graph, nodes[layer.node], p, q, values, layer.weight, names)
+            rows.append({"node": layer.node, "op": layer.op, "shape": [layer.m, layer.n], "rank": rank,
+                         "params_before": layer.params, "params_after": layer.cost(rank),
+                         "error": round(error(layer, rank), 6)})
+        graph.cleanup().toposort()
+        chosen = LowRankPlan(method, o.kept, [{"node": r["node"], "weight": _weight_of(layers, r["node"]),
+                                               "op": r["op"], "shape": r["shape"], "rank": r["rank"]} for r in rows])
+        if o.write_plan:
+            chosen.save(o.write_plan)
+        for key, reason in skipped:
+            report.skip(key, reason)
+        factor_params = sum(r["params_after"] for r in rows)
+        report.modified = bool(rows)
+        report.stats.update({
+            "layers": len(layers), "factorized": len(rows), "left_whole": len(skipped),
+            "params_before": params_before, "params_after": graph_counts(graph)["params"],
+            "macs_before": macs_before, "macs_after": estimate_macs(to_model(graph), ctx.dims)["macs"],
+        })
+        report.details["method"] = method
+        report.details["layers"] = rows
+        report.details["weights"] = {"before": sum(layer.params for layer in layers if ranks.get(layer.node)),
+                                     "after": factor_params,
+                                     "budget": sum(layer.params for layer in layers)}
+        for r in rows:
+            ctx.say(f"factorize-lowrank: {r['node']} {r['shape'][0]}x{r['shape'][1]} -> rank {r['rank']} "
+                    f"({r['params_after'] / r['params_before']:.0%} of its weights, error {r['error']:.3g})")
+        return report
+
+
+def _method(method: str, data) -> str:
+    if method == "auto":
+        return "whitened" if data is not None else "svd"
+    return method
+
+
+def _exclude(o, graph, layers: list[Layer]):
+    exclude = Exclusion(tuple(o.exclude), tuple(o.exclude_op))
+    exclude.check("factorize-lowrank", graph)
+    if not exclude:
+        return layers, []
+    kept, skipped = [], []
+    for layer in layers:
+        reason = exclude.reason([layer.node, layer.weight], [layer.op])
+        if reason:
+            skipped.append((layer.node, reason))
+        else:
+            kept.append(layer)
+    return kept, skipped
+
+
+def _weight_of(layers: list[Layer], node: str) -> str:
+    return next(layer.weight for layer in layers if layer.node == node)

@@ -1,0 +1,304 @@
+"""onnxcomp compress: the order of the steps, the goals, the budget, label-free use, the reports, bad input;
+and the trap it replaces (--prune-channels folding BN first, folded students that would not recover).
+
+Small and fast: the digits CNN, 256 training and 128 validation samples, one epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import onnxcomp
+from onnxcomp.cli import main
+from onnxcomp.errors import InputError, ToleranceError
+
+FAST = dict(epochs=1, threads=1)
+
+
+@pytest.fixture(scope="module")
+def digits(models_dir):
+    with np.load(models_dir / "digits_train.npz") as train, np.load(models_dir / "digits_test.npz") as test:
+        return ({k: v[:256] for k, v in train.items()}, {k: v[:128] for k, v in test.items()})
+
+
+@pytest.fixture(scope="module")
+def files(digits, tmp_path_factory):
+    """The digits data as .npz files, with and without labels."""
+    tmp = tmp_path_factory.mktemp("data")
+    train, val = digits
+    paths = {"train": tmp / "train.npz", "val": tmp / "val.npz", "train_nolabels": tmp / "train_nl.npz",
+             "val_nolabels": tmp / "val_nl.npz", "bad_labels": tmp / "bad_labels.npz", "wrong_key": tmp / "wrong.npz"}
+    np.savez(paths["train"], **train)
+    np.savez(paths["val"], **val)
+    np.savez(paths["train_nolabels"], input=train["input"])
+    np.savez(paths["val_nolabels"], input=val["input"])
+    np.savez(paths["bad_labels"], input=train["input"], labels=train["labels"] + 10)
+    np.savez(paths["wrong_key"], x=train["input"])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def features_model(digits_cnn, tmp_path_factory):
+    """A model without labels to match: the digits CNN cut before its pooling (a [N, 64, 8, 8] feature map)."""
+    model = onnx.load(str(digits_cnn))
+    pool = next(i for i, n in enumerate(model.graph.node) if n.op_type == "GlobalAveragePool")
+    last = model.graph.node[pool].input[0]
+    del model.graph.node[pool:]
+    del model.graph.output[:]
+    model.graph.output.append(onnx.helper.make_tensor_value_info(last, onnx.TensorProto.FLOAT, ["batch", 64, 8, 8]))
+    used = {i for n in model.graph.node for i in n.input}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    onnx.checker.check_model(model)
+    path = tmp_path_factory.mktemp("features") / "features.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def ops(model: onnx.ModelProto) -> set[str]:
+    return {n.op_type for n in model.graph.node}
+
+
+def in_process(capsys, *args):
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def digest(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+# ---------- the order, a fixed ratio ----------
+
+def test_a_fixed_ratio_runs_the_steps_in_order_with_bn_kept_while_pruning(digits_cnn, digits):
+    train, val = digits
+    result = onnxcomp.compress(digits_cnn, train, val, prune=0.5, **FAST)
+    names = [s.name for s in result.stages]
+    assert names == ["cleanup", "channel block", "search", "distill", "fold-bn", "insert-qdq", "check", "measure"]
+    chosen = result.chosen
+    assert chosen.ratio == 0.5 and chosen.trained and not chosen.qat
+    assert [c.ratio for c in result.candidates if c.trained] == [0.5]  # a fixed ratio: no search, no back-off
+    assert "BatchNormalization" in ops(chosen.pruned)  # channels went with BN still there, for distillation
+    assert "BatchNormalization" not in ops(result.model) and "QuantizeLinear" in ops(result.model)
+    unpruned = next(c for c in result.candidates if c.ratio == 0)
+    assert sum(chosen.widths) < sum(unpruned.widths)
+    block = result.host["channel_block"]
+    pruned_widths = [w for w, full in zip(chosen.widths, unpruned.widths) if w != full]
+    assert pruned_widths and all(w % block == 0 for w in pruned_widths)  # rounded to the measured block
+    f = result.figures
+    assert f["params"]["output"] < f["params"]["original"] and f["macs"]["output"] < f["macs"]["original"]
+    assert f["file_size"]["output"] == len(result.model.SerializeToString())
+    assert 0.0 <= f["quality"]["output"] <= 1.0 and result.metric == "accuracy"
+    assert abs(chosen.drop - (f["quality"]["original"] - f["quality"]["output"])) < 1e-9  # one measure, one data set
+    assert result.met and result.check == {"target": "ort", "errors": 0, "warnings": result.check["warnings"]}
+
+
+# ---------- the CLI: a size goal, the table, the reports ----------
+
+@pytest.fixture(scope="module")
+def size_run(digits_cnn, files, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("size")
+    out = tmp / "small.onnx"
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        try:
+            main([str(a) for a in ("compress", digits_cnn, "-o", out, "--data", files["train"], "--val", files["val"],
+                                   "--size", "0.2", "--epochs", "1", "--report", tmp / "r.json",
+                                   "--report", tmp / "r.html")])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+    return code, buffer.getvalue(), out, tmp
+
+
+def test_a_size_goal_is_met_on_file_bytes(digits_cnn, size_run):
+    code, stdout, out, tmp = size_run
+    assert code == 0, stdout
+    assert out.stat().st_size <= 0.2 * digits_cnn.stat().st_size
+    report = json.loads((tmp / "r.json").read_text())
+    assert report["met"] and report["goal"]["kind"] == "size"
+    measured = [c for c in report["candidates"] if c["size"] is not None]
+    assert len(measured) >= 4 and report["chosen"]["size"] <= 0.2
+    # The least-pruned candidate that meets the goal was trained: every one keeping more parameters misses it.
+    assert all(c["size"] > 0.2 for c in measured if c["params"] > report["chosen"]["params"])
+
+
+def test_the_run_ends_with_one_table_and_writes_the_json_and_html_reports(size_run):
+    code, stdout, out, tmp = size_run
+    lines = stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split() == ["original", "output", "ratio"])
+    rows = [line.split("  ")[0] for line in lines[header + 2:header + 8]]
+    assert rows == ["file size", "parameters", "MACs", "latency b1 (ms)", "latency b8 (ms)", "accuracy"]
+    page = (tmp / "r.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<svg" in page and "</svg>" in page
+    assert page.count("<circle") >= 4 and "goal 0.2x" in page and "chosen" in page
+    for fetch in ("<script", "src=", "href=", "@import", "url("):  # self-contained: nothing to fetch
+        assert fetch not in page
+
+
+def test_the_json_report_keeps_its_documented_schema(size_run):
+    from test_report_schema import DOC, read_schema, schema_problems
+
+    report = json.loads((size_run[3] / "r.json").read_text())
+    problems = schema_problems(report, read_schema(DOC.read_text())["compress"])
+    assert not problems, "\n".join(problems)
+
+
+# ---------- the accuracy budget ----------
+
+def test_max_drop_that_cannot_be_met_is_exit_4_and_nothing_is_written(digits_cnn, files, tmp_path, capsys):
+    out = tmp_path / "never.onnx"
+    code, stdout, err = in_process(capsys, "compress", digits_cnn, "-o", out, "--data", files["train_nolabels"],
+                                   "--val", files["val_nolabels"], "--prune", "0.5", "--max-drop", "0", "--epochs", "1",
+                                   "--report", tmp_path / "r.json", "-q")
+    assert code == 4, err
+    assert len(err.strip().splitlines()) == 1 and "max_drop 0.0 cannot be met" in err and "Traceback" not in err
+    assert not out.exists()
+    report = json.loads((tmp_path / "r.json").read_text())  # the report still says what was reached
+    trained = [c for c in report["candidates"] if c["trained"]]
+    assert len(trained) == 1 and trained[0]["qat"] and trained[0]["drop"] > 0
+
+
+def test_a_missed_budget_backs_off_and_says_what_it_reached(digits_cnn, digits):
+    train, val = digits
+    result = onnxcomp.compress(digits_cnn, train, val, size=0.2, quantize="none", max_drop=0.0, backoff=0, **FAST)
+    pruned = [c for c in result.candidates if c.trained and c.pruning]
+    unpruned = [c for c in result.candidates if c.trained and not c.pruning]
+    assert len(pruned) == 1 and pruned[0].drop > 0 and pruned[0].size <= 0.2  # the goal's candidate missed
+    assert result.chosen is unpruned[0] and unpruned[0].drop == 0.0  # no pruning, no quantization: exact
+    assert not result.met and "size goal not met" in result.message and "less pruning" in result.message
+
+
+# ---------- label-free ----------
+
+def test_a_model_without_labels_compresses_on_the_cosine_of_its_outputs(features_model, digits):
+    train, val = ({"input": d["input"]} for d in digits)
+    result = onnxcomp.compress(features_model, train, val, prune=0.5, **FAST)
+    assert result.metric == "cosine"
+    q = result.figures["quality"]
+    assert q["original"] == 1.0 and 0.5 < q["output"] <= 1.0
+    assert abs(result.chosen.drop - (1.0 - q["output"])) < 1e-9
+    assert [d.dim_value or d.dim_param for d in result.model.graph.output[0].type.tensor_type.shape.dim] == \
+        ["batch", 64, 8, 8]
+    with pytest.raises(InputError, match=r"labels given, but the model's first output has shape \[2, 64, 8, 8\]"):
+        onnxcomp.compress(features_model, *digits, prune=0.5, **FAST)
+
+
+# ---------- bad input: one line, exit 2, nothing written, the input untouched ----------
+
+def test_bad_input_is_one_line_and_exit_2(digits_cnn, features_model, files, tmp_path, capsys):
+    out = tmp_path / "out.onnx"
+    base = ["compress", digits_cnn, "-o", out, "--data", files["train"], "--val", files["val"]]
+    cases = [
+        (base + ["--latency", "0.5", "--size", "0.5"], "give one of latency, size and prune, not latency and size"),
+        (base + ["--quantize", "none"], "nothing to do"),
+        (base + ["--prune", "1.5"], "prune must be in [0, 1)"),
+        (["compress", digits_cnn, "-o", out, "--data", files["wrong_key"], "--prune", "0.5"],
+         "missing array(s) for model input(s) input"),
+        (["compress", digits_cnn, "-o", out, "--data", files["bad_labels"], "--val", files["val"], "--prune", "0.5"],
+         "'labels' range over [10, 19] but the model has 10 classes"),
+        (["compress", features_model, "-o", out, "--data", files["train"], "--val", files["val"], "--prune", "0.5"],
+         "labels given, but the model's first output"),
+        (base[:3] + [tmp_path / "missing" / "out.onnx"] + base[4:] + ["--prune", "0.5"], "does not exist"),
+        (["compress", digits_cnn, "-o", digits_cnn, "--data", files["train"], "--prune", "0.5"],
+         "refusing to overwrite the input model"),
+        (base + ["--prune", "0.5", "--report", tmp_path / "r.txt"], "name it .json or .html"),
+        (["compress", digits_cnn, "--data", files["train"]], "Missing option '-o'"),
+    ]
+    before = digest(digits_cnn)
+    for args, fragment in cases:
+        code, stdout, err = in_process(capsys, *args)
+        assert code == 2, (args, err)
+        assert len(err.strip().splitlines()) == 1 and fragment in err and "Traceback" not in err, (args, err)
+    assert not out.exists() and not (tmp_path / "r.txt").exists()
+    assert digest(digits_cnn) == before
+
+
+# ---------- the trap: shortcut order and folded students ----------
+
+@pytest.mark.parametrize("args, expected", [
+    (["--prune-channels", "0.4"], "cleanup,remove-channels{ratio=0.4},fold-bn"),
+    (["--prune-channels", "0.4", "--quantize", "int8"], "cleanup,remove-channels{ratio=0.4},fold-bn,insert-qdq"),
+    (["--passes", "int8-ort", "--prune-channels", "0.4"],
+     "cleanup,remove-channels{ratio=0.4},fold-bn,insert-qdq{target=ort}"),
+    (["--passes", "cleanup,insert-qdq", "--prune-channels", "0.4", "--sparsify", "2:4"],
+     "cleanup,remove-channels{ratio=0.4},sparsify-initializers{sparsity=2:4},insert-qdq"),
+    (["--passes", "slim"], "cleanup,remove-channels,fold-bn"),  # the preset (ratio 0.5 and round_to 8: defaults)
+])
+def test_prune_channels_goes_before_bn_folding(digits_cnn, capsys, args, expected):
+    code, stdout, err = in_process(capsys, "optimize", digits_cnn, "--print-pipeline", *args)
+    assert code == 0, err
+    assert stdout.strip() == expected
+
+
+def test_a_folded_student_gets_the_teachers_batchnorm_back_and_folds_it_back_exactly(digits_cnn, digits):
+    from helpers import run
+
+    from onnxcomp.distill.onnx_to_torch import OnnxModule
+    from onnxcomp.distill.renorm import renormalize
+    from onnxcomp.distill.writeback import write_back
+
+    teacher = onnx.load(str(digits_cnn))
+    x = digits[0]["input"]
+    pruned = onnxcomp.optimize(teacher, None, "cleanup,fold-bn,remove-channels{ratio=0.5}", check_output=False).model
+    module = OnnxModule(pruned)
+    restored = renormalize(pruned, module, {"input": x}, teacher)
+    convs = sum(n.op_type == "Conv" for n in pruned.graph.node)
+    assert len(restored.layers) == convs and all(layer.restored for layer in restored.layers)  # Gemm head: no
+    unfolded = OnnxModule(restored.model).eval()
+    with torch.no_grad():
+        before = module.eval()(torch.from_numpy(x[:64]))[0].numpy()
+        np.testing.assert_allclose(unfolded(torch.from_numpy(x[:64]))[0].numpy(), before, atol=1e-4, rtol=1e-4)
+        for p in unfolded.parameters():
+            p.mul_(1.01)  # stands in for training
+        expected = unfolded(torch.from_numpy(x[:64]))[0].numpy()
+    back = restored.fold_back(write_back(restored.model, unfolded), pruned)
+    assert [n.SerializeToString() for n in back.graph.node] == [n.SerializeToString() for n in pruned.graph.node]
+    assert [i.name for i in back.graph.initializer] == [i.name for i in pruned.graph.initializer]
+    np.testing.assert_allclose(run(back, {"input": x[:64]})["logits"], expected, atol=1e-4, rtol=1e-4)
+    # Without a teacher to take them from, standard BNs (scale 1, shift 0, measured statistics).
+    standard = renormalize(pruned, OnnxModule(pruned), {"input": x})
+    assert len(standard.layers) == convs and not any(layer.restored for layer in standard.layers)
+    kept = onnxcomp.optimize(teacher, None, "cleanup,remove-channels{ratio=0.5}", check_output=False).model
+    assert renormalize(kept, OnnxModule(kept), {"input": x}, teacher) is None  # BN kept: nothing to add
+
+
+def test_a_folded_student_recovers_as_well_as_one_with_bn_kept(digits_cnn, models_dir):
+    with np.load(models_dir / "digits_train.npz") as train, np.load(models_dir / "digits_test.npz") as test:
+        train, val = {k: v[:768] for k, v in train.items()}, {k: v[:256] for k, v in test.items()}
+    options = dict(epochs=1, lr=3e-3, threads=1)
+    prune = "remove-channels{ratio=0.5}"
+    folded = onnxcomp.optimize(str(digits_cnn), None, f"cleanup,fold-bn,{prune}", check_output=False).model
+    kept = onnxcomp.optimize(str(digits_cnn), None, f"cleanup,{prune}", check_output=False).model
+    runs = {"folded": onnxcomp.distill(str(digits_cnn), folded, train, options, val_data=val),
+            "kept": onnxcomp.distill(str(digits_cnn), kept, train, options, val_data=val),
+            "folded, no renorm": onnxcomp.distill(str(digits_cnn), folded, train, dict(options, renorm=False),
+                                                  val_data=val)}
+    acc = {name: r.final["accuracy"] for name, r in runs.items()}
+    assert runs["folded"].final["renormalized"] == 9 and runs["folded, no renorm"].final["renormalized"] == 0
+    assert runs["folded"].final["ort_vs_torch_max_abs"] < 1e-4
+    assert [n.SerializeToString() for n in runs["folded"].model.graph.node] == \
+        [n.SerializeToString() for n in folded.graph.node]
+    assert abs(acc["folded"] - acc["kept"]) <= 0.03 and acc["folded"] > acc["folded, no renorm"] + 0.1, acc
+
+
+def test_tolerance_error_carries_the_result(digits_cnn, digits):
+    train, val = ({"input": d["input"]} for d in digits)
+    with pytest.raises(ToleranceError) as info:
+        onnxcomp.compress(digits_cnn, train, val, quantize="int8", max_drop=0.0, **FAST)
+    assert info.value.result.candidates[0].trained and info.value.result.candidates[0].qat

@@ -1,0 +1,244 @@
+"""factorize-lowrank: the factors are the best of their rank, the rewrite computes exactly P @ Q,
+the parameter and MAC bookkeeping is exact, the budget holds, plans replay, bad input is one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from helpers import make_model, run, run_pass, tensor
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import helper
+
+from onnxcomp.errors import InputError
+from onnxcomp.measure.counts import model_counts
+from onnxcomp.passes.lowrank.factors import spectrum
+from onnxcomp.passes.lowrank.layers import Layer, as_matrix
+from onnxcomp.passes.lowrank.ranks import WHOLE, allocate
+
+
+def mlp(dims=(32, 48, 40, 16), seed=0, gemm=False):
+    """x [B, S, d0] -> MatMul/Gemm chain with Relu; Gemm (transB) takes [B, d0]."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, x = [], {}, "x"
+    for i, (m, n) in enumerate(zip(dims[:-1], dims[1:])):
+        w = (rng.standard_normal((n, m) if gemm else (m, n)) / np.sqrt(m)).astype(np.float32)
+        inits[f"w{i}"], inits[f"b{i}"] = w, (rng.standard_normal(n) * 0.1).astype(np.float32)
+        if gemm:
+            nodes.append(helper.make_node("Gemm", [x, f"w{i}", f"b{i}"], [f"h{i}"], name=f"fc{i}", transB=1))
+        else:
+            nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"], name=f"fc{i}"),
+                      helper.make_node("Add", [f"m{i}", f"b{i}"], [f"h{i}"])]
+        last = i == len(dims) - 2
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"h{i}"], [f"r{i}"]))
+        x = f"h{i}" if last else f"r{i}"
+    shape = ["B", dims[0]] if gemm else ["B", "S", dims[0]]
+    return make_model(nodes, [tensor("x", shape)], [tensor(x, None)], inits)
+
+
+def conv_net(seed=0):
+    rng = np.random.default_rng(seed)
+    inits = {"w0": (rng.standard_normal((24, 8, 3, 3)) * 0.2).astype(np.float32),
+             "b0": (rng.standard_normal(24) * 0.1).astype(np.float32),
+             "w1": (rng.standard_normal((32, 24, 3, 3)) * 0.2).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="conv0", pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c0"], ["r0"]),
+             helper.make_node("Conv", ["r0", "w1"], ["y"], name="conv1", pads=[2, 2, 2, 2], dilations=[2, 2])]
+    return make_model(nodes, [tensor("x", ["N", 8, 9, 9])], [tensor("y", None)], inits)
+
+
+def feeds_of(model, n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    inp = model.graph.input[0]
+    shape = [d.dim_value or {"B": n, "N": n, "S": 6}.get(d.dim_param, 1) for d in inp.type.tensor_type.shape.dim]
+    return {inp.name: rng.standard_normal(shape).astype(np.float32)}
+
+
+def lowrank(model, options="", **ctx):
+    out, records = run_pass(model, f"factorize-lowrank{{{options}}}" if options else "factorize-lowrank", **ctx)
+    return out, records[0].report
+
+
+def weights(model):
+    return {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+
+
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(2, 24), n=st.integers(2, 24), rows=st.integers(30, 80), seed=st.integers(0, 2**16))
+def test_factors_are_the_best_of_their_rank_plain_and_whitened(m, n, rows, seed):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((m, n))
+    x = rng.standard_normal((rows, m)) * rng.uniform(0.1, 3, m)  # unequal input scales: whitening matters
+    plain, white = spectrum(w), spectrum(w, x.T @ x)
+    for r in range(1, min(m, n) + 1):
+        p, q = plain.factors(r)
+        assert np.linalg.matrix_rank(p @ q) <= r
+        err = np.sum((w - p @ q) ** 2) / np.sum(w ** 2)
+        assert np.isclose(err, plain.relative_error(r), atol=1e-9)
+        p2, q2 = white.factors(r)
+        out_err = np.sum((x @ (w - p2 @ q2)) ** 2) / np.sum((x @ w) ** 2)
+        assert np.isclose(out_err, white.relative_error(r), rtol=1e-4, atol=1e-6)
+        plain_out_err = np.sum((x @ (w - p @ q)) ** 2) / np.sum((x @ w) ** 2)
+        assert out_err <= plain_out_err + 1e-9  # whitened is optimal on the data it was given
+
+
+@pytest.mark.parametrize("gemm", [False, True])
+def test_rewrite_computes_exactly_the_factors_and_counts_params_and_macs(gemm):
+    model = mlp(gemm=gemm)
+    out, report = lowrank(model, "kept=0.5,round_to=4,method=svd")
+    rows = report.details["layers"]
+    assert rows and report.modified
+    # the reference: each factorized weight replaced by P @ Q of the same rank, in the original graph
+    reference = onnx.ModelProto()
+    reference.CopyFrom(model)
+    by_name = {i.name: i for i in reference.graph.initializer}
+    removed = 0
+    for row in rows:
+        name = "w" + row["node"][2:]
+        values = onnx.numpy_helper.to_array(by_name[name])
+        attrs = {"transB": 1} if gemm else {}
+        p, q = spectrum(as_matrix("Gemm" if gemm else "MatMul", values, attrs)).factors(row["rank"])
+        approx = (p @ q).T if gemm else p @ q
+        by_name[name].CopyFrom(onnx.numpy_helper.from_array(approx.astype(np.float32), name))
+        m, n = row["shape"]
+        assert row["params_after"] == row["rank"] * (m + n) < m * n
+        removed += m * n - row["rank"] * (m + n)
+    feeds = feeds_of(model)
+    want, got = run(reference, feeds), run(out, feeds)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], atol=1e-5, rtol=1e-5)
+    assert model_counts(model)["params"] - model_counts(out)["params"] == removed
+    assert report.stats["params_before"] - report.stats["params_after"] == removed
+    assert report.stats["macs_before"] - report.stats["macs_after"] == removed * (1 if gemm else 1)
+    onnx.checker.check_model(out)
+
+
+def test_conv_becomes_kxk_to_rank_then_1x1_and_matches_the_low_rank_kernel():
+    model = conv_net()
+    out, report = lowrank(model, "kept=0.5,round_to=4,method=svd")
+    ops = [n.op_type for n in out.graph.node]
+    assert ops.count("Conv") == 2 + len(report.details["layers"])
+    reference = onnx.ModelProto()
+    reference.CopyFrom(model)
+    by_name = {i.name: i for i in reference.graph.initializer}
+    for row in report.details["layers"]:
+        name = "w" + row["node"][-1]
+        values = onnx.numpy_helper.to_array(by_name[name])
+        p, q = spectrum(as_matrix("Conv", values, {})).factors(row["rank"])
+        by_name[name].CopyFrom(onnx.numpy_helper.from_array((p @ q).T.reshape(values.shape).astype(np.float32), name))
+    feeds = feeds_of(model, n=2)
+    np.testing.assert_allclose(run(out, feeds)["y"], run(reference, feeds)["y"], atol=1e-4, rtol=1e-4)
+
+
+def test_budget_holds_and_layers_that_would_not_pay_stay_whole_with_the_reason():
+    model = mlp(dims=(32, 48, 40, 6))  # the 40 x 6 head cannot pay at rank 8: 8 * 46 >= 240
+    out, report = lowrank(model, "kept=0.6")
+    layers = report.details["weights"]
+    assert layers["after"] <= 0.6 * layers["budget"]
+    reasons = {s.name: s.reason for s in report.skipped}
+    assert "would not pay" in reasons["fc2"] and "8 * (40 + 6) >= 40 * 6" in reasons["fc2"]
+    assert all(r["rank"] % 8 == 0 for r in report.details["layers"])
+
+
+def test_allocation_spends_where_the_error_falls_most():
+    big = Layer("a", "MatMul", "wa", 64, 64, "x")
+    small = Layer("b", "MatMul", "wb", 64, 64, "x")
+    # layer a loses much with every rank it gives up, layer b nothing: b gets the smallest rank
+    error = lambda layer, r: (1 - r / 64) if layer.node == "a" else 0.001 * (1 - r / 64)
+    ranks = allocate([big, small], error, budget=int(0.5 * 2 * 64 * 64), round_to=8)
+    assert ranks["b"] == 8 and (ranks["a"] == WHOLE or ranks["a"] > 8)
+    with pytest.raises(InputError, match="below the smallest ranks"):
+        allocate([big, small], error, budget=100, round_to=8)
+
+
+def test_whitened_factors_use_the_data_and_beat_plain_svd_on_it():
+    model = mlp(dims=(32, 64, 16))
+    rng = np.random.default_rng(1)
+    scales = np.exp(rng.uniform(-2, 2, 32)).astype(np.float32)  # few input directions matter
+    data = {"x": (rng.standard_normal((64, 6, 32)) * scales).astype(np.float32)}
+    test = {"x": (rng.standard_normal((32, 6, 32)) * scales).astype(np.float32)}
+    errors = {}
+    for method in ("svd", "whitened"):
+        out, report = lowrank(model, f"kept=0.5,method={method}", data=data)
+        assert report.details["method"] == method
+        want, got = run(model, test)["h1"], run(out, test)["h1"]
+        errors[method] = float(np.sum((want - got) ** 2) / np.sum(want ** 2))
+    assert errors["whitened"] < errors["svd"]
+    auto_out, auto_report = lowrank(model, "kept=0.5", data=data)
+    assert auto_report.details["method"] == "whitened"
+    with pytest.raises(InputError, match="need sample data"):
+        lowrank(model, "kept=0.5,method=whitened")
+
+
+def test_the_plan_replays_to_the_same_model_and_a_changed_shape_is_refused(tmp_path):
+    model = mlp()
+    path = tmp_path / "plan.json"
+    first, _ = lowrank(model, f"kept=0.5,write_plan={path}")
+    plan = json.loads(path.read_text())
+    assert plan["method"] == "svd" and all({"node", "shape", "rank"} <= set(e) for e in plan["layers"])
+    again, report = lowrank(model, f"plan={path}")
+    assert {k: v.tolist() for k, v in weights(first).items()} == {k: v.tolist() for k, v in weights(again).items()}
+    other = mlp(dims=(32, 56, 40, 16))
+    with pytest.raises(InputError, match="fc0 has a 32x56 weight, the plan expects 32x48"):
+        lowrank(other, f"plan={path}")
+    plan["layers"][0]["rank"] = 10_000
+    path.write_text(json.dumps(plan))
+    with pytest.raises(InputError, match="rank 10000 of fc"):
+        lowrank(model, f"plan={path}")
+
+
+@pytest.mark.parametrize("options, message", [("kept=1", r"kept must be in \(0, 1\)"),
+                                              ("kept=0", r"kept must be in \(0, 1\)"),
+                                              ("kept=0.5,round_to=0", "round_to must be at least 1")])
+def test_fractions_and_ranks_out_of_range_are_one_clear_line(options, message):
+    with pytest.raises(InputError, match=message):
+        lowrank(mlp(), options)
+
+
+def test_a_model_with_nothing_to_factorize_is_a_clear_error():
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [tensor("x", [1, 4])], [tensor("y", None)])
+    with pytest.raises(InputError, match="nothing to factorize"):
+        lowrank(model, "kept=0.5")
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "onnxcomp", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": ""})
+
+
+def test_cli_shortcut_adds_the_pass_before_fold_bn_and_bad_input_exits_2(tmp_path):
+    src = tmp_path / "mlp.onnx"
+    onnx.save(mlp(), src)
+    r = cli("optimize", src, "-o", tmp_path / "lr.onnx", "--lowrank", "0.5", "--print-pipeline")
+    assert r.returncode == 0 and r.stdout.strip() == "cleanup,factorize-lowrank{kept=0.5},fold-bn", r.stdout
+    r = cli("optimize", src, "-o", tmp_path / "lr.onnx", "--lowrank", "0.5")
+    assert r.returncode == 0, r.stderr
+    assert "factorize-lowrank" in r.stdout and (tmp_path / "lr.onnx").exists()
+    plan = tmp_path / "plan.json"
+    assert cli("optimize", src, "-o", tmp_path / "lr2.onnx", "--passes", f"factorize-lowrank{{write_plan={plan}}}"
+               ).returncode == 0
+    other = tmp_path / "other.onnx"
+    onnx.save(mlp(dims=(32, 56, 40, 16)), other)
+    for args, message in ((("--lowrank", "1.5"), "kept must be in (0, 1)"),
+                          (("--passes", f"factorize-lowrank{{plan={tmp_path / 'no.json'}}}"), "no such low-rank plan"),
+                          (("--passes", f"factorize-lowrank{{plan={plan}}}", "--input-model", other), "plan expects")):
+        if "--input-model" in args:
+            args, model = args[:2], args[3]
+        else:
+            model = src
+        out = tmp_path / "bad.onnx"
+        r = cli("optimize", model, "-o", out, *args)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert [line for line in r.stderr.splitlines() if line.startswith("onnxcomp:")] == [r.stderr.strip().splitlines()[-1]]
+        assert not out.exists()
+    relu = tmp_path / "relu.onnx"
+    onnx.save(make_model([helper.make_node("Relu", ["x"], ["y"])], [tensor("x", [1, 4])], [tensor("y", None)]), relu)
+    r = cli("optimize", relu, "-o", tmp_path / "none.onnx", "--lowrank", "0.5")
+    assert r.returncode == 2 and "nothing to factorize" in r.stderr and not (tmp_path / "none.onnx").exists()

@@ -1,4 +1,4 @@
-# onnxcomp: `make demo` runs the optimizer on the bundled demo model, `make test` runs the tests.
+# onnxcomp: `make demo` runs the optimizer and `compress` on the bundled demo model, `make test` runs the tests.
 # Both set up .venv on first use (pip only: it alone sees the local CPU torch wheel).
 
 PYTHON ?= python3
@@ -35,6 +35,9 @@ demo: install models
 	$(BIN)/onnxcomp optimize $(MODELS)/digits_cnn.onnx -o $(DEMO)/digits_cnn.int8.onnx --quantize int8 \
 		--calib $(MODELS)/digits_calib.npz --val $(MODELS)/digits_test.npz --target ort --report $(DEMO)/int8_report.json
 	$(BIN)/onnxcomp check $(DEMO)/digits_cnn.int8.onnx --target ort
+	$(BIN)/onnxcomp compress $(MODELS)/digits_cnn.onnx -o $(DEMO)/digits_cnn.small.onnx --data $(MODELS)/digits_train.npz \
+		--val $(MODELS)/digits_test.npz --size 0.3 --max-drop 0.01 --epochs 3 \
+		--report $(DEMO)/compress.json --report $(DEMO)/compress.html
 
 corpus-slice: $(VENV)/.deps
 	$(BIN)/python -m models.corpus.fetch --out build/corpus --only $(CORPUS_SLICE)

@@ -1,10 +1,14 @@
 """Calibration speed and memory: onnxcomp.calibration vs ONNX Runtime's calibrators, same method and data.
 
     python -m benchmarks calibration [-- --models digits,transformer,minilm --methods minmax,percentile,entropy
-                                         --samples 256 --batch 16 --scan 64,256,1024]
+                                         --samples 256 --batch 16 --scan 64,256,1024 --repeat 3]
 
 Each measurement runs in a fresh subprocess (wall time from the model path to the ranges, peak
-RSS of that process from /proc VmHWM), so neither tool inherits the other's memory. Settings are the
+RSS of that process from /proc VmHWM), so neither tool inherits the other's memory. The floor is
+ONNX Runtime alone running the same batches with the tensors we fetch as extra outputs (session
+built from the same path, outputs dropped): what any calibrator must at least spend. The three
+are run in turn, in a rotating order, `--repeat` times; ratios are medians of the per-round ratios,
+so drift on a shared machine hits all three alike. Settings are the
 peer's defaults, given to both: minmax asymmetric; percentile 99.999 symmetric with 2048 bins;
 entropy (ORT's default 128 bins; onnxcomp keeps its 2048). The peer's tensors are every float
 tensor its shape inference types; ours every float activation (constants excluded).
@@ -85,6 +89,32 @@ def _run_ours(model_path: str, data: dict, method: str, batch: int, scope) -> in
     return len(choose_ranges(stats, method, percentile=PERCENTILE, symmetric=symmetric))
 
 
+def _run_floor(model_path: str, data: dict, method: str, batch: int, scope) -> int:
+    """ONNX Runtime alone: the tensors ours fetches as outputs, every batch run, nothing kept."""
+    import onnx
+
+    from onnxcomp.measure.runtime import session
+    from onnxcomp.passes.qdq.calibration import activation_tensors, value_sources
+
+    model = onnx.load(model_path)
+    tensors = activation_tensors(model)
+    if scope:
+        chosen = set(tensors)
+        tensors = [t for n in model.graph.node if n.op_type in scope for t in (*n.input, *n.output) if t in chosen]
+    sources = value_sources(model)
+    roots = list(dict.fromkeys(sources.get(t, t) for t in tensors))
+    existing = {o.name for o in model.graph.output}
+    for name in roots:
+        if name not in existing:
+            model.graph.output.add().name = name
+    sess = session(model)
+    floats = {"tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)"}
+    fetch = [o.name for o in sess.get_outputs() if o.name in set(roots) and o.type in floats]
+    for feeds in _batches(data, batch):
+        sess.run(fetch, feeds)
+    return len(fetch)
+
+
 def _run_ort(model_path: str, data: dict, method: str, batch: int, scope) -> int:
     batches = _batches(data, batch)
     from onnxruntime.quantization.calibrate import (
@@ -116,11 +146,20 @@ def worker(tool: str, model: str, models_dir: str, method: str, samples: int, ba
     model_file, data_file = MODELS[model]
     model_path = str(Path(models_dir) / model_file)
     data = _samples(dict(np.load(Path(models_dir) / data_file)), samples, model)
-    import onnxruntime  # noqa: F401  (both tools pay for it; import before the baseline)
+    import onnxruntime  # noqa: F401  (every tool pays for it; import before the baseline)
+
+    # Each tool's own modules are imported before the clock starts: a fixed cost per process, not
+    # calibration throughput (onnxcomp's imports would otherwise land in the floor's time too).
+    if tool == "ort":
+        import onnxruntime.quantization.calibrate  # noqa: F401
+    else:
+        import onnxcomp.measure.runtime  # noqa: F401
+        import onnxcomp.passes.qdq.calibration  # noqa: F401
     base = peak_rss_mb()
     start = time.perf_counter()
     try:
-        tensors = (_run_ours if tool == "ours" else _run_ort)(model_path, data, method, batch, _op_scope(model))
+        run = {"ours": _run_ours, "ort": _run_ort, "floor": _run_floor}[tool]
+        tensors = run(model_path, data, method, batch, _op_scope(model))
         error = ""
     except Exception as exc:  # the peer crashes on some inputs: report it, do not die
         tensors, error = 0, f"{type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}"
@@ -182,6 +221,36 @@ def _fmt(x: float, digits: int = 2) -> str:
     return "n/a" if x != x else f"{x:.{digits}f}"
 
 
+def _row(model: str, method: str, samples: int, rounds: list[dict]) -> list:
+    """One table row from rounds of {tool: measurement}: median seconds, median per-round ratios."""
+    def median(values):
+        values = [v for v in values if v == v]
+        return float(np.median(values)) if values else float("nan")
+
+    seconds = {tool: median([r[tool]["seconds"] for r in rounds]) for tool in rounds[0]}
+    crashed = any(r["ort"]["error"] for r in rounds)
+    ours_floor = median([r["ours"]["seconds"] / r["floor"]["seconds"] for r in rounds])
+    ours_ort = median([r["ours"]["seconds"] / r["ort"]["seconds"] for r in rounds]) if not crashed else float("nan")
+    last = rounds[-1]
+    ours, ort = last["ours"], last["ort"]
+    return [model, method, samples, f"{ours['tensors']}/{ort['tensors']}", _fmt(seconds["floor"]),
+            _fmt(seconds["ours"]), _fmt(seconds["ort"]) + (" CRASH" if crashed else ""), _fmt(ours_floor),
+            _fmt(ours_ort) if not crashed else "-", f"{ours['peak_mb']:.0f}",
+            f"{ort['peak_mb']:.0f}" if not crashed else "-", _fmt(ours["peak_mb"] / ort["peak_mb"]) if not crashed else "-"]
+
+
+def _cpu() -> str:
+    """The CPU model and the vector extensions that decide ORT's and NumPy's kernels."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU"
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    vector = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni") if f in flags]
+    return f"{name} ({' '.join(vector) or 'no AVX2'})"
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench_calibration")
     parser.add_argument("--worker", nargs=6, metavar=("TOOL", "MODEL", "MODELS_DIR", "METHOD", "SAMPLES", "BATCH"))
@@ -193,6 +262,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--scan-model", default="minilm-matmul")
     parser.add_argument("--scan-peer-max", type=int, default=128, help="largest sample count the peer is run at")
     parser.add_argument("--models-dir", type=Path, default=REPO / "build" / "models")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of the three tools per row")
     args = parser.parse_args(argv)
     if args.worker:
         tool, model_path, data_path, method, samples, batch = args.worker
@@ -205,22 +275,23 @@ def main(argv: list[str]) -> int:
     from onnxcomp.report import table
 
     rows = []
+    tools = ("ort", "ours", "floor")
     for model in available:
         for method in args.methods.split(","):
-            # interleave: the peer first on even rows, ours first on odd ones
-            order = ("ort", "ours") if len(rows) % 2 == 0 else ("ours", "ort")
-            result = {tool: measure(tool, model, method, args.samples, args.batch, args.models_dir) for tool in order}
-            ours, ort = result["ours"], result["ort"]
-            rows.append([model, method, args.samples, f"{ours['tensors']}/{ort['tensors']}",
-                         _fmt(ours["seconds"]), _fmt(ort["seconds"]) + (" CRASH" if ort["error"] else ""),
-                         _fmt(ours["seconds"] / ort["seconds"]) if not ort["error"] else "-",
-                         f"{ours['peak_mb']:.0f}", f"{ort['peak_mb']:.0f}" if not ort["error"] else "-",
-                         _fmt(ours["peak_mb"] / ort["peak_mb"]) if not ort["error"] else "-"])
-            for tool in ("ours", "ort"):
-                if result[tool]["error"]:
-                    print(f"  {model}/{method}/{tool}: {result[tool]['error']}", file=sys.stderr)
-    print(table(["model", "method", "samples", "tensors ours/ort", "ours s", "ort s", "time ratio",
-                 "ours MB", "ort MB", "RSS ratio"], rows))
+            rounds = []
+            for r in range(args.repeat):  # a rotating order: each tool runs first, middle and last in turn
+                turn = (len(rows) + r) % len(tools)
+                order = tools[turn:] + tools[:turn]
+                rounds.append({tool: measure(tool, model, method, args.samples, args.batch, args.models_dir)
+                               for tool in order})
+            rows.append(_row(model, method, args.samples, rounds))
+            for tool in tools:
+                if rounds[-1][tool]["error"]:
+                    print(f"  {model}/{method}/{tool}: {rounds[-1][tool]['error']}", file=sys.stderr)
+    print(table(["model", "method", "samples", "tensors ours/ort", "floor s", "ours s", "ort s", "ours/floor",
+                 "ours/ort", "ours MB", "ort MB", "RSS ratio"], rows))
+    print("floor: ONNX Runtime alone running the same batches with the tensors ours fetches as outputs; "
+          f"ratios: medians over {args.repeat} rotating round(s) of the per-round ratio")
 
     scan_model = args.scan_model if args.scan_model in available else (available[-1] if available else None)
     if scan_model and args.scan:
@@ -241,7 +312,7 @@ def main(argv: list[str]) -> int:
         merge_rows.append([model, tensors, differ, "yes" if exact else "NO"])
     print(table(["model", "tensors", "histogram bins differing", "halves merged == whole"], merge_rows))
     load = os.getloadavg()
-    print(f"\nload average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores"
+    print(f"\n{_cpu()}; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores"
           + (f"; skipped (not built): {', '.join(skipped)}" if skipped else ""))
     return 0 if all(r[3] == "yes" for r in merge_rows) else 1
 

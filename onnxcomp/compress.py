@@ -43,9 +43,13 @@ QUANTIZE = ("int8", "none")
 TARGETS = ("ort", "tensorrt")
 RATIOS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)  # the search grid (0 is always a candidate)
 SEARCH_CALIB = 32  # samples calibrating a search candidate (its latency and size do not depend on ranges)
+SEARCH_VAL = 256  # validation samples for a candidate's drop before recovery
 CALIB = 256  # samples calibrating the trained model
 HELD_OUT = 0.2  # share of the training data held out for validation when no val data is given
 RECOVERY_LR = 3e-3  # distillation of a pruned student: 4 epochs reach 0.96 here, 0.77 at 1e-3
+# Soft targets at T=1, half the weight on labels: the best short-schedule recovery measured on the
+# digits CNN (docs/distillation.md; T=4, alpha=0.7 loses 0.6-3 points at 5 epochs).
+RECOVERY_TEMPERATURE, RECOVERY_ALPHA = 1.0, 0.5
 QAT_LR = 1e-4  # fine-tuning on a fixed integer grid: small steps
 
 
@@ -141,7 +145,8 @@ class _Clock:
 def compress(model, data, val_data=None, *, target: str = "ort", latency: float | None = None,
              size: float | None = None, prune: float | None = None, quantize: str = "int8",
              sparsify: str | None = None, max_drop: float | None = None, epochs: int = 4, batch: int = 8,
-             threads: int = 1, seed: int = 0, backoff: int = 2, progress=None) -> CompressResult:
+             threads: int = 1, seed: int = 0, backoff: int = 2, grid: tuple = RATIOS,
+             progress=None) -> CompressResult:
     """Compress `model` (path or ModelProto) on `data` (the training data: an .npz path or a dict of
     arrays, optional `labels`), checked on `val_data` (default: a seeded fifth of `data`).
 
@@ -150,14 +155,15 @@ def compress(model, data, val_data=None, *, target: str = "ort", latency: float 
     the rest of the pipeline (quantization) runs. `max_drop`: accuracy drop on val_data (labels),
     else 1 - mean cosine. `epochs`: distillation epochs per trained candidate (half as many, at
     least one, for quantization-aware fine-tuning). `backoff`: how many extra candidates may be
-    trained when max_drop is missed. Raises ToleranceError (its `result` attribute holds the
+    trained when max_drop is missed. `grid`: the pruning ratios a latency or size goal searches (with
+    both rankings; 0 is always a candidate). Raises ToleranceError (its `result` attribute holds the
     figures) when max_drop cannot be met even without pruning.
     """
     from onnxcomp.graph.load import load_model
 
     say = say_to(progress)
     start = time.perf_counter()
-    _check_options(target, latency, size, prune, quantize, max_drop, epochs, batch, threads, backoff)
+    _check_options(target, latency, size, prune, quantize, max_drop, epochs, batch, threads, backoff, grid)
     original = load_model(model) if not isinstance(model, onnx.ModelProto) else model
     train, val, data_info = _split(_arrays(data, original, "data"), _arrays(val_data, original, "val"), seed)
     metric = _check_labels(original, train, val)
@@ -170,7 +176,7 @@ def compress(model, data, val_data=None, *, target: str = "ort", latency: float 
     steps = _Steps(original, train, val, target, quantize, sparsify, epochs, threads, seed, progress, clock)
     cleaned = clock.run("cleanup", steps.cleanup, "exact, checked against the input")
     steps.teacher = cleaned
-    host = {"threads": threads, "cpu": _cpu_name()}
+    host = {"threads": threads, "cpu": cpu_name()}
     block = 1
     if goal["kind"] in ("latency", "size") or (prune or 0) > 0:  # widths are rounded to the block
         from onnxcomp.measure.latency import channel_block
@@ -180,7 +186,7 @@ def compress(model, data, val_data=None, *, target: str = "ort", latency: float 
         host["channel_block"] = block
         host["channel_probe_ms"] = dict(zip(map(str, probe["widths"]), probe["ms"]))
         say(f"channel block of this host's convolution kernels: {block} (measured)")
-    ratios = [0.0] + (list(RATIOS) if goal["kind"] in ("latency", "size") else [prune] if prune else [])
+    ratios = [0.0] + (sorted(set(grid) - {0.0}) if goal["kind"] in ("latency", "size") else [prune] if prune else [])
     rankings = ("uniform", "global") if goal["kind"] in ("latency", "size") else ("uniform",)
     candidates = clock.run("search", lambda: steps.candidates(cleaned, ratios, rankings, block, goal))
     result = CompressResult(cleaned, goal, False, "", metric, {}, candidates, [], host, data_info, {})
@@ -197,7 +203,8 @@ def compress(model, data, val_data=None, *, target: str = "ort", latency: float 
     return result
 
 
-def _check_options(target, latency, size, prune, quantize, max_drop, epochs, batch, threads, backoff) -> None:
+def _check_options(target, latency, size, prune, quantize, max_drop, epochs, batch, threads, backoff,
+                   grid) -> None:
     given = [name for name, value in (("latency", latency), ("size", size), ("prune", prune)) if value is not None]
     checks = [
         (len(given) <= 1, f"give one of latency, size and prune, not {' and '.join(given)}"),
@@ -212,6 +219,7 @@ def _check_options(target, latency, size, prune, quantize, max_drop, epochs, bat
         (batch >= 1, f"batch must be at least 1, got {batch}"),
         (threads >= 1, f"threads must be at least 1, got {threads}"),
         (backoff >= 0, f"backoff must be >= 0, got {backoff}"),
+        (all(0 <= r < 1 for r in grid), f"grid ratios must be in [0, 1), got {list(grid)}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -279,6 +287,7 @@ class _Steps:
         self.epochs, self.threads, self.seed, self.progress = epochs, threads, seed, progress
         self.calib = take(train, 0, CALIB)
         self.drop_of = drop_measure(original, val)
+        self.quick_drop_of = drop_measure(original, take(val, 0, SEARCH_VAL))
         self.teacher = original
         self.size = len(original.SerializeToString())
         self.clock = clock
@@ -335,7 +344,7 @@ class _Steps:
         forms = [self.deployed(c.pruned, calib) for c in bar(cands, "compress: deployed forms", total=len(cands))]
         for c, form in zip(cands, forms):
             c.size = len(form.SerializeToString()) / self.size
-            c.drop_before = float(self.drop_of(form).drop)
+            c.drop_before = float(self.quick_drop_of(form).drop)
         if goal["kind"] == "latency":
             from onnxcomp.measure.latency import batch_feeds, interleaved_ms
 
@@ -354,7 +363,8 @@ class _Steps:
         """Distill (when pruned), fold, sparsify, quantize, and fine-tune the QDQ graph when over max_drop."""
         import onnxcomp.distill as distill
 
-        options = dict(epochs=self.epochs, lr=RECOVERY_LR, threads=self.threads, seed=self.seed)
+        options = dict(epochs=self.epochs, lr=RECOVERY_LR, temperature=RECOVERY_TEMPERATURE, alpha=RECOVERY_ALPHA,
+                       threads=self.threads, seed=self.seed)
         student = c.pruned
         if c.pruning:
             student = self.clock.run("distill", lambda: distill.run(self.teacher, c.pruned, self.train, options,
@@ -511,7 +521,8 @@ def _check_target(model: onnx.ModelProto, target: str) -> dict:
     return {"target": target, "errors": 0, "warnings": sum(f.severity == "warning" for f in findings)}
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name, for reports that name where they measured."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

@@ -175,14 +175,16 @@ class Net:
         moved = self.node("Transpose", [five], c, perm=[0, 2, 1, 3, 4])
         return self.node("Reshape", [moved, self.const_int("shape", [0, c, self.size, self.size])], c)
 
-    def group_norm(self, x: str, groups: int, shape: str | None = None) -> str:
-        """GroupNorm as exporters write it: Reshape [0, G, -1], InstanceNorm, Reshape back, per-channel affine."""
+    def group_norm(self, x: str, groups: int, shape: str | None = None, back: str | None = None) -> str:
+        """GroupNorm as exporters write it: Reshape [0, G, -1], InstanceNorm, Reshape back, per-channel affine.
+        `shape`/`back` name shape constants shared with other GroupNorms (dynamo shares them)."""
         c = self.channels[x]
         shape = shape or self.const_int("gshape", [0, groups, -1])
         grouped = self.node("Reshape", [x, shape], c)
         normed = self.node("InstanceNormalization", [grouped, self.const("ones", np.ones(groups)),
                                                      self.const("zeros", np.zeros(groups))], c)
-        back = self.node("Reshape", [normed, self.const_int("shape", [-1, c, self.size, self.size])], c)
+        back = back or self.const_int("shape", [-1, c, self.size, self.size])
+        back = self.node("Reshape", [normed, back], c)
         return self.add(self.scale(back), self.const("beta", self.rng.standard_normal((c, 1, 1)) * 0.1))
 
     def squeeze_path(self, x: str) -> str:

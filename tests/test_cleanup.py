@@ -402,6 +402,24 @@ def test_the_interface_stays_exactly_as_declared():
     _same_at_batches(model, out)
 
 
+@pytest.mark.slow
+def test_a_real_ocr_detector_keeps_its_interface():
+    """trueocr's detector (built by `python -m models.corpus.fetch --out build/corpus`): output
+    'out' is [Concatout_dim_0, 3, 'h', 'w'], a shape onnxslim rewrites; cleanup must not."""
+    from conftest import REPO
+
+    path = REPO / "build" / "corpus" / "trueocr_det.onnx"
+    if not path.is_file():
+        pytest.skip("build/corpus/trueocr_det.onnx not fetched")
+    model = onnx.load(str(path))
+    out, records = run_pass(model, "cleanup")
+    assert len(out.graph.node) < len(model.graph.node)
+    assert _interface(out) == _interface(model)
+    feeds = {"x": np.random.default_rng(0).uniform(0, 1, (1, 1, 256, 256)).astype(np.float32)}
+    expected, got = run(model, feeds), run(out, feeds)
+    np.testing.assert_allclose(got["out"], expected["out"], atol=1e-5, rtol=1e-5)
+
+
 def test_shape_inference_failing_is_a_reason_not_a_crash(monkeypatch):
     from onnxcomp.passes.cleanup import facts
 

@@ -176,7 +176,8 @@ def test_max_drop_that_cannot_be_met_is_exit_4_and_nothing_is_written(digits_cnn
 
 def test_a_missed_budget_backs_off_and_says_what_it_reached(digits_cnn, digits):
     train, val = digits
-    result = onnxcomp.compress(digits_cnn, train, val, size=0.2, quantize="none", max_drop=0.0, backoff=0, **FAST)
+    result = onnxcomp.compress(digits_cnn, train, val, size=0.2, quantize="none", max_drop=0.0, backoff=0,
+                               grid=(0.5, 0.75), **FAST)
     pruned = [c for c in result.candidates if c.trained and c.pruning]
     unpruned = [c for c in result.candidates if c.trained and not c.pruning]
     assert len(pruned) == 1 and pruned[0].drop > 0 and pruned[0].size <= 0.2  # the goal's candidate missed
@@ -278,23 +279,20 @@ def test_a_folded_student_gets_the_teachers_batchnorm_back_and_folds_it_back_exa
     assert renormalize(kept, OnnxModule(kept), {"input": x}, teacher) is None  # BN kept: nothing to add
 
 
-def test_a_folded_student_recovers_as_well_as_one_with_bn_kept(digits_cnn, models_dir):
+def test_a_folded_student_recovers_with_its_batchnorm_restored(digits_cnn, models_dir):
+    """The 3- and 8-epoch comparison with a BN-kept student is in docs/compress.md; here one epoch."""
     with np.load(models_dir / "digits_train.npz") as train, np.load(models_dir / "digits_test.npz") as test:
-        train, val = {k: v[:768] for k, v in train.items()}, {k: v[:256] for k, v in test.items()}
-    options = dict(epochs=1, lr=3e-3, threads=1)
-    prune = "remove-channels{ratio=0.5}"
-    folded = onnxcomp.optimize(str(digits_cnn), None, f"cleanup,fold-bn,{prune}", check_output=False).model
-    kept = onnxcomp.optimize(str(digits_cnn), None, f"cleanup,{prune}", check_output=False).model
-    runs = {"folded": onnxcomp.distill(str(digits_cnn), folded, train, options, val_data=val),
-            "kept": onnxcomp.distill(str(digits_cnn), kept, train, options, val_data=val),
-            "folded, no renorm": onnxcomp.distill(str(digits_cnn), folded, train, dict(options, renorm=False),
-                                                  val_data=val)}
-    acc = {name: r.final["accuracy"] for name, r in runs.items()}
-    assert runs["folded"].final["renormalized"] == 9 and runs["folded, no renorm"].final["renormalized"] == 0
-    assert runs["folded"].final["ort_vs_torch_max_abs"] < 1e-4
-    assert [n.SerializeToString() for n in runs["folded"].model.graph.node] == \
+        train, val = dict(train), {k: v[:256] for k, v in test.items()}
+    folded = onnxcomp.optimize(str(digits_cnn), None, "cleanup,fold-bn,remove-channels{ratio=0.5}",
+                               check_output=False).model
+    options = dict(epochs=1, threads=1)
+    restored = onnxcomp.distill(str(digits_cnn), folded, train, options, val_data=val)
+    plain = onnxcomp.distill(str(digits_cnn), folded, train, dict(options, renorm=False), val_data=val)
+    assert restored.final["renormalized"] == 9 and plain.final["renormalized"] == 0
+    assert restored.final["ort_vs_torch_max_abs"] < 1e-4
+    assert [n.SerializeToString() for n in restored.model.graph.node] == \
         [n.SerializeToString() for n in folded.graph.node]
-    assert abs(acc["folded"] - acc["kept"]) <= 0.03 and acc["folded"] > acc["folded, no renorm"] + 0.1, acc
+    assert restored.final["accuracy"] > plain.final["accuracy"] + 0.15, (restored.final, plain.final)
 
 
 def test_tolerance_error_carries_the_result(digits_cnn, digits):

@@ -24,6 +24,7 @@ COMMANDS = {
     "passes": ("onnxcomp.cli.passes", "List every registered pass with its options."),
     "check": ("onnxcomp.cli.check", "Lint a model for a target runtime (tensorrt, ort)."),
     "distill": ("onnxcomp.cli.distill", "Train a student from a teacher with knowledge distillation."),
+    "calibrate": ("onnxcomp.cli.calibrate", "Collect calibration statistics on a shard of data, or merge shards' files."),
     "compress": ("onnxcomp.cli.compress", "Prune, distill, fold and quantize to a latency or size goal in one command."),
 }
 
@@ -31,7 +32,7 @@ COMMANDS = {
 # Commands that run models. ONNX Runtime comes from either of two wheels (see
 # onnxcomp.measure.runtime.require_runtime), so these check for it once their options are parsed:
 # `onnxcomp optimize -h` works without it, `onnxcomp optimize m.onnx` says in one line what to install.
-RUNS_MODELS = ("optimize", "compare", "distill")
+RUNS_MODELS = ("optimize", "compare", "distill", "calibrate")
 
 
 def _available(name: str) -> bool:

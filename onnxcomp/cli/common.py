@@ -52,3 +52,21 @@ def verbosity_options(command):
         return command(*args, **kwargs)
 
     return configured
+
+
+def providers_option(command):
+    """--providers on a command that runs models: every ONNX Runtime session it builds (calibration,
+    verification, comparison, latency) uses these execution providers, set once before it runs."""
+
+    @click.option("--providers", default="cpu", show_default=True, metavar="LIST",
+                  help="ONNX Runtime execution providers in order of preference, comma-separated: ORT's names "
+                       "(CUDAExecutionProvider) or short ones (cuda, tensorrt, openvino, dml, cpu). Each must be "
+                       "installed (CUDA and TensorRT come with onnxruntime-gpu: pip install 'onnxcomp[gpu]').")
+    @functools.wraps(command)
+    def configured(*args, providers, **kwargs):
+        from onnxcomp.measure.runtime import set_providers
+
+        set_providers(providers.split(","))
+        return command(*args, **kwargs)
+
+    return configured

@@ -9,6 +9,7 @@ from onnxcomp.cli.common import (
     dim_option,
     input_shapes_option,
     input_value_option,
+    providers_option,
     verbosity_options,
 )
 
@@ -33,14 +34,18 @@ from onnxcomp.cli.common import (
                    "SQNR, cosine, and the first node where the error jumps.")
 @click.option("--jump-db", default=10.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="With --per-layer: SQNR lost at one node (dB) that counts as a jump.")
+@click.option("--floor-db", default=40.0, show_default=True,
+              help="With --per-layer: tensors with at least this SQNR (dB) are no jump (float16 rounding alone "
+                   "leaves 60-80 dB).")
 @click.option("--plot", type=click.Path(dir_okay=False),
               help="With --per-layer: write the error along the graph here, as a self-contained HTML page.")
 @dim_option
 @input_shapes_option
 @input_value_option
+@providers_option
 @verbosity_options
 def command(reference, candidate, data, atols, rtols, statistic, batch, seed, max_samples, as_json, per_layer,
-            jump_db, plot, dims, input_shapes, input_values):
+            jump_db, floor_db, plot, dims, input_shapes, input_values):
     """Run REFERENCE and CANDIDATE under ONNX Runtime and compare outputs (exit 4 outside tolerance)."""
     from onnxcomp.errors import InputError, ToleranceError
     from onnxcomp.graph.load import load_model
@@ -86,7 +91,7 @@ def command(reference, candidate, data, atols, rtols, statistic, batch, seed, ma
         feeds = one_call(generated, ref_model)
         source = f"seeded random inputs (seed {seed}, batch {batch})"
     if per_layer:
-        _per_layer(ref_model, cand_model, feeds, source, jump_db, plot, as_json)
+        _per_layer(ref_model, cand_model, feeds, source, jump_db, floor_db, plot, as_json)
         return
     comparison = compare_models(ref_model, cand_model, feeds, tolerances, statistic)
     missing = [name for name in comparison.reference if name not in comparison.candidate]
@@ -134,15 +139,16 @@ def _tolerance_option(flag: str, values: tuple, default: float, outputs: list[st
     return every, per_output
 
 
-def _per_layer(ref_model, cand_model, feeds, source: str, jump_db: float, plot: str | None, as_json: bool) -> None:
+def _per_layer(ref_model, cand_model, feeds, source: str, jump_db: float, floor_db: float, plot: str | None,
+               as_json: bool) -> None:
     """`--per-layer`: every matching intermediate tensor, in graph order (onnxcomp.measure.layers)."""
     from pathlib import Path
 
     from onnxcomp.measure.layers import first_jump, format_layers, layer_errors, plot_html
 
-    rows = layer_errors(ref_model, cand_model, feeds, jump_db)
+    rows = layer_errors(ref_model, cand_model, feeds, jump_db, floor_db)
     jump = first_jump(rows)
-    result = {"inputs": source, "jump_db": jump_db, "tensors": [r.as_dict() for r in rows],
+    result = {"inputs": source, "jump_db": jump_db, "floor_db": floor_db, "tensors": [r.as_dict() for r in rows],
               "first_jump": None if jump is None else jump.tensor}
     if plot:
         Path(plot).write_text(plot_html(rows, f"per-layer error: {len(rows)} tensors ({source})"))

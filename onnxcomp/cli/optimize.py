@@ -10,6 +10,7 @@ from onnxcomp.cli.common import (
     input_shapes_option,
     input_value_option,
     make_static_option,
+    providers_option,
     verbosity_options,
 )
 from onnxcomp.cli.check import target_check_options
@@ -44,6 +45,7 @@ from onnxcomp.pipeline.text import PRESETS
 @make_static_option
 @input_value_option
 @target_check_options
+@providers_option
 def command(model, output, pipeline, calib, val, verify, atol, rtol, report_path, external_data, seed,
             reproducer, print_pipeline, dims, input_shapes, make_static, input_values, trt_version,
             allow_incompatible, **shortcuts):

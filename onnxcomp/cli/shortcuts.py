@@ -8,9 +8,9 @@ drift from the pipeline text or from `onnxcomp passes`. Three kinds:
   fold-bn, so channels are ranked and sliced with BatchNorm still there and a distilled student keeps
   a BN to recover with, and prune and sparsify go before insert-qdq, so it sees the final weights; a
   pipeline that already has the pass (a preset such as int8-ort) is refused rather than doubled;
-- option flags (--importance, --round-to, --global, --sparsify-scope, --calib-method, --target) set
-  that option of their pass wherever it came from, --passes text or an adding flag; a pipeline
-  without the pass is refused;
+- option flags (--importance, --round-to, --global, --sparsify-scope, --calib-method, --calib-stats,
+  --target) set that option of their pass wherever it came from, --passes text or an adding flag; a
+  pipeline without the pass is refused;
 - shared flags (--exclude, --exclude-op, --max-drop) set the option on every pass in the pipeline
   that has it; a pipeline with none is refused.
 
@@ -46,6 +46,7 @@ SHORTCUTS: dict[str, tuple[str | None, str | None]] = {
     "--sparsify-scope": ("sparsify-initializers", "scope"),
     "--quantize": ("insert-qdq", None),
     "--calib-method": ("insert-qdq", "method"),
+    "--calib-stats": ("insert-qdq", "stats"),
     "--target": (None, "target"),
     "--exclude": (None, "exclude"),
     "--exclude-op": (None, "exclude_op"),

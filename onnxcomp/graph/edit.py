@@ -83,3 +83,20 @@ def keep_declared_interface(graph, model) -> None:
         value = declared.get(t.name)
         if isinstance(t, gs.Variable) and value is not None and value.type.HasField("tensor_type"):
             t.dtype, t.shape = get_onnx_tensor_dtype(value), get_onnx_tensor_shape(value)
+
+
+def live_nodes(graph) -> set[int]:
+    """ids of the nodes some graph output depends on (subgraph reads included): the others are
+    dead, and graph.cleanup() would remove them. One walk back from the outputs."""
+    from onnxcomp.graph.toposort import subgraph_reads
+
+    producers = {id(t): node for node in graph.nodes for t in node.outputs}
+    live: set[int] = set()
+    stack = [producers.get(id(t)) for t in graph.outputs]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in live:
+            continue
+        live.add(id(node))
+        stack.extend(producers.get(id(t)) for t in list(node.inputs) + subgraph_reads(node))
+    return live

@@ -46,15 +46,20 @@ def interleaved_ms(models: list, feeds: list[dict], threads: int = 1, min_rounds
     """Milliseconds per run of each model (ModelProto or path) on its feeds, timed round by round in
     turn: the median over rounds, or the minimum (`statistic="min"`: the cost of the kernels with the
     least interference from other processes). Rounds continue until `budget_s` has passed (at least
-    min_rounds, at most max_rounds); a round times enough runs of each model to last about a millisecond."""
+    min_rounds, at most max_rounds; fewer, down to three, when one round alone takes longer than a fifth
+    of the budget); a round times enough runs of each model to last about a millisecond."""
     sessions = [session(m, threads=threads) for m in models]
-    calls = []
+    calls, one_round = [], 0.0
     for sess, feed in zip(sessions, feeds):
         for _ in range(warmup):
             sess.run(None, feed)
         start = time.perf_counter()
         sess.run(None, feed)
-        calls.append(max(1, min(50, int(1e-3 / max(time.perf_counter() - start, 1e-6)))))
+        seconds = time.perf_counter() - start
+        calls.append(max(1, min(50, int(1e-3 / max(seconds, 1e-6)))))
+        one_round += seconds * calls[-1]
+    # Slow models (a second per run) get fewer rounds, never fewer than three.
+    min_rounds = max(3, min(min_rounds, int(5 * budget_s / max(one_round, 1e-9))))
     times: list[list[float]] = [[] for _ in sessions]
     began = time.perf_counter()
     for round_no in range(max_rounds):

@@ -5,7 +5,8 @@ computes from its inputs (not from constants alone) and the candidate also produ
 name is fetched from both, batch by batch, and its SQNR (dB) and mean per-sample cosine are
 accumulated. In the reference's graph order, each tensor's `drop_db` is how much SQNR its own node
 lost: the lowest SQNR among the node's matched float inputs (graph inputs are exact) minus the
-tensor's own. The first tensor whose drop reaches `jump_db` is where the error jumps; the passes
+tensor's own. The first tensor whose drop reaches `jump_db` while its SQNR is below `floor_db` is
+where the error jumps (float16 rounding alone leaves 60-80 dB everywhere: not a jump). The passes
 of onnxcomp keep the names of the tensors they rewrite, so their outputs line up.
 """
 
@@ -20,6 +21,7 @@ from onnxcomp.errors import InputError
 from onnxcomp.measure.compare import per_sample_cosine
 
 DEFAULT_JUMP_DB = 10.0
+DEFAULT_FLOOR_DB = 40.0
 
 
 @dataclass
@@ -81,7 +83,7 @@ def _exposed(model, names: list[str]):
 
 
 def layer_errors(reference, candidate, samples, jump_db: float = DEFAULT_JUMP_DB,
-                 batch: int = 16) -> list[LayerError]:
+                 floor_db: float = DEFAULT_FLOOR_DB, batch: int = 16) -> list[LayerError]:
     """One LayerError per matching float tensor, in the reference's graph order (see the module doc)."""
     from onnxcomp.measure.runtime import run
 
@@ -125,7 +127,7 @@ def layer_errors(reference, candidate, samples, jump_db: float = DEFAULT_JUMP_DB
         upstream = min((sqnr[i] for i in inputs if i in sqnr), default=math.inf)
         drop = 0.0 if upstream == own else upstream - own  # inf - inf is no drop
         rows.append(LayerError(name, node, op, list(s.shape), own, s.cosines / s.samples, s.max_abs, drop,
-                               drop >= jump_db))
+                               drop >= jump_db and own < floor_db))
     return rows
 
 

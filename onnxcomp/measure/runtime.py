@@ -73,6 +73,54 @@ def check_input_values(model: onnx.ModelProto, values: dict[str, float]) -> None
                              "whole numbers only")
 
 
+# The execution providers session() builds sessions with, in ONNX Runtime's order of preference.
+# Set once per command (`--providers`, onnxcomp.cli.common.providers_option) rather than passed to
+# every call site; CPU by default, so results do not depend on which accelerator a host has.
+_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+_ALIASES = {"trt": "TensorrtExecutionProvider", "gpu": "CUDAExecutionProvider"}
+_GPU_WHEEL = ("CUDAExecutionProvider", "TensorrtExecutionProvider")  # what onnxruntime-gpu adds
+
+
+def set_providers(names) -> tuple[str, ...]:
+    """Make session() use `names`: ONNX Runtime's provider names (CUDAExecutionProvider) or short
+    ones (cuda, tensorrt or trt, openvino, dml, cpu ...), in order of preference. A name ONNX
+    Runtime does not know, or a provider this installation lacks, is one InputError line and
+    changes nothing. Returns the full names now in use."""
+    wanted = [n.strip() for n in names if n.strip()]
+    if not wanted:
+        raise InputError("--providers: give at least one execution provider (e.g. cpu, or cuda,cpu)")
+    global _providers
+    if all(n.lower() in ("cpu", "cpuexecutionprovider") for n in wanted):
+        _providers = ("CPUExecutionProvider",)  # the default needs no ONNX Runtime import
+        return _providers
+    require_runtime()
+    import onnxruntime as ort
+
+    known = {p.lower(): p for p in ort.get_all_providers()}
+    chosen = []
+    for name in wanted:
+        key = _ALIASES.get(name.lower(), name).lower()
+        full = known.get(key) or known.get(key + "executionprovider")
+        if full is None:
+            raise InputError(f"--providers: unknown execution provider {name!r}; ONNX Runtime's are "
+                             + ", ".join(sorted(p.removesuffix("ExecutionProvider").lower() for p in known.values())))
+        chosen.append(full)
+    available = ort.get_available_providers()
+    missing = [p for p in chosen if p not in available]
+    if missing:
+        hint = ("pip install 'onnxcomp[gpu]' (onnxruntime-gpu, in place of onnxruntime)" if missing[0] in _GPU_WHEEL
+                else "it needs an ONNX Runtime build that includes it")
+        raise InputError(f"--providers: {missing[0]} is not installed in this ONNX Runtime ({ort.__version__} has "
+                         f"{', '.join(available)}): {hint}")
+    _providers = tuple(dict.fromkeys(chosen))
+    return _providers
+
+
+def providers() -> tuple[str, ...]:
+    """The execution providers sessions are built with (set_providers)."""
+    return _providers
+
+
 @functools.lru_cache(maxsize=1)
 def runtime_max_ir() -> int:
     """The newest model IR version the installed ONNX Runtime reads, asked of the runtime itself:
@@ -99,7 +147,8 @@ def runtime_max_ir() -> int:
 
 
 def session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0, optimize: bool = True):
-    """An ONNX Runtime CPU session for a ModelProto or a path (large models via a temp file)."""
+    """An ONNX Runtime session for a ModelProto or a path (large models via a temp file), on the
+    execution providers set_providers chose (CPU unless a command's --providers said otherwise)."""
     require_runtime()
     import onnxruntime as ort
 
@@ -116,7 +165,7 @@ def session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0, optimi
             except Exception:
                 blob = None
             if blob is not None:
-                return ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
+                return _checked(ort.InferenceSession(blob, opts, providers=list(_providers)))
             from onnxcomp.graph.save import write_with_external_data
 
             # Over protobuf's 2 GB limit: stream the weights to a temporary data file (the model
@@ -124,10 +173,25 @@ def session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0, optimi
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "model.onnx"
                 write_with_external_data(model, path, Path(tmp) / "model.onnx.data", "model.onnx.data")
-                return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+                return _checked(ort.InferenceSession(str(path), opts, providers=list(_providers)))
+        return _checked(ort.InferenceSession(str(model), opts, providers=list(_providers)))
     except Exception as exc:
         raise InputError(f"ONNX Runtime cannot load the model: {first_line(exc)}") from None
+
+
+def _checked(sess):
+    """The session, after a warning (once per provider) when ONNX Runtime fell back from the first
+    provider asked for: a CUDA build without its libraries runs on CPU instead of failing."""
+    first = _providers[0]
+    if first not in sess.get_providers() and first not in _fell_back:
+        _fell_back.add(first)
+        from onnxcomp.progress import logger
+
+        logger.warning(f"ONNX Runtime could not use {first} and runs on {', '.join(sess.get_providers())}")
+    return sess
+
+
+_fell_back: set[str] = set()
 
 
 def run(sess, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:

@@ -65,6 +65,14 @@ EXCLUDE_HELP = ("node-name patterns left alone: fnmatch globs (conv*, /layer3/*;
 EXCLUDE_OP_HELP = "op types left alone (Conv, MatMul ...)"
 
 
+# target, the same in every pass that has one (the shared --target flag sets them all).
+TARGET_HELP = "runtime the output is for: its formats and kernels (default: the run's target, else ort)"
+
+
+def target_option():
+    return field(default=None, metadata={"help": TARGET_HELP})
+
+
 def max_drop_option():
     return field(default=None, metadata={"help": MAX_DROP_HELP, "range": MAX_DROP_RANGE, "metavar": "FRACTION"})
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from onnxcomp.graph.edit import NameGen
+from onnxcomp.graph.edit import NameGen, live_nodes
 from onnxcomp.graph.toposort import toposort
 from onnxcomp.pipeline.options import Range
 from onnxcomp.pipeline.pass_base import Pass, PassContext, PassReport
@@ -23,7 +23,7 @@ from .cse import dedupe_nodes
 from .facts import ShapeFacts, infer_facts
 from .folding import constants_to_initializers, fold_constant_nodes, merge_duplicate_constants
 from .fusions import fuse_channel_constants
-from .noops import remove_noops, wants_facts
+from .noops import remove_noops, remove_pass_through, wants_facts
 from .shapes import fold_shapes
 
 # Each round re-reads shapes; past a few the rounds find nothing on real models (measured).
@@ -51,16 +51,18 @@ class Cleanup(Pass):
         report = PassReport()
         nodes_at_start = len(graph.nodes)
         interface = _interface(graph)
-        graph.cleanup()  # what was dead on arrival (rules' leftovers are counted as their rule's)
-        report.count("dead_nodes_removed", nodes_at_start - len(graph.nodes))
-        names = NameGen(graph)
+        # Dead on arrival (what the rules leave behind is counted as theirs).
+        report.count("dead_nodes_removed", nodes_at_start - len(live_nodes(graph)))
+        names = _Names(graph)
         constants_to_initializers(graph, report)
-        remove_noops(graph, ShapeFacts(), report, names)  # Identity, Dropout: no facts needed
+        remove_pass_through(graph, report)
         limit = int(self.options.fold_size_limit_mb * 1024**2)
         facts = None
         for round_ in range(_MAX_ROUNDS):
             # Later rounds re-run only ONNX's inference: the symbolic facts still hold where names remain.
-            facts = _facts(graph, report, facts, symbolic=round_ == 0) if wants_facts(graph) else ShapeFacts()
+            if wants_facts(graph):
+                facts = _facts(graph, report, facts, symbolic=round_ == 0)
+            facts = facts or ShapeFacts()  # facts of earlier rounds still hold where names remain
             changed = remove_noops(graph, facts, report, names)
             if self.options.fold_constants:
                 changed += fold_shapes(graph, facts, report, names)
@@ -94,6 +96,18 @@ def _facts(graph, report: PassReport, previous: ShapeFacts | None, symbolic: boo
         if not any(s.name == "shape inference" and s.reason == note for s in report.skipped):
             report.skip("shape inference", note)
     return facts
+
+
+class _Names:
+    """A NameGen made on first use (collecting the graph's names costs a walk of every tensor)."""
+
+    def __init__(self, graph):
+        self.graph, self.names = graph, None
+
+    def __call__(self, base: str) -> str:
+        if self.names is None:
+            self.names = NameGen(self.graph)
+        return self.names(base)
 
 
 def _interface(graph) -> list:

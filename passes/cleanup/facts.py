@@ -16,6 +16,7 @@ import functools
 import importlib.util
 import logging
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,9 +151,9 @@ def _symbolic(model: onnx.ModelProto):
     """ONNX Runtime's symbolic shape inference: (model, merges, error). Run step by step so that a
     failure part-way still yields what was inferred before it (the public infer_shapes raises, and
     writes a file into the working folder first)."""
-    SymbolicShapeInference = _symbolic_module().SymbolicShapeInference
-
-    logging.getLogger("onnxruntime.tools.symbolic_shape_infer").setLevel(logging.ERROR)
+    module = _symbolic_module()
+    SymbolicShapeInference = module.SymbolicShapeInference
+    getattr(module, "logger", logging.getLogger(module.__name__)).setLevel(logging.ERROR)
     inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
     if not all(hasattr(inference, s) for s in ("_preprocess", "_infer_impl", "_onnx_infer_single_node", "suggested_merge_")):
         with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
@@ -161,9 +162,11 @@ def _symbolic(model: onnx.ModelProto):
     inference._preprocess(model)
     _limit_time(inference, _SYMBOLIC_SECONDS)
     try:
-        while inference.run_:
-            inference._infer_impl()
-        inference._update_output_from_vi()
+        with warnings.catch_warnings():  # its numpy/sympy warnings on odd values are not the user's
+            warnings.simplefilter("ignore")
+            while inference.run_:
+                inference._infer_impl()
+            inference._update_output_from_vi()
         out = inference.out_mp_
     except Exception as exc:
         error = f"{type(exc).__name__}: {first_line(exc, 'no message')}"

@@ -66,6 +66,8 @@ def _foldable(node, constant: set[int]) -> bool:
     return all(isinstance(t, gs.Constant) or id(t) in constant or not t.name for t in node.inputs)
 
 
+# ONNX element types ONNX Runtime hands back as numpy arrays of the same type.
+_NUMPY_TYPES = frozenset({1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15})
 _ITEMSIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
 
 
@@ -102,6 +104,11 @@ def _candidates(graph, size_limit: int, facts, report: PassReport) -> list:
         if _dequantizes(node, facts):
             report.skip(node.name or node.op, "Cast of 8-bit integer weights to float (a dequantization): "
                                              "kept, so the weights stay quantized")
+            continue
+        odd = next((t for t in node.outputs if facts.dtype(t) is not None and facts.dtype(t) not in _NUMPY_TYPES), None)
+        if odd is not None:
+            report.skip(node.name or node.op, f"constant {node.op} result {odd.name!r} has a type numpy does not "
+                                             "hold (bfloat16, float8, int4...); left to run")
             continue
         too_big = next((t for t in node.outputs if _estimated_bytes(t, facts) > size_limit), None)
         if too_big is not None:

@@ -399,6 +399,19 @@ def bypass(node, src, graph_inputs: set[int], graph_outputs: set[int]) -> bool:
     return True
 
 
+def remove_pass_through(graph, report: PassReport) -> int:
+    """Identity and inference Dropout nodes only (they need no shape facts): one cheap walk."""
+    graph_inputs = {id(t) for t in graph.inputs}
+    graph_outputs = {id(t) for t in graph.outputs}
+    removed = 0
+    for node in [n for n in graph.nodes if n.op in ("Identity", "Dropout")]:
+        if is_pass_through(node) and node.domain in (None, "", "ai.onnx"):
+            if bypass(node, node.inputs[0], graph_inputs, graph_outputs):
+                report.count(_COUNT_AS[node.op])
+                removed += 1
+    return removed
+
+
 def remove_noops(graph, facts, report: PassReport, names) -> int:
     """One walk in graph order applying RULES and the pair merges; returns how many changed."""
     graph_inputs = {id(t) for t in graph.inputs}

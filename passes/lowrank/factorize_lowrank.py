@@ -10,7 +10,7 @@ factorizable weights' parameters the factors may hold; layers where no rank pays
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 from onnxcomp.errors import InputError
 from onnxcomp.passes.lowrank.factors import spectrum
@@ -18,7 +18,14 @@ from onnxcomp.passes.lowrank.layers import Layer, as_matrix, find_layers, weight
 from onnxcomp.passes.lowrank.plan import LowRankPlan
 from onnxcomp.passes.lowrank.ranks import WHOLE, allocate
 from onnxcomp.passes.lowrank.rewrite import factorize
-from onnxcomp.pipeline.options import Exclusion, Range, check_ranges, exclude_op_option, exclude_option
+from onnxcomp.pipeline.options import (
+    Exclusion,
+    Range,
+    check_ranges,
+    exclude_op_option,
+    exclude_option,
+    max_drop_option,
+)
 from onnxcomp.pipeline.pass_base import Pass, PassContext, PassReport
 from onnxcomp.pipeline.registry import register_pass
 
@@ -35,8 +42,9 @@ class FactorizeLowRankOptions:
                                                "range": Range(1)})
     exclude: tuple[str, ...] = exclude_option()
     exclude_op: tuple[str, ...] = exclude_op_option()
-    plan: Optional[str] = field(default=None, metadata={"help": "apply this JSON LowRankPlan instead of choosing"})
-    write_plan: Optional[str] = field(default=None, metadata={"help": "write the chosen LowRankPlan here (JSON)"})
+    max_drop: float | None = max_drop_option()
+    plan: str | None = field(default=None, metadata={"help": "apply this JSON LowRankPlan instead of choosing"})
+    write_plan: str | None = field(default=None, metadata={"help": "write the chosen LowRankPlan here (JSON)"})
 
     def __post_init__(self):
         check_ranges(self, "factorize-lowrank")
@@ -83,8 +91,9 @@ class FactorizeLowRankPass(Pass):
         if plan:
             ranks = plan.ranks_for(layers)
         else:
-            budget = int(o.kept * sum(layer.params for layer in layers))
-            ranks = allocate(layers, error, budget, o.round_to)
+            ranks = _ranks(layers, error, o.kept, o.round_to)
+            if o.max_drop is not None:
+                ranks = _fit_budget(o, graph, layers, spectra, error, ctx, report)
         names = NameGen(graph)
         rows = []
         for layer in layers:
@@ -93,9 +102,7 @@ class FactorizeLowRankPass(Pass):
                 skipped.append((layer.node, "kept whole: the budget does better elsewhere" if not plan
                                 else "not in the plan"))
                 continue
-            p, q = spectra[layer.node].factors(rank)
-            _, values = weight_source(nodes[layer.node])
-            factorize(graph, nodes[layer.node], p, q, values, layer.weight, names)
+            _factorize_layer(graph, nodes[layer.node], layer, spectra, rank, names)
             rows.append({"node": layer.node, "op": layer.op, "shape": [layer.m, layer.n], "rank": rank,
                          "params_before": layer.params, "params_after": layer.cost(rank),
                          "error": round(error(layer, rank), 6)})
@@ -122,6 +129,65 @@ class FactorizeLowRankPass(Pass):
             ctx.say(f"factorize-lowrank: {r['node']} {r['shape'][0]}x{r['shape'][1]} -> rank {r['rank']} "
                     f"({r['params_after'] / r['params_before']:.0%} of its weights, error {r['error']:.3g})")
         return report
+
+
+BACKOFF_STEPS = 6
+
+
+def _ranks(layers, error, kept: float, round_to: int) -> dict[str, int]:
+    return allocate(layers, error, int(kept * sum(layer.params for layer in layers)), round_to)
+
+
+def _factorize_layer(graph, node, layer: Layer, spectra: dict, rank: int, names) -> None:
+    p, q = spectra[layer.node].factors(rank)
+    _, values = weight_source(node)
+    factorize(graph, node, p, q, values, layer.weight, names)
+
+
+def _fit_budget(o, graph, layers, spectra, error, ctx: PassContext, report: PassReport) -> dict[str, int]:
+    """The ranks at the smallest kept fraction (from `kept` up) whose measured drop fits max_drop:
+    bisections of the removed fraction 1 - kept (onnxcomp.pipeline.budget)."""
+    from onnxcomp.errors import ToleranceError
+    from onnxcomp.graph.convert import to_model
+    from onnxcomp.pipeline.budget import BudgetSearch, drop_measure
+
+    if ctx.data is None:
+        raise InputError("factorize-lowrank: max_drop needs sample data (give --calib) to measure the drop")
+    before = to_model(graph)
+
+    def build(ranks: dict):
+        import onnx
+
+        from onnxcomp.graph.convert import to_graph
+        from onnxcomp.graph.edit import NameGen
+
+        copy = onnx.ModelProto()
+        copy.CopyFrom(before)
+        g = to_graph(copy)
+        nodes = {(n.name or n.outputs[0].name): n for n in g.nodes}
+        names = NameGen(g)
+        for layer in layers:
+            if ranks.get(layer.node, WHOLE) != WHOLE:
+                _factorize_layer(g, nodes[layer.node], layer, spectra, ranks[layer.node], names)
+        return to_model(g.cleanup().toposort())
+
+    def candidate_at(level: float):
+        ranks = _ranks(layers, error, 1.0 - level, o.round_to)
+        return ranks if any(r != WHOLE for r in ranks.values()) else None
+
+    search = BudgetSearch("factorize-lowrank", build, drop_measure(before, ctx.data), o.max_drop,
+                          key=lambda ranks: tuple(sorted(ranks.items())))
+    result = search.back_off(1.0 - o.kept, BACKOFF_STEPS, candidate_at)
+    trials = [{"kept": round(1.0 - t.step, 6), "drop": t.drop} for t in result.trials]
+    report.details["backoff"] = trials
+    if not result.met:
+        best = min(trials, key=lambda t: t["drop"])
+        raise ToleranceError(f"factorize-lowrank: no kept fraction fits max_drop {o.max_drop}: kept {best['kept']:.3g} "
+                             f"already drops {best['drop']:.4f} (kept {o.kept} drops {trials[0]['drop']:.4f})")
+    if result.level < 1.0 - o.kept:
+        report.stats["kept_used"] = round(1.0 - result.level, 6)
+    report.stats["measured_drop"] = round(result.fidelity.drop, 6)
+    return result.candidate
 
 
 def _method(method: str, data) -> str:

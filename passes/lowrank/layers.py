@@ -100,8 +100,8 @@ def find_layers(graph, smallest_rank: int) -> tuple[list[Layer], list[tuple[str,
         m, n = as_matrix(node.op, np.zeros(values.shape, dtype=np.float32), node.attrs).shape
         layer = Layer(key, node.op, name, int(m), int(n), node.inputs[0].name, attrs)
         if not layer.pays(smallest_rank):
-            skipped.append((key, f"would not pay: rank {smallest_rank} * ({layer.m} + {layer.n}) >= "
-                                 f"{layer.m} * {layer.n}"))
+            skipped.append((key, (f"would not pay: rank {smallest_rank} * ({layer.m} + {layer.n}) >= "
+                                  f"{layer.m} * {layer.n}")))
             continue
         layers.append(layer)
     return layers, skipped

@@ -27,7 +27,7 @@ class LowRankPlan:
         return json.dumps({"version": PLAN_VERSION, **asdict(self)}, indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> "LowRankPlan":
+    def from_json(cls, text: str) -> LowRankPlan:
         try:
             data = json.loads(text)
         except ValueError as exc:
@@ -47,7 +47,7 @@ class LowRankPlan:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path) -> "LowRankPlan":
+    def load(cls, path) -> LowRankPlan:
         path = Path(path)
         if not path.is_file():
             raise InputError(f"{path}: no such low-rank plan")

@@ -9,7 +9,7 @@ inputs (whitened) or its relative weight error (plain SVD): the measured sensiti
 from __future__ import annotations
 
 import heapq
-from typing import Callable
+from collections.abc import Callable
 
 from onnxcomp.errors import InputError
 from onnxcomp.passes.lowrank.layers import Layer

@@ -36,6 +36,7 @@ from onnxcomp.pipeline.options import (
     exclude_op_option,
     exclude_option,
     max_drop_option,
+    target_option,
 )
 from onnxcomp.pipeline.pass_base import Pass, PassContext, PassReport
 from onnxcomp.pipeline.registry import register_pass
@@ -78,8 +79,7 @@ SMALL = 16
 @dataclass(frozen=True)
 class ConvertFloat16Options:
     dtype: Dtype = field(default="float16", metadata={"help": "the low-precision type"})
-    target: Optional[Target] = field(
-        default=None, metadata={"help": "runtime the placement/format is for (default: the run's target, else ort)"})
+    target: Optional[Target] = target_option()
     keep_sensitive: bool = field(
         default=True, metadata={"help": "keep Softmax, normalizations, reductions and Exp/Log/Pow/Sqrt in float32"})
     exclude: tuple[str, ...] = exclude_option()
@@ -109,6 +109,14 @@ class ConvertFloat16Pass(Pass):
             raise InputError(f"{self.name}: the model already has {np.dtype(low.dtype)} tensors ({low.name!r}); "
                              "convert the float32 model")
         exclude = exclusion(opts, graph, self.name)
+        if target == "tensorrt" and opts.dtype == "bfloat16":
+            probe = _Conversion(opts, target, exclude)
+            probe.plan(graph)
+            if probe.ort_missing:
+                raise InputError(f"{self.name}: bfloat16 compute for TensorRT: ONNX Runtime CPU has no bfloat16 kernel "
+                                 f"for {', '.join(sorted(probe.ort_missing))}, so the result could not be run or "
+                                 "checked here; give TensorRT the float32 model and build with --bf16, or use "
+                                 "target ort (bfloat16 weights)")
         budget = None
         if opts.max_drop is not None:
             units = _Conversion(opts, target, exclude).plan(graph)
@@ -131,10 +139,7 @@ class ConvertFloat16Pass(Pass):
             notes.append(f"ONNX Runtime CPU has no {opts.dtype} kernel for {', '.join(no_kernel)}: those nodes compute "
                          f"in float32 (weights stored in {opts.dtype}, cast at load); target tensorrt converts them")
         missing = sorted(conversion.ort_missing)
-        if target == "tensorrt" and opts.dtype == "bfloat16" and missing:
-            notes.append(f"for TensorRT (builds with --bf16); ONNX Runtime CPU cannot load this model: it has no "
-                         f"bfloat16 kernel for {', '.join(missing)}")
-        elif target == "tensorrt":
+        if target == "tensorrt":
             notes.append(f"for TensorRT (builds with --fp16); ONNX Runtime CPU runs this model by casting around the "
                          f"ops it has no float16 kernel for ({', '.join(missing) or 'none'}): slowly")
         details = {"dtype": opts.dtype, "target": target, "keep_sensitive": opts.keep_sensitive,

@@ -42,6 +42,7 @@ from onnxcomp.pipeline.options import (
     exclude_op_option,
     exclude_option,
     max_drop_option,
+    target_option,
 )
 from onnxcomp.pipeline.pass_base import Pass, PassContext, PassReport
 from onnxcomp.pipeline.registry import register_pass
@@ -58,8 +59,7 @@ class QuantizeDynamicOptions:
     op_types: tuple[str, ...] = field(
         default=DEFAULT_OPS, metadata={"help": "op types to quantize, of " + ", ".join(SUPPORTED) + " (Conv runs as "
                                                 "ConvInteger, slower than float on ORT CPU: not by default)"})
-    target: Optional[Target] = field(
-        default=None, metadata={"help": "runtime the placement/format is for (default: the run's target, else ort)"})
+    target: Optional[Target] = target_option()
     per_channel: bool = field(default=True, metadata={"help": "one weight scale per output channel (else per tensor)"})
     reduce_range: Optional[bool] = field(
         default=None, metadata={"help": "7-bit weights (|q| <= 63) for x86 CPUs without VNNI, whose u8s8 kernels "

@@ -52,6 +52,7 @@ from onnxcomp.pipeline.options import (
     exclude_op_option,
     exclude_option,
     max_drop_option,
+    target_option,
 )
 from onnxcomp.pipeline.pass_base import Pass, PassContext, PassReport
 from onnxcomp.pipeline.registry import register_pass
@@ -67,8 +68,7 @@ class QuantizeInt4Options:
     method: Literal["auto", "rtn", "gptq"] = field(
         default="auto", metadata={"help": "rounding: rtn, gptq (needs data) or auto (per layer the one with less "
                                           "measured output error; rtn without data)"})
-    target: Optional[Target] = field(
-        default=None, metadata={"help": "runtime the placement/format is for (default: the run's target, else ort)"})
+    target: Optional[Target] = target_option()
     op_types: tuple[str, ...] = field(default=SUPPORTED, metadata={"help": "op types to quantize, of "
                                                                           + ", ".join(SUPPORTED)})
     accuracy_level: int = field(

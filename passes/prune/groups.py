@@ -133,7 +133,7 @@ class _Explorer:
                                  member.mapping), member)
 
     def add_const(self, kind, const, axis, m, node, index, role=""):
-        name, axis_map, values = const
+        name, axis_map, _ = const
         c_axis = axis_map[axis]
         self.add(Member(kind, name, c_axis, m.on_axis(c_axis), (node_key(node), index), role=role or kind))
 

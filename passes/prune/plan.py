@@ -113,13 +113,15 @@ def build_plan(graph, groups: list[ChannelGroup], kept: dict[int, np.ndarray]) -
 
     Several groups may slice one constant on one axis (a Conv reading a Concat): their
     removed positions are united, so the plan holds one entry per (constant, axis). A shape
-    entry shrinks by the group's removed positions it counts (summed over the pieces a reader
-    sees, counted once when several readers share it), and a `private` one is rewritten in a
-    copy of the constant for that reader alone.
+    entry shrinks, for each reader, by the removed positions of the pieces that reader sees.
+    What each reader of a constant needs is worked out per reader (a group that owns every
+    reader of a weight slices it for all, a `private` member for its own reader only); when
+    the readers end up needing different values, each changed reader gets its own copy.
     """
     values_of = ConstantTable(graph).get
-    drops: dict[tuple, set] = {}  # (constant, axis, private reader or None) -> removed positions
-    value_delta: dict[tuple, int] = {}
+    readers = constant_readers(graph)
+    drops: dict[tuple[str, int], dict] = {}  # (constant, axis) -> {reader: removed positions}
+    deltas: dict[tuple[str, int], dict] = {}  # (constant, entry) -> {reader: decrease}
     attr_delta: dict[tuple[str, str], int] = {}
     plan = PruningPlan()
     for group in groups:
@@ -131,37 +133,62 @@ def build_plan(graph, groups: list[ChannelGroup], kept: dict[int, np.ndarray]) -
             continue
         plan.groups.append({"id": group.id, "producers": group.producers, "channels": group.channels,
                             "kept": int(keep.size)})
-        counted: dict[tuple, dict] = {}  # (tensor, index, private use or None) -> {reader: removed}
         for m in group.members:
             pos = m.mapping.positions(removed)
             if m.kind in ("out", "in", "param"):
-                drops.setdefault((m.tensor, m.axis, m.use if m.private else None), set()).update(int(p) for p in pos)
-            elif m.kind == "value":
-                readers = counted.setdefault((m.tensor, m.index, m.use if m.private else None), {})
-                readers[m.use] = readers.get(m.use, 0) + int(np.sum((pos >= m.lo) & (pos < m.hi)))
+                for use in ([m.use] if m.private else readers.get(m.tensor) or [m.use]):
+                    drops.setdefault((m.tensor, m.axis), {}).setdefault(use, set()).update(int(p) for p in pos)
+            elif m.kind == "value":  # each reader counts the pieces it sees; a shared entry is one reader's
+                per_reader = deltas.setdefault((m.tensor, m.index), {})
+                per_reader[m.use] = per_reader.get(m.use, 0) + int(np.sum((pos >= m.lo) & (pos < m.hi)))
             elif m.kind == "attr":
                 attr_delta[(m.tensor, m.role)] = attr_delta.get((m.tensor, m.role), 0) + int(pos.size)
-        for key, readers in counted.items():
-            value_delta[key] = value_delta.get(key, 0) + max(readers.values())
-    for (name, axis, use), removed_pos in sorted(drops.items(), key=lambda kv: (kv[0][0], kv[0][1], str(kv[0][2]))):
+    for (name, axis), by_reader in sorted(drops.items()):
         size = int(np.shape(values_of(name))[axis])
-        keep = [i for i in range(size) if i not in removed_pos]
-        entry = {"tensor": name, "axis": axis, "size": size, "keep": keep}
-        if use is not None:
-            entry.update(node=use[0], input=int(use[1]))
-        plan.slices.append(entry)
-    for (name, index, use), delta in sorted(value_delta.items(), key=lambda kv: (kv[0][0], kv[0][1], str(kv[0][2]))):
-        if delta:
-            old = int(np.asarray(values_of(name)).reshape(-1)[index])
-            entry = {"tensor": name, "index": index, "value": old - delta}
-            if use is not None:
-                entry.update(node=use[0], input=int(use[1]))
-            plan.values.append(entry)
+        for use, removed_pos in _per_reader(by_reader, readers.get(name), set()):
+            entry = {"tensor": name, "axis": axis, "size": size, "keep": [i for i in range(size) if i not in removed_pos]}
+            plan.slices.append(_for_reader(entry, use))
+    for (name, index), by_reader in sorted(deltas.items()):
+        old = int(np.asarray(values_of(name)).reshape(-1)[index])
+        for use, delta in _per_reader(by_reader, readers.get(name), 0):
+            if delta:
+                plan.values.append(_for_reader({"tensor": name, "index": index, "value": old - delta}, use))
     nodes = {node_key(n): n for n in graph.nodes}
     for (key, attr), delta in sorted(attr_delta.items()):
         default = 1 if attr == "group" else 0
         plan.attributes.append({"node": key, "name": attr, "value": int(nodes[key].attrs.get(attr, default)) - delta})
     return plan
+
+
+def _per_reader(by_reader: dict, all_readers, unchanged):
+    """[(None, change)] when every reader of the constant sees the same change, else [(reader, change)]."""
+    everyone = set(all_readers or by_reader)
+    changes = [by_reader.get(use, unchanged) for use in everyone]
+    if all(c == changes[0] for c in changes) and set(by_reader) <= everyone:
+        return [(None, changes[0])]
+    return [(use, change) for use, change in sorted(by_reader.items()) if change != unchanged]
+
+
+def _for_reader(entry: dict, use) -> dict:
+    if use is not None:
+        entry.update(node=use[0], input=int(use[1]))
+    return entry
+
+
+def constant_readers(graph) -> dict[str, list[tuple[str, int]]]:
+    """constant name -> the (node key, input) slots that read it, directly or through Identity."""
+    import onnx_graphsurgeon as gs
+
+    found: dict[str, list] = {}
+    for node in graph.nodes:
+        for i, t in enumerate(node.inputs):
+            source = t
+            while not isinstance(source, gs.Constant) and source.inputs and source.inputs[0].op == "Identity":
+                source = source.inputs[0].inputs[0]
+            if isinstance(source, gs.Constant) or (source.inputs and source.inputs[0].op == "Constant"):
+                if node.op != "Identity":
+                    found.setdefault(source.name, []).append((node_key(node), i))
+    return found
 
 
 class ConstantTable:

@@ -8,7 +8,9 @@ from typing import Literal, Optional
 import numpy as np
 
 from onnxcomp.errors import InputError
+from onnxcomp.passes.qdq.bias_correction import correct_biases, find_layers, float_weights
 from onnxcomp.passes.qdq.calibration.ranges import Method
+from onnxcomp.passes.qdq.embedding import quantize_tables
 from onnxcomp.passes.qdq.numerics import (
     REDUCED_WEIGHT_QMAX,
     WEIGHT_QMAX,
@@ -29,6 +31,7 @@ from onnxcomp.pipeline.options import (
     exclude_op_option,
     exclude_option,
     max_drop_option,
+    target_option,
 )
 from onnxcomp.pipeline.pass_base import Pass, PassContext, PassReport
 from onnxcomp.pipeline.registry import register_pass
@@ -41,8 +44,7 @@ _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLin
 class InsertQdqOptions:
     method: Method = field(
         default="minmax", metadata={"help": "activation range choice (auto: per tensor the lowest error)"})
-    target: Optional[Target] = field(
-        default=None, metadata={"help": "runtime the placement/format is for (default: the run's target, else ort)"})
+    target: Optional[Target] = target_option()
     scheme: Literal["auto", "full", "inputs"] = field(
         default="auto", metadata={"help": "ort placement: full (all int8 kernels), inputs (MatMul/Gemm inputs "
                                           "only); auto picks inputs for transformers"})
@@ -64,6 +66,16 @@ class InsertQdqOptions:
         default=None, metadata={"help": "JSON or TOML file of per-tensor overrides (dtype, symmetric, axis, "
                                         "rmin/rmax, scale/zero_point), like ORT's TensorQuantOverrides",
                                 "metavar": "PATH"})
+    stats: Optional[str] = field(
+        default=None, metadata={"help": "calibration statistics from `onnxcomp calibrate` (one run, or shards "
+                                        "merged with --merge) used instead of calibrating on --calib data",
+                                "metavar": "PATH"})
+    bias_correction: bool = field(
+        default=False, metadata={"help": "take each quantized MatMul/Gemm's mean output shift, measured on the "
+                                         "calibration data, out of its float bias where that pays on held-out batches"})
+    embeddings: bool = field(
+        default=False, metadata={"help": "also store constant Gather tables (embeddings) as INT8 per row: a quarter "
+                                         "of their bytes (target ort; TensorRT keeps them float)"})
 
     def __post_init__(self):
         check_ranges(self, "insert-qdq")
@@ -83,14 +95,13 @@ class InsertQdqPass(Pass):
 
         opts = self.options
         target = opts.target or ctx.target or "ort"
-        _check_model(graph, ctx)
+        _check_model(graph, ctx, opts)
         report = PassReport()
         exclude = Exclusion(tuple(opts.exclude), tuple(opts.exclude_op))
         exclude.check("insert-qdq", graph)
         overrides = load_overrides(opts.overrides) if opts.overrides else {}
         check_names(overrides, graph)
-        placement = PlacementOptions(target=target, scheme=opts.scheme, per_channel=opts.per_channel,
-                                     op_types=tuple(opts.op_types), exclude=exclude)
+        placement = _placement(opts, target, exclude)
         plan = plan_placement(graph, placement)
         if not plan.nodes:
             for name, reason in plan.skipped:
@@ -107,15 +118,45 @@ class InsertQdqPass(Pass):
             budget = _fit_budget(float_model, plan, placement, ranges, fmt, weight_qmax, opts, ctx, overrides)
             plan = plan_placement(graph, _with_float(placement, budget.held_back))
         params, table = _params(plan, ranges, fmt, overrides)
+        kept = float_weights(graph, plan) if opts.bias_correction else {}
         result = insert_qdq_pairs(graph, plan, params, fmt, quantize_biases=plan.scheme == "full",
                                   weight_qmax=weight_qmax, weight_overrides=overrides)
         _fill_report(report, plan, result, table, target, weight_qmax, opts, budget)
+        if opts.bias_correction:
+            _correct_biases(graph, kept, ctx, opts, report)
+        if opts.embeddings:
+            _quantize_embeddings(graph, target, exclude, report)
         if overrides:
             report.details["insert-qdq"]["overrides"] = _overrides_used(overrides, plan, table, result)
         return report
 
 
-def _check_model(graph, ctx: PassContext) -> None:
+def _placement(opts: InsertQdqOptions, target: str, exclude: Exclusion) -> PlacementOptions:
+    return PlacementOptions(target=target, scheme=opts.scheme, per_channel=opts.per_channel,
+                            op_types=tuple(opts.op_types), exclude=exclude)
+
+
+def calibrated_tensors(graph, opts: InsertQdqOptions, ctx: PassContext) -> list[str]:
+    """The activations insert-qdq with `opts` calibrates on `graph` (after the model checks it makes):
+    what `onnxcomp calibrate` collects, so statistics made ahead of time hold exactly the tensors the
+    pass asks for, fetched together as the pass would fetch them."""
+    _check_model(graph, ctx, opts)
+    exclude = Exclusion(tuple(opts.exclude), tuple(opts.exclude_op))
+    exclude.check("insert-qdq", graph)
+    plan = plan_placement(graph, _placement(opts, opts.target or ctx.target or "ort", exclude))
+    return _range_tensors(plan)
+
+
+def _range_tensors(plan: QdqPlacement) -> list[str]:
+    return sorted({t for names in plan.range_groups().values() for t in names})
+
+
+def histogram_bins(method: str) -> int:
+    """Histogram bins calibration keeps for `method`: minmax needs none, which makes it several times cheaper."""
+    return 0 if method == "minmax" else 2048
+
+
+def _check_model(graph, ctx: PassContext, opts: InsertQdqOptions) -> None:
     found = next((n for n in graph.nodes if n.op in _QDQ_OPS), None)
     if found is not None:
         raise InputError(f"insert-qdq: the model is already quantized ({found.op} node {found.name!r}); "
@@ -124,9 +165,13 @@ def _check_model(graph, ctx: PassContext) -> None:
     if opset is not None and opset < 13:
         raise InputError(f"insert-qdq: model opset {opset} < 13 (per-channel Q/DQ needs 13); convert it first, "
                          "e.g. onnx.version_converter.convert_version(model, 13)")
-    if ctx.data is None:
+    if ctx.data is None and opts.stats is None:
         raise InputError("insert-qdq: calibration data is required: pass --calib FILE.npz (one array per model "
-                         "input, first axis = samples) or --calib FILE.py:FUNCTION (feed dicts, one per model call)")
+                         "input, first axis = samples) or --calib FILE.py:FUNCTION (feed dicts, one per model call), "
+                         "or --calib-stats FILE from `onnxcomp calibrate`")
+    if ctx.data is None and opts.max_drop is not None:
+        raise InputError("insert-qdq: max_drop measures the drop on samples, and a statistics file holds none: "
+                         "pass --calib data too")
 
 
 def _weight_qmax(target: str, opts: InsertQdqOptions) -> int:
@@ -145,10 +190,15 @@ def _with_float(placement: PlacementOptions, nodes) -> PlacementOptions:
 def _calibrate(model, data, plan: QdqPlacement, opts: InsertQdqOptions, symmetric: bool, ctx: PassContext) -> dict:
     from onnxcomp.passes.qdq.calibration import choose_ranges, collect_stats
 
-    tensors = sorted({t for names in plan.range_groups().values() for t in names})
-    # minmax needs no histograms: skipping them makes calibration several times cheaper.
-    stats = collect_stats(model, data, tensors=tensors, batch_size=opts.calib_batch_size,
-                          num_bins=0 if opts.method == "minmax" else 2048, progress=ctx.progress)
+    tensors = _range_tensors(plan)
+    if opts.stats is not None:
+        from onnxcomp.passes.qdq.calibration.stats import read_stats
+
+        stats = read_stats(opts.stats, model, tensors, opts.method)
+        ctx.say(f"insert-qdq: statistics of {stats.samples} samples from {opts.stats}")
+    else:
+        stats = collect_stats(model, data, tensors=tensors, batch_size=opts.calib_batch_size,
+                              num_bins=histogram_bins(opts.method), progress=ctx.progress)
     return choose_ranges(stats, method=opts.method, percentile=opts.percentile, symmetric=symmetric, bits=8)
 
 
@@ -216,6 +266,8 @@ def _fill_report(report: PassReport, plan: QdqPlacement, result, table, target: 
                "weight_qmax": weight_qmax,
                "int8_nodes": list(plan.nodes), "activations": table, "weights": result.weights,
                "notes": list(plan.notes)}
+    if opts.stats is not None:
+        details["stats"] = str(opts.stats)
     if result.float_bias and plan.scheme == "full":
         details["float_bias"] = result.float_bias
     if budget is not None:
@@ -224,6 +276,33 @@ def _fill_report(report: PassReport, plan: QdqPlacement, result, table, target: 
                              "fidelity": budget.fidelity.as_dict(), "trials": budget.trials,
                              "sensitivity": sensitivity_table(budget), "measured_on": "calibration data"}
     report.details["insert-qdq"] = details
+
+
+def _correct_biases(graph, kept: dict, ctx: PassContext, opts: InsertQdqOptions, report: PassReport) -> None:
+    from onnxcomp.graph.convert import to_model
+
+    layers, skipped = find_layers(graph, kept)
+    for name, reason in skipped:
+        report.skip(name, f"bias correction: {reason}")
+    ctx.say(f"insert-qdq: measuring the output shift of {len(layers)} quantized layers")
+    rows = correct_biases(graph, to_model(graph), ctx.data, layers, opts.calib_batch_size) if layers else []
+    report.count("corrected_biases", sum(row["corrected"] for row in rows))
+    report.details["insert-qdq"]["bias_correction"] = rows
+
+
+def _quantize_embeddings(graph, target: str, exclude: Exclusion, report: PassReport) -> None:
+    if target == "tensorrt":
+        report.details["insert-qdq"]["embeddings"] = []
+        report.details["insert-qdq"]["notes"].append("embeddings: tables kept float for TensorRT (it takes INT8 "
+                                                     "weights only into its weighted layers)")
+        return
+    rows, skipped = quantize_tables(graph, "gather", exclude)
+    if rows:
+        graph.cleanup().toposort()  # the lookup nodes were appended
+    for name, reason in skipped:
+        report.skip(name, f"embedding: {reason}")
+    report.count("int8_tables", len(rows))
+    report.details["insert-qdq"]["embeddings"] = rows
 
 
 def _overrides_used(overrides: dict, plan: QdqPlacement, table: list[dict], result) -> list[dict]:

@@ -119,8 +119,8 @@ def weight_axis(index):
         if dq is None:
             continue
         facts = qdq_facts(index, dq)
-        if facts.scale is None or facts.scale.size <= 1:
-            continue
+        if facts.scale is None or facts.scale.size <= 1 or attr(dq, "block_size", 0):
+            continue  # (block-wise scales run along the reduction axis by definition)
         weight = index.constant(dq.input[0])
         if weight is None:
             source = quantize_source(index, dq)
@@ -144,6 +144,9 @@ def weighted_inputs_quantized(index):
         if node.op_type not in WEIGHTED_OPS or len(node.input) < 2:
             continue
         dq = [_dequantized_through_commuting(index, t) for t in node.input[:2]]
+        weight_dq = dequantized_from(index, node.input[1])
+        if weight_dq is not None and attr(weight_dq, "block_size", 0):
+            continue  # block-wise INT4 weights are weight-only quantization: the activation stays float
         if any(dq) and not all(dq):
             missing = node.input[dq.index(False)]
             yield (node_id(node), f"input {missing!r} is float while the other is quantized; TensorRT runs the "

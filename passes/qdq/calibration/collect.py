@@ -154,7 +154,9 @@ def collect_stats(model: onnx.ModelProto, data, tensors: list[str] | None = None
         else:
             out[name] = src.copy()
             out[name].name = name
-    return CalibrationStats(out, num_bins, samples, batches)
+    # Samples that merge were cut at multiples of sizer.size; other data ran call by call.
+    cut = sizer.size if isinstance(data, Samples) and data.mergeable else 0
+    return CalibrationStats(out, num_bins, samples, batches, batch_size=cut)
 
 
 def _check_names(model: onnx.ModelProto, wanted: list[str]) -> None:

@@ -1,0 +1,331 @@
+"""Reach of the structural passes on the third-party corpus: remove-channels groups found / pruned / left whole
+(by reason) with params, MACs and ONNX Runtime latency at ratio 0.5; factorize-lowrank on the transformers,
+plain SVD against activation-whitened SVD.
+
+    python -m benchmarks reach [-- --only a,b --ratio 0.5 --rounds 15 --no-latency --no-lowrank]
+
+Every model goes through cleanup,fold-bn first, as `onnxcomp optimize --prune-channels` does (opset < 10
+models are converted to 13). The `light_*` model-zoo structures carry dummy weights (one ConstantOfShape
+fill per shape) that cleanup merges into shared constants; they get one copy per reader again, as real
+weights would be, before the groups are counted. Latency: median ms per call of the cleaned and of the
+pruned model, timed round by round in this process (the ratio is what counts on shared cores), batch 8
+where the model's batch is dynamic (recipe samples stacked), batch 1 otherwise. Low-rank: cosine of the
+outputs (mean over samples and outputs) on recipe feeds (seed 1) against the model before; the whitened
+factors calibrate on other recipe feeds (seed 0); the real MiniLM (build/models/minilm.onnx, made with
+the bench extra) on its own calibration and test sets when built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from benchmarks._measure import interleaved_seconds
+
+REPO = Path(__file__).resolve().parent.parent
+MANIFEST = REPO / "models" / "corpus" / "manifest.json"
+HELD_OUT = ("nudenet", "rapidocr", "ddddocr", "silero")  # never used here
+LOWRANK_MODELS = ("khmersm", "trueocr_order", "minilm_l6_int8", "romanizer_encoder")
+
+
+def _args(argv):
+    p = argparse.ArgumentParser(prog="bench_reach", description=__doc__.splitlines()[0])
+    p.add_argument("--corpus", type=Path, default=REPO / "build" / "corpus")
+    p.add_argument("--only", default="", help="comma-separated corpus names")
+    p.add_argument("--ratio", type=float, default=0.5)
+    p.add_argument("--rounds", type=int, default=11, help="interleaved latency rounds")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    p.add_argument("--no-latency", action="store_true")
+    p.add_argument("--no-lowrank", action="store_true")
+    p.add_argument("--no-prune", action="store_true")
+    p.add_argument("--kept", default="0.9,0.75,0.5")
+    p.add_argument("--json", type=Path, help="also write the rows here")
+    return p.parse_args(argv)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+# ---------------------------------------------------------------- preparing a model
+
+def _prepared(path: Path, name: str):
+    """The corpus model after cleanup,fold-bn (as a gs graph and as a ModelProto)."""
+    from onnxcomp.graph.convert import to_graph, to_model
+    from onnxcomp.graph.load import load_model
+    from onnxcomp.pipeline.manager import PassManager
+    from onnxcomp.pipeline.pass_base import PassContext
+    from onnxcomp.pipeline.text import parse_pipeline
+
+    model = load_model(path)
+    if model.opset_import and max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) < 10:
+        model = onnx.version_converter.convert_version(model, 13)
+    graph = to_graph(model)
+    PassManager(parse_pipeline("cleanup,fold-bn"), verify="structure", ctx=PassContext()).run(graph)
+    if name.startswith("light_"):
+        _unshare(graph)
+    return to_model(graph)
+
+
+def _unshare(graph) -> None:
+    """One copy of a shared float constant (rank >= 1) per reader: dummy weights merged by cleanup."""
+    import onnx_graphsurgeon as gs
+
+    readers = collections.defaultdict(list)
+    for node in graph.nodes:
+        for i, t in enumerate(node.inputs):
+            if isinstance(t, gs.Constant) and len(t.shape) >= 1 and np.asarray(t.values).dtype.kind == "f":
+                readers[t.name].append((node, i))
+    for name, uses in readers.items():
+        for k, (node, i) in enumerate(uses[1:], start=1):
+            node.inputs[i] = gs.Constant(f"{name}__copy{k}", np.array(node.inputs[i].values))
+
+
+def _feeds(entry: dict, batch: int, seed: int = 0) -> tuple[dict, int]:
+    """Recipe feeds with `batch` samples stacked on axis 0 where that axis is dynamic, else one sample."""
+    sys.path.insert(0, str(REPO))
+    from models.corpus.recipes import make_feeds
+
+    declared = entry.get("declared_input_shapes", {})
+    dynamic = not entry.get("batch_fixed") and all(
+        isinstance((declared.get(s["name"]) or [1])[0], str) for s in entry["inputs"])
+    n = batch if dynamic else 1
+    samples = make_feeds(entry, n, seed)
+    return {k: np.concatenate([s[k] for s in samples], axis=0) for k in samples[0]}, n
+
+
+def _reason(text: str) -> str:
+    """A refusal without node names and numbers, so equal causes count together."""
+    text = re.sub(r"^[^:]*: ", "", text)
+    return re.sub(r"[\w/.:\-]*\d[\w/.:\-]*", "#", text)[:70]
+
+
+# ---------------------------------------------------------------- remove-channels
+
+def prune_row(entry: dict, model: onnx.ModelProto, args) -> dict:
+    from onnxcomp.errors import InputError
+    from onnxcomp.graph.convert import to_graph, to_model
+    from onnxcomp.graph.shapes import infer_shapes
+    from onnxcomp.passes.prune.groups import find_channel_groups
+    from onnxcomp.pipeline.manager import PassManager
+    from onnxcomp.pipeline.pass_base import PassContext
+    from onnxcomp.pipeline.text import parse_pipeline
+
+    start = time.perf_counter()
+    groups = find_channel_groups(to_graph(_copy(model)), infer_shapes(model))
+    row = {"model": entry["name"], "groups": len(groups), "pruned": sum(g.prunable for g in groups),
+           "reasons": dict(collections.Counter(_reason(g.reason) for g in groups if g.reason).most_common())}
+    graph = to_graph(_copy(model))
+    try:
+        records = PassManager(parse_pipeline(f"remove-channels{{ratio={args.ratio}}}"), verify="structure",
+                              ctx=PassContext()).run(graph)
+    except InputError as exc:
+        row["note"] = str(exc)[:80]
+        row["seconds"] = round(time.perf_counter() - start, 1)
+        return row
+    report = records[0].report
+    pruned = to_model(graph)
+    row.update(params=(report.details["params"]["before"], report.details["params"]["after"]),
+               macs=(report.stats["macs_before"], report.stats["macs_after"]),
+               groups_cut=report.stats["groups_pruned"])
+    if not args.no_latency:
+        row.update(_latency(entry, model, pruned, args))
+    row["seconds"] = round(time.perf_counter() - start, 1)
+    return row
+
+
+def _latency(entry, base, candidate, args) -> dict:
+    from onnxcomp.measure.compare import per_sample_cosine
+    from onnxcomp.measure.runtime import session
+
+    feeds, batch = _feeds(entry, args.batch)
+    try:
+        sessions = [session(m, threads=args.threads) for m in (base, candidate)]
+        outs = [s.run(None, feeds) for s in sessions]
+    except Exception as exc:  # a batch the model does not take after all: fall back to one sample
+        if batch == 1:
+            return {"latency_note": str(exc).splitlines()[0][:80]}
+        feeds, batch = _feeds({**entry, "batch_fixed": True}, 1)
+        sessions = [session(m, threads=args.threads) for m in (base, candidate)]
+        outs = [s.run(None, feeds) for s in sessions]
+    cos = float(np.mean([per_sample_cosine(a, b).mean() for a, b in zip(*outs)
+                         if np.asarray(a).dtype.kind == "f" and np.shape(a) == np.shape(b)] or [np.nan]))
+    base_s, cand_s = interleaved_seconds(sessions, [feeds, feeds], args.rounds)
+    return {"batch": batch, "ms": (round(base_s * 1e3, 3), round(cand_s * 1e3, 3)),
+            "latency_ratio": round(cand_s / base_s, 3), "cosine_untrained": round(cos, 4)}
+
+
+def _copy(model):
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def print_prune(rows: list[dict], before: dict | None) -> None:
+    head = f"{'model':24s} {'groups':>6s} {'pruned':>6s} {'share':>6s} {'params':>7s} {'MACs':>7s} {'lat':>6s} {'b':>2s}  left whole (reason: count)"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        share = f"{r['pruned'] / r['groups']:.0%}" if r["groups"] else "-"
+        params = f"{r['params'][1] / r['params'][0]:.2f}" if "params" in r else "-"
+        macs = f"{r['macs'][1] / r['macs'][0]:.2f}" if "macs" in r and r["macs"][0] else "-"
+        lat = f"{r['latency_ratio']:.2f}" if "latency_ratio" in r else "-"
+        reasons = "; ".join(f"{k}: {v}" for k, v in list(r["reasons"].items())[:2])
+        print(f"{r['model']:24s} {r['groups']:6d} {r['pruned']:6d} {share:>6s} {params:>7s} {macs:>7s} {lat:>6s} "
+              f"{r.get('batch', ''):>2}  {reasons}")
+    found, pruned = sum(r["groups"] for r in rows), sum(r["pruned"] for r in rows)
+    with_groups = [r for r in rows if r["groups"]]
+    print(f"total: {pruned}/{found} groups pruned ({pruned / max(found, 1):.1%}); models with groups: "
+          f"{len(with_groups)}, of them >= 90% pruned: {sum(r['pruned'] >= 0.9 * r['groups'] for r in with_groups)}")
+    lats = [r["latency_ratio"] for r in rows if "latency_ratio" in r]
+    if lats:
+        print(f"latency ratio pruned/unpruned: median {np.median(lats):.2f}, faster on {sum(v < 1 for v in lats)}"
+              f"/{len(lats)} models")
+    totals = collections.Counter()
+    for r in rows:
+        totals.update(r["reasons"])
+    print("left whole, all models: " + "; ".join(f"{k}: {v}" for k, v in totals.most_common(12)))
+
+
+# ---------------------------------------------------------------- factorize-lowrank
+
+def lowrank_rows(entry: dict, model: onnx.ModelProto, kept: list[float], args, calib=None, test=None) -> list[dict]:
+    from onnxcomp.errors import InputError
+    from onnxcomp.graph.convert import to_graph, to_model
+    from onnxcomp.measure.compare import per_sample_cosine
+    from onnxcomp.measure.runtime import session
+    from onnxcomp.pipeline.manager import PassManager
+    from onnxcomp.pipeline.pass_base import PassContext
+    from onnxcomp.pipeline.text import parse_pipeline
+
+    if calib is None:
+        calib = _stacked(entry, 32, seed=0)
+        test = _stacked(entry, 16, seed=1)
+    base_sess = session(model, threads=args.threads)
+    want = _run_all(base_sess, test)
+    rows = []
+    for fraction in kept:
+        for method in ("svd", "whitened"):
+            graph = to_graph(_copy(model))
+            try:
+                records = PassManager(parse_pipeline(f"factorize-lowrank{{kept={fraction},method={method}}}"),
+                                      verify="structure", ctx=PassContext(data=calib)).run(graph)
+            except InputError as exc:
+                return [{"model": entry["name"], "note": str(exc)[:90]}]
+            report = records[0].report
+            out = to_model(graph)
+            sess = session(out, threads=args.threads)
+            got = _run_all(sess, test)
+            cos = float(np.mean([per_sample_cosine(a, b).mean() for a, b in zip(want, got)
+                                 if a.dtype.kind == "f"]))
+            row = {"model": entry["name"], "kept": fraction, "method": method, "cosine": round(cos, 4),
+                   "factorized": report.stats["factorized"], "layers": report.stats["layers"],
+                   "params": (report.stats["params_before"], report.stats["params_after"])}
+            if method == "whitened" and not args.no_latency:
+                feeds, batch = _feeds(entry, args.batch) if "inputs" in entry else (_first(test, args.batch), 0)
+                base_s, cand_s = interleaved_seconds([base_sess, sess], [feeds, feeds], args.rounds)
+                row.update(latency_ratio=round(cand_s / base_s, 3), batch=batch or args.batch)
+            rows.append(row)
+    return rows
+
+
+def _stacked(entry: dict, n: int, seed: int) -> list[dict]:
+    sys.path.insert(0, str(REPO))
+    from models.corpus.recipes import make_feeds
+
+    return make_feeds(entry, n, seed)
+
+
+def _run_all(sess, data) -> list[np.ndarray]:
+    """Outputs over every call, concatenated per output."""
+    calls = data if isinstance(data, list) else [{k: v[i:i + 8] for k, v in data.items()}
+                                                 for i in range(0, len(next(iter(data.values()))), 8)]
+    outs = [sess.run(None, feeds) for feeds in calls]
+    return [np.concatenate([np.asarray(o[i]).reshape(1, -1) if np.ndim(o[i]) == 0 else np.asarray(o[i])
+                            for o in outs]) for i in range(len(outs[0]))]
+
+
+def _first(data: dict, n: int) -> dict:
+    return {k: v[:n] for k, v in data.items()}
+
+
+def print_lowrank(rows: list[dict]) -> None:
+    head = f"{'model':22s} {'kept':>5s} {'factorized':>10s} {'params':>7s} {'cos svd':>8s} {'cos whitened':>12s} {'lat (wh)':>8s}"
+    print(head)
+    print("-" * len(head))
+    by = collections.defaultdict(dict)
+    for r in rows:
+        if "note" in r:
+            print(f"{r['model']:22s} {r['note']}")
+            continue
+        by[(r["model"], r["kept"])][r["method"]] = r
+    for (model, kept), pair in by.items():
+        svd, wh = pair.get("svd", {}), pair.get("whitened", {})
+        params = f"{wh['params'][1] / wh['params'][0]:.2f}" if wh else "-"
+        lat = f"{wh['latency_ratio']:.2f}" if "latency_ratio" in wh else "-"
+        print(f"{model:22s} {kept:5.2f} {str(wh.get('factorized', '-')) + '/' + str(wh.get('layers', '-')):>10s} "
+              f"{params:>7s} {svd.get('cosine', float('nan')):8.4f} {wh.get('cosine', float('nan')):12.4f} {lat:>8s}")
+
+
+# ---------------------------------------------------------------- main
+
+def main(argv) -> int:
+    args = _args(argv)
+    entries = [e for e in json.loads(MANIFEST.read_text()) if not any(h in e["name"] for h in HELD_OUT)]
+    only = {n for n in args.only.split(",") if n}
+    if only:
+        entries = [e for e in entries if e["name"] in only]
+    print(f"CPU: {cpu_name()}; ORT threads {args.threads}; ratio {args.ratio}; latency batch {args.batch} "
+          f"(1 where fixed); {args.rounds} interleaved rounds")
+    prune, lowrank, prepared = [], [], {}
+    for entry in entries:
+        path = args.corpus / f"{entry['name']}.onnx"
+        if not path.exists():
+            print(f"{entry['name']}: not built (python -m models.corpus.fetch --out {args.corpus})", file=sys.stderr)
+            continue
+        try:
+            model = _prepared(path, entry["name"])
+        except Exception as exc:  # a model the core cannot take: say so, go on
+            print(f"{entry['name']}: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}", file=sys.stderr)
+            continue
+        if not args.no_prune:
+            prune.append(prune_row(entry, model, args))
+            print(f"  {entry['name']}: {prune[-1]['pruned']}/{prune[-1]['groups']} ({prune[-1]['seconds']} s)",
+                  file=sys.stderr, flush=True)
+        if not args.no_lowrank and entry["name"] in LOWRANK_MODELS:
+            prepared[entry["name"]] = (entry, model)
+    if prune:
+        print()
+        print_prune(prune, None)
+    if not args.no_lowrank:
+        kept = [float(k) for k in args.kept.split(",")]
+        for name, (entry, model) in prepared.items():
+            lowrank += lowrank_rows(entry, model, kept, args)
+        minilm = REPO / "build" / "models" / "minilm.onnx"
+        if minilm.exists() and (not only or "minilm" in only):
+            calib = dict(np.load(REPO / "build" / "models" / "minilm_calib.npz"))
+            test = dict(np.load(REPO / "build" / "models" / "minilm_test.npz"))
+            calib.pop("labels", None)
+            test.pop("labels", None)
+            lowrank += lowrank_rows({"name": "minilm (real)"}, _prepared(minilm, "minilm"), kept, args,
+                                    {k: v[:64] for k, v in calib.items()}, {k: v[:32] for k, v in test.items()})
+        print()
+        print_lowrank(lowrank)
+    if args.json:
+        args.json.write_text(json.dumps({"cpu": cpu_name(), "prune": prune, "lowrank": lowrank}, indent=1))
+    return 0

@@ -1,0 +1,388 @@
+"""smooth-quant: move activation outliers into the following weights before INT8 (SmoothQuant); exact in float.
+
+A tensor x read by MatMul/Gemm with constant weights W computes the same x W = (x / s)(s W) for
+any positive per-channel s. The 1/s is folded into the op that makes x - LayerNormalization's
+scale and bias, the Mul/Add affine a decomposed LayerNorm ends with, or a Mul by a constant (the
+x0.5 that ends an exported GELU) - and the s into the input rows of every W that reads x. The
+float model computes what it did (to rounding); per-tensor INT8 of x no longer spends its range
+on a few outlier channels, and the weights, quantized per output channel, absorb them.
+
+s_k = max|x_k|^alpha / max|W_k,:|^(1-alpha) (Xiao et al., SmoothQuant, 2023). alpha is chosen
+per site by measurement, not globally: each candidate, and leaving the site alone, is scored by
+the relative error of the quantized layers on calibration rows,
+||x W - q(x/s) q(sW)||^2 / ||x W||^2, with the activation format, min/max range and weight range
+insert-qdq uses for the target; a site is smoothed only when that error drops by `min_gain`.
+
+When x also feeds something that is not such a MatMul (the residual Add of a post-LN
+transformer), the producer is duplicated so only the MatMuls see x / s: one extra LayerNorm or
+Mul per site, cheap next to the MatMuls it serves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import numpy as np
+
+from onnxcomp.errors import InputError
+from onnxcomp.graph.edit import NameGen, node_key, producer
+from onnxcomp.passes.qdq.layer_data import ChannelStats, channel_stats
+from onnxcomp.passes.qdq.numerics import (
+    REDUCED_WEIGHT_QMAX,
+    WEIGHT_QMAX,
+    activation_format,
+    activation_params,
+    fake_quantize,
+    host_needs_reduced_range,
+    quantize_weight,
+)
+from onnxcomp.pipeline.options import (
+    Exclusion,
+    Range,
+    Target,
+    check_ranges,
+    exclude_op_option,
+    exclude_option,
+    target_option,
+)
+from onnxcomp.pipeline.pass_base import Pass, PassContext, PassReport
+from onnxcomp.pipeline.registry import register_pass
+
+# Readers that look only at a tensor's shape: they do not care what its values are.
+SHAPE_READERS = ("Shape", "Size")
+DEFAULT_ALPHAS = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+_SCALE_LIMITS = (1e-4, 1e4)  # s outside this would push weights or activations toward float32 limits
+
+
+@dataclass(frozen=True)
+class SmoothQuantOptions:
+    target: Optional[Target] = target_option()
+    alphas: tuple[float, ...] = field(
+        default=DEFAULT_ALPHAS, metadata={"help": "migration strengths tried at each site (0: all on the "
+                                                  "activations, 1: all on the weights); the best is kept",
+                                          "metavar": "ALPHA"})
+    min_gain: float = field(default=0.05, metadata={
+        "help": "smooth a site only when its measured INT8 error falls by at least this fraction",
+        "range": Range(0, 1, hi_open=True)})
+    rows: int = field(default=1024, metadata={"help": "calibration rows (token positions) per site the error is "
+                                                      "measured on", "range": Range(16)})
+    fold: Literal["duplicate", "insert", "none"] = field(default="duplicate", metadata={
+        "help": "where x/s goes when x also feeds non-MatMul readers (a residual): a copy of its producer, a new "
+                "Mul before the MatMuls, or nowhere (such sites are left alone)"})
+    calib_batch_size: int = field(default=16, metadata={"help": "samples per calibration batch", "range": Range(1)})
+    exclude: tuple[str, ...] = exclude_option()
+    exclude_op: tuple[str, ...] = exclude_op_option()
+
+    def __post_init__(self):
+        check_ranges(self, "smooth-quant")
+        if not self.alphas or any(not (0.0 <= a <= 1.0) for a in self.alphas):
+            raise InputError(f"smooth-quant.alphas must be numbers in [0, 1], got {list(self.alphas)}")
+
+
+@dataclass
+class Reader:
+    """A MatMul/Gemm that reads the site tensor as its data input; `k_axis` is its weight's input-channel axis."""
+
+    node: object
+    weight: object
+    k_axis: int
+
+    def kn(self) -> np.ndarray:
+        """The weight as [in channels, out channels]."""
+        w = np.asarray(self.weight.values, np.float32)
+        return w if self.k_axis == 0 else w.T
+
+
+@dataclass
+class Site:
+    """A tensor whose producer can absorb 1/s and whose MatMul readers can absorb s."""
+
+    tensor: object
+    chain: list  # producer nodes, first to last: [LayerNorm] | [Mul] | [Mul, Add]
+    slots: list[tuple[object, int]]  # (node, input index) of the constants divided by s
+    readers: list[Reader]
+    others: list  # value readers that keep the unscaled tensor
+
+    @property
+    def name(self) -> str:
+        return self.tensor.name
+
+    @property
+    def channels(self) -> int:
+        return int(self.readers[0].weight.shape[self.readers[0].k_axis])
+
+
+@dataclass
+class Choice:
+    alpha: float | None  # None: left alone
+    scale: np.ndarray | None
+    error_before: float
+    error_after: float
+    tried: dict[str, float] = field(default_factory=dict)
+
+
+@register_pass
+class SmoothQuantPass(Pass):
+    """Fold per-channel scales between a LayerNorm/affine and its MatMuls so INT8 sees fewer outliers (exact)."""
+
+    name = "smooth-quant"
+    exact = True
+    Options = SmoothQuantOptions
+
+    def run(self, graph, ctx: PassContext) -> PassReport:
+        from onnxcomp.graph.convert import to_model
+
+        opts = self.options
+        if ctx.data is None:
+            raise InputError("smooth-quant: calibration data is required (it measures each layer's INT8 error): "
+                             "pass --calib FILE.npz or FILE.py:FUNCTION")
+        exclude = Exclusion(tuple(opts.exclude), tuple(opts.exclude_op))
+        exclude.check("smooth-quant", graph)
+        report = PassReport()
+        sites, skipped = find_sites(graph, exclude, opts.fold != "none")
+        for name, reason in skipped:
+            report.skip(name, reason)
+        target = opts.target or ctx.target or "ort"
+        details = {"target": target, "sites": []}
+        report.details["smooth-quant"] = details
+        if not sites:
+            details["note"] = "no LayerNorm/affine -> MatMul site to smooth"
+            return report
+        ctx.say(f"smooth-quant: measuring {len(sites)} sites on the calibration data")
+        stats = channel_stats(to_model(graph), ctx.data, [s.name for s in sites], opts.rows, opts.calib_batch_size)
+        fmt = activation_format(target)
+        qmax = REDUCED_WEIGHT_QMAX if target == "ort" and host_needs_reduced_range() else WEIGHT_QMAX
+        names = NameGen(graph)
+        for site in sites:
+            choice = choose_scale(site, stats[site.name], opts.alphas, fmt, qmax, opts.min_gain)
+            details["sites"].append(_row(site, choice))
+            if choice.alpha is None:
+                report.skip(site.name, f"smoothing does not lower its INT8 error by {opts.min_gain:.0%} "
+                                       f"(error {choice.error_before:.3g}, best {choice.error_after:.3g})")
+                continue
+            mode = fold_mode(site, opts.fold == "insert")
+            details["sites"][-1]["fold"] = mode
+            apply_scale(graph, site, choice.scale, names, mode)
+            report.modified = True
+            report.count("smoothed_sites")
+            report.count("smoothed_matmuls", len(site.readers))
+            if mode != "in-place":
+                report.count(f"{mode}_folds")
+        graph.cleanup().toposort()
+        return report
+
+
+def _row(site: Site, choice: Choice) -> dict:
+    return {"tensor": site.name, "producer": node_key(site.chain[-1]), "op": site.chain[-1].op,
+            "readers": [node_key(r.node) for r in site.readers], "fold": None, "alpha": choice.alpha, "error_before": float(choice.error_before),
+            "error_after": float(choice.error_after)}
+
+
+# ---- finding sites ----------------------------------------------------------------------------
+
+def find_sites(graph, exclude: Exclusion | None = None, duplicate: bool = True) -> tuple[list[Site], list]:
+    """Tensors read by MatMul/Gemm with constant weights whose producer can absorb a per-channel scale.
+    Returns (sites, [(tensor, reason)] for the ones that cannot be smoothed)."""
+    sites, skipped, claimed = [], [], set()
+    for tensor in graph.tensors().values():
+        readers = _readers(tensor, exclude)
+        if not readers:
+            continue
+        k = int(readers[0].weight.shape[readers[0].k_axis])
+        if any(int(r.weight.shape[r.k_axis]) != k for r in readers):
+            skipped.append((tensor.name, "its MatMul readers disagree on the channel count"))
+            continue
+        found = _absorbing_chain(tensor, k)
+        if isinstance(found, str):
+            skipped.append((tensor.name, found))
+            continue
+        chain, slots = found
+        if any(id(n) in claimed for n in chain):
+            skipped.append((tensor.name, f"{node_key(chain[0])} already absorbs another site's scale"))
+            continue
+        ids = {id(r.node) for r in readers}
+        others = [c for c in tensor.outputs if id(c) not in ids and c.op not in SHAPE_READERS]
+        others += [c for n in chain[:-1] for c in n.outputs[0].outputs if c is not chain[chain.index(n) + 1]]
+        if others and not duplicate:
+            skipped.append((tensor.name, f"also read by {others[0].op} {node_key(others[0])} (fold=none)"))
+            continue
+        if tensor.name in {t.name for t in graph.outputs}:
+            skipped.append((tensor.name, "a graph output: its values must not change"))
+            continue
+        claimed.update(id(n) for n in chain)
+        sites.append(Site(tensor, chain, slots, readers, others))
+    return sites, skipped
+
+
+def _readers(tensor, exclude: Exclusion | None) -> list[Reader]:
+    import onnx_graphsurgeon as gs
+
+    found = []
+    for node in tensor.outputs:
+        if node.op not in ("MatMul", "Gemm") or not node.inputs or node.inputs[0] is not tensor:
+            continue
+        if len(node.inputs) < 2 or not isinstance(node.inputs[1], gs.Constant):
+            continue
+        w = node.inputs[1]
+        if w.values.ndim != 2 or np.dtype(w.values.dtype) != np.float32 or node.inputs[1] is tensor:
+            continue
+        if node.op == "Gemm" and int(node.attrs.get("transA", 0)):
+            continue
+        if exclude and exclude.reason([node_key(node), w.name], (node.op,)):
+            continue
+        k_axis = 1 if node.op == "Gemm" and int(node.attrs.get("transB", 0)) else 0
+        found.append(Reader(node, w, k_axis))
+    return found
+
+
+def _channel_constant(node, k: int) -> int | None:
+    """Index of the input of an elementwise node that is a float constant scaling the last axis (scalar or [.., k])."""
+    import onnx_graphsurgeon as gs
+
+    hits = [i for i, t in enumerate(node.inputs[:2]) if isinstance(t, gs.Constant)]
+    if len(node.inputs) != 2 or len(hits) != 1:
+        return None
+    values = np.asarray(node.inputs[hits[0]].values)
+    if values.dtype != np.float32:
+        return None
+    if values.ndim and (values.shape[-1] not in (1, k) or any(d != 1 for d in values.shape[:-1])):
+        return None
+    return hits[0]
+
+
+def _absorbing_chain(tensor, k: int):
+    """([producer nodes], [(node, input index) to divide by s]) or the reason there is none."""
+    import onnx_graphsurgeon as gs
+
+    node = producer(tensor)
+    if node is None:
+        return "a graph input: nothing before it can absorb the scale"
+    if node.op == "LayerNormalization":
+        rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else None
+        axis = int(node.attrs.get("axis", -1))
+        if not (axis == -1 or (rank is not None and axis == rank - 1)):
+            return "LayerNormalization over more than the last axis cannot absorb a per-channel scale"
+        consts = [i for i in (1, 2) if i < len(node.inputs) and node.inputs[i].name]
+        if any(not isinstance(node.inputs[i], gs.Constant) or np.asarray(node.inputs[i].values).size != k
+               for i in consts):
+            return "LayerNormalization whose scale/bias are not constant per-channel vectors"
+        return [node], [(node, i) for i in consts]
+    if node.op == "Mul":
+        index = _channel_constant(node, k)
+        if index is None:
+            return "Mul before the MatMul is not by a per-channel constant"
+        return [node], [(node, index)]
+    if node.op == "Add":
+        index = _channel_constant(node, k)
+        mul = producer(node.inputs[1 - index]) if index is not None else None
+        gamma = _channel_constant(mul, k) if mul is not None and mul.op == "Mul" else None
+        if gamma is None:
+            return "Add before the MatMul is not the Mul/Add affine of a LayerNorm"
+        return [mul, node], [(mul, gamma), (node, index)]
+    return f"{node.op} before the MatMul cannot absorb a per-channel scale (needs LayerNorm or a Mul/Add by constants)"
+
+
+# ---- choosing the scale -----------------------------------------------------------------------
+
+def candidate_scale(absmax: np.ndarray, weight_max: np.ndarray, alpha: float) -> np.ndarray:
+    """s = a^alpha / w^(1-alpha) per channel; 1 where a channel never fires or has no weight."""
+    live = (absmax > 0) & (weight_max > 0)
+    s = np.ones_like(absmax, dtype=np.float64)
+    s[live] = absmax[live].astype(np.float64) ** alpha / weight_max[live].astype(np.float64) ** (1.0 - alpha)
+    return np.clip(s, *_SCALE_LIMITS).astype(np.float32)
+
+
+class LayerProbe:
+    """The sampled calibration rows of a site and the float outputs of its MatMuls on them, computed
+    once; `error(s)` is then what INT8 does to those MatMuls with smoothing scale s (None: none)."""
+
+    def __init__(self, stats: ChannelStats, weights: list[np.ndarray], fmt, qmax: int):
+        self.stats, self.weights, self.fmt, self.qmax = stats, weights, fmt, qmax
+        self.rows = stats.rows
+        self.refs = [self.rows @ w for w in weights]
+        self.signal = sum(float(np.sum(np.square(r, dtype=np.float64))) for r in self.refs)
+
+    def error(self, scale: np.ndarray | None) -> float:
+        """Relative squared error: x/s quantized per tensor in `fmt` with its min/max range over all the
+        calibration rows, sW per output channel, against float x W."""
+        s = np.ones(len(self.stats.lo), np.float32) if scale is None else scale
+        lo, hi = float(np.min(self.stats.lo / s)), float(np.max(self.stats.hi / s))
+        a_scale, zero_point = activation_params(lo, hi, self.fmt)
+        xq = fake_quantize(self.rows / s, a_scale, zero_point, symmetric=self.fmt.symmetric, bits=self.fmt.bits)
+        noise = 0.0
+        for w, ref in zip(self.weights, self.refs):
+            qw = quantize_weight(w * s[:, None], 1, self.qmax)
+            diff = xq @ (qw.values.astype(np.float32) * qw.scale[None, :]) - ref
+            noise += float(np.sum(np.square(diff, dtype=np.float64)))
+        return noise / self.signal if self.signal > 0 else 0.0
+
+
+def choose_scale(site: Site, stats: ChannelStats, alphas, fmt, qmax: int, min_gain: float) -> Choice:
+    """The alpha whose scale gives the lowest measured INT8 error, or none when none lowers it by min_gain."""
+    weights = [r.kn() for r in site.readers]
+    weight_max = np.max([np.abs(w).max(1) for w in weights], axis=0)
+    probe = LayerProbe(stats, weights, fmt, qmax)
+    before = probe.error(None)
+    best = Choice(None, None, before, before)
+    for alpha in alphas:
+        s = candidate_scale(stats.absmax, weight_max, alpha)
+        error = probe.error(s)
+        best.tried[f"{alpha:g}"] = error
+        if error < best.error_after:
+            best.alpha, best.scale, best.error_after = float(alpha), s, error
+    if best.alpha is not None and best.error_after > before * (1.0 - min_gain):
+        best.alpha, best.scale, best.error_after = None, None, before
+    return best
+
+
+# ---- folding ----------------------------------------------------------------------------------
+
+def fold_mode(site: Site, prefer_insert: bool = False) -> str:
+    """How 1/s gets in: `in-place` (the producer's constants), `duplicate` (a copy of the producer
+    for the MatMuls when x has other readers) or `insert` (a new Mul before the MatMuls, when the
+    producer's constant is a scalar: scalars are what fusions match, GELU's x0.5 among them)."""
+    if any(np.asarray(node.inputs[index].values).size == 1 for node, index in site.slots) or \
+            (site.others and prefer_insert):
+        return "insert"
+    return "duplicate" if site.others else "in-place"
+
+
+def apply_scale(graph, site: Site, s: np.ndarray, names: NameGen, mode: str) -> None:
+    """x -> x / s as `mode` says (see fold_mode), and W -> s W in every reader."""
+    import onnx_graphsurgeon as gs
+
+    chain, slots = site.chain, site.slots
+    if mode == "insert":
+        slots = []
+        smoothed = gs.Variable(names(f"{site.name}_smoothed"), dtype=site.tensor.dtype, shape=site.tensor.shape)
+        inverse = gs.Constant(names(f"{site.name}_smooth_inverse"), (1.0 / s).astype(np.float32))
+        graph.nodes.append(gs.Node("Mul", names(f"{node_key(chain[-1])}_smooth"), inputs=[site.tensor, inverse],
+                                   outputs=[smoothed]))
+        for reader in site.readers:
+            reader.node.inputs[0] = smoothed
+    elif mode == "duplicate":
+        copies = {}
+        for node in chain:
+            inputs = [copies[id(producer(t))].outputs[0] if producer(t) is not None and id(producer(t)) in copies
+                      else t for t in node.inputs]
+            out = gs.Variable(names(f"{node.outputs[0].name}_smoothed"), dtype=node.outputs[0].dtype,
+                              shape=node.outputs[0].shape)
+            copy = gs.Node(node.op, names(f"{node_key(node)}_smoothed"), attrs=dict(node.attrs), inputs=inputs,
+                           outputs=[out])
+            graph.nodes.append(copy)
+            copies[id(node)] = copy
+        slots = [(copies[id(n)], i) for n, i in slots]
+        smoothed = copies[id(chain[-1])].outputs[0]
+        for reader in site.readers:
+            reader.node.inputs[0] = smoothed
+    for node, index in slots:
+        c = node.inputs[index]
+        values = np.asarray(c.values, np.float32)
+        shape = values.shape[:-1] + (len(s),) if values.ndim else (len(s),)
+        node.inputs[index] = gs.Constant(names(f"{c.name}_smoothed"), (np.broadcast_to(values, shape) / s)
+                                         .astype(np.float32))
+    for reader in site.readers:
+        w = np.asarray(reader.weight.values, np.float32)
+        scaled = w * (s[:, None] if reader.k_axis == 0 else s[None, :])
+        reader.node.inputs[1] = gs.Constant(names(f"{reader.weight.name}_smoothed"), scaled.astype(np.float32))

@@ -176,6 +176,14 @@ def arm_label_free(args) -> dict:
 ARMS = {"compress": arm_compress, "manual": arm_manual, "label-free": arm_label_free}
 
 
+def conv_widths(model) -> str:
+    """Output channels of each Conv in order (through a DequantizeLinear for QDQ weights)."""
+    dims = {i.name: list(i.dims) for i in model.graph.initializer}
+    dq = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    widths = [dims.get(dq.get(n.input[1], n.input[1]), ["?"])[0] for n in model.graph.node if n.op_type == "Conv"]
+    return "/".join(map(str, widths))
+
+
 # ---------------------------------------------------------------- the parent: spawn, measure, print
 
 def _spawn(arm: str, argv: list[str]) -> dict:
@@ -228,12 +236,14 @@ def main(argv: list[str]) -> int:
         run = runs.get(k, {})
         rows.append([k, f"{acc[k]:.4f}", f"{(acc[k] - acc['original (fp32)']) * 100:+.2f}", f"{ms[8][k]:.3f}",
                      f"{ms[8][k] / ms[8]['original (fp32)']:.3f}x", f"{ms[1][k] / ms[1]['original (fp32)']:.3f}x",
-                     human_bytes(paths[k].stat().st_size), f"{run['seconds']:.1f}" if run else "-",
+                     human_bytes(paths[k].stat().st_size), conv_widths(models[k]),
+                     f"{run['seconds']:.1f}" if run else "-",
                      f"{run['peak_rss_mb']:.0f}" if run else "-"])
     print(f"digits CNN, {args.epochs} epochs, --latency {args.latency} --max-drop {args.max_drop}; ratio "
           f"{ours.get('ratio', '-')} (widths {ours.get('widths', '-')}, block {ours.get('block', '-')}); "
           f"{cpu_name()}, {args.threads} thread(s), load average {os.getloadavg()[0]:.1f}")
-    print(table(["model", "accuracy", "points", "b8 ms", "b8 ratio", "b1 ratio", "file", "wall s", "peak RSS MB"], rows))
+    print(table(["model", "accuracy", "points", "b8 ms", "b8 ratio", "b1 ratio", "file", "conv widths", "wall s",
+                 "peak RSS MB"], rows))
     if "message" in ours:
         print(f"onnxcomp compress: {ours['message']}")
     if not args.skip_label_free and (REPO / "build" / "corpus" / f"{LABEL_FREE}.onnx").exists():
@@ -245,3 +255,7 @@ def main(argv: list[str]) -> int:
                   f"size {free['size']:.3f}x, latency b1 {free['latency_b1']:.3f}x b8 {free['latency_b8']:.3f}x, "
                   f"{free['seconds']:.0f} s, peak RSS {free['peak_rss_mb']:.0f} MB; {free['message']}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -120,14 +120,14 @@ def _reason(text: str) -> str:
 def prune_row(entry: dict, model: onnx.ModelProto, args) -> dict:
     from onnxcomp.errors import InputError
     from onnxcomp.graph.convert import to_graph, to_model
-    from onnxcomp.graph.shapes import infer_shapes
     from onnxcomp.passes.prune.groups import find_channel_groups
+    from onnxcomp.passes.prune.probe import search_shapes
     from onnxcomp.pipeline.manager import PassManager
     from onnxcomp.pipeline.pass_base import PassContext
     from onnxcomp.pipeline.text import parse_pipeline
 
     start = time.perf_counter()
-    groups = find_channel_groups(to_graph(_copy(model)), infer_shapes(model))
+    groups = find_channel_groups(to_graph(_copy(model)), search_shapes(model))
     row = {"model": entry["name"], "groups": len(groups), "pruned": sum(g.prunable for g in groups),
            "reasons": dict(collections.Counter(_reason(g.reason) for g in groups if g.reason).most_common())}
     graph = to_graph(_copy(model))

@@ -227,13 +227,18 @@ def _check_options(target, latency, size, prune, quantize, max_drop, epochs, bat
 
 
 def _arrays(value, model: onnx.ModelProto, where: str) -> dict[str, np.ndarray] | None:
-    from onnxcomp.measure.data import load_npz, validate
+    """`value` (anything `--calib` takes: .npz, .npy, FILE.py:FUNCTION, a test-data folder, a dict
+    of arrays, feed dicts) as stacked arrays, axis 0 = samples: distillation trains on batches of them."""
+    from onnxcomp.measure.samples import as_samples
 
     if value is None:
         return None
-    arrays = {k: np.asarray(v) for k, v in value.items()} if isinstance(value, dict) else load_npz(value)
-    validate(arrays, model, where)
-    return arrays
+    stacked = as_samples(value, model, where).stacked()
+    if stacked is None:
+        raise InputError(f"{where}: compress needs samples that stack along a dynamic axis 0 of every input "
+                         "(it trains on batches of them); this data or model does not (fixed batch, constants "
+                         "or per-call shapes)")
+    return stacked
 
 
 def _split(train: dict, val: dict | None, seed: int) -> tuple[dict, dict, dict]:
@@ -317,17 +322,24 @@ class _Steps:
         from onnxcomp.measure.counts import model_counts
         from onnxcomp.passes.prune.remove_channels import RemoveChannelsPass
 
+        from onnxcomp.optimize import optimize
+
         found: dict[tuple, Candidate] = {}
-        full = None
+        full, prunable = None, True
         for ratio in bar(ratios, "compress: candidates", total=len(ratios)):
-            for ranking in rankings if ratio > 0 else ("uniform",):
+            for ranking in (rankings if ratio > 0 else ("uniform",)) if prunable else ():
                 if ratio == 0:
                     pruned, widths = cleaned, None
                 else:
-                    from onnxcomp.optimize import optimize
-
                     step = RemoveChannelsPass(ratio=ratio, round_to=block, global_ranking=ranking == "global")
-                    done = optimize(cleaned, None, [step], check_output=False, progress=lambda m: logger.debug(m))
+                    try:
+                        done = optimize(cleaned, None, [step], check_output=False, progress=lambda m: logger.debug(m))
+                    except InputError as exc:  # nothing to prune: a goal can still be met by quantizing
+                        if goal["kind"] == "prune":
+                            raise
+                        logger.info("no pruning candidates: %s", exc)
+                        prunable = False
+                        break
                     pruned = done.model
                     widths = tuple(row["after"] for row in done.records[-1].report.details.get("groups", []))
                     full = full or tuple(row["channels"] for row in done.records[-1].report.details.get("groups", []))

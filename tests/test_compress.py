@@ -200,6 +200,19 @@ def test_a_model_without_labels_compresses_on_the_cosine_of_its_outputs(features
         onnxcomp.compress(features_model, *digits, prune=0.5, **FAST)
 
 
+def test_a_model_with_nothing_to_prune_is_still_quantized_towards_a_goal():
+    from helpers import make_model, rng_array, tensor
+
+    model = make_model([onnx.helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])],
+                       [tensor("x", ["n", 3, 16, 16])], [tensor("y", ["n", 8, 16, 16])],
+                       {"w": rng_array((8, 3, 3, 3)), "b": rng_array((8,), 1)})
+    data = {"x": rng_array((48, 3, 16, 16), 2)}
+    result = onnxcomp.compress(model, data, size=0.9, max_drop=0.05, **FAST)
+    assert [c.pruning for c in result.candidates] == [False]  # its only channels are the graph output's
+    assert result.chosen.trained and "QuantizeLinear" in ops(result.model)
+    assert result.data["val_source"] == "held out from data" and result.data["val"] + result.data["train"] == 48
+
+
 # ---------- bad input: one line, exit 2, nothing written, the input untouched ----------
 
 def test_bad_input_is_one_line_and_exit_2(digits_cnn, features_model, files, tmp_path, capsys):

@@ -226,3 +226,20 @@ def test_weight_also_read_inside_a_subgraph_is_refused():
                        [tensor("y", None), tensor("w_out", None)], {"w": w, "w2": w2})
     groups = by_producer(groups_of(model))
     assert not groups["c1"].prunable and "subgraph" in groups["c1"].reason
+
+
+def test_real_minilm_heads_behind_shape_subgraphs_are_found(models_dir):
+    """The real MiniLM export sizes its attention Reshapes from Shape -> Gather -> Concat after Range
+    position ids, which static inference cannot follow; the probed shapes let every layer's heads
+    (12 of 32) and FFN (1536) prune; only the LayerNorm-coupled residual stream stays whole."""
+    path = models_dir / "minilm.onnx"
+    if not path.exists():
+        pytest.skip("build/models/minilm.onnx is built with the bench extra")
+    from onnxcomp.passes.prune.probe import search_shapes
+
+    model = onnx.load_model(path)
+    groups = find_channel_groups(to_graph(model), search_shapes(model))
+    heads = [g for g in groups if g.prunable and g.unit == "block of 32"]
+    assert len(heads) == 6 and all(g.channels == 12 for g in heads)
+    assert sum(g.prunable and g.channels == 1536 for g in groups) == 6
+    assert all("LayerNormalization" in g.reason for g in groups if not g.prunable)

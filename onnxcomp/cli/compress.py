@@ -18,10 +18,11 @@ REPORT_SUFFIXES = (".json", ".html")
 @click.command("compress")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output model.")
-@click.option("--data", required=True, type=click.Path(dir_okay=False),
-              help="Training data .npz: one array per model input, optional integer 'labels'.")
-@click.option("--val", type=click.Path(dir_okay=False),
-              help="Held-out data .npz for the drop and the table (default: a seeded fifth of --data).")
+@click.option("--data", required=True, metavar="TRAIN",
+              help="Training data, as --calib takes it (.npz: one array per model input, optional integer "
+                   "'labels'; FILE.py:FUNCTION; a test-data folder); the samples must stack on axis 0.")
+@click.option("--val", metavar="VAL",
+              help="Held-out data, the same kinds, for the drop and the table (default: a seeded fifth of --data).")
 @click.option("--target", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True,
               help="Runtime the QDQ placement and the final check are for (latency is measured under ORT).")
 @click.option("--latency", type=float, metavar="F",
@@ -74,6 +75,9 @@ def _check_paths(model, output, data, val, reports) -> None:
 
     if not Path(model).is_file():
         raise InputError(f"{model}: no such model file")
+    for name, path in (("--data", data), ("--val", val)):
+        if path and ":" not in str(path) and not Path(path).exists():
+            raise InputError(f"{name} {path}: no such file or folder")
     out = Path(output)
     if any(same_file(output, p) or same_file(f"{output}.data", p) for p in input_files(model)):
         raise InputError(f"{output}: refusing to overwrite the input model or its data; choose another output path")

@@ -73,8 +73,8 @@ class RemoveChannelsPass(Pass):
 
     def run(self, graph, ctx: PassContext) -> PassReport:
         from onnxcomp.graph.convert import to_model
-        from onnxcomp.graph.shapes import infer_shapes
         from onnxcomp.measure.counts import estimate_macs, graph_counts
+        from onnxcomp.passes.prune.probe import search_shapes
 
         o = self.options
         report = PassReport()
@@ -86,7 +86,7 @@ class RemoveChannelsPass(Pass):
             plan = PruningPlan.load(o.plan)
             groups = []
         else:
-            groups = find_channel_groups(graph, infer_shapes(before_model, ctx.dims))
+            groups = find_channel_groups(graph, search_shapes(before_model, ctx.dims))
             _apply_exclude(groups, exclude, graph)
             live = [g for g in groups if g.prunable]
             if not live:

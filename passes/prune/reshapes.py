@@ -91,6 +91,7 @@ def reshape(ex, node, side, index, m):
     dst = _fill_inferred(src, tuple(d if d is not None else _positive_entry(ex, node, i) for i, d in enumerate(dst)))
     if side == "in":
         src = _with_inferred(ex, node, src, m.axis)
+        dst = _fill_heads(ex, node, src, dst, m.axis)
         k, out_m = regroup(src, m.axis, m, dst)
         in_axis, in_m = m.axis, m
     else:
@@ -113,6 +114,23 @@ def _with_inferred(ex, node, src, axis):
     if None in src[axis:]:
         ex.refuse(f"{ex.key(node)}: Reshape input shape unknown from the channel axis on")
     return src
+
+
+def _fill_heads(ex, node, src, dst, axis: int):
+    """[a, b, -1, D] after [A, B, H*D] (an export's view(x.size(0), x.size(1), -1, D)): with the leading
+    entries sized like the input's leading axes, the -1 is H*D / D. Unknown batch and sequence sizes
+    then do not matter."""
+    if len(dst) <= axis or dst[axis] is not None or [d is None for d in dst[axis:]].count(True) != 1:
+        return dst
+    entries = [shape_entry(ex, node.inputs[1], i, (ex.key(node), 1)) for i in range(axis + 1)]
+    if entries[axis] is None or entries[axis].kind != "const" or entries[axis].value != -1:
+        return dst
+    for i, e in enumerate(entries[:axis]):
+        same = e is not None and (e.kind == "size" and e.axis == i or e.kind == "const" and e.value == src[i])
+        if not same:
+            return dst
+    tail, rest = int(np.prod(src[axis:])), int(np.prod(dst[axis + 1:]))
+    return dst if tail % rest else dst[:axis] + (tail // rest,) + dst[axis + 1:]
 
 
 def _fill_inferred(src, dst):

@@ -8,9 +8,11 @@ per-channel means of each layer's input before and after its Q/DQ (one pass of t
 through the quantized model, which puts upstream quantization error into the inputs as deployment
 does). The shift is subtracted from the layer's float bias - the Add after a MatMul, or a Gemm's C.
 
-Where it pays: the calibration batches are split into two halves; a layer is corrected only when
-the shift measured on each half lowers the mean error of the other half (a shift that is noise
-would not), and then by the shift of all the data.
+Where it pays: the calibration rows are split in halves two ways - odd and even batches, and (for
+[batch, sequence, channels] inputs) early and late sequence positions; a layer is corrected only
+when, for each split, the shift measured on either half lowers the mean error of the other (a shift
+that is noise, or that belongs to the padding positions a calibration set is full of, does not),
+and then by the shift of all the rows.
 """
 
 from __future__ import annotations
@@ -103,28 +105,63 @@ def find_layers(graph, weights: dict[str, np.ndarray]) -> tuple[list[Layer], lis
     return layers, skipped
 
 
-def measure_shifts(model, data, layers: list[Layer], batch_size: int = 16) -> list[tuple[np.ndarray, ...]]:
-    """Per layer: (mean output shift over all batches, over the even batches, over the odd ones)."""
+# Rows are split two ways: by batch (odd/even) and, for [batch, sequence, channels] inputs, by position
+# (first/second half of the sequence). A shift that is a property of the layer agrees across both;
+# one that belongs to part of the data (padding positions, which calibration sets are full of) does not.
+SPLITS = {"batches": ((0, 1), (2, 3)), "positions": ((0, 2), (1, 3))}  # groups: 2 * odd batch + late position
+
+
+def measure_shifts(model, data, layers: list[Layer], batch_size: int = 16) -> list[dict]:
+    """Per layer: {"all": mean output shift over every row, split name: (shift on one half, on the other)}."""
     names = sorted({n for layer in layers for n in (layer.x, layer.x_dq)})
-    sums = {n: [0.0, 0.0] for n in names}
-    counts = {n: [0, 0] for n in names}
+    sums = {n: [0.0] * 4 for n in names}
+    counts = {n: [0] * 4 for n in names}
     for i, values in enumerate(stream_values(model, data, names, batch_size)):
         for name in names:
-            rows = as_rows(values[name])
-            sums[name][i % 2] = sums[name][i % 2] + rows.sum(0, dtype=np.float64)
-            counts[name][i % 2] += len(rows)
+            value = np.asarray(values[name], np.float32)
+            parts = [value] if value.ndim < 3 else np.array_split(value, 2, axis=value.ndim - 2)
+            for late, part in enumerate(parts):
+                rows = as_rows(part)
+                group = 2 * (i % 2) + late
+                sums[name][group] = sums[name][group] + rows.sum(0, dtype=np.float64)
+                counts[name][group] += len(rows)
 
-    def mean(name: str, parts) -> np.ndarray:
-        return sum(sums[name][p] for p in parts) / max(sum(counts[name][p] for p in parts), 1)
+    def shift(layer: Layer, groups) -> np.ndarray | None:
+        n = sum(counts[layer.x][g] for g in groups)
+        if not n:
+            return None
+        mean_x = sum(sums[layer.x][g] for g in groups) / n
+        mean_dq = sum(sums[layer.x_dq][g] for g in groups) / n
+        return mean_dq @ layer.weight_dq.astype(np.float64) - mean_x @ layer.weight.astype(np.float64)
 
-    shifts = []
+    found = []
     for layer in layers:
-        def shift(parts):
-            return (mean(layer.x_dq, parts) @ layer.weight_dq.astype(np.float64)
-                    - mean(layer.x, parts) @ layer.weight.astype(np.float64))
-        odd = [1] if counts[layer.x][1] else [0]  # one batch only: no held-out half
-        shifts.append((shift([0, 1]), shift([0]), shift(odd)))
-    return shifts
+        shifts = {"all": shift(layer, (0, 1, 2, 3))}
+        for split, (a, b) in SPLITS.items():
+            one, other = shift(layer, a), shift(layer, b)
+            if one is not None and other is not None:
+                shifts[split] = (one, other)
+        found.append(shifts)
+    return found
+
+
+def pays(shifts: dict) -> tuple[bool, float, float]:
+    """(whether every split's halves correct each other, mean error before, after: rms over the splits'
+    held-out halves)."""
+    before = after = 0.0
+    ok, tests = True, 0
+    for split in SPLITS:
+        if split not in shifts:
+            continue
+        one, other = shifts[split]
+        tests += 1
+        gain_one = np.sum((one - other) ** 2) < np.sum(one ** 2)
+        gain_other = np.sum((other - one) ** 2) < np.sum(other ** 2)
+        ok = ok and bool(gain_one and gain_other)
+        before += 0.5 * (np.sum(one ** 2) + np.sum(other ** 2))
+        after += np.sum((one - other) ** 2)
+    width = max(len(shifts["all"]), 1) * max(tests, 1)
+    return ok and tests > 0, float(np.sqrt(before / width)), float(np.sqrt(after / width))
 
 
 def correct_biases(graph, model, data, layers: list[Layer], batch_size: int = 16) -> list[dict]:
@@ -133,16 +170,14 @@ def correct_biases(graph, model, data, layers: list[Layer], batch_size: int = 16
 
     names = NameGen(graph)
     rows = []
-    for layer, (whole, even, odd) in zip(layers, measure_shifts(model, data, layers, batch_size)):
-        before = 0.5 * (np.sum(even ** 2) + np.sum(odd ** 2))
-        after = 0.5 * (np.sum((even - odd) ** 2) + np.sum((odd - even) ** 2))
-        pays = bool(np.sum((odd - even) ** 2) < np.sum(odd ** 2) and np.sum((even - odd) ** 2) < np.sum(even ** 2))
+    for layer, shifts in zip(layers, measure_shifts(model, data, layers, batch_size)):
+        good, before, after = pays(shifts)
+        whole = shifts["all"]
         bias = layer.bias_owner.inputs[layer.bias_index]
-        rows.append({"node": node_key(layer.node), "bias": bias.name, "corrected": pays,
+        rows.append({"node": node_key(layer.node), "bias": bias.name, "corrected": good,
                      "shift_rms": float(np.sqrt(np.mean(whole ** 2))),
-                     "held_out_mean_error_before": float(np.sqrt(before / len(whole))),
-                     "held_out_mean_error_after": float(np.sqrt(after / len(whole)))})
-        if pays:
+                     "held_out_mean_error_before": before, "held_out_mean_error_after": after})
+        if good:
             values = np.asarray(bias.values, np.float32) - whole.astype(np.float32)
             layer.bias_owner.inputs[layer.bias_index] = gs.Constant(names(f"{bias.name}_corrected"), values)
     return rows

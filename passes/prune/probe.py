@@ -1,0 +1,53 @@
+"""Shapes for the channel search: ONNX shape inference, or, where it leaves intermediate sizes unknown,
+one ONNX Runtime run that reads them off.
+
+Exports with Shape/Range position ids (real BERT exports) defeat static inference: every tensor
+after the embeddings has unknown batch and sequence sizes, and so do the attention reshapes. One
+run on seeded inputs, with symbolic dims set to small distinct sizes (2, 3, 5, ...: a size 1 would
+look like broadcasting), gives every shape; the search only needs them consistent with each other.
+"""
+
+from __future__ import annotations
+
+PROBE_SIZES = (2, 3, 5, 7, 11, 13)
+
+
+def search_shapes(model, dims: dict | None = None) -> dict[str, tuple]:
+    """infer_shapes(model, dims), replaced by probed shapes when inference leaves computed tensors unsized."""
+    from onnxcomp.graph.shapes import infer_shapes
+
+    shapes = infer_shapes(model, dims)
+    computed = [o for n in model.graph.node for o in n.output if o]
+    if all(shapes.get(name) is not None and None not in shapes[name] for name in computed):
+        return shapes
+    probed = probe_shapes(model, dims)
+    return probed if probed is not None else shapes
+
+
+def probe_shapes(model, dims: dict | None = None) -> dict[str, tuple] | None:
+    """Every value's shape from one ONNX Runtime run, or None when the model does not run that way."""
+    import numpy as np
+    import onnx
+
+    from onnxcomp.graph.signature import input_specs
+    from onnxcomp.measure.runtime import random_inputs, session
+
+    symbolic = sorted({d for s in input_specs(model) for d in s.shape if isinstance(d, str)})
+    sizes = {**{name: PROBE_SIZES[i % len(PROBE_SIZES)] for i, name in enumerate(symbolic)}, **(dims or {})}
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    outputs = {o.name for o in copy.graph.output}
+    names = [o for n in copy.graph.node for o in n.output if o and o not in outputs]
+    for name in names:
+        copy.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    try:
+        sess = session(copy)
+        feeds = random_inputs(model, sizes, seed=0)
+        values = sess.run(None, feeds)
+    except Exception:  # noqa: BLE001 - a model that does not run at these sizes keeps the inferred shapes
+        return None
+    shapes = {o.name: tuple(np.shape(v)) for o, v in zip(sess.get_outputs(), values)}
+    shapes.update({name: tuple(np.shape(v)) for name, v in feeds.items()})
+    for init in model.graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+    return shapes

@@ -194,7 +194,8 @@ def _timed(fn, model):
     try:
         return fn(model), time.process_time() - start, None
     except Exception as exc:  # a peer failing on a model is a result, not a crash
-        return None, time.process_time() - start, f"{type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}"
+        message = str(exc).splitlines()[0][:80] if str(exc) else ""
+        return None, time.process_time() - start, f"{type(exc).__name__}: {message}"
 
 
 def measure(path: Path, entry: dict | None) -> dict:

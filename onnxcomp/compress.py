@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -147,8 +147,9 @@ def compress(model, data, val_data=None, *, target: str = "ort", latency: float 
              sparsify: str | None = None, max_drop: float | None = None, epochs: int = 4, batch: int = 8,
              threads: int = 1, seed: int = 0, backoff: int = 2, grid: tuple = RATIOS,
              progress=None) -> CompressResult:
-    """Compress `model` (path or ModelProto) on `data` (the training data: an .npz path or a dict of
-    arrays, optional `labels`), checked on `val_data` (default: a seeded fifth of `data`).
+    """Compress `model` (path or ModelProto) on `data` (the training data: anything `--calib` takes,
+    an .npz path or a dict of arrays with optional `labels` most simply), checked on `val_data`
+    (default: a seeded fifth of `data`).
 
     One of `latency` (output latency at `batch` <= latency x the input's, under ONNX Runtime here),
     `size` (output bytes <= size x the input's) or `prune` (a fixed channel ratio); with none, only
@@ -249,7 +250,7 @@ def _split(train: dict, val: dict | None, seed: int) -> tuple[dict, dict, dict]:
     if n < 10:
         raise InputError(f"data: {n} samples is too few to hold some out for validation; give val data")
     order = np.random.default_rng(seed).permutation(n)
-    cut = int(round(n * (1 - HELD_OUT)))
+    cut = round(n * (1 - HELD_OUT))
     pick = lambda index: {k: v[np.sort(index)] for k, v in train.items()}
     return pick(order[:cut]), pick(order[cut:]), {"train": cut, "val": n - cut, "val_source": "held out from data"}
 
@@ -320,9 +321,8 @@ class _Steps:
     def candidates(self, cleaned, ratios, rankings, block: int, goal: dict) -> list[Candidate]:
         """Every distinct pruning on the grid, its deployed form measured (latency, size, drop)."""
         from onnxcomp.measure.counts import model_counts
-        from onnxcomp.passes.prune.remove_channels import RemoveChannelsPass
-
         from onnxcomp.optimize import optimize
+        from onnxcomp.passes.prune.remove_channels import RemoveChannelsPass
 
         found: dict[tuple, Candidate] = {}
         full, prunable = None, True
@@ -373,10 +373,10 @@ class _Steps:
 
     def recover(self, c: Candidate, max_drop) -> onnx.ModelProto:
         """Distill (when pruned), fold, sparsify, quantize, and fine-tune the QDQ graph when over max_drop."""
-        import onnxcomp.distill as distill
+        from onnxcomp import distill
 
-        options = dict(epochs=self.epochs, lr=RECOVERY_LR, temperature=RECOVERY_TEMPERATURE, alpha=RECOVERY_ALPHA,
-                       threads=self.threads, seed=self.seed)
+        options = {"epochs": self.epochs, "lr": RECOVERY_LR, "temperature": RECOVERY_TEMPERATURE,
+                   "alpha": RECOVERY_ALPHA, "threads": self.threads, "seed": self.seed}
         student = c.pruned
         if c.pruning:
             student = self.clock.run("distill", lambda: distill.run(self.teacher, c.pruned, self.train, options,

@@ -142,6 +142,20 @@ def test_a_shard_with_other_inputs_is_refused(capsys, models_dir, tmp_path):
     assert stats.inputs == {"x": {"dtype": "float32", "shape": [None, 64]}} and stats.samples == 32
 
 
+def test_a_merge_of_shards_cut_off_the_batch_grid_warns_but_stays_exact(capsys, models_dir, digits_cnn, tmp_path):
+    x = np.load(models_dir / "digits_calib.npz")["input"][:64]
+    parts = []
+    for name, rows in (("a", x[:40]), ("b", x[40:])):  # 40 is not a multiple of the batch size 16
+        np.savez(tmp_path / f"{name}.npz", input=rows)
+        parts.append(tmp_path / f"{name}.calib")
+        assert onnxcomp(capsys, "calibrate", digits_cnn, "--data", tmp_path / f"{name}.npz", "-o", parts[-1])[0] == 0
+    code, out, err = onnxcomp(capsys, "calibrate", "--merge", *parts, "-o", tmp_path / "m.calib")
+    assert code == 0 and "64 samples" in out
+    assert "a.calib holds 40 samples, not a multiple of its batch size" in err and len(err.splitlines()) == 1
+    a, b = (CalibrationStats.load(p) for p in parts)
+    assert CalibrationStats.load(tmp_path / "m.calib") == a.merge(b) == b.merge(a)
+
+
 def test_damaged_or_foreign_statistics_files_are_refused(capsys, digits_cnn, digits_shards, tmp_path):
     good = tmp_path / "good.calib"
     assert onnxcomp(capsys, "calibrate", digits_cnn, "--data", digits_shards["s1"], "-o", good)[0] == 0
@@ -225,3 +239,27 @@ def test_statistics_files_keep_what_they_describe_and_old_files_still_load(model
 
     with pytest.raises(InputError, match="does not say which model"):
         old.check_model(model)
+
+
+def test_the_docs_sharded_example_runs_as_written(models_dir, tmp_path):
+    """docs/calibration.md's xargs example, in a folder holding the demo model and its data."""
+    import os
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    text = (REPO / "docs" / "calibration.md").read_text()
+    block = re.search(r"<!-- sharded-calibration example.*?-->\n```sh\n(.*?)^```", text, re.DOTALL | re.MULTILINE)
+    assert block, "the marked example is missing from docs/calibration.md"
+    shutil.copy(models_dir / "digits_cnn.onnx", tmp_path / "model.onnx")
+    shutil.copy(models_dir / "digits_calib.npz", tmp_path / "calib.npz")
+    shutil.copy(models_dir / "digits_test.npz", tmp_path / "val.npz")
+    env = {**os.environ, "PYTHONPATH": "", "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    r = subprocess.run(["bash", "-euo", "pipefail", "-c", block.group(1)], cwd=tmp_path, capture_output=True,
+                       text=True, env=env, timeout=600)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert sorted(p.name for p in tmp_path.glob("shard*.npz.calib")) == [f"shard{i}.npz.calib" for i in range(2)]
+    assert "merged 2 files: 15 tensors, 256 samples in 16 batches" in r.stdout

@@ -18,7 +18,7 @@ import onnxcomp
 from onnxcomp.cli import main
 from onnxcomp.errors import InputError, ToleranceError
 
-FAST = dict(epochs=1, threads=1)
+FAST = {"epochs": 1, "threads": 1}
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_a_size_goal_is_met_on_file_bytes(digits_cnn, size_run):
 
 
 def test_the_run_ends_with_one_table_and_writes_the_json_and_html_reports(size_run):
-    code, stdout, out, tmp = size_run
+    _, stdout, _, tmp = size_run
     lines = stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split() == ["original", "output", "ratio"])
     rows = [line.split("  ")[0] for line in lines[header + 2:header + 8]]
@@ -163,7 +163,7 @@ def test_the_json_report_keeps_its_documented_schema(size_run):
 
 def test_max_drop_that_cannot_be_met_is_exit_4_and_nothing_is_written(digits_cnn, files, tmp_path, capsys):
     out = tmp_path / "never.onnx"
-    code, stdout, err = in_process(capsys, "compress", digits_cnn, "-o", out, "--data", files["train_nolabels"],
+    code, _, err = in_process(capsys, "compress", digits_cnn, "-o", out, "--data", files["train_nolabels"],
                                    "--val", files["val_nolabels"], "--prune", "0.5", "--max-drop", "0", "--epochs", "1",
                                    "--report", tmp_path / "r.json", "-q")
     assert code == 4, err
@@ -236,7 +236,7 @@ def test_bad_input_is_one_line_and_exit_2(digits_cnn, features_model, files, tmp
     ]
     before = digest(digits_cnn)
     for args, fragment in cases:
-        code, stdout, err = in_process(capsys, *args)
+        code, _, err = in_process(capsys, *args)
         assert code == 2, (args, err)
         assert len(err.strip().splitlines()) == 1 and fragment in err and "Traceback" not in err, (args, err)
     assert not out.exists() and not (tmp_path / "r.txt").exists()
@@ -298,7 +298,7 @@ def test_a_folded_student_recovers_with_its_batchnorm_restored(digits_cnn, model
         train, val = dict(train), {k: v[:256] for k, v in test.items()}
     folded = onnxcomp.optimize(str(digits_cnn), None, "cleanup,fold-bn,remove-channels{ratio=0.5}",
                                check_output=False).model
-    options = dict(epochs=1, threads=1)
+    options = {"epochs": 1, "threads": 1}
     restored = onnxcomp.distill(str(digits_cnn), folded, train, options, val_data=val)
     plain = onnxcomp.distill(str(digits_cnn), folded, train, dict(options, renorm=False), val_data=val)
     assert restored.final["renormalized"] == 9 and plain.final["renormalized"] == 0

@@ -23,7 +23,6 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxcomp.errors import InputError
 from onnxcomp.measure.compare import cosine
 
-
 # ---------- tiny models ----------
 
 def encoder(opset: int = 17) -> onnx.ModelProto:
@@ -176,7 +175,7 @@ def test_bfloat16_weights_for_ort_and_no_unrunnable_model_for_tensorrt():
 @pytest.mark.parametrize("block", [32, 64, 128])
 def test_int4_matmulnbits_honours_the_block_size(block):
     model = encoder()
-    out, records = run_pass(model, f"quantize-int4-weights{{block_size={block},symmetric=false}}")
+    out, _ = run_pass(model, f"quantize-int4-weights{{block_size={block},symmetric=false}}")
     nbits = [n for n in out.graph.node if n.op_type == "MatMulNBits"]
     assert len(nbits) == 3 and "GatherBlockQuantized" in ops(out)
     inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer if t.data_type != TensorProto.UINT4}
@@ -256,8 +255,8 @@ def test_overrides_fix_a_range_a_format_and_a_weight_axis(tmp_path):
     out, records = run_pass(model, f"insert-qdq{{overrides={path}}}", data=data)
     q = {n.input[0]: n for n in out.graph.node if n.op_type == "QuantizeLinear"}
     inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
-    scale = lambda t: float(inits[q[t].input[1]])  # noqa: E731
-    zero = lambda t: inits[q[t].input[2]]  # noqa: E731
+    scale = lambda t: float(inits[q[t].input[1]])
+    zero = lambda t: inits[q[t].input[2]]
     assert scale("ra") == pytest.approx(4.0 / 255) and int(zero("ra")) == 0 and zero("ra").dtype == np.uint8
     assert zero("x").dtype == np.int8 and int(zero("x")) == 0
     assert scale("rb") == pytest.approx(0.05) and int(zero("rb")) == 3
@@ -312,8 +311,8 @@ def test_per_layer_lists_tensors_in_graph_order_and_finds_the_jump(tmp_path):
     assert not rows["y"]["jump"] and rows["y"]["cosine"] < 1
     page = (tmp_path / "err.html").read_text()
     assert "<svg" in page and "first jump: b" in page and "http" not in page.replace("http://www.w3.org", "")
-    from test_report_schema import read_schema, schema_problems
     from conftest import REPO
+    from test_report_schema import read_schema, schema_problems
 
     schema = read_schema((REPO / "docs" / "report-schema.md").read_text())
     assert schema_problems(report, schema["compare --per-layer"]) == []

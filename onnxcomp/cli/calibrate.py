@@ -69,9 +69,9 @@ def command(inputs, output, data, merge, other_shapes, pipeline, dims, input_sha
         given += [flag for flag in PIPELINE_FLAGS if flags.get(param_name(flag)) not in (None, False, ())]
         if given:
             raise InputError(f"--merge combines statistics files; {given[0]} belongs to calibrating a shard")
-        stats = merge_files(list(inputs), output, other_shapes)
+        stats, written = merge_files(list(inputs), output, other_shapes)
         click.echo(f"merged {len(inputs)} files: {len(stats)} tensors, {stats.samples} samples in "
-                   f"{stats.batches} batches; wrote {output}")
+                   f"{stats.batches} batches; wrote {written}")
         return
     if len(inputs) != 1:
         raise InputError(f"calibrate takes one MODEL, got {len(inputs)} arguments (to merge statistics files, "
@@ -82,19 +82,20 @@ def command(inputs, output, data, merge, other_shapes, pipeline, dims, input_sha
         raise InputError("calibrate needs --data: this shard's calibration samples")
     from onnxcomp.graph.signature import parse_dims, parse_input_shapes, parse_input_values
 
-    stats = calibrate_shard(inputs[0], data, output, pipeline, flags, dims=parse_dims(dims),
+    stats, written = calibrate_shard(inputs[0], data, output, pipeline, flags, dims=parse_dims(dims),
                             input_shapes=parse_input_shapes(input_shapes), make_static=make_static,
                             input_values=parse_input_values(input_values))
     runs = f"{stats.batches} batch" + ("" if stats.batches == 1 else "es")
     cut = f"{runs} of up to {stats.batch_size}" if stats.batch_size else f"{stats.batches} calls"
     click.echo(f"calibrated {len(stats)} tensors through {stats.model['pipeline']} on {stats.samples} samples "
-               f"({cut}); wrote {output}")
+               f"({cut}); wrote {written}")
 
 
 def calibrate_shard(model: str, data, output: str, pipeline: str | None = None, flags: dict | None = None,
                     **run):
-    """Statistics of `model` on `data`, as insert-qdq in `optimize --passes PIPELINE FLAGS` would collect
-    them, written to `output`. `run`: optimize()'s dims, input_shapes, make_static, input_values."""
+    """(statistics, path written): `model`'s statistics on `data` as insert-qdq in `optimize --passes
+    PIPELINE FLAGS` would collect them, saved at `output` (`.npz` added when it has no suffix).
+    `run`: optimize()'s dims, input_shapes, make_static, input_values."""
     from onnxcomp.cli.shortcuts import apply_shortcuts
     from onnxcomp.errors import InputError
     from onnxcomp.graph.save import input_files, same_file
@@ -114,8 +115,7 @@ def calibrate_shard(model: str, data, output: str, pipeline: str | None = None, 
     collector = CollectStats(passes[at].options, format_pipeline(passes[:at + 1]), required_opset(passes))
     result = optimize(model, None, passes[:at] + [collector], data=data, check_output=False, **run)
     stats = result.records[-1].report.details["calibrate"]["stats"]
-    stats.save(output)
-    return stats
+    return stats, stats.save(output)
 
 
 class CollectStats(Pass):
@@ -151,8 +151,9 @@ class CollectStats(Pass):
 
 
 def merge_files(paths: list[str], output: str, other_shapes: bool = False):
-    """The statistics in `paths` merged into one file at `output`; nothing is written unless every
-    part loads and belongs with the first (one InputError line naming the file otherwise)."""
+    """(merged statistics, path written): the statistics in `paths` merged into one file at `output`;
+    nothing is written unless every part loads and belongs with the first (else one InputError line
+    naming the file)."""
     import functools
 
     from onnxcomp.errors import InputError
@@ -176,5 +177,4 @@ def merge_files(paths: list[str], output: str, other_shapes: bool = False):
         logger.warning(f"merging exactly, but {why}: one run over the union would cut other batches, and ONNX "
                        "Runtime may round a last bit differently for other batch shapes")
     merged = functools.reduce(lambda a, b: a.merge(b, other_shapes=other_shapes), parts)
-    merged.save(output)
-    return merged
+    return merged, merged.save(output)

@@ -102,10 +102,11 @@ def plot(report: dict) -> str:
         ys.append(reference - goal["max_drop"])
     x0, x1 = _span(min(xs), max(xs))
     y0, y1 = _span(min(ys), max(ys))
+    y1 = min(y1, 1.0 + (y1 - y0) * 0.03)  # accuracy and cosine end at 1
     sx = lambda v: PAD + (v - x0) / (x1 - x0) * (WIDTH - 2 * PAD)
     sy = lambda v: HEIGHT - PAD + (y0 - v) / (y1 - y0) * (HEIGHT - 2 * PAD)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" role="img" '
-             f'aria-label="{axis} against {metric} of every candidate">',
+    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" role="img" '
+              f'aria-label="{axis} against {metric} of every candidate">'),
              f'<rect x="{PAD}" y="{PAD}" width="{WIDTH - 2 * PAD}" height="{HEIGHT - 2 * PAD}" fill="none" stroke="#999"/>']
     for i in range(5):
         vx, vy = x0 + (x1 - x0) * i / 4, y0 + (y1 - y0) * i / 4

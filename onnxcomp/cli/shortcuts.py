@@ -46,22 +46,30 @@ SHORTCUTS: dict[str, tuple[str | None, str | None]] = {
     "--sparsify-scope": ("sparsify-initializers", "scope"),
     "--quantize": ("insert-qdq", None),
     "--calib-method": ("insert-qdq", "method"),
+    "--smooth": ("smooth-quant", None),
+    "--quantize-embeddings": ("insert-qdq", "embeddings"),
+    "--bias-correction": ("insert-qdq", "bias_correction"),
     "--calib-stats": ("insert-qdq", "stats"),
     "--target": (None, "target"),
     "--exclude": (None, "exclude"),
     "--exclude-op": (None, "exclude_op"),
     "--max-drop": (None, "max_drop"),
 }
-ADDING = ("--prune-channels", "--lowrank", "--sparsify", "--quantize")  # in the order their passes are added
+# in the order their passes are added
+ADDING = ("--prune-channels", "--lowrank", "--sparsify", "--quantize", "--smooth")
 # pass an adding flag adds -> passes it is placed before when the pipeline has them. Lossy structural
 # passes run before BatchNorm folding: `cleanup,fold-bn,remove-channels` left a student that
 # distillation recovered to 0.76 accuracy on the digits CNN, against 0.994 with BN kept.
 MUST_PRECEDE = {
-    "remove-channels": ("fold-bn", "sparsify-initializers", "insert-qdq", "quantize-dynamic", "convert-float16",
+    "remove-channels": ("fold-bn", "sparsify-initializers", "smooth-quant", "insert-qdq", "quantize-dynamic",
+                        "convert-float16",
                         "quantize-int4-weights"),
-    "factorize-lowrank": ("fold-bn", "sparsify-initializers", "insert-qdq", "quantize-dynamic", "convert-float16",
+    "factorize-lowrank": ("fold-bn", "sparsify-initializers", "smooth-quant", "insert-qdq", "quantize-dynamic",
+                          "convert-float16",
                           "quantize-int4-weights"),
-    "sparsify-initializers": ("insert-qdq", "quantize-dynamic", "convert-float16", "quantize-int4-weights"),
+    "sparsify-initializers": ("smooth-quant", "insert-qdq", "quantize-dynamic", "convert-float16",
+                              "quantize-int4-weights"),
+    "smooth-quant": ("insert-qdq",),  # it rescales the float weights that insert-qdq then quantizes
 }
 # --quantize names a number format, not an option: format -> (the pass it adds, options it sets there).
 QUANTIZE_FORMATS: dict[str, tuple[str, dict[str, str]]] = {
@@ -124,7 +132,9 @@ def _role(flag: str) -> str:
 
 def click_kwargs(flag: str) -> dict[str, Any]:
     """click.option arguments for a shortcut: type, choices, range and help from its Options field."""
-    option = SHORTCUTS[flag][1]
+    name, option = SHORTCUTS[flag]
+    if option is None and flag != "--quantize":  # a flag that adds its pass with default options
+        return {"is_flag": True, "help": f"{all_passes()[name].description()} {_role(flag)}"}
     if option is None:
         formats = ", ".join(f"{value} ({name}{format_options_text(preset)})"
                             for value, (name, preset) in QUANTIZE_FORMATS.items())

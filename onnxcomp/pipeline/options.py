@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import types
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_args, get_origin
+
+# `Optional[float]` and `float | None` are the same option type.
+_UNIONS = (Union, types.UnionType)
 
 from onnxcomp.errors import InputError
 from onnxcomp.graph.edit import node_key
@@ -154,7 +158,7 @@ def type_text(hint: Any) -> str:
     origin = get_origin(hint)
     if origin is Literal:
         return "|".join(str(a) for a in get_args(hint))
-    if origin is Union:
+    if origin in _UNIONS:
         args = [a for a in get_args(hint) if a is not type(None)]
         return type_text(args[0]) if len(args) == 1 else "|".join(type_text(a) for a in args)
     if origin in (tuple, list):
@@ -165,7 +169,7 @@ def type_text(hint: Any) -> str:
 def coerce(value: Any, hint: Any, where: str) -> Any:
     """Turn text (or a Python value) into the annotated type, or raise a one-line InputError."""
     origin = get_origin(hint)
-    if origin is Union:
+    if origin in _UNIONS:
         args = [a for a in get_args(hint) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None

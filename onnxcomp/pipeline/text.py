@@ -15,6 +15,7 @@ PRESETS = {
     "default": "cleanup,fold-bn",
     "int8-ort": "cleanup,fold-bn,insert-qdq{target=ort}",
     "int8-tensorrt": "cleanup,fold-bn,insert-qdq{target=tensorrt}",
+    "int8-transformer": "cleanup,smooth-quant,insert-qdq{embeddings=true}",  # target from --target (default ort)
     "slim": "cleanup,remove-channels{ratio=0.5,round_to=8},fold-bn",  # prune with BN kept, then fold
     "sparse-2of4": "cleanup,fold-bn,sparsify-initializers{sparsity=2:4}",
 }

@@ -155,7 +155,8 @@ def _symbolic(model: onnx.ModelProto):
     SymbolicShapeInference = module.SymbolicShapeInference
     getattr(module, "logger", logging.getLogger(module.__name__)).setLevel(logging.ERROR)
     inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
-    if not all(hasattr(inference, s) for s in ("_preprocess", "_infer_impl", "_onnx_infer_single_node", "suggested_merge_")):
+    steps = ("_preprocess", "_infer_impl", "_onnx_infer_single_node", "suggested_merge_")
+    if not all(hasattr(inference, s) for s in steps):
         with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
             return SymbolicShapeInference.infer_shapes(model, auto_merge=True), {}, None
     error = None

@@ -56,7 +56,7 @@ def constants_to_initializers(graph, report: PassReport) -> None:
 def _foldable(node, constant: set[int]) -> bool:
     import onnx_graphsurgeon as gs
 
-    if node.domain not in (None, "", "ai.onnx") or node.op in NEVER_FOLD or node.op in RANDOM_OPS or node.op == "Constant":
+    if node.domain not in (None, "", "ai.onnx") or node.op in NEVER_FOLD | RANDOM_OPS | {"Constant"}:
         return False
     if not node.inputs or not node.outputs:
         return False

@@ -110,7 +110,9 @@ def fuse_channel_constants(graph, facts, report: PassReport, names) -> int:
     outputs = {id(t) for t in graph.outputs}
     fused = 0
     for node in list(graph.nodes):
-        if node.op not in ("Conv", "BatchNormalization") or node.domain not in (None, "", "ai.onnx") or not node.outputs:
+        if node.op not in ("Conv", "BatchNormalization") or node.domain not in (None, "", "ai.onnx"):
+            continue
+        if not node.outputs:
             continue
         if any(t.outputs or id(t) in outputs for t in node.outputs[1:]):
             continue

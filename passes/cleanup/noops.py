@@ -99,7 +99,7 @@ def _reshape(node, facts):
     target = target.reshape(-1).tolist()
     if target.count(-1) != 1 or 0 in target and not int(node.attrs.get("allowzero", 0)):
         return None
-    if all(t == d for t, d in zip(target, dims) if t != -1) and all(isinstance(d, int) or t == -1 for t, d in zip(target, dims)):
+    if all(t == -1 or isinstance(d, int) and t == d for t, d in zip(target, dims)):
         return x
     return None
 
@@ -441,8 +441,8 @@ def _apply(node, facts, report: PassReport, names, graph_inputs: set[int], graph
         if bypass(node, src, graph_inputs, graph_outputs):
             report.count(_COUNT_AS.get(node.op, f"noop_{node.op.lower()}_removed"))
             return True
-        report.skip(node.name or node.op, f"a no-op {node.op}, kept: it writes graph output "
-                                         f"{node.outputs[0].name!r} straight from an input, a constant or another output")
+        report.skip(node.name or node.op, f"a no-op {node.op}, kept: it writes graph output {node.outputs[0].name!r} "
+                                         "straight from an input, a constant or another output")
         return False
     if node.op == "Transpose":
         return _merge_transposes(node, facts, report)

@@ -227,7 +227,8 @@ def _constant_target(node, partial: Partial | None, facts, report: PassReport, n
     out_dims = facts.shape(node.outputs[0])
     if out_dims is not None:
         target = [d if isinstance(d, int) else None for d in out_dims]
-    if partial is not None and (target is None or sum(d is None for d in partial.items) < sum(d is None for d in target)):
+    unknown = sum(d is None for d in target) if target is not None else None
+    if partial is not None and (unknown is None or sum(d is None for d in partial.items) < unknown):
         target = list(partial.items)
     if target is None or sum(d is None for d in target) > 1 or any(d is not None and d <= 0 for d in target):
         return 0  # 0 and -1 entries mean "copy" and "infer": they would have to be proven the same here

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnxcomp.errors import InputError
 from onnxcomp.passes.lowrank.layers import Layer
 
 CONV_ROWS = 4096  # patch rows per batch and Conv layer
@@ -19,7 +20,7 @@ def input_moments(graph, layers: list[Layer], data, batch: int = 32, seed: int =
     import onnx
 
     from onnxcomp.graph.convert import to_model
-    from onnxcomp.measure.runtime import run, session
+    from onnxcomp.measure.runtime import session
 
     model = to_model(graph)
     names = sorted({layer.input for layer in layers})
@@ -28,10 +29,19 @@ def input_moments(graph, layers: list[Layer], data, batch: int = 32, seed: int =
         if name not in outputs:
             model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     sess = session(model)
+    try:
+        return _accumulate(sess, layers, names, data.batches(batch), seed)
+    except InputError:  # a dynamic batch the model does not really take: run the calls as they are
+        return _accumulate(sess, layers, names, data.batches(None), seed)
+
+
+def _accumulate(sess, layers: list[Layer], names: list[str], calls, seed: int) -> dict[str, np.ndarray]:
+    from onnxcomp.measure.runtime import run
+
     sums = {layer.node: np.zeros((layer.m, layer.m)) for layer in layers}
     rows = dict.fromkeys(sums, 0)
     rng = np.random.default_rng(seed)
-    for feeds in data.batches(batch):
+    for feeds in calls:
         values = run(sess, feeds, names)
         for layer in layers:
             x = _rows(layer, np.asarray(values[layer.input], dtype=np.float64), rng)

@@ -40,6 +40,9 @@ class FactorizeLowRankOptions:
                 "ranks shared out by the measured output error (needs sample data); auto = whitened with data"})
     round_to: int = field(default=8, metadata={"help": "ranks are multiples of this (blocked kernels want it)",
                                                "range": Range(1)})
+    sensitivity: Literal["model", "layer"] = field(default="model", metadata={
+        "help": "with sample data, how the ranks are shared out: model = by the drop of the model's outputs each "
+                "layer causes alone (one measured run per layer), layer = by the layers' own output errors"})
     exclude: tuple[str, ...] = exclude_option()
     exclude_op: tuple[str, ...] = exclude_op_option()
     max_drop: float | None = max_drop_option()
@@ -88,6 +91,14 @@ class FactorizeLowRankPass(Pass):
         spectra = {layer.node: spectrum(as_matrix(layer.op, weight_source(nodes[layer.node])[1], layer.attrs),
                                         moments.get(layer.node)) for layer in layers}
         error = lambda layer, rank: spectra[layer.node].relative_error(rank)
+        if not plan and ctx.data is not None and o.sensitivity == "model":
+            from onnxcomp.passes.lowrank.sensitivity import layer_weights
+
+            before = to_model(graph)
+            weights = layer_weights(before, layers, error, ctx.data, o.round_to,
+                                    lambda ranks: _build(before, layers, spectra, ranks), ctx.say)
+            own = error
+            error = lambda layer, rank: weights[layer.node] * own(layer, rank)
         if plan:
             ranks = plan.ranks_for(layers)
         else:
@@ -144,6 +155,24 @@ def _factorize_layer(graph, node, layer: Layer, spectra: dict, rank: int, names)
     factorize(graph, node, p, q, values, layer.weight, names)
 
 
+def _build(before, layers, spectra, ranks: dict):
+    """A copy of `before` with the layers in `ranks` factorized (for measuring a candidate)."""
+    import onnx
+
+    from onnxcomp.graph.convert import to_graph, to_model
+    from onnxcomp.graph.edit import NameGen
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(before)
+    g = to_graph(copy)
+    nodes = {(n.name or n.outputs[0].name): n for n in g.nodes}
+    names = NameGen(g)
+    for layer in layers:
+        if ranks.get(layer.node, WHOLE) != WHOLE:
+            _factorize_layer(g, nodes[layer.node], layer, spectra, ranks[layer.node], names)
+    return to_model(g.cleanup().toposort())
+
+
 def _fit_budget(o, graph, layers, spectra, error, ctx: PassContext, report: PassReport) -> dict[str, int]:
     """The ranks at the smallest kept fraction (from `kept` up) whose measured drop fits max_drop:
     bisections of the removed fraction 1 - kept (onnxcomp.pipeline.budget)."""
@@ -154,22 +183,7 @@ def _fit_budget(o, graph, layers, spectra, error, ctx: PassContext, report: Pass
     if ctx.data is None:
         raise InputError("factorize-lowrank: max_drop needs sample data (give --calib) to measure the drop")
     before = to_model(graph)
-
-    def build(ranks: dict):
-        import onnx
-
-        from onnxcomp.graph.convert import to_graph
-        from onnxcomp.graph.edit import NameGen
-
-        copy = onnx.ModelProto()
-        copy.CopyFrom(before)
-        g = to_graph(copy)
-        nodes = {(n.name or n.outputs[0].name): n for n in g.nodes}
-        names = NameGen(g)
-        for layer in layers:
-            if ranks.get(layer.node, WHOLE) != WHOLE:
-                _factorize_layer(g, nodes[layer.node], layer, spectra, ranks[layer.node], names)
-        return to_model(g.cleanup().toposort())
+    build = lambda ranks: _build(before, layers, spectra, ranks)
 
     def candidate_at(level: float):
         ranks = _ranks(layers, error, 1.0 - level, o.round_to)

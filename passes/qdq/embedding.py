@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxcomp.graph.edit import NameGen, node_key
+from onnxcomp.passes.qdq.numerics import ratio_db
 
 MIN_TABLE_ELEMENTS = 65536  # smaller tables (token types, short position tables) are not worth an op
 _FLOAT = 1  # onnx.TensorProto.FLOAT
@@ -54,21 +55,32 @@ def table_refusal(node, exclude=None) -> str | None:
     return None
 
 
-def quantize_tables(graph, layout: str = "gather", exclude=None) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Store every eligible Gather table INT8 per row, in place. Returns (one row per table, skipped)."""
+def eligible_gathers(graph, exclude=None) -> tuple[list, list[tuple[str, str]]]:
+    """(Gather nodes whose table can be stored INT8, [(node, reason)] for large tables that cannot)."""
     import onnx_graphsurgeon as gs
 
-    names = NameGen(graph)
-    done: dict[str, tuple] = {}  # table name -> (codes const, scales const) shared by its Gathers
-    rows, skipped = [], []
-    for node in list(graph.nodes):
+    found, skipped = [], []
+    for node in graph.nodes:
         if node.op != "Gather":
             continue
         reason = table_refusal(node, exclude)
-        if reason:
-            if isinstance(node.inputs[0], gs.Constant) and np.asarray(node.inputs[0].values).size >= MIN_TABLE_ELEMENTS:
-                skipped.append((node_key(node), reason))
-            continue
+        if reason is None:
+            found.append(node)
+        elif isinstance(node.inputs[0], gs.Constant) and np.asarray(node.inputs[0].values).size >= MIN_TABLE_ELEMENTS:
+            skipped.append((node_key(node), reason))
+    return found, skipped
+
+
+def quantize_tables(graph, layout: str = "gather", exclude=None) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Store every eligible Gather table INT8 per row, in place (the graph is re-sorted after).
+    Returns (one row per table, [(node, reason)] for large tables left float)."""
+    import onnx_graphsurgeon as gs
+
+    names = NameGen(graph)
+    done: dict[str, tuple] = {}  # table name -> (codes, scales) shared by its Gathers
+    rows = []
+    nodes, skipped = eligible_gathers(graph, exclude)
+    for node in nodes:
         table = node.inputs[0]
         if table.name not in done:
             values = np.asarray(table.values, np.float32)
@@ -76,18 +88,23 @@ def quantize_tables(graph, layout: str = "gather", exclude=None) -> tuple[list[d
             shape = scale.shape if layout == "dequantize" else (-1, 1)  # [rows] for DQ's axis, [rows, 1] to gather
             done[table.name] = (gs.Constant(names(f"{table.name}_quantized"), codes),
                                 gs.Constant(names(f"{table.name}_scale"), scale.reshape(shape)))
-            error = values - codes.astype(np.float32) * scale[:, None]
-            rows.append({"table": table.name, "gather": node_key(node), "rows": int(values.shape[0]),
-                         "width": int(values.shape[1]), "layout": layout,
-                         "sqnr_db": round(float(10 * np.log10(np.sum(values.astype(np.float64) ** 2)
-                                                              / max(np.sum(error.astype(np.float64) ** 2), 1e-30))), 2),
-                         "bytes_before": int(values.nbytes), "bytes_after": int(codes.nbytes + scale.nbytes)})
+            rows.append(_table_row(table.name, node, values, codes, scale, layout))
         codes, scale = done[table.name]
         if layout == "dequantize":
             _dequantize_then_gather(graph, node, codes, scale, names)
         else:
             _gather_then_scale(graph, node, codes, scale, names)
+    if rows:
+        graph.cleanup().toposort()
     return rows, skipped
+
+
+def _table_row(name: str, node, values: np.ndarray, codes: np.ndarray, scale: np.ndarray, layout: str) -> dict:
+    error = values.astype(np.float64) - codes.astype(np.float64) * scale[:, None]
+    signal = float(np.sum(values.astype(np.float64) ** 2))
+    return {"table": name, "gather": node_key(node), "rows": int(values.shape[0]), "width": int(values.shape[1]),
+            "layout": layout, "sqnr_db": round(ratio_db(signal, float(np.sum(error ** 2))), 2),
+            "bytes_before": int(values.nbytes), "bytes_after": int(codes.nbytes + scale.nbytes)}
 
 
 def _dequantize_then_gather(graph, node, codes, scale, names: NameGen) -> None:

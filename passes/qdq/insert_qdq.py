@@ -8,9 +8,10 @@ from typing import Literal, Optional
 import numpy as np
 
 from onnxcomp.errors import InputError
+from onnxcomp.graph.edit import node_key
 from onnxcomp.passes.qdq.bias_correction import correct_biases, find_layers, float_weights
 from onnxcomp.passes.qdq.calibration.ranges import Method
-from onnxcomp.passes.qdq.embedding import quantize_tables
+from onnxcomp.passes.qdq.embedding import eligible_gathers, quantize_tables
 from onnxcomp.passes.qdq.numerics import (
     REDUCED_WEIGHT_QMAX,
     WEIGHT_QMAX,
@@ -107,6 +108,8 @@ class InsertQdqPass(Pass):
             for name, reason in plan.skipped:
                 report.skip(name, reason)
             report.details["insert-qdq"] = {"target": target, "scheme": plan.scheme, "note": "nothing to quantize"}
+            if opts.embeddings:
+                _quantize_embeddings(graph, target, exclude, report)
             return report
         fmt = activation_format(target)
         float_model = to_model(graph)
@@ -169,8 +172,9 @@ def _check_model(graph, ctx: PassContext, opts: InsertQdqOptions) -> None:
         raise InputError("insert-qdq: calibration data is required: pass --calib FILE.npz (one array per model "
                          "input, first axis = samples) or --calib FILE.py:FUNCTION (feed dicts, one per model call), "
                          "or --calib-stats FILE from `onnxcomp calibrate`")
-    if ctx.data is None and opts.max_drop is not None:
-        raise InputError("insert-qdq: max_drop measures the drop on samples, and a statistics file holds none: "
+    needs = "max_drop" if opts.max_drop is not None else "bias_correction" if opts.bias_correction else None
+    if ctx.data is None and needs:
+        raise InputError(f"insert-qdq: {needs} measures on samples, and a statistics file holds none: "
                          "pass --calib data too")
 
 
@@ -292,15 +296,14 @@ def _correct_biases(graph, kept: dict, ctx: PassContext, opts: InsertQdqOptions,
 
 def _quantize_embeddings(graph, target: str, exclude: Exclusion, report: PassReport) -> None:
     if target == "tensorrt":
-        report.details["insert-qdq"]["embeddings"] = []
-        report.details["insert-qdq"]["notes"].append("embeddings: tables kept float for TensorRT (it takes INT8 "
-                                                     "weights only into its weighted layers)")
-        return
-    rows, skipped = quantize_tables(graph, "gather", exclude)
-    if rows:
-        graph.cleanup().toposort()  # the lookup nodes were appended
+        why = "kept float for TensorRT (it takes INT8 weights only into its weighted layers)"
+        rows, skipped = [], [(node_key(n), why) for n in eligible_gathers(graph, exclude)[0]]
+    else:
+        rows, skipped = quantize_tables(graph, "gather", exclude)
     for name, reason in skipped:
-        report.skip(name, f"embedding: {reason}")
+        report.skip(name, f"embedding table: {reason}")
+    if rows:
+        report.modified = True
     report.count("int8_tables", len(rows))
     report.details["insert-qdq"]["embeddings"] = rows
 

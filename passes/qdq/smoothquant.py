@@ -20,6 +20,7 @@ Mul per site, cheap next to the MatMuls it serves.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -67,9 +68,13 @@ class SmoothQuantOptions:
         "range": Range(0, 1, hi_open=True)})
     rows: int = field(default=1024, metadata={"help": "calibration rows (token positions) per site the error is "
                                                       "measured on", "range": Range(16)})
-    fold: Literal["duplicate", "insert", "none"] = field(default="duplicate", metadata={
-        "help": "where x/s goes when x also feeds non-MatMul readers (a residual): a copy of its producer, a new "
-                "Mul before the MatMuls, or nowhere (such sites are left alone)"})
+    fold: Literal["insert", "duplicate", "none"] = field(default="insert", metadata={
+        "help": "where x/s goes when x also feeds non-MatMul readers (a residual): a new Mul before the MatMuls "
+                "(measured cheaper), a copy of its producer, or nowhere (such sites are left alone)"})
+    extra_op_gain: float = field(default=0.3, metadata={
+        "help": "a site that needs an extra node (see fold; also a producer whose constant is a scalar that "
+                "fusions match, GELU's x0.5) is smoothed only when its INT8 error falls by at least this fraction",
+        "range": Range(0, 1, hi_open=True)})
     calib_batch_size: int = field(default=16, metadata={"help": "samples per calibration batch", "range": Range(1)})
     exclude: tuple[str, ...] = exclude_option()
     exclude_op: tuple[str, ...] = exclude_op_option()
@@ -102,7 +107,7 @@ class Site:
     chain: list  # producer nodes, first to last: [LayerNorm] | [Mul] | [Mul, Add]
     slots: list[tuple[object, int]]  # (node, input index) of the constants divided by s
     readers: list[Reader]
-    others: list  # value readers that keep the unscaled tensor
+    others: list[str]  # what else reads the unscaled tensor ("Add /x/Add", "the graph output")
 
     @property
     def name(self) -> str:
@@ -155,14 +160,15 @@ class SmoothQuantPass(Pass):
         qmax = REDUCED_WEIGHT_QMAX if target == "ort" and host_needs_reduced_range() else WEIGHT_QMAX
         names = NameGen(graph)
         for site in sites:
-            choice = choose_scale(site, stats[site.name], opts.alphas, fmt, qmax, opts.min_gain)
-            details["sites"].append(_row(site, choice))
+            mode = fold_mode(site, opts.fold)
+            needed = opts.min_gain if mode == "in-place" else max(opts.min_gain, opts.extra_op_gain)
+            choice = choose_scale(site, stats[site.name], opts.alphas, fmt, qmax, needed)
+            details["sites"].append(_row(site, choice, mode))
             if choice.alpha is None:
-                report.skip(site.name, f"smoothing does not lower its INT8 error by {opts.min_gain:.0%} "
-                                       f"(error {choice.error_before:.3g}, best {choice.error_after:.3g})")
+                cost = "" if mode == "in-place" else f" (it needs an extra {'Mul' if mode == 'insert' else 'copy'})"
+                report.skip(site.name, f"smoothing does not lower its INT8 error by {needed:.0%}{cost}: "
+                                       f"error {choice.error_before:.3g}, best {choice.error_after:.3g}")
                 continue
-            mode = fold_mode(site, opts.fold == "insert")
-            details["sites"][-1]["fold"] = mode
             apply_scale(graph, site, choice.scale, names, mode)
             report.modified = True
             report.count("smoothed_sites")
@@ -173,18 +179,19 @@ class SmoothQuantPass(Pass):
         return report
 
 
-def _row(site: Site, choice: Choice) -> dict:
+def _row(site: Site, choice: Choice, mode: str) -> dict:
     return {"tensor": site.name, "producer": node_key(site.chain[-1]), "op": site.chain[-1].op,
-            "readers": [node_key(r.node) for r in site.readers], "fold": None, "alpha": choice.alpha, "error_before": float(choice.error_before),
+            "readers": [node_key(r.node) for r in site.readers], "fold": mode if choice.alpha is not None else None, "alpha": choice.alpha, "error_before": float(choice.error_before),
             "error_after": float(choice.error_after)}
 
 
 # ---- finding sites ----------------------------------------------------------------------------
 
-def find_sites(graph, exclude: Exclusion | None = None, duplicate: bool = True) -> tuple[list[Site], list]:
+def find_sites(graph, exclude: Exclusion | None = None, other_readers: bool = True) -> tuple[list[Site], list]:
     """Tensors read by MatMul/Gemm with constant weights whose producer can absorb a per-channel scale.
     Returns (sites, [(tensor, reason)] for the ones that cannot be smoothed)."""
     sites, skipped, claimed = [], [], set()
+    outputs = {t.name for t in graph.outputs}
     for tensor in graph.tensors().values():
         readers = _readers(tensor, exclude)
         if not readers:
@@ -202,13 +209,12 @@ def find_sites(graph, exclude: Exclusion | None = None, duplicate: bool = True) 
             skipped.append((tensor.name, f"{node_key(chain[0])} already absorbs another site's scale"))
             continue
         ids = {id(r.node) for r in readers}
-        others = [c for c in tensor.outputs if id(c) not in ids and c.op not in SHAPE_READERS]
-        others += [c for n in chain[:-1] for c in n.outputs[0].outputs if c is not chain[chain.index(n) + 1]]
-        if others and not duplicate:
-            skipped.append((tensor.name, f"also read by {others[0].op} {node_key(others[0])} (fold=none)"))
-            continue
-        if tensor.name in {t.name for t in graph.outputs}:
-            skipped.append((tensor.name, "a graph output: its values must not change"))
+        others = [f"{c.op} {node_key(c)}" for c in tensor.outputs if id(c) not in ids and c.op not in SHAPE_READERS]
+        others += [f"{c.op} {node_key(c)}" for n, after in itertools.pairwise(chain) for c in n.outputs[0].outputs
+                   if c is not after]
+        others += ["the graph output"] if tensor.name in outputs else []
+        if others and not other_readers:
+            skipped.append((tensor.name, f"also read by {others[0]} (fold=none)"))
             continue
         claimed.update(id(n) for n in chain)
         sites.append(Site(tensor, chain, slots, readers, others))
@@ -338,14 +344,16 @@ def choose_scale(site: Site, stats: ChannelStats, alphas, fmt, qmax: int, min_ga
 
 # ---- folding ----------------------------------------------------------------------------------
 
-def fold_mode(site: Site, prefer_insert: bool = False) -> str:
-    """How 1/s gets in: `in-place` (the producer's constants), `duplicate` (a copy of the producer
-    for the MatMuls when x has other readers) or `insert` (a new Mul before the MatMuls, when the
-    producer's constant is a scalar: scalars are what fusions match, GELU's x0.5 among them)."""
-    if any(np.asarray(node.inputs[index].values).size == 1 for node, index in site.slots) or \
-            (site.others and prefer_insert):
+def fold_mode(site: Site, fold: str = "insert") -> str:
+    """How 1/s gets in: `in-place` (into the producer's constants), `duplicate` (into a copy of the
+    producer, for the MatMuls, when x has other readers) or `insert` (a new Mul before the MatMuls:
+    when x has other readers and fold=insert, or the producer's constant is a scalar - scalars are what
+    runtime fusions match, GELU's x0.5 among them, and a per-channel vector there unfused GELU in ORT)."""
+    if any(np.asarray(node.inputs[index].values).size == 1 for node, index in site.slots):
         return "insert"
-    return "duplicate" if site.others else "in-place"
+    if site.others:
+        return "duplicate" if fold == "duplicate" else "insert"
+    return "in-place"
 
 
 def apply_scale(graph, site: Site, s: np.ndarray, names: NameGen, mode: str) -> None:

@@ -7,6 +7,7 @@ is one batch of activations plus a fixed-size histogram per tensor, whatever the
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Mapping, Sized
 from concurrent.futures import ThreadPoolExecutor
@@ -76,7 +77,7 @@ def value_sources(model: onnx.ModelProto) -> dict[str, str]:
 
 def collect_stats(model: onnx.ModelProto, data, tensors: list[str] | None = None, batch_size: int = 16,
                   num_bins: int = 2048, progress=None, *, threads: int = 0,
-                  memory_budget_mb: float = 256.0) -> CalibrationStats:
+                  memory_budget_mb: float = 256.0, fold_threads: int = 0) -> CalibrationStats:
     """Run `data` through `model` under ONNX Runtime and return the statistics of `tensors`.
 
     data: Samples (onnxcomp.measure.samples: merged into batches of at most `batch_size` where every
@@ -89,6 +90,9 @@ def collect_stats(model: onnx.ModelProto, data, tensors: list[str] | None = None
     progress: optional callable taking each message string (default: the `onnxcomp` logger); without
     a progress bar on screen it also gets a line about once a second.
     threads: ONNX Runtime intra-op threads (0 = its default).
+    fold_threads: threads folding a batch into the statistics, each its own share of the tensors
+    (0 = one per core, at most 4). Folding runs while ONNX Runtime computes the next batch; with
+    histograms it costs about as much as the run itself, so one thread left a core idle.
     memory_budget_mb: with dict data or Samples whose calls can merge, batches shrink below
     `batch_size` so the fetched activations stay under this (measured on one call first); peak
     memory is then bounded by the budget, not by the sample count. Splitting dict data at a
@@ -101,6 +105,8 @@ def collect_stats(model: onnx.ModelProto, data, tensors: list[str] | None = None
         model = load_model(model)
     if batch_size < 1:
         raise InputError(f"calibration batch size must be at least 1, got {batch_size}")
+    if fold_threads < 0:
+        raise InputError(f"fold_threads must be 0 (one per core) or more, got {fold_threads}")
     if num_bins < 0 or 0 < num_bins < 16:
         raise InputError(f"num_bins must be 0 (min/max only) or at least 16, got {num_bins}")
     wanted = activation_tensors(model) if tensors is None else list(dict.fromkeys(tensors))
@@ -110,7 +116,8 @@ def collect_stats(model: onnx.ModelProto, data, tensors: list[str] | None = None
     roots = list(dict.fromkeys(root.values()))
     runner = _Runner(model, roots, threads)
     stats = {name: TensorStats(name, num_bins) for name in runner.fetch}
-    scratch = Scratch()
+    workers = fold_threads or min(4, os.cpu_count() or 1)
+    scratches = [Scratch() for _ in range(workers)]
     # Two batches are alive at once (one folding while the next runs), hence half the budget each.
     if isinstance(data, Mapping):
         data = as_samples(data, model, "calibration data")
@@ -126,21 +133,22 @@ def collect_stats(model: onnx.ModelProto, data, tensors: list[str] | None = None
 
     feed_batches, total = _batches(data, model, runner.inputs, sizer, probe)
     logger.debug("calibration: %d tensors fetched, batches of up to %d samples", len(runner.fetch), sizer.size)
-    with ThreadPoolExecutor(max_workers=1) as folder:
-        pending = None
+    with ThreadPoolExecutor(max_workers=workers) as folder:
+        pending: list = []
         for feeds, n in bar(feed_batches, "calibration", total=total, unit="batch"):
             values = runner.run(feeds, batches + 1)  # ONNX Runtime runs while the last batch folds
-            if pending is not None:
-                pending.result()
-            pending = folder.submit(runner.fold, values, stats, scratch)
+            for done in pending:  # a tensor's batches fold in order: the last batch first
+                done.result()
+            pending = [folder.submit(runner.fold, values, stats, scratches[i], share)
+                       for i, share in enumerate(_shares(values, workers)) if share]
             del values
             batches += 1
             samples += n
             if periodic and time.monotonic() - last_say > 1.0:
                 say(f"calibration: batch {batches} ({samples} samples)")
                 last_say = time.monotonic()
-        if pending is not None:
-            pending.result()
+        for done in pending:
+            done.result()
     if batches == 0:
         raise InputError("calibration data holds no batches")
     say(f"calibration: {batches} batches, {samples} samples, {len(stats)} tensors")
@@ -219,11 +227,23 @@ class _Runner:
             why = feed_problem(self.sess, feeds) or runtime_message(exc)
             raise InputError(f"calibration batch {number}: ONNX Runtime failed: {why}") from None
 
-    def fold(self, values: list, stats: dict, scratch: Scratch) -> None:
-        """Fold one batch's tensors into stats, releasing each as soon as it is done."""
-        for i, name in enumerate(self.fetch):
-            stats[name].update(values[i], scratch)
+    def fold(self, values: list, stats: dict, scratch: Scratch, share: list[int]) -> None:
+        """Fold one batch's tensors `share` (indices into fetch) into stats, releasing each when done."""
+        for i in share:
+            stats[self.fetch[i]].update(values[i], scratch)
             values[i] = None
+
+
+def _shares(values: list, workers: int) -> list[list[int]]:
+    """Indices of `values` in `workers` groups of about equal element counts (largest first, each
+    to the lightest group), so the fold threads finish together."""
+    shares: list[list[int]] = [[] for _ in range(workers)]
+    loads = [0] * workers
+    for i in sorted(range(len(values)), key=lambda i: -values[i].size):
+        lightest = loads.index(min(loads))
+        shares[lightest].append(i)
+        loads[lightest] += values[i].size
+    return shares
 
 
 def _batches(data, model: onnx.ModelProto, inputs: list[str], sizer: _BatchSizer,

@@ -1,0 +1,50 @@
+"""How much each layer's factorization costs the model's outputs, measured one layer at a time.
+
+A layer's own relative output error says how well its factors fit its inputs, not how much the
+model's outputs care: an error early in a transformer is amplified differently than one in its
+last FFN. Each layer alone is factorized at a probe rank (half its parameters) and the drop of
+the model's outputs (1 - cosine, mean over samples and float outputs) on a few calls of the
+sample data is measured; the layer's error curve is then scaled so that it gives that drop at
+the probe rank. The ranks are shared out on the scaled curves.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from onnxcomp.passes.lowrank.ranks import WHOLE, options
+
+PROBE_CALLS = 16
+
+
+def probe_rank(layer, round_to: int) -> int:
+    ranks = [r for r in options(layer, round_to) if r != WHOLE]
+    fitting = [r for r in ranks if layer.cost(r) <= layer.params // 2]
+    return fitting[-1] if fitting else ranks[0]
+
+
+def output_drop(reference: list, candidate: list) -> float:
+    from onnxcomp.measure.compare import per_sample_cosine
+
+    cosines = [per_sample_cosine(a, b).mean() for call_a, call_b in zip(reference, candidate)
+               for a, b in zip(call_a, call_b) if np.asarray(a).dtype.kind == "f"]
+    return float(1.0 - np.mean(cosines)) if cosines else 0.0
+
+
+def layer_weights(before, layers, error, data, round_to: int, build, say=lambda message: None) -> dict[str, float]:
+    """{layer node: factor turning its relative error into the model-output drop it causes}."""
+    from onnxcomp.measure.runtime import session
+
+    calls = list(itertools.islice(data.batches(None), PROBE_CALLS))
+    reference = [session(before).run(None, feeds) for feeds in calls]
+    weights = {}
+    for i, layer in enumerate(layers):
+        rank = probe_rank(layer, round_to)
+        sess = session(build({layer.node: rank}))
+        drop = output_drop(reference, [sess.run(None, feeds) for feeds in calls])
+        weights[layer.node] = max(drop, 1e-12) / max(error(layer, rank), 1e-12)
+        if (i + 1) % 8 == 0 or i + 1 == len(layers):
+            say(f"factorize-lowrank: sensitivity of {i + 1}/{len(layers)} layers measured")
+    return weights

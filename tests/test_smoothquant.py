@@ -1,0 +1,269 @@
+"""smooth-quant (exact scale folding, per-site alpha), INT8 embedding tables and bias correction (insert-qdq)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from helpers import make_model, rng_array, run, tensor
+from onnx import TensorProto, helper
+
+from onnxcomp.errors import InputError
+
+D, H = 16, 32  # width and FFN width of the post-LN block
+
+
+def post_ln_block(seed=0):
+    """x -> LayerNorm -> FFN (exported GELU: Div/Erf/Add/Mul/Mul 0.5) -> + LayerNorm output (residual) ->
+    Mul/Add affine (a decomposed LayerNorm's tail) -> MatMul: every kind of site smooth-quant folds into."""
+    rng = np.random.default_rng(seed)
+    inits = {"g1": (1 + rng.standard_normal(D)).astype(np.float32), "b1": rng_array(D, seed + 1, 0.1),
+             "w1": rng_array((D, H), seed + 2, 0.3), "c1": rng_array(H, seed + 3, 0.1),
+             "w2": rng_array((H, D), seed + 4, 0.3), "c2": rng_array(D, seed + 5, 0.1),
+             "sqrt2": np.float32(np.sqrt(2)), "one": np.float32(1), "half": np.float32(0.5),
+             "g2": (1 + rng.standard_normal(D)).astype(np.float32), "b2": rng_array(D, seed + 6, 0.1),
+             "w3": rng_array((D, 8), seed + 7, 0.3)}
+    nodes = [helper.make_node("LayerNormalization", ["x", "g1", "b1"], ["h"], axis=-1),
+             helper.make_node("MatMul", ["h", "w1"], ["m1"]), helper.make_node("Add", ["m1", "c1"], ["u"]),
+             helper.make_node("Div", ["u", "sqrt2"], ["ud"]), helper.make_node("Erf", ["ud"], ["ue"]),
+             helper.make_node("Add", ["ue", "one"], ["ua"]), helper.make_node("Mul", ["u", "ua"], ["um"]),
+             helper.make_node("Mul", ["um", "half"], ["gelu"]),
+             helper.make_node("MatMul", ["gelu", "w2"], ["m2"]), helper.make_node("Add", ["m2", "c2"], ["f"]),
+             helper.make_node("Add", ["h", "f"], ["r"]),
+             helper.make_node("Mul", ["r", "g2"], ["ra"]), helper.make_node("Add", ["ra", "b2"], ["rb"]),
+             helper.make_node("MatMul", ["rb", "w3"], ["y"])]
+    return make_model(nodes, [tensor("x", ["n", 4, D])], [tensor("y", ["n", 4, 8])], inits)
+
+
+def outlier_block(channels=64, outliers=(3, 17), gain=40.0, seed=0):
+    """x -> LayerNorm (a few channels scaled by `gain`, as trained transformers have) -> MatMul."""
+    gamma = np.ones(channels, np.float32)
+    gamma[list(outliers)] = gain
+    inits = {"g": gamma, "b": np.zeros(channels, np.float32), "w": rng_array((channels, channels), seed, 0.1)}
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["h"], axis=-1),
+             helper.make_node("MatMul", ["h", "w"], ["y"])]
+    return make_model(nodes, [tensor("x", ["n", 8, channels])], [tensor("y", ["n", 8, channels])], inits)
+
+
+def embedding_model(rows=4000, width=32, seed=0):
+    """ids -> Gather(constant table) -> MatMul: a lookup big enough to be stored INT8."""
+    inits = {"table": rng_array((rows, width), seed, 0.5), "w": rng_array((width, 16), seed + 1, 0.3)}
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], axis=0), helper.make_node("MatMul", ["e", "w"], ["y"])]
+    return make_model(nodes, [tensor("ids", ["n", 8], TensorProto.INT64)], [tensor("y", ["n", 8, 16])], inits)
+
+
+def data(shape, n, seed, low=None):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(low, 1.0, (n, *shape)) if low is not None else rng.standard_normal((n, *shape))
+    return {"x": x.astype(np.float32)}
+
+
+def optimize(model, pipeline, calib=None, **kwargs):
+    import onnxcomp
+
+    return onnxcomp.optimize(model, None, pipeline, data=calib, **{"check_output": False, **kwargs})
+
+
+def cosine(a, b):
+    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    return float(np.mean((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+
+
+def details(result, name="insert-qdq"):
+    record = next(r for r in result.records if r.name == name)
+    return record, record.report.details[name]
+
+
+# ---------- the exact part ----------
+
+@pytest.mark.parametrize("fold", ["insert", "duplicate"])
+def test_folding_any_scale_leaves_outputs_unchanged(fold):
+    from onnxcomp.graph.convert import to_graph, to_model
+    from onnxcomp.graph.edit import NameGen
+    from onnxcomp.passes.qdq.smoothquant import apply_scale, find_sites, fold_mode
+
+    model = post_ln_block()
+    graph = to_graph(model)
+    sites, _ = find_sites(graph)
+    modes = {s.name: fold_mode(s, fold) for s in sites}
+    # LayerNorm also feeds the residual; GELU's x0.5 is a scalar fusions match; the affine is alone.
+    assert modes == {"h": fold, "gelu": "insert", "rb": "in-place"}
+    rng = np.random.default_rng(1)
+    names = NameGen(graph)
+    for site in sites:
+        apply_scale(graph, site, rng.uniform(0.2, 5.0, site.channels).astype(np.float32), names, modes[site.name])
+    graph.cleanup().toposort()
+    smoothed = to_model(graph)
+    onnx.checker.check_model(smoothed)
+    feeds = data((4, D), 16, seed=2)
+    np.testing.assert_allclose(run(smoothed, feeds)["y"], run(model, feeds)["y"], atol=1e-5, rtol=1e-5)
+    ops = [n.op_type for n in smoothed.graph.node]
+    assert ops.count("LayerNormalization") == (2 if fold == "duplicate" else 1)
+    assert ops.count("Mul") == 3 + (2 if fold == "insert" else 1)  # GELU's two, the affine's, the inserted ones
+
+
+def test_transformer_block_smoothing_is_exact_and_a_second_run_changes_nothing(models_dir):
+    from onnxcomp.graph.load import load_model
+    from onnxcomp.measure.data import load_data
+
+    block = load_model(models_dir / "transformer_block.onnx")
+    calib = {k: v[:32] for k, v in load_data(models_dir / "transformer_calib.npz", block).items()}
+    test = load_data(models_dir / "transformer_test.npz", block)
+    base = optimize(block, "cleanup").model
+    result = optimize(base, "smooth-quant{min_gain=0}", calib, check_output=True, val_data=test)
+    record, info = details(result, "smooth-quant")
+    assert record.exact and record.report.stats["smoothed_sites"] >= 2  # ln1 -> q, k, v and ln2 -> fc1
+    rows = {row["tensor"]: row for row in info["sites"]}
+    ln1 = rows["/ln1/LayerNormalization_output_0"]
+    assert ln1["fold"] == "in-place" and sorted(ln1["readers"]) == ["/k/MatMul", "/q/MatMul", "/v/MatMul"]
+    assert all(row["error_after"] <= row["error_before"] for row in rows.values())
+    for out in result.validation["outputs"]:  # the exact pipeline was compared with the original
+        assert out["max_abs"] < 1e-5
+    again = optimize(result.model, "smooth-quant", calib)
+    assert not details(again, "smooth-quant")[0].report.modified
+
+
+# ---------- the lossy choice: INT8 error with an outlier channel ----------
+
+@pytest.mark.parametrize("target", ["ort", "tensorrt"])
+def test_smoothing_an_outlier_channel_improves_int8_cosine(target):
+    model = outlier_block()
+    calib, test = data((8, 64), 64, seed=0), data((8, 64), 32, seed=1)
+    ref = run(model, test)["y"]
+    plain = optimize(model, f"insert-qdq{{target={target}}}", calib).model
+    result = optimize(model, f"smooth-quant,insert-qdq{{target={target}}}", calib)
+    _, info = details(result, "smooth-quant")
+    (site,) = info["sites"]
+    assert site["alpha"] is not None and site["error_after"] < 0.5 * site["error_before"]
+    before, after = 1 - cosine(ref, run(plain, test)["y"]), 1 - cosine(ref, run(result.model, test)["y"])
+    print(f"{target}: 1 - cosine {before:.2e} without smoothing, {after:.2e} with")
+    assert after < 0.5 * before
+
+
+def test_smoothing_needs_data_and_leaves_models_without_sites_alone():
+    with pytest.raises(InputError, match="calibration data is required"):
+        optimize(outlier_block(), "smooth-quant")
+    result = optimize(embedding_model(), "smooth-quant", {"ids": np.zeros((4, 8), np.int64)})
+    record, info = details(result, "smooth-quant")
+    assert not record.report.modified and info["sites"] == [] and "note" in info
+
+
+# ---------- INT8 embedding tables ----------
+
+def test_embedding_table_is_stored_int8_per_row():
+    model = embedding_model()
+    ids = {"ids": np.random.default_rng(0).integers(0, 4000, (64, 8)).astype(np.int64)}
+    ref = run(model, ids)["y"]
+    result = optimize(model, "insert-qdq{embeddings=true}", ids)
+    record, info = details(result)
+    (row,) = info["embeddings"]
+    assert record.report.stats["int8_tables"] == 1 and row["layout"] == "gather" and row["sqnr_db"] > 35
+    assert row["bytes_after"] < 0.3 * row["bytes_before"]
+    assert result.model.ByteSize() < 0.35 * model.ByteSize()
+    tables = [t for t in result.model.graph.initializer if tuple(t.dims) == (4000, 32)]
+    assert [t.data_type for t in tables] == [TensorProto.INT8]
+    assert cosine(ref, run(result.model, ids)["y"]) > 0.999
+    plain = optimize(model, "insert-qdq", ids).model  # the option is off by default
+    assert [t.data_type for t in plain.graph.initializer if tuple(t.dims) == (4000, 32)] == [TensorProto.FLOAT]
+
+
+def test_both_table_layouts_compute_the_same_values():
+    from onnxcomp.graph.convert import to_graph, to_model
+    from onnxcomp.passes.qdq.embedding import quantize_tables
+
+    model = embedding_model()
+    ids = {"ids": np.random.default_rng(1).integers(0, 4000, (16, 8)).astype(np.int64)}
+    outs = {}
+    for layout in ("gather", "dequantize"):
+        graph = to_graph(model)
+        rows, skipped = quantize_tables(graph, layout)
+        assert len(rows) == 1 and skipped == []
+        quantized = to_model(graph)
+        onnx.checker.check_model(quantized)
+        outs[layout] = run(quantized, ids)["y"]
+        ops = [n.op_type for n in quantized.graph.node]
+        assert ("DequantizeLinear" in ops) == (layout == "dequantize")
+    np.testing.assert_allclose(outs["gather"], outs["dequantize"], atol=1e-6)
+
+
+def test_small_tied_and_tensorrt_tables_stay_float():
+    ids = {"ids": np.zeros((4, 8), np.int64)}
+    small = optimize(embedding_model(rows=100), "insert-qdq{embeddings=true}", ids)
+    assert details(small)[1]["embeddings"] == []
+    trt = optimize(embedding_model(), "insert-qdq{embeddings=true,target=tensorrt}", ids)
+    record, info = details(trt)
+    assert info["embeddings"] == [] and any("TensorRT" in s.reason for s in record.report.skipped)
+
+
+# ---------- bias correction ----------
+
+def biased_layer(k=32, n=8, seed=0):
+    """x (positive) -> MatMul -> Add bias, with weights that all round the same way in INT8: every column
+    has one entry at 127 steps of its scale and the others 0.45 of a step above an integer."""
+    rng = np.random.default_rng(seed)
+    step = 0.01
+    w = (rng.integers(-60, 60, (k, n)) + 0.45) * step
+    w[0] = 127 * step
+    inits = {"w": w.astype(np.float32), "bias": rng_array(n, seed, 0.1)}
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "bias"], ["y"])]
+    return make_model(nodes, [tensor("x", ["n", 8, k])], [tensor("y", ["n", 8, n])], inits)
+
+
+def test_bias_correction_removes_the_mean_output_shift():
+    model = biased_layer()
+    calib, test = data((8, 32), 64, seed=0, low=0.0), data((8, 32), 64, seed=1, low=0.0)
+    ref = run(model, test)["y"]
+
+    def mean_error(pipeline):
+        result = optimize(model, pipeline, calib)
+        error = run(result.model, test)["y"] - ref
+        return float(np.sqrt(np.mean(error.reshape(-1, error.shape[-1]).mean(0) ** 2))), result
+
+    before, _ = mean_error("insert-qdq{scheme=inputs,reduce_range=false}")
+    after, result = mean_error("insert-qdq{scheme=inputs,reduce_range=false,bias_correction=true}")
+    record, info = details(result)
+    (row,) = info["bias_correction"]
+    assert row["corrected"] and record.report.stats["corrected_biases"] == 1
+    assert row["held_out_mean_error_after"] < row["held_out_mean_error_before"]
+    print(f"mean output error {before:.4f} -> {after:.4f}")
+    assert after < 0.2 * before
+
+
+def test_bias_correction_leaves_a_noise_shift_alone():
+    """Weights that round both ways: the measured shift is noise, so the halves disagree and nothing changes."""
+    rng = np.random.default_rng(3)
+    inits = {"w": rng_array((32, 8), 3, 0.3), "bias": np.zeros(8, np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "bias"], ["y"])]
+    model = make_model(nodes, [tensor("x", ["n", 8, 32])], [tensor("y", ["n", 8, 8])], inits)
+    calib = {"x": rng.standard_normal((64, 8, 32)).astype(np.float32)}
+    _, info = details(optimize(model, "insert-qdq{scheme=inputs,bias_correction=true}", calib))
+    (row,) = info["bias_correction"]
+    assert not row["corrected"]
+
+
+# ---------- TensorRT rules and the command line ----------
+
+def test_tensorrt_profile_output_passes_the_rules():
+    from onnxcomp.checks import run_checks
+
+    for model, calib in ((post_ln_block(), data((4, D), 32, seed=0)), (outlier_block(), data((8, 64), 32, seed=0))):
+        result = optimize(model, "smooth-quant{min_gain=0,extra_op_gain=0},insert-qdq{target=tensorrt,"
+                                 "embeddings=true,bias_correction=true}", calib, target="tensorrt")
+        assert details(result, "smooth-quant")[0].report.stats.get("smoothed_sites")
+        assert [f.line() for f in run_checks(result.model, "tensorrt") if f.severity != "info"] == []
+
+
+def test_cli_smooth_flag_and_preset_expand(digits_cnn):
+    def pipeline(*args):
+        proc = subprocess.run([sys.executable, "-m", "onnxcomp", "optimize", str(digits_cnn), "--print-pipeline",
+                               *args], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    assert pipeline("--passes", "cleanup", "--quantize", "int8", "--smooth", "--quantize-embeddings") == \
+        "cleanup,smooth-quant,insert-qdq{embeddings=true}"
+    assert pipeline("--passes", "int8-transformer", "--bias-correction", "--target", "tensorrt") == \
+        "cleanup,smooth-quant{target=tensorrt},insert-qdq{target=tensorrt,bias_correction=true,embeddings=true}"

@@ -236,7 +236,8 @@ def _row(model: str, method: str, samples: int, rounds: list[dict]) -> list:
     return [model, method, samples, f"{ours['tensors']}/{ort['tensors']}", _fmt(seconds["floor"]),
             _fmt(seconds["ours"]), _fmt(seconds["ort"]) + (" CRASH" if crashed else ""), _fmt(ours_floor),
             _fmt(ours_ort) if not crashed else "-", f"{ours['peak_mb']:.0f}",
-            f"{ort['peak_mb']:.0f}" if not crashed else "-", _fmt(ours["peak_mb"] / ort["peak_mb"]) if not crashed else "-"]
+            f"{ort['peak_mb']:.0f}" if not crashed else "-",
+            _fmt(ours["peak_mb"] / ort["peak_mb"]) if not crashed else "-"]
 
 
 def _cpu() -> str:

@@ -183,6 +183,24 @@ def test_whitened_factors_use_the_data_and_beat_plain_svd_on_it():
         lowrank(model, "kept=0.5,method=whitened")
 
 
+def test_model_sensitivity_gives_the_ranks_to_the_layer_the_outputs_care_about():
+    """Two equal layers, one scaled down by 0.01 before the sum: measured on the model's outputs, the
+    quiet one gets the smallest rank; by their own errors alone they are alike."""
+    rng = np.random.default_rng(0)
+    w = {name: (rng.standard_normal((32, 32)) / 6).astype(np.float32) for name in ("wa", "wb")}
+    nodes = [helper.make_node("MatMul", ["x", "wa"], ["a"], name="loud"),
+             helper.make_node("MatMul", ["x", "wb"], ["b0"], name="quiet"),
+             helper.make_node("Mul", ["b0", "small"], ["b"]), helper.make_node("Add", ["a", "b"], ["y"])]
+    model = make_model(nodes, [tensor("x", ["B", 32])], [tensor("y", None)], {**w, "small": np.float32(0.01)})
+    data = {"x": rng.standard_normal((64, 32)).astype(np.float32)}
+    ranks = {}
+    for how in ("model", "layer"):
+        _, report = lowrank(model, f"kept=0.5,round_to=4,sensitivity={how}", data=data)
+        ranks[how] = {r["node"]: r["rank"] for r in report.details["layers"]}
+        ranks[how].update({s.name: 0 for s in report.skipped})
+    assert ranks["model"]["quiet"] == 4 and ranks["model"]["loud"] > ranks["layer"]["loud"]
+
+
 def test_max_drop_keeps_more_until_the_measured_drop_fits():
     from onnxcomp.errors import ToleranceError
 

@@ -44,26 +44,18 @@ class Mapping:
         """Positions on the axis taken by `channels` (those of them that live on the tensor)."""
         return self.by_channel(channels).reshape(-1)
 
-    def on_axis(self, axis: int) -> "Mapping":
+    def on_axis(self, axis: int) -> Mapping:
         return replace(self, axis=axis)
 
-    def scaled(self, factor: int) -> "Mapping":
+    def scaled(self, factor: int) -> Mapping:
         """Each position becomes `factor` consecutive ones (merging the channel axis with inner axes)."""
         return replace(self, block=self.block * factor, period=self.period * factor)
 
-    def shifted(self, positions: int) -> "Mapping | None":
+    def shifted(self, positions: int) -> Mapping | None:
         """Every position moved by `positions` (a Concat/Split offset), None if that cuts a block."""
         if positions % self.block:
             return None
         return replace(self, offset=self.offset + positions // self.block)
-
-    def span(self, channels: int) -> tuple[int, int]:
-        """First position and one past the last position taken by a group of `channels`."""
-        pos = self.positions(np.arange(channels))
-        return (int(pos.min()), int(pos.max()) + 1) if pos.size else (0, 0)
-
-    def per_channel(self) -> int:
-        return self.block * self.repeat
 
 
 @dataclass(frozen=True)
@@ -75,7 +67,7 @@ class Unit:
 
     def describe(self) -> str:
         if self.repeat > 1:
-            return f"{self.repeat} repeats"
+            return f"{self.repeat} repeats" + (f" of {self.block}" if self.block > 1 else "")
         return "channel" if self.block == 1 else f"block of {self.block}"
 
 

@@ -4,7 +4,8 @@ one ONNX Runtime run that reads them off.
 Exports with Shape/Range position ids (real BERT exports) defeat static inference: every tensor
 after the embeddings has unknown batch and sequence sizes, and so do the attention reshapes. One
 run on seeded inputs, with symbolic dims set to small distinct sizes (2, 3, 5, ...: a size 1 would
-look like broadcasting), gives every shape; the search only needs them consistent with each other.
+look like broadcasting; 1 only for a model that runs at no other size, as inference assumes too),
+gives every shape; the search only needs them consistent with each other.
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ def search_shapes(model, dims: dict | None = None) -> dict[str, tuple]:
     if all(shapes.get(name) is not None and None not in shapes[name] for name in computed):
         return shapes
     probed = probe_shapes(model, dims)
+    if probed is None and not dims:  # a model that only runs at size 1 (a batch baked into a view)
+        probed = probe_shapes(model, {name: 1 for name in _symbolic(model)})
     return probed if probed is not None else shapes
+
+
+def _symbolic(model) -> list[str]:
+    from onnxcomp.graph.signature import input_specs
+
+    return sorted({d for s in input_specs(model) for d in s.shape if isinstance(d, str)})
 
 
 def probe_shapes(model, dims: dict | None = None) -> dict[str, tuple] | None:
@@ -29,10 +38,9 @@ def probe_shapes(model, dims: dict | None = None) -> dict[str, tuple] | None:
     import numpy as np
     import onnx
 
-    from onnxcomp.graph.signature import input_specs
     from onnxcomp.measure.runtime import random_inputs, session
 
-    symbolic = sorted({d for s in input_specs(model) for d in s.shape if isinstance(d, str)})
+    symbolic = _symbolic(model)
     sizes = {**{name: PROBE_SIZES[i % len(PROBE_SIZES)] for i, name in enumerate(symbolic)}, **(dims or {})}
     copy = onnx.ModelProto()
     copy.CopyFrom(model)

@@ -1,11 +1,11 @@
 """smooth-quant: move activation outliers into the following weights before INT8 (SmoothQuant); exact in float.
 
 A tensor x read by MatMul/Gemm with constant weights W computes the same x W = (x / s)(s W) for
-any positive per-channel s. The 1/s is folded into the op that makes x - LayerNormalization's
-scale and bias, the Mul/Add affine a decomposed LayerNorm ends with, or a Mul by a constant (the
-x0.5 that ends an exported GELU) - and the s into the input rows of every W that reads x. The
-float model computes what it did (to rounding); per-tensor INT8 of x no longer spends its range
-on a few outlier channels, and the weights, quantized per output channel, absorb them.
+any positive per-channel s. The 1/s goes into the op that makes x - LayerNormalization's scale and
+bias, or the Mul/Add affine a decomposed LayerNorm ends with - and the s into the input rows of
+every W that reads x. The float model computes what it did (to rounding); per-tensor INT8 of x no
+longer spends its range on a few outlier channels, and the weights, quantized per output channel,
+absorb them.
 
 s_k = max|x_k|^alpha / max|W_k,:|^(1-alpha) (Xiao et al., SmoothQuant, 2023). alpha is chosen
 per site by measurement, not globally: each candidate, and leaving the site alone, is scored by
@@ -13,9 +13,14 @@ the relative error of the quantized layers on calibration rows,
 ||x W - q(x/s) q(sW)||^2 / ||x W||^2, with the activation format, min/max range and weight range
 insert-qdq uses for the target; a site is smoothed only when that error drops by `min_gain`.
 
-When x also feeds something that is not such a MatMul (the residual Add of a post-LN
-transformer), the producer is duplicated so only the MatMuls see x / s: one extra LayerNorm or
-Mul per site, cheap next to the MatMuls it serves.
+Some sites need a new Mul by 1/s before their MatMuls: when x also feeds something else (the
+residual Add of a post-LN transformer: the producer must keep its output) and when the producer's
+constant is a scalar (GELU's closing x0.5: a vector there stops ONNX Runtime fusing the GELU,
+measured slower than the Mul). The Mul is an elementwise pass (on MiniLM the six after GELU cost
+about 2% of INT8 latency), so such a site must also gain `extra_op_gain` and have an INT8 output
+SQNR below `extra_op_sqnr_db` to begin with (target ort; TensorRT fuses such a Mul into the
+neighbouring kernel). Attention's constant score scale is folded into the
+query projection first (attention_scale.py, target ort), which wins back about 1%.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import numpy as np
 
 from onnxcomp.errors import InputError
 from onnxcomp.graph.edit import NameGen, node_key, producer
+from onnxcomp.passes.qdq.attention_scale import fold_attention_scales
 from onnxcomp.passes.qdq.layer_data import ChannelStats, channel_stats
 from onnxcomp.passes.qdq.numerics import (
     REDUCED_WEIGHT_QMAX,
@@ -37,6 +43,7 @@ from onnxcomp.passes.qdq.numerics import (
     fake_quantize,
     host_needs_reduced_range,
     quantize_weight,
+    ratio_db,
 )
 from onnxcomp.pipeline.options import (
     Exclusion,
@@ -72,9 +79,17 @@ class SmoothQuantOptions:
         "help": "where x/s goes when x also feeds non-MatMul readers (a residual): a new Mul before the MatMuls "
                 "(measured cheaper), a copy of its producer, or nowhere (such sites are left alone)"})
     extra_op_gain: float = field(default=0.3, metadata={
-        "help": "a site that needs an extra node (see fold; also a producer whose constant is a scalar that "
-                "fusions match, GELU's x0.5) is smoothed only when its INT8 error falls by at least this fraction",
+        "help": "target ort: a site that needs an extra node (see fold; also a producer whose constant is a "
+                "scalar that fusions match, GELU's x0.5) is smoothed only when its INT8 error falls by at least "
+                "this fraction",
         "range": Range(0, 1, hi_open=True)})
+    extra_op_sqnr_db: float = field(default=33.0, metadata={
+        "help": "target ort: and such a site only when its INT8 output SQNR is below this many dB (the extra "
+                "node costs an elementwise pass: it goes where INT8 loses the most)", "range": Range(0)})
+    attention_scale: bool = field(default=True, metadata={
+        "help": "target ort: also fold attention's constant score scale (1/sqrt(d) after Q K^T) into the query "
+                "projection, which ORT's INT8 MatMul cannot absorb as its float one does (TensorRT fuses it itself, "
+                "and its placement would take the mask Add then right after the MatMul for a residual)"})
     calib_batch_size: int = field(default=16, metadata={"help": "samples per calibration batch", "range": Range(1)})
     exclude: tuple[str, ...] = exclude_option()
     exclude_op: tuple[str, ...] = exclude_op_option()
@@ -145,12 +160,16 @@ class SmoothQuantPass(Pass):
         exclude = Exclusion(tuple(opts.exclude), tuple(opts.exclude_op))
         exclude.check("smooth-quant", graph)
         report = PassReport()
-        sites, skipped = find_sites(graph, exclude, opts.fold != "none")
-        for name, reason in skipped:
-            report.skip(name, reason)
         target = opts.target or ctx.target or "ort"
         details = {"target": target, "sites": []}
         report.details["smooth-quant"] = details
+        if opts.attention_scale and target == "ort":  # first: the sites below must see the weights it rescales
+            details["attention_scales"] = fold_attention_scales(graph)
+            report.count("folded_attention_scales", len(details["attention_scales"]))
+            report.modified = bool(details["attention_scales"])
+        sites, skipped = find_sites(graph, exclude, opts.fold != "none")
+        for name, reason in skipped:
+            report.skip(name, reason)
         if not sites:
             details["note"] = "no LayerNorm/affine -> MatMul site to smooth"
             return report
@@ -159,15 +178,13 @@ class SmoothQuantPass(Pass):
         fmt = activation_format(target)
         qmax = REDUCED_WEIGHT_QMAX if target == "ort" and host_needs_reduced_range() else WEIGHT_QMAX
         names = NameGen(graph)
-        for site in sites:
-            mode = fold_mode(site, opts.fold)
-            needed = opts.min_gain if mode == "in-place" else max(opts.min_gain, opts.extra_op_gain)
-            choice = choose_scale(site, stats[site.name], opts.alphas, fmt, qmax, needed)
-            details["sites"].append(_row(site, choice, mode))
-            if choice.alpha is None:
-                cost = "" if mode == "in-place" else f" (it needs an extra {'Mul' if mode == 'insert' else 'copy'})"
-                report.skip(site.name, f"smoothing does not lower its INT8 error by {needed:.0%}{cost}: "
-                                       f"error {choice.error_before:.3g}, best {choice.error_after:.3g}")
+        choices = [(site, fold_mode(site, opts.fold), best_scale(site, stats[site.name], opts.alphas, fmt, qmax))
+                   for site in sites]
+        for site, mode, choice in choices:
+            reason = refusal(choice, mode if target == "ort" else "in-place", opts)
+            details["sites"].append(_row(site, choice, mode, reason is None))
+            if reason:
+                report.skip(site.name, reason)
                 continue
             apply_scale(graph, site, choice.scale, names, mode)
             report.modified = True
@@ -179,10 +196,28 @@ class SmoothQuantPass(Pass):
         return report
 
 
-def _row(site: Site, choice: Choice, mode: str) -> dict:
+def _row(site: Site, choice: Choice, mode: str, smoothed: bool) -> dict:
     return {"tensor": site.name, "producer": node_key(site.chain[-1]), "op": site.chain[-1].op,
-            "readers": [node_key(r.node) for r in site.readers], "fold": mode if choice.alpha is not None else None, "alpha": choice.alpha, "error_before": float(choice.error_before),
-            "error_after": float(choice.error_after)}
+            "readers": [node_key(r.node) for r in site.readers], "fold": mode if smoothed else None,
+            "alpha": choice.alpha if smoothed else None, "error_before": float(choice.error_before),
+            "error_after": float(choice.error_after if smoothed else choice.error_before)}
+
+
+def refusal(choice: Choice, mode: str, opts: SmoothQuantOptions) -> str | None:
+    """Why a site stays as it is, or None to smooth it. A site that needs an extra Mul (mode insert or
+    duplicate) must also gain `extra_op_gain` and be worse than `extra_op_sqnr_db` to begin with: the
+    Mul costs an elementwise pass, worth it only where INT8 loses the most. (An absolute bar, so a
+    second run finds the same sites refused.)"""
+    needed = opts.min_gain if mode == "in-place" else max(opts.min_gain, opts.extra_op_gain)
+    extra = "" if mode == "in-place" else f" (it needs an extra {'Mul' if mode == 'insert' else 'copy'})"
+    if choice.alpha is None or choice.error_after > choice.error_before * (1.0 - needed):
+        return (f"smoothing does not lower its INT8 error by {needed:.0%}{extra}: error {choice.error_before:.3g}, "
+                f"best {choice.error_after:.3g}")
+    sqnr = ratio_db(1.0, choice.error_before)
+    if mode != "in-place" and sqnr >= opts.extra_op_sqnr_db:
+        return (f"its INT8 output SQNR is already {sqnr:.1f} dB (>= {opts.extra_op_sqnr_db:g}): not worth the extra "
+                f"{'Mul' if mode == 'insert' else 'copy'}")
+    return None
 
 
 # ---- finding sites ----------------------------------------------------------------------------
@@ -324,8 +359,8 @@ class LayerProbe:
         return noise / self.signal if self.signal > 0 else 0.0
 
 
-def choose_scale(site: Site, stats: ChannelStats, alphas, fmt, qmax: int, min_gain: float) -> Choice:
-    """The alpha whose scale gives the lowest measured INT8 error, or none when none lowers it by min_gain."""
+def best_scale(site: Site, stats: ChannelStats, alphas, fmt, qmax: int) -> Choice:
+    """The alpha whose scale gives the lowest measured INT8 error (alpha None: no candidate beats none)."""
     weights = [r.kn() for r in site.readers]
     weight_max = np.max([np.abs(w).max(1) for w in weights], axis=0)
     probe = LayerProbe(stats, weights, fmt, qmax)
@@ -337,12 +372,8 @@ def choose_scale(site: Site, stats: ChannelStats, alphas, fmt, qmax: int, min_ga
         best.tried[f"{alpha:g}"] = error
         if error < best.error_after:
             best.alpha, best.scale, best.error_after = float(alpha), s, error
-    if best.alpha is not None and best.error_after > before * (1.0 - min_gain):
-        best.alpha, best.scale, best.error_after = None, None, before
     return best
 
-
-# ---- folding ----------------------------------------------------------------------------------
 
 def fold_mode(site: Site, fold: str = "insert") -> str:
     """How 1/s gets in: `in-place` (into the producer's constants), `duplicate` (into a copy of the

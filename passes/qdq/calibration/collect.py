@@ -90,9 +90,10 @@ def collect_stats(model: onnx.ModelProto, data, tensors: list[str] | None = None
     progress: optional callable taking each message string (default: the `onnxcomp` logger); without
     a progress bar on screen it also gets a line about once a second.
     threads: ONNX Runtime intra-op threads (0 = its default).
-    fold_threads: threads folding a batch into the statistics, each its own share of the tensors
-    (0 = one per core, at most 4). Folding runs while ONNX Runtime computes the next batch; with
-    histograms it costs about as much as the run itself, so one thread left a core idle.
+    fold_threads: most threads folding a batch into the statistics, each its own share of the
+    tensors (0 = one per core, at most 4). Folding runs while ONNX Runtime computes the next batch;
+    more than one thread folds only while folding takes clearly longer than the runs (histograms of
+    cheap activations), since extra threads otherwise slow ONNX Runtime's own spinning threads.
     memory_budget_mb: with dict data or Samples whose calls can merge, batches shrink below
     `batch_size` so the fetched activations stay under this (measured on one call first); peak
     memory is then bounded by the budget, not by the sample count. Splitting dict data at a
@@ -133,14 +134,18 @@ def collect_stats(model: onnx.ModelProto, data, tensors: list[str] | None = None
 
     feed_batches, total = _batches(data, model, runner.inputs, sizer, probe)
     logger.debug("calibration: %d tensors fetched, batches of up to %d samples", len(runner.fetch), sizer.size)
+    ran = folded = 0.0  # seconds ONNX Runtime ran, seconds folding took (summed over fold threads)
     with ThreadPoolExecutor(max_workers=workers) as folder:
         pending: list = []
         for feeds, n in bar(feed_batches, "calibration", total=total, unit="batch"):
+            start = time.perf_counter()
             values = runner.run(feeds, batches + 1)  # ONNX Runtime runs while the last batch folds
+            ran += time.perf_counter() - start
             for done in pending:  # a tensor's batches fold in order: the last batch first
-                done.result()
+                folded += done.result()
+            active = workers if folded > 1.5 * ran else 1
             pending = [folder.submit(runner.fold, values, stats, scratches[i], share)
-                       for i, share in enumerate(_shares(values, workers)) if share]
+                       for i, share in enumerate(_shares(values, active)) if share]
             del values
             batches += 1
             samples += n
@@ -227,11 +232,14 @@ class _Runner:
             why = feed_problem(self.sess, feeds) or runtime_message(exc)
             raise InputError(f"calibration batch {number}: ONNX Runtime failed: {why}") from None
 
-    def fold(self, values: list, stats: dict, scratch: Scratch, share: list[int]) -> None:
-        """Fold one batch's tensors `share` (indices into fetch) into stats, releasing each when done."""
+    def fold(self, values: list, stats: dict, scratch: Scratch, share: list[int]) -> float:
+        """Fold one batch's tensors `share` (indices into fetch) into stats, releasing each when done;
+        returns the seconds it took."""
+        start = time.perf_counter()
         for i in share:
             stats[self.fetch[i]].update(values[i], scratch)
             values[i] = None
+        return time.perf_counter() - start
 
 
 def _shares(values: list, workers: int) -> list[list[int]]:

@@ -51,6 +51,8 @@ RECOVERY_LR = 3e-3  # distillation of a pruned student: 4 epochs reach 0.96 here
 # digits CNN (docs/distillation.md; T=4, alpha=0.7 loses 0.6-3 points at 5 epochs).
 RECOVERY_TEMPERATURE, RECOVERY_ALPHA = 1.0, 0.5
 QAT_LR = 1e-4  # fine-tuning on a fixed integer grid: small steps
+MIN_INT8_CHANNELS = 4  # convolutions reading fewer channels are candidates to stay in float (measured)
+MAX_SINGLE_DROPS = 4  # up to this many droppable residual branches, each is also tried alone
 
 
 @dataclass
@@ -61,6 +63,7 @@ class Candidate:
     ranking: str  # "uniform" or "global" (layers lose different fractions)
     widths: tuple  # channels kept per channel group
     params: int
+    dropped: tuple = ()  # residual branches removed whole (their Add nodes), before the channel pruning
     latency: float | None = None  # deployed form's latency at `batch`, as a ratio to the input's
     size: float | None = None  # deployed form's serialized bytes, as a ratio to the input's
     drop_before: float | None = None  # drop of the deployed form before any recovery
@@ -73,12 +76,12 @@ class Candidate:
 
     @property
     def pruning(self) -> bool:
-        return self.ratio > 0
+        return self.ratio > 0 or bool(self.dropped)
 
     def as_dict(self) -> dict:
         return {"ratio": self.ratio, "ranking": self.ranking, "widths": list(self.widths), "params": self.params,
-                "latency": self.latency, "size": self.size, "drop_before": self.drop_before,
-                "drop_recovered": self.drop_recovered, "drop": self.drop, "qat": self.qat, "trained": self.trained,
+                "dropped": list(self.dropped), "latency": self.latency, "size": self.size,
+                "drop_before": self.drop_before, "drop_recovered": self.drop_recovered, "drop": self.drop, "qat": self.qat, "trained": self.trained,
                 "chosen": self.chosen}
 
 
@@ -190,6 +193,7 @@ def compress(model, data, val_data=None, *, target: str = "ort", latency: float 
     ratios = [0.0] + (sorted(set(grid) - {0.0}) if goal["kind"] in ("latency", "size") else [prune] if prune else [])
     rankings = ("uniform", "global") if goal["kind"] in ("latency", "size") else ("uniform",)
     candidates = clock.run("search", lambda: steps.candidates(cleaned, ratios, rankings, block, goal))
+    host.update(steps.precision)
     result = CompressResult(cleaned, goal, False, "", metric, {}, candidates, [], host, data_info, {})
     try:
         chosen, reached = _choose(candidates, goal)
@@ -297,6 +301,8 @@ class _Steps:
         self.teacher = original
         self.size = len(original.SerializeToString())
         self.clock = clock
+        self.float_convs: tuple[str, ...] = ()  # kept in float when quantizing: faster so on this host
+        self.precision: dict = {}  # what choose_float_convs measured, for the report's host
 
     def passes(self, model, pipeline: str, data=None, check: bool = True) -> onnx.ModelProto:
         from onnxcomp.optimize import optimize
@@ -309,14 +315,42 @@ class _Steps:
     def cleanup(self) -> onnx.ModelProto:
         return self.passes(self.original, "cleanup")
 
-    def deployed(self, model, calib) -> onnx.ModelProto:
+    def quantizer(self, float_convs=None):
+        """insert-qdq for the target, with the convolutions chosen to stay in float left out."""
+        import glob
+
+        from onnxcomp.passes.qdq.insert_qdq import InsertQdqPass
+
+        names = self.float_convs if float_convs is None else float_convs
+        return InsertQdqPass(target=self.target, exclude=tuple(glob.escape(n) for n in names))
+
+    def deployed(self, model, calib, float_convs=None) -> onnx.ModelProto:
         """`model` (BatchNorm kept) in the form it ships in: folded, sparsified, quantized."""
-        tail = ["fold-bn"]
-        if self.sparsify:
-            tail.append(f"sparsify-initializers{{sparsity={self.sparsify}}}")
+        from onnxcomp.pipeline.text import parse_pipeline
+
+        tail = parse_pipeline("fold-bn" + (f",sparsify-initializers{{sparsity={self.sparsify}}}" if self.sparsify else ""))
         if self.quantize == "int8":
-            tail.append(f"insert-qdq{{target={self.target}}}")
-        return self.passes(model, ",".join(tail), data=calib, check=False)
+            tail.append(self.quantizer(float_convs))
+        return self.passes(model, tail, data=calib, check=False)
+
+    def choose_float_convs(self, model, calib, batch: int) -> dict:
+        """Keep thin-input convolutions (under MIN_INT8_CHANNELS input channels, a stem on images) in
+        float when that is faster here: measured, both forms interleaved. ORT's INT8 convolution kernels
+        work on channel groups of 4 and more; on one input channel the digits CNN's stem ran 6x slower
+        in INT8 than in float on an AVX-512 VNNI host."""
+        from onnxcomp.measure.latency import batch_feeds, interleaved_ms
+
+        weights = {t.name: t.dims for t in model.graph.initializer}
+        thin = tuple(n.name for n in model.graph.node if n.op_type == "Conv" and n.name and len(n.input) > 1
+                     and len(weights.get(n.input[1], ())) > 1 and weights[n.input[1]][1] < MIN_INT8_CHANNELS)
+        if self.quantize != "int8" or not thin:
+            return {}
+        forms = [self.deployed(model, calib, ()), self.deployed(model, calib, thin)]
+        feeds = batch_feeds(self.original, self.val, batch)
+        int8_ms, float_ms = interleaved_ms(forms, [feeds, feeds], self.threads, budget_s=1.5, statistic="min")
+        if float_ms < 0.97 * int8_ms:
+            self.float_convs = thin
+        return {"float_convs": list(self.float_convs), "float_probe_ms": {"int8": int8_ms, "float": float_ms}}
 
     def candidates(self, cleaned, ratios, rankings, block: int, goal: dict) -> list[Candidate]:
         """Every distinct pruning on the grid, its deployed form measured (latency, size, drop)."""
@@ -325,34 +359,41 @@ class _Steps:
         from onnxcomp.passes.prune.remove_channels import RemoveChannelsPass
 
         found: dict[tuple, Candidate] = {}
-        full, prunable = None, True
-        for ratio in bar(ratios, "compress: candidates", total=len(ratios)):
-            for ranking in (rankings if ratio > 0 else ("uniform",)) if prunable else ():
-                if ratio == 0:
-                    pruned, widths = cleaned, None
-                else:
-                    step = RemoveChannelsPass(ratio=ratio, round_to=block, global_ranking=ranking == "global")
-                    try:
-                        done = optimize(cleaned, None, [step], check_output=False, progress=lambda m: logger.debug(m))
-                    except InputError as exc:  # nothing to prune: a goal can still be met by quantizing
-                        if goal["kind"] == "prune":
-                            raise
-                        logger.info("no pruning candidates: %s", exc)
-                        prunable = False
-                        break
-                    pruned = done.model
-                    widths = tuple(row["after"] for row in done.records[-1].report.details.get("groups", []))
-                    full = full or tuple(row["channels"] for row in done.records[-1].report.details.get("groups", []))
-                key = widths if widths is not None else "unpruned"
-                if widths is not None and widths == full:
-                    continue  # rounding kept every channel: the unpruned candidate
-                if key not in found:
-                    found[key] = Candidate(ratio, ranking, widths or (), model_counts(pruned)["params"], pruned=pruned)
+        full = None
+        for dropped, base in self.depths(cleaned, goal):
+            prunable = True
+            for ratio in bar(ratios, "compress: candidates", total=len(ratios)):
+                for ranking in (rankings if ratio > 0 else ("uniform",)) if prunable else ():
+                    if ratio == 0:
+                        pruned, widths = base, None
+                    else:
+                        step = RemoveChannelsPass(ratio=ratio, round_to=block, global_ranking=ranking == "global")
+                        try:
+                            done = optimize(base, None, [step], check_output=False, progress=lambda m: logger.debug(m))
+                        except InputError as exc:  # nothing to prune: a goal can still be met by quantizing
+                            if goal["kind"] == "prune" and not dropped:
+                                raise
+                            logger.info("no pruning candidates: %s", exc)
+                            prunable = False
+                            break
+                        pruned = done.model
+                        groups = done.records[-1].report.details.get("groups", [])
+                        widths = tuple(row["after"] for row in groups)
+                        if not dropped:
+                            full = full or tuple(row["channels"] for row in groups)
+                        if widths == tuple(row["channels"] for row in groups):
+                            continue  # rounding kept every channel: the candidate without channel pruning
+                    key = (dropped, widths if widths is not None else "unpruned")
+                    if key not in found:
+                        found[key] = Candidate(ratio, ranking, widths or (), model_counts(pruned)["params"],
+                                               dropped=dropped, pruned=pruned)
         cands = list(found.values())
         unpruned = next(c for c in cands if not c.pruning)
         if full is not None:
             unpruned.widths = full
         calib = take(self.train, 0, SEARCH_CALIB)
+        if goal["kind"] == "latency":
+            self.precision = self.clock.run("precision", lambda: self.choose_float_convs(cleaned, calib, goal["batch"]))
         forms = [self.deployed(c.pruned, calib) for c in bar(cands, "compress: deployed forms", total=len(cands))]
         for c, form in zip(cands, forms):
             c.size = len(form.SerializeToString()) / self.size
@@ -366,10 +407,25 @@ class _Steps:
             for c, t in zip(cands, ms[1:]):
                 c.latency = t / ms[0]
         for c in sorted(cands, key=lambda c: -c.params):
-            logger.info("candidate ratio %.3f %s widths %s: %s params, size %.3fx%s, drop before recovery %.4f",
-                        c.ratio, c.ranking, list(c.widths), c.params, c.size,
+            logger.info("candidate %s: %s params, size %.3fx%s, drop before recovery %.4f", describe(c), c.params, c.size,
                         "" if c.latency is None else f", latency {c.latency:.3f}x", c.drop_before)
         return cands
+
+    def depths(self, cleaned, goal: dict) -> list[tuple[tuple, onnx.ModelProto]]:
+        """(dropped branches, model) to prune the channels of: the model whole, and for a latency or size
+        goal also without its droppable residual branches (each alone when there are a few, and all)."""
+        from onnxcomp.graph.residual import drop_branches, residual_branches
+
+        bases = [((), cleaned)]
+        if goal["kind"] not in ("latency", "size"):
+            return bases
+        adds = [b.add for b in residual_branches(cleaned)]
+        sets = ([(a,) for a in adds] if len(adds) <= MAX_SINGLE_DROPS else []) + ([tuple(adds)] if len(adds) > 1 else [])
+        for dropped in sets:
+            bases.append((dropped, drop_branches(cleaned, list(dropped))))
+        if adds:
+            logger.info("residual branches that can be dropped whole: %s", ", ".join(adds))
+        return bases
 
     def recover(self, c: Candidate, max_drop) -> onnx.ModelProto:
         """Distill (when pruned), fold, sparsify, quantize, and fine-tune the QDQ graph when over max_drop."""
@@ -388,8 +444,9 @@ class _Steps:
                 folded, f"sparsify-initializers{{sparsity={self.sparsify}}}"))
         final = folded
         if self.quantize == "int8":
-            final = self.clock.run("insert-qdq", lambda: self.passes(folded, f"insert-qdq{{target={self.target}}}",
-                                                                      data=self.calib), f"target {self.target}")
+            final = self.clock.run("insert-qdq", lambda: self.passes(folded, [self.quantizer()], data=self.calib),
+                                   f"target {self.target}" + (f", {len(self.float_convs)} conv(s) kept in float"
+                                                              if self.float_convs else ""))
         c.drop_recovered = c.drop = float(self.drop_of(final).drop)
         c.trained = True
         if max_drop is not None and c.drop > max_drop and self.quantize == "int8":
@@ -402,7 +459,7 @@ class _Steps:
             c.qat = True
             if drop < c.drop:
                 final, c.drop = tuned, drop
-        logger.info("ratio %.3f %s: drop %.4f after recovery%s", c.ratio, c.ranking, c.drop_recovered,
+        logger.info("%s: drop %.4f after recovery%s", describe(c), c.drop_recovered,
                     f", {c.drop:.4f} after quantization-aware fine-tuning" if c.qat else "")
         return final
 
@@ -473,9 +530,8 @@ def _train_and_back_off(steps: _Steps, candidates, chosen: Candidate, goal: dict
             if hi - lo <= 1:
                 break
             mid = (lo + hi) // 2
-            logger.info("backing off: trying ratio %.3f %s (%s fits max_drop, ratio %.3f %s does not)",
-                        ladder[mid].ratio, ladder[mid].ranking, "no pruning" if lo == 0 else f"ratio {ladder[lo].ratio:.3f}",
-                        ladder[hi].ratio, ladder[hi].ranking)
+            logger.info("backing off: trying %s (%s fits max_drop, %s does not)", describe(ladder[mid]),
+                        describe(ladder[lo]) if best is not None else "no pruning", describe(ladder[hi]))
             if trial(ladder[mid]):
                 lo, best = mid, ladder[mid]
             else:
@@ -488,8 +544,8 @@ def _train_and_back_off(steps: _Steps, candidates, chosen: Candidate, goal: dict
         tried = [c for c in candidates if c.trained]
         closest = min(tried, key=lambda c: c.drop)
         error = ToleranceError(
-            f"compress: max_drop {max_drop} cannot be met: the closest, ratio {closest.ratio:.3g} "
-            f"({closest.ranking}), drops {closest.drop:.4f} after recovery"
+            f"compress: max_drop {max_drop} cannot be met: the closest, {describe(closest)}, "
+            f"drops {closest.drop:.4f} after recovery"
             + (" and quantization-aware fine-tuning" if closest.qat else "")
             + ("" if goal["kind"] == "prune" else f"; {len(tried)} candidate(s) trained")
             + ("; try --quantize none, more --epochs or a larger --max-drop" if steps.quantize == "int8"
@@ -503,8 +559,7 @@ def _train_and_back_off(steps: _Steps, candidates, chosen: Candidate, goal: dict
 def _outcome(chosen: Candidate, reached: bool, goal: dict, candidates: list[Candidate]) -> tuple[str, bool]:
     """One line of what was reached (and why a goal was missed), and whether every goal was met."""
     kind, value = goal["kind"], goal["value"]
-    what = (f"ratio {chosen.ratio:.3g} ({chosen.ranking}, widths {list(chosen.widths)})" if chosen.pruning
-            else "no pruning")
+    what = describe(chosen)
     figure = _metric_of(chosen, goal)
     drop = f"drop {chosen.drop:.4f}" + (f" (max {goal['max_drop']})" if goal["max_drop"] is not None else "")
     if kind in ("latency", "size"):
@@ -519,6 +574,16 @@ def _outcome(chosen: Candidate, reached: bool, goal: dict, candidates: list[Cand
             line = f"{kind} goal not met: {line}; {why}"
         return line, met
     return f"{what}, {drop}", True
+
+
+def describe(c: Candidate) -> str:
+    """A candidate's pruning in a few words."""
+    if not c.pruning:
+        return "no pruning"
+    parts = [f"residual branch(es) {', '.join(c.dropped)} dropped"] if c.dropped else []
+    if c.ratio > 0:
+        parts.append(f"ratio {c.ratio:.3g} ({c.ranking}, widths {list(c.widths)})")
+    return " and ".join(parts)
 
 
 def _check_target(model: onnx.ModelProto, target: str) -> dict:

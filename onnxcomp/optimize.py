@@ -95,6 +95,9 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
                                input_values)
     held_out = ctx.val_data if ctx.val_data is not None else ctx.data  # the final validation runs on it
     runnable = _readable_ir(original, ctx)
+    for samples in (ctx.data, ctx.val_data):  # every pass merges calls only where this model allows it
+        if samples is not None:
+            samples.merge_on(source if source is not None and runnable is original else runnable)
     working, conversion = prepare_opset(runnable, passes, _conversion_feeds(runnable, held_out, ctx),
                                         atol, rtol)
     if conversion is not None:

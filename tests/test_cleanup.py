@@ -465,3 +465,157 @@ def test_torch_export_with_a_shape_subgraph_folds():
     assert records[0].report.stats["reshape_target_made_constant"] == 1
     assert _interface(out) == _interface(model)
     _same_at_batches(model, out)
+
+
+# ---------- on par with onnxslim: splats, dequantization, Reshape pairs, BN producers ----------
+
+def _fill(shape_name, out, value=0.02):
+    return helper.make_node("ConstantOfShape", [shape_name], [out], name=f"fill_{out}",
+                            value=onnx.numpy_helper.from_array(np.array([value], np.float32)))
+
+
+def _init_bytes(model) -> int:
+    return sum(t.ByteSize() for t in model.graph.initializer)
+
+
+def test_large_splats_stay_constant_of_shape_small_ones_fold():
+    """A weight that repeats one value (dummy weights, zero caches) costs the file all its bytes as
+    an initializer and a few as ConstantOfShape: past splat_limit_kb it stays a node."""
+    nodes = [_fill("ws", "w"), _fill("bs", "b"),
+             helper.make_node("Expand", ["half", "big"], ["e"], name="expand"),  # a splat made another way
+             helper.make_node("Gemm", ["x", "w", "b"], ["g"], name="gemm"),
+             helper.make_node("Add", ["g", "e"], ["y"], name="add")]
+    inits = {"ws": _i64(256, 128), "bs": _i64(128), "half": np.array([[0.5]], np.float32), "big": _i64(256, 128)}
+    model = make_model(nodes, [tensor("x", [256, 256])], [tensor("y", None)], inits)
+    out, records = run_pass(model, "cleanup")
+    stats = records[0].report.stats
+    assert sorted(_ops(out)) == ["Add", "ConstantOfShape", "ConstantOfShape", "Gemm"]  # bias (512 B) folded
+    assert stats["splats_kept_compact"] == 2
+    assert _init_bytes(out) < 4096  # not the 128 KB of each splat
+    assert_same_outputs(model, out)
+    full, records = run_pass(model, "cleanup{splat_limit_kb=1024}")
+    assert _ops(full) == ["Gemm", "Add"] and _init_bytes(full) > 2 * 128 * 1024
+    assert "splats_kept_compact" not in records[0].report.stats
+    assert_same_outputs(model, full)
+
+
+def test_negative_zero_is_not_a_splat_of_zero():
+    nodes = [helper.make_node("Mul", ["zeros", "signs"], ["c"], name="mul"),  # +0 and -0 mixed
+             helper.make_node("Div", ["one", "c"], ["inf"], name="div"),      # +inf and -inf
+             helper.make_node("Add", ["x", "inf"], ["y"], name="add")]
+    signs = np.where(np.arange(128 * 128) % 2, 1.0, -1.0).astype(np.float32).reshape(128, 128)
+    model = make_model(nodes, [tensor("x", [128, 128])], [tensor("y", None)],
+                       {"zeros": np.zeros((128, 128), np.float32), "signs": signs, "one": np.float32(1)})
+    out, _ = run_pass(model, "cleanup{splat_limit_kb=1}")
+    assert "ConstantOfShape" not in _ops(out)
+    x = np.ones((128, 128), np.float32)
+    np.testing.assert_array_equal(run(out, {"x": x})["y"], run(model, {"x": x})["y"])
+
+
+def test_dequantization_folds_only_when_asked():
+    nodes = [helper.make_node("Cast", ["wq"], ["wf"], name="cast", to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["wf", "ws"], ["w"], name="scale"),
+             helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")]
+    wq = np.random.default_rng(0).integers(-127, 127, (64, 32)).astype(np.int8)
+    model = make_model(nodes, [tensor("x", [2, 64])], [tensor("y", None)],
+                       {"wq": wq, "ws": np.full((1, 32), 0.02, np.float32)})
+    out, _ = run_pass(model, "cleanup{fold_dequantization=true}")
+    assert _ops(out) == ["MatMul"] and _init_bytes(out) > 4 * wq.size
+    assert_same_outputs(model, out)
+
+
+def _reshape_pair(target_node, target_inputs, inits, x_shape, allow_dims=None):
+    """y = Reshape(Reshape(x, [-1]), target) with target made by `target_node`."""
+    nodes = [helper.make_node("Reshape", ["x", "flat"], ["m"], name="r1"), target_node,
+             helper.make_node("Reshape", ["m", "t"], ["y"], name="r2")]
+    inputs = [tensor("x", x_shape)] + [tensor(n, s) for n, s in target_inputs]
+    return make_model(nodes, inputs, [tensor("y", None)], {"flat": _i64(-1), **inits})
+
+
+def test_reshape_pair_to_a_shape_of_merges_when_zero_dims_agree():
+    """Reshape(Reshape(x, [-1]), Shape(z)): an entry of Shape(z) is 0 only when z's dim is; where
+    that dim is x's own (same symbol), both forms copy a 0 (the flat one has 0 elements then)."""
+    model = _reshape_pair(helper.make_node("Shape", ["z"], ["t"], name="shape"),
+                          [("z", ["N", "K"])], {}, ["N", "K", 1])
+    out, records = run_pass(model, "cleanup")
+    assert records[0].report.stats["reshape_reshape_pairs_merged"] == 1
+    assert _ops(out) == ["Shape", "Reshape"]
+    for n in (0, 1, 3):
+        feeds = {"x": rng_array((n, 2, 1)), "z": rng_array((n, 2))}
+        np.testing.assert_array_equal(run(out, feeds)["y"], run(model, feeds)["y"])
+
+
+def test_reshape_pair_with_an_unrelated_symbol_is_kept():
+    """z's first dim M is not x's: M could be 0 where x is not empty, and then the outer Reshape
+    copies dim 0 of what it reads (the flat one's, x's once merged): kept."""
+    model = _reshape_pair(helper.make_node("Shape", ["z"], ["t"], name="shape"),
+                          [("z", ["M", "K"])], {}, ["N", "K", 1])
+    out, records = run_pass(model, "cleanup")
+    assert "reshape_reshape_pairs_merged" not in records[0].report.stats
+    assert _ops(out).count("Reshape") == 2
+
+
+def test_reshape_pair_with_a_literal_zero_merges_only_over_an_equal_dim():
+    def pair(first, second):
+        nodes = [helper.make_node("Reshape", ["x", "a"], ["m"], name="r1"),
+                 helper.make_node("Reshape", ["m", "b"], ["y"], name="r2")]
+        return make_model(nodes, [tensor("x", ["N", 3, 4])], [tensor("y", None)],
+                          {"a": _i64(*first), "b": _i64(*second)})
+    same = pair((0, 12), (0, 2, 6))       # dim 0 of m is dim 0 of x: the 0 copies the same size
+    out, _ = run_pass(same, "cleanup")
+    assert _ops(out) == ["Reshape"]
+    _same_at_batches(same, out)
+    moved = pair((-1, 6), (0, 3, 2))      # m's dim 0 is 2N, x's is N: kept
+    out, _ = run_pass(moved, "cleanup")
+    assert _ops(out) == ["Reshape", "Reshape"]
+    _same_at_batches(moved, out)
+
+
+def test_identical_convs_before_different_batchnorms_stay_apart():
+    """Two Convs with equal inputs, weights and attributes, each read by its own BatchNormalization:
+    merged, the one Conv would feed two BNs and fold-bn could fold neither."""
+    w = rng_array((4, 3, 1, 1), 1)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+             helper.make_node("Conv", ["x", "w2"], ["c2"], name="conv2"),
+             helper.make_node("BatchNormalization", ["c1", "g1", "b1", "m1", "v1"], ["n1"], name="bn1"),
+             helper.make_node("BatchNormalization", ["c2", "g2", "b2", "m2", "v2"], ["n2"], name="bn2"),
+             helper.make_node("Add", ["n1", "n2"], ["y"], name="add")]
+    inits = {"w1": w, "w2": w.copy()}
+    for i in (1, 2):
+        inits.update({f"g{i}": rng_array(4, 10 + i), f"b{i}": rng_array(4, 20 + i),
+                      f"m{i}": rng_array(4, 30 + i), f"v{i}": np.abs(rng_array(4, 40 + i)) + 0.5})
+    model = make_model(nodes, [tensor("x", [1, 3, 5, 5])], [tensor("y", None)], inits)
+    out, _ = run_pass(model, "cleanup,fold-bn")
+    assert sorted(_ops(out)) == ["Add", "Conv", "Conv"]
+    assert_same_outputs(model, out, atol=1e-4, rtol=1e-4)
+    same_bn = make_model(nodes[:3] + [helper.make_node("BatchNormalization", ["c2", "g1", "b1", "m1", "v1"],
+                                                       ["n2"], name="bn2"), nodes[4]],
+                         [tensor("x", [1, 3, 5, 5])], [tensor("y", None)],
+                         {k: v for k, v in inits.items() if k[-1] != "2" or k == "w2"})
+    out, _ = run_pass(same_bn, "cleanup,fold-bn")
+    assert sorted(_ops(out)) == ["Add", "Conv"]  # equal BNs too: one Conv, one BN, folded
+
+
+def test_splat_weight_before_a_batchnorm_is_materialised_for_fold_bn():
+    """fold-bn scales a Conv weight per channel: a splat there stops being one, so cleanup gives
+    fold-bn the initializer it needs rather than a ConstantOfShape it cannot fold into."""
+    nodes = [_fill("ws", "w"),
+             helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["y"], name="bn")]
+    inits = {"ws": _i64(64, 32, 3, 3), "g": rng_array(64, 1), "b": rng_array(64, 2), "m": rng_array(64, 3),
+             "v": np.abs(rng_array(64, 4)) + 0.5}
+    model = make_model(nodes, [tensor("x", [1, 32, 6, 6])], [tensor("y", None)], inits)
+    out, _ = run_pass(model, "cleanup,fold-bn")
+    assert _ops(out) == ["Conv"]
+    assert_same_outputs(model, out, atol=1e-4, rtol=1e-4)
+
+
+def test_a_moved_splat_folds_into_one_constant_of_shape():
+    """Reshape(ConstantOfShape(s), t) is ConstantOfShape(t): folded so, not into the tensor."""
+    nodes = [_fill("ws", "wt"), helper.make_node("Reshape", ["wt", "t"], ["w"], name="reshape"),
+             helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")]
+    model = make_model(nodes, [tensor("x", [2, 256])], [tensor("y", None)], {"ws": _i64(128, 256), "t": _i64(256, 128)})
+    out, records = run_pass(model, "cleanup")
+    assert _ops(out) == ["ConstantOfShape", "MatMul"] and records[0].report.stats["splats_kept_compact"] == 1
+    assert _init_bytes(out) < 4096
+    assert_same_outputs(model, out)

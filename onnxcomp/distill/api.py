@@ -12,6 +12,9 @@ data, val_data: an .npz path or a dict of arrays (one per model input, first axi
 The result holds the output ModelProto (not yet saved: `onnxcomp.save(result.model, path)`), the
 per-epoch history, the best epoch, timings, and the final accuracy measured on the written ONNX
 model under ONNX Runtime, next to the teacher's.
+
+Under torchrun (WORLD_SIZE > 1, onnxcomp.distill.distributed) every rank trains on its shard and
+gets a result, but only rank 0's holds the model (the others' `model` is None).
 """
 
 from __future__ import annotations
@@ -41,12 +44,13 @@ class DistillResult:
     teacher: dict = field(default_factory=dict)
     final: dict = field(default_factory=dict)
     student_module: object = None
+    processes: int = 1
 
     def as_dict(self) -> dict:
         return {"mode": self.mode, "options": self.options.as_dict(), "metric": self.metric,
                 "best_epoch": self.best_epoch, "seconds": self.seconds,
                 "seconds_per_epoch": self.seconds_per_epoch, "teacher": self.teacher, "final": self.final,
-                "epochs": self.history}
+                "epochs": self.history, "processes": self.processes}
 
 
 def _data(value, model: onnx.ModelProto | None, where: str) -> dict[str, np.ndarray] | None:
@@ -87,13 +91,36 @@ def _shapes_match(teacher_outs, student_outs) -> None:
 
 
 def run(teacher, student, data, options: DistillOptions | None = None, *, val_data=None,
-        teacher_weights=None, student_weights=None, progress=None) -> DistillResult:
+        teacher_weights=None, student_weights=None, progress=None, world=None) -> DistillResult:
     """Distill `student` from `teacher` on `data`; see the module docstring.
 
-    Progress lines go to the `onnxcomp` logger, or to `progress(line)` when that is given.
+    Progress lines go to the `onnxcomp` logger, or to `progress(line)` when that is given (rank 0 only).
+    world: a distributed.World; default the one torchrun's environment describes (or one process).
     """
     require("torch", feature="distillation", extra="torch")
+    from onnxcomp.distill import distributed
+
+    world = distributed.from_env() if world is None else world
+    started = world.distributed and not _initialized()
+    distributed.start(world)
+    try:
+        return _run(teacher, student, data, options, val_data, teacher_weights, student_weights,
+                    progress if world.main else (lambda line: None), world)
+    finally:
+        if started:
+            distributed.stop(world)
+
+
+def _initialized() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def _run(teacher, student, data, options, val_data, teacher_weights, student_weights, progress, world):
     import torch
+
+    from onnxcomp.distill import distributed
 
     from onnxcomp.distill.loading import is_onnx_spec, load_onnx, load_torch_module
     from onnxcomp.distill.onnx_to_torch import OnnxModule
@@ -111,13 +138,20 @@ def run(teacher, student, data, options: DistillOptions | None = None, *, val_da
     options = options or DistillOptions()
     say = say_to(progress)
     start = time.perf_counter()
-    seed_all(options.seed, options.threads)
+    threads = distributed.threads_per_process(world, options.threads)
+    seed_all(options.seed, threads)
 
     teacher_model = load_onnx(teacher) if is_onnx_spec(teacher) else None
     student_model = load_onnx(student) if is_onnx_spec(student) else None
     spec_model = teacher_model if teacher_model is not None else student_model
     train = _data(data, spec_model, "data")
     val = _data(val_data, spec_model, "val")
+    total = len(next(iter(train.values()))) if train else 0
+    distributed.check_same(world, {"training data": total,
+                                   "validation data": 0 if not val else len(next(iter(val.values())))})
+    if world.distributed:  # this rank's shard; only rank 0 validates
+        train = take_rows(train, distributed.shard(world, total, options.seed))
+        val = val if world.main else None
     if student_model is not None:
         module = OnnxModule(student_model, "student")
     else:
@@ -138,7 +172,7 @@ def run(teacher, student, data, options: DistillOptions | None = None, *, val_da
 
     t_features = [t for t, _ in options.features]
     if teacher_model is not None:
-        teacher_runner = OnnxTeacher(teacher_model, t_features, options.threads)
+        teacher_runner = OnnxTeacher(teacher_model, t_features, threads)
     else:
         teacher_runner = TorchTeacher(load_torch_module(teacher, "teacher", teacher_weights), input_names, t_features)
 
@@ -186,9 +220,15 @@ def run(teacher, student, data, options: DistillOptions | None = None, *, val_da
         teacher_info["val_accuracy"] = float(np.mean(val_targets.outputs[0].argmax(1) == val_labels))
 
     torch.manual_seed(options.seed)
-    trainer = Trainer(module, input_names, options, progress=progress)
+    trainer = Trainer(module, input_names, options, progress=progress, world=world)
     trained = trainer.fit(train, targets, labels, val, val_targets, val_labels)
     teacher_info["seconds_in_training"] = trained.teacher_seconds_in_training
+    epoch_seconds = [row["seconds"] for row in trained.history]
+    if not world.main:  # rank 0 writes the model
+        return DistillResult(None, "onnx-student" if student_model is not None else "torch-student", options,
+                             trained.history, trained.metric, trained.best_epoch, time.perf_counter() - start,
+                             float(np.mean(epoch_seconds)) if epoch_seconds else 0.0, teacher_info, {}, module,
+                             world.size)
 
     say("writing the trained weights back into the student graph" if student_model is not None
         else f"exporting the student to ONNX (opset {options.opset})")
@@ -206,25 +246,30 @@ def run(teacher, student, data, options: DistillOptions | None = None, *, val_da
         out_model = export_student(module, example, input_names, output_names,
                                    dynamic_axes_like(teacher_model, input_names, output_names), options.opset)
     final = _final_check(out_model, module, input_names, val if val is not None else train,
-                         val_targets, options)
+                         val_targets, threads)
     final["data"] = "val" if val is not None else "train"
     final["masked_tensors"] = trained.masked_tensors
     final["masked_zeros"] = trained.masked_zeros
     final["renormalized"] = 0 if renormalized is None else len(renormalized.layers)
     seconds = time.perf_counter() - start
-    epoch_seconds = [row["seconds"] for row in trained.history]
     return DistillResult(out_model, mode, options, trained.history, trained.metric, trained.best_epoch, seconds,
-                         float(np.mean(epoch_seconds)), teacher_info, final, module)
+                         float(np.mean(epoch_seconds)) if epoch_seconds else 0.0, teacher_info, final, module,
+                         world.size)
 
 
-def _final_check(model: onnx.ModelProto, module, input_names, data, val_targets, options) -> dict:
+def take_rows(arrays: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
+    """The samples at `index` of every array (inputs and labels alike)."""
+    return {k: np.asarray(v)[index] for k, v in arrays.items()}
+
+
+def _final_check(model: onnx.ModelProto, module, input_names, data, val_targets, threads: int) -> dict:
     """Run the written ONNX model under ONNX Runtime: it must reproduce the trained module; report accuracy."""
     from onnxcomp.distill.trainer import predict
     from onnxcomp.measure.runtime import run_batched, session
 
     limit = 4096  # enough for a stable accuracy, bounded time
     sample = take(data, 0, limit)  # run_batched feeds only the model's inputs
-    got = run_batched(session(model, threads=options.threads), sample, 64)
+    got = run_batched(session(model, threads=threads), sample, 64)
     ort_outs = [got[o.name] for o in model.graph.output]
     torch_outs = predict(module, [sample[k] for k in input_names])
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(ort_outs, torch_outs))

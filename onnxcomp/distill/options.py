@@ -30,6 +30,10 @@ class DistillOptions:
     an identity-initialised BatchNorm after each Conv/Gemm, folded back when written (renorm.py):
     folded students then recover as well as ones with BN kept. Only with bn="train".
     opset: for exporting a torch student.
+    checkpoint: the best epoch's state_dict is saved there as training runs.
+    checkpoint_dir: the whole training state is saved there after every epoch (checkpoint.py);
+    resume: continue from that folder's state (same options, data and number of processes).
+    Under torchrun (torch.distributed), batch_size is the effective batch, split across the processes.
     """
 
     epochs: int = 10
@@ -51,6 +55,8 @@ class DistillOptions:
     renorm: bool = True
     opset: int = 17
     checkpoint: str | None = None
+    checkpoint_dir: str | None = None
+    resume: bool = False
 
     def __post_init__(self):
         checks = [
@@ -67,6 +73,7 @@ class DistillOptions:
             (self.threads >= 1, f"threads must be at least 1, got {self.threads}"),
             (self.feature_weight >= 0, f"feature_weight must be >= 0, got {self.feature_weight}"),
             (7 <= self.opset <= 23, f"opset must be between 7 and 23, got {self.opset}"),
+            (not self.resume or bool(self.checkpoint_dir), "resume needs checkpoint_dir (where the state was saved)"),
         ]
         for ok, message in checks:
             if not ok:

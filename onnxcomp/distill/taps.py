@@ -27,6 +27,7 @@ class Tapped:
 
     def __init__(self, module: torch.nn.Module, names: list[str], role: str):
         self.module, self.names, self.role = module, list(names), role
+        self._forward = module
         self._store: dict[str, torch.Tensor] = {}
         if isinstance(module, OnnxModule):
             known = module.tensor_names()
@@ -48,9 +49,13 @@ class Tapped:
             self._store[name] = out
         return keep
 
+    def call_through(self, wrapper: torch.nn.Module) -> None:
+        """Run forwards through `wrapper` (DistributedDataParallel around the module); the taps stay."""
+        self._forward = wrapper
+
     def __call__(self, inputs: list[torch.Tensor]):
         self._store = {}
-        outputs = as_output_list(self.module(*inputs))
+        outputs = as_output_list(self._forward(*inputs))
         if isinstance(self.module, OnnxModule):
             feats = dict(self.module.captured)
         else:

@@ -6,6 +6,11 @@ targets for the same samples from the cache, and steps AdamW (or SGD) on the dis
 survives. After each epoch the student is scored on the validation data (accuracy with labels,
 else top-1 agreement with the teacher for logits, else cosine); the best epoch's weights are
 restored at the end (ties broken by the lower validation loss).
+
+Under torch.distributed (distributed.py) the student trains inside DistributedDataParallel on this
+rank's shard with its share of the effective batch; rank 0 validates and decides the best epoch for
+all. With a checkpoint folder the whole state is saved after every epoch and `resume` continues
+from it (checkpoint.py).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from onnxcomp.distill import checkpoint, distributed
+from onnxcomp.distill.distributed import SINGLE
 from onnxcomp.distill.losses import FeatureAdapter, distillation_loss, feature_loss
 from onnxcomp.distill.onnx_to_torch import OnnxModule
 from onnxcomp.distill.options import DistillOptions
@@ -106,8 +113,9 @@ def score(name: str, student_out: np.ndarray, teacher_out: np.ndarray, labels) -
 
 class Trainer:
     def __init__(self, student: torch.nn.Module, input_names: list[str], options: DistillOptions,
-                 progress=None):
+                 progress=None, world=SINGLE):
         self.student, self.input_names, self.options = student, list(input_names), options
+        self.world = world
         self.progress = say_to(progress)  # one line per epoch; batches show as a bar on a terminal
         self.pairs = list(options.features)
         self.tapped = Tapped(student, list(dict.fromkeys(s for _, s in self.pairs)), "student")
@@ -128,24 +136,26 @@ class Trainer:
 
     def fit(self, train: dict[str, np.ndarray], targets, labels: np.ndarray | None,
             val: dict[str, np.ndarray] | None = None, val_targets=None, val_labels=None) -> TrainResult:
-        opts = self.options
+        opts, world = self.options, self.world
         result = TrainResult()
         inputs = [train[n] for n in self.input_names]
-        n = len(inputs[0])
+        n = len(inputs[0])  # this rank's shard
+        batch_size = distributed.local_batch(world, opts.batch_size)
         self._build_adapters(inputs, targets)
         params = list(self.student.parameters()) + list(self.adapters.parameters())
         if opts.optimizer == "sgd":
             opt = torch.optim.SGD(params, lr=opts.lr, momentum=0.9, weight_decay=opts.weight_decay, nesterov=True)
         else:
             opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
-        steps = opts.epochs * ((n + opts.batch_size - 1) // opts.batch_size)
+        batches = (n + batch_size - 1) // batch_size
+        steps = opts.epochs * batches
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if opts.schedule == "cosine" else None
         masks = zero_masks(self.student) if opts.keep_zeros else {}
         named = dict(self.student.named_parameters())
         result.masked_tensors = len(masks)
         result.masked_zeros = int(sum(int((m == 0).sum()) for m in masks.values()))
         labels_t = None if labels is None else torch.from_numpy(np.asarray(labels).astype(np.int64))
-        generator = torch.Generator().manual_seed(opts.seed)
+        generator = torch.Generator().manual_seed(opts.seed + world.rank)
         use_teacher = targets is not None  # None: plain cross-entropy, the caller did not run the teacher
         source = getattr(targets, "source", None)
         best_key, best_state = None, None
@@ -153,16 +163,33 @@ class Trainer:
         # Fixed across epochs: converted once, not per validation pass.
         val_teacher_t = None if val_targets is None else [_tensor(o) for o in val_targets.outputs]
         val_labels_t = None if val_labels is None else torch.from_numpy(np.asarray(val_labels, np.int64))
-        for epoch in bar(range(1, opts.epochs + 1), "distill", total=opts.epochs, unit="epoch"):
+        identity = checkpoint.fingerprint(opts, n * world.size, world.size)
+        first = 1
+        if opts.resume:
+            state = checkpoint.load(opts.checkpoint_dir, identity)
+            self.student.load_state_dict(state["student"])
+            self.adapters.load_state_dict(state["adapters"])
+            opt.load_state_dict(state["optimizer"])
+            if sched is not None:
+                sched.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"])
+            result.history, result.metric = list(state["history"]), state["metric"]
+            best_key, result.best_epoch, best_state = state["best_key"], state["best_epoch"], state["best_state"]
+            best_key = None if best_key is None else tuple(best_key)
+            first = state["epoch"] + 1
+            for _ in range(1, first):  # the same shuffles as an uninterrupted run
+                torch.randperm(n, generator=generator)
+            self.progress(f"resuming after epoch {state['epoch']} from {checkpoint.state_path(opts.checkpoint_dir)}")
+        self.tapped.call_through(distributed.wrap(world, self.student))
+        for epoch in bar(range(first, opts.epochs + 1), "distill", total=opts.epochs - first + 1, unit="epoch"):
             t0 = time.perf_counter()
             self.student.train()
             self.adapters.train()
             _set_bn_mode(self.student, opts.bn)
             order = torch.randperm(n, generator=generator).numpy()
             sums: dict[str, float] = {}
-            batches = (n + opts.batch_size - 1) // opts.batch_size
-            for s in bar(range(0, n, opts.batch_size), f"epoch {epoch}", total=batches, unit="batch"):
-                index = order[s:s + opts.batch_size]
+            for s in bar(range(0, n, batch_size), f"epoch {epoch}", total=batches, unit="batch"):
+                index = order[s:s + batch_size]
                 outs, feats = self.tapped([_tensor(x[index]) for x in inputs])
                 batch_labels = None if labels_t is None else labels_t[index]
                 if use_teacher:
@@ -179,7 +206,8 @@ class Trainer:
                     loss = loss + opts.feature_weight * f_loss
                     parts["feature"] = float(f_loss.detach())
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # under DDP this also averages the student's gradients across ranks
+                distributed.average_gradients(world, self.adapters.parameters())
                 for name, mask in masks.items():
                     if named[name].grad is not None:
                         named[name].grad.mul_(mask)
@@ -194,7 +222,8 @@ class Trainer:
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v * weight
             train_seconds = time.perf_counter() - t0
-            row = {"epoch": epoch, **{k: v / n for k, v in sums.items()}, "seconds": train_seconds,
+            sums = distributed.sum_across(world, sums)
+            row = {"epoch": epoch, **{k: v / (n * world.size) for k, v in sums.items()}, "seconds": train_seconds,
                    "lr": opt.param_groups[0]["lr"]}
             if val_inputs is not None:
                 v0 = time.perf_counter()
@@ -212,15 +241,24 @@ class Trainer:
                 key = (row[result.metric], -row["val_loss"])
             else:
                 key = (epoch, 0.0)  # no validation data: the last epoch is kept
-            improved = best_key is None or key > best_key
+            improved = distributed.broadcast_flag(world, best_key is None or key > best_key)
             if improved:
                 best_key, result.best_epoch = key, epoch
-                best_state = copy.deepcopy(self.student.state_dict())
-                if opts.checkpoint:
+                if world.main:
+                    best_state = copy.deepcopy(self.student.state_dict())
+                if opts.checkpoint and world.main:
                     _save_checkpoint(best_state, opts.checkpoint)
             row["best"] = improved
             result.history.append(row)
-            self.progress(_epoch_line(row, opts.epochs, result.metric))
+            if opts.checkpoint_dir and world.main:
+                checkpoint.save(opts.checkpoint_dir, {
+                    "fingerprint": identity, "epoch": epoch, "student": self.student.state_dict(),
+                    "adapters": self.adapters.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": None if sched is None else sched.state_dict(), "rng": torch.get_rng_state(),
+                    "history": result.history, "metric": result.metric, "best_key": best_key,
+                    "best_epoch": result.best_epoch, "best_state": best_state})
+            if world.main:
+                self.progress(_epoch_line(row, opts.epochs, result.metric))
             logger.debug("epoch %d: lr %.3g, %d batches%s", epoch, row["lr"], batches,
                          f", validation {row['val_seconds']:.2f} s, val loss {row['val_loss']:.4f}"
                          if "val_loss" in row else "")

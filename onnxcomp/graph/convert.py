@@ -26,6 +26,9 @@ def to_graph(model: onnx.ModelProto):
     except Exception as exc:
         raise InputError(f"cannot import the graph ({first_line(exc)})") from None
     keep_declared_interface(graph, model)
+    from onnxcomp.graph.weights import attach
+
+    attach(graph)  # a model whose weights stay on disk keeps them there in the graph too
     return graph
 
 

@@ -41,12 +41,37 @@ def load_model(path: str | os.PathLike, load_external_data: bool = True) -> onnx
     external = check_tensors(model, path.parent, need_files=load_external_data,
                              file_size=path.stat().st_size)
     if load_external_data and external:
+        from onnxcomp.graph import weights
+
         try:
-            onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+            if external_bytes(model) >= weights.on_disk_min_bytes():
+                weights.keep_on_disk(model, path.parent)  # big weights stay in files (graph/weights.py)
+                read_in_rest(model, path.parent)
+            else:
+                onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
         except Exception as exc:
             raise InputError(f"{path}: cannot read external data ({first_line(exc)})") from None
     test_pause("loaded")
     return model
+
+
+def external_bytes(model: onnx.ModelProto) -> int:
+    return sum(declared_bytes(t) or 0 for t in all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL)
+
+
+def read_in_rest(model: onnx.ModelProto, base: Path) -> None:
+    """Read into the proto every external tensor the weight store did not take (small ones,
+    attribute and subgraph tensors). onnx's own reader maps the whole data file for each."""
+    from onnxcomp.graph.weights import in_store
+
+    for tensor in all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL and not in_store(tensor):
+            info = {e.key: e.value for e in tensor.external_data}
+            with open(base / info["location"], "rb") as f:
+                f.seek(int(info.get("offset", 0)))
+                tensor.raw_data = f.read(int(info["length"]) if "length" in info else -1)
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
 
 
 def all_tensors(model: onnx.ModelProto):

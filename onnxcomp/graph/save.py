@@ -15,6 +15,7 @@ from onnxcomp._testhooks import test_pause
 from onnxcomp.errors import InputError
 from onnxcomp.graph.convert import to_model
 from onnxcomp.graph.load import PROTOBUF_LIMIT, all_tensors, declared_bytes
+from onnxcomp.graph.weights import bytes_of, in_store, uses_store
 
 # Models whose weights exceed this are saved with external data next to the output.
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2
@@ -62,6 +63,7 @@ def save(model, path: str | os.PathLike, external_data: bool | None = None,
         raise InputError(f"{path}: output path is a directory")
     if external_data is None:
         external_data = weight_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    external_data = external_data or uses_store(model)  # weights kept on disk are streamed, never inlined
     data_name = path.name + ".data"
     if forbid is not None:
         protected = input_files(forbid)
@@ -136,28 +138,33 @@ def write_with_external_data(model: onnx.ModelProto, model_path: Path, data_path
     offset = 0
     with open(data_path, "wb") as f:
         for init in model.graph.initializer:
-            if init.data_location == onnx.TensorProto.EXTERNAL:
+            if in_store(init):
+                chunks, length = bytes_of(init), int({e.key: e.value for e in init.external_data}["length"])
+            elif init.data_location == onnx.TensorProto.EXTERNAL:
                 raise InputError(f"initializer {init.name!r} still refers to external data that was never loaded")
-            size = declared_bytes(init)
-            if size is None or size < _EXTERNAL_MIN_BYTES:
-                shell.graph.initializer.add().CopyFrom(init)
-                continue
-            data = init.raw_data if init.HasField("raw_data") else raw_bytes(init)
-            align = _PAGE if len(data) >= 64 * 1024 else 16
+            else:
+                size = declared_bytes(init)
+                if size is None or size < _EXTERNAL_MIN_BYTES:
+                    shell.graph.initializer.add().CopyFrom(init)
+                    continue
+                data = init.raw_data if init.HasField("raw_data") else raw_bytes(init)
+                chunks, length = [data], len(data)
+                del data
+            align = _PAGE if length >= 64 * 1024 else 16
             pad = -offset % align
             if pad:
                 f.write(b"\0" * pad)
                 offset += pad
-            f.write(data)
+            for chunk in chunks:
+                f.write(chunk)
             stub = shell.graph.initializer.add()
             stub.name, stub.data_type, stub.doc_string = init.name, init.data_type, init.doc_string
             stub.dims.extend(init.dims)
             stub.data_location = onnx.TensorProto.EXTERNAL
-            for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(data)))):
+            for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
                 entry = stub.external_data.add()
                 entry.key, entry.value = key, value
-            offset += len(data)
-            del data
+            offset += length
         f.flush()
         os.fsync(f.fileno())
     _write_file(model_path, [shell.SerializeToString()])

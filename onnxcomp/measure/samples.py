@@ -18,7 +18,12 @@ Sources `as_samples(source, model)` takes:
 
 Loaded data is held in memory, as an .npz always was. Consecutive calls are merged into bigger
 runs (`batches`) only where the model allows it: every input has the same dynamic axis 0 (or is
-one 0-d value shared by every call) and the shapes agree.
+one 0-d value shared by every call) and the shapes agree. A declared dynamic batch can still be
+false (a Reshape that fixes batch 1 inside) or merging can change the numbers (dynamic
+quantization takes one range over the whole run), so before the first merged run two calls run
+merged and one at a time on the model (`merge_on`); when the merged run fails or differs, every
+call runs as it is. The verdict is shared by a Samples and its slices (`first`, `take`): one
+probe per run.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from onnxcomp.errors import InputError, first_line
 from onnxcomp.graph.signature import InputSpec, specs_of
@@ -38,6 +44,20 @@ from onnxcomp.measure.data import LABELS, checked_array, dim_mismatch, layout, l
 from onnxcomp.progress import logger
 
 LOADER = re.compile(r"^(?P<file>.+\.py):(?P<function>[A-Za-z_][A-Za-z0-9_]*)$")
+# Merged and one-call runs agree when every float output differs by at most this fraction of its
+# largest value: batch shapes change kernels' rounding (measured up to 5e-6 on the corpus), while a
+# merge that mixes samples (dynamic quantization: 1.9e-2 on tashkeel_bilstm_int8) is far above it.
+MERGE_TOLERANCE = 1e-3
+_told: set[str] = set()  # probe verdicts already logged (a run's calibration and validation data)
+
+
+class _Merging:
+    """Whether merged runs give what one call at a time gives (None: not probed yet), and what to
+    probe on when first needed; shared by a Samples and its slices."""
+
+    def __init__(self):
+        self.safe: bool | None = None
+        self.runner = None  # a ModelProto or path to probe on when merging is first needed
 
 
 class Samples:
@@ -47,7 +67,7 @@ class Samples:
     """
 
     def __init__(self, calls: list[dict], specs: list[InputSpec], labels: list | None = None,
-                 counts: list[int] | None = None, stack: tuple | None = None):
+                 counts: list[int] | None = None, stack: tuple | None = None, merging: _Merging | None = None):
         self._calls = list(calls)
         self._specs = list(specs)
         self._labels = labels  # one array per call, or None
@@ -57,6 +77,7 @@ class Samples:
         # batches and stacked() are then views of it, not copies.
         self._stack = stack
         self._mergeable: bool | None = None
+        self._merging = merging if merging is not None else _Merging()
 
     # -- the sequence -------------------------------------------------------------------------
 
@@ -93,7 +114,7 @@ class Samples:
             arrays, starts, labels = self._stack
             stack = (arrays, starts[:n + 1], labels)
         return Samples(self._calls[:n], self._specs, None if self._labels is None else self._labels[:n],
-                       self._counts[:n], stack)
+                       self._counts[:n], stack, self._merging)
 
     def first(self, max_samples: int) -> Samples:
         """The first calls holding at most `max_samples` samples (at least one call)."""
@@ -118,13 +139,51 @@ class Samples:
     @property
     def mergeable(self) -> bool:
         """Whether consecutive calls may run as one: every input stacks on one dynamic axis 0 (with
-        as many rows as the call has samples) or is one 0-d value shared by every call."""
+        as many rows as the call has samples) or is one 0-d value shared by every call, and the
+        model (`merge_on`) gives the same outputs merged as one call at a time."""
+        merging = self._merging
+        if self._fits_merging() and merging.safe is None and merging.runner is not None:
+            if self._probe(merging.runner):
+                merging.runner = None
+        return self._fits_merging() and merging.safe is not False
+
+    def merge_on(self, runner) -> Samples:
+        """Probe merged runs on `runner` before the first run that merges calls, unless this data
+        was probed already: an ONNX Runtime session at once (it is at hand; none is kept), a
+        ModelProto or a path when merging is first needed. Returns self."""
+        if self._merging.safe is None and runner is not None:
+            if _is_session(runner):
+                if self._fits_merging():
+                    self._probe(runner)
+            else:
+                self._merging.runner = runner
+        return self
+
+    def _fits_merging(self) -> bool:
+        """What the specs and shapes say (see `mergeable`)."""
         if self._mergeable is None:
             # Dynamic axes 0 with different names (nodes 'N', edges 'E') are not one batch axis.
             names = {s.shape[0] for s in self._specs if s.rank and s.static(0) is None and s.shape[0] != "?"}
             self._mergeable = (bool(self._calls) and len(names) <= 1
                                and all(self._role(spec) is not None for spec in self._specs))
         return self._mergeable
+
+    def _probe(self, runner) -> bool:
+        """Run the first two calls that would merge merged and one at a time on `runner`; refuse
+        merging (for this data and its slices) when the merged run fails or its outputs differ.
+        False when no two calls here merge (a longer slice of the same data may)."""
+        stacking = [s.name for s in self._specs if s.rank and s.static(0) is None]
+        pair = next((i for i in range(len(self._calls) - 1)
+                     if _agree(self._calls[i], self._calls[i + 1], stacking)), None)
+        if pair is None:
+            return False
+        verdict = _merged_run_problem(runner, self._calls[pair:pair + 2], self._merged(pair, pair + 2))
+        if verdict is not None:  # None: the model could not be run to probe; the specs decide
+            self._merging.safe = verdict == ""
+        if verdict and verdict not in _told:
+            _told.add(verdict)
+            logger.info("sample data: %s; running the model one call at a time", verdict)
+        return True
 
     def _role(self, spec: InputSpec) -> str | None:
         if spec.rank and spec.static(0) is None:
@@ -198,6 +257,89 @@ class Samples:
         return out
 
 
+def _is_session(runner) -> bool:
+    return hasattr(runner, "run") and hasattr(runner, "get_outputs")
+
+
+def _probe_session(runner):
+    """A CPU session for a ModelProto or a path (onnxcomp.measure.runtime imports this module, so
+    not its session()), or None when ONNX Runtime cannot load it (a model past protobuf's 2 GB)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:  # the command itself names the missing runtime
+        return None
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        source = runner.SerializeToString() if isinstance(runner, onnx.ModelProto) else str(runner)
+        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+    except Exception:
+        return None
+
+
+def _merged_run_problem(runner, calls: list[dict], merged: dict) -> str | None:
+    """Why `merged` (the calls as one run) does not give the calls' own outputs: "" when it does,
+    None when the runner cannot be loaded or the calls themselves fail (no verdict then)."""
+    sess = runner if _is_session(runner) else _probe_session(runner)
+    if sess is None:
+        return None
+    import onnxruntime as ort
+
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # the failing merged run is expected here, not an error to print
+    names = [o.name for o in sess.get_outputs()]
+    wanted = {i.name for i in sess.get_inputs()}
+
+    def run(feeds: dict) -> list:
+        return sess.run(names, {k: np.asarray(v) for k, v in feeds.items() if k in wanted}, quiet)
+
+    try:
+        singles = [run(c) for c in calls]
+    except Exception:
+        return None
+    try:
+        together = run(merged)
+    except Exception as exc:
+        logger.debug("sample data: the merged run failed: %s", " ".join(str(exc).split()))
+        return f"the model fails on {len(calls)} calls merged into one run (-v shows ONNX Runtime's message)"
+    for k, name in enumerate(names):
+        parts = [single[k] for single in singles]
+        if not any(_close(joined, together[k]) for joined in _joins(parts, together[k])):
+            return (f"output {name!r} of {len(calls)} calls merged into one run differs from the calls run one at "
+                    f"a time (batch-dependent arithmetic, or a batch the model does not really take)")
+    return ""
+
+
+def _joins(parts: list, merged) -> Iterator[np.ndarray]:
+    """Ways the calls' outputs can make up the merged run's: concatenated or stacked along the
+    axis that grew (a batch axis need not be axis 0: [time, batch, classes])."""
+    if not isinstance(merged, np.ndarray) or not all(isinstance(p, np.ndarray) for p in parts):
+        return
+
+    def without(shape: tuple, axis: int) -> tuple:
+        return shape[:axis] + shape[axis + 1:]
+
+    for axis in range(merged.ndim):
+        rest = without(merged.shape, axis)
+        if all(p.ndim == merged.ndim and without(p.shape, axis) == rest for p in parts) \
+                and sum(p.shape[axis] for p in parts) == merged.shape[axis]:
+            yield np.concatenate(parts, axis=axis)
+        elif all(p.shape == rest for p in parts) and len(parts) == merged.shape[axis]:
+            yield np.stack(parts, axis=axis)
+
+
+def _close(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype.kind not in "fc":
+        return bool(np.array_equal(a, b))
+    finite = np.isfinite(a) & np.isfinite(b)
+    if not np.array_equal(a[~finite], b[~finite], equal_nan=True):
+        return False
+    a, b = a[finite].astype(np.float64), b[finite].astype(np.float64)
+    return float(np.max(np.abs(a - b), initial=0.0)) <= MERGE_TOLERANCE * float(np.max(np.abs(a), initial=0.0))
+
+
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
     return a is b or (a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b))
 
@@ -221,9 +363,17 @@ def _call_count(feeds: dict, specs: list[InputSpec], labels) -> int:
 def as_samples(source, model=None, where: str | None = None) -> Samples | None:
     """Samples from any supported source (module docstring), checked against `model` (a
     ModelProto or its input specs; None: specs are taken from the data, every dim dynamic).
-    None gives None; Samples are returned as they are."""
-    if source is None or isinstance(source, Samples):
-        return source
+    None gives None; Samples are returned as they are. A ModelProto is also what merged runs
+    are probed on (Samples.merge_on)."""
+    if source is None:
+        return None
+    if isinstance(source, Samples):
+        return source.merge_on(model) if isinstance(model, onnx.ModelProto) else source
+    samples = _as_samples(source, model, where)
+    return samples.merge_on(model) if isinstance(model, onnx.ModelProto) else samples
+
+
+def _as_samples(source, model, where: str | None) -> Samples:
     specs = None if model is None else specs_of(model)
     if isinstance(source, (str, os.PathLike)):
         text = str(source)

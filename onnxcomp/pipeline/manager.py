@@ -10,6 +10,7 @@ from typing import Any
 from onnxcomp._testhooks import test_pause
 from onnxcomp.errors import InputError, ToleranceError, VerificationError
 from onnxcomp.graph.convert import gc_paused
+from onnxcomp.graph.weights import spill
 from onnxcomp.measure.counts import graph_counts
 from onnxcomp.pipeline.options import format_options
 from onnxcomp.pipeline.pass_base import MIN_OPSET, Pass, PassContext, PassReport
@@ -87,6 +88,7 @@ class PassManager:
             start = time.perf_counter()
             report = p.run(graph, self.ctx) or PassReport()
             seconds = time.perf_counter() - start
+            spill(graph)  # weights on disk stay there: what the pass rewrote goes out before verification
             record = PassRecord(p.name, p.name + format_options(p.options), p.exact, seconds,
                                 report, before, graph_counts(graph))
             records.append(record)

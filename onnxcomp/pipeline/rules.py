@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable
 
+from onnxcomp.graph.weights import in_store, read
+
 SEVERITIES = ("error", "warning", "info")
 
 
@@ -81,8 +83,12 @@ class ModelIndex:
 
         Converted once per name (every Q/DQ rule asks for the same scales and weights); the
         array is shared, so rules must not modify it."""
-        if name not in self._constants:
-            self._constants[name] = self._convert(name)
+        if name in self._constants:
+            return self._constants[name]
+        tensor = self.initializers.get(name)
+        if tensor is not None and in_store(tensor):
+            return read(tensor)  # weights kept on disk are read each time, never held (graph/weights.py)
+        self._constants[name] = self._convert(name)
         return self._constants[name]
 
     def _convert(self, name: str):

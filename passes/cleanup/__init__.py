@@ -21,7 +21,13 @@ from onnxcomp.pipeline.registry import register_pass
 
 from .cse import dedupe_nodes
 from .facts import ShapeFacts, infer_facts
-from .folding import constants_to_initializers, fold_constant_nodes, merge_duplicate_constants
+from .folding import (
+    FoldLimits,
+    constants_to_initializers,
+    fold_constant_nodes,
+    merge_duplicate_constants,
+    splat_bytes,
+)
 from .fusions import fuse_channel_constants
 from .noops import remove_noops, remove_pass_through, wants_facts
 from .shapes import fold_shapes
@@ -35,6 +41,11 @@ class CleanupOptions:
     fold_constants: bool = field(default=True, metadata={"help": "evaluate subgraphs whose inputs are all constant"})
     fold_size_limit_mb: float = field(default=64.0, metadata={
         "help": "do not materialise folded tensors larger than this", "range": Range(0)})
+    splat_limit_kb: float = field(default=64.0, metadata={
+        "help": "a constant that repeats one value and is larger than this stays a ConstantOfShape "
+                "(one node, not its bytes in the file)", "range": Range(0)})
+    fold_dequantization: bool = field(default=False, metadata={
+        "help": "also fold Casts of 8-bit integer weights to float (fewer nodes, 4x the weight bytes)"})
     dedupe: bool = field(default=True, metadata={"help": "merge initializers with identical dtype, shape and bytes"})
     remove_unused_inputs: bool = field(default=False, metadata={"help": "also drop graph inputs nothing reads (changes the interface)"})
 
@@ -56,7 +67,9 @@ class Cleanup(Pass):
         names = _Names(graph)
         constants_to_initializers(graph, report)
         remove_pass_through(graph, report)
-        limit = int(self.options.fold_size_limit_mb * 1024**2)
+        limits = FoldLimits(size=int(self.options.fold_size_limit_mb * 1024**2),
+                            splat=int(self.options.splat_limit_kb * 1024),
+                            dequantization=self.options.fold_dequantization)
         facts = None
         for round_ in range(_MAX_ROUNDS):
             # Later rounds re-run only ONNX's inference: the symbolic facts still hold where names remain.
@@ -66,7 +79,7 @@ class Cleanup(Pass):
             changed = remove_noops(graph, facts, report, names)
             if self.options.fold_constants:
                 changed += fold_shapes(graph, facts, report, names)
-                changed += fold_constant_nodes(graph, limit, facts, report)
+                changed += fold_constant_nodes(graph, limits, facts, report, names)
             changed += fuse_channel_constants(graph, facts, report, names)
             if self.options.dedupe:  # merged initializers only enable node merges, which come next
                 merge_duplicate_constants(graph, report)
@@ -78,6 +91,9 @@ class Cleanup(Pass):
         _restore(interface)
         report.skipped = list({(s.name, s.reason): s for s in report.skipped}.values())  # rounds repeat them
         report.stats["nodes_removed"] = nodes_at_start - len(graph.nodes)
+        splats = sum(1 for n in graph.nodes if splat_bytes(n) > limits.splat)
+        if splats:
+            report.stats["splats_kept_compact"] = splats
         report.modified = any(v for v in report.stats.values())
         return report
 

@@ -1,10 +1,13 @@
 """Constants: Constant nodes become initializers, nodes that read only constants are evaluated once
 with ONNX Runtime (the kernels the model will run with, so the values are the ones it computed),
-and initializers with the same bytes are merged."""
+and initializers with the same bytes are merged. A result that repeats one value (dummy weights,
+zero buffers) stays a ConstantOfShape past `splat_limit_kb`: a node of a few bytes, not a tensor
+of megabytes in the file (onnxslim writes them out: 4 KB model files grow to 349 MB)."""
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -94,16 +97,58 @@ def _dequantizes(node, facts) -> bool:
         int(np.prod([d if isinstance(d, int) else 1 for d in dims], dtype=np.int64)) > _QUANTIZED_ELEMENTS
 
 
-def _candidates(graph, size_limit: int, facts, report: PassReport) -> list:
+def splat_bytes(node) -> int:
+    """Bytes a ConstantOfShape with a constant shape would fill (0 for any other node)."""
+    import onnx_graphsurgeon as gs
+
+    if node.op != "ConstantOfShape" or not node.inputs or not isinstance(node.inputs[0], gs.Constant):
+        return 0
+    dims = np.asarray(node.inputs[0].values).reshape(-1)
+    value = node.attrs.get("value")
+    itemsize = np.dtype(value.dtype).itemsize if isinstance(value, gs.Constant) else 4
+    return int(np.prod(dims, dtype=np.int64)) * itemsize if dims.size and np.all(dims >= 0) else 0
+
+
+# fold-bn scales the weight and bias of these per output channel when a BatchNormalization follows.
+_BN_FOLDABLE = frozenset({"Conv", "ConvTranspose", "Gemm"})
+
+
+def _rescaled_per_channel(t) -> bool:
+    """Whether `t` is the weight or bias of a Conv/ConvTranspose/Gemm whose one reader is a
+    BatchNormalization: fold-bn needs it as an initializer, and scales it per channel (then it
+    is no splat: its bytes are the folded layer's, as in any model with real weights)."""
+    for reader in t.outputs:
+        if reader.op in _BN_FOLDABLE and any(x is t for x in reader.inputs[1:3]) and reader.outputs:
+            readers = reader.outputs[0].outputs
+            if len(readers) == 1 and readers[0].op == "BatchNormalization":
+                return True
+    return False
+
+
+# Ops that give a splat back as a splat (the same value, moved or cast): folded together with it,
+# the result is again one ConstantOfShape (Reshape(ConstantOfShape(s), t) -> ConstantOfShape(t)).
+_KEEP_SPLATS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Transpose", "Cast", "Identity"})
+
+
+def _only_moved(t) -> bool:
+    return bool(t.outputs) and all(r.op in _KEEP_SPLATS and r.inputs and r.inputs[0] is t for r in t.outputs)
+
+
+def _candidates(graph, size_limit: int, splat_limit: int, facts, report: PassReport,
+                fold_dequantization: bool) -> list:
     outputs = {id(t) for t in graph.outputs}
     constant: set[int] = set()
     fold = []
     for node in graph.nodes:
         if not _foldable(node, constant) or any(id(t) in outputs for t in node.outputs):
             continue
-        if _dequantizes(node, facts):
+        if splat_bytes(node) > splat_limit and not _rescaled_per_channel(node.outputs[0]) \
+                and not _only_moved(node.outputs[0]):
+            continue  # one value repeated: the node is smaller than its tensor (stats: splats_kept_compact)
+        if not fold_dequantization and _dequantizes(node, facts):
             report.skip(node.name or node.op, "Cast of 8-bit integer weights to float (a dequantization): "
-                                             "kept, so the weights stay quantized")
+                                             "kept, so the weights stay quantized (fold_dequantization=true "
+                                             "folds it: float weights, 4x the bytes)")
             continue
         odd = next((t for t in node.outputs if facts.dtype(t) is not None and facts.dtype(t) not in _NUMPY_TYPES), None)
         if odd is not None:
@@ -124,10 +169,12 @@ def _read_outside(t, members: set[int]) -> bool:
     return any(id(c) not in members for c in t.outputs)
 
 
-def fold_constant_nodes(graph, size_limit: int, facts, report: PassReport) -> int:
+def fold_constant_nodes(graph, limits: FoldLimits, facts, report: PassReport, names) -> int:
     """Evaluate every node whose inputs are all constant; returns how many nodes were folded.
-    Results larger than `size_limit` bytes, graph outputs and Q/DQ nodes stay as they are."""
-    fold = _candidates(graph, size_limit, facts, report)
+    Results larger than the size limit, graph outputs and Q/DQ nodes stay as they are; a result
+    that repeats one value and is larger than the splat limit becomes a ConstantOfShape."""
+    size_limit = limits.size
+    fold = _candidates(graph, size_limit, limits.splat, facts, report, limits.dequantization)
     for _ in range(3):  # a result over the limit keeps its node, whose inputs must then be computed
         if not fold:
             return 0
@@ -147,9 +194,38 @@ def fold_constant_nodes(graph, size_limit: int, facts, report: PassReport) -> in
     for node in kept:
         node.outputs.clear()
     for t in needed:
-        t.to_constant(values[id(t)])
+        value = values[id(t)]
+        if value.nbytes > limits.splat and _is_splat(value) and not _rescaled_per_channel(t):
+            graph.nodes.append(_constant_of_shape(t, value, names))
+        else:
+            t.to_constant(value)
     report.count("constant_nodes_folded", len(kept))
     return len(kept)
+
+
+@dataclass(frozen=True)
+class FoldLimits:
+    size: int                    # bytes: larger results stay computed
+    splat: int                   # bytes: larger one-value results become a ConstantOfShape
+    dequantization: bool = False  # fold Casts of 8-bit weights to float too
+
+
+def _is_splat(value: np.ndarray) -> bool:
+    """Every element the same bytes (so -0.0 is not 0.0, and NaNs of one payload match)."""
+    if value.size < 2 or value.dtype.kind not in "fiub":
+        return False
+    rows = np.ascontiguousarray(value).reshape(-1).view(np.uint8).reshape(value.size, -1)
+    return bool(np.all(rows == rows[0]))
+
+
+def _constant_of_shape(t, value: np.ndarray, names):
+    """ConstantOfShape(shape of value) writing `t`: the few bytes of one value, not all of them."""
+    import onnx_graphsurgeon as gs
+
+    shape = gs.Constant(names(f"{t.name}_shape"), np.array(value.shape, dtype=np.int64))
+    fill = gs.Constant(names(f"{t.name}_value"), value.reshape(-1)[:1].copy())
+    return gs.Node("ConstantOfShape", name=names(f"{t.name}_fill"), attrs={"value": fill},
+                   inputs=[shape], outputs=[t])
 
 
 def _evaluate(fold, graph, report: PassReport) -> tuple[dict[int, np.ndarray], set[int]]:
@@ -248,7 +324,9 @@ def _constant_key(t) -> tuple:
 
 
 def merge_duplicate_constants(graph, report: PassReport) -> int:
-    """Initializers with the same dtype, shape and bytes -> one; returns how many were merged."""
+    """Initializers with the same dtype, shape and bytes -> one; returns how many were merged.
+    Weights of two different layers are merged too (valid, and their bytes saved once, as onnxslim
+    does): a pass that rewrites a weight for one reader must write it a copy of its own (fold-bn does)."""
     import onnx_graphsurgeon as gs
 
     output_ids = {id(t) for t in graph.outputs}

@@ -331,16 +331,50 @@ def _merge_transposes(node, facts, report: PassReport) -> bool:
 
 
 def _merge_reshapes(node, facts, report: PassReport) -> bool:
-    """Reshape(Reshape(x, a), b) -> Reshape(x, b) when b has no 0 ("copy this dim") entries:
-    the result then depends only on x's element count, which the first Reshape kept."""
+    """Reshape(Reshape(x, a), b) -> Reshape(x, b): the result depends only on x's element count,
+    which the first Reshape kept, except where b has a 0 ("copy this dim"): see _zeros_agree."""
     inner = producer(node.inputs[0])
     if inner is None or inner.op not in ("Reshape", "Flatten", "Squeeze", "Unsqueeze") or not inner.inputs:
         return False
-    target = constant_ints(node.inputs[1]) if len(node.inputs) > 1 else None
-    if target is None or (np.any(target == 0) and not int(node.attrs.get("allowzero", 0))):
+    if len(node.inputs) < 2 or not (int(node.attrs.get("allowzero", 0)) or _zeros_agree(node, inner, facts)):
         return False
     node.inputs[0] = inner.inputs[0]
     report.count(f"{inner.op.lower()}_reshape_pairs_merged")
+    return True
+
+
+def _target_entries(t, facts) -> list | None:
+    """The entries of a Reshape target: ints for a constant, the dims (int or symbol) of y for
+    Shape(y); None when unknown."""
+    values = constant_ints(t)
+    if values is not None:
+        return values.reshape(-1).tolist()
+    shape_node = producer(t)
+    if shape_node is None or shape_node.op != "Shape" or shape_node.attrs.get("start") or "end" in shape_node.attrs:
+        return None
+    dims = facts.shape(shape_node.inputs[0])
+    return None if dims is None or None in dims else list(dims)
+
+
+def _zeros_agree(node, inner, facts) -> bool:
+    """Whether b's entries that are (or may be, for a symbol) 0 copy the same dim from x as from
+    the first Reshape's output m. A literal 0 at i needs m[i] == x[i]. A symbol s = y[i] of
+    b = Shape(y) is 0 only when s is: then x[i] must be s too, and m[i] must be s, or m is 1-D
+    (its one dim is x's element count, then 0), or m has no dim i (then the original fails)."""
+    entries = _target_entries(node.inputs[1], facts)
+    if entries is None:
+        return False
+    x, m = facts.shape(inner.inputs[0]), facts.shape(node.inputs[0])
+    for i, e in enumerate(entries):
+        if isinstance(e, int) and e != 0:
+            continue
+        if x is None or m is None or i >= len(x) or x[i] is None:
+            return False
+        if e == 0:
+            if i >= len(m) or m[i] != x[i]:
+                return False
+        elif x[i] != e or not (i >= len(m) or len(m) == 1 or m[i] == e):
+            return False
     return True
 
 

@@ -392,35 +392,64 @@ def _names_read_in_subgraphs(graph) -> set[str]:
 
 
 def _check_shared_constants(graph, groups: list[ChannelGroup]) -> None:
-    """A constant sliced for a group must be read only by that group's own members.
+    """A constant sliced for a group must be sliced alike for every reader, or copied per reader.
 
     Small per-channel constants shared with other readers are fine: shape entries (Reshape
     shapes, Split sizes), normalization parameters and biases. The plan gives the group's
     readers their own sliced copy (exporters share one [0, 32, -1] and one ones(32) among every
-    GroupNorm). Weights shared outside the group stay a refusal: copying them would not compress.
+    GroupNorm). A tied weight (cleanup merges equal weights; exporters tie layers) read directly
+    by Convs or MatMuls that slice it differently gets one copy per reader too, as long as every
+    reader belongs to a prunable group (then each copy is smaller than the weight). A weight also
+    read by a node no prunable group covers stays a refusal: copying it would not compress.
+    Weights read through a Transpose stay a refusal as well (a copy would sit in the wrong layout).
     """
     uses = _uses_of_constants(graph)
     nodes = {node_key(n): n for n in graph.nodes}
+    covered: dict[str, set] = {}  # constant -> reader slots some prunable group slices
+    for group in groups:
+        if group.prunable:
+            for m in group.members:
+                if m.kind in ("out", "in", "param"):
+                    covered.setdefault(m.tensor, set()).add(m.use)
     for group in groups:
         if not group.prunable:
             continue
         known = {m.use for m in group.members}
+        tied = _tied(group, uses)
         for i, m in enumerate(group.members):
             if m.kind == "attr":
                 continue
             outside = uses.get(m.tensor, set()) - known
-            if not outside:
+            if not outside and m.tensor not in tied:
                 continue
-            if _copyable(m, nodes) and not {u for u in outside if u[0].startswith("<")}:
+            weight_ok = not outside - covered.get(m.tensor, set())
+            if _copyable(m, nodes, weight_ok) and not {u for u in outside if u[0].startswith("<")}:
                 group.members[i] = replace(m, private=True)
                 continue
-            node, slot = sorted(outside)[0]
-            group.reason = f"constant {m.tensor} is also read by {node} (input {slot}) outside the group"
+            node, slot = sorted(outside or uses[m.tensor] - {m.use})[0]
+            group.reason = (f"constant {m.tensor} is also read by {node} (input {slot}) outside the group"
+                            if outside else f"constant {m.tensor} is read by {node} (input {slot}) sliced another way")
             break
 
 
-def _copyable(m: Member, nodes: dict) -> bool:
-    """Small constants a reader reads directly (no Transpose between) may get a private copy."""
+def _tied(group: ChannelGroup, uses: dict) -> set[str]:
+    """Constants the group slices differently for different readers (or not at all for some)."""
+    cuts: dict[str, dict] = {}
+    for m in group.members:
+        if m.kind in ("out", "in", "param"):
+            cuts.setdefault(m.tensor, {}).setdefault(m.use, set()).add((m.axis, m.mapping))
+    tied = set()
+    for name, by_use in cuts.items():
+        readers = uses.get(name) or set(by_use)
+        if len(readers) > 1 and len({frozenset(by_use.get(u, ())) for u in readers}) > 1:
+            tied.add(name)
+    return tied
+
+
+def _copyable(m: Member, nodes: dict, weights: bool = False) -> bool:
+    """Constants a reader reads directly (no Transpose between) may get a private copy: small ones
+    always, weights (`weights`) where their readers slice them differently."""
     reader = nodes.get(m.use[0])
     direct = reader is not None and 0 <= m.use[1] < len(reader.inputs) and reader.inputs[m.use[1]].name == m.tensor
-    return direct and (m.kind in ("value", "param") or (m.kind == "out" and m.role == "bias"))
+    return direct and (m.kind in ("value", "param") or (m.kind == "out" and m.role == "bias")
+                       or (weights and m.kind in ("out", "in")))

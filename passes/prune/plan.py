@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxcomp.errors import InputError
+from onnxcomp.graph.weights import store_values
 from onnxcomp.graph.edit import node_key
 from onnxcomp.passes.prune.groups import ChannelGroup
 
@@ -211,7 +212,7 @@ class ConstantTable:
     def set(self, name, values: np.ndarray) -> None:
         t = self.tensors[name]
         if isinstance(t, self.gs.Constant):
-            t.values = values
+            store_values(t, values)  # weights kept on disk go straight back there (graph/weights.py)
         else:
             t.inputs[0].attrs["value"] = self.gs.Constant(name, values)
 

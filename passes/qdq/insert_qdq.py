@@ -115,6 +115,13 @@ class InsertQdqPass(Pass):
         float_model = to_model(graph)
         ctx.say(f"insert-qdq: calibrating {len(plan.range_groups())} activation ranges ({opts.method})")
         ranges = _calibrate(float_model, ctx.data, plan, opts, fmt.symmetric, ctx)
+        placement, plan = _without_uncalibrated(graph, placement, plan, ranges)
+        if not plan.nodes:
+            for name, reason in plan.skipped:
+                report.skip(name, reason)
+            report.details["insert-qdq"] = {"target": target, "scheme": plan.scheme,
+                                            "note": "nothing to quantize: no calibrated input"}
+            return report
         weight_qmax = _weight_qmax(target, opts)  # reads /proc/cpuinfo: once, not per --max-drop trial
         budget = None
         if opts.max_drop is not None:
@@ -183,6 +190,22 @@ def _weight_qmax(target: str, opts: InsertQdqOptions) -> int:
     if reduce is None:
         reduce = target == "ort" and host_needs_reduced_range()
     return REDUCED_WEIGHT_QMAX if reduce else WEIGHT_QMAX
+
+
+def _without_uncalibrated(graph, placement: PlacementOptions, plan: QdqPlacement, ranges: dict):
+    """Re-plan until every range group has a calibrated tensor: a tensor calibration never saw (not
+    float after all, or on a path the data never takes) leaves the nodes reading it in float, each
+    with its reason in the report, instead of failing the pass."""
+    from dataclasses import replace
+
+    for _ in range(8):  # each round only removes tensors; two rounds are the most seen
+        missing = {n for names in plan.range_groups().values() if not any(t in ranges for t in names)
+                   for n in names}
+        if not missing:
+            break
+        placement = replace(placement, uncalibrated=placement.uncalibrated | frozenset(missing))
+        plan = plan_placement(graph, placement)
+    return placement, plan
 
 
 def _with_float(placement: PlacementOptions, nodes) -> PlacementOptions:

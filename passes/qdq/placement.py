@@ -94,6 +94,7 @@ class QdqPlacement:
     biases: list[BiasSpec] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    uncalibrated: frozenset = frozenset()  # tensors with no calibration range: never quantized
 
     def range_groups(self) -> dict[str, list[str]]:
         """Range key -> tensors whose calibrated ranges are merged into its one scale."""
@@ -114,6 +115,7 @@ class PlacementOptions:
     op_types: tuple = ()  # restrict quantized op types (empty: the scheme's set)
     exclude: Exclusion = NO_EXCLUSION  # node-name globs and op types kept float
     float_nodes: frozenset = frozenset()  # chosen by sensitivity analysis
+    uncalibrated: frozenset = frozenset()  # tensors calibration found no range for: nodes reading them stay float
 
 
 def choose_scheme(graph, options: PlacementOptions) -> str:
@@ -134,6 +136,7 @@ class _Graph:
         self.graph = graph
         self.outputs = {t.name for t in graph.outputs}
         self.inputs = {t.name for t in graph.inputs}
+        self.floats = _float_tensors(self)  # where a tensor's dtype is not recorded
 
     def is_constant(self, t) -> bool:
         if isinstance(t, self.gs.Constant):
@@ -142,8 +145,8 @@ class _Graph:
 
     def is_float(self, t) -> bool:
         dtype = getattr(t, "dtype", None)
-        if dtype is None:
-            return True  # unknown: calibration will tell (non-float tensors never reach a weighted op input)
+        if dtype is None:  # not recorded: what the graph's ops make of it (Shape -> Gather -> Unsqueeze is not)
+            return t.name in self.floats
         try:
             return np.dtype(dtype) == np.float32
         except TypeError:
@@ -175,6 +178,11 @@ def _weight_input(g: _Graph, node) -> tuple[int, object] | None:
     return (idx, w) if isinstance(w, g.gs.Constant) else None
 
 
+def _uncalibrated_input(plan: QdqPlacement, node) -> str | None:
+    found = next((t.name for t in node.inputs if t.name in plan.uncalibrated), None)
+    return None if found is None else f"no calibration range for input {found!r} (calibration never saw it): kept float"
+
+
 def _weighted_refusal(g: _Graph, node) -> str | None:
     if node.op == "Gemm" and int(node.attrs.get("transA", 0)):
         return "Gemm with transA=1 is not quantized"
@@ -199,6 +207,8 @@ def _follow_relu(g: _Graph, t):
 
 
 def _add_activation(plan: QdqPlacement, t, key: str | None = None, consumer=None) -> None:
+    if t.name in plan.uncalibrated:
+        return
     spec = plan.activations.get(t.name)
     if spec is None:
         spec = ActivationSpec(key or t.name, None if consumer is None else set())
@@ -212,7 +222,7 @@ def _add_activation(plan: QdqPlacement, t, key: str | None = None, consumer=None
 def plan_placement(graph, options: PlacementOptions) -> QdqPlacement:
     g = _Graph(graph)
     scheme = choose_scheme(graph, options)
-    plan = QdqPlacement(scheme)
+    plan = QdqPlacement(scheme, uncalibrated=frozenset(options.uncalibrated))
     if scheme == "full":
         _plan_full(g, plan, options)
     elif scheme == "inputs":
@@ -224,7 +234,7 @@ def plan_placement(graph, options: PlacementOptions) -> QdqPlacement:
 
 
 def _plan_weighted(g: _Graph, plan: QdqPlacement, node, options: PlacementOptions, all_consumers: bool) -> bool:
-    reason = _excluded(node, options) or _weighted_refusal(g, node)
+    reason = _excluded(node, options) or _weighted_refusal(g, node) or _uncalibrated_input(plan, node)
     if reason:
         plan.skipped.append((node_key(node), reason))
         return False
@@ -266,7 +276,7 @@ def _plan_full(g: _Graph, plan: QdqPlacement, options: PlacementOptions) -> None
                 plan.biases.append(BiasSpec(node_key(node), 2, node.inputs[0].name))
             _quantize_output(g, plan, node)
         elif node.op in ORT_QLINEAR:
-            reason = _excluded(node, options) or _qlinear_refusal(g, node)
+            reason = _excluded(node, options) or _qlinear_refusal(g, node) or _uncalibrated_input(plan, node)
             if reason:
                 plan.skipped.append((node_key(node), reason))
                 continue
@@ -442,7 +452,7 @@ def _float_tensors(g: _Graph) -> set:
 def _note_float_nodes(g: _Graph, plan: QdqPlacement, options: PlacementOptions) -> None:
     """Skip reasons for float-carrying nodes the plan leaves in float."""
     done = set(plan.nodes) | {name for name, _ in plan.skipped}
-    floats = _float_tensors(g)
+    floats = g.floats
     for node in g.graph.nodes:
         name = node_key(node)
         if name in done or not node.outputs or node.outputs[0].name not in floats:

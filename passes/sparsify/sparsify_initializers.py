@@ -10,6 +10,7 @@ import numpy as np
 from onnxcomp.errors import InputError
 from onnxcomp.graph.convert import to_model
 from onnxcomp.graph.op_facts import WEIGHTED_OPS
+from onnxcomp.graph.weights import on_disk
 from onnxcomp.passes.sparsify.budget import choose_dense_tensors, sensitivity, with_sparse
 from onnxcomp.passes.sparsify.eligibility import find_weights, nm_refusal, values_of
 from onnxcomp.passes.sparsify.masks import (
@@ -20,6 +21,7 @@ from onnxcomp.passes.sparsify.masks import (
     nm_mask,
 )
 from onnxcomp.passes.sparsify.nm import nm_violations, parse_nm, zero_fraction
+from onnxcomp.passes.sparsify.streaming import sparsify_on_disk
 from onnxcomp.pipeline.budget import drop_measure
 from onnxcomp.pipeline.options import (
     Exclusion,
@@ -127,6 +129,8 @@ class SparsifyInitializersPass(Pass):
                 report.skip(cand.name, reason)
             else:
                 candidates.append(cand)
+        if on_disk(graph) and method == "magnitude" and o.max_drop is None:
+            return _on_disk(graph, spec, scope, candidates, o, report, ctx)
         dense = {c.name: values_of(c.constant) for c in candidates}
         keep = _masks(spec, scope, candidates, dense, o)
         sparse = {n: np.where(keep[n], dense[n], np.zeros((), dense[n].dtype)).astype(dense[n].dtype)
@@ -168,6 +172,20 @@ class SparsifyInitializersPass(Pass):
         ctx.say(f"sparsify-initializers: {len(chosen)} tensor(s) sparsified ({o.sparsity}, {scope}), "
                 f"zero fraction {report.stats.get('zero_fraction', 0):.3f}")
         return report
+
+
+def _on_disk(graph, spec, scope, candidates, o, report, ctx) -> PassReport:
+    """The pass for a graph whose weights stay on disk: one tensor in memory at a time (streaming.py)."""
+    rows, storage, zeros, total = sparsify_on_disk(spec, scope, candidates, o)
+    chosen = sum(r["sparsified"] for r in rows)
+    report.details.update(tensors=rows, scope=scope, storage=storage, method="magnitude")
+    report.stats.update(sparsified=chosen, eligible=len(candidates),
+                        zero_fraction=round(float(zeros / total), 4) if total else 0.0,
+                        model_zero_fraction=round(float(_model_zero_fraction(graph)), 4))
+    report.modified = bool(chosen)
+    ctx.say(f"sparsify-initializers: {chosen} tensor(s) sparsified ({o.sparsity}, {scope}, one at a time: "
+            f"weights on disk), zero fraction {report.stats['zero_fraction']:.3f}")
+    return report
 
 
 def _masks(spec, scope, candidates, dense, o) -> dict:

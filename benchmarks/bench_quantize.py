@@ -226,21 +226,37 @@ def model_setups(names: list[str], tmp: Path) -> list[dict]:
             long = _minilm_feeds(minilm, 8, LATENCY_SEQ)
             setups.append({"name": "MiniLM-L6", "src": str(MODELS / "minilm.onnx"),
                            "calib": str(MODELS / "minilm_calib.npz"), "eval": test, "metric": "emb cos",
-                           "embed": minilm.embed, "auto_merge": True, "ours": TRANSFORMER_PIPELINES,
+                           "embed": minilm.embed, "auto_merge": True, "ours": transformer_pipelines(),
                            "lat_feeds": lambda b, t=long: {k: v[:b] for k, v in t.items()}})
     return setups
 
 
 LATENCY_SEQ = 128  # MiniLM latency is measured on sentences padded to this many tokens
 # The transformer rows: label -> pipeline (run on the original model, like `onnxcomp optimize --passes`).
-TRANSFORMER_PIPELINES = {
-    "onnxcomp --quantize int8 (old)": "cleanup,fold-bn,insert-qdq{target=ort}",
-    "onnxcomp int8-transformer (new)": "cleanup,fold-bn,smooth-quant,insert-qdq{target=ort,embeddings=true}",
-    "onnxcomp new + bias correction": "cleanup,fold-bn,smooth-quant,insert-qdq{target=ort,embeddings=true,"
-                                      "bias_correction=true}",
-    "onnxcomp new, TensorRT profile": "cleanup,fold-bn,smooth-quant{target=tensorrt},insert-qdq{target=tensorrt,"
-                                      "embeddings=true}",
-}
+DEFAULT_LABEL = "onnxcomp --quantize int8 --target ort"
+BEFORE_LABEL = "onnxcomp the same, no smooth/embeddings (before)"
+
+
+def cli_pipeline(*args: str) -> str:
+    """The pipeline text `onnxcomp optimize MODEL ARGS` runs (as --print-pipeline shows it)."""
+    from onnxcomp.cli.optimize import command
+    from onnxcomp.cli.shortcuts import apply_shortcuts
+    from onnxcomp.optimize import DEFAULT_PIPELINE
+    from onnxcomp.pipeline.text import format_pipeline, parse_pipeline
+
+    params = dict(command.make_context("optimize", ["model.onnx", *args]).params)
+    text = params.pop("pipeline") or DEFAULT_PIPELINE
+    return format_pipeline(apply_shortcuts(parse_pipeline(text), params, text))
+
+
+def transformer_pipelines() -> dict[str, str]:
+    return {DEFAULT_LABEL: cli_pipeline("--quantize", "int8", "--target", "ort"),
+            BEFORE_LABEL: "cleanup,fold-bn,insert-qdq{target=ort}",
+            "onnxcomp default + --bias-correction": cli_pipeline("--quantize", "int8", "--target", "ort",
+                                                                 "--bias-correction"),
+            "onnxcomp --quantize int8 --target tensorrt": cli_pipeline("--quantize", "int8", "--target", "tensorrt")}
+
+
 DEFAULT_PIPELINES = {"onnxcomp auto": "cleanup,fold-bn,insert-qdq{method=auto,target=ort}",
                      "onnxcomp minmax": "cleanup,fold-bn,insert-qdq{method=minmax,target=ort}"}
 
@@ -290,7 +306,8 @@ def _peer_configs(setup: dict) -> list[tuple[str, dict]]:
     return configs
 
 
-def bench_model(setup: dict, tmp: Path, rounds: int, rows: list, say, peers: str = "") -> None:
+def bench_model(setup: dict, tmp: Path, rounds: int, rows: list, say, peers: str = "",
+                summary: list | None = None) -> None:
     name = setup["name"]
     fp = str(tmp / f"{name}_float.onnx")
     import onnxcomp
@@ -358,6 +375,28 @@ def bench_model(setup: dict, tmp: Path, rounds: int, rows: list, say, peers: str
         rows.append([name, label + mark, text, "-" if l1 is None else f"{l1:.2f}",
                      "-" if l8 is None else f"{l8:.1f}", _ratio(ratio.get(label)), _ratio(cpu.get(label)),
                      _mb(path), f"{info['seconds']:.1f}", f"{info['peak_rss_mb']:.0f}", _note(info)])
+    if transformer and summary is not None:
+        summary.extend(transformer_summary(scored, ratio, cpu))
+
+
+def transformer_summary(scored: list, ratio: dict, cpu: dict) -> list[list[str]]:
+    """The issue's table: our default and before, ORT quantize_static U8 minmax and its best static
+    config (by cosine), NNCF, the TensorRT profile - cosine, b8 latency vs FP32 (wall; CPU), file MB."""
+    by_label = {s[0]: s for s in scored}
+    static = [s for s in scored if s[0].startswith("ort") and "dynamic" not in s[0]]
+    best = max(static, key=lambda s: s[3])[0] if static else None
+    wanted = [(DEFAULT_LABEL, DEFAULT_LABEL), (BEFORE_LABEL, BEFORE_LABEL),
+              ("ORT quantize_static U8 minmax", "ort minmax u8"),
+              (f"ORT quantize_static best ({best})", best), (NNCF_LABEL, NNCF_LABEL),
+              ("onnxcomp --quantize int8 --target tensorrt (on ORT CPU)", "onnxcomp --quantize int8 --target tensorrt")]
+    out = []
+    for title, label in wanted:
+        found = by_label.get(label)
+        if found is None:
+            out.append([title, "not run" if label else "-", "-", "-"])
+            continue
+        out.append([title, found[4], f"{_ratio(ratio.get(label))} (cpu {_ratio(cpu.get(label))})", _mb(found[1])])
+    return out
 
 
 NNCF_LABEL = "nncf TRANSFORMER mixed"
@@ -464,10 +503,11 @@ def main(argv: list[str]) -> int:
         print(f"... {message}", file=sys.stderr, flush=True)
 
     rows: list = []
+    summary: list = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for setup in model_setups(args.models.split(","), tmp):
-            bench_model(setup, tmp, args.rounds, rows, say, args.peers)
+            bench_model(setup, tmp, args.rounds, rows, say, args.peers, summary)
         sizes = [int(s) for s in args.graph_nodes.split(",") if s]
         bench_scaling(sizes, tmp, rows, args.peer_graph_limit, say)
     load = os.getloadavg()
@@ -479,6 +519,9 @@ def main(argv: list[str]) -> int:
           f"MiniLM: cos = mean sentence-embedding cosine against FP32, latency at sequence {LATENCY_SEQ}. "
           f"quant s / peak MB: one subprocess per quantization (load + calibrate + write).\n"
           f"CPU: {_cpu_name()}. Load average at end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    if summary:
+        print("\nMiniLM-L6 (mean sentence-embedding cosine vs FP32; b8 = batch 8, sequence 128; same run as above):")
+        print(table(["tool", "cosine", "b8 latency vs FP32 (wall; cpu)", "file MB"], summary))
     return 0
 
 

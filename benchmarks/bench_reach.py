@@ -82,10 +82,26 @@ def _prepared(path: Path, name: str):
     return to_model(graph)
 
 
+MAX_FILL = 2 ** 26  # elements of a ConstantOfShape dummy weight made a real constant here (268 MB float32)
+
+
 def _unshare(graph) -> None:
-    """One copy of a shared float constant (rank >= 1) per reader: dummy weights merged by cleanup."""
+    """One copy of a shared float constant (rank >= 1) per reader: dummy weights merged by cleanup.
+    Dummy weights cleanup leaves as ConstantOfShape (too large to fold) become constants first,
+    up to MAX_FILL elements, as real weights would be."""
     import onnx_graphsurgeon as gs
 
+    for node in list(graph.nodes):
+        shape = node.inputs[0] if node.op == "ConstantOfShape" and node.inputs else None
+        if isinstance(shape, gs.Constant) and int(np.prod(shape.values)) <= MAX_FILL:
+            fill = node.attrs.get("value")
+            value = np.asarray(fill.values).reshape(-1)[0] if isinstance(fill, gs.Constant) else np.float32(0)
+            out = node.outputs[0]
+            const = gs.Constant(out.name + "__filled", np.full([int(d) for d in shape.values], value))
+            for reader in list(out.outputs):
+                reader.inputs[:] = [const if t is out else t for t in reader.inputs]
+            node.outputs.clear()
+    graph.cleanup()
     readers = collections.defaultdict(list)
     for node in graph.nodes:
         for i, t in enumerate(node.inputs):

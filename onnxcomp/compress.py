@@ -491,6 +491,13 @@ def _metric_of(c: Candidate, goal: dict) -> float | None:
     return c.latency if goal["kind"] == "latency" else c.size if goal["kind"] == "size" else None
 
 
+def _meeting(candidates: list[Candidate], goal: dict) -> list[Candidate]:
+    """The candidates that meet a latency or size goal, least pruned first (most parameters kept, then
+    the smaller drop before recovery)."""
+    meeting = [c for c in candidates if _metric_of(c, goal) <= goal["value"]]
+    return sorted(meeting, key=lambda c: (-c.params, c.drop_before))
+
+
 def _choose(candidates: list[Candidate], goal: dict) -> tuple[Candidate, bool]:
     """(candidate to train first, whether it meets the goal): the least-pruned one that meets it
     (most parameters kept, then the smaller drop before recovery), else the one closest to it."""
@@ -499,16 +506,17 @@ def _choose(candidates: list[Candidate], goal: dict) -> tuple[Candidate, bool]:
         return (pruned[0] if pruned else candidates[0]), True
     if goal["kind"] == "none":
         return candidates[0], True
-    meeting = [c for c in candidates if _metric_of(c, goal) <= goal["value"]]
+    meeting = _meeting(candidates, goal)
     if meeting:
-        return max(meeting, key=lambda c: (c.params, -c.drop_before)), True
+        return meeting[0], True
     return min(candidates, key=lambda c: (_metric_of(c, goal), -c.params)), False
 
 
 def _train_and_back_off(steps: _Steps, candidates, chosen: Candidate, goal: dict,
                         result: CompressResult) -> onnx.ModelProto:
-    """Train `chosen`; when it misses max_drop, bisect the less-pruned candidates (at most `backoff`
-    of them), then no pruning. Marks the one kept; ToleranceError when none fits."""
+    """Train `chosen`; when it misses max_drop, try one more that meets the goal, then step back to
+    less compressed candidates (on the goal's axis, nearest first; `backoff` trials in all), then
+    no pruning. Marks the one kept; ToleranceError when none fits."""
     max_drop = goal["max_drop"]
     fits = lambda c: max_drop is None or c.drop <= max_drop
     models: dict[int, onnx.ModelProto] = {}
@@ -517,25 +525,32 @@ def _train_and_back_off(steps: _Steps, candidates, chosen: Candidate, goal: dict
         models[id(c)] = steps.recover(c, max_drop)
         return fits(c)
 
+    left = goal["backoff"]
+    # Recovery of a few samples is noise at small budgets: one more candidate that meets the goal gets a
+    # chance (the next by parameters kept) before the search backs off from the goal.
+    second = next((c for c in _meeting(candidates, goal) if c is not chosen and c.params <= chosen.params
+                   and not c.trained), None) if goal["kind"] in ("latency", "size") and left else None
     if trial(chosen):
         best = chosen
     elif goal["kind"] == "prune" and chosen.pruning:
         best = None  # the ratio is fixed: no search
+    elif second is not None and _metric_of(chosen, goal) <= goal["value"] and (
+            logger.info("trying %s, which meets the goal too", describe(second)) or trial(second)):
+        best = second
     else:
-        # Less pruning, from none (index 0) to the candidate that missed (last).
-        ladder = sorted((c for c in candidates if c.params > chosen.params or not c.pruning), key=lambda c: -c.params)
+        left -= second is not None and second.trained
+        # Less compression on the goal's axis (latency or size; parameters for a fixed ratio), from no
+        # pruning (index 0) to the candidate that missed (last).
+        axis = (lambda c: _metric_of(c, goal)) if goal["kind"] in ("latency", "size") else (lambda c: c.params)
+        ladder = sorted((c for c in candidates if axis(c) > axis(chosen) or not c.pruning),
+                        key=lambda c: (c.pruning, -axis(c)))
         ladder.append(chosen)
-        lo, hi, best = 0, len(ladder) - 1, None
-        for _ in range(goal["backoff"]):
-            if hi - lo <= 1:
+        best = None
+        for c in [c for c in reversed(ladder[1:-1]) if not c.trained][:left]:  # nearest the goal first
+            logger.info("backing off: trying %s", describe(c))
+            if trial(c):
+                best = c
                 break
-            mid = (lo + hi) // 2
-            logger.info("backing off: trying %s (%s fits max_drop, %s does not)", describe(ladder[mid]),
-                        describe(ladder[lo]) if best is not None else "no pruning", describe(ladder[hi]))
-            if trial(ladder[mid]):
-                lo, best = mid, ladder[mid]
-            else:
-                hi = mid
         if best is None and ladder[0] is not chosen and ladder[0].drop is None:
             logger.info("backing off to no pruning")
             if trial(ladder[0]):

@@ -215,7 +215,7 @@ def validate_against(original: onnx.ModelProto, result: onnx.ModelProto, passes,
     """ONNX checker plus an ONNX Runtime comparison of `result` with `original`."""
     from onnxcomp.measure.compare import Tolerances, compare_models
     from onnxcomp.measure.runtime import random_inputs
-    from onnxcomp.measure.samples import as_samples, one_call
+    from onnxcomp.measure.samples import as_samples, generated_calls
     from onnxcomp.pipeline.verify import checker_problem
 
     problem = checker_problem(result if fits_protobuf(result) else _no_check())
@@ -230,7 +230,8 @@ def validate_against(original: onnx.ModelProto, result: onnx.ModelProto, passes,
         feeds = as_samples(data, original, "validation data").first(max_samples)
         source = f"{feeds.describe()} of the given data"
     else:
-        feeds = one_call(random_inputs(original, ctx.dims, seed=ctx.seed, batch=8, values=ctx.input_values), original)
+        feeds = generated_calls(random_inputs(original, ctx.dims, seed=ctx.seed, batch=8, values=ctx.input_values),
+                                original)
         source = "seeded random inputs"
     comparison = compare_models(original, result, feeds, Tolerances(atol, rtol))
     exact = all(p.exact for p in passes)

@@ -487,7 +487,7 @@ def test_large_splats_stay_constant_of_shape_small_ones_fold():
              helper.make_node("Add", ["g", "e"], ["y"], name="add")]
     inits = {"ws": _i64(256, 128), "bs": _i64(128), "half": np.array([[0.5]], np.float32), "big": _i64(256, 128)}
     model = make_model(nodes, [tensor("x", [256, 256])], [tensor("y", None)], inits)
-    out, records = run_pass(model, "cleanup")
+    out, records = run_pass(model, "cleanup{splat_limit_kb=64}")
     stats = records[0].report.stats
     assert sorted(_ops(out)) == ["Add", "ConstantOfShape", "ConstantOfShape", "Gemm"]  # bias (512 B) folded
     assert stats["splats_kept_compact"] == 2
@@ -497,6 +497,8 @@ def test_large_splats_stay_constant_of_shape_small_ones_fold():
     assert _ops(full) == ["Gemm", "Add"] and _init_bytes(full) > 2 * 128 * 1024
     assert "splats_kept_compact" not in records[0].report.stats
     assert_same_outputs(model, full)
+    default, _ = run_pass(model, "cleanup")  # the default limit is the folding limit (64 MB): folded
+    assert _ops(default) == ["Gemm", "Add"]
 
 
 def test_negative_zero_is_not_a_splat_of_zero():
@@ -615,7 +617,7 @@ def test_a_moved_splat_folds_into_one_constant_of_shape():
     nodes = [_fill("ws", "wt"), helper.make_node("Reshape", ["wt", "t"], ["w"], name="reshape"),
              helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")]
     model = make_model(nodes, [tensor("x", [2, 256])], [tensor("y", None)], {"ws": _i64(128, 256), "t": _i64(256, 128)})
-    out, records = run_pass(model, "cleanup")
+    out, records = run_pass(model, "cleanup{splat_limit_kb=64}")
     assert _ops(out) == ["ConstantOfShape", "MatMul"] and records[0].report.stats["splats_kept_compact"] == 1
     assert _init_bytes(out) < 4096
     assert_same_outputs(model, out)

@@ -185,6 +185,32 @@ def test_a_missed_budget_backs_off_and_says_what_it_reached(digits_cnn, digits):
     assert not result.met and "size goal not met" in result.message and "less pruning" in result.message
 
 
+def test_a_goal_no_candidate_reaches_is_exit_4_with_what_was_reached(digits_cnn, files, tmp_path, capsys):
+    out = tmp_path / "small.onnx"
+    code, stdout, err = in_process(capsys, "compress", digits_cnn, "-o", out, "--data", files["train"], "--val",
+                                   files["val"], "--size", "0.01", "--quantize", "none", "--backoff", "0",
+                                   "--epochs", "1", "-q")
+    assert code == 4, err  # no candidate is 1% of the input's bytes: what was reached, and why
+    assert len(err.strip().splitlines()) == 1 and "size goal not met" in err and "no candidate reaches it" in err
+    assert out.exists() and "file size" in stdout  # written anyway: within max-drop (none given)
+
+
+def test_a_latency_goal_also_searches_without_droppable_residual_branches(digits_cnn, digits):
+    train, val = digits
+    result = onnxcomp.compress(digits_cnn, train, val, latency=0.01, backoff=0, grid=(0.5,), **FAST)
+    dropped = [c for c in result.candidates if c.dropped]
+    assert dropped and all(c.dropped == ("/layer1/Add",) for c in dropped)  # the one identity-skip block
+    whole = {(c.ratio, c.ranking): c for c in result.candidates if not c.dropped}
+    assert all(c.params < whole[c.ratio, c.ranking].params for c in dropped if (c.ratio, c.ranking) in whole)  # the same ratio without the block
+    assert all(c.latency is not None for c in result.candidates)
+    fastest = min(result.candidates, key=lambda c: c.latency)
+    assert result.chosen is fastest and not result.met and "no candidate reaches it" in result.message
+    host = result.host
+    assert set(host["float_probe_ms"]) == {"int8", "float"} and host["float_convs"] in ([], ["/stem/stem.0/Conv"])
+    first = next(n for n in result.model.graph.node if n.op_type in ("Conv", "QuantizeLinear"))
+    assert (first.op_type == "Conv") == bool(host["float_convs"])  # a stem kept in float reads the float input
+
+
 # ---------- label-free ----------
 
 def test_a_model_without_labels_compresses_on_the_cosine_of_its_outputs(features_model, digits):

@@ -86,6 +86,11 @@ def test_one_cosine_per_sample_and_whole_tensor_for_one_sample():
     broken[2, 0, 0] = np.nan
     assert per_sample_cosine(a, broken)[2] == 0 and per_sample_cosine(a, broken)[1] == pytest.approx(rows[1])
     assert cosine(np.zeros((2, 3)), np.zeros((2, 3))) == 1.0
+    both = a.copy()
+    both[2, 0, 0] = np.nan  # NaN where the reference has NaN is reproduced, not broken
+    assert per_sample_cosine(both, both)[2] == pytest.approx(1.0)
+    diff = compare_outputs({"y": both}, {"y": both})[0]
+    assert diff.max_abs == 0 and diff.max_rel == 0 and diff.within and per_sample_cosine(both, b)[2] == 0
 
 
 def test_one_accuracy_is_top1_against_labels():

@@ -122,7 +122,7 @@ def test_bad_values_exit_2_with_one_line_before_any_work(digits_cnn, tmp_path):
 # ---------- shortcut flags need their pass; a pass is never added twice ----------
 
 OPTION_FLAG_VALUES = {"--importance": "l1", "--round-to": "4", "--global": None, "--sparsify-scope": "layer",
-                      "--calib-method": "entropy", "--calib-stats": "all.calib", "--target": "tensorrt", "--exclude": "x",
+                      "--calib-method": "entropy", "--calib-stats": "all.calib", "--calib-cache": "cache.txt", "--target": "tensorrt", "--exclude": "x",
                       "--exclude-op": "Conv", "--max-drop": "0.1",
                       "--quantize-embeddings": None, "--bias-correction": None}
 
@@ -162,9 +162,9 @@ def test_a_flag_contradicting_the_pipeline_text_is_refused():
 # ---------- --print-pipeline shows what every shortcut sets ----------
 
 @pytest.mark.parametrize("args, expected", [
-    (["--quantize", "int8"], "insert-qdq"),
-    (["--quantize", "int8", "--calib-method", "entropy"], "insert-qdq{method=entropy}"),
-    (["--quantize", "int8", "--target", "tensorrt"], "insert-qdq{target=tensorrt}"),
+    (["--quantize", "int8"], "insert-qdq{embeddings=true,smooth=true}"),  # int8 sets both
+    (["--quantize", "int8", "--calib-method", "entropy"], "insert-qdq{method=entropy,embeddings=true,smooth=true}"),
+    (["--quantize", "int8", "--target", "tensorrt"], "insert-qdq{target=tensorrt,embeddings=true,smooth=true}"),
     (["--prune-channels", "0.3"], "remove-channels{ratio=0.3}"),
     (["--prune-channels", "0.3", "--importance", "l1", "--round-to", "4", "--global"],
      "remove-channels{ratio=0.3,importance=l1,round_to=4,global_ranking=true}"),
@@ -173,9 +173,9 @@ def test_a_flag_contradicting_the_pipeline_text_is_refused():
     (["--sparsify", "2:4", "--exclude", "conv*", "--exclude-op", "Gemm", "--max-drop", "0.05"],
      "sparsify-initializers{sparsity=2:4,exclude=[conv*],exclude_op=[Gemm],max_drop=0.05}"),
     (["--prune-channels", "0.4", "--quantize", "int8", "--exclude", "a", "--exclude", "b*"],
-     "remove-channels{ratio=0.4,exclude=[a;b*]},insert-qdq{exclude=[a;b*]}"),
+     "remove-channels{ratio=0.4,exclude=[a;b*]},insert-qdq{exclude=[a;b*],embeddings=true,smooth=true}"),
     (["--sparsify", "2:4", "--prune-channels", "0.4", "--quantize", "int8"],  # prune, sparsify, then quantize
-     "remove-channels{ratio=0.4},sparsify-initializers{sparsity=2:4},insert-qdq"),
+     "remove-channels{ratio=0.4},sparsify-initializers{sparsity=2:4},insert-qdq{embeddings=true,smooth=true}"),
     (["--passes", "int8-tensorrt", "--calib-method", "mse", "--max-drop", "0.02"],
      "insert-qdq{method=mse,target=tensorrt,max_drop=0.02}"),
     (["--passes", "cleanup,remove-channels", "--global", "--exclude-op", "Gemm"],

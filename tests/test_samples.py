@@ -566,3 +566,30 @@ def test_compare_and_distill_take_every_source_form(cli, tmp_path):
         r = cli("distill", "--teacher", model, "--student", model, "--data", source, "--val", source, "-o", out,
                 "--epochs", "1", "--batch-size", "4", "-q")
         assert r.returncode == 0 and out.is_file(), (form, r.stderr)
+
+
+def test_generated_inputs_fall_apart_into_samples_only_where_the_whole_batch_fails():
+    from onnxcomp.measure.samples import generated_calls
+
+    for make, sizes in ((hidden_batch_one, [1] * 8), (batch_mixing, [8]), (scaled_mlp, [8])):
+        model = make()
+        feeds = random_inputs(model, seed=0, batch=8)
+        samples = generated_calls(feeds, model)
+        assert samples.batch_sizes(32) == sizes, make.__name__
+        got = run_batched(session(model), samples, 32)["y"]
+        if sizes == [8]:  # merged back: the very run one_call gives
+            np.testing.assert_array_equal(got, run(session(model), feeds)["y"])
+        else:
+            np.testing.assert_array_equal(got, np.concatenate([run(session(model), c)["y"] for c in samples]))
+    gru = gru_with_state()
+    assert len(generated_calls(random_inputs(gru, seed=0, batch=8), gru)) == 1  # state [1,'B',8]: one call
+
+
+def test_a_hidden_fixed_batch_validates_on_generated_inputs(cli, tmp_path):
+    model = save(hidden_batch_one(), tmp_path / "m.onnx")
+    result = optimize(str(model), verify="numeric")
+    assert result.validation["inputs"] == "seeded random inputs"
+    assert all(o["within"] for o in result.validation["outputs"])
+    r = cli("compare", model, model, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["outputs"][0]["shape"] == [8, 3]

@@ -273,3 +273,38 @@ def test_cli_smooth_flag_and_preset_expand(digits_cnn):
         "cleanup,smooth-quant,insert-qdq{embeddings=true}"
     assert pipeline("--passes", "int8-transformer", "--bias-correction", "--target", "tensorrt") == \
         "cleanup,smooth-quant{target=tensorrt},insert-qdq{target=tensorrt,bias_correction=true,embeddings=true}"
+
+
+# ---------- `--quantize int8`: smooth-quant's folds and INT8 tables by default ----------
+
+def test_quantize_int8_sets_smooth_and_embeddings_unless_a_smooth_quant_pass_does_it(digits_cnn):
+    from onnxcomp.cli.optimize import command
+    from onnxcomp.cli.shortcuts import apply_shortcuts
+    from onnxcomp.pipeline.text import format_pipeline, parse_pipeline
+
+    def pipeline(*args):
+        params = dict(command.make_context("optimize", [str(digits_cnn), *args]).params)
+        text = params.pop("pipeline") or "cleanup"
+        return format_pipeline(apply_shortcuts(parse_pipeline(text), params, text))
+
+    assert pipeline("--passes", "cleanup", "--quantize", "int8") == "cleanup,insert-qdq{embeddings=true,smooth=true}"
+    assert pipeline("--passes", "cleanup,smooth-quant", "--quantize", "int8") == \
+        "cleanup,smooth-quant,insert-qdq{embeddings=true}"
+
+
+def test_insert_qdq_smooth_matches_the_smooth_quant_pass_and_leaves_a_cnn_alone():
+    model, calib, test = outlier_block(), data((8, 64), 64, seed=0), data((8, 64), 32, seed=1)
+    two = optimize(model, "smooth-quant,insert-qdq", calib).model
+    one = optimize(model, "insert-qdq{smooth=true}", calib)
+    record, _ = details(one)
+    assert record.report.stats["smoothed_sites"] == 1
+    assert [r["tensor"] for r in record.report.details["smooth-quant"]["sites"]] == ["h"]
+    np.testing.assert_allclose(run(one.model, test)["y"], run(two, test)["y"], atol=1e-6)  # the same folds
+    ref, plain = run(model, test)["y"], run(optimize(model, "insert-qdq", calib).model, test)["y"]
+    assert 1 - cosine(run(one.model, test)["y"], ref) < 0.5 * (1 - cosine(plain, ref))
+    # a model without LayerNorm/affine -> MatMul sites: nothing folded, no smooth-quant details
+    conv = make_model([helper.make_node("Conv", ["x", "w"], ["y"])], [tensor("x", ["n", 3, 8, 8])],
+                      [tensor("y", ["n", 4, 6, 6])], {"w": rng_array((4, 3, 3, 3), 0, 0.3)})
+    cnn = optimize(conv, "insert-qdq{smooth=true,embeddings=true}", {"x": rng_array((16, 3, 8, 8), 1, 1.0)})
+    record, _ = details(cnn)
+    assert "smooth-quant" not in record.report.details and not record.report.stats.get("smoothed_sites")

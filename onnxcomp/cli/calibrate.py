@@ -28,7 +28,7 @@ from onnxcomp.pipeline.pass_base import Pass, PassReport
 
 # optimize's flags that shape the graph and the placement insert-qdq calibrates; not the ones that
 # pick another format (--quantize), search a budget on samples (--max-drop) or read statistics.
-PIPELINE_FLAGS = tuple(f for f in SHORTCUTS if f not in ("--quantize", "--max-drop", "--calib-stats"))
+PIPELINE_FLAGS = tuple(f for f in SHORTCUTS if f not in ("--quantize", "--max-drop", "--calib-stats", "--calib-cache"))
 
 
 def pipeline_flags(command):
@@ -44,6 +44,11 @@ def pipeline_flags(command):
 @data_option("--data", "data", "This shard's calibration data.")
 @click.option("--merge", is_flag=True,
               help="Merge the statistics files given as arguments into one: equal to one run over all their data.")
+@click.option("--export-trt", "export_trt", type=click.Path(dir_okay=False),
+              help="Also write the ranges insert-qdq would choose (--calib-method, --target) as a TensorRT "
+                   "calibration cache (for trtexec --calib; symmetric: use with --target tensorrt).")
+@click.option("--export-ort", "export_ort", type=click.Path(dir_okay=False),
+              help="Also write those ranges as ONNX Runtime's calibration table (calibration.json).")
 @click.option("--other-shapes", is_flag=True,
               help="With --merge: accept parts whose samples differ in shape (sequences padded per shard).")
 @click.option("--passes", "pipeline", metavar="PIPELINE",
@@ -57,15 +62,16 @@ def pipeline_flags(command):
 @input_value_option
 @providers_option
 @verbosity_options
-def command(inputs, output, data, merge, other_shapes, pipeline, dims, input_shapes, make_static, input_values,
-            **flags):
+def command(inputs, output, data, merge, export_trt, export_ort, other_shapes, pipeline, dims, input_shapes,
+            make_static, input_values, **flags):
     """Collect calibration statistics of MODEL on one shard of data, or merge shards' statistics files."""
     from onnxcomp.errors import InputError
 
     if merge:
         given = [name for name, value in [("--data", data), ("--passes", pipeline), ("--dim", dims),
                                           ("--input-shapes", input_shapes), ("--make-static", make_static),
-                                          ("--input-value", input_values)] if value]
+                                          ("--input-value", input_values), ("--export-trt", export_trt),
+                                          ("--export-ort", export_ort)] if value]
         given += [flag for flag in PIPELINE_FLAGS if flags.get(param_name(flag)) not in (None, False, ())]
         if given:
             raise InputError(f"--merge combines statistics files; {given[0]} belongs to calibrating a shard")
@@ -82,9 +88,13 @@ def command(inputs, output, data, merge, other_shapes, pipeline, dims, input_sha
         raise InputError("calibrate needs --data: this shard's calibration samples")
     from onnxcomp.graph.signature import parse_dims, parse_input_shapes, parse_input_values
 
+    exports = {"trt": export_trt, "ort": export_ort}
+    for path in filter(None, exports.values()):
+        if any(same_path(path, other) for other in [output, *inputs]) or export_trt == export_ort:
+            raise InputError(f"{path}: an export must not overwrite the model, the statistics file or the other export")
     stats, written = calibrate_shard(inputs[0], data, output, pipeline, flags, dims=parse_dims(dims),
                             input_shapes=parse_input_shapes(input_shapes), make_static=make_static,
-                            input_values=parse_input_values(input_values))
+                            input_values=parse_input_values(input_values), exports=exports)
     runs = f"{stats.batches} batch" + ("" if stats.batches == 1 else "es")
     cut = f"{runs} of up to {stats.batch_size}" if stats.batch_size else f"{stats.batches} calls"
     click.echo(f"calibrated {len(stats)} tensors through {stats.model['pipeline']} on {stats.samples} samples "
@@ -92,10 +102,11 @@ def command(inputs, output, data, merge, other_shapes, pipeline, dims, input_sha
 
 
 def calibrate_shard(model: str, data, output: str, pipeline: str | None = None, flags: dict | None = None,
-                    **run):
+                    exports: dict | None = None, **run):
     """(statistics, path written): `model`'s statistics on `data` as insert-qdq in `optimize --passes
     PIPELINE FLAGS` would collect them, saved at `output` (`.npz` added when it has no suffix).
-    `run`: optimize()'s dims, input_shapes, make_static, input_values."""
+    `run`: optimize()'s dims, input_shapes, make_static, input_values. `exports` {"trt": path, "ort": path}:
+    the ranges insert-qdq would choose from these statistics, also written in those tools' formats."""
     from onnxcomp.cli.shortcuts import apply_shortcuts
     from onnxcomp.errors import InputError
     from onnxcomp.graph.save import input_files, same_file
@@ -115,7 +126,31 @@ def calibrate_shard(model: str, data, output: str, pipeline: str | None = None, 
     collector = CollectStats(passes[at].options, format_pipeline(passes[:at + 1]), required_opset(passes))
     result = optimize(model, None, passes[:at] + [collector], data=data, check_output=False, **run)
     stats = result.records[-1].report.details["calibrate"]["stats"]
-    return stats, stats.save(output)
+    written = str(stats.save(output))
+    for kind, path in (exports or {}).items():
+        if path:
+            export_ranges(stats, passes[at].options, kind, path)
+            written += f", {path}"
+    return stats, written
+
+
+def export_ranges(stats, options, kind: str, path: str) -> str:
+    """Write the ranges insert-qdq{options} chooses from `stats` (per tensor, before range groups are
+    joined) as a TensorRT cache (kind "trt") or ORT's calibration table ("ort")."""
+    from onnxcomp.passes.qdq.calibration import choose_ranges
+    from onnxcomp.passes.qdq.calibration.cache_formats import write_ort_table, write_trt_cache
+    from onnxcomp.passes.qdq.numerics import activation_format
+
+    symmetric = activation_format(options.target or "ort").symmetric
+    chosen = choose_ranges(stats, method=options.method, percentile=options.percentile, symmetric=symmetric, bits=8)
+    ranges = {name: (r.lo, r.hi) for name, r in chosen.items()}
+    return (write_trt_cache if kind == "trt" else write_ort_table)(ranges, path)
+
+
+def same_path(a: str, b: str) -> bool:
+    from pathlib import Path
+
+    return Path(a).resolve() == Path(b).resolve()
 
 
 class CollectStats(Pass):

@@ -67,7 +67,7 @@ def command(reference, candidate, data, atols, rtols, statistic, batch, seed, ma
         format_diffs,
     )
     from onnxcomp.measure.runtime import check_input_values, random_inputs
-    from onnxcomp.measure.samples import as_samples, one_call
+    from onnxcomp.measure.samples import as_samples, generated_calls
 
     check_statistic(statistic)
     if plot and not per_layer:
@@ -88,7 +88,7 @@ def command(reference, candidate, data, atols, rtols, statistic, batch, seed, ma
         source = f"{feeds.describe()} from {data}"
     else:
         generated = random_inputs(ref_model, {**dims, **shape_dims(shapes)}, seed=seed, batch=batch, values=values)
-        feeds = one_call(generated, ref_model)
+        feeds = generated_calls(generated, ref_model)
         source = f"seeded random inputs (seed {seed}, batch {batch})"
     if per_layer:
         _per_layer(ref_model, cand_model, feeds, source, jump_db, floor_db, plot, as_json)

@@ -50,6 +50,7 @@ SHORTCUTS: dict[str, tuple[str | None, str | None]] = {
     "--quantize-embeddings": ("insert-qdq", "embeddings"),
     "--bias-correction": ("insert-qdq", "bias_correction"),
     "--calib-stats": ("insert-qdq", "stats"),
+    "--calib-cache": ("insert-qdq", "calib_cache"),
     "--target": (None, "target"),
     "--exclude": (None, "exclude"),
     "--exclude-op": (None, "exclude_op"),
@@ -73,7 +74,9 @@ MUST_PRECEDE = {
 }
 # --quantize names a number format, not an option: format -> (the pass it adds, options it sets there).
 QUANTIZE_FORMATS: dict[str, tuple[str, dict[str, str]]] = {
-    "int8": ("insert-qdq", {}),                      # static, calibrated Q/DQ (needs --calib)
+    # static, calibrated Q/DQ (needs --calib); smooth-quant's folds and INT8 embedding tables where they
+    # apply (transformers; a CNN has neither): on MiniLM cosine 0.9928 -> 0.9978 and 58.7 -> 23.1 MB
+    "int8": ("insert-qdq", {"smooth": "true", "embeddings": "true"}),
     "dynamic": ("quantize-dynamic", {}),             # INT8 weights, activations quantized at run time
     "fp16": ("convert-float16", {}),
     "bf16": ("convert-float16", {"dtype": "bfloat16"}),
@@ -186,6 +189,8 @@ def apply_shortcuts(passes: list, values: dict[str, Any], pipeline_text: str) ->
                              "them (set its options in the text, or with the option flags)")
         fresh = all_passes()[name]()
         for key, value in preset.items():
+            if key == "smooth" and ("--smooth" in given or any(p.name == "smooth-quant" for p in passes)):
+                continue  # the smooth-quant pass the pipeline has does it (with its own options)
             fresh = type(fresh)(_set(fresh, flag, key, value))
         at = next((i for i, p in enumerate(passes) if p.name in MUST_PRECEDE.get(name, ())), len(passes))
         passes.insert(at, fresh if option is None else type(fresh)(_set(fresh, flag, option, given[flag])))

@@ -93,8 +93,8 @@ def statistic_of(values: np.ndarray, statistic: str) -> float:
 def per_sample_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine similarity of each sample (slice along axis 0) of two same-shaped outputs.
 
-    Rank 0 and 1 outputs are one sample. Non-finite elements equal in both (+inf, +inf) are left
-    out; any other NaN or Inf gives its sample 0. Two all-zero samples agree (1).
+    Rank 0 and 1 outputs are one sample. Non-finite elements the same in both (+inf and +inf, NaN
+    and NaN) are left out; any other NaN or Inf gives its sample 0. Two all-zero samples agree (1).
     """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.size == 0:
@@ -102,12 +102,18 @@ def per_sample_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     rows = len(a) if a.ndim >= 2 else 1
     a, b = a.reshape(rows, -1), b.reshape(rows, -1)
     finite = np.isfinite(a) & np.isfinite(b)
-    broken = (~finite & (a != b)).any(axis=1)  # NaN != NaN: a NaN never matches
+    broken = (~finite & ~same_nonfinite(a, b)).any(axis=1)
     a, b = np.where(finite, a, 0.0), np.where(finite, b, 0.0)
     den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     cos = (a * b).sum(1) / np.where(den > 0, den, 1.0)
     cos = np.where(den > 0, cos, np.where((a == b).all(axis=1), 1.0, 0.0))
     return np.where(broken, 0.0, cos)
+
+
+def same_nonfinite(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Elements where both are the same infinity or both NaN: what the reference computes there is
+    reproduced (a fully masked attention row gives NaN in the original and in every faithful rewrite)."""
+    return (np.isnan(a) & np.isnan(b)) | (~np.isfinite(a) & (a == b))
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -158,8 +164,7 @@ def diff_output(name: str, ref: np.ndarray, got: np.ndarray, atol: float = DEFAU
     if a.size == 0:
         return OutputDiff(name, shape, 0.0, 0.0, 1.0, None, True, atol, rtol, statistic)
     finite = np.isfinite(a) & np.isfinite(b)
-    same_nonfinite = (~np.isfinite(a)) & (a == b)
-    err = np.where(same_nonfinite, 0.0, np.where(finite, np.abs(a - b), np.inf))
+    err = np.where(same_nonfinite(a, b), 0.0, np.where(finite, np.abs(a - b), np.inf))
     tol = atol + rtol * np.abs(np.where(finite, a, 0.0))
     inside = err <= tol
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -167,7 +172,7 @@ def diff_output(name: str, ref: np.ndarray, got: np.ndarray, atol: float = DEFAU
     # Exact at the boundary, so that "max" says what the elementwise rule says.
     ratio = np.where(inside, np.fmin(ratio, 1.0), np.fmax(ratio, np.nextafter(1.0, 2.0)))
     tolerance_ratio = statistic_of(ratio, statistic)
-    return OutputDiff(name, shape, float(err.max()), float((err / np.maximum(np.abs(a), 1e-12)).max()),
+    return OutputDiff(name, shape, float(err.max()), float((err / np.maximum(np.abs(np.where(finite, a, 0.0)), 1e-12)).max()),
                       cosine(ref, got), top1_agreement(ref, got), tolerance_ratio <= 1.0, atol, rtol,
                       statistic, statistic_of(err, statistic), tolerance_ratio, float(1.0 - inside.mean()))
 

@@ -48,6 +48,7 @@ LOADER = re.compile(r"^(?P<file>.+\.py):(?P<function>[A-Za-z_][A-Za-z0-9_]*)$")
 # largest value: batch shapes change kernels' rounding (measured up to 5e-6 on the corpus), while a
 # merge that mixes samples (dynamic quantization: 1.9e-2 on tashkeel_bilstm_int8) is far above it.
 MERGE_TOLERANCE = 1e-3
+MERGE_FAILS = "the model fails on"
 _told: set[str] = set()  # probe verdicts already logged (a run's calibration and validation data)
 
 
@@ -55,8 +56,10 @@ class _Merging:
     """Whether merged runs give what one call at a time gives (None: not probed yet), and what to
     probe on when first needed; shared by a Samples and its slices."""
 
-    def __init__(self):
+    def __init__(self, split: bool = False):
         self.safe: bool | None = None
+        self.fails = False  # the merged run raised (not just gave other numbers)
+        self.split = split  # the calls are one generated call cut up: merged back unless that fails
         self.runner = None  # a ModelProto or path to probe on when merging is first needed
 
 
@@ -142,21 +145,21 @@ class Samples:
         as many rows as the call has samples) or is one 0-d value shared by every call, and the
         model (`merge_on`) gives the same outputs merged as one call at a time."""
         merging = self._merging
-        if self._fits_merging() and merging.safe is None and merging.runner is not None:
-            if self._probe(merging.runner):
-                merging.runner = None
-        return self._fits_merging() and merging.safe is not False
+        pending = merging.runner is not None and merging.safe is None
+        if pending and self._fits_merging() and self._probe(merging.runner):
+            merging.runner = None  # probed (or not runnable): the model is not needed any more
+        return self._fits_merging() and (merging.safe is not False or (merging.split and not merging.fails))
 
     def merge_on(self, runner) -> Samples:
         """Probe merged runs on `runner` before the first run that merges calls, unless this data
         was probed already: an ONNX Runtime session at once (it is at hand; none is kept), a
         ModelProto or a path when merging is first needed. Returns self."""
-        if self._merging.safe is None and runner is not None:
-            if _is_session(runner):
-                if self._fits_merging():
-                    self._probe(runner)
-            else:
-                self._merging.runner = runner
+        if self._merging.safe is not None or runner is None:
+            return self
+        if not _is_session(runner):
+            self._merging.runner = runner
+        elif self._fits_merging():
+            self._probe(runner)
         return self
 
     def _fits_merging(self) -> bool:
@@ -180,7 +183,8 @@ class Samples:
         verdict = _merged_run_problem(runner, self._calls[pair:pair + 2], self._merged(pair, pair + 2))
         if verdict is not None:  # None: the model could not be run to probe; the specs decide
             self._merging.safe = verdict == ""
-        if verdict and verdict not in _told:
+            self._merging.fails = verdict.startswith(MERGE_FAILS)
+        if verdict and verdict not in _told and not (self._merging.split and not self._merging.fails):
             _told.add(verdict)
             logger.info("sample data: %s; running the model one call at a time", verdict)
         return True
@@ -301,7 +305,7 @@ def _merged_run_problem(runner, calls: list[dict], merged: dict) -> str | None:
         together = run(merged)
     except Exception as exc:
         logger.debug("sample data: the merged run failed: %s", " ".join(str(exc).split()))
-        return f"the model fails on {len(calls)} calls merged into one run (-v shows ONNX Runtime's message)"
+        return f"{MERGE_FAILS} {len(calls)} calls merged into one run (-v shows ONNX Runtime's message)"
     for k, name in enumerate(names):
         parts = [single[k] for single in singles]
         if not any(_close(joined, together[k]) for joined in _joins(parts, together[k])):
@@ -407,6 +411,27 @@ def _as_samples(source, model, where: str | None) -> Samples:
 def one_call(feeds: dict[str, np.ndarray], model) -> Samples:
     """Feeds that are a single model call as they are (seeded random inputs, a probe)."""
     return Samples([dict(feeds)], specs_of(model) if model is not None else _guessed_specs(feeds))
+
+
+def generated_calls(feeds: dict[str, np.ndarray], model: onnx.ModelProto) -> Samples:
+    """Seeded random inputs generated at a batch of N, as one call that falls apart into its N
+    samples only where the model fails on the whole (a Reshape that fixes batch 1 behind a
+    dynamic axis): every input with an axis has the same dynamic axis 0, 0-d inputs are shared.
+    Elsewhere (state whose batch is axis 1, axis 0 of different names) it is one_call."""
+    specs = specs_of(model)
+    ranked = [s for s in specs if s.rank]
+    names = {s.shape[0] for s in ranked if s.shape[0] != "?"}
+    if not ranked or len(names) > 1 or any(s.static(0) is not None or s.name not in feeds for s in ranked) \
+            or len({np.shape(feeds[s.name])[:1] for s in ranked}) != 1 or any(s.name not in feeds for s in specs):
+        return one_call(feeds, model)
+    try:
+        cut = from_stacked({s.name: feeds[s.name] for s in specs}, specs, "generated inputs")
+    except InputError:
+        return one_call(feeds, model)
+    if len(cut) < 2 or not cut._fits_merging():
+        return one_call(feeds, model)
+    split = Samples(cut._calls, specs, None, cut._counts, cut._stack, _Merging(split=True))
+    return split.merge_on(model)
 
 
 def from_stacked(data: Mapping, specs: list[InputSpec] | None, where: str = "data") -> Samples:

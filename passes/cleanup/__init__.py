@@ -41,9 +41,11 @@ class CleanupOptions:
     fold_constants: bool = field(default=True, metadata={"help": "evaluate subgraphs whose inputs are all constant"})
     fold_size_limit_mb: float = field(default=64.0, metadata={
         "help": "do not materialise folded tensors larger than this", "range": Range(0)})
-    splat_limit_kb: float = field(default=64.0, metadata={
+    splat_limit_kb: float = field(default=65536.0, metadata={
         "help": "a constant that repeats one value and is larger than this stays a ConstantOfShape "
-                "(one node, not its bytes in the file)", "range": Range(0)})
+                "(one node, not its bytes in the file); the default is the folding limit: below it a dummy "
+                "weight becomes an array that fold-bn and remove-channels can rewrite, as onnxslim does",
+        "range": Range(0)})
     fold_dequantization: bool = field(default=False, metadata={
         "help": "also fold Casts of 8-bit integer weights to float (fewer nodes, 4x the weight bytes)"})
     dedupe: bool = field(default=True, metadata={"help": "merge initializers with identical dtype, shape and bytes"})

@@ -262,6 +262,8 @@ def _run(nodes, wanted, graph, known: dict | None = None) -> dict[int, np.ndarra
     import onnxruntime as ort
     from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
+    from onnxcomp.graph.weights import in_store
+
     known = known or {}
     produced = {id(t) for n in nodes for t in n.outputs}
     inits, seen, size = [], set(), 0
@@ -272,6 +274,8 @@ def _run(nodes, wanted, graph, known: dict | None = None) -> dict[int, np.ndarra
             seen.add(t.name)
             if isinstance(t, gs.Constant):
                 proto = OnnxExporter.export_tensor_proto(t)
+                if in_store(proto):  # a weight kept on disk: the fold model carries its values
+                    proto = onnx.numpy_helper.from_array(np.asarray(t.values), t.name)
             else:
                 proto = onnx.numpy_helper.from_array(known[id(t)], t.name)
             size += proto.ByteSize()

@@ -43,6 +43,9 @@ class FactorizeLowRankOptions:
     sensitivity: Literal["model", "layer"] = field(default="model", metadata={
         "help": "with sample data, how the ranks are shared out: model = by the drop of the model's outputs each "
                 "layer causes alone (one measured run per layer), layer = by the layers' own output errors"})
+    refit: bool = field(default=True, metadata={
+        "help": "with sample data, fit each layer's factors in graph order on the inputs the already-factorized "
+                "layers give it (the errors do not add up through the depth)"})
     exclude: tuple[str, ...] = exclude_option()
     exclude_op: tuple[str, ...] = exclude_op_option()
     max_drop: float | None = max_drop_option()
@@ -105,6 +108,13 @@ class FactorizeLowRankPass(Pass):
             ranks = _ranks(layers, error, o.kept, o.round_to)
             if o.max_drop is not None:
                 ranks = _fit_budget(o, graph, layers, spectra, error, ctx, report)
+        if method == "whitened" and o.refit:
+            from onnxcomp.passes.lowrank.sequential import corrected_spectra
+
+            before = to_model(graph)
+            spectra = corrected_spectra(before, layers, {layer.node: weight_source(nodes[layer.node])[1]
+                                                         for layer in layers}, ranks, spectra, ctx.data,
+                                        lambda done, fitted: _build(before, layers, fitted, done), ctx.say)
         names = NameGen(graph)
         rows = []
         for layer in layers:

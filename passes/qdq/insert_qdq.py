@@ -11,6 +11,8 @@ from onnxcomp.errors import InputError
 from onnxcomp.graph.edit import node_key
 from onnxcomp.passes.qdq.bias_correction import correct_biases, find_layers, float_weights
 from onnxcomp.passes.qdq.calibration.ranges import Method
+from onnxcomp.passes.qdq.cast_dequant import dequantize_cast_weights
+from onnxcomp.passes.qdq.edge_casts import move_casts_to_edge
 from onnxcomp.passes.qdq.embedding import eligible_gathers, quantize_tables
 from onnxcomp.passes.qdq.numerics import (
     REDUCED_WEIGHT_QMAX,
@@ -21,7 +23,7 @@ from onnxcomp.passes.qdq.numerics import (
 )
 from onnxcomp.passes.qdq.overrides import activation_params as override_params
 from onnxcomp.passes.qdq.overrides import check_names, load_overrides
-from onnxcomp.passes.qdq.placement import PlacementOptions, QdqPlacement, plan_placement
+from onnxcomp.passes.qdq.placement import PlacementOptions, QdqPlacement, is_weight_dequantize, plan_placement
 from onnxcomp.passes.qdq.rewrite import insert_qdq_pairs
 from onnxcomp.passes.qdq.sensitivity import choose_float_layers, sensitivity_table
 from onnxcomp.pipeline.options import (
@@ -71,15 +73,26 @@ class InsertQdqOptions:
         default=None, metadata={"help": "calibration statistics from `onnxcomp calibrate` (one run, or shards "
                                         "merged with --merge) used instead of calibrating on --calib data",
                                 "metavar": "PATH"})
+    calib_cache: Optional[str] = field(
+        default=None, metadata={"help": "activation ranges from a TensorRT calibration cache or ORT's calibration.json "
+                                        "(`onnxcomp calibrate --export-trt/--export-ort`) instead of calibrating",
+                                "metavar": "PATH"})
     bias_correction: bool = field(
         default=False, metadata={"help": "take each quantized MatMul/Gemm's mean output shift, measured on the "
                                          "calibration data, out of its float bias where that pays on held-out batches"})
     embeddings: bool = field(
         default=False, metadata={"help": "also store constant Gather tables (embeddings) as INT8 per row: a quarter "
                                          "of their bytes (target ort; TensorRT keeps them float)"})
+    smooth: bool = field(
+        default=False, metadata={"help": "first run smooth-quant's folds (its default options, this target) where "
+                                         "they measure a gain: what `--quantize int8` does; none on a CNN"})
 
     def __post_init__(self):
         check_ranges(self, "insert-qdq")
+        if self.calib_cache is not None:  # a bad file is refused before the model is loaded
+            from onnxcomp.passes.qdq.calibration.cache_formats import read_cache
+
+            read_cache(self.calib_cache)
 
 
 @register_pass
@@ -100,14 +113,18 @@ class InsertQdqPass(Pass):
         report = PassReport()
         exclude = Exclusion(tuple(opts.exclude), tuple(opts.exclude_op))
         exclude.check("insert-qdq", graph)
+        rewrites = _prepare(graph, target)
+        report.modified = bool(rewrites)
         overrides = load_overrides(opts.overrides) if opts.overrides else {}
         check_names(overrides, graph)
+        if opts.smooth:
+            _smooth(graph, ctx, opts, target, report)
         placement = _placement(opts, target, exclude)
         plan = plan_placement(graph, placement)
         if not plan.nodes:
-            for name, reason in plan.skipped:
-                report.skip(name, reason)
-            report.details["insert-qdq"] = {"target": target, "scheme": plan.scheme, "note": "nothing to quantize"}
+            _nothing_quantized(report, plan)
+            report.details["insert-qdq"] = {"target": target, "scheme": plan.scheme,
+                                            "note": _nothing("nothing to quantize", rewrites)}
             if opts.embeddings:
                 _quantize_embeddings(graph, target, exclude, report)
             return report
@@ -117,10 +134,9 @@ class InsertQdqPass(Pass):
         ranges = _calibrate(float_model, ctx.data, plan, opts, fmt.symmetric, ctx)
         placement, plan = _without_uncalibrated(graph, placement, plan, ranges)
         if not plan.nodes:
-            for name, reason in plan.skipped:
-                report.skip(name, reason)
+            _nothing_quantized(report, plan)
             report.details["insert-qdq"] = {"target": target, "scheme": plan.scheme,
-                                            "note": "nothing to quantize: no calibrated input"}
+                                            "note": _nothing("nothing to quantize: no calibrated input", rewrites)}
             return report
         weight_qmax = _weight_qmax(target, opts)  # reads /proc/cpuinfo: once, not per --max-drop trial
         budget = None
@@ -132,6 +148,7 @@ class InsertQdqPass(Pass):
         result = insert_qdq_pairs(graph, plan, params, fmt, quantize_biases=plan.scheme == "full",
                                   weight_qmax=weight_qmax, weight_overrides=overrides)
         _fill_report(report, plan, result, table, target, weight_qmax, opts, budget)
+        report.details["insert-qdq"]["notes"][:0] = rewrites
         if opts.bias_correction:
             _correct_biases(graph, kept, ctx, opts, report)
         if opts.embeddings:
@@ -139,6 +156,22 @@ class InsertQdqPass(Pass):
         if overrides:
             report.details["insert-qdq"]["overrides"] = _overrides_used(overrides, plan, table, result)
         return report
+
+
+def _smooth(graph, ctx: PassContext, opts: InsertQdqOptions, target: str, report: PassReport) -> None:
+    """smooth-quant's folds before placement; details only where there was something to fold."""
+    from onnxcomp.passes.qdq.smoothquant import SmoothQuantOptions, find_sites, smooth
+
+    if ctx.data is None or opts.stats is not None or opts.calib_cache is not None:  # the folds need samples, and would rename what stats hold
+        if find_sites(graph)[0]:
+                report.details["smooth-quant"] = {"target": target, "sites": [],
+                                              "note": "not smoothed: calibration statistics given (--calib-stats)"}
+        return
+    sq = SmoothQuantOptions(target=target, exclude=opts.exclude, exclude_op=opts.exclude_op,
+                            calib_batch_size=opts.calib_batch_size)
+    details = smooth(graph, ctx, sq, report)
+    if details["sites"] or details.get("attention_scales"):
+        report.details["smooth-quant"] = details
 
 
 def _placement(opts: InsertQdqOptions, target: str, exclude: Exclusion) -> PlacementOptions:
@@ -153,8 +186,31 @@ def calibrated_tensors(graph, opts: InsertQdqOptions, ctx: PassContext) -> list[
     _check_model(graph, ctx, opts)
     exclude = Exclusion(tuple(opts.exclude), tuple(opts.exclude_op))
     exclude.check("insert-qdq", graph)
-    plan = plan_placement(graph, _placement(opts, opts.target or ctx.target or "ort", exclude))
+    target = opts.target or ctx.target or "ort"
+    _prepare(graph, target)
+    plan = plan_placement(graph, _placement(opts, target, exclude))
     return _range_tensors(plan)
+
+
+def _nothing_quantized(report: PassReport, plan: QdqPlacement) -> None:
+    for name, reason in plan.skipped:
+        report.skip(name, reason)
+    for key in ("int8_nodes", "qdq_activations", "int8_weights"):
+        report.count(key, 0)
+    report.count("float_nodes", len(plan.skipped))
+
+
+def _nothing(why: str, rewrites: list[str]) -> str:
+    return why if not rewrites else f"{why} ({len(rewrites)} exact rewrite(s) made: {'; '.join(rewrites[:3])})"
+
+
+def _prepare(graph, target: str) -> list[str]:
+    """Exact rewrites before placement: the model's own Cast+Mul INT8 weights as DequantizeLinear
+    (kept as they are, not quantized twice), and for TensorRT its UINT8 Casts moved to the edge."""
+    notes = dequantize_cast_weights(graph)
+    if target == "tensorrt":
+        notes += move_casts_to_edge(graph)
+    return notes
 
 
 def _range_tensors(plan: QdqPlacement) -> list[str]:
@@ -167,7 +223,7 @@ def histogram_bins(method: str) -> int:
 
 
 def _check_model(graph, ctx: PassContext, opts: InsertQdqOptions) -> None:
-    found = next((n for n in graph.nodes if n.op in _QDQ_OPS), None)
+    found = next((n for n in graph.nodes if n.op in _QDQ_OPS and not is_weight_dequantize(n)), None)
     if found is not None:
         raise InputError(f"insert-qdq: the model is already quantized ({found.op} node {found.name!r}); "
                          "quantize the float model instead")
@@ -175,7 +231,7 @@ def _check_model(graph, ctx: PassContext, opts: InsertQdqOptions) -> None:
     if opset is not None and opset < 13:
         raise InputError(f"insert-qdq: model opset {opset} < 13 (per-channel Q/DQ needs 13); convert it first, "
                          "e.g. onnx.version_converter.convert_version(model, 13)")
-    if ctx.data is None and opts.stats is None:
+    if ctx.data is None and opts.stats is None and opts.calib_cache is None:
         raise InputError("insert-qdq: calibration data is required: pass --calib FILE.npz (one array per model "
                          "input, first axis = samples) or --calib FILE.py:FUNCTION (feed dicts, one per model call), "
                          "or --calib-stats FILE from `onnxcomp calibrate`")
@@ -218,6 +274,10 @@ def _calibrate(model, data, plan: QdqPlacement, opts: InsertQdqOptions, symmetri
     from onnxcomp.passes.qdq.calibration import choose_ranges, collect_stats
 
     tensors = _range_tensors(plan)
+    if opts.calib_cache is not None:
+        from onnxcomp.passes.qdq.calibration.cache_formats import cached_ranges
+
+        return cached_ranges(opts.calib_cache, tensors)
     if opts.stats is not None:
         from onnxcomp.passes.qdq.calibration.stats import read_stats
 

@@ -126,6 +126,13 @@ def choose_scheme(graph, options: PlacementOptions) -> str:
     return "inputs" if any(n.op in TRANSFORMER_MARKERS for n in graph.nodes) else "full"
 
 
+def is_weight_dequantize(node) -> bool:
+    """A DequantizeLinear of a constant: a weight the model already stores in INT8 (kept as it is)."""
+    import onnx_graphsurgeon as gs
+
+    return node.op == "DequantizeLinear" and bool(node.inputs) and isinstance(node.inputs[0], gs.Constant)
+
+
 class _Graph:
     """Indexes built once per placement (O(nodes))."""
 
@@ -137,11 +144,20 @@ class _Graph:
         self.outputs = {t.name for t in graph.outputs}
         self.inputs = {t.name for t in graph.inputs}
         self.floats = _float_tensors(self)  # where a tensor's dtype is not recorded
+        self.static = _static_tensors(graph)
+
+    def is_static(self, t) -> bool:
+        """Computed from constants and shapes only (a DFT basis, a position table): the same for every
+        input, so it is no activation to calibrate; not a stored weight either."""
+        return t.name in self.static and not isinstance(t, self.gs.Constant) and not (
+            t.inputs and (t.inputs[0].op == "Constant" or is_weight_dequantize(t.inputs[0])))
 
     def is_constant(self, t) -> bool:
+        """A constant, or the model's own already-quantized weight (a DequantizeLinear of a constant)."""
         if isinstance(t, self.gs.Constant):
             return True
-        return bool(t.inputs) and t.inputs[0].op == "Constant"
+        return bool(t.inputs) and (t.inputs[0].op == "Constant" or is_weight_dequantize(t.inputs[0])
+                                   or t.name in self.static)
 
     def is_float(self, t) -> bool:
         dtype = getattr(t, "dtype", None)
@@ -186,11 +202,16 @@ def _uncalibrated_input(plan: QdqPlacement, node) -> str | None:
 def _weighted_refusal(g: _Graph, node) -> str | None:
     if node.op == "Gemm" and int(node.attrs.get("transA", 0)):
         return "Gemm with transA=1 is not quantized"
-    if node.op in ("Conv", "ConvTranspose") and not _weight_input(g, node):
+    if node.op in ("Conv", "ConvTranspose") and not _weight_input(g, node) \
+            and not (len(node.inputs) > 1 and node.inputs[1].inputs and is_weight_dequantize(node.inputs[1].inputs[0])):
         return f"{node.op} weight is not a constant initializer (run cleanup to fold it)"
     acts = [t for i, t in enumerate(node.inputs[:2]) if not g.is_constant(t)]
     if node.op == "MatMul" and not acts:
         return "MatMul of two constants (run cleanup to fold it)"
+    static = next((t.name for t in node.inputs[:2] if g.is_static(t)), None)
+    if static is not None:
+        return (f"input {static!r} is computed from shapes and constants only (the same for every input, no "
+                "stored weight): kept float")
     if any(not g.is_float(t) for t in acts):
         return "activation input is not float32"
     w = _weight_input(g, node)
@@ -414,6 +435,24 @@ _NON_FLOAT_OPS = frozenset({"Shape", "Size", "NonZero", "ArgMax", "ArgMin", "Equ
 # Ops whose output type is that of one data input (index given).
 _TYPE_FROM_INPUT = {"Gather": 0, "GatherElements": 0, "Reshape": 0, "Unsqueeze": 0, "Squeeze": 0, "Slice": 0,
                     "Expand": 0, "Tile": 0, "Transpose": 0, "Flatten": 0, "Where": 1, "ConstantOfShape": None}
+
+
+_SHAPE_ONLY = frozenset({"Shape", "Size"})  # outputs depend on their input's shape, not its values
+_NOT_STATIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli",
+                         "Multinomial", "If", "Loop", "Scan"})
+
+
+def _static_tensors(graph) -> set:
+    """Names of tensors no graph input's values reach (O(nodes), in topological order)."""
+    import onnx_graphsurgeon as gs
+
+    static = {t.name for t in graph.tensors().values() if isinstance(t, gs.Constant)}
+    for node in graph.nodes:
+        if node.op in _NOT_STATIC:
+            continue
+        if node.op in _SHAPE_ONLY or all(not t.name or t.name in static for t in node.inputs):
+            static.update(t.name for t in node.outputs)
+    return static
 
 
 def _float_tensors(g: _Graph) -> set:

@@ -151,49 +151,57 @@ class SmoothQuantPass(Pass):
     Options = SmoothQuantOptions
 
     def run(self, graph, ctx: PassContext) -> PassReport:
-        from onnxcomp.graph.convert import to_model
-
         opts = self.options
         if ctx.data is None:
             raise InputError("smooth-quant: calibration data is required (it measures each layer's INT8 error): "
                              "pass --calib FILE.npz or FILE.py:FUNCTION")
-        exclude = Exclusion(tuple(opts.exclude), tuple(opts.exclude_op))
-        exclude.check("smooth-quant", graph)
         report = PassReport()
-        target = opts.target or ctx.target or "ort"
-        details = {"target": target, "sites": []}
-        report.details["smooth-quant"] = details
-        if opts.attention_scale and target == "ort":  # first: the sites below must see the weights it rescales
-            details["attention_scales"] = fold_attention_scales(graph)
-            report.count("folded_attention_scales", len(details["attention_scales"]))
-            report.modified = bool(details["attention_scales"])
-        sites, skipped = find_sites(graph, exclude, opts.fold != "none")
-        for name, reason in skipped:
-            report.skip(name, reason)
-        if not sites:
-            details["note"] = "no LayerNorm/affine -> MatMul site to smooth"
-            return report
-        ctx.say(f"smooth-quant: measuring {len(sites)} sites on the calibration data")
-        stats = channel_stats(to_model(graph), ctx.data, [s.name for s in sites], opts.rows, opts.calib_batch_size)
-        fmt = activation_format(target)
-        qmax = REDUCED_WEIGHT_QMAX if target == "ort" and host_needs_reduced_range() else WEIGHT_QMAX
-        names = NameGen(graph)
-        choices = [(site, fold_mode(site, opts.fold), best_scale(site, stats[site.name], opts.alphas, fmt, qmax))
-                   for site in sites]
-        for site, mode, choice in choices:
-            reason = refusal(choice, mode if target == "ort" else "in-place", opts)
-            details["sites"].append(_row(site, choice, mode, reason is None))
-            if reason:
-                report.skip(site.name, reason)
-                continue
-            apply_scale(graph, site, choice.scale, names, mode)
-            report.modified = True
-            report.count("smoothed_sites")
-            report.count("smoothed_matmuls", len(site.readers))
-            if mode != "in-place":
-                report.count(f"{mode}_folds")
-        graph.cleanup().toposort()
+        report.details["smooth-quant"] = smooth(graph, ctx, opts, report)
         return report
+
+
+def smooth(graph, ctx: PassContext, opts: SmoothQuantOptions, report: PassReport) -> dict:
+    """Fold the attention scales and smooth every site that gains (see the module doc), in place; counts
+    and skips go into `report`. Returns the details (target, attention_scales, sites). Also run by
+    insert-qdq{smooth=true}, which `--quantize int8` sets."""
+    from onnxcomp.graph.convert import to_model
+
+    exclude = Exclusion(tuple(opts.exclude), tuple(opts.exclude_op))
+    exclude.check("smooth-quant", graph)
+    target = opts.target or ctx.target or "ort"
+    details = {"target": target, "sites": []}
+    if opts.attention_scale and target == "ort":  # first: the sites below must see the weights it rescales
+        details["attention_scales"] = fold_attention_scales(graph)
+        if details["attention_scales"]:
+            report.count("folded_attention_scales", len(details["attention_scales"]))
+            report.modified = True
+    sites, skipped = find_sites(graph, exclude, opts.fold != "none")
+    for name, reason in skipped:
+        report.skip(name, reason)
+    if not sites:
+        details["note"] = "no LayerNorm/affine -> MatMul site to smooth"
+        return details
+    ctx.say(f"smooth-quant: measuring {len(sites)} sites on the calibration data")
+    stats = channel_stats(to_model(graph), ctx.data, [s.name for s in sites], opts.rows, opts.calib_batch_size)
+    fmt = activation_format(target)
+    qmax = REDUCED_WEIGHT_QMAX if target == "ort" and host_needs_reduced_range() else WEIGHT_QMAX
+    names = NameGen(graph)
+    choices = [(site, fold_mode(site, opts.fold), best_scale(site, stats[site.name], opts.alphas, fmt, qmax))
+               for site in sites]
+    for site, mode, choice in choices:
+        reason = refusal(choice, mode if target == "ort" else "in-place", opts)
+        details["sites"].append(_row(site, choice, mode, reason is None))
+        if reason:
+            report.skip(site.name, reason)
+            continue
+        apply_scale(graph, site, choice.scale, names, mode)
+        report.modified = True
+        report.count("smoothed_sites")
+        report.count("smoothed_matmuls", len(site.readers))
+        if mode != "in-place":
+            report.count(f"{mode}_folds")
+    graph.cleanup().toposort()
+    return details
 
 
 def _row(site: Site, choice: Choice, mode: str, smoothed: bool) -> dict:

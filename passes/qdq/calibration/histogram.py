@@ -22,6 +22,10 @@ import numpy as np
 EXTREME = 1e30
 _EMPTY = -(2**31)  # exponent of a histogram that has not seen a finite value yet
 _MIN_EXPONENT = -100  # bins narrower than 2**-100 buy nothing, and 2**100 still fits float32
+# Values binned per pass: the work buffers (and bincount's own int64 copy) then stay in the core's
+# L2 cache instead of streaming a whole activation through memory once per step; np.bincount over a
+# multi-megabyte array measured several times slower per element than over 32k-element pieces.
+CHUNK = 32768
 
 
 class TensorStats:
@@ -67,8 +71,8 @@ class TensorStats:
         self.count += x.size
         self._extend(lo, hi)
         if self.num_bins:
-            self.zeros += int(np.count_nonzero(np.equal(x, 0.0, out=scratch.mask(x.size))))
-            self.counts += self._bin(x, scratch)
+            for start in range(0, x.size, CHUNK):
+                self._bin(x[start:start + CHUNK], scratch)
 
     def _drop_outliers(self, x: np.ndarray):
         nans = int(np.count_nonzero(np.isnan(x)))
@@ -103,7 +107,8 @@ class TensorStats:
             self.counts = moved
         self.exponent, self.offset = exponent, offset
 
-    def _bin(self, x: np.ndarray, scratch: Scratch) -> np.ndarray:
+    def _bin(self, x: np.ndarray, scratch: Scratch) -> None:
+        """Count one chunk's exact zeros and add its values to their bins."""
         # floor(x / 2**e) is exact in float32 (a power-of-two scaling) unless it underflows to -0,
         # which only wide grids (e > 0) on tiny negative values can do: use float64 there.
         # Subtracting the offset is exact in floating point too (both are integers of magnitude at
@@ -116,7 +121,8 @@ class TensorStats:
         np.subtract(work, dtype(self.offset), out=work)
         index = scratch.indices(x.size)
         np.copyto(index, work, casting="unsafe")
-        return np.bincount(index, minlength=self.num_bins)
+        self.counts += np.bincount(index, minlength=self.num_bins)
+        self.zeros += int(np.count_nonzero(np.equal(x, 0.0, out=scratch.mask(x.size))))
 
     # -- combining ---------------------------------------------------------------------------
 

@@ -1,0 +1,89 @@
+"""Factors fitted in order on the inputs the already-factorized model really gives each layer.
+
+Fitting every layer on the original model's inputs ignores that the layers before it are
+factorized too: its inputs drift, and the errors add up through the depth. Here the layers go in
+graph order, one stage (the layers reading one tensor: q, k, v) at a time. With X the stage's
+input in the original model and X' the same input in the model factorized so far, the layer's
+new weight minimizes ||X' W' - X W||: the full-rank optimum is W* = (X'^T X')^-1 X'^T X W, and the
+rank-r factors are the SVD of W* whitened by X'^T X' (factors.spectrum). One run of the
+original and one of the model so far per stage.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxcomp.passes.lowrank.activations import conv_patches
+from onnxcomp.passes.lowrank.factors import spectrum
+from onnxcomp.passes.lowrank.layers import as_matrix
+from onnxcomp.passes.lowrank.ranks import WHOLE
+
+DAMPING_CROSS = 1e-3  # ridge of the least-squares fit of W*, of the mean diagonal of X'^T X'
+
+
+def corrected_spectra(before, layers, weights: dict, ranks: dict, spectra: dict, data, build,
+                      say=lambda message: None, batch: int = 32) -> dict:
+    """spectra with every factorized layer's entry refitted on the drifted inputs (a new dict).
+
+    `weights` maps each layer's node to its weight as the node reads it; `build(ranks, spectra)`
+    gives a model with those layers factorized from those spectra.
+    """
+    from onnxcomp.measure.runtime import session
+
+    spectra = dict(spectra)
+    stages: dict[str, list] = {}
+    for layer in layers:
+        if ranks.get(layer.node, WHOLE) != WHOLE:
+            stages.setdefault(layer.input, []).append(layer)
+    original = session(_with_outputs(before, list(stages)))
+    done: dict[str, int] = {}
+    for i, (name, stage) in enumerate(stages.items()):
+        now = session(_with_outputs(build(done, spectra), [name])) if done else original
+        sums = _cross_moments(original, now, name, stage, data, batch)
+        for layer in stage:
+            own, cross = sums[layer.node]
+            w = as_matrix(layer.op, weights[layer.node], layer.attrs)
+            ridge = np.eye(len(own)) * DAMPING_CROSS * max(float(np.mean(np.diag(own))), 1e-12)
+            target = np.linalg.solve(own + ridge, cross @ w)
+            spectra[layer.node] = spectrum(target, own)
+            done[layer.node] = ranks[layer.node]
+        if (i + 1) % 4 == 0 or i + 1 == len(stages):
+            say(f"factorize-lowrank: {i + 1}/{len(stages)} stages refitted on the factorized model's inputs")
+    return spectra
+
+
+def _with_outputs(model, names: list[str]):
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    present = {o.name for o in copy.graph.output}
+    for name in names:
+        if name not in present:
+            copy.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    return copy
+
+
+def _cross_moments(original, now, name: str, stage, data, batch: int) -> dict:
+    """{layer node: (X'^T X', X'^T X) / rows} for the stage's input `name`."""
+    from onnxcomp.measure.runtime import run
+
+    sums = {layer.node: [0.0, 0.0] for layer in stage}
+    rows = dict.fromkeys(sums, 0)
+    for k, feeds in enumerate(data.batches(batch)):
+        x = np.asarray(run(original, feeds, [name])[name], dtype=np.float64)
+        x_now = np.asarray(run(now, feeds, [name])[name], dtype=np.float64)
+        for layer in stage:
+            a, b = _rows(layer, x, k), _rows(layer, x_now, k)
+            sums[layer.node][0] = sums[layer.node][0] + b.T @ b
+            sums[layer.node][1] = sums[layer.node][1] + b.T @ a
+            rows[layer.node] += len(b)
+    return {key: (own / max(rows[key], 1), cross / max(rows[key], 1)) for key, (own, cross) in sums.items()}
+
+
+def _rows(layer, x: np.ndarray, seed: int) -> np.ndarray:
+    """The layer's input rows; a Conv's patches at the same positions for both models (same seed)."""
+    if layer.op != "Conv":
+        return x.reshape(-1, x.shape[-1])
+    return conv_patches(x, layer, np.random.default_rng(seed))
+

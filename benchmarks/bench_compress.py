@@ -2,14 +2,15 @@
 
 (a) onnxcomp compress --latency F --quantize int8 --max-drop D (default the issue's 0.2 / 0.003);
 (b) the manual sequence: Torch-Pruning (group L2 magnitude, widths rounded to the host's channel
-    block, the classifier left alone) on the PyTorch module at the ratio (a) chose, the same
+    block, the classifier left alone) on the PyTorch module at the ratio (a) chose, without the
+    residual blocks (a) dropped (replaced by the identity in torch), the same
     recovery (KD at T=1 + cross-entropy, AdamW, cosine, the same epochs and learning rate) in torch,
     export to ONNX, then ONNX Runtime's quantize_static (QDQ, per-channel, 256 calibration samples).
 Each arm runs in its own process (wall time and peak RSS are its own); accuracy on the held-out
 digits test split (359 samples: one sample = 0.28 points) and latency at batch 8 (the fastest of
 interleaved rounds, ONNX Runtime, one thread) are measured here, in one process, as ratios to the
 original. Also one label-free run on a non-classifier of the corpus (eeg_spindle_unet, a U-Net
-segmenter; random recipe inputs, no labels: cosine of the outputs).
+segmenter; 16 random recipe inputs, no labels: cosine of the outputs).
 
 Run: python -m benchmarks compress [-- --latency 0.2 --max-drop 0.003 --epochs 4 --skip-label-free]
 Needs the bench extra (torch-pruning) and build/models; the label-free row needs build/corpus.
@@ -32,6 +33,7 @@ from benchmarks._measure import peak_rss_mb, top1_accuracy
 
 REPO = Path(__file__).resolve().parent.parent
 LABEL_FREE = "eeg_spindle_unet"
+LABEL_FREE_TRAIN = 16  # random recipe samples to distill on: 7500-long 128-channel maps cost memory (11 GB at 32)
 
 
 def _args(argv):
@@ -46,6 +48,7 @@ def _args(argv):
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--ratio", type=float, help=argparse.SUPPRESS)
     p.add_argument("--block", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--drop", default="", help=argparse.SUPPRESS)  # residual blocks compress dropped, comma-separated
     return p.parse_args(argv)
 
 
@@ -66,7 +69,7 @@ def arm_compress(args) -> dict:
     onnxcomp.save(result.model, args.out)
     chosen = result.chosen
     return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), "ratio": chosen.ratio,
-            "widths": list(chosen.widths), "block": result.host.get("channel_block", 1), "message": result.message,
+            "widths": list(chosen.widths), "dropped": list(chosen.dropped), "block": result.host.get("channel_block", 1), "message": result.message,
             "trained": sum(c.trained for c in result.candidates), "stages": [s.as_dict() for s in result.stages]}
 
 
@@ -126,6 +129,8 @@ def arm_manual(args) -> dict:
     teacher = _torch_model(args.models)
     student = copy.deepcopy(teacher)
     example = torch.zeros(1, 1, 32, 32)
+    for add in filter(None, args.drop.split(",")):  # the same depth as compress chose: '/layer1/Add' -> layer1
+        setattr(student, add.strip("/").split("/")[0], torch.nn.Identity())
     if args.ratio:
         pruner = tp.pruner.MetaPruner(student, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
                                       pruning_ratio=args.ratio, ignored_layers=[student.fc], round_to=args.block)
@@ -163,8 +168,8 @@ def arm_label_free(args) -> dict:
 
     start = time.perf_counter()
     try:
-        result = onnxcomp.compress(REPO / "build" / "corpus" / f"{LABEL_FREE}.onnx", _corpus_data(32, 0),
-                                   _corpus_data(16, 1), size=0.3, epochs=1, threads=args.threads, grid=(0.25, 0.5))
+        result = onnxcomp.compress(REPO / "build" / "corpus" / f"{LABEL_FREE}.onnx", _corpus_data(LABEL_FREE_TRAIN, 0),
+                                   _corpus_data(8, 1), size=0.3, epochs=1, threads=args.threads, grid=(0.25, 0.5))
     except ToleranceError as exc:
         return {"error": str(exc), "seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
     f = result.figures
@@ -217,7 +222,7 @@ def main(argv: list[str]) -> int:
     if "error" in ours:
         print(f"onnxcomp compress: {ours['error']}")
     manual = _spawn("manual", common + ["--ratio", str(ours.get("ratio", 0.0)), "--block", str(ours.get("block", 1)),
-                                        "--out", str(tmp / "manual.onnx")])
+                                        "--drop", ",".join(ours.get("dropped", [])), "--out", str(tmp / "manual.onnx")])
     paths = {"original (fp32)": args.models / "digits_cnn.onnx", "manual (peers)": tmp / "manual.onnx"}
     if "error" not in ours:
         paths["onnxcomp compress"] = tmp / "compress.onnx"
@@ -239,8 +244,8 @@ def main(argv: list[str]) -> int:
                      human_bytes(paths[k].stat().st_size), conv_widths(model),
                      f"{run['seconds']:.1f}" if run else "-",
                      f"{run['peak_rss_mb']:.0f}" if run else "-"])
-    print(f"digits CNN, {args.epochs} epochs, --latency {args.latency} --max-drop {args.max_drop}; ratio "
-          f"{ours.get('ratio', '-')} (widths {ours.get('widths', '-')}, block {ours.get('block', '-')}); "
+    print(f"digits CNN, {args.epochs} epochs, --latency {args.latency} --max-drop {args.max_drop}; dropped "
+          f"{ours.get('dropped') or 'no block'}, ratio {ours.get('ratio', '-')} (widths {ours.get('widths', '-')}, block {ours.get('block', '-')}); "
           f"{cpu_name()}, {args.threads} thread(s), load average {os.getloadavg()[0]:.1f}")
     print(table(["model", "accuracy", "points", "b8 ms", "b8 ratio", "b1 ratio", "file", "conv widths", "wall s",
                  "peak RSS MB"], rows))
@@ -251,7 +256,7 @@ def main(argv: list[str]) -> int:
         if "error" in free:
             print(f"label-free {LABEL_FREE}: {free['error']}")
         else:
-            print(f"label-free {LABEL_FREE} (--size 0.3, 1 epoch, 32 random samples): cosine {free['cosine']:.4f}, "
+            print(f"label-free {LABEL_FREE} (--size 0.3, 1 epoch, {LABEL_FREE_TRAIN} random samples): cosine {free['cosine']:.4f}, "
                   f"size {free['size']:.3f}x, latency b1 {free['latency_b1']:.3f}x b8 {free['latency_b8']:.3f}x, "
                   f"{free['seconds']:.0f} s, peak RSS {free['peak_rss_mb']:.0f} MB; {free['message']}")
     return 0

@@ -8,8 +8,8 @@
 - INT4 weights, block 32: quantize-int4-weights (MatMulNBits, embedding tables included; auto = GPTQ
   where it measures less error, and rtn) vs ONNX Runtime's MatMulNBitsQuantizer (RTN, symmetric).
 
-Models: the digits CNN (build/models, labelled: accuracy) and MiniLM: build/models/minilm.onnx when the
-bench extra built it, else the corpus's all-MiniLM-L6-v2 (build/corpus/minilm_l6_int8.onnx, INT8
+Models: the digits CNN (build/models, labelled: accuracy) and MiniLM: build/models/minilm.onnx with its
+sentence data (minilm_calib.npz / minilm_test.npz, 64 tokens) when the bench extra built it, else the corpus's all-MiniLM-L6-v2 (build/corpus/minilm_l6_int8.onnx, INT8
 weight-only storage) folded back to float32 by ONNX Runtime's basic constant folding: a float model
 with MiniLM's real shapes and weights. Its data are the corpus recipe's (random token ids, 16 tokens):
 cosine of the last hidden state, mean over samples. Tool time is the wall time of the call in this
@@ -79,6 +79,10 @@ def minilm():
             ort.InferenceSession(str(REPO / "build" / "corpus" / "minilm_l6_int8.onnx"), opts,
                                  providers=["CPUExecutionProvider"])
             _clean_opsets(float_path)
+
+    if built.exists():  # the sentences models/minilm.py tokenized (64 tokens, padded)
+        with np.load(MODELS / "minilm_calib.npz") as c, np.load(MODELS / "minilm_test.npz") as t:
+            return name, float_path, {k: c[k] for k in c.files}, {k: t[k] for k in t.files}, None
 
     def feeds(n, seed):
         r = np.random.default_rng(seed)
@@ -197,7 +201,7 @@ def table(name: str, rows: list[dict]) -> str:
     return f"{name}\n" + "\n".join(lines)
 
 
-def run_model(make, rounds: int) -> tuple[str, list[dict]]:
+def run_model(make, rounds: int, auto: bool = False) -> tuple[str, list[dict]]:
     name, src, calib, test, labels = make()
     tag = Path(src).stem
     rows = [{"name": "float32", "path": src, "tool_s": None}]
@@ -212,6 +216,8 @@ def run_model(make, rounds: int) -> tuple[str, list[dict]]:
         rows.append({"name": label, "path": path, "tool_s": seconds})
 
     add("onnxcomp dynamic", ours, "quantize-dynamic")
+    # max_drop holds back the MatMuls whose dynamic INT8 costs the most (measured on the calibration data)
+    add("onnxcomp dynamic max_drop", ours, "quantize-dynamic{max_drop=0.008,sensitivity_samples=32}", calib)
     if "CNN" in name:
         add("onnxcomp dynamic +Conv", ours, "quantize-dynamic{op_types=[MatMul;Gemm;Conv]}")
     add("ORT quantize_dynamic", ort_dynamic, src)
@@ -222,6 +228,9 @@ def run_model(make, rounds: int) -> tuple[str, list[dict]]:
     add("onnxcomp int4 auto", ours, "quantize-int4-weights", calib)
     add("onnxcomp int4 rtn", ours, "quantize-int4-weights{method=rtn}")
     add("ORT MatMulNBits RTN", ort_int4, src)
+    if auto:
+        add("onnxcomp auto size", ours, "quantize-auto{max_drop=0.01}", calib)
+        add("onnxcomp auto latency", ours, "quantize-auto{max_drop=0.01,objective=latency}", calib)
     evaluate(rows, test, labels, rounds)
     return name, rows
 
@@ -231,13 +240,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--models", default="digits,minilm")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--auto", default="digits", help="models to also run quantize-auto on (slow: one trial "
+                                                           "per layer and format)")
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     print(f"CPU: {cpu()}; onnxruntime {__import__('onnxruntime').__version__}")
     makers = {"digits": digits, "minilm": minilm}
     results = {}
     for key in args.models.split(","):
-        name, rows = run_model(makers[key], args.rounds)
+        name, rows = run_model(makers[key], args.rounds, key in args.auto.split(","))
         print(table(name, rows), flush=True)
         results[key] = [{k: (str(v) if isinstance(v, Path) else v) for k, v in r.items()} for r in rows]
     if args.json:

@@ -6,12 +6,13 @@ For each model: the float model (cleanup + fold-bn, exact), onnxcomp `--target o
 and minmax), and ORT's quantize_static (QDQ, per-channel, after quant_pre_process) in several
 configurations, of which the best-accuracy one is "peer best" (its latency is compared). MiniLM (the
 real all-MiniLM-L6-v2, `python -m models.build`; needs the bench extra) gets the transformer table:
-onnxcomp as `--quantize int8` does it (old) and the `int8-transformer` preset (smooth-quant, INT8
-embedding tables; also with bias correction, and its TensorRT profile), ORT's U8 minmax static, its
-MatMul-only static and dynamic quantization, and NNCF (model_type TRANSFORMER, preset MIXED: its
-SmoothQuant and bias correction) when the `nncf` package imports. MiniLM quality is the mean cosine
-of the sentence embeddings (mean pooling over the attention mask) against FP32 on held-out sentences;
-its latency is at sequence length 128.
+onnxcomp as `--quantize int8 --target ort` does it (smooth-quant's folds, INT8 embedding tables), the
+same without them (before), with --bias-correction, and `--target tensorrt`; ORT's U8 minmax static,
+its other static configs, MatMul-only static and dynamic quantization, and NNCF (model_type
+TRANSFORMER, preset MIXED: its SmoothQuant and bias correction) when the `nncf` package imports;
+then the issue's short table (tool | cosine | b8 latency vs FP32 | file MB) from the same run.
+MiniLM quality is the mean cosine of the sentence embeddings (mean pooling over the attention mask)
+against FP32 on held-out sentences; its latency is at sequence length 128.
 
 Every quantization runs in its own subprocess (wall time and peak RSS of that process); latency is
 ONNX Runtime CPU, 2 threads, batch 1 and 8, models timed in interleaved rounds in one process (a

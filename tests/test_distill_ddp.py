@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from onnxcomp.distill import DistillOptions, distributed  # noqa: E402
-from onnxcomp.errors import InputError  # noqa: E402
+from onnxcomp.distill import DistillOptions, distributed
+from onnxcomp.errors import InputError
 
 
 def test_shards_cover_every_sample_once_and_are_equal():
@@ -47,7 +47,7 @@ def test_resume_continues_exactly_where_training_stopped(models_dir, tmp_path):
 
     teacher = models_dir / "mlp.onnx"
     data, val = _data(48), _data(16, 1)
-    base = dict(epochs=3, batch_size=16, lr=0.01, threads=1)
+    base = {"epochs": 3, "batch_size": 16, "lr": 0.01, "threads": 1}
     whole = onnxcomp.distill(teacher, teacher, data, DistillOptions(**base, checkpoint_dir=str(tmp_path / "a")),
                              val_data=val)
 
@@ -76,8 +76,8 @@ def test_resume_continues_exactly_where_training_stopped(models_dir, tmp_path):
 
 def _cli(tmp_path, *args):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "onnxcomp", "distill", *map(str, args)], capture_output=True,
-                          text=True, cwd=tmp_path, env=env, timeout=600)
+    return subprocess.run([sys.executable, "-m", "onnxcomp", "distill", *map(str, args)], check=False,
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
 
 
 def test_two_processes_train_on_shards_and_rank_zero_writes(models_dir, tmp_path):
@@ -113,3 +113,31 @@ def test_ranks_with_different_data_sizes_fail_in_one_line(models_dir, tmp_path):
     errors = [line for line in r.stderr.splitlines() if line.startswith("onnxcomp:")]
     assert len(errors) == 1 and "rank 1 sees 24 samples of training data, rank 0 sees 32" in errors[0], r.stderr
     assert "Traceback" not in r.stderr and not out.exists()
+
+
+def test_launch_refuses_a_batch_that_does_not_split_before_starting_anything(models_dir, tmp_path, capsys):
+    from onnxcomp.cli import main
+
+    np.savez(tmp_path / "train.npz", **_data(8))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["distill", "--teacher", str(models_dir / "mlp.onnx"), "--student", str(models_dir / "mlp.onnx"),
+              "--data", str(tmp_path / "train.npz"), "-o", str(tmp_path / "o.onnx"), "--nproc", "2",
+              "--batch-size", "7"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "multiple of 2" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.npz"]
+
+
+def test_launch_passes_on_the_options_given_and_nothing_else():
+    import click
+
+    from onnxcomp.cli.distill import command
+    from onnxcomp.distill.launch import command_line
+
+    args = ["--teacher", "t.onnx", "--student", "s.onnx", "--data", "d.npz", "-o", "o.onnx", "-T", "2",
+            "--no-keep-zeros", "--feature", "a=b", "--feature", "c", "--nproc", "3", "-vv"]
+    ctx = command.make_context("distill", list(args))
+    assert command_line(ctx, drop=("nproc",)) == [
+        "--teacher", "t.onnx", "--student", "s.onnx", "--data", "d.npz", "--output", "o.onnx",
+        "--temperature", "2.0", "--feature", "a=b", "--feature", "c", "--no-keep-zeros", "--verbose", "--verbose"]
+    assert isinstance(ctx, click.Context)

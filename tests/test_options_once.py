@@ -122,7 +122,7 @@ def test_bad_values_exit_2_with_one_line_before_any_work(digits_cnn, tmp_path):
 # ---------- shortcut flags need their pass; a pass is never added twice ----------
 
 OPTION_FLAG_VALUES = {"--importance": "l1", "--round-to": "4", "--global": None, "--sparsify-scope": "layer",
-                      "--calib-method": "entropy", "--calib-stats": "all.calib", "--calib-cache": "cache.txt", "--target": "tensorrt", "--exclude": "x",
+                      "--calib-method": "entropy", "--calib-stats": "all.calib", "--calib-cache": "cache.txt", "--objective": "latency", "--target": "tensorrt", "--exclude": "x",
                       "--exclude-op": "Conv", "--max-drop": "0.1",
                       "--quantize-embeddings": None, "--bias-correction": None}
 

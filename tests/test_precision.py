@@ -346,8 +346,9 @@ def test_quantize_flag_picks_the_pass_by_format_and_reports_fit_the_schema(digit
     from onnxcomp.cli.shortcuts import apply_shortcuts
     from onnxcomp.pipeline.text import format_pipeline, parse_pipeline
 
-    expected = {"int8": "insert-qdq", "dynamic": "quantize-dynamic", "fp16": "convert-float16",
-                "bf16": "convert-float16{dtype=bfloat16}", "int4": "quantize-int4-weights{target=tensorrt}"}
+    expected = {"int8": "insert-qdq{embeddings=true,smooth=true}", "dynamic": "quantize-dynamic",
+                "fp16": "convert-float16", "bf16": "convert-float16{dtype=bfloat16}",
+                "int4": "quantize-int4-weights{target=tensorrt}", "auto": "quantize-auto"}
     for value, spec in expected.items():
         args = ["m.onnx", "--quantize", value] + (["--target", "tensorrt"] if value == "int4" else [])
         params = dict(command.make_context("optimize", args).params)
@@ -356,7 +357,8 @@ def test_quantize_flag_picks_the_pass_by_format_and_reports_fit_the_schema(digit
     schema = read_schema((REPO / "docs" / "report-schema.md").read_text())
     calib = digits_cnn.parent / "digits_calib.npz"
     runs = {"dynamic": ["--quantize", "dynamic", "--max-drop", "0.02", "--calib", calib],
-            "fp16": ["--quantize", "fp16"], "int4": ["--quantize", "int4", "--calib", calib]}
+            "fp16": ["--quantize", "fp16"], "int4": ["--quantize", "int4", "--calib", calib],
+            "auto": ["--quantize", "auto", "--max-drop", "0.01", "--calib", calib]}
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = dict(zip(runs, pool.map(lambda kv: cli("optimize", digits_cnn, "-o", tmp_path / f"{kv[0]}.onnx",
                                                           "-q", "--report", tmp_path / f"{kv[0]}.json", *kv[1]),
@@ -388,3 +390,64 @@ def test_bad_command_lines_exit_2_with_one_line_and_write_nothing(digits_cnn, tm
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and fragment in lines[0], (args, result.stderr)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------- quantize-auto ----------
+
+@pytest.mark.parametrize("objective", ["size", "latency"])
+def test_auto_chooses_per_layer_within_the_budget_by_objective(objective):
+    model = encoder()
+    data = ids(64, seed=3)
+    out, records = run_pass(model, f"quantize-auto{{max_drop=0.02,objective={objective}}}", data=data)
+    report = details(records, "quantize-auto").details["quantize-auto"]
+    rows = {r["node"]: r for r in report["layers"]}
+    assert set(rows) == {"embed", "fc1", "fc2", "head"}
+    assert all(r["format"] in (*r["drop_alone"], "float") for r in rows.values())
+    # the drop reported is the chosen model's own, and it holds on the data it was measured on
+    measured = 1 - min_cosine(model, out, data)
+    assert report["drop"] <= 0.02 and measured <= 0.02 + 1e-6
+    assert report["weight_bytes_after"] < report["weight_bytes_before"]
+    quantized = [r for r in rows.values() if r["format"] != "float"]
+    assert quantized
+    if objective == "latency":  # int8 where its own drop allowed it: the fastest on ORT CPU
+        assert any(r["format"] == "int8" for r in quantized) and "MatMulInteger" in ops(out)
+    else:  # every layer takes the fewest bytes among the formats whose own drop fits the threshold
+        assert any(r["format"] == "int4" for r in quantized)
+
+
+def test_auto_under_a_budget_too_tight_keeps_the_sensitive_layers_float_or_exits_4():
+    from onnxcomp.errors import ToleranceError
+
+    model = encoder()
+    data = ids(64, seed=3)
+    loose, _ = run_pass(model, "quantize-auto{max_drop=0.05,formats=[int4]}", data=data)
+    try:
+        tight, records = run_pass(model, "quantize-auto{max_drop=0.002,formats=[int4]}", data=data)
+    except ToleranceError as exc:
+        assert "cannot be met" in str(exc)
+        return
+    rows = details(records, "quantize-auto").details["quantize-auto"]["layers"]
+    assert any(r["format"] == "float" for r in rows)
+    assert ops(tight).count("MatMulNBits") < ops(loose).count("MatMulNBits") + ops(loose).count("GatherBlockQuantized")
+
+
+def test_auto_refuses_bad_input_in_one_line(digits_cnn, tmp_path):
+    quantized, _ = run_pass(encoder(), "quantize-dynamic")
+    onnx.save(quantized, tmp_path / "q.onnx")
+    np.savez(tmp_path / "ids.npz", **ids(8))
+    calib = digits_cnn.parent / "digits_calib.npz"
+    out = tmp_path / "out" / "o.onnx"
+    out.parent.mkdir()
+    cases = [(["optimize", digits_cnn, "-o", out, "-q", "--quantize", "auto", "--calib", calib], "needs --max-drop"),
+             (["optimize", digits_cnn, "-o", out, "-q", "--quantize", "auto", "--max-drop", "0.01"], "needs sample data"),
+             (["optimize", tmp_path / "q.onnx", "-o", out, "-q", "--quantize", "auto", "--max-drop", "0.01",
+               "--calib", tmp_path / "ids.npz"], "already quantized"),
+             (["optimize", tmp_path / "q.onnx", "-o", out, "-q", "--quantize", "fp16"], "already quantized"),
+             (["optimize", digits_cnn, "-o", out, "--passes", "cleanup,quantize-auto{formats=[int2]}"], "int2"),
+             (["optimize", digits_cnn, "-o", out, "--quantize", "fp16", "--objective", "size"], "has no quantize-auto")]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda case: cli(*case[0]), cases))
+    for (args, fragment), result in zip(cases, results):
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and fragment in lines[0], (args, result.stderr)
+    assert list(out.parent.iterdir()) == []

@@ -98,3 +98,25 @@ def test_a_reshape_shape_shared_by_two_groups_is_rewritten_per_reader():
     feeds = random_feeds(model)
     got, want = run(out, feeds), run(model, feeds)
     assert got[whole].shape == want[whole].shape and got[logits].shape == want[logits].shape
+
+
+def test_resize_sizes_from_shape_slices_of_two_tensors():
+    # PaddleOCR's FPN: Resize(top, sizes=Concat(Shape(top)[0:2], Shape(lateral)[2:4])) then Concat with lateral:
+    # the lateral's Shape gives only spatial sizes, the top's gives the channel count the Resize must follow
+    net = Net(3)
+    lateral = net.unary(net.conv(net.x, 16))
+    top = net.unary(net.conv(net.node("MaxPool", [lateral], 16, kernel_shape=[2, 2], strides=[2, 2]), 16))
+    pieces = []
+    for t, (lo, hi) in ((top, (0, 2)), (lateral, (2, 4))):
+        shape = net.node("Shape", [t], 0)
+        pieces.append(net.node("Slice", [net.node("Cast", [shape], 0, to=onnx.TensorProto.INT32),
+                                         net.const_int("lo", [lo]), net.const_int("hi", [hi]),
+                                         net.const_int("ax", [0])], 0))
+    sizes = net.node("Cast", [net.node("Concat", pieces, 0, axis=0)], 0, to=onnx.TensorProto.INT64)
+    up = net.node("Resize", [top, "", "", sizes], 16, mode="nearest")
+    model = net.model(net.head(net.unary(net.conv(net.concat([up, lateral]), 16))))
+    out, report = prune(model, "ratio=0.5,round_to=4")
+    wide = [r for r in report.details["groups"] if r["channels"] == 16]
+    assert len(wide) == 3 and all(r["reason"] is None and r["after"] == 8 for r in wide), wide
+    feeds = random_feeds(model)
+    assert run(out, feeds)[out.graph.output[0].name].shape == run(model, feeds)[model.graph.output[0].name].shape

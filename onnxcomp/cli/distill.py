@@ -67,13 +67,12 @@ def command(teacher, teacher_weights, student, student_weights, data, val, outpu
     import sys
     from pathlib import Path
 
-    from onnxcomp.distill.distributed import World, WorldMismatch, from_env, local_batch
-    from onnxcomp.progress import logger
-
     from onnxcomp.distill import DistillOptions, parse_feature
+    from onnxcomp.distill.distributed import World, WorldMismatch, from_env, local_batch
     from onnxcomp.distill.loading import is_onnx_spec
     from onnxcomp.errors import InputError
     from onnxcomp.graph.save import same_file, save
+    from onnxcomp.progress import logger
 
     out = Path(output)
     for name, path in (("teacher", teacher), ("student", student), ("data", data), ("val", val)):

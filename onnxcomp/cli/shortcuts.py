@@ -51,6 +51,7 @@ SHORTCUTS: dict[str, tuple[str | None, str | None]] = {
     "--bias-correction": ("insert-qdq", "bias_correction"),
     "--calib-stats": ("insert-qdq", "stats"),
     "--calib-cache": ("insert-qdq", "calib_cache"),
+    "--objective": ("quantize-auto", "objective"),
     "--target": (None, "target"),
     "--exclude": (None, "exclude"),
     "--exclude-op": (None, "exclude_op"),
@@ -64,12 +65,12 @@ ADDING = ("--prune-channels", "--lowrank", "--sparsify", "--quantize", "--smooth
 MUST_PRECEDE = {
     "remove-channels": ("fold-bn", "sparsify-initializers", "smooth-quant", "insert-qdq", "quantize-dynamic",
                         "convert-float16",
-                        "quantize-int4-weights"),
+                        "quantize-int4-weights", "quantize-auto"),
     "factorize-lowrank": ("fold-bn", "sparsify-initializers", "smooth-quant", "insert-qdq", "quantize-dynamic",
                           "convert-float16",
-                          "quantize-int4-weights"),
+                          "quantize-int4-weights", "quantize-auto"),
     "sparsify-initializers": ("smooth-quant", "insert-qdq", "quantize-dynamic", "convert-float16",
-                              "quantize-int4-weights"),
+                              "quantize-int4-weights", "quantize-auto"),
     "smooth-quant": ("insert-qdq",),  # it rescales the float weights that insert-qdq then quantizes
 }
 # --quantize names a number format, not an option: format -> (the pass it adds, options it sets there).
@@ -81,6 +82,7 @@ QUANTIZE_FORMATS: dict[str, tuple[str, dict[str, str]]] = {
     "fp16": ("convert-float16", {}),
     "bf16": ("convert-float16", {"dtype": "bfloat16"}),
     "int4": ("quantize-int4-weights", {}),           # block-wise INT4 weights
+    "auto": ("quantize-auto", {}),                   # per layer int8/int4/fp16/float within --max-drop
 }
 QUANTIZE_CHOICES = tuple(QUANTIZE_FORMATS)
 

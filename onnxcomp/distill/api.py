@@ -121,7 +121,6 @@ def _run(teacher, student, data, options, val_data, teacher_weights, student_wei
     import torch
 
     from onnxcomp.distill import distributed
-
     from onnxcomp.distill.loading import is_onnx_spec, load_onnx, load_torch_module
     from onnxcomp.distill.onnx_to_torch import OnnxModule
     from onnxcomp.distill.renorm import renormalize

@@ -110,7 +110,7 @@ class ConvertFloat16Pass(Pass):
                              "convert the float32 model")
         exclude = exclusion(opts, graph, self.name)
         if target == "tensorrt" and opts.dtype == "bfloat16":
-            probe = _Conversion(opts, target, exclude)
+            probe = Float16Conversion(opts, target, exclude)
             probe.plan(graph)
             if probe.ort_missing:
                 raise InputError(f"{self.name}: bfloat16 compute for TensorRT: ONNX Runtime CPU has no bfloat16 kernel "
@@ -119,10 +119,10 @@ class ConvertFloat16Pass(Pass):
                                  "target ort (bfloat16 weights)")
         budget = None
         if opts.max_drop is not None:
-            units = _Conversion(opts, target, exclude).plan(graph)
-            budget = hold_back(self.name, graph, lambda g, held: _Conversion(opts, target, exclude, held).apply(g),
+            units = Float16Conversion(opts, target, exclude).plan(graph)
+            budget = hold_back(self.name, graph, lambda g, held: Float16Conversion(opts, target, exclude, held).apply(g),
                                units, ctx, opts.max_drop, opts.sensitivity_samples)
-        conversion = _Conversion(opts, target, exclude, frozenset(budget.held_back) if budget else frozenset())
+        conversion = Float16Conversion(opts, target, exclude, frozenset(budget.held_back) if budget else frozenset())
         conversion.apply(graph)
         report = PassReport(modified=bool(conversion.low_nodes or conversion.weights))
         for name, reason in conversion.kept:
@@ -175,7 +175,7 @@ def _element_types(graph) -> dict[str, int]:
     return types
 
 
-class _Conversion:
+class Float16Conversion:
     """One application of the pass: the precision of every node, then the edits."""
 
     def __init__(self, opts: ConvertFloat16Options, target: str, exclude, held: frozenset = frozenset()):

@@ -99,11 +99,11 @@ class QuantizeDynamicPass(Pass):
         report = PassReport()
         budget = None
         if opts.max_drop is not None:
-            trial = _Rewrite(opts, exclude, qmax)
+            trial = DynamicRewrite(opts, exclude, qmax)
             units = trial.eligible(graph)
-            budget = hold_back(self.name, graph, lambda g, held: _Rewrite(opts, exclude, qmax, held).apply(g),
+            budget = hold_back(self.name, graph, lambda g, held: DynamicRewrite(opts, exclude, qmax, held).apply(g),
                                units, ctx, opts.max_drop, opts.sensitivity_samples)
-        rewrite = _Rewrite(opts, exclude, qmax, frozenset(budget.held_back) if budget else frozenset())
+        rewrite = DynamicRewrite(opts, exclude, qmax, frozenset(budget.held_back) if budget else frozenset())
         rewrite.apply(graph)
         for name, reason in rewrite.skipped:
             report.skip(name, reason)
@@ -133,7 +133,7 @@ def needs_7bit_weights() -> bool:
     return bool(flags) and not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
 
 
-class _Rewrite:
+class DynamicRewrite:
     """One application of the pass to a graph: which nodes, and the edits."""
 
     def __init__(self, opts: QuantizeDynamicOptions, exclude, qmax: int, held: frozenset = frozenset()):

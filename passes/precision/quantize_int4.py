@@ -118,7 +118,7 @@ class QuantizeInt4WeightsPass(Pass):
         if opts.method == "gptq":
             require_data(ctx, self.name, "method gptq")
         exclude = exclusion(opts, graph, self.name)
-        plan = _Int4(opts, target, exclude)
+        plan = Int4Plan(opts, target, exclude)
         units = plan.eligible(graph)
         if units and (opts.method == "gptq" or (opts.method == "auto" and ctx.data is not None)):
             ctx.say(f"{self.name}: measuring layer inputs on {opts.calib_samples} samples")
@@ -144,7 +144,7 @@ class QuantizeInt4WeightsPass(Pass):
         return report
 
 
-class _Int4:
+class Int4Plan:
     """Which weights, their INT4 codes (computed once, reused by every max_drop trial), and the edits."""
 
     def __init__(self, opts: QuantizeInt4Options, target: str, exclude, held: frozenset = frozenset(),
@@ -155,8 +155,8 @@ class _Int4:
         self.rows: list[dict] = []
         self.skipped: list[tuple[str, str]] = []
 
-    def copy(self, held: frozenset) -> _Int4:
-        twin = _Int4(self.opts, self.target, self.exclude, held, self.cache)
+    def copy(self, held: frozenset) -> Int4Plan:
+        twin = Int4Plan(self.opts, self.target, self.exclude, held, self.cache)
         twin.hessians = self.hessians
         return twin
 
@@ -334,7 +334,7 @@ class _Int4:
         node.inputs[1] = out
 
 
-def _input_hessians(graph, plan: _Int4, data, samples: int, batch: int = 16) -> dict[str, np.ndarray]:
+def _input_hessians(graph, plan: Int4Plan, data, samples: int, batch: int = 16) -> dict[str, np.ndarray]:
     """H = X^T X / n for the input X of every eligible MatMul/Gemm, from the sample data (Samples) under ORT."""
     from onnxcomp.graph.convert import to_model
     from onnxcomp.measure.runtime import run, session

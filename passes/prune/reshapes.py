@@ -15,7 +15,14 @@ from dataclasses import replace
 import numpy as np
 
 from onnxcomp.passes.prune.mapping import Mapping, Unit
-from onnxcomp.passes.prune.shape_entries import dim, fixed_entries_stay, follow_entry, rank, shape_entry
+from onnxcomp.passes.prune.shape_entries import (
+    dim,
+    fixed_entries_stay,
+    follow_entry,
+    rank,
+    shape_entry,
+    sliced_positions,
+)
 
 
 def regroup(src, axis: int, m: Mapping, dst):
@@ -256,7 +263,7 @@ def shape(ex, node, side, index, m):
     _trace_size(ex, node.outputs[0], m.axis - start, node.inputs[0].name, m.axis, ex.key(node), 0)
 
 
-SIZE_SINKS = {"Reshape": 1, "ConstantOfShape": 0, "Expand": 1}  # op -> the input that takes a shape
+SIZE_SINKS = {"Reshape": 1, "ConstantOfShape": 0, "Expand": 1, "Resize": 3}  # op -> the input that takes a shape
 
 
 def _trace_size(ex, tensor, k: int, name: str, axis: int, what: str, depth: int):
@@ -277,6 +284,12 @@ def _trace_size(ex, tensor, k: int, name: str, axis: int, what: str, depth: int)
                     _trace_size(ex, consumer.outputs[0], j, name, axis, what, depth + 1)
         elif op in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
             _trace_size(ex, consumer.outputs[0], k, name, axis, what, depth + 1)
+        elif op == "Slice" and consumer.inputs[0] is tensor:
+            picked = sliced_positions(ex, consumer)
+            if picked is None:
+                ex.refuse(f"{what}: the channel count is read by Shape (used by Slice {ex.key(consumer)})")
+            if k in picked:  # else the Slice drops the entry, e.g. shape[2:4] for a Resize
+                _trace_size(ex, consumer.outputs[0], picked.index(k), name, axis, what, depth + 1)
         elif op == "Concat":
             before = 0
             for part in consumer.inputs:
@@ -288,3 +301,4 @@ def _trace_size(ex, tensor, k: int, name: str, axis: int, what: str, depth: int)
                 before += n
         else:
             ex.refuse(f"{what}: the channel count is read by Shape (used by {op} {ex.key(consumer)})")
+

@@ -69,6 +69,11 @@ def shape_entry(ex, tensor, k: int, use, depth: int = 0) -> Entry | None:
         return None
     if (node.op in PIECE_OPS or node.op == "Reshape" and ex.size(node.inputs[0]) == 1) and k == 0:
         return shape_entry(ex, node.inputs[0], 0, (ex.key(node), 0), depth + 1)
+    if node.op in ("Cast", "Identity"):  # entry by entry
+        return shape_entry(ex, node.inputs[0], k, (ex.key(node), 0), depth + 1)
+    if node.op == "Slice":  # shape[0:2] of one tensor joined with shape[2:4] of another (Resize sizes)
+        source = _slice_source(ex, node, k)
+        return None if source is None else shape_entry(ex, node.inputs[0], source, (ex.key(node), 0), depth + 1)
     if node.op == "Mul" and k == 0 and all(ex.size(t) == 1 for t in node.inputs):
         a, b = (shape_entry(ex, t, 0, (ex.key(node), i), depth + 1) for i, t in enumerate(node.inputs))
         size, factor = (a, b) if b is not None and b.kind == "const" else (b, a)
@@ -85,6 +90,22 @@ def shape_entry(ex, tensor, k: int, use, depth: int = 0) -> Entry | None:
         axis = _shape_axis(ex, data, int(np.reshape(idx, -1)[k]))
         return None if axis is None else Entry("size", source=data.inputs[0], axis=axis)
     return None
+
+
+def sliced_positions(ex, node) -> list[int] | None:
+    """The entries of a 1-D vector that Slice `node` keeps, in order (constant bounds), else None."""
+    n = ex.size(node.inputs[0])
+    params = [ex.const_values(t) if t.name else None for t in node.inputs[1:5]]
+    params += [None] * (4 - len(params))
+    starts, ends, axes, steps = (None if v is None else int(np.reshape(v, -1)[0]) for v in params)
+    if starts is None or ends is None or n is None or axes not in (None, 0, -1) or steps == 0:
+        return None
+    return list(range(n))[slice(starts, ends, steps or 1)]
+
+
+def _slice_source(ex, node, k: int) -> int | None:
+    picked = sliced_positions(ex, node)
+    return picked[k] if picked is not None and 0 <= k < len(picked) else None
 
 
 def _shape_axis(ex, shape_node, k: int) -> int | None:

@@ -10,7 +10,7 @@ import numpy as np
 from onnxcomp.errors import InputError
 from onnxcomp.graph.edit import node_key
 from onnxcomp.passes.qdq.bias_correction import correct_biases, find_layers, float_weights
-from onnxcomp.passes.qdq.calibration.ranges import Method
+from onnxcomp.passes.qdq.calibration.ranges import Method, default_method
 from onnxcomp.passes.qdq.cast_dequant import dequantize_cast_weights
 from onnxcomp.passes.qdq.edge_casts import move_casts_to_edge
 from onnxcomp.passes.qdq.embedding import eligible_gathers, quantize_tables
@@ -45,8 +45,9 @@ _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLin
 
 @dataclass(frozen=True)
 class InsertQdqOptions:
-    method: Method = field(
-        default="minmax", metadata={"help": "activation range choice (auto: per tensor the lowest error)"})
+    method: Optional[Method] = field(
+        default=None, metadata={"help": "activation range choice (auto: per tensor the lowest error); default "
+                                        "percentile for target tensorrt (symmetric INT8), minmax for ort"})
     target: Optional[Target] = target_option()
     scheme: Literal["auto", "full", "inputs"] = field(
         default="auto", metadata={"help": "ort placement: full (all int8 kernels), inputs (MatMul/Gemm inputs "
@@ -107,8 +108,8 @@ class InsertQdqPass(Pass):
     def run(self, graph, ctx: PassContext) -> PassReport:
         from onnxcomp.graph.convert import to_model
 
-        opts = self.options
-        target = opts.target or ctx.target or "ort"
+        target = self.options.target or ctx.target or "ort"
+        opts = _with_method(self.options, target)
         _check_model(graph, ctx, opts)
         report = PassReport()
         exclude = Exclusion(tuple(opts.exclude), tuple(opts.exclude_op))
@@ -174,6 +175,12 @@ def _smooth(graph, ctx: PassContext, opts: InsertQdqOptions, target: str, report
         report.details["smooth-quant"] = details
 
 
+def _with_method(opts: InsertQdqOptions, target: str) -> InsertQdqOptions:
+    from dataclasses import replace
+
+    return opts if opts.method else replace(opts, method=default_method(activation_format(target).symmetric))
+
+
 def _placement(opts: InsertQdqOptions, target: str, exclude: Exclusion) -> PlacementOptions:
     return PlacementOptions(target=target, scheme=opts.scheme, per_channel=opts.per_channel,
                             op_types=tuple(opts.op_types), exclude=exclude)
@@ -219,7 +226,7 @@ def _range_tensors(plan: QdqPlacement) -> list[str]:
 
 def histogram_bins(method: str) -> int:
     """Histogram bins calibration keeps for `method`: minmax needs none, which makes it several times cheaper."""
-    return 0 if method == "minmax" else 2048
+    return 0 if method == "minmax" else 2048  # None (the target's default, not known here): keep histograms
 
 
 def _check_model(graph, ctx: PassContext, opts: InsertQdqOptions) -> None:

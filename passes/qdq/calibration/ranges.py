@@ -83,9 +83,20 @@ class TensorRange:
         return out
 
 
-def choose_ranges(stats: CalibrationStats, method: str = "minmax", percentile: float = 99.99,
+def default_method(symmetric: bool) -> str:
+    """percentile for symmetric INT8 (TensorRT), minmax for asymmetric UINT8 (ORT CPU).
+
+    With no zero point to shift, one outlier sets a symmetric scale for both signs (a HardSwish
+    output reaching 29 once gets steps of 0.23 for values mostly below 1). Measured on the corpus
+    (tensorrt target, 16 held-out calls): percentile beat minmax on all six models tried (picodet
+    0.77 -> 0.99 cosine); for the ORT target it lost on one (vcb_captcha 0.9955 -> 0.9922)."""
+    return "percentile" if symmetric else "minmax"
+
+
+def choose_ranges(stats: CalibrationStats, method: str | None = "minmax", percentile: float = 99.99,
                   symmetric: bool = False, bits: int = 8, names=None) -> dict[str, TensorRange]:
-    """A TensorRange per tensor in `stats` (or per name in `names`)."""
+    """A TensorRange per tensor in `stats` (or per name in `names`); method None: default_method."""
+    method = method or default_method(symmetric)
     if method not in METHODS:
         raise InputError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
     if not 0.0 < percentile <= 100.0:

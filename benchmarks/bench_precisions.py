@@ -217,7 +217,7 @@ def run_model(make, rounds: int, auto: bool = False) -> tuple[str, list[dict]]:
 
     add("onnxcomp dynamic", ours, "quantize-dynamic")
     # max_drop holds back the MatMuls whose dynamic INT8 costs the most (measured on the calibration data)
-    add("onnxcomp dynamic max_drop", ours, "quantize-dynamic{max_drop=0.008,sensitivity_samples=32}", calib)
+    add("onnxcomp dynamic max_drop", ours, "quantize-dynamic{max_drop=0.01,sensitivity_samples=64}", calib)
     if "CNN" in name:
         add("onnxcomp dynamic +Conv", ours, "quantize-dynamic{op_types=[MatMul;Gemm;Conv]}")
     add("ORT quantize_dynamic", ort_dynamic, src)

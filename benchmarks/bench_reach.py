@@ -99,7 +99,9 @@ def _unshare(graph) -> None:
             out = node.outputs[0]
             const = gs.Constant(out.name + "__filled", np.full([int(d) for d in shape.values], value))
             for reader in list(out.outputs):
-                reader.inputs[:] = [const if t is out else t for t in reader.inputs]
+                for i, t in enumerate(list(reader.inputs)):
+                    if t is out:
+                        reader.inputs[i] = const
             node.outputs.clear()
     graph.cleanup()
     readers = collections.defaultdict(list)

@@ -16,13 +16,15 @@ The order is the point, and each step is verified before the next:
 8. the target's checks (`onnxcomp check --target`).
 
 The goal chooses the pruning by measurement, not by MAC counts. Candidates - pruning ratios with
-uniform and global channel ranking, widths rounded to the host's measured channel block - are built
-in the form they would ship in (folded, quantized) and measured: latency under ONNX Runtime at
-`batch` against the input (interleaved rounds, see onnxcomp.measure.latency) or serialized bytes.
-The least-pruned candidate that meets the goal is trained. When its recovered drop misses max_drop
-the search backs off: it bisects the measured candidates between that one and no pruning at all,
-training each it tries, and keeps the most compressed one within max_drop (the goal is then missed,
-and the result says what was reached). When even no pruning misses max_drop, ToleranceError.
+uniform and global channel ranking, widths rounded to the host's measured channel block, each with
+and without the droppable residual branches (onnxcomp.graph.residual) - are built in the form they
+would ship in (folded, quantized; thin-input convolutions in float when measured faster) and
+measured: latency under ONNX Runtime at `batch` against the input (interleaved rounds, see
+onnxcomp.measure.latency) or serialized bytes. The least-pruned candidate that meets the goal is
+trained. When its recovered drop misses max_drop, one more that meets the goal is tried, then the
+search backs off to less compressed candidates, nearest the goal first, training each it tries, and
+keeps the most compressed one within max_drop (the goal is then missed, and the result says what
+was reached). When even no pruning misses max_drop, ToleranceError.
 """
 
 from __future__ import annotations

@@ -64,7 +64,8 @@ def test_two_shards_merged_equal_one_run_over_the_union_and_quantize_identically
         code, out, err = onnxcomp(capsys, "calibrate", digits_cnn, "--data", data, "-o", tmp_path / f"{name}.calib",
                                   *method)
         assert code == 0, err
-    assert ("calibrated 15 tensors through cleanup,fold-bn,insert-qdq{method=entropy} on 96 samples "
+    assert ("calibrated 15 tensors through cleanup,fold-bn,insert-qdq{method=entropy,embeddings=true,smooth=true} "
+            "on 96 samples "
             "(6 batches of up to 16)") in out
     merged = tmp_path / "merged.calib"
     code, out, err = onnxcomp(capsys, "calibrate", "--merge", tmp_path / "s1.calib", tmp_path / "s2.calib",

@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from onnxcomp.passes.qdq.calibration.cache_formats import read_cache, write_ort_
 
 def test_trt_cache_holds_the_big_endian_float32_scale_amax_over_127(tmp_path):
     path = write_trt_cache({"x": (-63.5, 10.0), "y": (0.0, 127.0)}, tmp_path / "cache.txt")
-    lines = open(path).read().splitlines()
+    lines = Path(path).read_text().splitlines()
     assert lines[0].startswith("TRT-") and lines[0].endswith("EntropyCalibration2")
     assert lines[1:] == ["x: 3f000000", "y: 3f800000"]  # 0.5 and 1.0 as float32 bits
     assert read_cache(path) == {"x": (-63.5, 63.5), "y": (-127.0, 127.0)}  # symmetric when read back

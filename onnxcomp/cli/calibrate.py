@@ -7,6 +7,10 @@ insert-qdq would collect inside `optimize` given the same pipeline flags: the sa
 first, the same tensors are fetched together, the data is cut into the same batches. So the merge
 equals one calibration over the union of the shards (split at multiples of the batch size), and
 the quantized model equals the one `--calib UNION` gives, byte for byte.
+
+`--export-trt cache.txt` / `--export-ort calibration.json` also write the ranges insert-qdq would
+choose as a TensorRT calibration cache / ORT's calibration table (passes/qdq/calibration/cache_formats.py),
+for trtexec or ORT's TensorRT provider; `optimize --calib-cache FILE` reads either back.
 """
 
 from __future__ import annotations
@@ -168,9 +172,9 @@ class CollectStats(Pass):
         from onnxcomp.graph.convert import to_model
         from onnxcomp.passes.qdq.calibration import collect_stats
         from onnxcomp.passes.qdq.calibration.stats import data_signature
-        from onnxcomp.passes.qdq.insert_qdq import calibrated_tensors, histogram_bins
+        from onnxcomp.passes.qdq.insert_qdq import calibrated_tensors, histogram_bins, with_default_method
 
-        opts = self.options
+        opts = with_default_method(self.options, self.options.target or ctx.target or "ort")
         tensors = calibrated_tensors(graph, opts, ctx)
         if not tensors:
             from onnxcomp.errors import InputError

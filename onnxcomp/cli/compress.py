@@ -37,7 +37,7 @@ REPORT_SUFFIXES = (".json", ".html")
 @click.option("--epochs", default=4, show_default=True, help="Distillation epochs per trained candidate.")
 @click.option("--batch", default=8, show_default=True, help="Batch size the latency goal is measured at.")
 @click.option("--backoff", default=2, show_default=True,
-              help="Extra candidates trained (bisecting towards less pruning) when --max-drop is missed.")
+              help="Extra candidates trained (one more within the goal, then towards less pruning) when --max-drop is missed.")
 @click.option("--threads", default=1, show_default=True, help="CPU threads for training and for timing.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--report", "reports", multiple=True, type=click.Path(dir_okay=False), metavar="r.json|r.html",

@@ -43,7 +43,7 @@ class FactorizeLowRankOptions:
     sensitivity: Literal["model", "layer"] = field(default="model", metadata={
         "help": "with sample data, how the ranks are shared out: model = by the drop of the model's outputs each "
                 "layer causes alone (one measured run per layer), layer = by the layers' own output errors"})
-    refit: bool = field(default=True, metadata={
+    refit: bool = field(default=False, metadata={
         "help": "with sample data, fit each layer's factors in graph order on the inputs the already-factorized "
                 "layers give it (the errors do not add up through the depth)"})
     exclude: tuple[str, ...] = exclude_option()

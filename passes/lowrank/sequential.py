@@ -4,8 +4,10 @@ Fitting every layer on the original model's inputs ignores that the layers befor
 factorized too: its inputs drift, and the errors add up through the depth. Here the layers go in
 graph order, one stage (the layers reading one tensor: q, k, v) at a time. With X the stage's
 input in the original model and X' the same input in the model factorized so far, the layer's
-new weight minimizes ||X' W' - X W||: the full-rank optimum is W* = (X'^T X')^-1 X'^T X W, and the
-rank-r factors are the SVD of W* whitened by X'^T X' (factors.spectrum). One run of the
+new weight minimizes ||X' W' - X W||^2 + lambda ||W' - W||^2: the full-rank optimum is
+W* = (X'^T X' + lambda)^-1 (X'^T X W + lambda W), and the rank-r factors are the SVD of W* whitened
+by X'^T X' (factors.spectrum). Without the pull towards W (lambda) the fit overfits a few hundred
+sentences: measured on MiniLM at 0.75 kept, 0.893 mean cosine against 0.933 without refitting. One run of the
 original and one of the model so far per stage.
 """
 
@@ -18,7 +20,7 @@ from onnxcomp.passes.lowrank.factors import spectrum
 from onnxcomp.passes.lowrank.layers import as_matrix
 from onnxcomp.passes.lowrank.ranks import WHOLE
 
-DAMPING_CROSS = 1e-3  # ridge of the least-squares fit of W*, of the mean diagonal of X'^T X'
+DAMPING_CROSS = 0.1  # pull of W* towards W, of the mean diagonal of X'^T X' (a free fit overfits the samples)
 
 
 def corrected_spectra(before, layers, weights: dict, ranks: dict, spectra: dict, data, build,
@@ -44,7 +46,7 @@ def corrected_spectra(before, layers, weights: dict, ranks: dict, spectra: dict,
             own, cross = sums[layer.node]
             w = as_matrix(layer.op, weights[layer.node], layer.attrs)
             ridge = np.eye(len(own)) * DAMPING_CROSS * max(float(np.mean(np.diag(own))), 1e-12)
-            target = np.linalg.solve(own + ridge, cross @ w)
+            target = np.linalg.solve(own + ridge, cross @ w + ridge @ w)
             spectra[layer.node] = spectrum(target, own)
             done[layer.node] = ranks[layer.node]
         if (i + 1) % 4 == 0 or i + 1 == len(stages):

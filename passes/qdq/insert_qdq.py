@@ -109,7 +109,7 @@ class InsertQdqPass(Pass):
         from onnxcomp.graph.convert import to_model
 
         target = self.options.target or ctx.target or "ort"
-        opts = _with_method(self.options, target)
+        opts = with_default_method(self.options, target)
         _check_model(graph, ctx, opts)
         report = PassReport()
         exclude = Exclusion(tuple(opts.exclude), tuple(opts.exclude_op))
@@ -175,7 +175,8 @@ def _smooth(graph, ctx: PassContext, opts: InsertQdqOptions, target: str, report
         report.details["smooth-quant"] = details
 
 
-def _with_method(opts: InsertQdqOptions, target: str) -> InsertQdqOptions:
+def with_default_method(opts: InsertQdqOptions, target: str) -> InsertQdqOptions:
+    """`opts` with its calibration method set: the target's default when none was given."""
     from dataclasses import replace
 
     return opts if opts.method else replace(opts, method=default_method(activation_format(target).symmetric))

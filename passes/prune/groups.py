@@ -426,7 +426,7 @@ def _check_shared_constants(graph, groups: list[ChannelGroup]) -> None:
             if _copyable(m, nodes, weight_ok) and not {u for u in outside if u[0].startswith("<")}:
                 group.members[i] = replace(m, private=True)
                 continue
-            node, slot = sorted(outside or uses[m.tensor] - {m.use})[0]
+            node, slot = min(outside or uses[m.tensor] - {m.use})
             group.reason = (f"constant {m.tensor} is also read by {node} (input {slot}) outside the group"
                             if outside else f"constant {m.tensor} is read by {node} (input {slot}) sliced another way")
             break

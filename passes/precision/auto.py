@@ -26,9 +26,10 @@ import numpy as np
 
 from onnxcomp.errors import InputError, ToleranceError
 from onnxcomp.graph.edit import node_key
+from onnxcomp.measure.host import host_needs_reduced_range
 from onnxcomp.passes.precision.common import constant_input, exclusion, refuse_quantized, require_data
 from onnxcomp.passes.precision.convert_float16 import ConvertFloat16Options, Float16Conversion
-from onnxcomp.passes.precision.quantize_dynamic import DynamicRewrite, QuantizeDynamicOptions, needs_7bit_weights
+from onnxcomp.passes.precision.quantize_dynamic import DynamicRewrite, QuantizeDynamicOptions
 from onnxcomp.passes.precision.quantize_int4 import Int4Plan, QuantizeInt4Options
 from onnxcomp.pipeline.options import (
     Range,
@@ -170,7 +171,7 @@ class _Rewrites:
         self.dynamic = QuantizeDynamicOptions(op_types=("MatMul", "Gemm", "Gather"))
         self.int4 = QuantizeInt4Options(block_size=opts.block_size, method="rtn", target=target)
         self.fp16 = ConvertFloat16Options(target=target)
-        self.qmax = 63 if needs_7bit_weights() else 127
+        self.qmax = 63 if host_needs_reduced_range() else 127
         self.none = NO_EXCLUSION
         self.int4_cache: dict = {}
         candidates = {"int8": set(), "int4": set(), "fp16": set()}

@@ -26,6 +26,7 @@ import numpy as np
 
 from onnxcomp.errors import InputError
 from onnxcomp.graph.edit import NameGen, node_key
+from onnxcomp.measure.host import host_needs_reduced_range
 from onnxcomp.passes.precision.common import (
     budget_details,
     constant_input,
@@ -95,7 +96,7 @@ class QuantizeDynamicPass(Pass):
             raise InputError(TENSORRT_REFUSAL)
         refuse_quantized(graph, self.name)
         exclude = exclusion(opts, graph, self.name)
-        qmax = 63 if (opts.reduce_range if opts.reduce_range is not None else needs_7bit_weights()) else 127
+        qmax = 63 if (opts.reduce_range if opts.reduce_range is not None else host_needs_reduced_range()) else 127
         report = PassReport()
         budget = None
         if opts.max_drop is not None:
@@ -117,20 +118,6 @@ class QuantizeDynamicPass(Pass):
             details["budget"] = budget_details(budget, opts.max_drop)
         report.details[self.name] = details
         return report
-
-
-def needs_7bit_weights() -> bool:
-    """True on x86 CPUs without VNNI: ORT's u8s8 GEMM there adds u8*s8 pairs in int16 (saturating)."""
-    import platform
-
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return bool(flags) and not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
 
 
 class DynamicRewrite:

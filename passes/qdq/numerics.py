@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxcomp.graph.op_facts import output_axis
+from onnxcomp.measure.host import host_needs_reduced_range  # noqa: F401 - the wing's users import it from here
 
 WEIGHT_QMAX = 127  # narrow range: symmetric around 0, portable to TensorRT (TRT-10)
 # 7-bit weights: ORT's u8s8 kernels on x86 without VNNI add u8*s8 pairs in int16 (vpmaddubsw),
@@ -173,23 +174,6 @@ class QuantizedWeight:
     scale: np.ndarray  # float32, shape [channels] or scalar
     axis: int | None
     sqnr_db: float
-
-
-def host_needs_reduced_range() -> bool:
-    """True on x86 CPUs without VNNI, where ORT's u8s8 int8 GEMM can saturate (see REDUCED_WEIGHT_QMAX)."""
-    import platform
-
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
-    except OSError:
-        pass
-    return False
 
 
 def quantize_weight(w: np.ndarray, axis: int | None, qmax: int = WEIGHT_QMAX) -> QuantizedWeight:

@@ -1,0 +1,26 @@
+"""What the host's CPU means for the formats we write: read once from the machine, never assumed."""
+
+from __future__ import annotations
+
+import functools
+import platform
+
+# Instructions that multiply u8 x s8 and add into int32 without an int16 step.
+_VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+@functools.lru_cache(maxsize=1)
+def host_needs_reduced_range() -> bool:
+    """True on x86 CPUs without VNNI: ONNX Runtime's u8s8 int8 GEMM there adds pairs of u8*s8
+    products in int16 (vpmaddubsw), which saturates with full-range weights, so INT8 weights for
+    ONNX Runtime on such a host keep to 7 bits. False elsewhere (VNNI hosts, ARM)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return not set(line.split(":", 1)[1].split()) & _VNNI_FLAGS
+    except OSError:
+        pass
+    return False

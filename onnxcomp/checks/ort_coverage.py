@@ -36,17 +36,14 @@ def ort_coverage(model: onnx.ModelProto | str | Path) -> dict:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        from onnxcomp.graph.weights import store, uses_store
+        from onnxcomp.graph.weights import staged
 
-        staged = store().temp_model(model) if isinstance(model, onnx.ModelProto) and uses_store(model) else None
-        try:  # weights kept on disk are read where they are (graph/weights.py)
-            source = str(staged) if staged else model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-            ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise InputError(f"ONNX Runtime cannot load the model: {first_line(exc)}") from None
-        finally:
-            if staged is not None:
-                staged.unlink(missing_ok=True)
+        with staged(model) as path:  # weights kept on disk are read where they are (graph/weights.py)
+            try:
+                source = str(path) if path else model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+                ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+            except Exception as exc:
+                raise InputError(f"ONNX Runtime cannot load the model: {first_line(exc)}") from None
         optimized = onnx.load(opts.optimized_model_filepath, load_external_data=False)
     nodes = list(optimized.graph.node)
     return {

@@ -16,6 +16,8 @@ ONNXCOMP_ON_DISK_BYTES overrides it, for tests); everything else is loaded as be
 from __future__ import annotations
 
 import atexit
+import contextlib
+import functools
 import itertools
 import os
 import shutil
@@ -84,18 +86,32 @@ class Store:
         return external_stub(name, onnx.helper.np_dtype_to_tensor_dtype(data.dtype), data.shape,
                              self._spill_name, offset, data.nbytes)
 
+    def new_path(self, kind: str, suffix: str) -> Path:
+        """A fresh file name in the store folder."""
+        return self.dir / f"{_PREFIX}{kind}{next(self._names)}{suffix}"
+
     def path(self, location: str) -> Path:
         return self.files[location]
 
-    def temp_model(self, model: onnx.ModelProto) -> Path:
-        """Write `model` (references only) into the store folder, where ONNX Runtime and the checker
-        find its data; the caller deletes the file."""
-        path = self.dir / f"{_PREFIX}model{next(self._names)}.onnx"
-        path.write_bytes(model.SerializeToString())
-        return path
 
 
 _store: Store | None = None
+
+
+@contextlib.contextmanager
+def staged(model):
+    """A path for ONNX Runtime or the checker to open `model` by when its weights are in the store
+    (written into the store folder, where its data is, and deleted after), else None: callers then
+    use the model as they would."""
+    if not isinstance(model, onnx.ModelProto) or not uses_store(model):
+        yield None
+        return
+    path = store().new_path("model", ".onnx")
+    path.write_bytes(model.SerializeToString())
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def store() -> Store:
@@ -186,15 +202,11 @@ def bytes_of(tensor: onnx.TensorProto, chunk: int = 64 * 1024**2):
 
 # ---- the graph side: Constants whose values stay on disk --------------------------------------
 
-def _gs():
+@functools.cache
+def _classes() -> tuple[type, type]:
+    """(DiskValues, DiskConstant), made on first use: onnx-graphsurgeon is imported only by commands
+    that edit graphs."""
     import onnx_graphsurgeon as gs
-
-    return gs
-
-
-def disk_values_type():
-    gs = _gs()
-
     from onnx_graphsurgeon.ir.tensor import LazyValues
 
     class DiskValues(LazyValues):
@@ -203,21 +215,13 @@ def disk_values_type():
         def load(self):
             return read(self.tensor)
 
-    return DiskValues
-
-
-def disk_constant_type():
-    gs = _gs()
-
     class DiskConstant(gs.Constant):
         """A Constant whose DiskValues are read each time `values` is asked for, never cached: a pass
         reading every weight once must not end up holding them all."""
 
         @property
         def values(self):
-            if isinstance(self._values, _DiskValues()):
-                return self._values.load()
-            return self._values
+            return self._values.load() if isinstance(self._values, DiskValues) else self._values
 
         @values.setter
         def values(self, values):
@@ -226,26 +230,19 @@ def disk_constant_type():
         def copy(self):
             return DiskConstant(self.name, self._values, export_dtype=self._export_dtype)
 
-    return DiskConstant
+    return DiskValues, DiskConstant
 
 
-_types: dict[str, type] = {}
-
-
-def _DiskValues():  # noqa: N802 - a class, made once onnx-graphsurgeon is imported
-    if "values" not in _types:
-        _types["values"] = disk_values_type()
-    return _types["values"]
-
-
-def _DiskConstant():  # noqa: N802
-    if "constant" not in _types:
-        _types["constant"] = disk_constant_type()
-    return _types["constant"]
+def _on_disk_values(constant, tensor: onnx.TensorProto) -> None:
+    """Make `constant` read `tensor` (a store tensor) on each access."""
+    disk_values, disk_constant = _classes()
+    constant._values = disk_values(tensor)
+    constant.__class__ = disk_constant
 
 
 def _constants(graph):
-    gs = _gs()
+    import onnx_graphsurgeon as gs
+
     for g in [graph, *graph.subgraphs(recursive=True)]:
         for tensor in g.tensors().values():
             if isinstance(tensor, gs.Constant):
@@ -259,12 +256,10 @@ def attach(graph) -> int:
     from onnx_graphsurgeon.ir.tensor import LazyValues
 
     count = 0
+    disk_values = _classes()[0]
     for c in _constants(graph):
-        values = c._values
-        if isinstance(values, LazyValues) and not isinstance(values, _DiskValues()) and in_store(values.tensor):
-            c._values = _DiskValues()(values.tensor)
-        if isinstance(c._values, _DiskValues()):
-            c.__class__ = _DiskConstant()
+        if isinstance(c._values, LazyValues) and (isinstance(c._values, disk_values) or in_store(c._values.tensor)):
+            _on_disk_values(c, c._values.tensor)
             count += 1
     if count:
         graph._weights_on_disk = True  # noqa: SLF001 - read by on_disk() only; a pass may replace every weight
@@ -274,7 +269,8 @@ def attach(graph) -> int:
 def on_disk(graph) -> bool:
     if _store is None:
         return False
-    return getattr(graph, "_weights_on_disk", False) or any(isinstance(c._values, _DiskValues()) for c in _constants(graph))
+    disk_values = _classes()[0]
+    return getattr(graph, "_weights_on_disk", False) or any(isinstance(c._values, disk_values) for c in _constants(graph))
 
 
 def spill(graph) -> int:
@@ -282,24 +278,24 @@ def spill(graph) -> int:
     returns the bytes written. Does nothing for a graph that is not on disk."""
     if not on_disk(graph):
         return 0
-    written = 0
-    for c in _constants(graph):
-        values = c._values
-        if isinstance(values, np.ndarray) and values.nbytes >= TENSOR_MIN_BYTES and _plain_dtype(values.dtype):
-            c._values = _DiskValues()(store().write(c.name, values))
-            c.__class__ = _DiskConstant()
-            written += values.nbytes
-    return written
+    return sum(_write_out(c, c._values) for c in _constants(graph))
 
 
 def store_values(constant, array: np.ndarray) -> None:
     """Give a Constant new values; in a graph whose weights stay on disk a big array goes to the
     store at once, so a pass rewriting every weight holds one at a time, not all of them."""
     constant.values = array
-    if _store is not None and isinstance(array, np.ndarray) and array.nbytes >= TENSOR_MIN_BYTES \
-            and _plain_dtype(array.dtype):
-        constant._values = _DiskValues()(store().write(constant.name, array))
-        constant.__class__ = _DiskConstant()
+    if _store is not None:
+        _write_out(constant, array)
+
+
+def _write_out(constant, values) -> int:
+    """Move a big plain array into the store and make `constant` refer to it; the bytes written (0 for
+    anything else)."""
+    if not (isinstance(values, np.ndarray) and values.nbytes >= TENSOR_MIN_BYTES and _plain_dtype(values.dtype)):
+        return 0
+    _on_disk_values(constant, store().write(constant.name, values))
+    return values.nbytes
 
 
 def _plain_dtype(dtype) -> bool:

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from onnxcomp.errors import InputError, first_line, require
-from onnxcomp.graph.weights import store, uses_store
+from onnxcomp.graph.weights import staged, uses_store
 from onnxcomp.graph.signature import InputSpec, index_limits, input_specs, resolve_shape
 from onnxcomp.measure.samples import Samples, as_samples, one_call
 
@@ -189,11 +189,8 @@ def _store_session(model: onnx.ModelProto, opts):
     import onnxruntime as ort
 
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    path = store().temp_model(model)
-    try:
+    with staged(model) as path:
         return _checked(ort.InferenceSession(str(path), opts, providers=list(_providers)))
-    finally:
-        path.unlink(missing_ok=True)
 
 
 def _checked(sess):

@@ -10,17 +10,13 @@ def checker_problem(model) -> str | None:
     import onnx
 
     from onnxcomp.errors import first_line
+    from onnxcomp.graph.weights import staged
 
-    from onnxcomp.graph.weights import store, uses_store
-
-    path = store().temp_model(model) if isinstance(model, onnx.ModelProto) and uses_store(model) else None
-    try:  # weights on disk are checked where they are (by path), not read in
-        onnx.checker.check_model(str(path) if path is not None else model, full_check=False)
-    except Exception as exc:
-        return first_line(exc)
-    finally:
-        if path is not None:
-            path.unlink(missing_ok=True)
+    with staged(model) as path:  # weights on disk are checked where they are (by path), not read in
+        try:
+            onnx.checker.check_model(str(path) if path is not None else model, full_check=False)
+        except Exception as exc:
+            return first_line(exc)
     return None
 
 

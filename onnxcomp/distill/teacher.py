@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from onnxcomp.errors import InputError
+from onnxcomp.graph.edit import copy_with_outputs
 from onnxcomp.measure.data import take
 
 
@@ -45,10 +46,7 @@ class OnnxTeacher:
         run_model = model
         extra = [f for f in dict.fromkeys(self.features) if f not in self.output_names]
         if extra:
-            run_model = onnx.ModelProto()
-            run_model.CopyFrom(model)
-            for name in extra:
-                run_model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+            run_model = copy_with_outputs(model, extra)
         self.model = model
         self.session = session(run_model, threads=threads)
         self._names = self.output_names + extra

@@ -69,6 +69,27 @@ def is_pass_through(node) -> bool:
     return False
 
 
+def add_outputs(model, names):
+    """Expose tensors `names` as (untyped: ONNX Runtime infers the type) outputs of a ModelProto, in
+    place, skipping those already outputs; returns the model. Copy first to keep the original."""
+    import onnx
+
+    present = {o.name for o in model.graph.output}
+    for name in dict.fromkeys(names):
+        if name not in present:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    return model
+
+
+def copy_with_outputs(model, names):
+    """A copy of a ModelProto with `names` added as outputs (see add_outputs)."""
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return add_outputs(copy, names)
+
+
 def keep_declared_interface(graph, model) -> None:
     """Give the graph's inputs and outputs the dtype and shape the model declares for them.
 

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from onnxcomp.errors import InputError
+from onnxcomp.graph.edit import copy_with_outputs
 from onnxcomp.measure.compare import per_sample_cosine
 
 DEFAULT_JUMP_DB = 10.0
@@ -67,17 +68,9 @@ def computed_tensors(model) -> list[tuple[str, str, str, list[str]]]:
 
 def _exposed(model, names: list[str]):
     """An ORT session of `model` with `names` added as (untyped) outputs, and the names it can give."""
-    import onnx
-
     from onnxcomp.measure.runtime import session
 
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    existing = {o.name for o in copy.graph.output}
-    for name in names:
-        if name not in existing:
-            copy.graph.output.add().name = name  # ONNX Runtime infers the type
-    sess = session(copy)
+    sess = session(copy_with_outputs(model, names))
     floats = {o.name for o in sess.get_outputs() if o.type in ("tensor(float)", "tensor(float16)", "tensor(double)")}
     return sess, [n for n in names if n in floats]
 

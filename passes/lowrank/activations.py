@@ -17,18 +17,13 @@ CONV_ROWS = 4096  # patch rows per batch and Conv layer
 
 def input_moments(graph, layers: list[Layer], data, batch: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
     """{layer node: X^T X / rows} over `data` (onnxcomp Samples), the graph as it is now."""
-    import onnx
-
     from onnxcomp.graph.convert import to_model
+    from onnxcomp.graph.edit import add_outputs
     from onnxcomp.measure.runtime import session
 
     model = to_model(graph)
     names = sorted({layer.input for layer in layers})
-    outputs = {o.name for o in model.graph.output}
-    for name in names:
-        if name not in outputs:
-            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    sess = session(model)
+    sess = session(add_outputs(model, names))
     try:
         return _accumulate(sess, layers, names, data.batches(batch), seed)
     except InputError:  # a dynamic batch the model does not really take: run the calls as they are

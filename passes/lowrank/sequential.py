@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnxcomp.graph.edit import copy_with_outputs
 from onnxcomp.passes.lowrank.activations import conv_patches
 from onnxcomp.passes.lowrank.factors import spectrum
 from onnxcomp.passes.lowrank.layers import as_matrix
@@ -37,10 +38,10 @@ def corrected_spectra(before, layers, weights: dict, ranks: dict, spectra: dict,
     for layer in layers:
         if ranks.get(layer.node, WHOLE) != WHOLE:
             stages.setdefault(layer.input, []).append(layer)
-    original = session(_with_outputs(before, list(stages)))
+    original = session(copy_with_outputs(before, list(stages)))
     done: dict[str, int] = {}
     for i, (name, stage) in enumerate(stages.items()):
-        now = session(_with_outputs(build(done, spectra), [name])) if done else original
+        now = session(copy_with_outputs(build(done, spectra), [name])) if done else original
         sums = _cross_moments(original, now, name, stage, data, batch)
         for layer in stage:
             own, cross = sums[layer.node]
@@ -52,18 +53,6 @@ def corrected_spectra(before, layers, weights: dict, ranks: dict, spectra: dict,
         if (i + 1) % 4 == 0 or i + 1 == len(stages):
             say(f"factorize-lowrank: {i + 1}/{len(stages)} stages refitted on the factorized model's inputs")
     return spectra
-
-
-def _with_outputs(model, names: list[str]):
-    import onnx
-
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    present = {o.name for o in copy.graph.output}
-    for name in names:
-        if name not in present:
-            copy.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    return copy
 
 
 def _cross_moments(original, now, name: str, stage, data, batch: int) -> dict:

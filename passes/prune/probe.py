@@ -36,18 +36,15 @@ def _symbolic(model) -> list[str]:
 def probe_shapes(model, dims: dict | None = None) -> dict[str, tuple] | None:
     """Every value's shape from one ONNX Runtime run, or None when the model does not run that way."""
     import numpy as np
-    import onnx
 
+    from onnxcomp.graph.edit import copy_with_outputs
     from onnxcomp.measure.runtime import random_inputs, session
 
     symbolic = _symbolic(model)
     sizes = {**{name: PROBE_SIZES[i % len(PROBE_SIZES)] for i, name in enumerate(symbolic)}, **(dims or {})}
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    outputs = {o.name for o in copy.graph.output}
-    names = [o for n in copy.graph.node for o in n.output if o and o not in outputs]
-    for name in names:
-        copy.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    outputs = {o.name for o in model.graph.output}
+    names = [o for n in model.graph.node for o in n.output if o and o not in outputs]
+    copy = copy_with_outputs(model, names)
     try:
         sess = session(copy)
         feeds = random_inputs(model, sizes, seed=0)

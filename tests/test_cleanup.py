@@ -487,7 +487,7 @@ def test_large_splats_stay_constant_of_shape_small_ones_fold():
              helper.make_node("Add", ["g", "e"], ["y"], name="add")]
     inits = {"ws": _i64(256, 128), "bs": _i64(128), "half": np.array([[0.5]], np.float32), "big": _i64(256, 128)}
     model = make_model(nodes, [tensor("x", [256, 256])], [tensor("y", None)], inits)
-    out, records = run_pass(model, "cleanup{splat_limit_kb=64}")
+    out, records = run_pass(model, "cleanup{splat_limit_kb=64,materialise_weights=false}")
     stats = records[0].report.stats
     assert sorted(_ops(out)) == ["Add", "ConstantOfShape", "ConstantOfShape", "Gemm"]  # bias (512 B) folded
     assert stats["splats_kept_compact"] == 2
@@ -499,6 +499,23 @@ def test_large_splats_stay_constant_of_shape_small_ones_fold():
     assert_same_outputs(model, full)
     default, _ = run_pass(model, "cleanup")  # the default limit is the folding limit (64 MB): folded
     assert _ops(default) == ["Gemm", "Add"]
+
+
+def test_a_splat_weight_becomes_an_initializer_past_every_limit():
+    """A dummy weight past the splat and fold limits (the model zoo's 150 MB FC weights) is still a
+    parameter: it becomes an initializer, while a splat read by an Add (a buffer) stays compact."""
+    nodes = [_fill("ws", "w"), _fill("bs", "b"),
+             helper.make_node("Expand", ["half", "big"], ["e"], name="expand"),
+             helper.make_node("Gemm", ["x", "w", "b"], ["g"], name="gemm"),
+             helper.make_node("Add", ["g", "e"], ["y"], name="add")]
+    inits = {"ws": _i64(512, 128), "bs": _i64(128), "half": np.array([[0.5]], np.float32), "big": _i64(256, 128)}
+    model = make_model(nodes, [tensor("x", [256, 512])], [tensor("y", None)], inits)
+    out, records = run_pass(model, "cleanup{splat_limit_kb=64,fold_size_limit_mb=0.2}")  # w: 256 KB, e: 128 KB
+    assert sorted(_ops(out)) == ["Add", "ConstantOfShape", "Gemm"]
+    assert records[0].report.stats["splats_kept_compact"] == 1
+    weight = next(t for t in out.graph.initializer if list(t.dims) == [512, 128])
+    assert np.all(onnx.numpy_helper.to_array(weight) == np.float32(0.02))
+    assert_same_outputs(model, out)
 
 
 def test_negative_zero_is_not_a_splat_of_zero():
@@ -617,7 +634,7 @@ def test_a_moved_splat_folds_into_one_constant_of_shape():
     nodes = [_fill("ws", "wt"), helper.make_node("Reshape", ["wt", "t"], ["w"], name="reshape"),
              helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")]
     model = make_model(nodes, [tensor("x", [2, 256])], [tensor("y", None)], {"ws": _i64(128, 256), "t": _i64(256, 128)})
-    out, records = run_pass(model, "cleanup{splat_limit_kb=64}")
+    out, records = run_pass(model, "cleanup{splat_limit_kb=64,materialise_weights=false}")
     assert _ops(out) == ["ConstantOfShape", "MatMul"] and records[0].report.stats["splats_kept_compact"] == 1
     assert _init_bytes(out) < 4096
     assert_same_outputs(model, out)

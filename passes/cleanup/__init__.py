@@ -43,9 +43,13 @@ class CleanupOptions:
         "help": "do not materialise folded tensors larger than this", "range": Range(0)})
     splat_limit_kb: float = field(default=65536.0, metadata={
         "help": "a constant that repeats one value and is larger than this stays a ConstantOfShape "
-                "(one node, not its bytes in the file); the default is the folding limit: below it a dummy "
-                "weight becomes an array that fold-bn and remove-channels can rewrite, as onnxslim does",
+                "(one node, not its bytes in the file: zero caches, masks); the default is the folding "
+                "limit. Weights are not splats kept compact unless materialise_weights=false",
         "range": Range(0)})
+    materialise_weights: bool = field(default=True, metadata={
+        "help": "a constant read as the weight or bias of a Conv/Gemm/MatMul becomes an initializer "
+                "whatever splat_limit_kb and fold_size_limit_mb say: pruning, quantization and "
+                "sparsification rewrite weights only as initializers (dummy weights then cost their bytes)"})
     fold_dequantization: bool = field(default=False, metadata={
         "help": "also fold Casts of 8-bit integer weights to float (fewer nodes, 4x the weight bytes)"})
     dedupe: bool = field(default=True, metadata={"help": "merge initializers with identical dtype, shape and bytes"})
@@ -71,7 +75,8 @@ class Cleanup(Pass):
         remove_pass_through(graph, report)
         limits = FoldLimits(size=int(self.options.fold_size_limit_mb * 1024**2),
                             splat=int(self.options.splat_limit_kb * 1024),
-                            dequantization=self.options.fold_dequantization)
+                            dequantization=self.options.fold_dequantization,
+                            weights=self.options.materialise_weights)
         facts = None
         for round_ in range(_MAX_ROUNDS):
             # Later rounds re-run only ONNX's inference: the symbolic facts still hold where names remain.

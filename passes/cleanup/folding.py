@@ -13,6 +13,7 @@ import numpy as np
 
 from onnxcomp.errors import first_line
 from onnxcomp.graph.edit import replace_uses
+from onnxcomp.graph.op_facts import BIASED_OPS, WEIGHT_INPUTS
 from onnxcomp.pipeline.pass_base import PassReport
 
 # Folding these would turn quantized weights back into float ones.
@@ -125,6 +126,20 @@ def _rescaled_per_channel(t) -> bool:
     return False
 
 
+def _is_parameter(t) -> bool:
+    """Whether `t` is read as the weight or bias of a Conv/ConvTranspose/Gemm/MatMul: a parameter,
+    which pruning, quantization and sparsification rewrite only as an initializer."""
+    for reader in t.outputs:
+        slots = set(WEIGHT_INPUTS.get(reader.op, ())) | ({2} if reader.op in BIASED_OPS else set())
+        if any(i in slots for i, x in enumerate(reader.inputs) if x is t):
+            return True
+    return False
+
+
+def _wanted_as_initializer(t, limits: "FoldLimits") -> bool:
+    return _rescaled_per_channel(t) or (limits.weights and _is_parameter(t))
+
+
 # Ops that give a splat back as a splat (the same value, moved or cast): folded together with it,
 # the result is again one ConstantOfShape (Reshape(ConstantOfShape(s), t) -> ConstantOfShape(t)).
 _KEEP_SPLATS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Transpose", "Cast", "Identity"})
@@ -134,18 +149,17 @@ def _only_moved(t) -> bool:
     return bool(t.outputs) and all(r.op in _KEEP_SPLATS and r.inputs and r.inputs[0] is t for r in t.outputs)
 
 
-def _candidates(graph, size_limit: int, splat_limit: int, facts, report: PassReport,
-                fold_dequantization: bool) -> list:
+def _candidates(graph, limits: "FoldLimits", facts, report: PassReport) -> list:
     outputs = {id(t) for t in graph.outputs}
     constant: set[int] = set()
     fold = []
     for node in graph.nodes:
         if not _foldable(node, constant) or any(id(t) in outputs for t in node.outputs):
             continue
-        if splat_bytes(node) > splat_limit and not _rescaled_per_channel(node.outputs[0]) \
-                and not _only_moved(node.outputs[0]):
+        wanted = _wanted_as_initializer(node.outputs[0], limits) if node.outputs else False
+        if splat_bytes(node) > limits.splat and not wanted and not _only_moved(node.outputs[0]):
             continue  # one value repeated: the node is smaller than its tensor (stats: splats_kept_compact)
-        if not fold_dequantization and _dequantizes(node, facts):
+        if not limits.dequantization and _dequantizes(node, facts):
             report.skip(node.name or node.op, "Cast of 8-bit integer weights to float (a dequantization): "
                                              "kept, so the weights stay quantized (fold_dequantization=true "
                                              "folds it: float weights, 4x the bytes)")
@@ -155,7 +169,7 @@ def _candidates(graph, size_limit: int, splat_limit: int, facts, report: PassRep
             report.skip(node.name or node.op, f"constant {node.op} result {odd.name!r} has a type numpy does not "
                                              "hold (bfloat16, float8, int4...); left to run")
             continue
-        too_big = next((t for t in node.outputs if _estimated_bytes(t, facts) > size_limit), None)
+        too_big = next((t for t in node.outputs if _estimated_bytes(t, facts) > _size_limit(t, limits)), None)
         if too_big is not None:
             report.skip(node.name or node.op, f"constant {node.op} result {too_big.name!r} would exceed "
                                              "the fold size limit; left to run")
@@ -173,8 +187,7 @@ def fold_constant_nodes(graph, limits: FoldLimits, facts, report: PassReport, na
     """Evaluate every node whose inputs are all constant; returns how many nodes were folded.
     Results larger than the size limit, graph outputs and Q/DQ nodes stay as they are; a result
     that repeats one value and is larger than the splat limit becomes a ConstantOfShape."""
-    size_limit = limits.size
-    fold = _candidates(graph, size_limit, limits.splat, facts, report, limits.dequantization)
+    fold = _candidates(graph, limits, facts, report)
     for _ in range(3):  # a result over the limit keeps its node, whose inputs must then be computed
         if not fold:
             return 0
@@ -182,7 +195,8 @@ def fold_constant_nodes(graph, limits: FoldLimits, facts, report: PassReport, na
         kept = [n for n in fold if id(n) not in failed]
         members = {id(n) for n in kept}
         needed = [t for n in kept for t in n.outputs if t.name and _read_outside(t, members)]
-        big = {id(t.inputs[0]) for t in needed if id(t) in values and values[id(t)].nbytes > size_limit}
+        big = {id(t.inputs[0]) for t in needed
+               if id(t) in values and values[id(t)].nbytes > _size_limit(t, limits)}
         if not big and all(id(t) in values for t in needed):
             break
         for n in kept:
@@ -195,7 +209,7 @@ def fold_constant_nodes(graph, limits: FoldLimits, facts, report: PassReport, na
         node.outputs.clear()
     for t in needed:
         value = values[id(t)]
-        if value.nbytes > limits.splat and _is_splat(value) and not _rescaled_per_channel(t):
+        if value.nbytes > limits.splat and _is_splat(value) and not _wanted_as_initializer(t, limits):
             graph.nodes.append(_constant_of_shape(t, value, names))
         else:
             t.to_constant(value)
@@ -208,6 +222,12 @@ class FoldLimits:
     size: int                    # bytes: larger results stay computed
     splat: int                   # bytes: larger one-value results become a ConstantOfShape
     dequantization: bool = False  # fold Casts of 8-bit weights to float too
+    weights: bool = True          # a constant weight or bias becomes an initializer whatever its size
+
+
+def _size_limit(t, limits: FoldLimits) -> int:
+    """The fold size limit, except for a weight (when asked): up to what one model file can hold."""
+    return _MAX_FOLD_INPUT_BYTES if limits.weights and _is_parameter(t) else limits.size
 
 
 def _is_splat(value: np.ndarray) -> bool:

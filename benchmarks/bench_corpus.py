@@ -84,8 +84,12 @@ def run(cmd: list[str], timeout: float, cwd: Path, pythonpath: str = "") -> dict
             "stdout": proc.stdout}
 
 
+# Where the onnxcomp under test is imported from ("" = the installed one); set by --source.
+SOURCE = {"pythonpath": ""}
+
+
 def onnxcomp(*args, timeout: float, cwd: Path) -> dict:
-    return run([sys.executable, "-m", "onnxcomp", *map(str, args)], timeout, cwd)
+    return run([sys.executable, "-m", "onnxcomp", *map(str, args)], timeout, cwd, SOURCE["pythonpath"])
 
 
 def load_data_file(path: str | Path, function: str) -> list[dict[str, np.ndarray]]:
@@ -477,7 +481,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default="", help="results file (default OUT/results.json)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per CLI call (default 300)")
     parser.add_argument("--corpus", default=str(CORPUS), help="folder with the corpus models")
+    parser.add_argument("--source", default="", help="run the onnxcomp of this checkout (e.g. a git worktree of one "
+                        "commit, with passes/ linked as onnxcomp/passes) instead of the installed one, so a long "
+                        "run measures one state of the code")
     args = parser.parse_args(argv)
+    if args.source:
+        source = Path(args.source).resolve()
+        if not (source / "onnxcomp" / "passes" / "__init__.py").is_file():
+            print(f"--source {source}: no onnxcomp/passes package there (link passes/ as onnxcomp/passes)",
+                  file=sys.stderr)
+            return 2
+        SOURCE["pythonpath"] = str(source)
 
     entries = json.loads(MANIFEST.read_text())
     if args.only:

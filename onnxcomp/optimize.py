@@ -16,11 +16,13 @@ from onnxcomp.graph.convert import to_graph, to_model
 from onnxcomp.graph.opset import default_opset
 from onnxcomp.graph.load import load_model
 from onnxcomp.graph.save import fits_protobuf, save
+from onnxcomp.graph.signature import defaulted_inputs
 from onnxcomp.measure.counts import model_counts
 from onnxcomp.pipeline.manager import PassManager, PassRecord
 from onnxcomp.pipeline.prepare import prepare_opset
 from onnxcomp.pipeline.pass_base import PassContext
 from onnxcomp.pipeline.text import format_pipeline, parse_pipeline
+from onnxcomp.progress import logger
 
 DEFAULT_PIPELINE = "cleanup,fold-bn"
 
@@ -47,6 +49,9 @@ def _describe(model: onnx.ModelProto, path: str | os.PathLike | None) -> dict:
     info["ops"] = info.pop("ops")
     info["opset"] = default_opset(model)
     info["ir_version"] = model.ir_version
+    defaulted = defaulted_inputs(model)
+    if defaulted:
+        info["defaulted_inputs"] = defaulted
     if path is not None and Path(path).exists():
         info["file"] = str(path)
         info["file_size"] = Path(path).stat().st_size
@@ -95,6 +100,11 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
                                input_values)
     held_out = ctx.val_data if ctx.val_data is not None else ctx.data  # the final validation runs on it
     runnable = _readable_ir(original, ctx)
+    defaulted = defaulted_inputs(original)
+    if defaulted:
+        logger.warning("input(s) %s have a default in the model (initializers listed as inputs): folded as "
+                       "constants, as ONNX Runtime's optimizer needs; the output no longer takes them as inputs",
+                       ", ".join(defaulted))
     for samples in (ctx.data, ctx.val_data):  # every pass merges calls only where this model allows it
         if samples is not None:
             samples.merge_on(source if source is not None and runnable is original else runnable)

@@ -593,3 +593,34 @@ def test_a_hidden_fixed_batch_validates_on_generated_inputs(cli, tmp_path):
     r = cli("compare", model, model, "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["outputs"][0]["shape"] == [8, 3]
+
+
+def _defaulted_model() -> onnx.ModelProto:
+    """IR 9, `thr` both an input and an initializer: an input with a default value."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "thr"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+         helper.make_tensor_value_info("thr", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(np.eye(4, dtype=np.float32), "w"),
+         numpy_helper.from_array(np.array([0.5], np.float32), "thr")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def test_data_for_an_input_with_a_default_is_refused_unless_it_is_the_default(caplog):
+    """Passes fold an input with a default as a constant: a different value in the data would be
+    ignored without a word, so it is one line; the default itself (a loader that always sends it) passes."""
+    model = _defaulted_model()
+    x = np.ones((2, 4), np.float32)
+    assert len(as_samples({"x": x, "thr": np.array([0.5], np.float32)}, model)) == 2  # samples
+    with pytest.raises(InputError, match="'thr', which has a default in the model"):
+        as_samples({"x": x, "thr": np.array([2.0], np.float32)}, model)
+    with pytest.raises(InputError, match="call 2: gives input 'thr'"):
+        as_samples([{"x": x}, {"x": x, "thr": np.array([2.0], np.float32)}], model)
+    with caplog.at_level(logging.WARNING, logger="onnxcomp"):
+        result = optimize(model, data={"x": x})
+    assert "thr" in caplog.text and result.input["defaulted_inputs"] == ["thr"]
+    assert [i.name for i in result.model.graph.input] == ["x"]
+    assert np.allclose(run(session(result.model), {"x": x})["y"], x + 0.5)

@@ -57,6 +57,16 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     return specs
 
 
+def defaulted_inputs(model: onnx.ModelProto) -> list[str]:
+    """Graph inputs that also have an initializer in an IR 4+ model: inputs with a default value,
+    which every pass folds as constants (as ONNX Runtime's optimizer needs them to be). IR 3 lists
+    every initializer among the inputs; there the listing says nothing."""
+    if model.ir_version < 4:
+        return []
+    initializers = {t.name for t in model.graph.initializer}
+    return [value.name for value in model.graph.input if value.name in initializers]
+
+
 def graph_input_specs(graph) -> list[InputSpec]:
     """Input specs of an onnx-graphsurgeon graph (constant inputs, IR 3's initializers, left out)."""
     specs = []

@@ -39,7 +39,7 @@ import numpy as np
 import onnx
 
 from onnxcomp.errors import InputError, first_line
-from onnxcomp.graph.signature import InputSpec, specs_of
+from onnxcomp.graph.signature import InputSpec, defaulted_inputs, specs_of
 from onnxcomp.measure.data import LABELS, checked_array, dim_mismatch, layout, load_npy, load_npz
 from onnxcomp.progress import logger
 
@@ -379,12 +379,13 @@ def as_samples(source, model=None, where: str | None = None) -> Samples | None:
 
 def _as_samples(source, model, where: str | None) -> Samples:
     specs = None if model is None else specs_of(model)
+    defaults = _Defaults(model)
     if isinstance(source, (str, os.PathLike)):
         text = str(source)
         where = where or text
         match = LOADER.match(text)
         if match and not Path(text).exists():
-            return from_calls(_run_loader(match["file"], match["function"], text), specs, where)
+            return from_calls(defaults.checked(_run_loader(match["file"], match["function"], text), where), specs, where)
         path = Path(text)
         if path.is_dir():
             return from_calls(read_test_data_sets(path, specs), specs, where)
@@ -393,19 +394,48 @@ def _as_samples(source, model, where: str | None) -> Samples:
         if path.suffix.lower() == ".py":
             raise InputError(f"{text}: a data loader is named FILE.py:FUNCTION (a function of no arguments "
                              "returning feed dicts, one per model call)")
-        return from_stacked(load_npz(path), specs, where)
+        return from_stacked(defaults.checked_one(load_npz(path), where), specs, where)
     where = where or "data"
     if isinstance(source, np.ndarray):
         return _one_array(source, specs, where)
     if isinstance(source, Mapping):
-        return from_stacked(source, specs, where)
+        return from_stacked(defaults.checked_one(source, where), specs, where)
     if callable(getattr(source, "get_next", None)):
-        return from_calls(iter(source.get_next, None), specs, where)
+        return from_calls(defaults.checked(iter(source.get_next, None), where), specs, where)
     if isinstance(source, (bytes, bytearray)) or not isinstance(source, Iterable):
         raise InputError(f"{where}: sample data must be an .npz/.npy path, FILE.py:FUNCTION, a folder of "
                          f"test_data_set_* folders, a dict of arrays or an iterable of feed dicts; got "
                          f"{type(source).__name__}")
-    return from_calls(source, specs, where)
+    return from_calls(defaults.checked(source, where), specs, where)
+
+
+class _Defaults:
+    """The model's inputs with a default value (IR 4+ initializers listed as inputs). Passes fold
+    them as constants, so data may give one only at its default: another value would be ignored."""
+
+    def __init__(self, model):
+        self.model = model if isinstance(model, onnx.ModelProto) else None
+        self.names = set(defaulted_inputs(self.model)) if self.model is not None else set()
+
+    def checked_one(self, feed, where: str):
+        if isinstance(feed, Mapping):
+            for name in self.names.intersection(map(str, feed)):
+                self._check(name, feed[name], where)
+        return feed
+
+    def checked(self, feeds: Iterable, where: str) -> Iterator:
+        for i, feed in enumerate(feeds):
+            yield self.checked_one(feed, f"{where}: call {i + 1}")
+
+    def _check(self, name: str, value, where: str) -> None:
+        default = next(onnx.numpy_helper.to_array(t) for t in self.model.graph.initializer if t.name == name)
+        given = np.asarray(value)
+        if given.shape == default.shape and np.array_equal(given, default):
+            return
+        raise InputError(f"{where}: gives input {name!r}, which has a default in the model (an initializer); "
+                         "onnxcomp folds such inputs as constants, as ONNX Runtime's optimizer does, so this "
+                         "value would be ignored: leave it out of the data, or remove the initializer from "
+                         "the model to keep it an input")
 
 
 def one_call(feeds: dict[str, np.ndarray], model) -> Samples:

@@ -102,9 +102,10 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     runnable = _readable_ir(original, ctx)
     defaulted = defaulted_inputs(original)
     if defaulted:
-        logger.warning("input(s) %s have a default in the model (initializers listed as inputs): folded as "
+        shown = ", ".join(defaulted[:3]) + (f" and {len(defaulted) - 3} more" if len(defaulted) > 3 else "")
+        logger.warning("%d input(s) have a default in the model (initializers listed as inputs: %s): folded as "
                        "constants, as ONNX Runtime's optimizer needs; the output no longer takes them as inputs",
-                       ", ".join(defaulted))
+                       len(defaulted), shown)
     for samples in (ctx.data, ctx.val_data):  # every pass merges calls only where this model allows it
         if samples is not None:
             samples.merge_on(source if source is not None and runnable is original else runnable)

@@ -147,6 +147,8 @@ def prune_row(entry: dict, model: onnx.ModelProto, args) -> dict:
     start = time.perf_counter()
     groups = find_channel_groups(to_graph(_copy(model)), search_shapes(model))
     row = {"model": entry["name"], "groups": len(groups), "pruned": sum(g.prunable for g in groups),
+           "single": sum(g.channels == 1 for g in groups), "single_pruned": sum(g.channels == 1 and g.prunable for g in groups),
+           "lossy": sum(g.prunable and bool(g.lossy) for g in groups),
            "reasons": dict(collections.Counter(_reason(g.reason) for g in groups if g.reason).most_common())}
     graph = to_graph(_copy(model))
     try:
@@ -210,6 +212,11 @@ def print_prune(rows: list[dict], before: dict | None) -> None:
     with_groups = [r for r in rows if r["groups"]]
     print(f"total: {pruned}/{found} groups pruned ({pruned / max(found, 1):.1%}); models with groups: "
           f"{len(with_groups)}, of them >= 90% pruned: {sum(r['pruned'] >= 0.9 * r['groups'] for r in with_groups)}")
+    # A group of one channel (a mono filter, a one-map head) has nothing to remove, whatever the handlers.
+    multi = [(r["groups"] - r["single"], r["pruned"] - r["single_pruned"]) for r in with_groups if r["groups"] > r["single"]]
+    print(f"not counting single-channel groups: {sum(p for _, p in multi)}/{sum(n for n, _ in multi)} pruned; "
+          f">= 90% on {sum(p >= 0.9 * n for n, p in multi)} of {len(multi)} models; "
+          f"lossy groups among the pruned: {sum(r['lossy'] for r in rows)}")
     lats = [r["latency_ratio"] for r in rows if "latency_ratio" in r]
     if lats:
         print(f"latency ratio pruned/unpruned: median {np.median(lats):.2f}, faster on {sum(v < 1 for v in lats)}"
@@ -255,6 +262,8 @@ def lowrank_rows(entry: dict, model: onnx.ModelProto, kept: list[float], args, c
             row = {"model": entry["name"], "kept": fraction, "method": method, "cosine": round(cos, 4),
                    "factorized": report.stats["factorized"], "layers": report.stats["layers"],
                    "params": (report.stats["params_before"], report.stats["params_after"])}
+            if isinstance(test, dict) and "attention_mask" in test and want[0].ndim == 3:
+                row["embedding_cosine"] = round(_pooled_cosine(want[0], got[0], test["attention_mask"]), 4)
             if method == "whitened" and not args.no_latency:
                 feeds, batch = _feeds(entry, args.batch) if "inputs" in entry else (_first(test, args.batch), 0)
                 try:
@@ -283,12 +292,20 @@ def _run_all(sess, data) -> list[np.ndarray]:
                             for o in outs]) for i in range(len(outs[0]))]
 
 
+def _pooled_cosine(want: np.ndarray, got: np.ndarray, mask: np.ndarray) -> float:
+    """Mean cosine of the sentence embeddings (token states averaged over the mask, as sentence-transformers does)."""
+    m = mask[..., None].astype(np.float64)
+    a, b = (want * m).sum(1) / m.sum(1), (got * m).sum(1) / m.sum(1)
+    return float(np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)))
+
+
 def _first(data: dict, n: int) -> dict:
     return {k: v[:n] for k, v in data.items()}
 
 
 def print_lowrank(rows: list[dict]) -> None:
-    head = f"{'model':22s} {'kept':>5s} {'factorized':>10s} {'params':>7s} {'cos svd':>8s} {'cos whitened':>12s} {'lat (wh)':>8s}"
+    head = (f"{'model':22s} {'kept':>5s} {'factorized':>10s} {'params':>7s} {'cos svd':>8s} {'cos whitened':>12s} "
+            f"{'lat (wh)':>8s} {'emb svd/wh':>13s}")
     print(head)
     print("-" * len(head))
     by = collections.defaultdict(dict)
@@ -302,7 +319,9 @@ def print_lowrank(rows: list[dict]) -> None:
         params = f"{wh['params'][1] / wh['params'][0]:.2f}" if wh else "-"
         lat = f"{wh['latency_ratio']:.2f}" if "latency_ratio" in wh else "-"
         print(f"{model:22s} {kept:5.2f} {str(wh.get('factorized', '-')) + '/' + str(wh.get('layers', '-')):>10s} "
-              f"{params:>7s} {svd.get('cosine', float('nan')):8.4f} {wh.get('cosine', float('nan')):12.4f} {lat:>8s}")
+              f"{params:>7s} {svd.get('cosine', float('nan')):8.4f} {wh.get('cosine', float('nan')):12.4f} {lat:>8s}"
+              + (f" {svd.get('embedding_cosine', float('nan')):6.4f}/{wh['embedding_cosine']:.4f}"
+                 if "embedding_cosine" in wh else ""))
 
 
 # ---------------------------------------------------------------- main

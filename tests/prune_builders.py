@@ -71,10 +71,32 @@ class Net:
         return outs
 
     def slice(self, x: str, start: int, end: int) -> str:
-        """Channels [start, end) of x (end may be a huge number meaning 'to the end')."""
+        """Channels [start, end) of x (end may be a huge number meaning 'to the end'; negative bounds count
+        from the end)."""
         c = self.channels[x]
         args = [self.const_int("st", [start]), self.const_int("en", [end]), self.const_int("ax", [1])]
-        return self.node("Slice", [x, *args], min(end, c) - start)
+        return self.node("Slice", [x, *args], len(range(c)[start:end]))
+
+    def channel_pad(self, x: str, before: int = 1, after: int = 2) -> str:
+        """Zero channels added before and after x's (a padded channel count), read by a conv."""
+        pads = self.const_int("pads", [0, before, 0, 0, 0, after, 0, 0])
+        return self.node("Pad", [x, pads], self.channels[x] + before + after)
+
+    def channel_norm(self, x: str, op: str = "LayerNormalization") -> str:
+        """A normalization across the channels: LayerNorm over C (NHWC, with scale and bias), Softmax over C,
+        LRN, or x / max over all axes (a ReduceMax). Lossy to prune."""
+        c = self.channels[x]
+        if op == "LayerNormalization":
+            t = self.node("Transpose", [x], c, perm=[0, 2, 3, 1])
+            gamma, beta = self.const("g", self.rng.uniform(0.5, 1.5, c)), self.const("be", self.rng.standard_normal(c))
+            t = self.node(op, [t, gamma, beta], c, axis=-1)
+            return self.node("Transpose", [t], c, perm=[0, 3, 1, 2])
+        if op == "Softmax":
+            return self.node(op, [x], c, axis=1)
+        if op == "LRN":
+            return self.node(op, [x], c, size=3)
+        peak = self.node("ReduceMax", [self.unary(x, "Abs")], 1, keepdims=1)
+        return self.node("Div", [x, peak], c)
 
     def const_int(self, base: str, values) -> str:
         name = self._name(base)
@@ -306,3 +328,28 @@ def attention_model(dim: int = 16, heads: int = 4, seed: int = 0):
 
 def float_input(name: str, shape):
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def gnn_model(nodes: int = 5, edges: int = 7, features: int = 3, hidden: int = 6, seed: int = 0):
+    """One message-passing step as torch_geometric exports it: node features by MatMul, messages gathered
+    along the edges' sources, scatter-added onto their targets (ScatterElements on a ConstantOfShape zero
+    start, the index expanded along the features), a per-graph readout by GatherND, a MatMul head."""
+    rng = np.random.default_rng(seed)
+    inits = {"w1": (rng.standard_normal((features, hidden)) * 0.5).astype(np.float32),
+             "w2": (rng.standard_normal((hidden, 2)) * 0.5).astype(np.float32),
+             "src": rng.integers(0, nodes, edges).astype(np.int64),
+             "dst": rng.integers(0, nodes, (edges, 1)).astype(np.int64),
+             "msg_shape": np.array([edges, hidden], dtype=np.int64),
+             "zero_shape": np.array([nodes, hidden], dtype=np.int64),
+             "roots": np.array([[0], [nodes - 1]], dtype=np.int64)}
+    graph = [helper.make_node("MatMul", ["x", "w1"], ["h0"], name="fc1"),
+             helper.make_node("Relu", ["h0"], ["h"]),
+             helper.make_node("Gather", ["h", "src"], ["msg"], axis=0),
+             helper.make_node("Expand", ["dst", "msg_shape"], ["index"]),
+             helper.make_node("ConstantOfShape", ["zero_shape"], ["zeros"],
+                              value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])),
+             helper.make_node("ScatterElements", ["zeros", "index", "msg"], ["agg"], axis=0, reduction="add"),
+             helper.make_node("Add", ["agg", "h"], ["h2"]),
+             helper.make_node("GatherND", ["h2", "roots"], ["readout"]),
+             helper.make_node("MatMul", ["readout", "w2"], ["y"], name="fc2")]
+    return make_model(graph, [tensor("x", [nodes, features])], [tensor("y", None)], inits)

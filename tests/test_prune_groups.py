@@ -180,7 +180,7 @@ def test_constant_shared_outside_the_group_is_refused():
     assert not groups["c1"].prunable and "also read by c3" in groups["c1"].reason
 
 
-def test_layernorm_over_channels_refuses_but_ffn_hidden_dim_is_a_group():
+def test_ffn_hidden_dim_is_a_group_and_the_residual_with_the_input_refuses():
     for gelu in (True, False):
         groups = by_producer(groups_of(ffn_model(gelu=gelu)))
         hidden = groups["fc1"]
@@ -231,7 +231,9 @@ def test_weight_also_read_inside_a_subgraph_is_refused():
 def test_real_minilm_heads_behind_shape_subgraphs_are_found(models_dir):
     """The real MiniLM export sizes its attention Reshapes from Shape -> Gather -> Concat after Range
     position ids, which static inference cannot follow; the probed shapes let every layer's heads
-    (12 of 32) and FFN (1536) prune; only the LayerNorm-coupled residual stream stays whole."""
+    (12 of 32) and FFN (1536) prune. The residual stream passes its LayerNorms (lossy) and reaches back
+    to the embedding tables (sliced like parameters), so all twelve projections into it make one group,
+    left whole as it is the graph output."""
     path = models_dir / "minilm.onnx"
     if not path.exists():
         pytest.skip("build/models/minilm.onnx is built with the bench extra")
@@ -242,4 +244,105 @@ def test_real_minilm_heads_behind_shape_subgraphs_are_found(models_dir):
     heads = [g for g in groups if g.prunable and g.unit == "block of 32"]
     assert len(heads) == 6 and all(g.channels == 12 for g in heads)
     assert sum(g.prunable and g.channels == 1536 for g in groups) == 6
-    assert all("LayerNormalization" in g.reason for g in groups if not g.prunable)
+    (stream,) = [g for g in groups if not g.prunable]
+    assert stream.channels == 384 and len(stream.producers) == 12 and "graph output" in stream.reason
+    assert stream.lossy == ["LayerNormalization over the channels"]
+
+
+@pytest.mark.parametrize("op", ["LayerNormalization", "Softmax", "LRN", "ReduceMax"])
+def test_normalizations_over_the_channels_are_prunable_but_lossy(op):
+    """LayerNorm/Softmax/LRN/a global max across the channels: the group passes them (a LayerNorm's scale
+    and bias lose the removed entries), marked lossy; an exact search still refuses them."""
+    net = Net(3)
+    c = net.conv(net.x, 8)
+    out = net.head(net.conv(net.unary(net.channel_norm(c, op)), 8))
+    model = net.model(out)
+    g = by_producer(groups_of(model))[key(c)]
+    assert g.prunable, g.reason
+    assert len(g.lossy) == 1 and g.lossy[0].startswith(op)
+    norm_params = {m.tensor for m in g.members if m.kind == "param"}
+    assert len(norm_params) == (2 if op == "LayerNormalization" else 0)  # gamma and beta
+    exact = by_producer(find_channel_groups(to_graph(model), exact=True))[key(c)]
+    assert not exact.prunable and "exact search" in exact.reason
+    plain = Net(3)
+    c = plain.conv(plain.x, 8)
+    assert by_producer(groups_of(plain.model(plain.head(plain.conv(c, 8)))))[key(c)].lossy == []
+
+
+def test_argmax_over_the_channels_stays_refused():
+    """ArgMax returns channel positions: removing channels would change what the indices mean."""
+    net = Net(3)
+    c = net.conv(net.x, 8)
+    out = net.node("Cast", [net.node("ArgMax", [c], 1, axis=1, keepdims=1)], 1, to=onnx.TensorProto.FLOAT)
+    g = by_producer(groups_of(net.model(out)))[key(c)]
+    assert not g.prunable and "ArgMax reduces the channel axis" in g.reason
+
+
+def test_reflect_pad_on_the_channel_axis_is_refused():
+    net = Net(3)
+    c = net.conv(net.x, 8)
+    pads = net.const_int("pads", [0, 1, 0, 0, 0, 1, 0, 0])
+    padded = net.node("Pad", [c, pads], 10, mode="reflect")
+    g = by_producer(groups_of(net.model(net.head(net.conv(padded, 8)))))[key(c)]
+    assert not g.prunable and "mirrors the channel axis" in g.reason
+
+
+def test_shape_probe_retries_at_sizes_a_strided_model_takes():
+    """A stride-2 conv upsampled back and concatenated with its input runs at no odd size (isbn_yolo's
+    probe failed at 3 x 5): the probe runs again at multiples of 32, the batch kept at 2."""
+    from onnxcomp.passes.prune.probe import probe_shapes, search_shapes
+
+    rng = np.random.default_rng(0)
+    inits = {"w": (rng.standard_normal((4, 4, 3, 3)) * 0.3).astype(np.float32),
+             "sc": np.array([1, 1, 2, 2], np.float32), "idx": np.array([0, 1], np.int64),
+             "rest": np.array([-1], np.int64)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["d"], strides=[2, 2], pads=[1, 1, 1, 1], name="down"),
+             helper.make_node("Resize", ["d", "", "sc"], ["u"], mode="nearest"),
+             helper.make_node("Concat", ["x", "u"], ["cat"], axis=1),
+             helper.make_node("Shape", ["cat"], ["s"]),
+             helper.make_node("Gather", ["s", "idx"], ["nc"], axis=0),
+             helper.make_node("Concat", ["nc", "rest"], ["target"], axis=0),
+             helper.make_node("Reshape", ["cat", "target"], ["y"])]
+    model = make_model(nodes, [tensor("x", ["batch", 4, "height", "width"])], [tensor("y", None)], inits)
+    assert probe_shapes(model) is None
+    shapes = search_shapes(model)
+    assert shapes["cat"][0] == 2 and shapes["cat"][2] % 32 == 0 and shapes["u"] == shapes["cat"][:1] + (4,) + shapes["cat"][2:]
+
+
+def test_embedding_tables_and_positional_slices_are_sliced_with_the_channels():
+    """ids -> Gather(table) + pe[:, :seq] (seq read at run time) + an FFN on a residual: the residual group
+    reaches back to both tables and slices their feature axes like per-channel parameters."""
+    rng = np.random.default_rng(0)
+    inits = {"table": rng.standard_normal((10, 8)).astype(np.float32),
+             "pe": rng.standard_normal((1, 16, 8)).astype(np.float32),
+             "w1": rng.standard_normal((8, 16)).astype(np.float32), "w2": rng.standard_normal((16, 8)).astype(np.float32),
+             "w3": rng.standard_normal((8, 3)).astype(np.float32),
+             "zero": np.array([0], np.int64), "one": np.array([1], np.int64)}
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"], axis=0),
+             helper.make_node("Shape", ["ids"], ["s"]),
+             helper.make_node("Gather", ["s", "one"], ["seq"], axis=0),
+             helper.make_node("Slice", ["pe", "zero", "seq", "one"], ["pos"]),
+             helper.make_node("Add", ["emb", "pos"], ["h"]),
+             helper.make_node("MatMul", ["h", "w1"], ["f1"], name="fc1"),
+             helper.make_node("Relu", ["f1"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["f2"], name="fc2"),
+             helper.make_node("Add", ["h", "f2"], ["h2"]),
+             helper.make_node("MatMul", ["h2", "w3"], ["y"], name="head")]
+    model = make_model(nodes, [tensor("ids", ["B", "S"], onnx.TensorProto.INT64)], [tensor("y", None)], inits)
+    from onnxcomp.passes.prune.probe import search_shapes
+
+    stream = by_producer(find_channel_groups(to_graph(model), search_shapes(model)))["fc2"]
+    assert stream.prunable, stream.reason
+    assert {"table@1", "pe@2", "w2@1", "w3@0", "w1@0"} <= labels(stream)
+
+
+def test_channels_added_by_pad_cannot_be_pruned():
+    """Pad adds 3 zero channels to x's 5; a residual Add couples the padded tensor with an 8-channel conv:
+    that conv's group would cut the padded channels too, which Pad cannot lose."""
+    net = Net(3)
+    wide = net.conv(net.x, 8)  # explored first
+    x = net.conv(net.x, 5)
+    y = net.add(wide, net.channel_pad(x, 1, 2))
+    first = groups_of(net.model(net.head(net.conv(y, 8))))[0]
+    assert first.producers[0] == key(wide)
+    assert not first.prunable and "channels Pad adds" in first.reason

@@ -14,7 +14,7 @@ import pytest
 from helpers import run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prune_builders import Net, attention_model, ffn_model, rnn_model
+from prune_builders import Net, attention_model, ffn_model, gnn_model, rnn_model
 
 from onnxcomp.graph.convert import to_graph, to_model
 from onnxcomp.measure.counts import graph_counts
@@ -25,11 +25,12 @@ from onnxcomp.passes.prune.plan import ConstantTable, apply_plan, build_plan, re
 
 
 def choose_drops(groups, seed: int) -> dict[int, np.ndarray]:
-    """Kept channel indices per prunable group: a random subset, at least one channel kept."""
+    """Kept channel indices per prunable group: a random subset, at least one channel kept. Lossy groups
+    (a normalization over the channels) are left whole: zero reads do not make their removal exact."""
     rng = np.random.default_rng(seed)
     kept = {}
     for g in groups:
-        if g.prunable:
+        if g.prunable and not g.lossy:
             n_keep = int(rng.integers(1, g.channels + 1))
             kept[g.id] = keep_each_part(g, np.sort(rng.choice(g.channels, n_keep, replace=False)))
     return kept
@@ -127,7 +128,7 @@ def check_exact_removal(model: onnx.ModelProto, seed: int, atol: float = 1e-5, f
 
 
 BLOCKS = ["conv", "convbn", "res", "concat", "dw", "scale", "pool", "pad", "split", "slice", "sigmoid", "resize",
-          "se", "c2f", "grouped", "shuffle", "groupnorm", "splitgn", "gates", "squeeze", "view"]
+          "se", "c2f", "grouped", "shuffle", "groupnorm", "splitgn", "gates", "squeeze", "view", "chpad", "negslice"]
 
 
 @st.composite
@@ -197,6 +198,13 @@ def random_cnn(draw, blocks=tuple(BLOCKS), max_blocks: int = 4):
             x = net.squeeze_path(x)
         elif block == "view":
             x = net.runtime_view(x)
+        elif block == "chpad":  # zero channels padded around the group's, read by the next conv
+            x = net.unary(net.conv(net.channel_pad(x, draw(st.integers(0, 2)), draw(st.integers(1, 2))), draw(width)))
+        elif block == "negslice":  # the last channels by negative bounds, and the rest (TF exports)
+            a, b = net.conv(x, draw(width)), net.conv(x, draw(width))
+            cat = net.concat([a, b])
+            cb = net.channels[b]
+            x = net.concat([net.slice(cat, -cb, 2**40), net.unary(net.slice(cat, -2**40, -cb))])
     head = draw(st.sampled_from(["gap", "flatten", "reshape", "-1", "features"]))
     return net.model(net.head(x, flatten=head == "flatten", reshape=head == "reshape",
                               view=head if head in ("-1", "features") else ""))
@@ -208,7 +216,7 @@ def test_removing_zero_read_channels_is_exact_on_random_cnns(model, seed):
     check_exact_removal(model, seed)
 
 
-NEW_BLOCKS = ("se", "c2f", "grouped", "shuffle", "groupnorm", "splitgn", "gates", "squeeze", "view")
+NEW_BLOCKS = ("se", "c2f", "grouped", "shuffle", "groupnorm", "splitgn", "gates", "squeeze", "view", "chpad", "negslice")
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -243,6 +251,17 @@ def test_heads_behind_shape_gather_concat_prune_exactly(heads, seed):
     (group,) = [g for g in groups if g.prunable]
     assert (group.channels, group.width) == (heads, 16 // heads)
     assert check_exact_removal(model, seed) >= 0
+
+
+@settings(max_examples=10, deadline=None)
+@given(hidden=st.integers(2, 12), seed=st.integers(0, 2**16))
+def test_gnn_scatter_gather_hidden_features_prune_exactly(hidden, seed):
+    """Message passing (Gather by edge, ScatterElements onto nodes, GatherND readout): one group, exact."""
+    model = gnn_model(hidden=hidden, seed=seed)
+    groups = find_channel_groups(to_graph(_copy(model)))
+    assert [g.prunable for g in groups] == [True, False], [g.reason for g in groups]  # fc2 reaches the output
+    assert {m.kind for m in groups[0].members} >= {"out", "in", "value"}  # the Expand and zero-start sizes
+    check_exact_removal(model, seed)
 
 
 @settings(max_examples=10, deadline=None)

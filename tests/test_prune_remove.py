@@ -190,3 +190,63 @@ def test_cli_prunes_the_digits_cnn_and_reports_accuracy(digits_cnn, models_dir, 
     r = cli("optimize", digits_cnn, "-o", tmp_path / "bad.onnx", "--prune-channels", "1.5")
     assert r.returncode == 2 and "ratio must be in [0, 1)" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_a_layernorm_over_the_channels_is_pruned_by_importance():
+    """Lossy but valid: the LayerNorm's scale and bias keep the entries of the channels the group keeps,
+    which are the ones with the largest weights; the report says the group is lossy."""
+    net = Net(3, seed=1)
+    c = net.conv(net.x, 16)
+    normed = net.channel_norm(c, "LayerNormalization")
+    model = net.model(net.head(net.conv(net.unary(normed), 8)))
+    w = {i.name: np.array(onnx.numpy_helper.to_array(i)) for i in model.graph.initializer}
+    convs = [n.input[1] for n in model.graph.node if n.op_type == "Conv"]
+    weak = [1, 4, 6, 9, 11, 12, 13, 15]
+    w[convs[0]][weak] *= 0.01  # eight weak channels: small filters, small reads by the next conv
+    w[convs[1]][:, weak] *= 0.01
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(onnx.numpy_helper.from_array(v, k) for k, v in w.items())
+    out, report = prune(model, "ratio=0.5")
+    onnx.checker.check_model(out, full_check=True)
+    ln = next(n for n in out.graph.node if n.op_type == "LayerNormalization")
+    gamma = {i.name: onnx.numpy_helper.to_array(i) for i in out.graph.initializer}[ln.input[1]]
+    original = w[next(n for n in model.graph.node if n.op_type == "LayerNormalization").input[1]]
+    np.testing.assert_array_equal(gamma, original[[0, 2, 3, 5, 7, 8, 10, 14]])
+    row = next(r for r in report.details["groups"] if r["channels"] == 16)
+    assert row["after"] == 8 and row["lossy"] == ["LayerNormalization over the channels"]
+    feeds = random_feeds(model)
+    assert run(out, feeds)[out.graph.output[0].name].shape == run(model, feeds)[model.graph.output[0].name].shape
+
+
+def test_a_groupnorm_straddling_two_groups_is_regrouped():
+    """A U-Net's GroupNorm after a skip Concat (6 + 10 channels in 4 groups of 4: group 1 holds channels of
+    both): neither group loses whole GroupNorm groups, so the kept channels form new groups of the old size
+    (lossy); the pruned model is valid and its InstanceNormalization has one scale per new group."""
+    from onnxcomp.passes.prune.group_norm import regrouped_count
+
+    assert [regrouped_count(224, 32, k) for k in (112, 120, 7)] == [16, 8, 1]
+    net = Net(3, seed=2)
+    a, b = net.conv(net.x, 6), net.conv(net.x, 10)
+    normed = net.unary(net.group_norm(net.concat([a, b]), 4))
+    model = net.model(net.head(net.conv(normed, 8)))
+    out, report = prune(model, "ratio=0.5,round_to=1")
+    onnx.checker.check_model(out, full_check=True)
+    rows = {r["channels"]: r for r in report.details["groups"] if r["channels"] in (6, 10)}
+    assert rows[6]["after"] == 3 and rows[10]["after"] == 5
+    assert rows[6]["lossy"] == rows[10]["lossy"] == ["GroupNorm regrouped over the kept channels"]
+    norm = next(n for n in out.graph.node if n.op_type == "InstanceNormalization")
+    scale = {i.name: onnx.numpy_helper.to_array(i) for i in out.graph.initializer}[norm.input[1]]
+    assert scale.shape == (2,)  # 8 kept channels in groups of 4
+    feeds = random_feeds(model)
+    assert run(out, feeds)[out.graph.output[0].name].shape == run(model, feeds)[model.graph.output[0].name].shape
+
+
+def test_exact_leaves_the_lossy_groups_whole():
+    net = Net(3, seed=1)
+    c = net.conv(net.x, 16)
+    model = net.model(net.head(net.conv(net.unary(net.channel_norm(c, "Softmax")), 16)))
+    _, lossy = prune(model, "ratio=0.5")
+    _, exact = prune(model, "ratio=0.5,kept_channels_exact=true")
+    assert lossy.stats["groups_pruned"] == 2 and exact.stats["groups_pruned"] == 1
+    (skipped,) = [s for s in exact.skipped if "exact search" in s.reason]
+    assert "Softmax over the channels" in skipped.reason

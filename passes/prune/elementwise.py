@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnxcomp.passes.prune.parts import cut, join
 from onnxcomp.passes.prune.shape_entries import dim, follow_entry, rank
 
 
@@ -67,14 +68,37 @@ def batchnorm(ex, node, side, index, m):
 
 
 def normalization_axis(ex, node, side, index, m):
-    """LayerNormalization/Softmax: fine if they work on other axes than the channels."""
+    """LayerNormalization/Softmax/LogSoftmax: channels pass through. Over other axes that is exact; over
+    the channels it is lossy, as in Torch-Pruning (the kept channels are normalized among themselves, a
+    LayerNorm's scale and bias lose the removed entries)."""
     r = rank(ex, node.inputs[0])
     axis = int(node.attrs.get("axis", -1)) % r
-    covers = m.axis >= axis if node.op == "LayerNormalization" else m.axis == axis
-    if covers:
-        ex.refuse(f"{ex.key(node)}: {node.op} works across the channel axis")
     if side == "in" and index != 0:
         ex.refuse(f"{ex.key(node)}: channels enter {node.op} through a parameter")
+    covers = m.axis >= axis if node.op == "LayerNormalization" else m.axis == axis
+    if covers:
+        if len(node.outputs) > 1 and any(ex.used(t) for t in node.outputs[1:]):
+            ex.refuse(f"{ex.key(node)}: {node.op} statistics outputs are used")
+        ex.lossy(f"{node.op} over the channels")
+        for i, t in enumerate(node.inputs[1:3], start=1):  # LayerNorm scale and bias: per channel
+            if not t.name:
+                continue
+            a = m.axis - (r - rank(ex, t))
+            if a < 0 or dim(ex, t, a) == 1:
+                continue
+            const = ex.const_source(t)
+            if const is None:
+                ex.refuse(f"{ex.key(node)}: {node.op} parameter {i} is not a constant")
+            ex.add_const("param", const, a, m, node, i, role="norm")
+    ex.visit(node.inputs[0], m, node)
+    ex.visit(node.outputs[0], m, node)
+
+
+def lrn(ex, node, side, index, m):
+    """LRN normalizes each channel by its neighbours on axis 1: with channels removed the window (size)
+    stays valid and spans the kept neighbours instead (lossy); on other axes the channels just pass."""
+    if m.axis == 1:
+        ex.lossy("LRN over the channels")
     ex.visit(node.inputs[0], m, node)
     ex.visit(node.outputs[0], m, node)
 
@@ -91,7 +115,9 @@ def pool(ex, node, side, index, m):
 def reduce(ex, node, side, index, m):
     """ReduceMean/Sum/Max... over other axes (an SE block's pooling, a mean over time): channels stay.
 
-    With keepdims=0 the channel axis moves left by the reduced axes before it.
+    With keepdims=0 the channel axis moves left by the reduced axes before it. A reduction over the
+    channels (a global min for normalizing, an L2 norm) is lossy: it is taken over the kept channels and
+    its output holds none of them. ArgMax/ArgMin over the channels stay refused: they return positions.
     """
     if side == "in" and index != 0:
         ex.refuse(f"{ex.key(node)}: channels reach {node.op} through its axes")
@@ -101,6 +127,10 @@ def reduce(ex, node, side, index, m):
         ex.refuse(f"{ex.key(node)}: unknown select_last_index")
     keep = int(node.attrs.get("keepdims", 1))
     in_axis = m.axis if side == "in" else _unreduced(m.axis, axes, r, keep)
+    if side == "in" and in_axis in axes and node.op not in ("ArgMax", "ArgMin"):
+        ex.lossy(f"{node.op} over the channels")  # a statistic over the kept channels (a global min/max)
+        ex.visit(node.inputs[0], m, node)
+        return
     if in_axis is None or in_axis in axes:
         ex.refuse(f"{ex.key(node)}: {node.op} reduces the channel axis")
     out_axis = in_axis if keep else in_axis - sum(a < in_axis for a in axes)
@@ -146,12 +176,23 @@ def pad(ex, node, side, index, m):
             ex.refuse(f"{ex.key(node)}: Pad axes are computed at run time")
         axes = [int(a) % r for a in values]
     n = len(axes)
-    if m.axis in axes:
-        k = axes.index(m.axis)
-        if int(pads[k]) != 0 or int(pads[k + n]) != 0:
-            ex.refuse(f"{ex.key(node)}: Pad pads the channel axis")
-    ex.visit(node.inputs[0], m, node)
-    ex.visit(node.outputs[0], m, node)
+    before, after = (int(pads[axes.index(m.axis)]), int(pads[axes.index(m.axis) + n])) if m.axis in axes else (0, 0)
+    if (before, after) == (0, 0):
+        ex.visit(node.inputs[0], m, node)
+        ex.visit(node.outputs[0], m, node)
+        return
+    if before < 0 or after < 0 or node.attrs.get("mode", "constant") not in ("constant", b"constant"):
+        ex.refuse(f"{ex.key(node)}: Pad crops or mirrors the channel axis")
+    # Constant channels added before and after the group's: the channels move by `before`, the pads stay.
+    if side == "in":
+        ex.visit(node.outputs[0], join(ex, node, m, before), node)
+        return
+    n_in = dim(ex, node.inputs[0], m.axis)
+    held = m.positions(np.arange(ex.channels))
+    if held.size and (held.min() < before or held.max() >= before + n_in):
+        ex.refuse(f"{ex.key(node)}: the group holds channels Pad adds")
+    for _, part in cut(ex, node, m, [(before, n_in)]):
+        ex.visit(node.inputs[0], part, node)
 
 
 def resize(ex, node, side, index, m):
@@ -180,7 +221,8 @@ def transpose(ex, node, side, index, m):
 
 
 def gather(ex, node, side, index, m):
-    """Gather rows along another axis (a GNN's node features by edge index): the channels stay."""
+    """Gather rows along another axis (a GNN's node features by edge index, an embedding lookup): the
+    channels stay; a constant table is sliced like a parameter."""
     if side == "in" and index != 0:
         ex.refuse(f"{ex.key(node)}: channels reach Gather through its indices")
     r = rank(ex, node.inputs[0])
@@ -195,4 +237,37 @@ def gather(ex, node, side, index, m):
     if axis <= m.axis < axis + k:
         ex.refuse(f"{ex.key(node)}: channels on the axes of Gather's indices")
     in_axis = m.axis if m.axis < axis else m.axis - k + 1
+    const = ex.const_source(node.inputs[0])
+    if const is not None:  # an embedding table: its rows hold the channels
+        ex.add_const("param", const, in_axis, m, node, 0)
+    else:
+        ex.visit(node.inputs[0], m.on_axis(in_axis), node)
+
+
+def gather_nd(ex, node, side, index, m):
+    """GatherND picking rows by index tuples (a GNN's per-graph readout): axes after the indexed ones stay."""
+    if side == "in" and index != 0:
+        ex.refuse(f"{ex.key(node)}: channels reach GatherND through its indices")
+    batch = int(node.attrs.get("batch_dims", 0))
+    k = dim(ex, node.inputs[1], rank(ex, node.inputs[1]) - 1)
+    shift = rank(ex, node.inputs[1]) - 1 - batch - k  # data axis a >= batch + k lands on a + shift
+    in_axis = m.axis if side == "in" else m.axis - shift
+    if in_axis < batch + k:
+        ex.refuse(f"{ex.key(node)}: GatherND indexes the channel axis")
     ex.visit(node.inputs[0], m.on_axis(in_axis), node)
+    ex.visit(node.outputs[0], m.on_axis(in_axis + shift), node)
+
+
+def scatter_elements(ex, node, side, index, m):
+    """ScatterElements along another axis (a GNN's scatter-add of messages onto nodes): data, indices,
+    updates and output all hold the channels on the same axis (the indices are expanded along it)."""
+    axis = int(node.attrs.get("axis", 0)) % rank(ex, node.inputs[0])
+    if m.axis == axis:
+        ex.refuse(f"{ex.key(node)}: {node.op} scatters along the channel axis")
+    for i, t in enumerate(node.inputs[:3]):
+        const = ex.const_source(t)
+        if const is not None:  # a constant start or index table: sliced like a per-channel parameter
+            ex.add_const("param", const, m.axis, m, node, i)
+        else:
+            ex.visit(t, m, node)
+    ex.visit(node.outputs[0], m, node)

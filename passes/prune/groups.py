@@ -43,6 +43,9 @@ class ChannelGroup:
     # times the repeat count for units laid out several times (an LSTM's gates).
     width: int = 1
     unit: str = "channel"
+    # Why removing channels changes what the kept ones compute (a LayerNorm, Softmax or LRN over the
+    # channels): prunable all the same, like any structured pruning, but not exact.
+    lossy: list[str] = field(default_factory=list)
 
     @property
     def prunable(self) -> bool:
@@ -51,7 +54,7 @@ class ChannelGroup:
     def describe(self) -> dict:
         return {"id": self.id, "channels": self.channels, "width": self.width, "unit": self.unit,
                 "producers": self.producers, "members": sorted({m.label() for m in self.members}),
-                "reason": self.reason}
+                "reason": self.reason, "lossy": self.lossy}
 
 
 class Refused(Exception):
@@ -59,9 +62,11 @@ class Refused(Exception):
 
 
 class _Explorer:
-    def __init__(self, graph, shapes: dict):
+    def __init__(self, graph, shapes: dict, exact: bool = False):
         import onnx_graphsurgeon as gs
 
+        self.exact = exact
+        self.regroup_norms = False  # set per exploration from its Unit
         self.gs = gs
         self.graph = graph
         self.shapes = shapes
@@ -74,6 +79,13 @@ class _Explorer:
 
     def refuse(self, reason: str):
         raise Refused(reason)
+
+    def lossy(self, what: str):
+        """Removing the group's channels changes `what` computes for the kept ones (a normalization over
+        them): allowed, recorded on the group, refused when the search must stay exact."""
+        if self.exact:
+            self.refuse(f"{what} (exact search)")
+        self.lossy_notes.append(what)
 
     def shape(self, tensor):
         if isinstance(tensor, self.gs.Constant):
@@ -145,7 +157,7 @@ class _Explorer:
 
     def hint(self, unit: Unit):
         """The walk would work if the producer's channels were counted in `unit`s (heads, gates, groups)."""
-        if unit not in self.hints and (unit.block > 1 or unit.repeat > 1):
+        if unit not in self.hints and (unit.block > 1 or unit.repeat > 1 or unit.regroup_norms):
             self.hints.append(unit)
 
     def follows(self, out_name: str, axis: int, source, source_axis: int, what: str):
@@ -225,6 +237,7 @@ class _Explorer:
         self.size_readers: set = set()
         self.size_uses: list = []
         self.even_checks: dict = {}
+        self.lossy_notes: list[str] = []
         reasons: list[str] = []
         self.visit(start.outputs[output], m, None)
         while self.queue:
@@ -269,18 +282,19 @@ class _Explorer:
         return reasons
 
 
-def find_channel_groups(graph, shapes: dict | None = None) -> list[ChannelGroup]:
+def find_channel_groups(graph, shapes: dict | None = None, exact: bool = False) -> list[ChannelGroup]:
     """Every channel group of a gs.Graph, prunable or with the reason it is not.
 
     `shapes` maps tensor names to static shapes (onnxcomp.graph.shapes.infer_shapes); computed when
-    not given, with symbolic dims set to 1.
+    not given, with symbolic dims set to 1. `exact`: refuse groups whose removal changes what the
+    kept channels compute (normalizations over the channels) instead of marking them lossy.
     """
     if shapes is None:
         from onnxcomp.graph.convert import to_model
         from onnxcomp.graph.shapes import infer_shapes
 
         shapes = infer_shapes(to_model(graph))
-    ex = _Explorer(graph, shapes)
+    ex = _Explorer(graph, shapes, exact)
     groups: list[ChannelGroup] = []
     hints: dict[int, tuple] = {}
     for node in graph.nodes:
@@ -304,11 +318,13 @@ def find_channel_groups(graph, shapes: dict | None = None) -> list[ChannelGroup]
 def _explore_group(ex, node, gid: int, channels: int, output: int, axis: int, unit: Unit) -> ChannelGroup:
     per = unit.block * unit.repeat
     m = Mapping(axis, 0, unit.block, unit.repeat, channels // unit.repeat if unit.repeat > 1 else 0)
+    ex.regroup_norms = unit.regroup_norms
     group = ChannelGroup(gid, channels // per, [node_key(node)], width=per, unit=unit.describe())
     group.reason = ex.explore(node, channels // per, output, m)
     group.producers = list(dict.fromkeys([node_key(node), *ex.group_producers]))
     group.members = list(ex.members.values())
     group.tensors = list(ex.state)
+    group.lossy = sorted(set(ex.lossy_notes))
     return group
 
 
@@ -346,7 +362,7 @@ def _unit_groups(ex, groups: list[ChannelGroup], hints: dict) -> list[ChannelGro
 
 
 def _combined(unit: Unit, more: Unit) -> Unit:
-    return Unit(max(unit.block, more.block), max(unit.repeat, more.repeat))
+    return Unit(max(unit.block, more.block), max(unit.repeat, more.repeat), unit.regroup_norms or more.regroup_norms)
 
 
 def _uses_of_constants(graph) -> dict[str, set]:

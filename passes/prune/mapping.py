@@ -60,10 +60,15 @@ class Mapping:
 
 @dataclass(frozen=True)
 class Unit:
-    """How a producer's output channels are counted: `block` consecutive channels laid out `repeat` times."""
+    """How a producer's output channels are counted: `block` consecutive channels laid out `repeat` times.
+
+    `regroup_norms`: channels are counted one by one and a GroupNorm's groups are formed anew from the kept
+    channels (lossy; for GroupNorms whose groups straddle the channels of several groups, as after a
+    U-Net's skip Concat)."""
 
     block: int = 1
     repeat: int = 1
+    regroup_norms: bool = False
 
     def describe(self) -> str:
         if self.repeat > 1:
@@ -80,10 +85,14 @@ class Member:
       "in"    a reader's weight, sliced on `axis` (its input channels/features)
       "param" a per-channel constant (BN scale/bias/mean/var, bias, per-channel Mul/Add, PRelu slope)
       "value" one entry of an int64 constant (Reshape shape, Split sizes, Slice start/end):
-              it decreases by the number of removed positions in [lo, hi); `private` when the
+              it decreases by the number of removed positions in [lo, hi) (increases, with sign -1: a
+              bound counted from the end, such as a negative Slice start); `private` when the
               constant is also read outside the group, so the plan gives this reader its own copy
       "attr"  an integer attribute of node `tensor` (a grouped Conv's `group`, an RNN's
               `hidden_size`), which decreases by the number of removed positions of `mapping`
+    A "value" or "param" member with role "groups" belongs to a GroupNorm regrouped from the kept channels:
+    `hi` is the channel count it normalizes, and the group count entry (value) or the per-group scale and
+    bias (param, sliced to the first G' entries) follow the total kept over every group (plan.py).
     `tensor` names the constant (initializer or Constant node output); for "attr" the node key.
     `use` is the (node key, input index) reading the constant, for the shared-constant check.
     """
@@ -98,6 +107,7 @@ class Member:
     hi: int = 0
     role: str = ""
     private: bool = False
+    sign: int = 1
 
     def label(self) -> str:
         if self.kind == "value":

@@ -141,27 +141,48 @@ def slice_(ex, node, side, index, m):
     sources = [ex.const_source(t) if t.name else None for t in node.inputs[1:5]]
     params = [None if src is None else np.reshape(src[2], -1) for src in sources]
     starts, ends = params[0], params[1]
+    given_axes = len(params) > 2 and params[2] is not None
+    if given_axes and m.axis not in [int(a) % r for a in params[2]]:  # e.g. pe[:, :seq] with seq read at run time
+        _other_axes(ex, node, side, m)
+        return
     if starts is None or ends is None:
         ex.refuse(f"{ex.key(node)}: Slice bounds are computed at run time")
-    axes = [int(a) % r for a in params[2]] if len(params) > 2 and params[2] is not None else list(range(len(starts)))
+    axes = [int(a) % r for a in params[2]] if given_axes else list(range(len(starts)))
     if m.axis not in axes:
-        ex.visit(node.outputs[0] if side == "in" else node.inputs[0], m, node)
+        _other_axes(ex, node, side, m)
         return
     k = axes.index(m.axis)
     steps = params[3] if len(params) > 3 and params[3] is not None else None
     if steps is not None and int(steps[k]) != 1:
         ex.refuse(f"{ex.key(node)}: Slice with step {int(steps[k])} on the channel axis")
     n = dim(ex, node.inputs[0], m.axis)
-    start, end = int(starts[k]), int(ends[k])
-    if start < 0 or end < 0:
-        ex.refuse(f"{ex.key(node)}: Slice with negative bounds on the channel axis")
-    start, end = min(start, n), min(end, n)
+    given = (int(starts[k]), int(ends[k]))
+    start, end = (min(max(v + n if v < 0 else v, 0), n) for v in given)
     whole = join(ex, node, m, start) if side == "out" else m
-    ex.add(Member("value", sources[0][0], index=k, lo=0, hi=start, use=(ex.key(node), 1), mapping=whole))
-    if int(ends[k]) <= n:
-        ex.add(Member("value", sources[1][0], index=k, lo=0, hi=end, use=(ex.key(node), 2), mapping=whole))
+    for slot, value, at in ((1, given[0], start), (2, given[1], end)):
+        if -n <= value <= n:  # past either end, a bound is clamped and stays right after pruning
+            _bound_member(ex, node, sources[slot - 1][0], k, slot, whole, at, from_end=value < 0)
     if side == "out":
         ex.visit(node.inputs[0], whole, node)
         return
     for _, part in cut(ex, node, m, [(start, end - start)]):
         ex.visit(node.outputs[0], part, node)
+
+
+def _other_axes(ex, node, side, m):
+    """A Slice along other axes: the channels pass; a sliced constant (a positional table) is a parameter."""
+    if side == "in":
+        ex.visit(node.outputs[0], m, node)
+        return
+    const = ex.const_source(node.inputs[0])
+    if const is not None:
+        ex.add_const("param", const, m.axis, m, node, 0)
+    else:
+        ex.visit(node.inputs[0], m, node)
+
+
+def _bound_member(ex, node, name, k, slot, whole, at, from_end):
+    """A Slice bound at position `at`: it moves down by the removed positions before it, or, counted from
+    the end (negative), up by the removed positions from it on."""
+    lo, hi, sign = (at, 2**62, -1) if from_end else (0, at, 1)
+    ex.add(Member("value", name, index=k, lo=lo, hi=hi, use=(ex.key(node), slot), mapping=whole, sign=sign))

@@ -17,6 +17,7 @@ import numpy as np
 from onnxcomp.errors import InputError
 from onnxcomp.graph.weights import store_values
 from onnxcomp.graph.edit import node_key
+from onnxcomp.passes.prune.group_norm import regrouped_count
 from onnxcomp.passes.prune.groups import ChannelGroup
 
 PLAN_VERSION = 1
@@ -124,6 +125,7 @@ def build_plan(graph, groups: list[ChannelGroup], kept: dict[int, np.ndarray]) -
     drops: dict[tuple[str, int], dict] = {}  # (constant, axis) -> {reader: removed positions}
     deltas: dict[tuple[str, int], dict] = {}  # (constant, entry) -> {reader: decrease}
     attr_delta: dict[tuple[str, str], int] = {}
+    regrouped: dict[tuple, tuple] = {}  # a regrouped GroupNorm's member -> (member, removed channels)
     plan = PruningPlan()
     for group in groups:
         if group.id not in kept:
@@ -136,14 +138,21 @@ def build_plan(graph, groups: list[ChannelGroup], kept: dict[int, np.ndarray]) -
                             "kept": int(keep.size)})
         for m in group.members:
             pos = m.mapping.positions(removed)
-            if m.kind in ("out", "in", "param"):
+            if m.role == "groups":  # a regrouped GroupNorm: counted over all groups, resolved below
+                key = (m.kind, m.tensor, m.index if m.kind == "value" else m.axis, m.use)
+                first, gone = regrouped.get(key, (m, 0))
+                regrouped[key] = (first, gone + int(pos.size))
+            elif m.kind in ("out", "in", "param"):
                 for use in ([m.use] if m.private else readers.get(m.tensor) or [m.use]):
                     drops.setdefault((m.tensor, m.axis), {}).setdefault(use, set()).update(int(p) for p in pos)
             elif m.kind == "value":  # each reader counts the pieces it sees; a shared entry is one reader's
                 per_reader = deltas.setdefault((m.tensor, m.index), {})
-                per_reader[m.use] = per_reader.get(m.use, 0) + int(np.sum((pos >= m.lo) & (pos < m.hi)))
+                per_reader[m.use] = per_reader.get(m.use, 0) + m.sign * int(np.sum((pos >= m.lo) & (pos < m.hi)))
             elif m.kind == "attr":
                 attr_delta[(m.tensor, m.role)] = attr_delta.get((m.tensor, m.role), 0) + int(pos.size)
+    for (kind, name, at, use), (m, gone) in regrouped.items():
+        _regroup(kind, name, at, [use] if m.private else readers.get(name) or [use], m.hi, gone, values_of,
+                 deltas, drops)
     for (name, axis), by_reader in sorted(drops.items()):
         size = int(np.shape(values_of(name))[axis])
         for use, removed_pos in _per_reader(by_reader, readers.get(name), set()):
@@ -159,6 +168,23 @@ def build_plan(graph, groups: list[ChannelGroup], kept: dict[int, np.ndarray]) -
         default = 1 if attr == "group" else 0
         plan.attributes.append({"node": key, "name": attr, "value": int(nodes[key].attrs.get(attr, default)) - delta})
     return plan
+
+
+def _regroup(kind, name, at, uses, channels: int, gone: int, values_of, deltas: dict, drops: dict) -> None:
+    """A regrouped GroupNorm's group count entry (value) or per-group scale and bias (param), for each reader:
+    G' from every channel it loses, those of regrouping groups (`gone`) and the whole GroupNorm groups that
+    exact groups take (already in deltas/drops, in units of groups), which it replaces."""
+    values = np.asarray(values_of(name))
+    old = int(values.reshape(-1)[at]) if kind == "value" else int(values.shape[at])
+    per = channels // old
+    for u in uses:
+        if kind == "value":
+            whole = deltas.get((name, at), {}).get(u, 0)
+            deltas.setdefault((name, at), {})[u] = old - regrouped_count(channels, old, channels - gone - whole * per)
+        else:
+            whole = len(drops.get((name, at), {}).get(u, ()))
+            new = regrouped_count(channels, old, channels - gone - whole * per)
+            drops.setdefault((name, at), {})[u] = set(range(new, old))
 
 
 def _per_reader(by_reader: dict, all_readers, unchanged):

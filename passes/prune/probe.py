@@ -5,12 +5,17 @@ Exports with Shape/Range position ids (real BERT exports) defeat static inferenc
 after the embeddings has unknown batch and sequence sizes, and so do the attention reshapes. One
 run on seeded inputs, with symbolic dims set to small distinct sizes (2, 3, 5, ...: a size 1 would
 look like broadcasting; 1 only for a model that runs at no other size, as inference assumes too),
-gives every shape; the search only needs them consistent with each other.
+gives every shape; the search only needs them consistent with each other. A model that does not run at
+those sizes (a detector whose upsampled features must meet the skip connections) gets a second run at
+multiples of 32.
 """
 
 from __future__ import annotations
 
 PROBE_SIZES = (2, 3, 5, 7, 11, 13)
+# Then sizes a detector or U-Net takes (its strided stages and upsampled skips must line up): multiples of
+# 32, still distinct; a batch dim stays 2 so the run stays small.
+STRIDED_SIZES = tuple(32 * s for s in PROBE_SIZES)
 
 
 def search_shapes(model, dims: dict | None = None) -> dict[str, tuple]:
@@ -22,9 +27,18 @@ def search_shapes(model, dims: dict | None = None) -> dict[str, tuple]:
     if all(shapes.get(name) is not None and None not in shapes[name] for name in computed):
         return shapes
     probed = probe_shapes(model, dims)
+    if probed is None:
+        probed = probe_shapes(model, {**_strided(_symbolic(model)), **(dims or {})})
     if probed is None and not dims:  # a model that only runs at size 1 (a batch baked into a view)
         probed = probe_shapes(model, {name: 1 for name in _symbolic(model)})
     return probed if probed is not None else shapes
+
+
+def _strided(names: list[str]) -> dict[str, int]:
+    sizes = {}
+    for i, name in enumerate(names):
+        sizes[name] = 2 if "batch" in name.lower() or name in ("N", "B") else STRIDED_SIZES[i % len(STRIDED_SIZES)]
+    return sizes
 
 
 def _symbolic(model) -> list[str]:

@@ -53,6 +53,9 @@ class RemoveChannelsOptions:
         "range": Range(1)})
     global_ranking: bool = field(default=False, metadata={
         "help": "rank channels across groups (layers lose different fractions) instead of per group"})
+    kept_channels_exact: bool = field(default=False, metadata={
+        "help": "leave whole the groups whose removal changes what the kept channels compute (LayerNorm, "
+                "GroupNorm, Softmax, LRN or a reduction over the channels) instead of pruning them lossily"})
     exclude: tuple[str, ...] = exclude_option()  # a group with a matching member is left whole
     exclude_op: tuple[str, ...] = exclude_op_option()
     max_drop: Optional[float] = max_drop_option()
@@ -86,7 +89,7 @@ class RemoveChannelsPass(Pass):
             plan = PruningPlan.load(o.plan)
             groups = []
         else:
-            groups = find_channel_groups(graph, search_shapes(before_model, ctx.dims))
+            groups = find_channel_groups(graph, search_shapes(before_model, ctx.dims), exact=o.kept_channels_exact)
             _apply_exclude(groups, exclude, graph)
             live = [g for g in groups if g.prunable]
             if not live:

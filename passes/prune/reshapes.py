@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from onnxcomp.passes.prune import group_norm
 from onnxcomp.passes.prune.mapping import Mapping, Unit
 from onnxcomp.passes.prune.shape_entries import (
     dim,
@@ -105,9 +106,16 @@ def reshape(ex, node, side, index, m):
         in_axis, in_m = regroup(dst, m.axis, m, src)
         k, out_m = m.axis, m
     if in_axis is None or k is None:
+        opener = node if side == "in" else group_norm.opener(node)
+        norm = opener is not None and group_norm.pattern(ex, opener, m) is not None
+        if norm and ex.regroup_norms:
+            group_norm.regroup(ex, opener, m)
+            return
         if m.block == 1 and m.repeat == 1 and side == "in":
             for unit in split_hints(src, m.axis, dst):
                 ex.hint(unit)
+        if norm and m.block == 1 and m.repeat == 1:
+            ex.hint(Unit(regroup_norms=True))  # after whole GroupNorm groups, which stay exact
         where = "the channel axis" if src[in_axis if in_axis is not None else m.axis] is not None else "unknown sizes"
         ex.refuse(f"{ex.key(node)}: Reshape splits or reorders {where}")
     copies = k == in_axis and src[in_axis] == dst[k] and not int(node.attrs.get("allowzero", 0))

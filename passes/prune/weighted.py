@@ -107,15 +107,22 @@ def gemm(ex, node, side, index, m):
 
 
 def _matmul_activations(ex, node, side, index, m):
-    """A @ B of two activations (attention): batch axes couple both sides, rows/columns pass through."""
+    """A @ B of two activations (attention): batch axes couple both sides, rows/columns pass through, and
+    the contracted axis couples A's columns with B's rows."""
     a, b, out = node.inputs[0], node.inputs[1], node.outputs[0]
     r_a, r_b, r_out = rank(ex, a), rank(ex, b), rank(ex, out)
     if min(r_a, r_b) < 2:
         ex.refuse(f"{ex.key(node)}: MatMul with a vector operand")
     src_rank = r_out if side == "out" else (r_a if index == 0 else r_b)
     a_out = m.axis + (r_out - src_rank)
-    if side == "in" and index == 0 and m.axis == r_a - 1 or side == "in" and index == 1 and m.axis == r_b - 2:
-        ex.refuse(f"{ex.key(node)}: channels contracted by a MatMul of two activations")
+    if side == "in" and (index == 0 and m.axis == r_a - 1 or index == 1 and m.axis == r_b - 2):
+        # Contracted (q @ k^T over the features): feature c of A meets feature c of B, so the two couple;
+        # without c the sum just loses its term, as with a weight that reads c. The output holds none.
+        if a is b:
+            ex.refuse(f"{ex.key(node)}: MatMul of a tensor with itself")
+        other, axis = (b, r_b - 2) if index == 0 else (a, r_a - 1)
+        ex.visit(other, m.on_axis(axis), node)
+        return
     if a_out < r_out - 2:  # batch axis: both operands (unless broadcast) and the output
         ex.visit(out, m.on_axis(a_out), node)
         for t, r in ((a, r_a), (b, r_b)):

@@ -4,7 +4,8 @@
 (b) the manual sequence: Torch-Pruning (group L2 magnitude, widths rounded to the host's channel
     block, the classifier left alone) on the PyTorch module at the ratio (a) chose, without the
     residual blocks (a) dropped (replaced by the identity in torch), the same
-    recovery (KD at T=1 + cross-entropy, AdamW, cosine, the same epochs and learning rate) in torch,
+    recovery (KD at T=1 + cross-entropy, AdamW, cosine, the same epochs and learning rate; not
+    compress's matching of the block outputs) in torch,
     export to ONNX, then ONNX Runtime's quantize_static (QDQ, per-channel, 256 calibration samples).
 Each arm runs in its own process (wall time and peak RSS are its own); accuracy on the held-out
 digits test split (359 samples: one sample = 0.28 points) and latency at batch 8 (the fastest of
@@ -12,7 +13,7 @@ interleaved rounds, ONNX Runtime, one thread) are measured here, in one process,
 original. Also one label-free run on a non-classifier of the corpus (eeg_spindle_unet, a U-Net
 segmenter; 16 random recipe inputs, no labels: cosine of the outputs).
 
-Run: python -m benchmarks compress [-- --latency 0.2 --max-drop 0.003 --epochs 4 --skip-label-free]
+Run: python -m benchmarks compress [-- --latency 0.2 --max-drop 0.003 --epochs 6 --skip-label-free]
 Needs the bench extra (torch-pruning) and build/models; the label-free row needs build/corpus.
 """
 
@@ -41,7 +42,7 @@ def _args(argv):
     p.add_argument("--models", type=Path, default=REPO / "build" / "models")
     p.add_argument("--latency", type=float, default=0.2)
     p.add_argument("--max-drop", type=float, default=0.003)
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=6)  # compress's default
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-label-free", action="store_true")
     p.add_argument("--arm", choices=["compress", "manual", "label-free"], help=argparse.SUPPRESS)
@@ -84,11 +85,15 @@ def _torch_model(models: Path):
     return model.eval()
 
 
-def _recover(student, teacher, x, y, epochs: int, lr: float = 3e-3, batch: int = 64, seed: int = 0):
-    """What compress does, in torch: KD at T=1 (weight 0.5) + cross-entropy, AdamW, cosine per step."""
+def _recover(student, teacher, x, y, epochs: int, lr: float | None = None, batch: int = 64, seed: int = 0):
+    """What compress does, in torch: KD at T=1 (weight 0.5) + cross-entropy, AdamW, cosine per step, at
+    compress's learning rate (without its matching of the block outputs: Torch-Pruning has none)."""
     import torch
     import torch.nn.functional as F
 
+    from onnxcomp.compress import RECOVERY_LR
+
+    lr = RECOVERY_LR if lr is None else lr
     torch.manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     with torch.no_grad():

@@ -8,7 +8,7 @@ import pytest
 from helpers import make_model, rng_array, tensor
 from onnx import helper
 
-from onnxcomp.graph.residual import drop_branches, residual_branches
+from onnxcomp.graph.residual import drop_branches, residual_branches, shared_joins
 from onnxcomp.measure.runtime import run_model
 
 
@@ -53,3 +53,26 @@ def test_a_branch_that_is_not_droppable_is_not_found(kind):
 def test_the_digits_cnn_has_one_droppable_block(digits_cnn):
     model = onnx.load(str(digits_cnn))
     assert [b.add for b in residual_branches(model)] == ["/layer1/Add"]  # the stride-2 blocks have projections
+
+
+def test_the_features_to_match_are_the_joins_the_student_kept_after_their_activation(digits_cnn):
+    teacher = onnx.load(str(digits_cnn))
+    after = ["/layer1/relu_1/Relu_output_0", "/layer2/relu_1/Relu_output_0", "/layer3/relu_1/Relu_output_0"]
+    assert shared_joins(teacher, teacher) == after  # what the next block reads, not the Add before the ReLU
+    student = drop_branches(teacher, ["/layer1/Add"])
+    assert shared_joins(teacher, student) == after[1:]  # the dropped block joins nothing any more
+    assert shared_joins(teacher, student, limit=1) == after[2:]
+
+
+def test_a_join_the_teacher_lacks_or_shapes_that_differ_beyond_channels_are_not_matched():
+    student = block()
+    renamed = block()
+    for n in renamed.graph.node:
+        n.output[:] = [f"t_{o}" if o == "y" else o for o in n.output]
+    renamed.graph.output[0].name = "t_y"
+    assert shared_joins(block(), student) == ["y"] and shared_joins(renamed, student) == []
+    pooled = block()
+    pooled.graph.node[-1].op_type = "MaxPool"  # the teacher's "y" pooled: same name, another shape
+    for k, v in {"kernel_shape": [2, 2], "strides": [2, 2]}.items():
+        pooled.graph.node[-1].attribute.append(helper.make_attribute(k, v))
+    assert shared_joins(pooled, block()) == []  # the teacher's "y" is 3x3, the student's 6x6

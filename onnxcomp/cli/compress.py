@@ -34,7 +34,7 @@ REPORT_SUFFIXES = (".json", ".html")
 @click.option("--sparsify", metavar="S", help="Also sparsify the weights after folding (0.5, 2:4), before quantizing.")
 @click.option("--max-drop", type=float, metavar="D",
               help="Most accuracy lost on --val (labels; else 1 - mean cosine); exit 4 when it cannot be met.")
-@click.option("--epochs", default=4, show_default=True, help="Distillation epochs per trained candidate.")
+@click.option("--epochs", default=6, show_default=True, help="Distillation epochs per trained candidate.")
 @click.option("--batch", default=8, show_default=True, help="Batch size the latency goal is measured at.")
 @click.option("--backoff", default=2, show_default=True,
               help="Extra candidates trained (one more within the goal, then towards less pruning) when --max-drop is missed.")

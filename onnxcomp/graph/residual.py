@@ -105,3 +105,44 @@ def drop_branches(model: onnx.ModelProto, adds: list[str]) -> onnx.ModelProto:
     del graph.value_info[:]
     graph.value_info.extend(kept_info)
     return out
+
+
+MAX_JOINS = 4  # feature targets per student: the last residual joins carry what the head reads
+ACTIVATIONS = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Gelu", "Silu", "Elu")
+
+
+def shared_joins(teacher: onnx.ModelProto, student: onnx.ModelProto, limit: int = MAX_JOINS) -> list[str]:
+    """What `student`'s residual joins (an Add of two computed tensors) pass on - the Add's output, or
+    its activation's when one alone reads it - where `teacher` computes the same tensor with the same
+    shape but for the channel axis: where a pruned or shortened student can be taught the teacher's
+    features, not only its outputs. The last `limit` of them, in graph order. After the activation, not
+    before: the next block reads what survives it (matching before a ReLU on the digits CNN recovered
+    0.35 after one epoch against 0.91 after it)."""
+    from onnxcomp.graph.shapes import infer_shapes
+
+    graph = student.graph
+    constants = ({i.name for i in graph.initializer} | {i.name for i in graph.input}
+                 | {o for n in graph.node if n.op_type == "Constant" for o in n.output})
+    readers: dict[str, list] = {}
+    for n in graph.node:
+        for name in n.input:
+            readers.setdefault(name, []).append(n)
+    taught = {o for n in teacher.graph.node for o in n.output}
+    joins = []
+    for n in graph.node:
+        if n.op_type != "Add" or len(n.input) != 2 or constants & set(n.input):
+            continue
+        after = readers.get(n.output[0], [])
+        name = after[0].output[0] if len(after) == 1 and after[0].op_type in ACTIVATIONS else n.output[0]
+        if name in taught:
+            joins.append(name)
+    if not joins:
+        return []
+    s_shapes, t_shapes = infer_shapes(student), infer_shapes(teacher)
+
+    def fits(name: str) -> bool:
+        s, t = s_shapes.get(name), t_shapes.get(name)
+        return (s is not None and t is not None and len(s) == len(t) >= 3 and None not in s + t
+                and s[:1] + s[2:] == t[:1] + t[2:])
+
+    return [name for name in joins if fits(name)][-limit:]

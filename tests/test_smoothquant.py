@@ -119,6 +119,8 @@ def test_transformer_block_smoothing_is_exact_and_a_second_run_changes_nothing(m
     (fold,) = info["attention_scales"]  # q @ k^T / sqrt(16): the Div is gone, /q/MatMul's weight took it
     assert fold["projection"] == "/q/MatMul" and fold["factor"] == pytest.approx(0.25)
     assert "/Div" not in [n.name for n in result.model.graph.node]  # (GELU keeps its /act/Div)
+    biases = {row["projection"]: row["kind"] for row in info["attention_biases"]}  # exact: checked below
+    assert biases == {"/k/MatMul": "key dropped", "/v/MatMul": "value moved"}
     rows = {row["tensor"]: row for row in info["sites"]}
     ln1 = rows["/ln1/LayerNormalization_output_0"]
     assert ln1["fold"] == "in-place" and sorted(ln1["readers"]) == ["/k/MatMul", "/q/MatMul", "/v/MatMul"]
@@ -127,6 +129,90 @@ def test_transformer_block_smoothing_is_exact_and_a_second_run_changes_nothing(m
         assert out["max_abs"] < 1e-5
     again = optimize(result.model, "smooth-quant", calib)
     assert not details(again, "smooth-quant")[0].report.modified
+
+
+def attention_block(masked_by_where=False, seed=0, heads=2, d=4):
+    """x -> q, k, v projections (with biases) -> heads (Reshape [0, 0, heads, d], Transpose) -> softmax(q k^T + mask)
+    -> P v -> merge heads -> output projection (+ bias). `masked_by_where`: the scores pass a Where before the
+    softmax that sets the masked ones (masked_fill): a per-row constant in the others no longer cancels."""
+    width = heads * d
+    rng = np.random.default_rng(seed)
+    inits = {f"w{n}": rng_array((width, width), seed + i, 0.5) for i, n in enumerate("qkvo")}
+    inits.update({f"b{n}": (rng.standard_normal(width) * 2).astype(np.float32) for n in "qkvo"})
+    inits.update({"split": np.array([0, 0, heads, d], np.int64), "merge": np.array([0, 0, width], np.int64),
+                  "minus_one": np.float32(-1.0), "low": np.float32(-3.0)})
+    nodes = []
+    for n in "qkv":
+        nodes += [helper.make_node("MatMul", ["x", f"w{n}"], [f"{n}m"]), helper.make_node("Add", [f"{n}m", f"b{n}"], [f"{n}a"]),
+                  helper.make_node("Reshape", [f"{n}a", "split"], [f"{n}r"]),
+                  helper.make_node("Transpose", [f"{n}r"], [f"{n}t"], perm=[0, 2, 3, 1] if n == "k" else [0, 2, 1, 3])]
+    nodes += [helper.make_node("MatMul", ["qt", "kt"], ["scores"]), helper.make_node("Add", ["scores", "mask"], ["masked"])]
+    last = "masked"
+    if masked_by_where:
+        nodes += [helper.make_node("Less", ["mask", "minus_one"], ["hidden"]),
+                  helper.make_node("Where", ["hidden", "low", "masked"], ["replaced"])]
+        last = "replaced"
+    nodes += [helper.make_node("Softmax", [last], ["p"], axis=-1), helper.make_node("MatMul", ["p", "vt"], ["ctx"]),
+              helper.make_node("Transpose", ["ctx"], ["ctxt"], perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", ["ctxt", "merge"], ["ctxm"]),
+              helper.make_node("MatMul", ["ctxm", "wo"], ["om"]), helper.make_node("Add", ["om", "bo"], ["y"])]
+    return make_model(nodes, [tensor("x", ["n", "s", width]), tensor("mask", ["n", 1, 1, "s"])],
+                      [tensor("y", ["n", "s", width])], inits)
+
+
+def attention_feeds(n=3, seq=4, width=8, seed=1):
+    rng = np.random.default_rng(seed)
+    mask = np.where(rng.uniform(size=(n, 1, 1, seq)) < 0.3, -1e4, 0.0).astype(np.float32)
+    return {"x": rng.standard_normal((n, seq, width)).astype(np.float32), "mask": mask}
+
+
+@pytest.mark.parametrize("masked_by_where", [False, True])
+def test_attention_biases_are_folded_exactly_and_only_where_exact(masked_by_where):
+    from onnxcomp.graph.convert import to_graph, to_model
+    from onnxcomp.passes.qdq.attention_bias import fold_attention_biases
+    from onnxcomp.passes.qdq.attention_paths import probe_shapes
+
+    model = attention_block(masked_by_where)
+    graph = to_graph(model)
+    rows = fold_attention_biases(graph, probe_shapes(model))
+    folded = to_model(graph)
+    kinds = {row["bias"]: row["kind"] for row in rows}
+    # the key bias cancels only when nothing but Adds lies between Q K^T and the softmax
+    assert kinds == ({"bv": "value moved"} if masked_by_where else {"bk": "key dropped", "bv": "value moved"})
+    adds = [n.op_type for n in folded.graph.node].count("Add")
+    assert adds == [n.op_type for n in model.graph.node].count("Add") - len(rows)
+    feeds = attention_feeds()
+    np.testing.assert_allclose(run(folded, feeds)["y"], run(model, feeds)["y"], atol=1e-4, rtol=1e-4)
+    unfolded = copy_with_zero("bk", model)  # the key bias matters when the Where stands in the way
+    changed = np.abs(run(unfolded, feeds)["y"] - run(model, feeds)["y"]).max()
+    assert changed > 1e-3 if masked_by_where else changed < 1e-4
+
+
+def copy_with_zero(name, model):
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    init = next(i for i in out.graph.initializer if i.name == name)
+    init.CopyFrom(onnx.numpy_helper.from_array(np.zeros_like(onnx.numpy_helper.to_array(init)), name))
+    return out
+
+
+def test_value_site_scale_goes_into_the_value_projection_exactly():
+    from onnxcomp.graph.convert import to_graph, to_model
+    from onnxcomp.graph.edit import NameGen
+    from onnxcomp.passes.qdq.attention_paths import probe_shapes
+    from onnxcomp.passes.qdq.smoothquant import apply_scale, find_sites, fold_mode
+
+    model = attention_block()
+    graph = to_graph(model)
+    assert "ctxm" not in {s.name for s in find_sites(graph)[0]}  # without shapes: not looked for
+    (site,) = [s for s in find_sites(graph, shapes=probe_shapes(model))[0] if s.name == "ctxm"]
+    assert fold_mode(site) == "in-place" and site.upstream.name == "va"
+    assert sorted(n.inputs[i].name for n, i in site.slots) == ["bv", "wv"]
+    scale = np.random.default_rng(3).uniform(0.2, 5.0, site.channels).astype(np.float32)
+    apply_scale(graph, site, scale, NameGen(graph), "in-place")
+    graph.cleanup().toposort()
+    feeds = attention_feeds()
+    np.testing.assert_allclose(run(to_model(graph), feeds)["y"], run(model, feeds)["y"], atol=1e-4, rtol=1e-4)
 
 
 # ---------- the lossy choice: INT8 error with an outlier channel ----------

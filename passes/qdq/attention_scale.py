@@ -14,18 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 from onnxcomp.graph.edit import NameGen, node_key, producer, replace_uses
-
-# Ops a scalar factor passes through unchanged on its way up to the projection.
-_LAYOUT_OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze")
-_SHAPE_READERS = ("Shape", "Size")  # they read no values: a scaled tensor is the same to them
+from onnxcomp.passes.qdq.attention_paths import only_reader, trace_projection
 
 
-def _only_reader(t, outputs: set) -> bool:
-    """`t` has one reader of its values (and is not a graph output)."""
-    return t.name not in outputs and sum(c.op not in _SHAPE_READERS for c in t.outputs) == 1
-
-
-def _scalar(node) -> tuple[int, float] | None:
+def scalar_factor(node) -> tuple[int, float] | None:
     """(index of the data input, factor the node multiplies by) for a Div/Mul by a float scalar constant."""
     import onnx_graphsurgeon as gs
 
@@ -42,35 +34,6 @@ def _scalar(node) -> tuple[int, float] | None:
     return None
 
 
-def _projection(t, outputs: set):
-    """(MatMul with a constant 2-D weight, (Add, bias index) or None) that makes `t` through layout ops,
-    every tensor on the way read only by the next op; None when there is none."""
-    import onnx_graphsurgeon as gs
-
-    while True:
-        if not _only_reader(t, outputs):
-            return None
-        node = producer(t)
-        if node is None:
-            return None
-        if node.op in _LAYOUT_OPS:
-            t = node.inputs[0]
-            continue
-        bias = None
-        if node.op == "Add" and len(node.inputs) == 2:
-            index = next((i for i, c in enumerate(node.inputs) if isinstance(c, gs.Constant)), None)
-            if index is None:
-                return None
-            bias, t = (node, index), node.inputs[1 - index]
-            if not _only_reader(t, outputs):
-                return None
-            node = producer(t)
-        if node is None or node.op != "MatMul" or not isinstance(node.inputs[1], gs.Constant) \
-                or node.inputs[1].values.ndim != 2 or isinstance(node.inputs[0], gs.Constant):
-            return None
-        return node, bias
-
-
 def fold_attention_scales(graph) -> list[dict]:
     """Fold every scalar scale of an activation x activation MatMul's output into the projection that
     makes one of its operands, in place. Returns one row per fold (the node removed, the weight scaled)."""
@@ -80,19 +43,19 @@ def fold_attention_scales(graph) -> list[dict]:
     outputs = {t.name for t in graph.outputs}
     done = []
     for node in list(graph.nodes):
-        found = _scalar(node)
+        found = scalar_factor(node)
         if found is None or node.outputs[0].name in outputs:
             continue
         index, factor = found
         scores = node.inputs[index]
         mm = producer(scores)
-        if mm is None or mm.op != "MatMul" or not _only_reader(scores, outputs) \
+        if mm is None or mm.op != "MatMul" or not only_reader(scores, outputs) \
                 or any(isinstance(t, gs.Constant) for t in mm.inputs):
             continue
-        target = next((p for p in (_projection(t, outputs) for t in mm.inputs) if p is not None), None)
+        target = next((p for p in (trace_projection(t, outputs) for t in mm.inputs) if p is not None), None)
         if target is None:
             continue
-        proj, bias = target
+        proj, bias = target.matmul, target.bias
         w = proj.inputs[1]
         proj.inputs[1] = gs.Constant(names(f"{w.name}_scaled"), (np.asarray(w.values) * np.float32(factor)).astype(np.float32))
         if bias is not None:

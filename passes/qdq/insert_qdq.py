@@ -171,7 +171,7 @@ def _smooth(graph, ctx: PassContext, opts: InsertQdqOptions, target: str, report
     sq = SmoothQuantOptions(target=target, exclude=opts.exclude, exclude_op=opts.exclude_op,
                             calib_batch_size=opts.calib_batch_size)
     details = smooth(graph, ctx, sq, report)
-    if details["sites"] or details.get("attention_scales"):
+    if details["sites"] or details.get("attention_scales") or details.get("attention_biases"):
         report.details["smooth-quant"] = details
 
 

@@ -20,7 +20,14 @@ measured slower than the Mul). The Mul is an elementwise pass (on MiniLM the six
 about 2% of INT8 latency), so such a site must also gain `extra_op_gain` and have an INT8 output
 SQNR below `extra_op_sqnr_db` to begin with (target ort; TensorRT fuses such a Mul into the
 neighbouring kernel). Attention's constant score scale is folded into the
-query projection first (attention_scale.py, target ort), which wins back about 1%.
+query projection first (attention_scale.py, target ort), which wins back about 1%, and its key
+and value biases are taken off the per-token path (attention_bias.py, target ort), which wins
+back about what the Muls cost (ORT then runs the K and V projections as QLinearMatMul).
+
+`value_sites` (off) also smooths the input of attention's output projection, its 1/s folded into
+the value projection's columns (attention_paths.value_path says which channels those are); its
+error counts V's INT8 too, which rises as the output projection's falls, and on MiniLM it
+measured no gain.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ import numpy as np
 
 from onnxcomp.errors import InputError
 from onnxcomp.graph.edit import NameGen, node_key, producer
+from onnxcomp.passes.qdq.attention_bias import fold_attention_biases
+from onnxcomp.passes.qdq.attention_paths import probe_shapes, value_path
 from onnxcomp.passes.qdq.attention_scale import fold_attention_scales
 from onnxcomp.passes.qdq.layer_data import ChannelStats, channel_stats
 from onnxcomp.passes.qdq.numerics import (
@@ -90,6 +99,13 @@ class SmoothQuantOptions:
         "help": "target ort: also fold attention's constant score scale (1/sqrt(d) after Q K^T) into the query "
                 "projection, which ORT's INT8 MatMul cannot absorb as its float one does (TensorRT fuses it itself, "
                 "and its placement would take the mask Add then right after the MatMul for a residual)"})
+    attention_bias: bool = field(default=True, metadata={
+        "help": "target ort: also drop attention's key bias (softmax ignores it) and move its value bias into the "
+                "output projection's bias (softmax rows sum to one): two bias Adds per layer that ORT leaves unfused "
+                "after an INT8 MatMul"})
+    value_sites: bool = field(default=False, metadata={
+        "help": "also smooth the input of attention's output projection, 1/s folded into the value projection "
+                "(exact, no extra node; off: on MiniLM it measured no gain, V's INT8 error rising as ctx's falls)"})
     calib_batch_size: int = field(default=16, metadata={"help": "samples per calibration batch", "range": Range(1)})
     exclude: tuple[str, ...] = exclude_option()
     exclude_op: tuple[str, ...] = exclude_op_option()
@@ -123,6 +139,7 @@ class Site:
     slots: list[tuple[object, int]]  # (node, input index) of the constants divided by s
     readers: list[Reader]
     others: list[str]  # what else reads the unscaled tensor ("Add /x/Add", "the graph output")
+    upstream: object = None  # an attention site's V: quantized too (P V's input), and scaled by 1/s as well
 
     @property
     def name(self) -> str:
@@ -175,18 +192,29 @@ def smooth(graph, ctx: PassContext, opts: SmoothQuantOptions, report: PassReport
         if details["attention_scales"]:
             report.count("folded_attention_scales", len(details["attention_scales"]))
             report.modified = True
-    sites, skipped = find_sites(graph, exclude, opts.fold != "none")
+    fold_biases = opts.attention_bias and target == "ort"
+    # the bias folds remove tensors and leave the others' shapes: one probe serves both
+    shapes = probe_shapes(to_model(graph)) if fold_biases or opts.value_sites else None
+    if fold_biases:
+        details["attention_biases"] = fold_attention_biases(graph, shapes)
+        if details["attention_biases"]:
+            report.count("folded_attention_biases", len(details["attention_biases"]))
+            report.modified = True
+    sites, skipped = find_sites(graph, exclude, opts.fold != "none", shapes if opts.value_sites else None)
     for name, reason in skipped:
         report.skip(name, reason)
     if not sites:
         details["note"] = "no LayerNorm/affine -> MatMul site to smooth"
         return details
     ctx.say(f"smooth-quant: measuring {len(sites)} sites on the calibration data")
-    stats = channel_stats(to_model(graph), ctx.data, [s.name for s in sites], opts.rows, opts.calib_batch_size)
+    tensors = [s.name for s in sites] + [s.upstream.name for s in sites if s.upstream is not None]
+    stats = channel_stats(to_model(graph), ctx.data, tensors, opts.rows, opts.calib_batch_size)
     fmt = activation_format(target)
     qmax = REDUCED_WEIGHT_QMAX if target == "ort" and host_needs_reduced_range() else WEIGHT_QMAX
     names = NameGen(graph)
-    choices = [(site, fold_mode(site, opts.fold), best_scale(site, stats[site.name], opts.alphas, fmt, qmax))
+    choices = [(site, fold_mode(site, opts.fold),
+                best_scale(site, stats[site.name], opts.alphas, fmt, qmax,
+                           stats[site.upstream.name] if site.upstream is not None else None))
                for site in sites]
     for site, mode, choice in choices:
         reason = refusal(choice, mode if target == "ort" else "in-place", opts)
@@ -230,9 +258,11 @@ def refusal(choice: Choice, mode: str, opts: SmoothQuantOptions) -> str | None:
 
 # ---- finding sites ----------------------------------------------------------------------------
 
-def find_sites(graph, exclude: Exclusion | None = None, other_readers: bool = True) -> tuple[list[Site], list]:
+def find_sites(graph, exclude: Exclusion | None = None, other_readers: bool = True,
+               shapes: dict | None = None) -> tuple[list[Site], list]:
     """Tensors read by MatMul/Gemm with constant weights whose producer can absorb a per-channel scale.
-    Returns (sites, [(tensor, reason)] for the ones that cannot be smoothed)."""
+    With `shapes` (attention_paths.probe_shapes), also attention outputs P V, whose scale the value
+    projection absorbs. Returns (sites, [(tensor, reason)] for the ones that cannot be smoothed)."""
     sites, skipped, claimed = [], [], set()
     outputs = {t.name for t in graph.outputs}
     for tensor in graph.tensors().values():
@@ -244,23 +274,25 @@ def find_sites(graph, exclude: Exclusion | None = None, other_readers: bool = Tr
             skipped.append((tensor.name, "its MatMul readers disagree on the channel count"))
             continue
         found = _absorbing_chain(tensor, k)
+        if isinstance(found, str) and shapes is not None:
+            found = _value_chain(tensor, shapes, outputs) or found
         if isinstance(found, str):
             skipped.append((tensor.name, found))
             continue
-        chain, slots = found
+        chain, slots, *upstream = found
         if any(id(n) in claimed for n in chain):
             skipped.append((tensor.name, f"{node_key(chain[0])} already absorbs another site's scale"))
             continue
         ids = {id(r.node) for r in readers}
         others = [f"{c.op} {node_key(c)}" for c in tensor.outputs if id(c) not in ids and c.op not in SHAPE_READERS]
         others += [f"{c.op} {node_key(c)}" for n, after in itertools.pairwise(chain) for c in n.outputs[0].outputs
-                   if c is not after]
+                   if c is not after and c.op not in SHAPE_READERS]
         others += ["the graph output"] if tensor.name in outputs else []
         if others and not other_readers:
             skipped.append((tensor.name, f"also read by {others[0]} (fold=none)"))
             continue
         claimed.update(id(n) for n in chain)
-        sites.append(Site(tensor, chain, slots, readers, others))
+        sites.append(Site(tensor, chain, slots, readers, others, *upstream))
     return sites, skipped
 
 
@@ -332,6 +364,19 @@ def _absorbing_chain(tensor, k: int):
     return f"{node.op} before the MatMul cannot absorb a per-channel scale (needs LayerNorm or a Mul/Add by constants)"
 
 
+def _value_chain(tensor, shapes: dict, outputs: set):
+    """(chain, slots, V) for an attention output P V (through the head layout ops) whose channels are
+    the value projection's: x/s there is P (x W_v / s + b_v / s), the columns of W_v and b_v divided by
+    s (per output channel, so W_v's INT8 is the same); None when `tensor` is not one."""
+    path = value_path(tensor, shapes, outputs)
+    if path is None:
+        return None
+    proj = path.projection
+    bias = [proj.bias[0]] if proj.bias else []
+    chain = [proj.matmul, *bias, *proj.layout, path.attention, *path.layout]
+    return chain, [(proj.matmul, 1), *([proj.bias] if proj.bias else [])], proj.output
+
+
 # ---- choosing the scale -----------------------------------------------------------------------
 
 def candidate_scale(absmax: np.ndarray, weight_max: np.ndarray, alpha: float) -> np.ndarray:
@@ -344,34 +389,50 @@ def candidate_scale(absmax: np.ndarray, weight_max: np.ndarray, alpha: float) ->
 
 class LayerProbe:
     """The sampled calibration rows of a site and the float outputs of its MatMuls on them, computed
-    once; `error(s)` is then what INT8 does to those MatMuls with smoothing scale s (None: none)."""
+    once; `error(s)` is then what INT8 does to those MatMuls with smoothing scale s (None: none).
+    `upstream`: an attention site's V (ctx = P V): V/s is quantized too, and its error reaches the
+    MatMuls through P; counted as if P passed it on whole (at most that, since P's rows average)."""
 
-    def __init__(self, stats: ChannelStats, weights: list[np.ndarray], fmt, qmax: int):
-        self.stats, self.weights, self.fmt, self.qmax = stats, weights, fmt, qmax
+    def __init__(self, stats: ChannelStats, weights: list[np.ndarray], fmt, qmax: int,
+                 upstream: ChannelStats | None = None):
+        self.stats, self.weights, self.fmt, self.qmax, self.upstream = stats, weights, fmt, qmax, upstream
         self.rows = stats.rows
         self.refs = [self.rows @ w for w in weights]
         self.signal = sum(float(np.sum(np.square(r, dtype=np.float64))) for r in self.refs)
+        if upstream is not None:
+            self.up_signal = sum(float(np.sum(np.square(upstream.rows @ w, dtype=np.float64))) for w in weights)
+
+    def _quantized(self, stats: ChannelStats, s: np.ndarray) -> np.ndarray:
+        """x/s quantized per tensor in `fmt` with its min/max range over all the calibration rows."""
+        lo, hi = float(np.min(stats.lo / s)), float(np.max(stats.hi / s))
+        a_scale, zero_point = activation_params(lo, hi, self.fmt)
+        return fake_quantize(stats.rows / s, a_scale, zero_point, symmetric=self.fmt.symmetric, bits=self.fmt.bits)
 
     def error(self, scale: np.ndarray | None) -> float:
-        """Relative squared error: x/s quantized per tensor in `fmt` with its min/max range over all the
-        calibration rows, sW per output channel, against float x W."""
+        """Relative squared error: x/s quantized, sW per output channel, against float x W (plus, with
+        `upstream`, V/s quantized times sW against V/s times sW)."""
         s = np.ones(len(self.stats.lo), np.float32) if scale is None else scale
-        lo, hi = float(np.min(self.stats.lo / s)), float(np.max(self.stats.hi / s))
-        a_scale, zero_point = activation_params(lo, hi, self.fmt)
-        xq = fake_quantize(self.rows / s, a_scale, zero_point, symmetric=self.fmt.symmetric, bits=self.fmt.bits)
-        noise = 0.0
+        xq = self._quantized(self.stats, s)
+        noise, up_noise = 0.0, 0.0
         for w, ref in zip(self.weights, self.refs):
             qw = quantize_weight(w * s[:, None], 1, self.qmax)
             diff = xq @ (qw.values.astype(np.float32) * qw.scale[None, :]) - ref
             noise += float(np.sum(np.square(diff, dtype=np.float64)))
-        return noise / self.signal if self.signal > 0 else 0.0
+            if self.upstream is not None:
+                up = (self._quantized(self.upstream, s) - self.upstream.rows / s) @ (w * s[:, None])
+                up_noise += float(np.sum(np.square(up, dtype=np.float64)))
+        error = noise / self.signal if self.signal > 0 else 0.0
+        if self.upstream is not None and self.up_signal > 0:
+            error += up_noise / self.up_signal
+        return error
 
 
-def best_scale(site: Site, stats: ChannelStats, alphas, fmt, qmax: int) -> Choice:
+def best_scale(site: Site, stats: ChannelStats, alphas, fmt, qmax: int,
+               upstream: ChannelStats | None = None) -> Choice:
     """The alpha whose scale gives the lowest measured INT8 error (alpha None: no candidate beats none)."""
     weights = [r.kn() for r in site.readers]
     weight_max = np.max([np.abs(w).max(1) for w in weights], axis=0)
-    probe = LayerProbe(stats, weights, fmt, qmax)
+    probe = LayerProbe(stats, weights, fmt, qmax, upstream)
     before = probe.error(None)
     best = Choice(None, None, before, before)
     for alpha in alphas:

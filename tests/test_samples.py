@@ -624,3 +624,22 @@ def test_data_for_an_input_with_a_default_is_refused_unless_it_is_the_default(ca
     assert "thr" in caplog.text and result.input["defaulted_inputs"] == ["thr"]
     assert [i.name for i in result.model.graph.input] == ["x"]
     assert np.allclose(run(session(result.model), {"x": x})["y"], x + 0.5)
+
+
+def test_generated_validation_falls_back_to_batch_1_for_a_state_fixed_at_batch_1():
+    """A GRU whose input batch is dynamic but whose state input is fixed at batch 1 (an exported
+    streaming model) cannot run generated inputs at batch 8: validation runs at batch 1 instead."""
+    rng = np.random.default_rng(0)
+    hidden, width = 8, 4
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),  # batch first in, time first to the GRU
+         helper.make_node("GRU", ["xt", "w", "r", "", "", "h0"], ["", "h"], hidden_size=hidden)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, width]),
+         helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, 1, hidden])],
+        [helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, "N", hidden])],
+        [numpy_helper.from_array(rng.standard_normal((1, 3 * hidden, width)).astype(np.float32), "w"),
+         numpy_helper.from_array(rng.standard_normal((1, 3 * hidden, hidden)).astype(np.float32), "r")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = optimize(model)
+    assert result.validation["inputs"] == "seeded random inputs"
+    assert result.validation["outputs"][0]["max_abs"] == 0

@@ -185,11 +185,51 @@ def _run_context(original: onnx.ModelProto, data, val_data, target, seed, progre
         run_dims.update(shape_dims(shapes))
     values = dict(input_values or {})
     check_input_values(original, values)
+    if data is None and val_data is None:
+        run_dims.update(_runnable_dims(original, specs, run_dims, seed, values, progress))
     data_specs = with_shapes(specs, shapes)
     ctx = PassContext(data=as_samples(data, data_specs, _where(data, "calibration data")), target=target, seed=seed,
                       progress=progress, dims=run_dims, input_values=values,
                       val_data=as_samples(val_data, data_specs, _where(val_data, "validation data")))
     return ctx, shapes
+
+
+# Sizes tried for free non-batch dims when the model does not run them at 1 (strided detectors
+# want multiples of 32; 224 and 640 are the usual image sizes).
+_TRIED_SIZES = (32, 64, 128, 224, 320, 640)
+
+
+def _runnable_dims(model: onnx.ModelProto, specs, dims: dict, seed: int, values: dict, progress) -> dict:
+    """Sizes for the symbolic non-batch dims (height, width) of generated inputs: 1 unless the
+    model fails there (a YOLO's Concat after upsampling a 1x1 map), then the first size it runs."""
+    from onnxcomp.measure.runtime import random_inputs, run, session
+
+    free = sorted({(d if isinstance(d, str) and d != "?" else f"{s.name}:{axis}")
+                   for s in specs for axis, d in enumerate(s.shape)
+                   if axis > 0 and not (isinstance(d, int) and d > 0)} - set(dims))
+    if not free or any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        return {}  # (a model with external data is not loaded once more only to try sizes)
+    try:
+        sess = session(model)
+    except Exception:
+        return {}  # the commands say why the model does not load
+
+    def runs(size: int) -> bool:
+        try:
+            run(sess, random_inputs(model, {**dims, **{k: size for k in free}}, seed=seed, values=values))
+            return True
+        except Exception:
+            return False
+
+    if runs(1):
+        return {}
+    for size in _TRIED_SIZES:
+        if runs(size):
+            message = (f"generated inputs: the model does not run with {', '.join(free)} at 1; using {size} "
+                       "(give --input-shapes or data to choose)")
+            (progress or logger.info)(message)
+            return {k: size for k in free}
+    return {}
 
 
 def _where(source, what: str) -> str:

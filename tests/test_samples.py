@@ -643,3 +643,20 @@ def test_generated_validation_falls_back_to_batch_1_for_a_state_fixed_at_batch_1
     result = optimize(model)
     assert result.validation["inputs"] == "seeded random inputs"
     assert result.validation["outputs"][0]["max_abs"] == 0
+
+
+def test_generated_inputs_take_a_size_the_model_runs_when_1_fails():
+    """Free height/width at 1 break a strided model (pool then upsample back: 1 -> 1 -> 2, the
+    Concat with the input fails); generated inputs take the first size it runs (32) instead."""
+    graph = helper.make_graph(
+        [helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+         helper.make_node("Resize", ["p", "", "scales"], ["u"], mode="nearest"),
+         helper.make_node("Concat", ["x", "u"], ["y"], axis=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, "H", "W"])],
+        [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    messages = []
+    result = optimize(model, progress=messages.append)
+    assert any("H, W at 1; using 32" in m for m in messages)
+    assert result.validation["outputs"][0]["max_abs"] == 0

@@ -6,9 +6,11 @@
 Each measurement runs in a fresh subprocess (wall time from the model path to the ranges, peak
 RSS of that process from /proc VmHWM), so neither tool inherits the other's memory. The floor is
 ONNX Runtime alone running the same batches with the tensors we fetch as extra outputs (session
-built from the same path, outputs dropped): what any calibrator must at least spend. The three
-are run in turn, in a rotating order, `--repeat` times; ratios are medians of the per-round ratios,
-so drift on a shared machine hits all three alike. Settings are the
+built from the same path, outputs dropped): what any calibrator must at least spend; once with
+ONNX Runtime's defaults (`floor`) and once with its idle threads not spinning (`nospin`, as
+onnxcomp's calibration session runs: on a loaded machine spinning threads cost the floor itself
+up to 2x). The tools are run in turn, in a rotating order, `--repeat` times; ratios are medians of
+the per-round ratios, so drift on a shared machine hits all alike. Settings are the
 peer's defaults, given to both: minmax asymmetric; percentile 99.999 symmetric with 2048 bins;
 entropy (ORT's default 128 bins; onnxcomp keeps its 2048). The peer's tensors are every float
 tensor its shape inference types; ours every float activation (constants excluded).
@@ -89,7 +91,7 @@ def _run_ours(model_path: str, data: dict, method: str, batch: int, scope) -> in
     return len(choose_ranges(stats, method, percentile=PERCENTILE, symmetric=symmetric))
 
 
-def _run_floor(model_path: str, data: dict, method: str, batch: int, scope) -> int:
+def _run_floor(model_path: str, data: dict, method: str, batch: int, scope, spin: bool = True) -> int:
     """ONNX Runtime alone: the tensors ours fetches as outputs, every batch run, nothing kept."""
     import onnx
 
@@ -107,7 +109,7 @@ def _run_floor(model_path: str, data: dict, method: str, batch: int, scope) -> i
     for name in roots:
         if name not in existing:
             model.graph.output.add().name = name
-    sess = session(model)
+    sess = session(model, spin=spin)
     floats = {"tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)"}
     fetch = [o.name for o in sess.get_outputs() if o.name in set(roots) and o.type in floats]
     for feeds in _batches(data, batch):
@@ -158,7 +160,8 @@ def worker(tool: str, model: str, models_dir: str, method: str, samples: int, ba
     base = peak_rss_mb()
     start = time.perf_counter()
     try:
-        run = {"ours": _run_ours, "ort": _run_ort, "floor": _run_floor}[tool]
+        run = {"ours": _run_ours, "ort": _run_ort, "floor": _run_floor,
+               "floor-nospin": lambda *a: _run_floor(*a, spin=False)}[tool]
         tensors = run(model_path, data, method, batch, _op_scope(model))
         error = ""
     except Exception as exc:  # the peer crashes on some inputs: report it, do not die
@@ -230,11 +233,13 @@ def _row(model: str, method: str, samples: int, rounds: list[dict]) -> list:
     seconds = {tool: median([r[tool]["seconds"] for r in rounds]) for tool in rounds[0]}
     crashed = any(r["ort"]["error"] for r in rounds)
     ours_floor = median([r["ours"]["seconds"] / r["floor"]["seconds"] for r in rounds])
+    ours_quiet = median([r["ours"]["seconds"] / r["floor-nospin"]["seconds"] for r in rounds])
     ours_ort = median([r["ours"]["seconds"] / r["ort"]["seconds"] for r in rounds]) if not crashed else float("nan")
     last = rounds[-1]
     ours, ort = last["ours"], last["ort"]
     return [model, method, samples, f"{ours['tensors']}/{ort['tensors']}", _fmt(seconds["floor"]),
-            _fmt(seconds["ours"]), _fmt(seconds["ort"]) + (" CRASH" if crashed else ""), _fmt(ours_floor),
+            _fmt(seconds["floor-nospin"]), _fmt(seconds["ours"]), _fmt(seconds["ort"]) + (" CRASH" if crashed else ""),
+            _fmt(ours_floor), _fmt(ours_quiet),
             _fmt(ours_ort) if not crashed else "-", f"{ours['peak_mb']:.0f}",
             f"{ort['peak_mb']:.0f}" if not crashed else "-",
             _fmt(ours["peak_mb"] / ort["peak_mb"]) if not crashed else "-"]
@@ -276,7 +281,7 @@ def main(argv: list[str]) -> int:
     from onnxcomp.report import table
 
     rows = []
-    tools = ("ort", "ours", "floor")
+    tools = ("ort", "ours", "floor", "floor-nospin")
     for model in available:
         for method in args.methods.split(","):
             rounds = []
@@ -289,9 +294,11 @@ def main(argv: list[str]) -> int:
             for tool in tools:
                 if rounds[-1][tool]["error"]:
                     print(f"  {model}/{method}/{tool}: {rounds[-1][tool]['error']}", file=sys.stderr)
-    print(table(["model", "method", "samples", "tensors ours/ort", "floor s", "ours s", "ort s", "ours/floor",
+    print(table(["model", "method", "samples", "tensors ours/ort", "floor s", "nospin s", "ours s", "ort s",
+                 "ours/floor", "ours/nospin",
                  "ours/ort", "ours MB", "ort MB", "RSS ratio"], rows))
-    print("floor: ONNX Runtime alone running the same batches with the tensors ours fetches as outputs; "
+    print("floor: ONNX Runtime alone running the same batches with the tensors ours fetches as outputs "
+          "(nospin: the same, its idle threads not spinning); "
           f"ratios: medians over {args.repeat} rotating round(s) of the per-round ratio")
 
     scan_model = args.scan_model if args.scan_model in available else (available[-1] if available else None)

@@ -328,3 +328,31 @@ def test_real_minilm_with_per_batch_padding(models_dir):
     ranges = choose_ranges(stats, "auto")
     for name in stats.with_outliers():
         assert -1e4 < ranges[name].lo <= 0.0 <= ranges[name].hi < 1e4
+
+
+def test_collected_statistics_equal_a_plain_fold_of_each_batch(models_dir, monkeypatch):
+    """collect_stats (non-spinning session, merged runs probed on that same session, folding on
+    threads) gives bit for bit what a default session's outputs folded one batch at a time give."""
+    import onnxcomp.measure.samples as samples_module
+    from onnxcomp.measure.data import load_npz
+    from onnxcomp.measure.runtime import session
+    from onnxcomp.passes.qdq.calibration import value_sources
+
+    model = onnx.load(models_dir / "transformer_block.onnx")
+    data = {k: v[:24] for k, v in load_npz(models_dir / "transformer_calib.npz").items() if k != "labels"}
+    built = []
+    monkeypatch.setattr(samples_module, "_probe_session", lambda runner: built.append(runner))
+    stats = collect_stats(model, data, batch_size=8)
+    assert not built and stats.batches == 3  # merged into batches without a second session
+    sources = value_sources(model)
+    roots = {n: sources.get(n, n) for n in stats}
+    fetch = list(dict.fromkeys(roots.values()))
+    sess = session(_with_outputs(model, [r for r in fetch if r not in {o.name for o in model.graph.output}]))
+    expected = {r: TensorStats(r, 2048) for r in fetch}
+    for start in range(0, 24, 8):
+        for r, values in zip(fetch, sess.run(fetch, {k: v[start:start + 8] for k, v in data.items()})):
+            expected[r].update(values)
+    for name in stats:
+        want = expected[roots[name]].copy()
+        want.name = name
+        assert stats[name] == want, name

@@ -147,9 +147,12 @@ def runtime_max_ir() -> int:
     return onnx.IR_VERSION
 
 
-def session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0, optimize: bool = True):
+def session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0, optimize: bool = True,
+            spin: bool = True):
     """An ONNX Runtime session for a ModelProto or a path (large models via a temp file), on the
-    execution providers set_providers chose (CPU unless a command's --providers said otherwise)."""
+    execution providers set_providers chose (CPU unless a command's --providers said otherwise).
+    spin=False: idle worker threads sleep instead of spinning, leaving the cores to Python threads
+    that work while the session runs (calibration folds one batch while the next runs)."""
     require_runtime()
     import onnxruntime as ort
 
@@ -157,6 +160,8 @@ def session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0, optimi
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:

@@ -122,6 +122,8 @@ def collect_stats(model: onnx.ModelProto, data, tensors: list[str] | None = None
     # Two batches are alive at once (one folding while the next runs), hence half the budget each.
     if isinstance(data, Mapping):
         data = as_samples(data, model, "calibration data")
+    if isinstance(data, Samples):  # probe merged runs on this session, not on a second one
+        data.merge_on(runner.model_outputs())
     sizer = _BatchSizer(batch_size, memory_budget_mb / 2, isinstance(data, Samples) and data.mergeable)
     samples = batches = 0
     say = say_to(progress)
@@ -215,13 +217,18 @@ class _Runner:
                 if name not in existing:
                     graph.output.add().name = name  # no type: ONNX Runtime infers it
                     added += 1
-            self.sess = session(model, threads=threads)
+            # Not spinning: the fold threads need the cores while ONNX Runtime's workers wait.
+            self.sess = session(model, threads=threads, spin=False)
         finally:  # leave the caller's model as it was
             for _ in range(added):
                 graph.output.pop()
         kinds = {o.name: o.type for o in self.sess.get_outputs()}
         self.fetch = [r for r in roots if kinds.get(r) in _ORT_FLOAT_TYPES]
         self.inputs = [i.name for i in self.sess.get_inputs()]
+        self.outputs = existing  # the model's own outputs
+
+    def model_outputs(self) -> _OutputsView:
+        return _OutputsView(self.sess, self.outputs)
 
     def run(self, feeds: dict, number: int) -> list:
         try:
@@ -240,6 +247,24 @@ class _Runner:
             stats[self.fetch[i]].update(values[i], scratch)
             values[i] = None
         return time.perf_counter() - start
+
+
+class _OutputsView:
+    """The runner's session showing only the model's own outputs: what Samples.merge_on compares
+    merged and one-call runs on, as it would on a session of the model itself."""
+
+    def __init__(self, sess, outputs: set[str]):
+        self._sess = sess
+        self._outputs = set(outputs)
+
+    def get_inputs(self):
+        return self._sess.get_inputs()
+
+    def get_outputs(self):
+        return [o for o in self._sess.get_outputs() if o.name in self._outputs]
+
+    def run(self, names, feeds, options=None):
+        return self._sess.run(names, feeds, options)
 
 
 def _shares(values: list, workers: int) -> list[list[int]]:

@@ -15,6 +15,9 @@ its name, so per-layer comparison lines up. Other forms:
 
 Weights are symmetric INT8 ([-127, 127], or [-63, 63] with reduce_range, for x86 CPUs without VNNI whose
 u8s8 kernels can saturate). No calibration data is needed; with max_drop it is used to measure.
+By default (keep_outliers) the few layers whose INT8 alone costs a large share of the drop are found
+on one gated model (sensitivity.py, on the run's data or generated inputs) and run INT8 with their
+outlier input channels in float, or stay float.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Optional
 
 import numpy as np
 
-from onnxcomp.errors import InputError
+from onnxcomp.errors import InputError, ToleranceError
 from onnxcomp.graph.edit import NameGen, node_key
 from onnxcomp.measure.host import host_needs_reduced_range
 from onnxcomp.passes.precision.common import (
@@ -36,6 +39,7 @@ from onnxcomp.passes.precision.common import (
     refuse_quantized,
 )
 from onnxcomp.passes.precision.numerics import int8_per_channel, sqnr_db
+from onnxcomp.passes.precision.sensitivity import hold_back_gated, outliers
 from onnxcomp.pipeline.options import (
     Range,
     Target,
@@ -67,6 +71,10 @@ class QuantizeDynamicOptions:
                                         "can saturate; default: on for such a host"})
     exclude: tuple[str, ...] = exclude_option()
     exclude_op: tuple[str, ...] = exclude_op_option()
+    keep_outliers: bool = field(
+        default=True, metadata={"help": "without max_drop: the few layers whose INT8 alone costs a large share of "
+                                        "the drop (measured on the run's data or generated inputs) run their "
+                                        "outlier input channels in float, or stay float"})
     max_drop: Optional[float] = max_drop_option()
     sensitivity_samples: int = field(default=256, metadata={"help": "samples used by the max_drop search",
                                                             "range": Range(1)})
@@ -98,13 +106,24 @@ class QuantizeDynamicPass(Pass):
         exclude = exclusion(opts, graph, self.name)
         qmax = 63 if (opts.reduce_range if opts.reduce_range is not None else host_needs_reduced_range()) else 127
         report = PassReport()
-        budget = None
-        if opts.max_drop is not None:
-            trial = DynamicRewrite(opts, exclude, qmax)
-            units = trial.eligible(graph)
-            budget = hold_back(self.name, graph, lambda g, held: DynamicRewrite(opts, exclude, qmax, held).apply(g),
-                               units, ctx, opts.max_drop, opts.sensitivity_samples)
-        rewrite = DynamicRewrite(opts, exclude, qmax, frozenset(budget.held_back) if budget else frozenset())
+        budget, found, held, split = None, None, [], {}
+        units = DynamicRewrite(opts, exclude, qmax).eligible(graph)
+
+        def apply(g, kept, channels=None):
+            DynamicRewrite(opts, exclude, qmax, kept, split=channels).apply(g)
+
+        if opts.max_drop is not None and units:
+            budget = hold_back_gated(self.name, graph, apply, units, ctx, opts.max_drop, opts.sensitivity_samples)
+            if budget is None:  # a unit the gated model cannot tap (LSTM): one model per trial
+                budget = hold_back(self.name, graph, apply, units, ctx, opts.max_drop, opts.sensitivity_samples)
+            elif not budget.met:
+                raise ToleranceError(f"{self.name}: --max-drop {opts.max_drop} cannot be met with any node "
+                                     f"converted: all converted drop {budget.full.drop:.4f}")
+            held = budget.held_back
+        elif opts.keep_outliers and units:
+            held, split, found = outliers(self.name, graph, apply, units, ctx)
+        rewrite = DynamicRewrite(opts, exclude, qmax, frozenset(held), "kept float by max_drop (most sensitive)"
+                                 if budget is not None else "kept float: a clear outlier of INT8 error", split)
         rewrite.apply(graph)
         for name, reason in rewrite.skipped:
             report.skip(name, reason)
@@ -116,6 +135,8 @@ class QuantizeDynamicPass(Pass):
                    "nodes": rewrite.rows}
         if budget is not None:
             details["budget"] = budget_details(budget, opts.max_drop)
+        if found is not None:
+            details["outliers"] = found
         report.details[self.name] = details
         return report
 
@@ -123,8 +144,10 @@ class QuantizeDynamicPass(Pass):
 class DynamicRewrite:
     """One application of the pass to a graph: which nodes, and the edits."""
 
-    def __init__(self, opts: QuantizeDynamicOptions, exclude, qmax: int, held: frozenset = frozenset()):
-        self.opts, self.exclude, self.qmax, self.held = opts, exclude, qmax, held
+    def __init__(self, opts: QuantizeDynamicOptions, exclude, qmax: int, held: frozenset = frozenset(),
+                 held_reason: str = "kept float", split: dict | None = None):
+        self.opts, self.exclude, self.qmax, self.held, self.held_reason = opts, exclude, qmax, held, held_reason
+        self.split = split or {}  # MatMul -> input channels computed in float (outliers of its activation)
         self.rows: list[dict] = []
         self.skipped: list[tuple[str, str]] = []
         self.activations = 0
@@ -135,7 +158,7 @@ class DynamicRewrite:
         if reason:
             return reason
         if node_key(node) in self.held:
-            return "kept float by max_drop (most sensitive)"
+            return self.held_reason
         if node.op == "MatMul":
             w = constant_input(node, 1)
             if w is None:
@@ -245,9 +268,27 @@ class DynamicRewrite:
         x, w = node.inputs[0], constant_input(node, 1)
         w_kn = np.asarray(w.values, np.float32)
         (y,) = self.detach(node)
+        channels = self.split.get(node_key(node))
+        if channels:
+            x, w_kn, side = self.float_channels(x, w_kn, channels)
         as_float, combined, q, scale = self.integer_matmul(x, w_kn)
-        self.node("Mul", [as_float, combined], [y])
+        if channels:
+            self.node("Add", [self.node("Mul", [as_float, combined]), side], [y])
+        else:
+            self.node("Mul", [as_float, combined], [y])
         self.row(node, w, q, scale, w_kn, 1 if self.opts.per_channel else None)
+
+    def float_channels(self, x, w_kn: np.ndarray, channels: list[int]):
+        """(x with `channels` zeroed, W with those rows zeroed, their product in float): x @ W is the
+        sum of the two parts exactly, and the run-time INT8 range of the rest is no longer set by
+        the few channels (LLM.int8()'s decomposition, with the channels fixed at rewrite time)."""
+        idx = np.asarray(channels, np.int64)
+        mask = np.ones(w_kn.shape[0], np.float32)
+        mask[idx] = 0.0
+        rest = self.node("Mul", [x, self.const("outlier_mask", mask)])
+        picked = self.node("Gather", [x, self.const("outlier_channels", idx)], axis=-1)
+        side = self.node("MatMul", [picked, self.const("outlier_rows", w_kn[idx])])
+        return rest, w_kn * mask[:, None], side
 
     def _gemm(self, node) -> None:
         x, b = node.inputs[0], constant_input(node, 1)

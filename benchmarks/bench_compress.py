@@ -71,7 +71,8 @@ def arm_compress(args) -> dict:
     chosen = result.chosen
     return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), "ratio": chosen.ratio,
             "widths": list(chosen.widths), "dropped": list(chosen.dropped), "block": result.host.get("channel_block", 1), "message": result.message,
-            "trained": sum(c.trained for c in result.candidates), "stages": [s.as_dict() for s in result.stages]}
+            "trained": sum(c.trained for c in result.candidates), "stages": [s.as_dict() for s in result.stages],
+            "own_b8_ratio": result.figures["latency_batch_ms"]["ratio"], "load": os.getloadavg()[0]}
 
 
 def _torch_model(models: Path):
@@ -256,6 +257,9 @@ def main(argv: list[str]) -> int:
                  "peak RSS MB"], rows))
     if "message" in ours:
         print(f"onnxcomp compress: {ours['message']}")
+        print(f"b8 ratio: {ms[8]['onnxcomp compress'] / ms[8]['original (fp32)']:.3f}x measured here, "
+              f"{ours['own_b8_ratio']:.3f}x in compress's own final measurement (load average "
+              f"{ours['load']:.1f} as it ended)")
     if not args.skip_label_free and (REPO / "build" / "corpus" / f"{LABEL_FREE}.onnx").exists():
         free = _spawn("label-free", common)
         if "error" in free:

@@ -346,3 +346,37 @@ def test_tolerance_error_carries_the_result(digits_cnn, digits):
     with pytest.raises(ToleranceError) as info:
         onnxcomp.compress(digits_cnn, train, val, quantize="int8", max_drop=0.0, **FAST)
     assert info.value.result.candidates[0].trained and info.value.result.candidates[0].qat
+
+
+# ---------- the channel-block probe: repeated, checked against the CPU's flags, kept ----------
+
+@pytest.mark.parametrize("measured,expected,block,probes", [
+    ([16], 16, 16, 1),  # the first probe finds what the flags predict: no repeat
+    ([4, 16, 16], 16, 16, 3),  # one disturbed probe does not move the block
+    ([4, 4], 16, 4, 2),  # a majority measured another block: believed
+    ([4, 8, 16], 16, 16, 3),  # no majority: the expected block
+    ([8, 8], None, 8, 2),  # flags unreadable: the majority
+])
+def test_channel_block_believes_another_block_only_by_a_majority(monkeypatch, measured, expected, block, probes):
+    from onnxcomp.measure import latency
+
+    answers = iter(measured)
+    monkeypatch.setattr(latency, "probe_block", lambda threads, batch: {"block": next(answers), "widths": [64],
+                                                                        "ms": [1.0]})
+    monkeypatch.setattr(latency, "expected_block", lambda: expected)
+    latency.measured_block.cache_clear()
+    try:
+        got = latency.channel_block(1, 8)
+        assert got["block"] == block and len(got["probes"]) == probes and got["expected"] == expected
+        assert latency.channel_block(1, 8) == got  # kept for the process: no further probe
+    finally:
+        latency.measured_block.cache_clear()
+
+
+def test_latency_with_one_thread_is_cpu_time_and_orders_models_by_work():
+    from onnxcomp.measure.latency import conv_pair, interleaved_ms
+
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal((8, w, 16, 16)).astype(np.float32)} for w in (64, 32)]
+    wide, narrow = interleaved_ms([conv_pair(64, 8), conv_pair(32, 8)], feeds, 1, budget_s=0.3)
+    assert narrow < 0.6 * wide  # a quarter of the work; CPU time is not inflated by other jobs' turns

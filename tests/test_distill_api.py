@@ -124,6 +124,24 @@ def test_disk_cache_is_reused_and_gives_the_same_result(mlp, tmp_path):
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_targets_are_reused_across_runs_within_reuse_targets(mlp):
+    from onnxcomp.distill.teacher import reuse_targets
+
+    teacher_model, train, val = mlp
+    teacher = CountingTeacher(teacher_model)
+    n, n_val, probe = len(train["input"]), len(val["input"]), 2
+    alone = onnxcomp.distill(teacher, teacher_model, train, {"epochs": 1}, val_data=val)
+    teacher.samples = 0
+    with reuse_targets():
+        first = onnxcomp.distill(teacher, teacher_model, train, {"epochs": 1}, val_data=val)
+        second = onnxcomp.distill(teacher, teacher_model, train, {"epochs": 1}, val_data=val)
+    third = onnxcomp.distill(teacher, teacher_model, train, {"epochs": 1}, val_data=val)
+    assert teacher.samples == 3 * probe + 2 * (n + n_val)  # the second run ran the teacher on its probe only
+    assert [r.teacher["targets_source"] for r in (first, second, third)] == ["computed", "reused", "computed"]
+    a, b = inits(alone.model), inits(second.model)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def make_student(hidden=32, classes=10):
     return torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.BatchNorm1d(hidden), torch.nn.ReLU(),
                                torch.nn.Linear(hidden, classes))

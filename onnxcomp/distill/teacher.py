@@ -5,11 +5,13 @@ torch module in eval mode. Its outputs, and the intermediate tensors named for f
 matching, are computed once per sample before training and then indexed per batch, so an
 epoch costs only the student's forward and backward. With cache="disk" they are kept as .npy
 files keyed by a hash of the teacher and the data, so later runs (other seeds, other
-hyperparameters) skip the teacher entirely.
+hyperparameters) skip the teacher entirely. Within reuse_targets() the in-memory targets are also
+kept for the process: compress trains several students from one teacher on the same data.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -105,7 +107,7 @@ class Targets:
     outputs: list[np.ndarray]
     features: dict[str, np.ndarray]
     seconds: float
-    source: str  # "computed", "disk" (loaded from the cache folder)
+    source: str  # "computed", "disk" (loaded from the cache folder), "reused" (kept by reuse_targets)
     path: str | None = None
 
     def batch(self, index: np.ndarray):
@@ -138,12 +140,37 @@ def cache_key(teacher, inputs: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()[:24]
 
 
+_kept: dict | None = None  # cache_key -> (outputs, features) while reuse_targets() is active
+
+
+@contextlib.contextmanager
+def reuse_targets():
+    """Within this block, targets computed in memory are kept and reused for the same teacher, inputs
+    and features (the trainer only indexes them); they are dropped when the outermost block ends."""
+    global _kept
+    outermost = _kept is None
+    if outermost:
+        _kept = {}
+    try:
+        yield
+    finally:
+        if outermost:
+            _kept = None
+
+
 def teacher_targets(teacher, inputs: dict[str, np.ndarray], mode: str, cache_dir: str | None = None,
                     batch_size: int = 128) -> Targets:
-    """Compute (or load from the disk cache) the teacher's targets for every sample once."""
+    """Compute (or load from the disk cache, or take from reuse_targets) the teacher's targets for every
+    sample once."""
     start = time.perf_counter()
     if mode != "disk":
+        key = cache_key(teacher, inputs) if _kept is not None else None
+        if key in (_kept or {}):
+            outputs, feats = _kept[key]
+            return Targets(list(outputs), dict(feats), time.perf_counter() - start, "reused")
         outputs, feats = run_teacher(teacher, inputs, batch_size)
+        if key is not None:
+            _kept[key] = (outputs, feats)
         return Targets(outputs, feats, time.perf_counter() - start, "computed")
     folder = Path(cache_dir or Path(tempfile.gettempdir()) / "onnxcomp-teacher-cache")
     try:

@@ -299,3 +299,60 @@ def test_refit_fits_later_layers_on_the_factorized_inputs():
         ranks = {r["node"]: r["rank"] for r in report.details["layers"]}
         assert len(ranks) >= 2
     assert errors["true"] < errors["false"], errors
+
+
+def layer_norm(z, gamma):
+    return gamma * (z - z.mean(1, keepdims=True)) / z.std(1, keepdims=True)
+
+
+def test_factors_before_a_layernorm_fit_what_the_norm_passes_on():
+    """Rows weighted by 1/sigma of the norm's input and the output weight G^T G (G = diag(gamma) centred):
+    the exact optimum of that weighted error, and a smaller error after the LayerNorm than input whitening alone."""
+    from onnxcomp.passes.lowrank.norms import NormAfter
+
+    rng = np.random.default_rng(3)
+    h, d, rows = 48, 24, 600
+    w = rng.standard_normal((h, d)) / np.sqrt(h)
+    x = rng.standard_normal((rows, h)) * rng.uniform(0.2, 2, h)
+    residual = rng.standard_normal((rows, d)) * np.exp(rng.uniform(-1, 2, (rows, 1))) + rng.uniform(-3, 3, d)
+    gamma = np.exp(rng.uniform(-2, 1, d))
+    z = x @ w + residual
+    weighted = x / z.std(1, keepdims=True)
+    aware, plain = spectrum(w, weighted.T @ weighted, NormAfter("z", gamma).output_weight()), spectrum(w, x.T @ x)
+    g = gamma[:, None] * (np.eye(d) - 1.0 / d)
+    for r in (4, 8, 16):
+        p, q = aware.factors(r)
+        err = np.sum((weighted @ (w - p @ q) @ g.T) ** 2) / np.sum((weighted @ w @ g.T) ** 2)
+        assert np.isclose(err, aware.relative_error(r), rtol=1e-3, atol=1e-7)
+        after = {}
+        for name, s in (("aware", aware), ("plain", plain)):
+            p, q = s.factors(r)
+            after[name] = np.sum((layer_norm(x @ p @ q + residual, gamma) - layer_norm(z, gamma)) ** 2)
+        assert after["aware"] < after["plain"]
+
+
+def test_the_norm_a_layer_feeds_is_found_through_its_bias_and_residual_adds_only():
+    from onnxcomp.graph.convert import to_graph
+    from onnxcomp.passes.lowrank.norms import norm_after
+
+    rng = np.random.default_rng(0)
+    d = 16
+    inits = {"w": rng.standard_normal((d, d)).astype(np.float32), "b": np.zeros(d, np.float32),
+             "g": np.ones(d, np.float32), "beta": np.zeros(d, np.float32)}
+
+    def block(axis=-1, extra_reader=False):
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="fc"),
+                 helper.make_node("Add", ["m", "b"], ["mb"]), helper.make_node("Add", ["mb", "x"], ["z"]),
+                 helper.make_node("LayerNormalization", ["z", "g", "beta"], ["y"], axis=axis)]
+        outs = [tensor("y", None)]
+        if extra_reader:
+            nodes.append(helper.make_node("Relu", ["mb"], ["side"]))
+            outs.append(tensor("side", None))
+        return to_graph(make_model(nodes, [tensor("x", ["B", 4, d])], outs, inits, opset=17))
+
+    graph = block()
+    found = norm_after(next(n for n in graph.nodes if n.name == "fc"), d)
+    assert found is not None and found.input == "z" and found.gamma.shape == (d,)
+    assert np.allclose(found.output_weight() @ np.ones(d), 0)  # the mean over the channels does not count
+    for graph in (block(axis=1), block(extra_reader=True)):
+        assert norm_after(next(n for n in graph.nodes if n.name == "fc"), d) is None

@@ -2,7 +2,8 @@
 
 MatMul/Gemm rows are the input's last axis; a Conv's rows are its input patches (the same
 padding, strides and dilations), a random subset of positions per batch so a large feature
-map does not cost a huge matrix.
+map does not cost a huge matrix. A layer whose output goes into a LayerNorm (norms.py) has its
+rows divided by the standard deviation of the norm's input row: the norm divides its error so.
 """
 
 from __future__ import annotations
@@ -15,22 +16,25 @@ from onnxcomp.passes.lowrank.layers import Layer
 CONV_ROWS = 4096  # patch rows per batch and Conv layer
 
 
-def input_moments(graph, layers: list[Layer], data, batch: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
-    """{layer node: X^T X / rows} over `data` (onnxcomp Samples), the graph as it is now."""
+def input_moments(graph, layers: list[Layer], data, batch: int = 32, seed: int = 0,
+                  norms: dict | None = None) -> dict[str, np.ndarray]:
+    """{layer node: X^T X / rows} over `data` (onnxcomp Samples), the graph as it is now; `norms`
+    {layer node: NormAfter} weights those layers' rows by 1 / the norm input's row deviation."""
     from onnxcomp.graph.convert import to_model
     from onnxcomp.graph.edit import add_outputs
     from onnxcomp.measure.runtime import session
 
     model = to_model(graph)
-    names = sorted({layer.input for layer in layers})
+    norms = {node: norm for node, norm in (norms or {}).items() if norm is not None}
+    names = sorted({layer.input for layer in layers} | {norm.input for norm in norms.values()})
     sess = session(add_outputs(model, names))
     try:
-        return _accumulate(sess, layers, names, data.batches(batch), seed)
+        return _accumulate(sess, layers, names, data.batches(batch), seed, norms)
     except InputError:  # a dynamic batch the model does not really take: run the calls as they are
-        return _accumulate(sess, layers, names, data.batches(None), seed)
+        return _accumulate(sess, layers, names, data.batches(None), seed, norms)
 
 
-def _accumulate(sess, layers: list[Layer], names: list[str], calls, seed: int) -> dict[str, np.ndarray]:
+def _accumulate(sess, layers: list[Layer], names: list[str], calls, seed: int, norms: dict) -> dict[str, np.ndarray]:
     from onnxcomp.measure.runtime import run
 
     sums = {layer.node: np.zeros((layer.m, layer.m)) for layer in layers}
@@ -40,9 +44,20 @@ def _accumulate(sess, layers: list[Layer], names: list[str], calls, seed: int) -
         values = run(sess, feeds, names)
         for layer in layers:
             x = _rows(layer, np.asarray(values[layer.input], dtype=np.float64), rng)
+            if layer.node in norms and layer.op != "Conv":
+                x = x / _row_deviation(np.asarray(values[norms[layer.node].input], dtype=np.float64), len(x))
             sums[layer.node] += x.T @ x
             rows[layer.node] += len(x)
     return {key: total / max(rows[key], 1) for key, total in sums.items()}
+
+
+def _row_deviation(z: np.ndarray, rows: int) -> np.ndarray:
+    """The standard deviation of each row of the norm's input (as a column), 1 where the rows do not match."""
+    z = z.reshape(-1, z.shape[-1]) if z.ndim else z.reshape(1, 1)
+    if len(z) != rows:
+        return np.ones((rows, 1))
+    sd = z.std(axis=1, keepdims=True)
+    return np.maximum(sd, 1e-3 * float(sd.mean()) + 1e-12)  # a flat row must not take the whole fit
 
 
 def _rows(layer: Layer, x: np.ndarray, rng) -> np.ndarray:

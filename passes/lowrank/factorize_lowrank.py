@@ -84,15 +84,19 @@ class FactorizeLowRankPass(Pass):
             raise InputError("factorize-lowrank: whitened factors need sample data (give --calib)")
         macs_before = estimate_macs(to_model(graph), ctx.dims)["macs"]
         params_before = graph_counts(graph)["params"]
-        moments = {}
+        nodes = {(n.name or n.outputs[0].name): n for n in graph.nodes}
+        moments, norms = {}, {}
         if method == "whitened":
             from onnxcomp.passes.lowrank.activations import input_moments
+            from onnxcomp.passes.lowrank.norms import norm_after
 
-            ctx.say(f"factorize-lowrank: input statistics of {len(layers)} layers")
-            moments = input_moments(graph, layers, ctx.data)
-        nodes = {(n.name or n.outputs[0].name): n for n in graph.nodes}
+            norms = {layer.node: norm_after(nodes[layer.node], layer.n) for layer in layers if layer.op != "Conv"}
+            ctx.say(f"factorize-lowrank: input statistics of {len(layers)} layers "
+                    f"({sum(v is not None for v in norms.values())} before a LayerNorm)")
+            moments = input_moments(graph, layers, ctx.data, norms=norms)
         spectra = {layer.node: spectrum(as_matrix(layer.op, weight_source(nodes[layer.node])[1], layer.attrs),
-                                        moments.get(layer.node)) for layer in layers}
+                                        moments.get(layer.node), _output_weight(norms.get(layer.node)))
+                   for layer in layers}
         error = lambda layer, rank: spectra[layer.node].relative_error(rank)
         if not plan and ctx.data is not None and o.sensitivity == "model":
             from onnxcomp.passes.lowrank.sensitivity import layer_weights
@@ -212,6 +216,10 @@ def _fit_budget(o, graph, layers, spectra, error, ctx: PassContext, report: Pass
         report.stats["kept_used"] = round(1.0 - result.level, 6)
     report.stats["measured_drop"] = round(result.fidelity.drop, 6)
     return result.candidate
+
+
+def _output_weight(norm):
+    return norm.output_weight() if norm is not None else None
 
 
 def _method(method: str, data) -> str:

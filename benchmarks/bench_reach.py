@@ -13,6 +13,9 @@ where the model's batch is dynamic (recipe samples stacked), batch 1 otherwise. 
 outputs (mean over samples and outputs) on recipe feeds (seed 1) against the model before; the whitened
 factors calibrate on other recipe feeds (seed 0); the real MiniLM (build/models/minilm.onnx, made with
 the bench extra) on its own calibration and test sets when built.
+
+Groups are counted twice, never one without the other: all groups, and the groups prunable by definition
+('open'): not one channel (nothing to remove) and not the interface (every refusal is a graph input or output).
 """
 
 from __future__ import annotations
@@ -149,6 +152,7 @@ def prune_row(entry: dict, model: onnx.ModelProto, args) -> dict:
     row = {"model": entry["name"], "groups": len(groups), "pruned": sum(g.prunable for g in groups),
            "single": sum(g.channels == 1 for g in groups), "single_pruned": sum(g.channels == 1 and g.prunable for g in groups),
            "lossy": sum(g.prunable and bool(g.lossy) for g in groups),
+           "interface": sum(g.channels > 1 and g.interface_only for g in groups),
            "reasons": dict(collections.Counter(_reason(g.reason) for g in groups if g.reason).most_common())}
     graph = to_graph(_copy(model))
     try:
@@ -190,6 +194,13 @@ def _latency(entry, base, candidate, args) -> dict:
             "latency_ratio": round(cand_s / base_s, 3), "cosine_untrained": round(cos, 4)}
 
 
+def _prunable_by_definition(r: dict) -> tuple[int, int]:
+    """(groups, pruned) without the groups nothing could prune: one channel (a mono filter, a one-map head:
+    nothing to remove, whatever the handlers) or the model's interface (channels that are a graph output
+    or input, and no other refusal: removing them changes what the model takes or gives)."""
+    return r["groups"] - r["single"] - r.get("interface", 0), r["pruned"] - r["single_pruned"]
+
+
 def _copy(model):
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
@@ -197,26 +208,32 @@ def _copy(model):
 
 
 def print_prune(rows: list[dict], before: dict | None) -> None:
-    head = f"{'model':24s} {'groups':>6s} {'pruned':>6s} {'share':>6s} {'params':>7s} {'MACs':>7s} {'lat':>6s} {'b':>2s}  left whole (reason: count)"
+    head = f"{'model':24s} {'groups':>6s} {'pruned':>6s} {'share':>6s} {'open':>9s} {'params':>7s} {'MACs':>7s} {'lat':>6s} {'b':>2s}  left whole (reason: count)"
     print(head)
     print("-" * len(head))
     for r in rows:
         share = f"{r['pruned'] / r['groups']:.0%}" if r["groups"] else "-"
+        n, p = _prunable_by_definition(r)
+        open_share = f"{p}/{n}" if n else "-"
         params = f"{r['params'][1] / r['params'][0]:.2f}" if "params" in r else "-"
         macs = f"{r['macs'][1] / r['macs'][0]:.2f}" if "macs" in r and r["macs"][0] else "-"
         lat = f"{r['latency_ratio']:.2f}" if "latency_ratio" in r else "-"
         reasons = "; ".join(f"{k}: {v}" for k, v in list(r["reasons"].items())[:2])
-        print(f"{r['model']:24s} {r['groups']:6d} {r['pruned']:6d} {share:>6s} {params:>7s} {macs:>7s} {lat:>6s} "
+        print(f"{r['model']:24s} {r['groups']:6d} {r['pruned']:6d} {share:>6s} {open_share:>9s} {params:>7s} {macs:>7s} {lat:>6s} "
               f"{r.get('batch', ''):>2}  {reasons}")
     found, pruned = sum(r["groups"] for r in rows), sum(r["pruned"] for r in rows)
     with_groups = [r for r in rows if r["groups"]]
     print(f"total: {pruned}/{found} groups pruned ({pruned / max(found, 1):.1%}); models with groups: "
           f"{len(with_groups)}, of them >= 90% pruned: {sum(r['pruned'] >= 0.9 * r['groups'] for r in with_groups)}")
-    # A group of one channel (a mono filter, a one-map head) has nothing to remove, whatever the handlers.
     multi = [(r["groups"] - r["single"], r["pruned"] - r["single_pruned"]) for r in with_groups if r["groups"] > r["single"]]
     print(f"not counting single-channel groups: {sum(p for _, p in multi)}/{sum(n for n, _ in multi)} pruned; "
           f">= 90% on {sum(p >= 0.9 * n for n, p in multi)} of {len(multi)} models; "
           f"lossy groups among the pruned: {sum(r['lossy'] for r in rows)}")
+    opened = [_prunable_by_definition(r) for r in with_groups if _prunable_by_definition(r)[0]]
+    print(f"prunable by definition ('open': not single-channel, not the interface): {sum(p for _, p in opened)}/"
+          f"{sum(n for n, _ in opened)} pruned; >= 90% on {sum(p >= 0.9 * n for n, p in opened)} of {len(opened)} "
+          f"models; left out: {sum(r['single'] for r in rows)} single-channel, {sum(r.get('interface', 0) for r in rows)}"
+          f" interface groups")
     lats = [r["latency_ratio"] for r in rows if "latency_ratio" in r]
     if lats:
         print(f"latency ratio pruned/unpruned: median {np.median(lats):.2f}, faster on {sum(v < 1 for v in lats)}"

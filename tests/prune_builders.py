@@ -197,6 +197,13 @@ class Net:
         moved = self.node("Transpose", [five], c, perm=[0, 2, 1, 3, 4])
         return self.node("Reshape", [moved, self.const_int("shape", [0, c, self.size, self.size])], c)
 
+    def shuffle_unit(self, x: str, groups: int, per: int, out_per: int) -> str:
+        """ShuffleNet v1's unit without its shortcut: grouped 1x1 conv to groups*groups*per channels, shuffle,
+        depthwise 3x3, grouped 1x1 conv to groups*out_per."""
+        a = self.unary(self.conv(x, groups * groups * per, k=1, group=groups))
+        dw = self.conv(self.shuffle(a, groups), self.channels[a], group=self.channels[a])
+        return self.unary(self.conv(dw, groups * out_per, k=1, group=groups))
+
     def group_norm(self, x: str, groups: int, shape: str | None = None, back: str | None = None) -> str:
         """GroupNorm as exporters write it: Reshape [0, G, -1], InstanceNorm, Reshape back, per-channel affine.
         `shape`/`back` name shape constants shared with other GroupNorms (dynamo shares them)."""
@@ -353,3 +360,39 @@ def gnn_model(nodes: int = 5, edges: int = 7, features: int = 3, hidden: int = 6
              helper.make_node("GatherND", ["h2", "roots"], ["readout"]),
              helper.make_node("MatMul", ["readout", "w2"], ["y"], name="fc2")]
     return make_model(graph, [tensor("x", [nodes, features])], [tensor("y", None)], inits)
+
+
+def folded_rows_model(rows: int = 8, features: int = 4, hidden: int = 6, fold: int = 4, seed: int = 0):
+    """MatMul to `hidden` features per row -> Relu -> Reshape [N, rows, hidden] -> [N, rows/fold, fold*hidden]
+    (magika folds rows into the features so) -> MatMul."""
+    rng = np.random.default_rng(seed)
+    inits = {"w1": rng.standard_normal((features, hidden)).astype(np.float32) * 0.5,
+             "w2": rng.standard_normal((fold * hidden, 5)).astype(np.float32) * 0.5,
+             "fold": np.array([0, rows // fold, fold * hidden], dtype=np.int64)}
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["a"], name="relu"),
+             helper.make_node("Reshape", ["a", "fold"], ["f"], name="fold_rows"),
+             helper.make_node("MatMul", ["f", "w2"], ["y"], name="fc2")]
+    return make_model(nodes, [tensor("x", ["N", rows, features])], [tensor("y", ["N", rows // fold, 5])], inits)
+
+
+def head_pooling_model(heads: int = 2, head_size: int = 4, seed: int = 0):
+    """trueocr_rec's attention pooling: a 1x1 conv to heads*D features, a score conv to one score per head,
+    softmax over the positions, features weighted per head and summed, flattened into a Gemm."""
+    rng = np.random.default_rng(seed)
+    c = heads * head_size
+    inits = {"wp": rng.standard_normal((c, 3, 1, 1)).astype(np.float32) * 0.5,
+             "ws": rng.standard_normal((heads, c, 1, 1)).astype(np.float32) * 0.5,
+             "split": np.array([0, heads, head_size, -1], np.int64), "one": np.array([0, heads, 1, -1], np.int64),
+             "axes": np.array([3], np.int64), "flat": np.array([0, c], np.int64),
+             "fc": rng.standard_normal((5, c)).astype(np.float32) * 0.5}
+    nodes = [helper.make_node("Conv", ["x", "wp"], ["p"], name="pw"),
+             helper.make_node("Conv", ["p", "ws"], ["s"], name="score"),
+             helper.make_node("Reshape", ["p", "split"], ["ph"], name="heads"),
+             helper.make_node("Reshape", ["s", "one"], ["sh"], name="score_heads"),
+             helper.make_node("Softmax", ["sh"], ["a"], name="softmax", axis=-1),
+             helper.make_node("Mul", ["ph", "a"], ["w"], name="weigh"),
+             helper.make_node("ReduceSum", ["w", "axes"], ["r"], name="pool", keepdims=0),
+             helper.make_node("Reshape", ["r", "flat"], ["f"], name="merge"),
+             helper.make_node("Gemm", ["f", "fc"], ["y"], name="fc", transB=1)]
+    return make_model(nodes, [tensor("x", ["N", 3, 4, 4])], [tensor("y", ["N", 5])], inits)

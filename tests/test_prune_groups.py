@@ -7,7 +7,7 @@ import onnx
 import pytest
 from helpers import make_model, tensor
 from onnx import helper
-from prune_builders import Net, ffn_model
+from prune_builders import Net, ffn_model, head_pooling_model
 
 from onnxcomp.graph.convert import to_graph
 from onnxcomp.passes.prune.groups import find_channel_groups
@@ -346,3 +346,57 @@ def test_channels_added_by_pad_cannot_be_pruned():
     first = groups_of(net.model(net.head(net.conv(y, 8))))[0]
     assert first.producers[0] == key(wide)
     assert not first.prunable and "channels Pad adds" in first.reason
+
+
+def test_shufflenet_unit_prunes_the_same_filters_of_every_conv_group():
+    """Grouped 1x1 conv -> shuffle -> depthwise -> grouped 1x1 conv: the first conv loses filter j of every part
+    of every conv group (so after the shuffle each group of the second conv loses the same inputs), the
+    second conv loses filter j of every conv group; `group` stays on both."""
+    net = Net(4)  # the graph input feeds the first grouped conv directly
+    out = net.shuffle_unit(net.x, groups=2, per=3, out_per=5)
+    model = net.model(net.head(out))
+    groups = groups_of(model)
+    first, second = (next(g for g in groups if p in g.producers) for p in ("conv3_node", "conv15_node"))
+    assert first.prunable and (first.channels, first.unit) == (3, "4 repeats")  # 12 filters = 2 groups x 2 x 3
+    assert second.prunable and (second.channels, second.unit) == (5, "2 repeats")
+    assert not any(m.kind == "attr" and m.role == "group" and m.tensor == "conv15_node" for m in first.members)
+    reader = next(m for m in first.members if m.kind == "in" and m.use == ("conv15_node", 1))
+    assert reader.axis == 1 and sorted(reader.mapping.positions([0])) == [0, 1]  # the same 2 of 6 in each group
+    assert [g.reason for g in groups if not g.prunable] == ["reaches graph output gemm21"]
+
+
+def test_a_one_wide_operand_broadcast_over_the_channels_stays_apart():
+    """scores [N, 1, H, W] * features [N, C, H, W] (attention pooling): the one-channel scores group must not
+    couple the features' producer (it did: the walk took the producer along into the refused group)."""
+    net = Net(3)
+    features = net.conv(net.x, 8)
+    scores = net.conv(net.unary(features), 1)
+    pooled = net.node("Mul", [net.unary(scores, "Sigmoid"), net.unary(features)], 8)
+    groups = by_producer(groups_of(net.model(net.head(net.conv(pooled, 6)))))
+    one = groups[key(scores)]
+    assert one.producers == [key(scores)] and "broadcasts the group's one position over 8" in one.reason
+    assert groups[key(features)].prunable and groups[key(features)] is not one
+
+
+@pytest.mark.parametrize("mode", ["CRD", "DCR"])
+def test_depth_to_space_moves_whole_blocks_of_channels(mode):
+    """A pixel-shuffle head: conv to 3 * 4 channels -> DepthToSpace(2) -> conv. Output channel c is 4 input
+    channels (consecutive in CRD, 3 apart in DCR), so the producer is pruned 4 filters at a time."""
+    net = Net(3)
+    c = net.conv(net.x, 12)
+    shuffled = net.node("DepthToSpace", [c], 3, blocksize=2, mode=mode)
+    net.size *= 2
+    g = by_producer(groups_of(net.model(net.head(net.conv(shuffled, 5)))))[key(c)]
+    assert g.prunable and (g.channels, g.width) == (3, 4)
+    filters = next(m for m in g.members if m.kind == "out" and m.role != "bias")
+    assert sorted(filters.mapping.positions([1])) == ([4, 5, 6, 7] if mode == "CRD" else [1, 4, 7, 10])
+
+
+def test_a_projection_pruned_head_by_head_is_not_also_a_refused_group():
+    """The score conv's group takes the projection along in heads; the projection's own per-channel walk
+    (refused at the head split) must not stay behind as a refused group of its own."""
+    groups = groups_of(head_pooling_model())
+    (group,) = [g for g in groups if g.prunable]
+    assert group.producers == ["score", "pw"] and group.channels == 2
+    assert next(m for m in group.members if m.kind == "out" and m.use == ("pw", 1)).mapping.block == 4  # a head
+    assert [g.reason for g in groups if not g.prunable] == ["reaches graph output y"]

@@ -14,7 +14,15 @@ import pytest
 from helpers import run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prune_builders import Net, attention_model, ffn_model, gnn_model, rnn_model
+from prune_builders import (
+    Net,
+    attention_model,
+    ffn_model,
+    folded_rows_model,
+    gnn_model,
+    head_pooling_model,
+    rnn_model,
+)
 
 from onnxcomp.graph.convert import to_graph, to_model
 from onnxcomp.measure.counts import graph_counts
@@ -294,3 +302,44 @@ def test_inferred_head_count_is_exact(models_dir):
     assert not any(m.kind == "value" for m in heads[0].members)
     for seed in (0, 1):
         check_exact_removal(model, seed)
+
+
+@settings(max_examples=10, deadline=None)
+@given(groups=st.sampled_from([2, 3]), per=st.integers(2, 3), out_per=st.integers(2, 3), seed=st.integers(0, 2**16))
+def test_shufflenet_units_prune_exactly_in_every_conv_group(groups, per, out_per, seed):
+    """A ShuffleNet unit (grouped 1x1, shuffle, depthwise, grouped 1x1) read from the graph input: both grouped
+    convs start a group of their own, pruned alike in every conv group (`group` kept), exactly."""
+    net = Net(groups * 2, size=4, seed=seed)
+    model = net.model(net.head(net.shuffle_unit(net.x, groups, per, out_per)))
+    found = find_channel_groups(to_graph(_copy(model)))
+    assert sorted(g.unit for g in found if g.prunable) == sorted([f"{groups * groups} repeats", f"{groups} repeats"])
+    assert check_exact_removal(model, seed) >= 0
+
+
+@pytest.mark.parametrize("mode", ["CRD", "DCR"])
+def test_depth_to_space_blocks_prune_exactly(mode):
+    net = Net(3, size=4)
+    c = net.unary(net.conv(net.x, 12))
+    shuffled = net.node("DepthToSpace", [c], 3, blocksize=2, mode=mode)
+    net.size *= 2
+    model = net.model(net.head(net.conv(shuffled, 5)))
+    assert sum(g.prunable for g in find_channel_groups(to_graph(_copy(model)))) == 2
+    for seed in range(3):
+        assert check_exact_removal(model, seed) >= 0
+
+
+@pytest.mark.parametrize("fold", [2, 4])
+def test_rows_folded_into_the_features_prune_exactly(fold):
+    """[N, R, C] -> [N, R/q, q*C]: channel c is q features C apart for the reader; the shape entry loses q each."""
+    model = folded_rows_model(fold=fold)
+    (group,) = [g for g in find_channel_groups(to_graph(_copy(model))) if g.prunable]
+    reader = next(m for m in group.members if m.kind == "in")
+    assert sorted(reader.mapping.positions([1])) == [1 + 6 * k for k in range(fold)]
+    for seed in range(3):
+        assert check_exact_removal(model, seed) >= 0
+
+
+def test_heads_weighed_by_a_score_conv_prune_exactly():
+    model = head_pooling_model(heads=3)
+    for seed in range(3):
+        assert check_exact_removal(model, seed) >= 0

@@ -32,6 +32,10 @@ def binary(ex, node, side, index, m):
     src = out if side == "out" else node.inputs[index]
     a_out = m.axis + (r_out - rank(ex, src))
     c_out = dim(ex, out, a_out)
+    if side == "in" and dim(ex, src, m.axis) == 1 and c_out not in (1, None):
+        # A one-wide operand broadcast over the output's channels (attention scores [N, T, 1] times the
+        # states [N, T, H]): its single position is not the output's channels, which start their own group.
+        ex.refuse(f"{ex.key(node)}: {node.op} broadcasts the group's one position over {c_out} channels")
     ex.visit(out, m.on_axis(a_out), node)
     for i, t in enumerate(node.inputs):
         if side == "in" and i == index:

@@ -46,10 +46,19 @@ class ChannelGroup:
     # Why removing channels changes what the kept ones compute (a LayerNorm, Softmax or LRN over the
     # channels): prunable all the same, like any structured pruning, but not exact.
     lossy: list[str] = field(default_factory=list)
+    # Every refusal the walk met (reason is the first): a group left whole only because it reaches the
+    # model's interface (a graph input or output) says so in all of them.
+    refusals: list[str] = field(default_factory=list)
 
     @property
     def prunable(self) -> bool:
         return self.reason is None
+
+    @property
+    def interface_only(self) -> bool:
+        """Left whole by design: its channels are a graph input or output, and nothing else refused it."""
+        return bool(self.refusals) and self.reason == self.refusals[0] and all(
+            r.startswith(("reaches graph output", "coupled with graph input")) for r in self.refusals)
 
     def describe(self) -> dict:
         return {"id": self.id, "channels": self.channels, "width": self.width, "unit": self.unit,
@@ -220,8 +229,8 @@ class _Explorer:
             self.refuse(f"{node_key(node)}: {node.op} is not understood")
         handler(self, node, side, index, m)
 
-    def explore(self, start, channels: int, output: int, m: Mapping) -> str | None:
-        """Walk the closure of `start`'s output channels; returns the first refusal, if any.
+    def explore(self, start, channels: int, output: int, m: Mapping) -> list[str]:
+        """Walk the closure of `start`'s output channels; returns every refusal, in the order met.
 
         After a refusal the walk goes on, so every producer of the closure lands in this one
         (refused) group instead of seeding duplicates of it.
@@ -231,6 +240,7 @@ class _Explorer:
         self.queue: list = []
         self.members: dict = {}
         self.group_producers: list[str] = []
+        self.crossed: list[str] = []  # grouped convs the walk went through in whole conv groups
         self.coverage: list = []
         self.hints: list[Unit] = []
         self.follow_checks: list = []
@@ -248,7 +258,7 @@ class _Explorer:
                 except Refused as exc:
                     reasons.append(str(exc))
         reasons.extend(self._final_checks())
-        return reasons[0] if reasons else None
+        return reasons
 
     def counts(self, name: str, axis: int, start: int = 0, size: int = 2**62) -> np.ndarray:
         """Positions per channel the group holds on one axis of a tensor, within [start, start + size)."""
@@ -308,9 +318,10 @@ def find_channel_groups(graph, shapes: dict | None = None, exact: bool = False) 
         groups.append(group)
         if group.reason and ex.hints:
             hints[group.id] = (node, start, list(ex.hints))
-        for p in group.producers:
+        for p in group.producers + (ex.crossed if group.prunable else []):
             ex.claimed.setdefault(p, group.id)
     groups = _unit_groups(ex, groups, hints)
+    _refuse_overlaps(groups)
     _check_shared_constants(graph, groups)
     return groups
 
@@ -320,7 +331,8 @@ def _explore_group(ex, node, gid: int, channels: int, output: int, axis: int, un
     m = Mapping(axis, 0, unit.block, unit.repeat, channels // unit.repeat if unit.repeat > 1 else 0)
     ex.regroup_norms = unit.regroup_norms
     group = ChannelGroup(gid, channels // per, [node_key(node)], width=per, unit=unit.describe())
-    group.reason = ex.explore(node, channels // per, output, m)
+    group.refusals = ex.explore(node, channels // per, output, m)
+    group.reason = group.refusals[0] if group.refusals else None
     group.producers = list(dict.fromkeys([node_key(node), *ex.group_producers]))
     group.members = list(ex.members.values())
     group.tensors = list(ex.state)
@@ -338,6 +350,10 @@ def _unit_groups(ex, groups: list[ChannelGroup], hints: dict) -> list[ChannelGro
     """
     replaced: set[int] = set()
     extra: list[ChannelGroup] = []
+    # A producer a prunable group already takes along (a per-head score conv's group taking the projection
+    # it weighs, head by head) is pruned: its own refused per-channel group is no group of its own.
+    pruned_by = {p for g in groups if g.prunable for p in g.producers}
+    replaced |= {g.id for g in groups if not g.prunable and g.producers and set(g.producers) <= pruned_by}
     for gid, (node, (channels, output, axis), first) in hints.items():
         if gid in replaced:
             continue
@@ -350,15 +366,41 @@ def _unit_groups(ex, groups: list[ChannelGroup], hints: dict) -> list[ChannelGro
             group = _explore_group(ex, node, -1, channels, output, axis, unit)
             if group.reason is None:
                 covered = {ex.claimed.get(p) for p in group.producers}
-                if None not in covered and not covered & replaced and all(groups[c].reason for c in covered):
+                covered |= {ex.claimed[p] for p in ex.crossed if p in ex.claimed}  # grouped convs it takes along
+                ok = None not in covered and not covered & replaced and not pruned_by & set(group.producers)
+                if ok and all(groups[c].reason for c in covered):
                     replaced |= covered
                     extra.append(group)
-                break
+                    break
+                continue  # it would take producers another retry already won: try the next unit
+            if group.interface_only and not groups[gid].interface_only:  # in these units only the interface
+                groups[gid].reason, groups[gid].refusals = group.reason, group.refusals  # is left: say so
             todo += [_combined(unit, h) for h in ex.hints]
     kept = [g for g in groups if g.id not in replaced] + extra
     for i, g in enumerate(kept):
         g.id = i
     return kept
+
+
+def _refuse_overlaps(groups: list[ChannelGroup]) -> None:
+    """Two prunable groups must never slice the same positions of one constant (a grouped conv crossed in
+    whole conv groups by a retried group and also starting a group of its own): the later one stays whole."""
+    taken: dict[tuple, tuple[int, np.ndarray]] = {}
+    for g in groups:
+        if not g.prunable:
+            continue
+        mine: dict[tuple, np.ndarray] = {}
+        for m in g.members:
+            if m.kind in ("out", "in"):
+                k = (m.tensor, m.axis, m.use)
+                mine[k] = np.concatenate([mine.get(k, np.zeros(0, np.int64)), m.mapping.positions(np.arange(g.channels))])
+        clash = next((k for k, pos in mine.items() if k in taken and np.intersect1d(taken[k][1], pos).size), None)
+        if clash is not None:
+            g.reason = f"slices {clash[0]} where group {taken[clash][0]} does"
+            g.refusals = [g.reason]
+            continue
+        for k, pos in mine.items():
+            taken[k] = (g.id, np.concatenate([taken[k][1], pos]) if k in taken else pos)
 
 
 def _combined(unit: Unit, more: Unit) -> Unit:

@@ -47,7 +47,7 @@ HANDLERS = {
     "ScatterElements": elementwise.scatter_elements,
     "Flatten": reshapes.flatten, "Reshape": reshapes.reshape, "Squeeze": reshapes.squeeze,
     "Unsqueeze": reshapes.squeeze, "Shape": reshapes.shape, "ConstantOfShape": reshapes.constant_of_shape,
-    "Expand": reshapes.expand,
+    "Expand": reshapes.expand, "DepthToSpace": reshapes.depth_to_space,
     "Concat": parts.concat, "Split": parts.split, "Slice": parts.slice_,
     "Conv": weighted.conv, "ConvTranspose": weighted.conv_transpose, "Gemm": weighted.gemm, "MatMul": weighted.matmul,
     "Einsum": weighted.einsum,

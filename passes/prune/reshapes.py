@@ -1,5 +1,5 @@
 """Rules for ops that change the shape around the channels: Reshape, Flatten, Squeeze/Unsqueeze, Expand,
-ConstantOfShape, and Shape (which reads the channel count at run time).
+ConstantOfShape, DepthToSpace, and Shape (which reads the channel count at run time).
 
 A Reshape keeps the channels findable when the flat order from some axis on is the same on both
 sides (regroup): merging the channel axis with the axes after it (Flatten-like: a channel becomes
@@ -60,10 +60,18 @@ def regroup(src, axis: int, m: Mapping, dst):
             h = inner_d // inner
             if m.block % h == 0 and m.period % h == 0:
                 return k, replace(m, axis=k, block=m.block // h, period=m.period // h)
-            if m.repeat == dst[k] and m.period == h:  # [3 * D] -> [3, D]: the repeats get their own axis
-                sub_k, sub_m = regroup((h, *src[axis + 1:]), 0, replace(m, repeat=1, period=0), dst[k + 1:])
+            if m.repeat % dst[k] == 0 and m.period * (m.repeat // dst[k]) == h:
+                # [3 * D] -> [3, D]: the repeats get their own axis; a shuffle's [g * g * P] -> [g, g * P] keeps
+                # g repeats of period P inside each of the g parts
+                inside = m.repeat // dst[k]
+                sub_k, sub_m = regroup((h, *src[axis + 1:]), 0,
+                                       replace(m, repeat=inside, period=m.period if inside > 1 else 0), dst[k + 1:])
                 return (None, None) if sub_k is None else (k + 1 + sub_k, sub_m.on_axis(k + 1 + sub_k))
             return None, h
+        q = inner_d // (channels * inner) if inner_d % (channels * inner) == 0 else 0
+        if q > 1 and outer % q == 0 and m.repeat == 1 and len(dst) == k + 2:
+            # [.., R, C] -> [.., R/q, q*C]: q rows fold into the features, each channel q times, C apart
+            return k + 1, replace(m.scaled(inner), axis=k + 1, repeat=q, period=channels * inner)
         return None, None
     return None, None
 
@@ -310,3 +318,30 @@ def _trace_size(ex, tensor, k: int, name: str, axis: int, what: str, depth: int)
         else:
             ex.refuse(f"{what}: the channel count is read by Shape (used by {op} {ex.key(consumer)})")
 
+
+
+def depth_to_space(ex, node, side, index, m):
+    """DepthToSpace moves b*b channels into a b x b spatial block. CRD: output channel c is input channels
+    c*b*b .. c*b*b + b*b - 1 (a block); DCR: input channels k*C + c for k < b*b (b*b repeats of period C).
+    A per-channel walk from the input leaves a hint for those units."""
+    if m.axis != 1:
+        ex.refuse(f"{ex.key(node)}: DepthToSpace reached on axis {m.axis}")
+    b2 = int(node.attrs.get("blocksize", 1)) ** 2
+    crd = str(node.attrs.get("mode", "DCR")).upper() == "CRD"
+    c_out = dim(ex, node.outputs[0], 1)
+    if side == "out":
+        if crd:
+            ex.visit(node.inputs[0], m.scaled(b2), node)
+        elif m.repeat == 1 and c_out is not None:
+            ex.visit(node.inputs[0], replace(m, repeat=b2, period=c_out), node)
+        else:
+            ex.refuse(f"{ex.key(node)}: DepthToSpace (DCR) output reached in repeats")
+        return
+    if crd and m.block % b2 == 0 and m.period % b2 == 0:
+        ex.visit(node.outputs[0], replace(m, block=m.block // b2, period=m.period // b2), node)
+    elif not crd and m.repeat == b2 and c_out is not None and m.period == c_out:
+        ex.visit(node.outputs[0], replace(m, repeat=1, period=0), node)
+    else:
+        if m.block == 1 and m.repeat == 1:
+            ex.hint(Unit(block=b2) if crd else Unit(repeat=b2))
+        ex.refuse(f"{ex.key(node)}: DepthToSpace ({'CRD' if crd else 'DCR'}) moves channels in units of {b2}")

@@ -53,12 +53,26 @@ def conv(ex, node, side, index, m):
 
 
 def _grouped_conv(ex, node, side, m, w, groups: int, cin_g: int, cout_g: int):
-    """Whole conv groups: input blocks of cin_g channels <-> output blocks of cout_g filters."""
+    """Whole conv groups: input blocks of cin_g channels <-> output blocks of cout_g filters; or the same
+    positions taken from every conv group (see _in_every_conv_group)."""
     here, per = (cin_g, cout_g) if side == "in" else (cout_g, cin_g)
     if m.block % here or m.period % here:
+        within = _in_every_conv_group(ex, m, groups, here)
+        if within is not None and side == "in":
+            ex.add_const("in", w, 1, within.on_axis(1), node, 1)
+            return
+        if within is not None:
+            ex.producer(node, groups * cout_g, m)
+            ex.add_const("out", w, 0, m.on_axis(0), node, 1)
+            _bias(ex, node, 2, m.on_axis(0), lambda r: 0)
+            return
         if m.block == 1 and m.repeat == 1:
             ex.hint(Unit(block=here))
+            if side == "out" and here > 1:  # the same filters of every conv group (twice over for a shuffle)
+                ex.hint(Unit(repeat=groups))
+                ex.hint(Unit(repeat=groups * groups))
         ex.refuse(f"{ex.key(node)}: grouped Conv (group={groups}) couples channels in blocks of {here}")
+    ex.crossed.append(ex.key(node))  # its filters go with this group: it starts no group of its own
     unit = replace(m, block=m.block // here, period=m.period // here)  # one position per conv group
     other = unit.scaled(per)
     in_m, out_m = (m, other) if side == "in" else (other, m)
@@ -67,6 +81,21 @@ def _grouped_conv(ex, node, side, m, w, groups: int, cin_g: int, cout_g: int):
     ex.add(Member("attr", ex.key(node), mapping=unit.on_axis(0), use=(ex.key(node), -1), role="group"))
     ex.visit(node.inputs[0], in_m, node)
     ex.visit(node.outputs[0], out_m, node)
+
+
+def _in_every_conv_group(ex, m, groups: int, size: int):
+    """The mapping inside one conv group when every group of `size` channels holds the same positions of
+    each channel (a ShuffleNet unit: the same filters of every group, read back after the shuffle at the same
+    places of every group): the conv keeps `group`, its weight loses those filters or input columns."""
+    if m.repeat % groups:
+        return None
+    within = replace(m, repeat=m.repeat // groups, period=m.period if m.repeat > groups else 0)
+    channels = np.arange(ex.channels)
+    every = np.add.outer(np.arange(groups) * size, within.positions(channels)).reshape(-1)
+    inside = within.positions(channels)
+    if inside.size == 0 or inside.max() >= size or not np.array_equal(np.sort(every), np.sort(m.positions(channels))):
+        return None
+    return within
 
 
 def conv_transpose(ex, node, side, index, m):
@@ -189,12 +218,12 @@ def output_channels(ex, node) -> tuple[int, int, int] | None:
     """(channels, output index, channel axis) where `node` starts a group, or None if it does not."""
     if len(node.inputs) < 2:
         return None
-    if node.op == "Conv" and int(node.attrs.get("group", 1)) != 1:
-        return None  # grouped and depthwise convs join the group of their input
     w = ex.const_source(node.inputs[1])
     if w is None:
         return None
     values = w[2]
+    if node.op == "Conv" and int(node.attrs.get("group", 1)) != 1 and values.shape[1] == 1:
+        return None  # depthwise convs join the group of their input
     r = len(ex.shape(node.outputs[0]) or ()) or 2
     if node.op == "Conv":
         return int(values.shape[0]), 0, 1

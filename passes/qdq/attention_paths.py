@@ -51,11 +51,10 @@ class Projection:
         return int(self.matmul.inputs[1].shape[1])
 
 
-def trace_projection(t, outputs: set) -> Projection | None:
-    """The projection that makes `t` through layout ops, each tensor on the way read only by the
-    next op; None when there is none."""
-    import onnx_graphsurgeon as gs
-
+def backward_layout(t, outputs: set) -> tuple | None:
+    """(the first node behind `t` that is no layout op, the layout ops passed on the way first to last,
+    the tensor that node makes), each tensor on the way read only by the next op; None when the walk
+    meets another reader or a graph input."""
     layout = []
     while True:
         if not only_reader(t, outputs):
@@ -63,23 +62,34 @@ def trace_projection(t, outputs: set) -> Projection | None:
         node = producer(t)
         if node is None:
             return None
-        if node.op in LAYOUT_OPS:
-            layout.insert(0, node)
-            t = node.inputs[0]
-            continue
-        bias = None
-        if node.op == "Add":
-            index = constant_index(node)
-            if index is None:
-                return None
-            bias, t = (node, index), node.inputs[1 - index]
-            if not only_reader(t, outputs):
-                return None
-            node = producer(t)
-        if node is None or node.op != "MatMul" or not isinstance(node.inputs[1], gs.Constant) \
-                or node.inputs[1].values.ndim != 2 or isinstance(node.inputs[0], gs.Constant):
+        if node.op not in LAYOUT_OPS:
+            return node, layout, t
+        layout.insert(0, node)
+        t = node.inputs[0]
+
+
+def trace_projection(t, outputs: set) -> Projection | None:
+    """The projection that makes `t` through layout ops, each tensor on the way read only by the
+    next op; None when there is none."""
+    import onnx_graphsurgeon as gs
+
+    found = backward_layout(t, outputs)
+    if found is None:
+        return None
+    node, layout, t = found
+    bias = None
+    if node.op == "Add":
+        index = constant_index(node)
+        if index is None:
             return None
-        return Projection(node, bias, layout)
+        bias, t = (node, index), node.inputs[1 - index]
+        if not only_reader(t, outputs):
+            return None
+        node = producer(t)
+    if node is None or node.op != "MatMul" or not isinstance(node.inputs[1], gs.Constant) \
+            or node.inputs[1].values.ndim != 2 or isinstance(node.inputs[0], gs.Constant):
+        return None
+    return Projection(node, bias, layout)
 
 
 def channel_bias(proj: Projection) -> np.ndarray | None:
@@ -159,18 +169,10 @@ def value_path(t, shapes: dict, outputs: set) -> ValuePath | None:
     """The ValuePath ending at `t` (a MatMul's data input), or None."""
     import onnx_graphsurgeon as gs
 
-    layout, end = [], t
-    while True:
-        if not only_reader(end, outputs):
-            return None
-        node = producer(end)
-        if node is None:
-            return None
-        if node.op in LAYOUT_OPS:
-            layout.insert(0, node)
-            end = node.inputs[0]
-            continue
-        break
+    found = backward_layout(t, outputs)
+    if found is None:
+        return None
+    node, layout, end = found
     if node.op != "MatMul" or any(isinstance(x, gs.Constant) for x in node.inputs):
         return None
     proj = trace_projection(node.inputs[1], outputs)

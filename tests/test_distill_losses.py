@@ -82,6 +82,9 @@ def test_feature_adapter_maps_widths():
     assert isinstance(lin.proj, torch.nn.Linear) and lin(torch.zeros(2, 7, 32)).shape == (2, 7, 64)
     same = FeatureAdapter((2, 16), (2, 16), "c")
     assert same.proj is None
+    # A 1-D conv map [N, C, L] whose widths differ on axis 1 (a pruned audio UNet's residual join).
+    conv1d = FeatureAdapter((2, 48, 75), (2, 64, 75), "f")
+    assert isinstance(conv1d.proj, torch.nn.Conv1d) and conv1d(torch.zeros(2, 48, 75)).shape == (2, 64, 75)
     with pytest.raises(InputError, match="only the channel width may differ"):
         FeatureAdapter((2, 8, 5, 5), (2, 16, 3, 3), "d")
     with pytest.raises(InputError, match="different ranks"):

@@ -72,8 +72,11 @@ class FeatureAdapter(torch.nn.Module):
         if len(student_shape) != len(teacher_shape):
             raise InputError(f"feature {name}: student tensor has shape {list(student_shape)}, teacher "
                              f"{list(teacher_shape)} (different ranks cannot be matched)")
-        # NCHW-like maps (rank >= 4) carry channels on axis 1; sequences and vectors on the last axis.
-        self.channel_axis = 1 if len(student_shape) >= 4 else len(student_shape) - 1
+        # NCHW-like maps (rank >= 4) carry channels on axis 1; sequences and vectors on the last axis,
+        # but a rank-3 pair that differs only on axis 1 is a 1-D conv map [N, C, L] (an audio UNet's).
+        differ = [i for i, (a, b) in enumerate(zip(student_shape, teacher_shape)) if i and a != b]
+        conv1d = len(student_shape) == 3 and differ == [1]
+        self.channel_axis = 1 if len(student_shape) >= 4 or conv1d else len(student_shape) - 1
         other_s = [d for i, d in enumerate(student_shape) if i not in (0, self.channel_axis)]
         other_t = [d for i, d in enumerate(teacher_shape) if i not in (0, self.channel_axis)]
         if other_s != other_t:
@@ -82,8 +85,8 @@ class FeatureAdapter(torch.nn.Module):
         cs, ct = student_shape[self.channel_axis], teacher_shape[self.channel_axis]
         self.proj = None
         if cs != ct:
-            if len(student_shape) >= 4:
-                conv = torch.nn.Conv2d if len(student_shape) == 4 else torch.nn.Conv3d
+            if len(student_shape) >= 4 or conv1d:
+                conv = {3: torch.nn.Conv1d, 4: torch.nn.Conv2d}.get(len(student_shape), torch.nn.Conv3d)
                 self.proj = conv(cs, ct, 1, bias=False)
             else:
                 self.proj = torch.nn.Linear(cs, ct, bias=False)

@@ -197,39 +197,50 @@ def _run_context(original: onnx.ModelProto, data, val_data, target, seed, progre
 # Sizes tried for free non-batch dims when the model does not run them at 1 (strided detectors
 # want multiples of 32; 224 and 640 are the usual image sizes).
 _TRIED_SIZES = (32, 64, 128, 224, 320, 640)
+# Generated inputs put this batch on a free axis 0 for the final validation.
+_VALIDATION_BATCH = 8
 
 
 def _runnable_dims(model: onnx.ModelProto, specs, dims: dict, seed: int, values: dict, progress) -> dict:
-    """Sizes for the symbolic non-batch dims (height, width) of generated inputs: 1 unless the
-    model fails there (a YOLO's Concat after upsampling a 1x1 map), then the first size it runs."""
+    """Dims that make generated inputs run, found with one session: free non-batch dims (height,
+    width: a YOLO's Concat after upsampling a 1x1 map) at the first of _TRIED_SIZES the model runs
+    when 1 fails; batch 1 where a state input fixed at batch 1 sits beside a dynamic batch (a GRU's
+    h0 [4, 1, 64]) and the validation batch fails. None when the usual ones run."""
     from onnxcomp.measure.runtime import random_inputs, run, session
 
-    free = sorted({(d if isinstance(d, str) and d != "?" else f"{s.name}:{axis}")
-                   for s in specs for axis, d in enumerate(s.shape)
-                   if axis > 0 and not (isinstance(d, int) and d > 0)} - set(dims))
-    if not free or any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
-        return {}  # (a model with external data is not loaded once more only to try sizes)
+    def free(batch_axis: bool) -> list[str]:
+        return sorted({(d if isinstance(d, str) and d != "?" else f"{s.name}:{axis}")
+                       for s in specs for axis, d in enumerate(s.shape)
+                       if (axis == 0) == batch_axis and not (isinstance(d, int) and d > 0)} - set(dims))
+
+    batch, spatial = free(True), free(False)
+    stateful = bool(batch) and any(s.fully_static and s.rank > 1 for s in specs)
+    if not (spatial or stateful) or any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        return {}  # nothing to choose (a model with external data is not loaded once more only to try)
     try:
         sess = session(model)
     except Exception:
         return {}  # the commands say why the model does not load
 
-    def runs(size: int) -> bool:
+    def runs(trial: dict, at_batch: int | None = None) -> bool:
         try:
-            run(sess, random_inputs(model, {**dims, **{k: size for k in free}}, seed=seed, values=values))
+            run(sess, random_inputs(model, {**dims, **trial}, seed=seed, batch=at_batch, values=values))
             return True
         except Exception:
             return False
 
-    if runs(1):
-        return {}
-    for size in _TRIED_SIZES:
-        if runs(size):
-            message = (f"generated inputs: the model does not run with {', '.join(free)} at 1; using {size} "
-                       "(give --input-shapes or data to choose)")
-            (progress or logger.info)(message)
-            return {k: size for k in free}
-    return {}
+    say = progress or logger.info
+    chosen = {}
+    if spatial and not runs({}):  # sizes tried one sample at a time, as the passes' checks run them
+        size = next((n for n in _TRIED_SIZES if runs({k: n for k in spatial})), None)
+        if size is not None:
+            chosen = {k: size for k in spatial}
+            say(f"generated inputs: the model does not run with {', '.join(spatial)} at 1; using {size} "
+                "(give --input-shapes or data to choose)")
+    if stateful and not runs(chosen, _VALIDATION_BATCH) and runs(chosen):
+        chosen.update({k: 1 for k in batch})
+        say("generated inputs: the model does not run them at batch 8 (an input's batch is fixed at 1): using batch 1")
+    return chosen
 
 
 def _where(source, what: str) -> str:
@@ -281,7 +292,8 @@ def validate_against(original: onnx.ModelProto, result: onnx.ModelProto, passes,
         feeds = as_samples(data, original, "validation data").first(max_samples)
         source = f"{feeds.describe()} of the given data"
     else:
-        feeds = _generated_feeds(original, ctx)
+        feeds = generated_calls(random_inputs(original, ctx.dims, seed=ctx.seed, batch=_VALIDATION_BATCH,
+                                              values=ctx.input_values), original)
         source = "seeded random inputs"
     comparison = compare_models(original, result, feeds, Tolerances(atol, rtol))
     exact = all(p.exact for p in passes)
@@ -294,29 +306,6 @@ def validate_against(original: onnx.ModelProto, result: onnx.ModelProto, passes,
         raise ToleranceError(f"output {bad[0].name!r} differs from the original by {bad[0].max_abs:.3g} "
                              f"(atol {atol}, rtol {rtol}) although every pass is exact")
     return validation
-
-
-def _generated_feeds(original: onnx.ModelProto, ctx: PassContext):
-    """Seeded random inputs at a batch of 8, or of 1 when the model cannot run 8: a state input
-    fixed at batch 1 (a GRU's h0 [4, 1, 64]) beside an input whose batch is dynamic."""
-    from onnxcomp.graph.signature import input_specs
-    from onnxcomp.measure.runtime import random_inputs, run, session
-    from onnxcomp.measure.samples import generated_calls
-
-    def at(batch: int):
-        return generated_calls(random_inputs(original, ctx.dims, seed=ctx.seed, batch=batch,
-                                             values=ctx.input_values), original)
-
-    feeds = at(8)
-    specs = input_specs(original)
-    if not (any(s.fully_static and s.rank > 1 for s in specs) and any(not s.fully_static for s in specs)):
-        return feeds
-    try:
-        run(session(original), feeds[0])
-    except Exception:
-        ctx.say("the model does not run the generated inputs at batch 8 (an input's batch is fixed): validating at batch 1")
-        return at(1)
-    return feeds
 
 
 def _no_check():

@@ -112,11 +112,9 @@ PROBE_REPEATS = 3  # probes at most, when the first disagrees with what the CPU'
 def expected_block() -> int | None:
     """The block ORT's NCHWc kernels use on this CPU's vector width: 16 with AVX-512, 8 with AVX2,
     None when the flags cannot be read (not x86, no /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return None
+    from onnxcomp.measure.host import cpu_flags
+
+    flags = cpu_flags()
     return 16 if "avx512f" in flags else 8 if "avx2" in flags else None
 
 

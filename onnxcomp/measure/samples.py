@@ -416,6 +416,7 @@ class _Defaults:
     def __init__(self, model):
         self.model = model if isinstance(model, onnx.ModelProto) else None
         self.names = set(defaulted_inputs(self.model)) if self.model is not None else set()
+        self._values: dict[str, np.ndarray] = {}  # defaults read so far (one read per name, not per call)
 
     def checked_one(self, feed, where: str):
         if isinstance(feed, Mapping):
@@ -428,7 +429,10 @@ class _Defaults:
             yield self.checked_one(feed, f"{where}: call {i + 1}")
 
     def _check(self, name: str, value, where: str) -> None:
-        default = next(onnx.numpy_helper.to_array(t) for t in self.model.graph.initializer if t.name == name)
+        if name not in self._values:
+            self._values[name] = next(onnx.numpy_helper.to_array(t) for t in self.model.graph.initializer
+                                      if t.name == name)
+        default = self._values[name]
         given = np.asarray(value)
         if given.shape == default.shape and np.array_equal(given, default):
             return

@@ -81,8 +81,8 @@ def test_quantized_weights_are_not_folded_back_to_float():
     assert not records[0].report.modified
 
 
-def test_hand_written_dequantization_keeps_weights_int8():
-    """Cast(int8 table) * scale is a dequantization: folding it would store four times the bytes."""
+def test_hand_written_dequantization_keeps_weights_int8_when_asked():
+    """Cast(int8 table) * scale is a dequantization: folding it stores four times the bytes."""
     nodes = [
         helper.make_node("Cast", ["wq"], ["wf"], name="cast", to=TensorProto.FLOAT),
         helper.make_node("Mul", ["wf", "ws"], ["w"], name="scale"),
@@ -91,8 +91,8 @@ def test_hand_written_dequantization_keeps_weights_int8():
     wq = np.random.default_rng(0).integers(-127, 127, (64, 32)).astype(np.int8)
     model = make_model(nodes, [tensor("x", [2, 64])], [tensor("y", None)],
                        {"wq": wq, "ws": np.full((1, 32), 0.02, np.float32)})
-    out, records = run_pass(model, "cleanup")
-    assert _ops(out) == ["Cast", "Mul", "MatMul"]
+    out, records = run_pass(model, "cleanup{fold_dequantization=false}")
+    assert _ops(out) == ["Cast", "Mul", "MatMul"] and _init_bytes(out) < 2 * wq.size
     assert any("dequantization" in s.reason for s in records[0].report.skipped)
     assert_same_outputs(model, out)
 
@@ -531,15 +531,17 @@ def test_negative_zero_is_not_a_splat_of_zero():
     np.testing.assert_array_equal(run(out, {"x": x})["y"], run(model, {"x": x})["y"])
 
 
-def test_dequantization_folds_only_when_asked():
+def test_dequantization_folds_by_default_and_stays_when_asked():
     nodes = [helper.make_node("Cast", ["wq"], ["wf"], name="cast", to=TensorProto.FLOAT),
              helper.make_node("Mul", ["wf", "ws"], ["w"], name="scale"),
              helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")]
     wq = np.random.default_rng(0).integers(-127, 127, (64, 32)).astype(np.int8)
     model = make_model(nodes, [tensor("x", [2, 64])], [tensor("y", None)],
                        {"wq": wq, "ws": np.full((1, 32), 0.02, np.float32)})
-    out, _ = run_pass(model, "cleanup{fold_dequantization=true}")
+    out, records = run_pass(model, "cleanup")
     assert _ops(out) == ["MatMul"] and _init_bytes(out) > 4 * wq.size
+    assert records[0].report.stats["dequantizations_folded"] == 1
+    assert records[0].report.stats["dequantized_bytes_added"] == 3 * wq.size
     assert_same_outputs(model, out)
 
 

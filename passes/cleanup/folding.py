@@ -98,6 +98,17 @@ def _dequantizes(node, facts) -> bool:
         int(np.prod([d if isinstance(d, int) else 1 for d in dims], dtype=np.int64)) > _QUANTIZED_ELEMENTS
 
 
+def _dequantized_growth(node, facts) -> int:
+    """Bytes a folded dequantization adds: the float result minus the integer weights it replaces."""
+    x = node.inputs[0]
+    elements = int(np.prod([d if isinstance(d, int) else 1 for d in facts.shape(x)], dtype=np.int64))
+    bits = 4 if facts.dtype(x) in (21, 22) else 8
+    return elements * (_FLOAT_BYTES.get(int(node.attrs.get("to", 1)), 4) * 8 - bits) // 8
+
+
+_FLOAT_BYTES = {1: 4, 10: 2, 11: 8, 16: 2}
+
+
 def splat_bytes(node) -> int:
     """Bytes a ConstantOfShape with a constant shape would fill (0 for any other node)."""
     import onnx_graphsurgeon as gs
@@ -161,8 +172,7 @@ def _candidates(graph, limits: "FoldLimits", facts, report: PassReport) -> list:
             continue  # one value repeated: the node is smaller than its tensor (stats: splats_kept_compact)
         if not limits.dequantization and _dequantizes(node, facts):
             report.skip(node.name or node.op, "Cast of 8-bit integer weights to float (a dequantization): "
-                                             "kept, so the weights stay quantized (fold_dequantization=true "
-                                             "folds it: float weights, 4x the bytes)")
+                                             "kept, so the weights stay quantized (fold_dequantization=false)")
             continue
         odd = next((t for t in node.outputs if facts.dtype(t) is not None and facts.dtype(t) not in _NUMPY_TYPES), None)
         if odd is not None:
@@ -206,6 +216,9 @@ def fold_constant_nodes(graph, limits: FoldLimits, facts, report: PassReport, na
     else:
         return 0
     for node in kept:
+        if _dequantizes(node, facts):
+            report.count("dequantizations_folded")
+            report.count("dequantized_bytes_added", _dequantized_growth(node, facts))
         node.outputs.clear()
     for t in needed:
         value = values[id(t)]
@@ -221,7 +234,7 @@ def fold_constant_nodes(graph, limits: FoldLimits, facts, report: PassReport, na
 class FoldLimits:
     size: int                    # bytes: larger results stay computed
     splat: int                   # bytes: larger one-value results become a ConstantOfShape
-    dequantization: bool = False  # fold Casts of 8-bit weights to float too
+    dequantization: bool = True  # fold Casts of 8-bit weights to float too
     weights: bool = True          # a constant weight or bias becomes an initializer whatever its size
 
 

@@ -190,6 +190,13 @@ class Net:
         c = self.add(self.node("Mul", [f, c0], hidden), self.node("Mul", [i, self.unary(g, "Tanh")], hidden))
         return self.node("Mul", [o, self.unary(c, "Tanh")], hidden)
 
+    def sliced_gates(self, x: str, hidden: int) -> str:
+        """A GRU-like cell written out with one conv and three Slices (r, z, n), as hand-written cells export."""
+        z = self.conv(x, 3 * hidden, k=1)
+        r, u, n = (self.slice(z, k * hidden, (k + 1) * hidden) for k in range(3))
+        n = self.unary(self.node("Mul", [n, self.unary(r, "Sigmoid")], hidden), "Tanh")
+        return self.node("Mul", [self.unary(u, "Sigmoid"), n], hidden)
+
     def shuffle(self, x: str, groups: int) -> str:
         """ShuffleNet's channel shuffle: [N, g, C/g, H, W] -> transpose -> [N, C, H, W]."""
         c = self.channels[x]
@@ -203,6 +210,16 @@ class Net:
         a = self.unary(self.conv(x, groups * groups * per, k=1, group=groups))
         dw = self.conv(self.shuffle(a, groups), self.channels[a], group=self.channels[a])
         return self.unary(self.conv(dw, groups * out_per, k=1, group=groups))
+
+    def shuffle_stream(self, x: str, groups: int = 4, stem: int = 12, branch: int = 56) -> str:
+        """ShuffleNet v1's residual stream: a stem conv, then Concat[grouped 1x1 conv of it, its pooled copy]
+        (56 + 12 = 4 x 17: the boundary is not on the next grouped conv's groups of 17) and a residual pair of
+        grouped 1x1 convs on that stream."""
+        s = self.maxpool(self.unary(self.conv(x, stem)))
+        stream = self.unary(self.concat([self.conv(s, branch, k=1, group=groups), self.pad(s)]))
+        c = self.channels[stream]
+        inner = self.conv(self.unary(self.conv(stream, c, k=1, group=groups)), c, k=1, group=groups)
+        return self.unary(self.add(inner, stream))
 
     def group_norm(self, x: str, groups: int, shape: str | None = None, back: str | None = None) -> str:
         """GroupNorm as exporters write it: Reshape [0, G, -1], InstanceNorm, Reshape back, per-channel affine.

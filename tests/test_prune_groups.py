@@ -400,3 +400,31 @@ def test_a_projection_pruned_head_by_head_is_not_also_a_refused_group():
     assert group.producers == ["score", "pw"] and group.channels == 2
     assert next(m for m in group.members if m.kind == "out" and m.use == ("pw", 1)).mapping.block == 4  # a head
     assert [g.reason for g in groups if not g.prunable] == ["reaches graph output y"]
+
+
+def test_a_shufflenet_stream_is_pruned_across_a_concat_off_the_conv_groups():
+    """ShuffleNet's stream: Concat[grouped conv (56 = 4 x 14), pooled stem (12)] read by grouped convs in groups
+    of 17. In the same filters of every conv group (4 repeats of 17) the Concat cuts a repeat, and the stem's
+    4 x 3 places in the first grouped conv tie stream channels: 5, 8, 11 and 14 are its place 0 (every conv
+    group loses weight column 0 with them), and each tied set takes as many filters from each conv group of
+    the 56. No grouped conv loses `group`."""
+    net = Net(3)
+    model = net.model(net.head(net.shuffle_stream(net.x)))
+    groups = groups_of(model)
+    stream = next(g for g in groups if len(g.producers) == 3)
+    assert stream.prunable and (stream.channels, stream.unit) == (17, "4 repeats")
+    assert stream.producers == ["conv20_node", "conv3_node", "conv8_node"]
+    assert stream.ties == [[5, 8, 11, 14], [6, 9, 12, 15], [7, 10, 13, 16]]
+    assert not any(m.kind == "attr" for m in stream.members)
+    reader = next(m for m in stream.members if m.kind == "in" and m.use == ("conv8_node", 1))
+    assert sorted(set(reader.mapping.positions([5, 8, 11, 14]))) == [0]  # weight column 0 of every conv group
+    assert [g.reason for g in groups if not g.prunable] == ["reaches graph output gemm27"]
+
+
+def test_a_shufflenet_stream_whose_ties_take_every_channel_stays_whole():
+    """With 20 + 12 channels in groups of 8 the stem's places tie every stream channel together: nothing could
+    go, so the stream is left whole (the inner grouped conv's own group is still pruned)."""
+    net = Net(3)
+    groups = groups_of(net.model(net.head(net.shuffle_stream(net.x, stem=12, branch=20))))
+    assert not next(g for g in groups if "conv20_node" in g.producers).prunable
+    assert [g.producers for g in groups if g.prunable] == [["conv16_node"]]

@@ -28,7 +28,7 @@ from onnxcomp.graph.convert import to_graph, to_model
 from onnxcomp.measure.counts import graph_counts
 from onnxcomp.measure.runtime import random_inputs
 from onnxcomp.passes.prune.groups import find_channel_groups
-from onnxcomp.passes.prune.importance import keep_each_part
+from onnxcomp.passes.prune.importance import keep_each_part, keep_whole_ties
 from onnxcomp.passes.prune.plan import ConstantTable, apply_plan, build_plan, readers_in
 
 
@@ -40,7 +40,8 @@ def choose_drops(groups, seed: int) -> dict[int, np.ndarray]:
     for g in groups:
         if g.prunable and not g.lossy:
             n_keep = int(rng.integers(1, g.channels + 1))
-            kept[g.id] = keep_each_part(g, np.sort(rng.choice(g.channels, n_keep, replace=False)))
+            kept[g.id] = keep_whole_ties(g, keep_each_part(g, np.sort(rng.choice(g.channels, n_keep, replace=False))),
+                                         rng.random(g.channels))
     return kept
 
 
@@ -343,3 +344,25 @@ def test_heads_weighed_by_a_score_conv_prune_exactly():
     model = head_pooling_model(heads=3)
     for seed in range(3):
         assert check_exact_removal(model, seed) >= 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_shufflenet_stream_prunes_exactly_through_its_concat(seed):
+    """The stream [grouped conv's 56 filters, the pooled stem's 12] read by grouped convs in groups of 17: its
+    channels go in tied sets (the stem's places in the first grouped conv), with `group` kept, exactly."""
+    net = Net(3, size=4, seed=seed)
+    model = net.model(net.head(net.shuffle_stream(net.x)))
+    stream = next(g for g in find_channel_groups(to_graph(_copy(model))) if len(g.producers) == 3)
+    assert stream.prunable and stream.ties
+    assert check_exact_removal(model, seed) > 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_gates_sliced_from_one_conv_prune_exactly(seed):
+    """conv -> Slice [0:h], [h:2h], [2h:3h] -> gates multiplied together: hidden unit u is channel u of each
+    slice (3 repeats), found from the Slices' hint, exactly."""
+    net = Net(3, size=4, seed=seed)
+    model = net.model(net.head(net.conv(net.sliced_gates(net.unary(net.conv(net.x, 4)), 5), 6)))
+    gates = next(g for g in find_channel_groups(to_graph(_copy(model))) if g.width == 3)
+    assert gates.prunable and gates.channels == 5
+    assert check_exact_removal(model, seed) > 0

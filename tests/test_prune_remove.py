@@ -250,3 +250,21 @@ def test_exact_leaves_the_lossy_groups_whole():
     assert lossy.stats["groups_pruned"] == 2 and exact.stats["groups_pruned"] == 1
     (skipped,) = [s for s in exact.skipped if "exact search" in s.reason]
     assert "Softmax over the channels" in skipped.reason
+
+
+def test_a_shufflenet_stream_is_pruned_and_runs():
+    """The stream of Net.shuffle_stream (68 channels in conv groups of 17) loses whole tied sets: every grouped
+    conv keeps group=4 with as many channels per conv group, and the model runs with the same output."""
+    net = Net(3, size=8)
+    model = net.model(net.head(net.shuffle_stream(net.x)))
+    out, report = prune(model, "ratio=0.5,round_to=1")
+    onnx.checker.check_model(out, full_check=True)
+    stream = next(r for r in report.details["groups"] if len(r["producers"]) == 3)
+    assert stream["after"] < stream["channels"] == 17
+    inits = {i.name: tuple(i.dims) for i in out.graph.initializer}
+    convs = [(n, inits[n.input[1]]) for n in out.graph.node if n.op_type == "Conv"]
+    grouped = [(n, w) for n, w in convs if any(a.name == "group" and a.i == 4 for a in n.attribute)]
+    assert len(grouped) == 3 and all(w[0] % 4 == 0 for _, w in grouped)
+    assert grouped[1][1][1] * 4 == grouped[2][1][0] == 4 * stream["after"]  # the stream's width, 4 x kept
+    feeds = random_feeds(model)
+    assert run(out, feeds)["gemm27"].shape == run(model, feeds)["gemm27"].shape

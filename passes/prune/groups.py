@@ -49,6 +49,9 @@ class ChannelGroup:
     # Every refusal the walk met (reason is the first): a group left whole only because it reaches the
     # model's interface (a graph input or output) says so in all of them.
     refusals: list[str] = field(default_factory=list)
+    # Channels removed only together (a grouped Conv that reads them at the same place of its conv groups
+    # loses one weight column for all of them): each list is one such set.
+    ties: list[list[int]] = field(default_factory=list)
 
     @property
     def prunable(self) -> bool:
@@ -75,6 +78,7 @@ class _Explorer:
         import onnx_graphsurgeon as gs
 
         self.exact = exact
+        self.unit = Unit()  # set per exploration
         self.regroup_norms = False  # set per exploration from its Unit
         self.gs = gs
         self.graph = graph
@@ -187,6 +191,16 @@ class _Explorer:
         """A Split without sizes: every part must lose as many positions as the others, per channel."""
         self.even_checks[(node_key(node), axis)] = (node, axis, starts, sizes)
 
+    def tie_conv_groups(self, node, name: str, axis: int, groups: int, size: int):
+        """A grouped Conv reads `name` and keeps `group`: whatever one conv group loses at place j, all lose
+        there. The channels at place j of every conv group are tied (checked once the walk is over)."""
+        self.tie_checks[(node_key(node), name)] = (node, name, axis, groups, size)
+
+    def balance_conv_groups(self, node, name: str, axis: int, groups: int, size: int):
+        """A grouped Conv makes `name`: every set of tied channels must take as many of its filters from each
+        conv group (checked once the walk is over)."""
+        self.balance_checks[(node_key(node), name)] = (node, name, axis, groups, size)
+
     def pieces(self, name: str) -> list[Mapping]:
         return self.state.get(name, [])
 
@@ -247,6 +261,9 @@ class _Explorer:
         self.size_readers: set = set()
         self.size_uses: list = []
         self.even_checks: dict = {}
+        self.tie_checks: dict = {}
+        self.balance_checks: dict = {}
+        self.ties: list[list[int]] = []
         self.lossy_notes: list[str] = []
         reasons: list[str] = []
         self.visit(start.outputs[output], m, None)
@@ -289,6 +306,51 @@ class _Explorer:
         for name, axis, reader, what in self.size_uses:
             if (name, axis, reader) not in self.size_readers:
                 reasons.append(f"{what}: the channel count is read by Shape")
+        if self.tie_checks or self.balance_checks:
+            reasons.extend(self._tied_conv_groups())
+        return reasons
+
+    def _tied_conv_groups(self) -> list[str]:
+        """Ties from grouped Conv readers (union of the channels at each place of their conv groups), then
+        every tied set checked against grouped Conv producers (as many filters from each conv group)."""
+        parent = list(range(self.channels))
+
+        def root(c):
+            while parent[c] != c:
+                parent[c] = parent[parent[c]]
+                c = parent[c]
+            return c
+
+        reasons = []
+        for node, name, axis, groups, size in self.tie_checks.values():
+            owner = np.full(groups * size, -1, dtype=np.int64)
+            for p in self.pieces(name):
+                if p.axis == axis:
+                    present = p.present(np.arange(self.channels))
+                    owner[p.by_channel(present)] = present[:, None]
+            for j in range(size):
+                held = owner[j::size]
+                if (held < 0).all():
+                    continue
+                if (held < 0).any():
+                    reasons.append(f"{node_key(node)}: grouped Conv (group={groups}) reads other channels at the "
+                                   f"group's places of its conv groups")
+                    break
+                for c in held[1:]:
+                    parent[root(int(c))] = root(int(held[0]))
+        roots = np.array([root(c) for c in range(self.channels)])
+        atoms = [np.flatnonzero(roots == r) for r in np.unique(roots)]
+        self.ties = [a.tolist() for a in atoms if a.size > 1]
+        if len(atoms) == 1 and self.channels > 1:
+            reasons.append("grouped Convs tie every channel of the group together (nothing could be removed)")
+        for node, name, axis, groups, size in self.balance_checks.values():
+            for atom in atoms:
+                pos = np.concatenate([p.by_channel(p.present(atom)).reshape(-1) for p in self.pieces(name)
+                                      if p.axis == axis])
+                if len(set(np.bincount(pos // size, minlength=groups).tolist())) > 1:
+                    reasons.append(f"{node_key(node)}: grouped Conv (group={groups}) would lose unequal numbers "
+                                   f"of filters from its conv groups")
+                    break
         return reasons
 
 
@@ -329,7 +391,7 @@ def find_channel_groups(graph, shapes: dict | None = None, exact: bool = False) 
 def _explore_group(ex, node, gid: int, channels: int, output: int, axis: int, unit: Unit) -> ChannelGroup:
     per = unit.block * unit.repeat
     m = Mapping(axis, 0, unit.block, unit.repeat, channels // unit.repeat if unit.repeat > 1 else 0)
-    ex.regroup_norms = unit.regroup_norms
+    ex.unit, ex.regroup_norms = unit, unit.regroup_norms
     group = ChannelGroup(gid, channels // per, [node_key(node)], width=per, unit=unit.describe())
     group.refusals = ex.explore(node, channels // per, output, m)
     group.reason = group.refusals[0] if group.refusals else None
@@ -337,6 +399,7 @@ def _explore_group(ex, node, gid: int, channels: int, output: int, axis: int, un
     group.members = list(ex.members.values())
     group.tensors = list(ex.state)
     group.lossy = sorted(set(ex.lossy_notes))
+    group.ties = ex.ties
     return group
 
 
@@ -357,7 +420,7 @@ def _unit_groups(ex, groups: list[ChannelGroup], hints: dict) -> list[ChannelGro
     for gid, (node, (channels, output, axis), first) in hints.items():
         if gid in replaced:
             continue
-        tried, todo = set(), list(first)
+        tried, todo, tied = set(), list(first), None
         while todo and len(tried) < RETRIES:
             unit = todo.pop(0)
             if unit in tried or channels % (unit.block * unit.repeat):
@@ -369,13 +432,18 @@ def _unit_groups(ex, groups: list[ChannelGroup], hints: dict) -> list[ChannelGro
                 covered |= {ex.claimed[p] for p in ex.crossed if p in ex.claimed}  # grouped convs it takes along
                 ok = None not in covered and not covered & replaced and not pruned_by & set(group.producers)
                 if ok and all(groups[c].reason for c in covered):
-                    replaced |= covered
-                    extra.append(group)
+                    if group.ties:  # channels that go only together: a unit without ties may still come
+                        tied = tied or (group, covered)
+                        continue
+                    tied = (group, covered)
                     break
                 continue  # it would take producers another retry already won: try the next unit
             if group.interface_only and not groups[gid].interface_only:  # in these units only the interface
                 groups[gid].reason, groups[gid].refusals = group.reason, group.refusals  # is left: say so
             todo += [_combined(unit, h) for h in ex.hints]
+        if tied is not None:
+            replaced |= tied[1]
+            extra.append(tied[0])
     kept = [g for g in groups if g.id not in replaced] + extra
     for i, g in enumerate(kept):
         g.id = i

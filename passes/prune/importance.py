@@ -120,6 +120,24 @@ def keep_each_part(group: ChannelGroup, kept: np.ndarray, score: np.ndarray | No
     return np.asarray(sorted(kept), dtype=np.int64)
 
 
+def keep_whole_ties(group: ChannelGroup, kept: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """`kept` made of whole tied sets (channels a grouped Conv reads at one place of every conv group): the
+    sets with the best mean score that fit in len(kept), then each part's best channel with its set."""
+    if not group.ties:
+        return kept
+    tied = {c for t in group.ties for c in t}
+    atoms = [list(t) for t in group.ties] + [[c] for c in range(group.channels) if c not in tied]
+    order = sorted(atoms, key=lambda a: -float(np.mean(score[a])))
+    chosen, room = [], len(kept)
+    for atom in order:
+        if len(atom) <= room:
+            chosen += atom
+            room -= len(atom)
+    chosen = keep_each_part(group, np.asarray(chosen or order[0], dtype=np.int64), score)
+    atom_of = {c: a for a in atoms for c in a}
+    return np.asarray(sorted({c for k in chosen for c in atom_of[int(k)]}), dtype=np.int64)
+
+
 def _top(score: np.ndarray, n: int) -> np.ndarray:
     order = np.argsort(-score, kind="stable")[:n]
     return np.sort(order)

@@ -7,7 +7,9 @@ positions per channel (Flatten/Reshape turn one channel into H*W features; a dep
 with multiplier m gives m outputs per channel; an attention head is D features), and
 `repeat`/`period` lay the whole pattern out several times (an LSTM's four gates, a grouped
 conv's groups, FiLM's scale and shift). Only channels in [lo, hi) live on the tensor: one
-part of a Split holds some of a group's channels, the other parts the rest.
+part of a Split holds some of a group's channels, the other parts the rest. `modulo` (a grouped
+Conv's input weight, read the same way by every conv group) takes the positions modulo the
+channels per conv group: several channels then share one weight column and go together.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Mapping:
     period: int = 0
     lo: int = 0
     hi: int = ALL
+    modulo: int = 0
 
     def present(self, channels) -> np.ndarray:
         channels = np.asarray(channels, dtype=np.int64).reshape(-1)
@@ -38,7 +41,8 @@ class Mapping:
         channels = self.present(channels)
         base = (self.offset + channels)[:, None] * self.block + np.arange(self.block)
         reps = np.arange(self.repeat) * self.period
-        return (reps[None, :, None] + base[:, None, :]).reshape(len(channels), self.repeat * self.block)
+        rows = (reps[None, :, None] + base[:, None, :]).reshape(len(channels), self.repeat * self.block)
+        return rows % self.modulo if self.modulo else rows
 
     def positions(self, channels) -> np.ndarray:
         """Positions on the axis taken by `channels` (those of them that live on the tensor)."""

@@ -30,13 +30,48 @@ def cut(ex, node, m: Mapping, parts: list[tuple[int, int]]) -> list[tuple[int, M
             continue
         want = _pairs(np.repeat(present, rows.shape[1])[inside.reshape(-1)], rows[inside] - start)
         for candidate in _candidates(m, start, inside, present, ex.channels):
-            got = candidate.by_channel(channels)
-            if np.array_equal(want, _pairs(np.repeat(candidate.present(channels), got.shape[1]), got.reshape(-1))):
+            if np.array_equal(want, _held(candidate, channels)):
                 found.append((k, candidate))
                 break
         else:
-            ex.refuse(f"{ex.key(node)}: {node.op} cuts through the group's channel blocks")
+            pieces = _repeat_windows(m, start, size, channels)
+            got = np.sort(np.concatenate([_held(p, channels) for p in pieces])) if pieces else None
+            if got is None or not np.array_equal(want, got):
+                ex.refuse(f"{ex.key(node)}: {node.op} cuts through the group's channel blocks")
+            found += [(k, p) for p in pieces]
     return found
+
+
+def _held(m: Mapping, channels: np.ndarray) -> np.ndarray:
+    got = m.by_channel(channels)
+    return _pairs(np.repeat(m.present(channels), got.shape[1]), got.reshape(-1))
+
+
+def _repeat_windows(m: Mapping, start: int, size: int, channels: np.ndarray) -> list[Mapping]:
+    """The part as several pieces when one mapping cannot describe it: per repeat, the window of channels
+    whose blocks lie inside; runs of repeats with the same window make one piece. A ShuffleNet stage's
+    stream [112 from a grouped conv, 24 from the pooled shortcut] cut by the Concat that made it: the
+    first part holds three repeats whole and the start of the fourth, the second part the rest."""
+    present = m.present(channels)
+    windows = []
+    for r in range(m.repeat):
+        first = m.offset * m.block + r * m.period - start  # position of channel 0's block in the part
+        if first % m.block:
+            return []
+        inside = [int(c) for c in present if 0 <= first + c * m.block and first + (c + 1) * m.block <= size]
+        if inside and inside != list(range(inside[0], inside[-1] + 1)):
+            return []
+        windows.append((first // m.block, (inside[0], inside[-1] + 1) if inside else None))
+    pieces = []
+    for r, (offset, window) in enumerate(windows):
+        if window is None:
+            continue
+        if pieces and pieces[-1][2] == window and pieces[-1][0] + pieces[-1][1] == r:
+            pieces[-1][1] += 1
+            continue
+        pieces.append([r, 1, window, offset])
+    return [replace(m, offset=offset, repeat=n, period=m.period if n > 1 else 0, lo=lo, hi=hi)
+            for _, n, (lo, hi), offset in pieces]
 
 
 def _pairs(channels: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -165,6 +200,9 @@ def slice_(ex, node, side, index, m):
     if side == "out":
         ex.visit(node.inputs[0], whole, node)
         return
+    size = end - start
+    if m == Mapping(m.axis) and 0 < size < n and n % size == 0 and start % size == 0:
+        ex.hint(Unit(repeat=n // size))  # a GRU cell's gates sliced from one Gemm: unit u is channel u of each
     for _, part in cut(ex, node, m, [(start, end - start)]):
         ex.visit(node.outputs[0], part, node)
 

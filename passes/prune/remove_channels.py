@@ -18,6 +18,7 @@ from onnxcomp.passes.prune.importance import (
     keep_each_part,
     keep_global,
     keep_uniform,
+    keep_whole_ties,
 )
 from onnxcomp.passes.prune.plan import (
     ConstantTable,
@@ -107,7 +108,8 @@ class RemoveChannelsPass(Pass):
 
             def choose(ratio):
                 kept = (keep_global if o.global_ranking else keep_uniform)(scores, ratio, max(1, o.round_to), widths)
-                kept = {gid: keep_each_part(by_id[gid], k, scores[gid]) for gid, k in kept.items()}
+                kept = {gid: keep_whole_ties(by_id[gid], keep_each_part(by_id[gid], k, scores[gid]), scores[gid])
+                        for gid, k in kept.items()}
                 return build_plan(graph, groups, kept)
 
             plan = choose(o.ratio)

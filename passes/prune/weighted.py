@@ -66,6 +66,9 @@ def _grouped_conv(ex, node, side, m, w, groups: int, cin_g: int, cout_g: int):
             ex.add_const("out", w, 0, m.on_axis(0), node, 1)
             _bias(ex, node, 2, m.on_axis(0), lambda r: 0)
             return
+        if ex.unit.repeat > 1 and here > 1:  # walking the same filters of every conv group (a ShuffleNet stream)
+            _conv_groups_alike(ex, node, side, m, w, groups, here)
+            return
         if m.block == 1 and m.repeat == 1:
             ex.hint(Unit(block=here))
             if side == "out" and here > 1:  # the same filters of every conv group (twice over for a shuffle)
@@ -81,6 +84,22 @@ def _grouped_conv(ex, node, side, m, w, groups: int, cin_g: int, cout_g: int):
     ex.add(Member("attr", ex.key(node), mapping=unit.on_axis(0), use=(ex.key(node), -1), role="group"))
     ex.visit(node.inputs[0], in_m, node)
     ex.visit(node.outputs[0], out_m, node)
+
+
+def _conv_groups_alike(ex, node, side, m, w, groups: int, size: int):
+    """A piece of the group that is not the same places of every conv group by itself (a ShuffleNet stream
+    whose Concat joins a grouped conv's filters and a pooled shortcut). As a reader, the conv keeps `group`
+    and loses weight column j where every conv group loses its place j: the channels at place j of each
+    conv group are tied (removed together), and all of them must be the group's. As a producer, each conv
+    group must lose as many filters as the others, whichever: checked per tied set once the walk is over."""
+    if side == "in":
+        ex.add_const("in", w, 1, replace(m, modulo=size).on_axis(1), node, 1)
+        ex.tie_conv_groups(node, node.inputs[0].name, m.axis, groups, size)
+        return
+    ex.producer(node, groups * size, m)
+    ex.add_const("out", w, 0, m.on_axis(0), node, 1)
+    _bias(ex, node, 2, m.on_axis(0), lambda r: 0)
+    ex.balance_conv_groups(node, node.outputs[0].name, m.axis, groups, size)
 
 
 def _in_every_conv_group(ex, m, groups: int, size: int):

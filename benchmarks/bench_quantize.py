@@ -7,7 +7,8 @@ and minmax), and ORT's quantize_static (QDQ, per-channel, after quant_pre_proces
 configurations, of which the best-accuracy one is "peer best" (its latency is compared). MiniLM (the
 real all-MiniLM-L6-v2, `python -m models.build`; needs the bench extra) gets the transformer table:
 onnxcomp as `--quantize int8 --target ort` does it (smooth-quant's folds, INT8 embedding tables), the
-same without them (before), with --bias-correction, and `--target tensorrt`; ORT's U8 minmax static,
+same without them (before), with `sites=measured` (insert-qdq's per-kind site choice, measured on
+this host), with --bias-correction, and `--target tensorrt`; ORT's U8 minmax static,
 its other static configs, MatMul-only static and dynamic quantization, and NNCF (model_type
 TRANSFORMER, preset MIXED: its SmoothQuant and bias correction) when the `nncf` package imports;
 then the issue's short table (tool | cosine | b8 latency vs FP32 | file MB) from the same run.
@@ -236,6 +237,7 @@ LATENCY_SEQ = 128  # MiniLM latency is measured on sentences padded to this many
 # The transformer rows: label -> pipeline (run on the original model, like `onnxcomp optimize --passes`).
 DEFAULT_LABEL = "onnxcomp --quantize int8 --target ort"
 BEFORE_LABEL = "onnxcomp the same, no smooth/embeddings (before)"
+MEASURED_LABEL = "onnxcomp default + sites=measured"
 
 
 def cli_pipeline(*args: str) -> str:
@@ -253,9 +255,22 @@ def cli_pipeline(*args: str) -> str:
 def transformer_pipelines() -> dict[str, str]:
     return {DEFAULT_LABEL: cli_pipeline("--quantize", "int8", "--target", "ort"),
             BEFORE_LABEL: "cleanup,fold-bn,insert-qdq{target=ort}",
+            MEASURED_LABEL: with_option(cli_pipeline("--quantize", "int8", "--target", "ort"), "insert-qdq",
+                                        "sites=measured"),
             "onnxcomp default + --bias-correction": cli_pipeline("--quantize", "int8", "--target", "ort",
                                                                  "--bias-correction"),
             "onnxcomp --quantize int8 --target tensorrt": cli_pipeline("--quantize", "int8", "--target", "tensorrt")}
+
+
+def with_option(pipeline: str, pass_name: str, option: str) -> str:
+    """`pipeline` with `option` added to its `pass_name` pass (which has options in braces)."""
+    from onnxcomp.pipeline.text import format_pipeline, parse_pipeline
+
+    text = format_pipeline(parse_pipeline(pipeline))
+    head, brace, tail = text.partition(pass_name + "{")
+    if not brace:
+        raise ValueError(f"{pass_name} has no options in {pipeline!r}")
+    return f"{head}{brace}{option},{tail}"
 
 
 DEFAULT_PIPELINES = {"onnxcomp auto": "cleanup,fold-bn,insert-qdq{method=auto,target=ort}",
@@ -386,7 +401,7 @@ def transformer_summary(scored: list, ratio: dict, cpu: dict) -> list[list[str]]
     by_label = {s[0]: s for s in scored}
     static = [s for s in scored if s[0].startswith("ort") and "dynamic" not in s[0]]
     best = max(static, key=lambda s: s[3])[0] if static else None
-    wanted = [(DEFAULT_LABEL, DEFAULT_LABEL), (BEFORE_LABEL, BEFORE_LABEL),
+    wanted = [(DEFAULT_LABEL, DEFAULT_LABEL), (BEFORE_LABEL, BEFORE_LABEL), (MEASURED_LABEL, MEASURED_LABEL),
               ("ORT quantize_static U8 minmax", "ort minmax u8"),
               (f"ORT quantize_static best ({best})", best), (NNCF_LABEL, NNCF_LABEL),
               ("onnxcomp --quantize int8 --target tensorrt (on ORT CPU)", "onnxcomp --quantize int8 --target tensorrt")]

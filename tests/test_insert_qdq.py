@@ -455,3 +455,79 @@ def test_a_missing_golden_file_fails_and_is_not_written(monkeypatch, tmp_path, d
     _check_golden(digits[0], "absent.txt")
     monkeypatch.delenv("ONNXCOMP_REGEN_GOLDEN")
     _check_golden(digits[0], "absent.txt")
+
+
+# ---------- sites=measured: the per-kind choice ----------
+
+def test_site_kinds_name_each_quantized_node_once(models_dir):
+    import onnxcomp
+    from onnxcomp.graph.convert import to_graph
+    from onnxcomp.graph.load import load_model
+    from onnxcomp.passes.qdq.placement import PlacementOptions, plan_placement
+    from onnxcomp.passes.qdq.site_choice import site_kinds
+
+    block = onnxcomp.optimize(load_model(models_dir / "transformer_block.onnx"), None, "cleanup",
+                              check_output=False).model
+    graph = to_graph(block)
+    plan = plan_placement(graph, PlacementOptions())
+    kinds = site_kinds(graph, plan.nodes)
+    assert sorted(n for nodes in kinds.values() for n in nodes) == sorted(plan.nodes)
+    assert all(kind.split()[1] in ("x·W", "x·y") for kind in kinds)
+    # the attention product of two activations is a kind of its own, apart from the weight MatMuls
+    assert any(" x·y " in kind for kind in kinds) and any(" x·W " in kind for kind in kinds)
+    assert any(kind.endswith("after Softmax") for kind in kinds)
+
+
+def test_site_decision_floats_only_what_is_slower_and_less_accurate_in_int8():
+    from onnxcomp.passes.qdq.site_choice import KindRow, SiteChoiceLimits, decide
+
+    limits = SiteChoiceLimits()
+    def row(ratio, gain=float("nan")):
+        return decide(KindRow("k", ["n"], cosine_int8=0.99, cosine_float=0.99 + gain, time_ratio=ratio), limits)
+    assert row(0.90).decision == "int8"  # faster: kept, accuracy not asked
+    assert row(1.0 + limits.min_time_gain / 2).decision == "int8"  # level within the noise margin
+    assert row(1.10, 1e-6).decision == "int8"  # slower but free in accuracy (and a quarter of the bytes)
+    slow = row(1.10, 1e-3)
+    assert slow.decision == "float" and "slower" in slow.reason
+    noisy = decide(KindRow("k", ["n"], cosine_int8=0.99, cosine_float=0.999, time_ratio=1.10), limits, margin=0.15)
+    assert noisy.decision == "int8"  # a slowdown within the measured noise decides nothing
+
+
+def test_measured_sites_report_and_keep_the_model_valid(models_dir):
+    import onnxcomp
+    from onnxcomp.graph.load import load_model
+    from onnxcomp.measure.data import load_data
+
+    block = load_model(models_dir / "transformer_block.onnx")
+    data = {k: v[:32] for k, v in load_data(models_dir / "transformer_calib.npz", block).items()}
+    base = onnxcomp.optimize(block, None, "cleanup", check_output=False).model
+    result = onnxcomp.optimize(base, None, "insert-qdq{sites=measured}", data=data, check_output=False)
+    record = result.records[-1]
+    details = record.report.details["insert-qdq"]
+    choice = details["site_choice"]
+    assert choice["kinds"] and choice["seconds"] < 60
+    assert choice["margin"] >= max(0.02, choice["timing_noise"])  # never finer than the measured noise
+    assert sum(k["nodes"] for k in choice["kinds"]) == len(details["int8_nodes"]) + len(choice["float_nodes"])
+    for kind in choice["kinds"]:
+        assert kind["decision"] in ("int8", "float") and kind["reason"]
+        assert 0 < kind["time_ratio"] < 10
+        # accuracy is measured where INT8 is slower: it decides only there
+        slower = 1 + choice["margin"]
+        if abs(kind["time_ratio"] - slower) > 1e-3:  # the report rounds the ratio
+            assert (kind["cosine_float"] is None) == (kind["time_ratio"] < slower)
+    floated = {k["kind"] for k in choice["kinds"] if k["decision"] == "float"}
+    assert bool(floated) == bool(choice["float_nodes"])  # float kinds only survive a passed check
+    if choice["float_nodes"]:
+        assert choice["check"]["kept"] and choice["check"]["cosine"] >= choice["check"]["cosine_all_int8"]
+        skipped = dict((s.name, s.reason) for s in record.report.skipped)
+        assert all("measured site choice" in skipped[n] for n in choice["float_nodes"])
+        assert not set(choice["float_nodes"]) & set(details["int8_nodes"])
+    fid = onnxcomp.measure.compare.measure(base, result.model, data)
+    assert fid.cosine > 0.99
+
+
+def test_measured_sites_leave_a_cnn_alone():
+    _, records = quantize(conv_relu_conv(), "sites=measured")
+    details = records[-1].report.details["insert-qdq"]
+    assert details["scheme"] == "full" and "not applied" in details["site_choice"]["note"]
+    assert details["site_choice"]["float_nodes"] == []

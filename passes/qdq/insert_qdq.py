@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Optional
 
 import numpy as np
@@ -87,6 +87,10 @@ class InsertQdqOptions:
     smooth: bool = field(
         default=False, metadata={"help": "first run smooth-quant's folds (its default options, this target) where "
                                          "they measure a gain: what `--quantize int8` does; none on a CNN"})
+    sites: Literal["all", "measured"] = field(
+        default="all", metadata={"help": "all: every site the placement allows; measured (ort transformer "
+                                         "placement): per kind of site, float where INT8 measures slower on this "
+                                         "host and less accurate on the calibration data, else INT8"})
 
     def __post_init__(self):
         check_ranges(self, "insert-qdq")
@@ -140,15 +144,23 @@ class InsertQdqPass(Pass):
                                             "note": _nothing("nothing to quantize: no calibrated input", rewrites)}
             return report
         weight_qmax = _weight_qmax(target, opts)  # reads /proc/cpuinfo: once, not per --max-drop trial
+        build = _builder(float_model, placement, ranges, fmt, weight_qmax, overrides)
+        sites = _choose_sites(graph, plan, build, float_model, opts, ctx) if opts.sites == "measured" else None
+        if sites is not None and sites["float_nodes"]:
+            placement = replace(placement, site_float=frozenset(sites["float_nodes"]))
+            plan = plan_placement(graph, placement)
+            build = _builder(float_model, placement, ranges, fmt, weight_qmax, overrides)
         budget = None
         if opts.max_drop is not None:
-            budget = _fit_budget(float_model, plan, placement, ranges, fmt, weight_qmax, opts, ctx, overrides)
+            budget = _fit_budget(float_model, plan, placement, build, opts, ctx)
             plan = plan_placement(graph, _with_float(placement, budget.held_back))
         params, table = _params(plan, ranges, fmt, overrides)
         kept = float_weights(graph, plan) if opts.bias_correction else {}
         result = insert_qdq_pairs(graph, plan, params, fmt, quantize_biases=plan.scheme == "full",
                                   weight_qmax=weight_qmax, weight_overrides=overrides)
         _fill_report(report, plan, result, table, target, weight_qmax, opts, budget)
+        if sites is not None:
+            report.details["insert-qdq"]["site_choice"] = sites
         report.details["insert-qdq"]["notes"][:0] = rewrites
         if opts.bias_correction:
             _correct_biases(graph, kept, ctx, opts, report)
@@ -329,11 +341,9 @@ def _round(x, digits: int = 2):
     return round(float(x), digits)
 
 
-def _fit_budget(float_model, plan: QdqPlacement, placement: PlacementOptions, ranges: dict, fmt, weight_qmax: int,
-                opts: InsertQdqOptions, ctx: PassContext, overrides: dict):
+def _builder(float_model, placement: PlacementOptions, ranges: dict, fmt, weight_qmax: int, overrides: dict):
+    """build(float_nodes) -> the quantized ModelProto with those nodes (and the placement's own) left float."""
     from onnxcomp.graph.convert import to_graph, to_model
-
-    data = ctx.data.first(opts.sensitivity_samples)
 
     def build(float_nodes):
         graph = to_graph(float_model)
@@ -343,7 +353,30 @@ def _fit_budget(float_model, plan: QdqPlacement, placement: PlacementOptions, ra
                          weight_overrides=overrides)
         return to_model(graph)
 
+    return build
+
+
+def _fit_budget(float_model, plan: QdqPlacement, placement: PlacementOptions, build, opts: InsertQdqOptions,
+                ctx: PassContext):
+    data = ctx.data.first(opts.sensitivity_samples)
     return choose_float_layers(float_model, build, list(plan.nodes), data, opts.max_drop)
+
+
+def _choose_sites(graph, plan: QdqPlacement, build, float_model, opts: InsertQdqOptions, ctx: PassContext):
+    """The measured per-kind choice (passes/qdq/site_choice.py), as report details (a note where it does not apply)."""
+    from onnxcomp.passes.qdq.site_choice import SiteChoiceLimits, choose_sites, site_kinds
+    from onnxcomp.pipeline.budget import drop_measure
+
+    if plan.scheme != "inputs" or ctx.data is None:
+        why = "needs calibration samples" if ctx.data is None else f"only for the ort transformer placement " \
+                                                                   f"(scheme inputs), not {plan.scheme}"
+        return {"note": f"sites=measured not applied: {why}", "kinds": [], "float_nodes": []}
+    limits = SiteChoiceLimits()
+    data = ctx.data.first(limits.samples)
+    feeds = next(iter(ctx.data.first(limits.latency_batch).batches(limits.latency_batch)))
+    choice = choose_sites(build, site_kinds(graph, list(plan.nodes)), drop_measure(float_model, data), feeds,
+                          limits, ctx.say)
+    return choice.as_dict(limits, {k: list(np.shape(v)) for k, v in feeds.items()})
 
 
 def _fill_report(report: PassReport, plan: QdqPlacement, result, table, target: str, weight_qmax: int,

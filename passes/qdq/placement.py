@@ -115,6 +115,7 @@ class PlacementOptions:
     op_types: tuple = ()  # restrict quantized op types (empty: the scheme's set)
     exclude: Exclusion = NO_EXCLUSION  # node-name globs and op types kept float
     float_nodes: frozenset = frozenset()  # chosen by sensitivity analysis
+    site_float: frozenset = frozenset()  # chosen by the measured site choice (site_choice.py)
     uncalibrated: frozenset = frozenset()  # tensors calibration found no range for: nodes reading them stay float
 
 
@@ -178,6 +179,8 @@ def _excluded(node, options: PlacementOptions) -> str | None:
             return "excluded by option"
     if node_key(node) in options.float_nodes:
         return "kept float by the --max-drop sensitivity analysis"
+    if node_key(node) in options.site_float:
+        return "kept float by the measured site choice: INT8 measured slower here and less accurate"
     if options.op_types and node.op not in options.op_types:
         return f"{node.op} is not in op_types"
     return None

@@ -158,7 +158,7 @@ def worker(tool: str, model: str, models_dir: str, method: str, samples: int, ba
         import onnxcomp.measure.runtime  # noqa: F401
         import onnxcomp.passes.qdq.calibration  # noqa: F401
     base = peak_rss_mb()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     try:
         run = {"ours": _run_ours, "ort": _run_ort, "floor": _run_floor,
                "floor-nospin": lambda *a: _run_floor(*a, spin=False)}[tool]
@@ -166,9 +166,10 @@ def worker(tool: str, model: str, models_dir: str, method: str, samples: int, ba
         error = ""
     except Exception as exc:  # the peer crashes on some inputs: report it, do not die
         tensors, error = 0, f"{type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}"
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     peak = peak_rss_mb()
-    return {"seconds": seconds, "peak_mb": peak, "base_mb": base, "tensors": tensors, "error": error}
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_mb": peak, "base_mb": base, "tensors": tensors,
+            "error": error}
 
 
 def measure(tool: str, model: str, method: str, samples: int, batch: int, models_dir: Path) -> dict:
@@ -179,7 +180,8 @@ def measure(tool: str, model: str, method: str, samples: int, batch: int, models
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"seconds": float("nan"), "peak_mb": float("nan"), "base_mb": float("nan"), "tensors": 0,
+        return {"seconds": float("nan"), "cpu_seconds": float("nan"), "peak_mb": float("nan"),
+                "base_mb": float("nan"), "tensors": 0,
                 "error": f"exit {proc.returncode}: {tail[:80]}"}
     return json.loads(lines[-1])
 
@@ -234,12 +236,15 @@ def _row(model: str, method: str, samples: int, rounds: list[dict]) -> list:
     crashed = any(r["ort"]["error"] for r in rounds)
     ours_floor = median([r["ours"]["seconds"] / r["floor"]["seconds"] for r in rounds])
     ours_quiet = median([r["ours"]["seconds"] / r["floor-nospin"]["seconds"] for r in rounds])
+    # CPU seconds over all threads: what the work costs, whatever share of a loaded machine it got
+    # (the non-spinning floor: a spinning one's CPU time counts its idle threads' spinning).
+    ours_cpu = median([r["ours"]["cpu_seconds"] / r["floor-nospin"]["cpu_seconds"] for r in rounds])
     ours_ort = median([r["ours"]["seconds"] / r["ort"]["seconds"] for r in rounds]) if not crashed else float("nan")
     last = rounds[-1]
     ours, ort = last["ours"], last["ort"]
     return [model, method, samples, f"{ours['tensors']}/{ort['tensors']}", _fmt(seconds["floor"]),
             _fmt(seconds["floor-nospin"]), _fmt(seconds["ours"]), _fmt(seconds["ort"]) + (" CRASH" if crashed else ""),
-            _fmt(ours_floor), _fmt(ours_quiet),
+            _fmt(ours_floor), _fmt(ours_quiet), _fmt(ours_cpu),
             _fmt(ours_ort) if not crashed else "-", f"{ours['peak_mb']:.0f}",
             f"{ort['peak_mb']:.0f}" if not crashed else "-",
             _fmt(ours["peak_mb"] / ort["peak_mb"]) if not crashed else "-"]
@@ -295,10 +300,10 @@ def main(argv: list[str]) -> int:
                 if rounds[-1][tool]["error"]:
                     print(f"  {model}/{method}/{tool}: {rounds[-1][tool]['error']}", file=sys.stderr)
     print(table(["model", "method", "samples", "tensors ours/ort", "floor s", "nospin s", "ours s", "ort s",
-                 "ours/floor", "ours/nospin",
+                 "ours/floor", "ours/nospin", "cpu ours/nospin",
                  "ours/ort", "ours MB", "ort MB", "RSS ratio"], rows))
     print("floor: ONNX Runtime alone running the same batches with the tensors ours fetches as outputs "
-          "(nospin: the same, its idle threads not spinning); "
+          "(nospin: the same, its idle threads not spinning); cpu: CPU seconds of all threads; "
           f"ratios: medians over {args.repeat} rotating round(s) of the per-round ratio")
 
     scan_model = args.scan_model if args.scan_model in available else (available[-1] if available else None)

@@ -139,13 +139,14 @@ def collect_stats(model: onnx.ModelProto, data, tensors: list[str] | None = None
     ran = folded = 0.0  # seconds ONNX Runtime ran, seconds folding took (summed over fold threads)
     with ThreadPoolExecutor(max_workers=workers) as folder:
         pending: list = []
-        for feeds, n in bar(feed_batches, "calibration", total=total, unit="batch"):
+        for (feeds, n), last in _flag_last(bar(feed_batches, "calibration", total=total, unit="batch")):
             start = time.perf_counter()
             values = runner.run(feeds, batches + 1)  # ONNX Runtime runs while the last batch folds
             ran += time.perf_counter() - start
             for done in pending:  # a tensor's batches fold in order: the last batch first
                 folded += done.result()
-            active = workers if folded > 1.5 * ran else 1
+            # The final batch folds with nothing left to run beside it: on every fold thread.
+            active = workers if last or folded > 1.5 * ran else 1
             pending = [folder.submit(runner.fold, values, stats, scratches[i], share)
                        for i, share in enumerate(_shares(values, active)) if share]
             del values
@@ -265,6 +266,19 @@ class _OutputsView:
 
     def run(self, names, feeds, options=None):
         return self._sess.run(names, feeds, options)
+
+
+def _flag_last(items: Iterable) -> Iterable[tuple]:
+    """(item, whether it is the last) pairs, reading one item ahead."""
+    it = iter(items)
+    try:
+        item = next(it)
+    except StopIteration:
+        return
+    for following in it:
+        yield item, False
+        item = following
+    yield item, True
 
 
 def _shares(values: list, workers: int) -> list[list[int]]:

@@ -211,6 +211,13 @@ class Net:
         dw = self.conv(self.shuffle(a, groups), self.channels[a], group=self.channels[a])
         return self.unary(self.conv(dw, groups * out_per, k=1, group=groups))
 
+    def shuffle_bottleneck(self, x: str, groups: int = 4, per: int = 10) -> str:
+        """The model zoo's ShuffleNet stage-2 bottleneck: grouped 1x1 conv to groups*per channels (per not a
+        multiple of groups), shuffle, depthwise 3x3, grouped 1x1 conv to as many channels."""
+        a = self.unary(self.conv(x, groups * per, k=1, group=groups))
+        dw = self.conv(self.shuffle(a, groups), self.channels[a], group=self.channels[a])
+        return self.unary(self.conv(dw, groups * per, k=1, group=groups))
+
     def shuffle_stream(self, x: str, groups: int = 4, stem: int = 12, branch: int = 56) -> str:
         """ShuffleNet v1's residual stream: a stem conv, then Concat[grouped 1x1 conv of it, its pooled copy]
         (56 + 12 = 4 x 17: the boundary is not on the next grouped conv's groups of 17) and a residual pair of

@@ -428,3 +428,31 @@ def test_a_shufflenet_stream_whose_ties_take_every_channel_stays_whole():
     groups = groups_of(net.model(net.head(net.shuffle_stream(net.x, stem=12, branch=20))))
     assert not next(g for g in groups if "conv20_node" in g.producers).prunable
     assert [g.producers for g in groups if g.prunable] == [["conv16_node"]]
+
+
+def test_a_bottleneck_whose_conv_groups_the_shuffle_does_not_divide_slices_each_conv_group():
+    """Grouped 1x1 conv (4 conv groups of 10) -> shuffle -> depthwise -> grouped 1x1 conv: filter j of every conv
+    group is block [4j, 4j + 4) after the shuffle, which the second conv reads at different columns of its conv
+    groups (block 2 is half in conv group 0, half in conv group 1). It keeps `group` and slices each conv group on
+    its own (its input weight counts input channels), and the channels go in sets that take as many columns from
+    each conv group: the straddling 2 and 7, then one from each conv group."""
+    net = Net(8)
+    model = net.model(net.head(net.shuffle_bottleneck(net.x, groups=4, per=10)))
+    groups = groups_of(model)
+    first = next(g for g in groups if "conv3_node" in g.producers)
+    assert first.prunable and (first.channels, first.unit) == (10, "4 repeats")
+    assert first.ties == [[2, 7], [0, 3, 5, 8], [1, 4, 6, 9]]
+    (reader,) = [m for m in first.members if m.kind == "in" and m.use == ("conv15_node", 1)]
+    assert reader.conv_groups == 4 and sorted(reader.mapping.positions([2])) == [8, 9, 10, 11]
+    assert not any(m.kind == "attr" and m.tensor == "conv15_node" for m in first.members)
+    assert [g.reason for g in groups if not g.prunable] == ["reaches graph output gemm21"]
+
+
+def test_a_bottleneck_whose_balanced_sets_take_every_channel_stays_whole():
+    """4 conv groups of 5: the straddling filters 1, 2, 3 need one more from conv groups 0 and 3 to take as many
+    columns from each, which is every channel: nothing could go, and the conv stays whole in its conv groups."""
+    net = Net(8)
+    groups = groups_of(net.model(net.head(net.shuffle_bottleneck(net.x, groups=4, per=5))))
+    first = next(g for g in groups if "conv3_node" in g.producers)
+    assert not first.prunable and "couples channels in blocks of 5" in first.reason
+    assert not any(m.conv_groups for g in groups for m in g.members)

@@ -60,14 +60,25 @@ def zero_readers(model: onnx.ModelProto, groups, kept) -> onnx.ModelProto:
                 continue
             t = tensors[m.tensor]
             values = np.array(t.values if isinstance(t, gs.Constant) else t.inputs[0].attrs["value"].values)
-            index = [slice(None)] * values.ndim
-            index[m.axis] = m.mapping.positions(dropped)
-            values[tuple(index)] = 0
+            for rows, columns in _reads(m, values.shape, dropped):
+                index = [slice(None)] * values.ndim
+                index[0], index[m.axis] = rows, columns
+                values[tuple(index)] = 0
             if isinstance(t, gs.Constant):
                 t.values = values
             else:
                 t.inputs[0].attrs["value"] = gs.Constant(m.tensor, values)
     return to_model(graph)
+
+
+def _reads(member, shape, dropped):
+    """(rows, columns) of a reader's weight that read the dropped channels: every row, or for a grouped Conv
+    sliced per conv group (positions are its input channels) the rows of the conv group each one is in."""
+    positions = member.mapping.positions(dropped)
+    if not member.conv_groups:
+        return [(slice(None), positions)]
+    size, rows = shape[member.axis], shape[0] // member.conv_groups
+    return [(slice(k * rows, (k + 1) * rows), c) for k, c in (divmod(int(p), size) for p in positions)]
 
 
 def expected_param_drop(model, groups, kept) -> int:
@@ -92,10 +103,16 @@ def expected_param_drop(model, groups, kept) -> int:
             if m.kind in ("out", "in", "param") and dropped.size:
                 for use in ([m.use] if m.private else readers.get(m.tensor) or [m.use]):
                     axes = seen.setdefault(m.tensor, {}).setdefault(use, {})
-                    axes.setdefault(m.axis, set()).update(m.mapping.positions(dropped).tolist())
+                    positions = m.mapping.positions(dropped).tolist()
+                    # a weight sliced per conv group loses one column per conv group's input channels
+                    axes.setdefault(m.axis, set()).update((m.conv_groups, p) if m.conv_groups else p for p in positions)
     total = 0
+
+    def gone(removed) -> int:
+        return sum(1 if isinstance(p, int) else 1 / p[0] for p in removed)
+
     for name, by_reader in seen.items():
-        size = lambda axes, dims=shapes[name]: int(np.prod([d - len(axes.get(a, ())) for a, d in enumerate(dims)]))
+        size = lambda axes, dims=shapes[name]: int(np.prod([d - gone(axes.get(a, ())) for a, d in enumerate(dims)]))
         views = [by_reader.get(use, {}) for use in readers.get(name, by_reader)]
         if all(v == views[0] for v in views):
             total += int(np.prod(shapes[name])) - size(views[0])
@@ -365,4 +382,34 @@ def test_gates_sliced_from_one_conv_prune_exactly(seed):
     model = net.model(net.head(net.conv(net.sliced_gates(net.unary(net.conv(net.x, 4)), 5), 6)))
     gates = next(g for g in find_channel_groups(to_graph(_copy(model))) if g.width == 3)
     assert gates.prunable and gates.channels == 5
+    assert check_exact_removal(model, seed) > 0
+
+
+def _bottleneck(groups: int, per: int, seed: int):
+    net = Net(2 * groups, size=4, seed=seed)
+    return net.model(net.head(net.shuffle_bottleneck(net.x, groups, per)))
+
+
+@settings(max_examples=12, deadline=None)
+@given(groups=st.sampled_from([3, 4]), per=st.sampled_from([7, 10]), seed=st.integers(0, 2**16))
+def test_shufflenet_bottlenecks_whose_conv_groups_the_shuffle_does_not_divide_prune_exactly(groups, per, seed):
+    """The model zoo's stage-2 bottleneck (conv groups of `per` filters, `per` not a multiple of `groups`): after
+    the shuffle the second grouped conv reads filter j's copies at different columns of its conv groups, so it
+    keeps `group` and slices each conv group on its own; the channels go in sets balanced over its conv groups,
+    exactly."""
+    model = _bottleneck(groups, per, seed)
+    found = find_channel_groups(to_graph(_copy(model)))
+    first = next(g for g in found if g.prunable and g.channels == per and g.ties)
+    assert any(m.conv_groups == groups for m in first.members)
+    assert [g.reason.split()[:3] for g in found if not g.prunable] == [["reaches", "graph", "output"]]
+    assert check_exact_removal(model, seed) >= 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_bottleneck_sliced_per_conv_group_loses_parameters_exactly(seed):
+    """4 conv groups of 10 filters: the sets [2, 7], [0, 3, 5, 8], [1, 4, 6, 9] go whole, with the outputs
+    unchanged on the kept channels and the parameter count down by exactly the predicted amount."""
+    model = _bottleneck(4, 10, seed)
+    first = next(g for g in find_channel_groups(to_graph(_copy(model))) if g.ties)
+    assert first.ties == [[2, 7], [0, 3, 5, 8], [1, 4, 6, 9]]
     assert check_exact_removal(model, seed) > 0

@@ -268,3 +268,49 @@ def test_a_shufflenet_stream_is_pruned_and_runs():
     assert grouped[1][1][1] * 4 == grouped[2][1][0] == 4 * stream["after"]  # the stream's width, 4 x kept
     feeds = random_feeds(model)
     assert run(out, feeds)["gemm27"].shape == run(model, feeds)["gemm27"].shape
+
+
+def test_a_bottleneck_sliced_per_conv_group_is_pruned_replayed_and_checked(tmp_path):
+    """Net.shuffle_bottleneck (4 conv groups of 10): the plan slices the second grouped conv's weight per conv group
+    (`conv_groups`), every grouped conv keeps group=4 with as many channels per conv group, and the model runs. The
+    plan replays; a plan keeping unequal columns per conv group is refused in one line."""
+    net = Net(8, size=8)
+    model = net.model(net.head(net.shuffle_bottleneck(net.x, groups=4, per=10)))
+    path = tmp_path / "plan.json"
+    out, report = prune(model, f"ratio=0.5,round_to=1,write_plan={path}")
+    onnx.checker.check_model(out, full_check=True)
+    plan = json.loads(path.read_text())
+    (split,) = [s for s in plan["slices"] if "conv_groups" in s]
+    assert split["conv_groups"] == 4 and split["size"] == 10 and len(split["keep"]) % 4 == 0
+    inits = {i.name: tuple(i.dims) for i in out.graph.initializer}
+    convs = {n.name: inits[n.input[1]] for n in out.graph.node if n.op_type == "Conv"}
+    first = next(r for r in report.details["groups"] if r["producers"] == ["conv3_node"])
+    assert first["after"] < first["channels"] == 10
+    assert convs["conv3_node"][0] == convs["conv15_node"][1] * 4 == 4 * first["after"]
+    assert report.details["params"]["removed_predicted"] == model_counts(model)["params"] - model_counts(out)["params"]
+    feeds = random_feeds(model)
+    assert run(out, feeds)["gemm21"].shape == run(model, feeds)["gemm21"].shape
+    again, _ = prune(model, f"plan={path}")
+    a = {i.name: onnx.numpy_helper.to_array(i) for i in out.graph.initializer}
+    b = {i.name: onnx.numpy_helper.to_array(i) for i in again.graph.initializer}
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    split["keep"] = [k for k in split["keep"] if k >= 10] + list(range(10))  # conv group 0 keeps every column
+    split["keep"] = sorted(set(split["keep"]))
+    path.write_text(json.dumps(plan))
+    with pytest.raises(InputError, match="as many columns in each of its 4 conv groups"):
+        prune(model, f"plan={path}")
+
+
+def test_each_conv_group_keeps_its_own_best_channels_in_balanced_sets():
+    """The bottleneck's sets of one channel per conv group are formed from the scores: keeping 4 of 10 keeps the
+    best of each conv group's pair (1, 3, 6, 8), not whole index-ordered sets; the straddling 2 and 7 go."""
+    from test_prune_groups import groups_of
+
+    from onnxcomp.passes.prune.importance import keep_whole_ties
+
+    net = Net(8)
+    first = next(g for g in groups_of(net.model(net.head(net.shuffle_bottleneck(net.x, groups=4, per=10))))
+                 if g.ties)
+    assert first.matched == [[0, 1], [3, 4], [5, 6], [8, 9]]
+    score = np.array([1, 5, 0.5, 4, 2, 1, 6, 0.4, 7, 3], dtype=float)
+    assert keep_whole_ties(first, np.arange(4), score).tolist() == [1, 3, 6, 8]

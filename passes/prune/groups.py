@@ -22,6 +22,7 @@ import numpy as np
 
 from onnxcomp.graph.edit import node_key
 from onnxcomp.graph.edit import producer as producer_of
+from onnxcomp.passes.prune.conv_groups import balanced_sets, matched
 from onnxcomp.passes.prune.handlers import CONST_PASSTHROUGH, HANDLERS, PRODUCERS
 from onnxcomp.passes.prune.mapping import Mapping, Member, Unit
 
@@ -50,8 +51,12 @@ class ChannelGroup:
     # model's interface (a graph input or output) says so in all of them.
     refusals: list[str] = field(default_factory=list)
     # Channels removed only together (a grouped Conv that reads them at the same place of its conv groups
-    # loses one weight column for all of them): each list is one such set.
+    # loses one weight column for all of them; or one that slices each conv group on its own and must lose as
+    # many columns from each, conv_groups.py): each list is one such set.
     ties: list[list[int]] = field(default_factory=list)
+    # Of those, sets made of one channel of each of these classes (the conv groups of such a reader) may be
+    # formed anew from the scores (conv_groups.matched); empty when other checks need the sets as listed.
+    matched: list[list[int]] = field(default_factory=list)
 
     @property
     def prunable(self) -> bool:
@@ -264,6 +269,7 @@ class _Explorer:
         self.tie_checks: dict = {}
         self.balance_checks: dict = {}
         self.ties: list[list[int]] = []
+        self.matched: list[list[int]] = []
         self.lossy_notes: list[str] = []
         reasons: list[str] = []
         self.visit(start.outputs[output], m, None)
@@ -312,7 +318,27 @@ class _Explorer:
 
     def _tied_conv_groups(self) -> list[str]:
         """Ties from grouped Conv readers (union of the channels at each place of their conv groups), then
-        every tied set checked against grouped Conv producers (as many filters from each conv group)."""
+        every tied set checked against grouped Conv producers (as many filters from each conv group). When
+        one reader's places would tie every channel (or hold other channels), that reader may instead slice
+        each conv group on its own: the ties become sets balanced over its conv groups (conv_groups.py)."""
+        atoms, reasons = self._place_ties()
+        if reasons and len(self.tie_checks) == 1:
+            split = self._split_conv_groups(*next(iter(self.tie_checks.values())))
+            if split is not None:
+                atoms, reasons = split, []
+        self.ties = [a.tolist() for a in atoms if a.size > 1]
+        for node, name, axis, groups, size in self.balance_checks.values():
+            for atom in atoms:
+                pos = np.concatenate([p.by_channel(p.present(atom)).reshape(-1) for p in self.pieces(name)
+                                      if p.axis == axis])
+                if len(set(np.bincount(pos // size, minlength=groups).tolist())) > 1:
+                    reasons.append(f"{node_key(node)}: grouped Conv (group={groups}) would lose unequal numbers "
+                                   f"of filters from its conv groups")
+                    break
+        return reasons
+
+    def _place_ties(self) -> tuple[list[np.ndarray], list[str]]:
+        """The channels at one place of every conv group of each reader, united (removed together)."""
         parent = list(range(self.channels))
 
         def root(c):
@@ -340,18 +366,32 @@ class _Explorer:
                     parent[root(int(c))] = root(int(held[0]))
         roots = np.array([root(c) for c in range(self.channels)])
         atoms = [np.flatnonzero(roots == r) for r in np.unique(roots)]
-        self.ties = [a.tolist() for a in atoms if a.size > 1]
         if len(atoms) == 1 and self.channels > 1:
             reasons.append("grouped Convs tie every channel of the group together (nothing could be removed)")
-        for node, name, axis, groups, size in self.balance_checks.values():
-            for atom in atoms:
-                pos = np.concatenate([p.by_channel(p.present(atom)).reshape(-1) for p in self.pieces(name)
-                                      if p.axis == axis])
-                if len(set(np.bincount(pos // size, minlength=groups).tolist())) > 1:
-                    reasons.append(f"{node_key(node)}: grouped Conv (group={groups}) would lose unequal numbers "
-                                   f"of filters from its conv groups")
-                    break
-        return reasons
+        return atoms, reasons
+
+    def _split_conv_groups(self, node, name: str, axis: int, groups: int, size: int) -> list[np.ndarray] | None:
+        """The reader keeps `group` and slices each conv group on its own: its weight member counts input
+        channels instead of places, and the channels go in sets that take as many columns from every conv
+        group. None when no such sets exist, or when the group does not hold all of the reader's input."""
+        profile = np.zeros((self.channels, groups), dtype=np.int64)
+        for p in self.pieces(name):
+            if p.axis == axis:
+                present = p.present(np.arange(self.channels))
+                rows = p.by_channel(present)
+                np.add.at(profile, (np.repeat(present, rows.shape[1]), rows.reshape(-1) // size), 1)
+        if profile.sum() != groups * size:  # other groups' channels there too: they could not follow
+            return None
+        found = balanced_sets(profile)
+        if found is None:
+            return None
+        fixed, classes = found
+        self.matched = [] if self.balance_checks else classes  # producers checked against the sets as listed
+        for k, m in list(self.members.items()):
+            if m.kind == "in" and m.use == (node_key(node), 1) and m.mapping.modulo:
+                del self.members[k]
+                self.add(replace(m, mapping=replace(m.mapping, modulo=0), conv_groups=groups))
+        return [np.asarray(s, dtype=np.int64) for s in fixed + matched(classes)]
 
 
 def find_channel_groups(graph, shapes: dict | None = None, exact: bool = False) -> list[ChannelGroup]:
@@ -399,7 +439,7 @@ def _explore_group(ex, node, gid: int, channels: int, output: int, axis: int, un
     group.members = list(ex.members.values())
     group.tensors = list(ex.state)
     group.lossy = sorted(set(ex.lossy_notes))
-    group.ties = ex.ties
+    group.ties, group.matched = ex.ties, ex.matched
     return group
 
 

@@ -13,13 +13,18 @@ import math
 
 import numpy as np
 
+from onnxcomp.passes.prune.conv_groups import matched
 from onnxcomp.passes.prune.groups import ChannelGroup
 
 
 def _per_channel(values: np.ndarray, member, channels: int, power: int) -> np.ndarray:
     w = np.asarray(values)
     others = tuple(a for a in range(w.ndim) if a != member.axis)
-    per_position = np.sum(np.abs(w) if power == 1 else np.square(w), axis=others, dtype=np.float64)
+    if member.conv_groups:  # positions are the conv's input channels: conv group k's filters read block k
+        w = np.moveaxis(w, member.axis, 1)
+        w = w.reshape(member.conv_groups, w.shape[0] // member.conv_groups, w.shape[1], -1)
+        others = (1, 3)
+    per_position = np.sum(np.abs(w) if power == 1 else np.square(w), axis=others, dtype=np.float64).reshape(-1)
     score = np.zeros(channels)
     present = member.mapping.present(np.arange(channels))
     score[present] = per_position[member.mapping.by_channel(present)].sum(1)
@@ -121,12 +126,17 @@ def keep_each_part(group: ChannelGroup, kept: np.ndarray, score: np.ndarray | No
 
 
 def keep_whole_ties(group: ChannelGroup, kept: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """`kept` made of whole tied sets (channels a grouped Conv reads at one place of every conv group): the
-    sets with the best mean score that fit in len(kept), then each part's best channel with its set."""
+    """`kept` made of whole tied sets (channels a grouped Conv reads at one place of every conv group, or sets
+    balanced over its conv groups): the sets with the best mean score that fit in len(kept), then each part's
+    best channel with its set."""
     if not group.ties:
         return kept
-    tied = {c for t in group.ties for c in t}
-    atoms = [list(t) for t in group.ties] + [[c] for c in range(group.channels) if c not in tied]
+    ties = [list(t) for t in group.ties]
+    if group.matched:  # sets of one channel per conv group: each conv group's best channels go together
+        pooled = {c for cl in group.matched for c in cl}
+        ties = [t for t in ties if not set(t) <= pooled] + matched(group.matched, score)
+    tied = {c for t in ties for c in t}
+    atoms = ties + [[c] for c in range(group.channels) if c not in tied]
     order = sorted(atoms, key=lambda a: -float(np.mean(score[a])))
     chosen, room = [], len(kept)
     for atom in order:

@@ -99,6 +99,9 @@ class Member:
     bias (param, sliced to the first G' entries) follow the total kept over every group (plan.py).
     `tensor` names the constant (initializer or Constant node output); for "attr" the node key.
     `use` is the (node key, input index) reading the constant, for the shared-constant check.
+    `conv_groups` (an "in" member of a grouped Conv's weight whose conv groups lose different columns, a
+    ShuffleNet bottleneck after the shuffle): the positions count the conv's input channels, conv group k's
+    column j at k * (columns) + j; each conv group keeps its own columns (plan.py).
     """
 
     kind: str
@@ -112,6 +115,7 @@ class Member:
     role: str = ""
     private: bool = False
     sign: int = 1
+    conv_groups: int = 0
 
     def label(self) -> str:
         if self.kind == "value":

@@ -25,7 +25,9 @@ PLAN_VERSION = 1
 
 @dataclass
 class PruningPlan:
-    # {"tensor": name, "axis": int, "size": int (before), "keep": [sorted indices]}
+    # {"tensor": name, "axis": int, "size": int (before), "keep": [sorted indices]}; with "conv_groups": G
+    # (a grouped Conv's weight, each conv group keeping its own columns) keep counts the conv's input
+    # channels: conv group k keeps columns i - k * size for the kept i in [k * size, (k + 1) * size)
     slices: list[dict] = field(default_factory=list)
     # {"tensor": name, "index": flat index, "value": new int}
     values: list[dict] = field(default_factory=list)
@@ -65,7 +67,7 @@ class PruningPlan:
     @property
     def removed(self) -> int:
         """Positions removed over all sliced constants (not parameters: see removed_params)."""
-        return sum(s["size"] - len(s["keep"]) for s in self.slices)
+        return sum(s["size"] * int(s.get("conv_groups", 1)) - len(s["keep"]) for s in self.slices)
 
     def removed_params(self, values_of, readers_of=None) -> int:
         """Parameters this plan removes: each constant's size before minus after all its slices.
@@ -97,7 +99,7 @@ class PruningPlan:
 def _size(values, slices=()) -> int:
     shape = list(np.shape(values))
     for s in slices:
-        shape[s["axis"]] = len(s["keep"])
+        shape[s["axis"]] = len(s["keep"]) // int(s.get("conv_groups", 1))
     return int(np.prod(shape))
 
 
@@ -123,6 +125,8 @@ def build_plan(graph, groups: list[ChannelGroup], kept: dict[int, np.ndarray]) -
     values_of = ConstantTable(graph).get
     readers = constant_readers(graph)
     drops: dict[tuple[str, int], dict] = {}  # (constant, axis) -> {reader: removed positions}
+    split: dict[tuple[str, int], int] = {}  # (grouped Conv weight, axis) -> conv groups, sliced each on its own
+    split_drops: dict[tuple[str, int], dict] = {}  # the same, removed positions as the conv's input channels
     deltas: dict[tuple[str, int], dict] = {}  # (constant, entry) -> {reader: decrease}
     attr_delta: dict[tuple[str, str], int] = {}
     regrouped: dict[tuple, tuple] = {}  # a regrouped GroupNorm's member -> (member, removed channels)
@@ -143,8 +147,11 @@ def build_plan(graph, groups: list[ChannelGroup], kept: dict[int, np.ndarray]) -
                 first, gone = regrouped.get(key, (m, 0))
                 regrouped[key] = (first, gone + int(pos.size))
             elif m.kind in ("out", "in", "param"):
+                if m.conv_groups:
+                    split[(m.tensor, m.axis)] = m.conv_groups
+                table = split_drops if m.conv_groups else drops
                 for use in ([m.use] if m.private else readers.get(m.tensor) or [m.use]):
-                    drops.setdefault((m.tensor, m.axis), {}).setdefault(use, set()).update(int(p) for p in pos)
+                    table.setdefault((m.tensor, m.axis), {}).setdefault(use, set()).update(int(p) for p in pos)
             elif m.kind == "value":  # each reader counts the pieces it sees; a shared entry is one reader's
                 per_reader = deltas.setdefault((m.tensor, m.index), {})
                 per_reader[m.use] = per_reader.get(m.use, 0) + m.sign * int(np.sum((pos >= m.lo) & (pos < m.hi)))
@@ -153,10 +160,19 @@ def build_plan(graph, groups: list[ChannelGroup], kept: dict[int, np.ndarray]) -
     for (kind, name, at, use), (m, gone) in regrouped.items():
         _regroup(kind, name, at, [use] if m.private else readers.get(name) or [use], m.hi, gone, values_of,
                  deltas, drops)
+    for (name, axis), flat in split_drops.items():  # columns other groups remove go from every conv group
+        size, groups, columns = int(np.shape(values_of(name))[axis]), split[(name, axis)], drops.get((name, axis), {})
+        drops[(name, axis)] = {use: flat.get(use, set()) | {k * size + c for k in range(groups)
+                                                            for c in columns.get(use, ())}
+                               for use in set(flat) | set(columns)}
     for (name, axis), by_reader in sorted(drops.items()):
         size = int(np.shape(values_of(name))[axis])
+        groups = split.get((name, axis), 0)
         for use, removed_pos in _per_reader(by_reader, readers.get(name), set()):
-            entry = {"tensor": name, "axis": axis, "size": size, "keep": [i for i in range(size) if i not in removed_pos]}
+            entry = {"tensor": name, "axis": axis, "size": size,
+                     "keep": [i for i in range(size * max(groups, 1)) if i not in removed_pos]}
+            if groups:
+                entry["conv_groups"] = groups
             plan.slices.append(_for_reader(entry, use))
     for (name, index), by_reader in sorted(deltas.items()):
         old = int(np.asarray(values_of(name)).reshape(-1)[index])
@@ -267,12 +283,26 @@ def apply_plan(graph, plan: PruningPlan, infer: bool = True) -> None:
 
 def _sliced(values: np.ndarray, s: dict) -> np.ndarray:
     axis, keep = int(s["axis"]), [int(i) for i in s["keep"]]
+    groups = int(s.get("conv_groups", 1))
     if not 0 <= axis < values.ndim or values.shape[axis] != int(s["size"]):
         raise InputError(f"pruning plan: {s['tensor']} has shape {values.shape}, plan expects "
                          f"{s['size']} on axis {axis}")
-    if not keep or keep != sorted(set(keep)) or keep[0] < 0 or keep[-1] >= values.shape[axis]:
+    if not keep or keep != sorted(set(keep)) or keep[0] < 0 or keep[-1] >= values.shape[axis] * groups:
         raise InputError(f"pruning plan: kept indices of {s['tensor']} must be sorted, unique, in range")
-    return np.ascontiguousarray(np.take(values, keep, axis=axis))
+    if groups == 1:
+        return np.ascontiguousarray(np.take(values, keep, axis=axis))
+    return _sliced_per_conv_group(values, s["tensor"], axis, np.asarray(keep), groups)
+
+
+def _sliced_per_conv_group(values: np.ndarray, name: str, axis: int, keep: np.ndarray, groups: int) -> np.ndarray:
+    """Conv group k (block k of the filters on axis 0) keeps its own columns on `axis`."""
+    size = values.shape[axis]
+    columns = [keep[(keep >= k * size) & (keep < (k + 1) * size)] - k * size for k in range(groups)]
+    if axis == 0 or values.shape[0] % groups or len({len(c) for c in columns}) > 1:
+        raise InputError(f"pruning plan: {name} must keep as many columns in each of its {groups} conv groups")
+    rows = values.shape[0] // groups
+    return np.ascontiguousarray(np.concatenate(
+        [np.take(values[k * rows:(k + 1) * rows], c, axis=axis) for k, c in enumerate(columns)], axis=0))
 
 
 def _set_entry(values: np.ndarray, v: dict) -> None:

@@ -247,6 +247,53 @@ def test_tensorrt_concat_inputs_share_one_scale():
     assert not [f for f in run_checks(out, "tensorrt") if f.rule == "TRT-16"]
 
 
+def layernorm_matmul():
+    """x -> MatMul -> LayerNorm (one outlier channel in gamma) -> MatMul: a transformer block's QKV input."""
+    gamma = np.ones(16, np.float32)
+    gamma[3] = 20.0
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h"], name="mm0"),
+             helper.make_node("LayerNormalization", ["h", "gamma", "beta"], ["ln"], name="ln", axis=-1),
+             helper.make_node("MatMul", ["ln", "w1"], ["y"], name="mm1")]
+    return make_model(nodes, [tensor("x", ["n", 32, 16])], [tensor("y", None)],
+                      {"w0": rng_array((16, 16), 1, 0.3), "gamma": gamma, "beta": np.zeros(16, np.float32),
+                       "w1": rng_array((16, 8), 2, 0.3)}, opset=17)
+
+
+def test_tensorrt_keeps_the_full_range_of_layernorm_outputs():
+    model = layernorm_matmul()
+    data = calib(model, 16)
+    _, records = quantize(model, "target=tensorrt", data=data)
+    rows = {r["tensor"]: r for r in records[-1].report.details["insert-qdq"]["activations"]}
+    assert rows["x"]["method"] == "percentile"
+    assert rows["ln"]["method"] == "minmax"  # percentile would clip its outlier channel
+    observed = np.abs(run(_with_output(model, "ln"), data)["ln"]).max()
+    assert rows["ln"]["hi"] >= observed * 0.999
+    assert any("LayerNorm/GELU" in n for n in records[-1].report.details["insert-qdq"]["notes"])
+    _, records = quantize(model, "target=tensorrt,method=percentile", data=data)  # a chosen method holds
+    assert {r["method"] for r in records[-1].report.details["insert-qdq"]["activations"]} == {"percentile"}
+
+
+def test_full_range_finds_decomposed_gelu_but_not_mish():
+    from onnxcomp.graph.convert import to_graph
+    from onnxcomp.passes.qdq.outlier_ranges import full_range_tensors
+
+    nodes = [helper.make_node("Div", ["x", "sqrt2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["e1"]), helper.make_node("Mul", ["x", "e1"], ["g0"]),
+             helper.make_node("Mul", ["g0", "half"], ["gelu"]),
+             helper.make_node("Softplus", ["x"], ["sp"]), helper.make_node("Tanh", ["sp"], ["t"]),
+             helper.make_node("Mul", ["x", "t"], ["mish"])]
+    model = make_model(nodes, [tensor("x", ["n", 4])], [tensor("gelu", None), tensor("mish", None)],
+                       {"sqrt2": np.float32(1.4142135), "one": np.float32(1.0), "half": np.float32(0.5)})
+    assert full_range_tensors(to_graph(model), ["gelu", "mish", "x"]) == {"gelu"}
+
+
+def _with_output(model, name: str):
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    copy.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return copy
+
+
 # ---------- bad input ----------
 
 def test_no_calibration_data_is_a_clear_error():

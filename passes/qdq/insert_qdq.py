@@ -136,7 +136,8 @@ class InsertQdqPass(Pass):
         fmt = activation_format(target)
         float_model = to_model(graph)
         ctx.say(f"insert-qdq: calibrating {len(plan.range_groups())} activation ranges ({opts.method})")
-        ranges = _calibrate(float_model, ctx.data, plan, opts, fmt.symmetric, ctx)
+        full_range = _full_range(graph, plan, opts, self.options.method is None)
+        ranges = _calibrate(float_model, ctx.data, plan, opts, fmt.symmetric, ctx, full_range)
         placement, plan = _without_uncalibrated(graph, placement, plan, ranges)
         if not plan.nodes:
             _nothing_quantized(report, plan)
@@ -161,6 +162,10 @@ class InsertQdqPass(Pass):
         _fill_report(report, plan, result, table, target, weight_qmax, opts, budget)
         if sites is not None:
             report.details["insert-qdq"]["site_choice"] = sites
+        if full_range:
+            report.details["insert-qdq"]["notes"].append(
+                f"{len(full_range)} LayerNorm/GELU output(s) calibrated with minmax: percentile would clip "
+                "their outlier channels")
         report.details["insert-qdq"]["notes"][:0] = rewrites
         if opts.bias_correction:
             _correct_biases(graph, kept, ctx, opts, report)
@@ -290,7 +295,18 @@ def _with_float(placement: PlacementOptions, nodes) -> PlacementOptions:
     return replace(placement, float_nodes=frozenset(nodes))
 
 
-def _calibrate(model, data, plan: QdqPlacement, opts: InsertQdqOptions, symmetric: bool, ctx: PassContext) -> dict:
+def _full_range(graph, plan: QdqPlacement, opts: InsertQdqOptions, default_method: bool) -> set[str]:
+    """Tensors calibrated with minmax although the method clips: LayerNorm/GELU outputs under the
+    target's default percentile (passes/qdq/outlier_ranges.py); none when the method was chosen."""
+    from onnxcomp.passes.qdq.outlier_ranges import full_range_tensors
+
+    if not default_method or opts.method != "percentile" or opts.calib_cache is not None:
+        return set()  # (a calibration cache holds ranges, not statistics to choose from)
+    return full_range_tensors(graph, _range_tensors(plan))
+
+
+def _calibrate(model, data, plan: QdqPlacement, opts: InsertQdqOptions, symmetric: bool, ctx: PassContext,
+               full_range: set[str] = frozenset()) -> dict:
     from onnxcomp.passes.qdq.calibration import choose_ranges, collect_stats
 
     tensors = _range_tensors(plan)
@@ -306,7 +322,11 @@ def _calibrate(model, data, plan: QdqPlacement, opts: InsertQdqOptions, symmetri
     else:
         stats = collect_stats(model, data, tensors=tensors, batch_size=opts.calib_batch_size,
                               num_bins=histogram_bins(opts.method), progress=ctx.progress)
-    return choose_ranges(stats, method=opts.method, percentile=opts.percentile, symmetric=symmetric, bits=8)
+    ranges = choose_ranges(stats, method=opts.method, percentile=opts.percentile, symmetric=symmetric, bits=8)
+    kept = [t for t in stats.names() if t in full_range]
+    if kept:
+        ranges.update(choose_ranges(stats, method="minmax", symmetric=symmetric, bits=8, names=kept))
+    return ranges
 
 
 def _params(plan: QdqPlacement, ranges: dict, fmt, overrides: dict | None = None) -> tuple[dict, list[dict]]:

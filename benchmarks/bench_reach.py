@@ -2,7 +2,7 @@
 (by reason) with params, MACs and ONNX Runtime latency at ratio 0.5; factorize-lowrank on the transformers,
 plain SVD against activation-whitened SVD.
 
-    python -m benchmarks reach [-- --only a,b --ratio 0.5 --rounds 15 --no-latency --no-lowrank]
+    python -m benchmarks reach [-- --only a,b --ratio 0.5 --rounds 15 --no-latency --no-lowrank --no-distill]
 
 Every model goes through cleanup,fold-bn first, as `onnxcomp optimize --prune-channels` does (opset < 10
 models are converted to 13). The `light_*` model-zoo structures carry dummy weights (one ConstantOfShape
@@ -13,6 +13,12 @@ where the model's batch is dynamic (recipe samples stacked), batch 1 otherwise. 
 outputs (mean over samples and outputs) on recipe feeds (seed 1) against the model before; the whitened
 factors calibrate on other recipe feeds (seed 0); the real MiniLM (build/models/minilm.onnx, made with
 the bench extra) on its own calibration and test sets when built.
+
+Distillation (the real MiniLM, skipped with --no-distill): the students of `--lowrank 0.75` (whitened, on the
+calibration set) and of heads + FFN pruned at the ratio (remove-channels) fine-tuned label-free from the
+original (`onnxcomp.distill`: the hidden states and the outputs of encoder layers 0-4 matched over the real
+tokens, on the 256 calibration sentences, one torch thread); mean sentence-embedding cosine against the original over the 128 test
+sentences before and after, with the wall time of the distillation (teacher targets included).
 
 Groups are counted twice, never one without the other: all groups, and the groups prunable by definition
 ('open'): not one channel (nothing to remove) and not the interface (every refusal is a graph input or output).
@@ -39,6 +45,11 @@ HELD_OUT = ("nudenet", "rapidocr", "ddddocr", "silero")  # never used here
 LOWRANK_MODELS = ("khmersm", "trueocr_order", "minilm_l6_int8", "romanizer_encoder")
 
 
+# The distillation recipe of the MiniLM rows (label-free: the output and the layer outputs are the targets).
+DISTILL = {"epochs": 2, "lr": 1e-4, "batch_size": 8, "weight_decay": 0.0, "mask": "attention_mask"}
+DISTILL_LAYERS = (0, 1, 2, 3, 4)  # encoder layers whose output is matched besides the last hidden state
+
+
 def _args(argv):
     p = argparse.ArgumentParser(prog="bench_reach", description=__doc__.splitlines()[0])
     p.add_argument("--corpus", type=Path, default=REPO / "build" / "corpus")
@@ -51,6 +62,9 @@ def _args(argv):
     p.add_argument("--no-lowrank", action="store_true")
     p.add_argument("--no-prune", action="store_true")
     p.add_argument("--kept", default="0.9,0.75,0.5")
+    p.add_argument("--no-distill", action="store_true", help="skip the MiniLM distillation rows")
+    p.add_argument("--distill-epochs", type=int, default=DISTILL["epochs"])
+    p.add_argument("--distill-lr", type=float, default=DISTILL["lr"])
     p.add_argument("--json", type=Path, help="also write the rows here")
     return p.parse_args(argv)
 
@@ -341,6 +355,55 @@ def print_lowrank(rows: list[dict]) -> None:
                  if "embedding_cosine" in wh else ""))
 
 
+# ---------------------------------------------------------------- distillation (MiniLM)
+
+def distill_rows(teacher: onnx.ModelProto, calib: dict, test: dict, args) -> list[dict]:
+    """Factorized (0.75) and pruned (heads + FFN at the ratio) MiniLM, before and after a short distillation."""
+    import onnxcomp
+    from onnxcomp.graph.convert import to_graph, to_model
+    from onnxcomp.measure.runtime import session
+    from onnxcomp.pipeline.manager import PassManager
+    from onnxcomp.pipeline.pass_base import PassContext
+    from onnxcomp.pipeline.text import parse_pipeline
+
+    want = _run_all(session(teacher, threads=args.threads), test)[0]
+    layer = "/encoder/encoder/layer.{}/output/LayerNorm/LayerNormalization_output_0"
+    options = {**DISTILL, "epochs": args.distill_epochs, "lr": args.distill_lr, "threads": args.threads,
+               "features": [(layer.format(i), layer.format(i)) for i in DISTILL_LAYERS]}
+    rows = []
+    for label, pipeline, data in (("lowrank 0.75", "factorize-lowrank{kept=0.75,method=whitened}", calib),
+                                  (f"heads+FFN {args.ratio}", f"remove-channels{{ratio={args.ratio}}}", None)):
+        graph = to_graph(_copy(teacher))
+        PassManager(parse_pipeline(pipeline), verify="structure", ctx=PassContext(data=data)).run(graph)
+        student = to_model(graph)
+        before = _pooled_cosine(want, _run_all(session(student, threads=args.threads), test)[0], test["attention_mask"])
+        start = time.perf_counter()
+        result = onnxcomp.distill(teacher, student, calib, options, progress=lambda line: None)
+        seconds = time.perf_counter() - start
+        after = _pooled_cosine(want, _run_all(session(result.model, threads=args.threads), test)[0],
+                               test["attention_mask"])
+        rows.append({"student": label, "before": round(before, 4), "after": round(after, 4),
+                     "epochs": options["epochs"], "seconds": round(seconds, 1), "load": round(_load(), 1)})
+        print(f"  distill {label}: {before:.4f} -> {after:.4f} ({seconds:.0f} s)", file=sys.stderr, flush=True)
+    return rows
+
+
+def _load() -> float:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except OSError:
+        return float("nan")
+
+
+def print_distill(rows: list[dict]) -> None:
+    head = f"{'MiniLM student':22s} {'emb cos before':>14s} {'after':>7s} {'epochs':>6s} {'seconds':>8s} {'load':>5s}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['student']:22s} {r['before']:14.4f} {r['after']:7.4f} {r['epochs']:6d} {r['seconds']:8.1f} "
+              f"{r['load']:5.1f}")
+
+
 # ---------------------------------------------------------------- main
 
 def main(argv) -> int:
@@ -385,6 +448,15 @@ def main(argv) -> int:
                                     {k: v[:64] for k, v in calib.items()}, {k: v[:32] for k, v in test.items()})
         print()
         print_lowrank(lowrank)
+    distill = []
+    minilm = REPO / "build" / "models" / "minilm.onnx"
+    if not args.no_distill and minilm.exists() and (not only or "minilm" in only):
+        calib = {k: v for k, v in np.load(REPO / "build" / "models" / "minilm_calib.npz").items() if k != "labels"}
+        test = {k: v for k, v in np.load(REPO / "build" / "models" / "minilm_test.npz").items() if k != "labels"}
+        distill = distill_rows(_prepared(minilm, "minilm"), calib, test, args)
+        print()
+        print_distill(distill)
     if args.json:
-        args.json.write_text(json.dumps({"cpu": cpu_name(), "prune": prune, "lowrank": lowrank}, indent=1))
+        args.json.write_text(json.dumps({"cpu": cpu_name(), "prune": prune, "lowrank": lowrank, "distill": distill},
+                                        indent=1))
     return 0

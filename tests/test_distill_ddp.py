@@ -141,3 +141,48 @@ def test_launch_passes_on_the_options_given_and_nothing_else():
         "--teacher", "t.onnx", "--student", "s.onnx", "--data", "d.npz", "--output", "o.onnx",
         "--temperature", "2.0", "--feature", "a=b", "--feature", "c", "--no-keep-zeros", "--verbose", "--verbose"]
     assert isinstance(ctx, click.Context)
+
+
+# -- the backend follows the training device (selection only: this host has no CUDA) ----------
+
+def test_backend_is_gloo_on_cpu_and_nccl_on_the_gpu_of_the_local_rank():
+    world = distributed.World(rank=3, size=4, local_rank=1, local_size=2)
+    assert distributed.placement(world, "cpu") == distributed.Placement("cpu", "gloo")
+    on_gpu = distributed.placement(world, "cuda", cuda_devices=2)
+    assert on_gpu.cuda and on_gpu.device == "cuda:1"
+    assert dict(p.split(":") for p in on_gpu.backend.split(",")) == {"cpu": "gloo", "cuda": "nccl"}
+    with pytest.raises(InputError, match="torch sees no CUDA device"):
+        distributed.placement(world, "cuda", cuda_devices=0)
+    with pytest.raises(InputError, match="at most 1 processes per machine"):
+        distributed.placement(world, "cuda", cuda_devices=1)
+    with pytest.raises(InputError, match="device must be one of cpu, cuda"):
+        distributed.placement(world, "tpu", cuda_devices=1)
+
+
+def test_start_joins_with_the_chosen_backend_and_binds_the_rank_to_its_gpu(monkeypatch):
+    import torch
+    import torch.distributed as dist
+
+    calls = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kw: calls.append(("init", kw["backend"], kw["rank"])))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("device", str(device))))
+    world = distributed.World(rank=3, size=4, local_rank=1, local_size=2)
+    distributed.start(world, distributed.placement(world, "cuda", cuda_devices=2))
+    distributed.start(world, distributed.placement(world, "cpu"))
+    assert calls == [("device", "cuda:1"), ("init", "cpu:gloo,cuda:nccl", 3), ("init", "gloo", 3)]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a host without CUDA")
+def test_cuda_without_cuda_is_one_line_before_any_process_starts(models_dir, tmp_path, capsys):
+    from onnxcomp.cli import main
+
+    np.savez(tmp_path / "train.npz", **_data(8))
+    for nproc in ("1", "2"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["distill", "--teacher", str(models_dir / "mlp.onnx"), "--student", str(models_dir / "mlp.onnx"),
+                  "--data", str(tmp_path / "train.npz"), "-o", str(tmp_path / "o.onnx"), "--nproc", nproc,
+                  "--batch-size", "8", "--device", "cuda"])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.count("\n") == 1 and "no CUDA device" in err and "NCCL" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.npz"]

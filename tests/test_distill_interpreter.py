@@ -5,7 +5,7 @@ import onnx
 import pytest
 import torch
 from helpers import make_model, rng_array, run, tensor
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxcomp.distill.onnx_to_torch import OnnxModule, check_supported
 from onnxcomp.errors import InputError
@@ -139,3 +139,109 @@ def test_unsupported_op_is_named():
         check_supported(model)
     with pytest.raises(InputError, match="TopK"):
         OnnxModule(model)
+
+
+def _ints(shape, seed=0, low=-3, high=4):
+    return np.random.default_rng(seed).integers(low, high, shape).astype(np.int64)
+
+
+def _bools(shape, seed=0):
+    return np.random.default_rng(seed).random(shape) < 0.5
+
+
+# Ops of real exports' mask and position subgraphs, and of signal/vision models: explicit feeds, since
+# integer and boolean inputs need their own values (broadcasting on purpose).
+FED_CASES = [
+    ("Range-int", lambda: make_model([helper.make_node("Range", ["s", "l", "d"], ["y"])],
+                                     [tensor("s", [], TensorProto.INT64), tensor("l", [], TensorProto.INT64),
+                                      tensor("d", [], TensorProto.INT64)], [tensor("y", None, TensorProto.INT64)]),
+     {"s": np.array(7, np.int64), "l": np.array(-4, np.int64), "d": np.array(-3, np.int64)}),
+    ("Range-float", lambda: make_model([helper.make_node("Range", ["s", "l", "d"], ["y"])],
+                                       [tensor("s", []), tensor("l", []), tensor("d", [])], [tensor("y", None)]),
+     {"s": np.array(0.5, np.float32), "l": np.array(3.2, np.float32), "d": np.array(0.7, np.float32)}),
+    ("Compare-logic-broadcast", lambda: make_model(
+        [helper.make_node("GreaterOrEqual", ["a", "b"], ["ge"]), helper.make_node("Less", ["a", "b"], ["lt"]),
+         helper.make_node("Greater", ["a", "b"], ["gt"]), helper.make_node("LessOrEqual", ["a", "b"], ["le"]),
+         helper.make_node("And", ["ge", "m"], ["and"]), helper.make_node("Or", ["lt", "m"], ["or"]),
+         helper.make_node("Xor", ["gt", "le"], ["xor"]), helper.make_node("Not", ["and"], ["y"])],
+        [tensor("a", [3, 4], TensorProto.INT64), tensor("b", [4], TensorProto.INT64), tensor("m", [3, 1], TensorProto.BOOL)],
+        [tensor(n, None, TensorProto.BOOL) for n in ("y", "or", "xor")]),
+     {"a": _ints((3, 4), 1), "b": _ints((4,), 2), "m": _bools((3, 1), 3)}),
+    ("Mask-subgraph-Where", lambda: make_model(
+        [helper.make_node("Cast", ["mask"], ["mb"], to=TensorProto.BOOL),
+         helper.make_node("Range", ["zero", "n", "one"], ["pos"]),
+         helper.make_node("GreaterOrEqual", ["pos", "zero"], ["valid"]),
+         helper.make_node("And", ["mb", "valid"], ["keep"]),
+         helper.make_node("Where", ["keep", "x", "low"], ["y"])],
+        [tensor("mask", [2, 5], TensorProto.INT64), tensor("x", [2, 5])], [tensor("y", None)],
+        [("zero", np.array(0, np.int64)), ("n", np.array(5, np.int64)), ("one", np.array(1, np.int64)),
+         ("low", np.array(np.finfo(np.float32).min, np.float32))]),
+     {"mask": np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], np.int64), "x": rng_array((2, 5), 4)}),
+    ("Max-Min-Sum-variadic", lambda: make_model(
+        [helper.make_node("Max", ["a", "b", "c"], ["mx"]), helper.make_node("Min", ["a", "c"], ["mn"]),
+         helper.make_node("Sum", ["mx", "mn", "b"], ["y"])],
+        [tensor("a", [2, 3, 4]), tensor("b", [3, 1]), tensor("c", [4])], [tensor("y", None)]),
+     {"a": rng_array((2, 3, 4), 1), "b": rng_array((3, 1), 2), "c": rng_array((4,), 3)}),
+    ("Sin-Cos", lambda: make_model([helper.make_node("Sin", ["x"], ["s"]), helper.make_node("Cos", ["x"], ["c"]),
+                                    helper.make_node("Mul", ["s", "c"], ["y"])],
+                                   [tensor("x", [3, 4])], [tensor("y", None)]), {"x": rng_array((3, 4), 5, 3.0)}),
+    ("ReduceMin-axes-input", lambda: make_model(
+        [helper.make_node("ReduceMin", ["x", "axes"], ["y"], keepdims=0)], [tensor("x", [2, 3, 4])],
+        [tensor("y", None)], [("axes", np.array([-1, 0], np.int64))], opset=18), {"x": rng_array((2, 3, 4), 6)}),
+    ("ReduceMin-opset13-attr", lambda: make_model(
+        [helper.make_node("ReduceMin", ["x"], ["y"], axes=[1])], [tensor("x", [2, 3, 4])], [tensor("y", None)]),
+     {"x": rng_array((2, 3, 4), 7)}),
+]
+for _mode in ("exclusive", "reverse", "both", "plain"):
+    FED_CASES.append((f"CumSum-{_mode}", lambda mode=_mode: make_model(
+        [helper.make_node("CumSum", ["x", "axis"], ["y"], exclusive=int(mode in ("exclusive", "both")),
+                          reverse=int(mode in ("reverse", "both")))],
+        [tensor("x", [2, 5], TensorProto.INT64)], [tensor("y", None, TensorProto.INT64)],
+        [("axis", np.array(-1, np.int64))]), {"x": _ints((2, 5), 8)}))
+FED_CASES.append(("CumSum-float-axis0", lambda: make_model(
+    [helper.make_node("CumSum", ["x", "axis"], ["y"], exclusive=1)], [tensor("x", [4, 3])], [tensor("y", None)],
+    [("axis", np.array(0, np.int32))]), {"x": rng_array((4, 3), 9)}))
+for _mode, _pads in (("constant", [1, 0, 2, 0, -1, 3]), ("reflect", [0, 2, 1, 0, 3, 2]),
+                     ("edge", [1, 0, 2, 2, 1, -1]), ("wrap", [0, 1, 3, 0, 2, 1])):
+    FED_CASES.append((f"Pad-{_mode}", lambda mode=_mode, pads=_pads: make_model(
+        [helper.make_node("Pad", ["x", "pads", "value"], ["y"], mode=mode)], [tensor("x", [2, 4, 5])],
+        [tensor("y", None)], [("pads", np.array(pads, np.int64)), ("value", np.array(0.5, np.float32))],
+        opset=19), {"x": rng_array((2, 4, 5), 10)}))
+FED_CASES += [
+    ("Constant-scalar-Gather-Concat", lambda: make_model(  # a scalar Constant stays 0-D: Gather then drops the axis
+        [helper.make_node("Constant", [], ["i"], value=numpy_helper.from_array(np.array(1, np.int64))),
+         helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i"], ["g"]),
+         helper.make_node("Unsqueeze", ["g", "ax"], ["u"]), helper.make_node("Concat", ["u", "rest"], ["c"], axis=0),
+         helper.make_node("Reshape", ["x", "c"], ["y"])],
+        [tensor("x", [2, 3])], [tensor("y", None)], [("ax", np.array([0], np.int64)), ("rest", np.array([-1], np.int64))]),
+     {"x": rng_array((2, 3), 13)}),
+    ("Pad-axes-opset18", lambda: make_model(
+        [helper.make_node("Pad", ["x", "pads", "", "axes"], ["y"], mode="reflect")], [tensor("x", [2, 3, 6])],
+        [tensor("y", None)], [("pads", np.array([2, 1], np.int64)), ("axes", np.array([-1], np.int64))], opset=18),
+     {"x": rng_array((2, 3, 6), 11)}),
+    ("Pad-opset2-attr", lambda: make_model(
+        [helper.make_node("Pad", ["x"], ["y"], pads=[0, 1, 1, 0], value=-2.0)], [tensor("x", [3, 4])],
+        [tensor("y", None)], opset=10), {"x": rng_array((3, 4), 12)}),
+]
+
+
+@pytest.mark.parametrize("name,build,feeds", FED_CASES, ids=[c[0] for c in FED_CASES])
+def test_fed_ops_match_ort(name, build, feeds):
+    model = build()
+    expected, got = run(model, feeds), interpret(model, feeds)
+    for out in expected:
+        assert got[out].dtype == expected[out].dtype, out
+        assert got[out].shape == expected[out].shape, out
+        np.testing.assert_allclose(got[out], expected[out], atol=1e-6, rtol=1e-5, err_msg=out)
+
+
+def test_pad_reflect_and_max_pass_gradients():
+    model = make_model([helper.make_node("Pad", ["x", "pads"], ["p"], mode="reflect"),
+                        helper.make_node("Max", ["p", "w"], ["y"])],
+                       [tensor("x", [2, 4])], [tensor("y", None)],
+                       [("pads", np.array([0, 2, 0, 1], np.int64)), ("w", rng_array((7,), 1))])
+    module = OnnxModule(model)
+    x = torch.from_numpy(rng_array((2, 4), 2)).requires_grad_(True)
+    module(x)[0].sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    assert all(p.grad is not None for p in module.parameters())

@@ -103,3 +103,38 @@ def test_options_validate_and_features_parse():
     with pytest.raises(InputError):
         parse_feature("=b")
     assert DistillOptions(features=[["a", "b"]]).features == (("a", "b"),)
+
+
+def test_masked_mse_ignores_padding_and_cut_keeps_real_positions():
+    from onnxcomp.distill.losses import masked_mse
+    from onnxcomp.distill.trainer import cut_like, padding_cut
+
+    s, t = rng_array((2, 5, 3), 1), rng_array((2, 5, 3), 2)
+    mask = np.array([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0]], np.int64)
+    want = np.mean(np.concatenate([(s[0, :2] - t[0, :2]) ** 2, (s[1, :3] - t[1, :3]) ** 2]))
+    got = masked_mse(torch.from_numpy(s), torch.from_numpy(t), torch.from_numpy(mask).float())
+    assert abs(float(got) - want) < 1e-6
+    t_pad = t.copy()
+    t_pad[:, 3:] += 100.0  # padded positions of the target do not count
+    assert abs(float(masked_mse(torch.from_numpy(s), torch.from_numpy(t_pad), torch.from_numpy(mask).float())) - want) < 1e-6
+    ids = np.arange(10).reshape(2, 5)
+    (cut_ids, _), weights, lengths = padding_cut([ids, mask], 1, True)
+    assert lengths == (5, 3) and cut_ids.shape == (2, 3) and weights.shape == (2, 3)
+    assert cut_like([t, np.zeros(2)], lengths)[0].shape == (2, 3, 3)
+    assert padding_cut([ids, mask], 1, False)[2] == (5, 5)
+    assert float(masked_mse(torch.from_numpy(s[:, :2, 0]), torch.from_numpy(t[:, :2, 0]), None)) > 0
+
+
+def test_mask_option_must_name_an_input():
+    with pytest.raises(InputError, match="mask"):
+        DistillOptions(mask="")
+
+
+def test_by_length_batches_hold_similar_lengths_and_every_sample_once():
+    from onnxcomp.distill.trainer import by_length
+
+    lengths = np.random.default_rng(0).integers(1, 64, 100)
+    order = by_length(np.random.default_rng(1).permutation(100), lengths, 16, torch.Generator().manual_seed(0))
+    assert sorted(order.tolist()) == list(range(100))
+    spread = [np.ptp(lengths[order[s:s + 16]]) for s in range(0, 96, 16)]
+    assert max(spread) < np.ptp(lengths) / 2  # sorted within the window: each batch a narrow band

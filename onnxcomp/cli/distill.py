@@ -55,20 +55,23 @@ from onnxcomp.cli.common import data_option, verbosity_options
 @click.option("--nproc", default=1, show_default=True, type=click.IntRange(1, 256),
               help="Train as this many processes on this machine (torch.distributed, DDP); --batch-size is the "
                    "effective batch, split across them. For several machines use torchrun's flags.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the student trains; under torch.distributed cpu uses the gloo backend, cuda NCCL "
+                   "(each process on the GPU of its local rank).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=2, show_default=True, help="CPU threads for torch and ONNX Runtime.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the result as JSON.")
 @verbosity_options
 def command(teacher, teacher_weights, student, student_weights, data, val, output, epochs, lr, batch_size,
             temperature, alpha, features, feature_weight, weight_decay, optimizer, schedule, bn, keep_zeros,
-            cache, cache_dir, opset, checkpoint, checkpoint_dir, resume, nproc, seed, threads, report_path):
+            cache, cache_dir, opset, checkpoint, checkpoint_dir, resume, nproc, device, seed, threads, report_path):
     """Train STUDENT from TEACHER with knowledge distillation and write it as ONNX."""
     import shutil
     import sys
     from pathlib import Path
 
     from onnxcomp.distill import DistillOptions, parse_feature
-    from onnxcomp.distill.distributed import World, WorldMismatch, from_env, local_batch
+    from onnxcomp.distill.distributed import World, WorldMismatch, from_env, local_batch, placement
     from onnxcomp.distill.loading import is_onnx_spec
     from onnxcomp.errors import InputError
     from onnxcomp.graph.save import same_file, save
@@ -84,11 +87,14 @@ def command(teacher, teacher_weights, student, student_weights, data, val, outpu
     processes = world.size if world.distributed else nproc
     if processes > 1:
         local_batch(World(size=processes), batch_size)  # divisible, checked once before any start
+    if device != "cpu" and not world.distributed:  # the device of the last local rank, checked before any start
+        last = max(nproc, 1) - 1
+        placement(World(rank=last, size=max(nproc, 1), local_rank=last, local_size=max(nproc, 1)), device)
     folder = checkpoint_dir or f"{output}.ckpt"
     options = DistillOptions(epochs=epochs, lr=lr, batch_size=batch_size, temperature=temperature, alpha=alpha,
                              weight_decay=weight_decay, optimizer=optimizer, schedule=schedule,
                              features=tuple(parse_feature(f) for f in features), feature_weight=feature_weight,
-                             seed=seed, threads=threads, cache=cache, cache_dir=cache_dir, bn=bn,
+                             seed=seed, threads=threads, device=device, cache=cache, cache_dir=cache_dir, bn=bn,
                              keep_zeros=keep_zeros, opset=opset, checkpoint=checkpoint, checkpoint_dir=folder,
                              resume=resume)
     if nproc > 1 and not world.distributed:

@@ -102,7 +102,11 @@ def run(teacher, student, data, options: DistillOptions | None = None, *, val_da
 
     world = distributed.from_env() if world is None else world
     started = world.distributed and not _initialized()
-    distributed.start(world)
+    where = distributed.placement(world, (options or DistillOptions()).device)  # gloo on CPU, NCCL on CUDA
+    if where.cuda:  # the backend and device are chosen, but the trainer still builds its tensors on the CPU
+        raise InputError("--device cuda: the trainer does not place the student and its batches on CUDA yet "
+                         "(NCCL and the per-rank GPU are chosen); train with --device cpu")
+    distributed.start(world, where)
     try:
         return _run(teacher, student, data, options, val_data, teacher_weights, student_weights,
                     progress if world.main else (lambda line: None), world)
@@ -163,6 +167,8 @@ def _run(teacher, student, data, options, val_data, teacher_weights, student_wei
         input_names = [k for k in train if k != LABELS]
     onnx_models = [m for m in (teacher_model, student_model) if m is not None]
     _check_inputs(train, input_names, "data", onnx_models)
+    if options.mask is not None and (options.mask not in input_names or np.ndim(train[options.mask]) != 2):
+        raise InputError(f"mask {options.mask!r}: expected a [batch, seq] model input, one of {', '.join(input_names)}")
     if val is not None:
         _check_inputs(val, input_names, "val", onnx_models)
     if student_model is not None and module.input_names != input_names:

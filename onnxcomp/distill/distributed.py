@@ -1,8 +1,10 @@
 """This process's place in a torch.distributed world (torchrun), or the one process when there is none.
 
 torchrun, and `onnxcomp distill --nproc N` through it, sets RANK, WORLD_SIZE, LOCAL_RANK and
-LOCAL_WORLD_SIZE; with WORLD_SIZE > 1 distillation trains under DistributedDataParallel (gloo, the
-backend for CPU tensors; NCCL is for CUDA tensors, which this sidecar does not train on). Each rank
+LOCAL_WORLD_SIZE; with WORLD_SIZE > 1 distillation trains under DistributedDataParallel. The backend
+follows the training device (`placement`): gloo for CPU tensors; for CUDA, NCCL carries the CUDA
+tensors (gradients) and gloo the few CPU ones (data sizes, loss sums), each rank on the GPU of its
+local rank. Each rank
 trains on its own shard of the data, so the teacher's targets are computed and cached per shard;
 the effective batch (`batch_size`) is split across the ranks, so the same options give the same
 optimisation steps in any world size.
@@ -60,19 +62,66 @@ def from_env(environ=None) -> World:
     return World(rank, size, local_rank, max(1, local_size))
 
 
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where this rank trains and the torch.distributed backend that carries its tensors."""
+
+    device: str = "cpu"    # "cpu", or "cuda:<local rank>"
+    backend: str = "gloo"  # init_process_group's backend string
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+ON_CPU = Placement()
+NCCL = "cpu:gloo,cuda:nccl"  # CUDA tensors over NCCL; the CPU bookkeeping tensors over gloo
+
+
+def placement(world: World, device: str = "cpu", cuda_devices: int | None = None) -> Placement:
+    """The device and backend for `device` ("cpu" or "cuda"): gloo on CPU; on CUDA, NCCL with rank r
+    of a machine on cuda:r. cuda_devices: how many CUDA devices torch sees (default: asked of torch).
+    Asking for CUDA where there is none, or for more processes per machine than GPUs, is one line."""
+    if device not in DEVICES:
+        raise InputError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cpu":
+        return ON_CPU
+    count = _cuda_devices() if cuda_devices is None else cuda_devices
+    if count < 1:
+        raise InputError("--device cuda: torch sees no CUDA device (torch.cuda.is_available() is False), and the "
+                         "NCCL backend needs one; train with --device cpu (gloo) or install a CUDA build of torch")
+    if world.local_rank >= count:
+        raise InputError(f"--device cuda: local rank {world.local_rank} would train on cuda:{world.local_rank}, "
+                         f"but torch sees {count} CUDA device(s): start at most {count} processes per machine")
+    return Placement(f"cuda:{world.local_rank}", NCCL)
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def threads_per_process(world: World, threads: int) -> int:
     """The machine's threads shared among the processes on it (at least one each)."""
     return max(1, threads // world.local_size) if world.distributed else threads
 
 
-def start(world: World) -> None:
-    """Join the process group (torchrun's rendezvous: MASTER_ADDR/MASTER_PORT from the environment)."""
+def start(world: World, where: Placement = ON_CPU) -> None:
+    """Join the process group (torchrun's rendezvous: MASTER_ADDR/MASTER_PORT from the environment)
+    on the backend `where` chose, with this rank's GPU made the current one for NCCL."""
     if not world.distributed:
         return
+    import torch
     import torch.distributed as dist
 
+    if where.cuda:
+        torch.cuda.set_device(torch.device(where.device))
     if not dist.is_initialized():
-        dist.init_process_group(backend="gloo", rank=world.rank, world_size=world.size)
+        dist.init_process_group(backend=where.backend, rank=world.rank, world_size=world.size)
 
 
 def stop(world: World) -> None:
@@ -119,12 +168,17 @@ def local_batch(world: World, batch_size: int) -> int:
     return batch_size // world.size
 
 
-def wrap(world: World, module):
-    """The module under DistributedDataParallel (gradients averaged across ranks in backward)."""
+def wrap(world: World, module, where: Placement = ON_CPU):
+    """The module under DistributedDataParallel (gradients averaged across ranks in backward); on
+    CUDA it is bound to this rank's GPU, where the module's parameters must already be."""
     if not world.distributed:
         return module
     from torch.nn.parallel import DistributedDataParallel
 
+    if where.cuda:
+        import torch
+
+        return DistributedDataParallel(module, device_ids=[torch.device(where.device).index])
     return DistributedDataParallel(module)
 
 

@@ -3,7 +3,8 @@
 The soft-target term is Hinton et al.'s KL(teacher_T || student_T) * T^2: the T^2 keeps its
 gradient scale independent of T, so alpha means the same thing at every temperature. With labels,
 loss = alpha * soft + (1 - alpha) * CE(student, labels); without labels, the soft term alone.
-Outputs that are not class logits ([batch, classes]) are matched with mean squared error.
+Outputs that are not class logits ([batch, classes]) are matched with mean squared error, over the
+real positions only when a padding mask [batch, seq] is given.
 """
 
 from __future__ import annotations
@@ -26,11 +27,20 @@ def is_logits(t: torch.Tensor) -> bool:
     return t.dim() == 2 and t.shape[1] > 1
 
 
+def masked_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """MSE over the positions where `mask` [batch, seq] is 1 (plain MSE when the shapes do not lead with it)."""
+    if mask is None or student.dim() < 2 or tuple(student.shape[:2]) != tuple(mask.shape):
+        return F.mse_loss(student, teacher)
+    w = mask.to(student.dtype).reshape(tuple(mask.shape) + (1,) * (student.dim() - 2))
+    per_position = student[0, 0].numel()
+    return ((student - teacher) ** 2 * w).sum() / (w.sum().clamp(min=1.0) * per_position)
+
+
 def output_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None,
-                temperature: float, alpha: float) -> tuple[torch.Tensor, dict[str, float]]:
+                temperature: float, alpha: float, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss for one output; returns (loss, parts) where parts are plain floats for the log."""
     if not is_logits(student):
-        mse = F.mse_loss(student, teacher)
+        mse = masked_mse(student, teacher, mask)
         return mse, {"mse": float(mse.detach())}
     parts = {}
     if labels is None:
@@ -45,14 +55,14 @@ def output_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tens
     return alpha * soft + (1.0 - alpha) * ce, parts
 
 
-def distillation_loss(student_outputs, teacher_outputs, labels, temperature: float, alpha: float):
-    """Sum over outputs; the labels go with the first class-logit output only."""
+def distillation_loss(student_outputs, teacher_outputs, labels, temperature: float, alpha: float, mask=None):
+    """Sum over outputs; the labels go with the first class-logit output only; `mask`: see masked_mse."""
     total, parts = 0.0, {}
     labels_used = False
     for s, t in zip(student_outputs, teacher_outputs):
         use = labels if (labels is not None and not labels_used and is_logits(s)) else None
         labels_used = labels_used or use is not None
-        loss, p = output_loss(s, t, use, temperature, alpha)
+        loss, p = output_loss(s, t, use, temperature, alpha, mask)
         total = total + loss
         for k, v in p.items():
             parts[k] = parts.get(k, 0.0) + v
@@ -95,7 +105,8 @@ class FeatureAdapter(torch.nn.Module):
         return x if self.proj is None else self.proj(x)
 
 
-def feature_loss(adapters: torch.nn.ModuleDict, keys: list[str], student_feats: dict, teacher_feats: dict):
-    """Mean of the MSEs between adapted student features and teacher features."""
-    losses = [F.mse_loss(adapters[k](student_feats[k]), teacher_feats[k]) for k in keys]
+def feature_loss(adapters: torch.nn.ModuleDict, keys: list[str], student_feats: dict, teacher_feats: dict,
+                 mask: torch.Tensor | None = None):
+    """Mean of the MSEs between adapted student features and teacher features (see masked_mse)."""
+    losses = [masked_mse(adapters[k](student_feats[k]), teacher_feats[k], mask) for k in keys]
     return sum(losses) / len(losses)

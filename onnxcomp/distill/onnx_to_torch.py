@@ -78,6 +78,9 @@ class OnnxModule(torch.nn.Module):
         init_names = {t.name for t in model.graph.initializer}
         self.input_names = [v.name for v in model.graph.input if v.name not in init_names]
         self.output_names = [v.name for v in model.graph.output]
+        # Whether every input of rank >= 2 leaves axis 1 free (a sequence the trainer may cut short).
+        self.any_length = all(len(v.type.tensor_type.shape.dim) < 2 or not v.type.tensor_type.shape.dim[1].dim_value
+                              for v in model.graph.input if v.name in self.input_names)
         bn_stats = {n.input[i] for n in model.graph.node if n.op_type == "BatchNormalization" for i in (3, 4)
                     if len(n.input) > i}
         # QDQ: scales and zero points stay fixed; integer weights behind a DequantizeLinear get a float
@@ -158,7 +161,7 @@ class OnnxModule(torch.nn.Module):
 def _to_torch(array: np.ndarray) -> torch.Tensor:
     if array.dtype == np.float64:
         array = array.astype(np.float32)
-    return torch.from_numpy(np.ascontiguousarray(array).copy())
+    return torch.from_numpy(np.array(array, order="C", copy=True))  # ascontiguousarray would make scalars 1-D
 
 
 def _ints(t) -> list[int]:
@@ -197,7 +200,8 @@ def _div(m, a, at):
 _UNARY = {
     "Sqrt": torch.sqrt, "Exp": torch.exp, "Log": torch.log, "Neg": torch.neg, "Abs": torch.abs,
     "Reciprocal": torch.reciprocal, "Erf": torch.erf, "Relu": F.relu, "Sigmoid": torch.sigmoid,
-    "HardSwish": F.hardswish, "Tanh": torch.tanh,
+    "HardSwish": F.hardswish, "Tanh": torch.tanh, "Sin": torch.sin, "Cos": torch.cos,
+    "Not": torch.logical_not,
 }
 
 
@@ -207,6 +211,37 @@ def _unary_op(fn):
 
 for _name, _fn in _UNARY.items():
     OPS[_name] = _unary_op(_fn)
+
+
+# Elementwise ops of two inputs with numpy broadcasting: comparisons and logic carry no gradient.
+_BINARY = {
+    "Greater": torch.gt, "GreaterOrEqual": torch.ge, "Less": torch.lt, "LessOrEqual": torch.le,
+    "And": torch.logical_and, "Or": torch.logical_or, "Xor": torch.logical_xor,
+}
+
+
+def _binary_op(fn):
+    return lambda m, a, at: fn(a[0], a[1])
+
+
+for _name, _fn in _BINARY.items():
+    OPS[_name] = _binary_op(_fn)
+
+
+def _variadic(fn):
+    """Max/Min/Sum of any number of inputs, broadcast pairwise (opset 8 on; equal shapes before)."""
+    def run(m, a, at):
+        parts = [t for t in a if t is not None]
+        out = parts[0]
+        for t in parts[1:]:
+            out = fn(out, t)
+        return out
+    return run
+
+
+OPS["Max"] = _variadic(torch.maximum)
+OPS["Min"] = _variadic(torch.minimum)
+OPS["Sum"] = _variadic(torch.add)
 
 
 @op("Pow")
@@ -562,6 +597,70 @@ def _constant_of_shape(m, a, at):
     return value.reshape(()).expand(_ints(a[0])).clone()
 
 
+@op("Range")
+def _range(m, a, at):
+    start, limit, delta = (t.reshape(()) for t in a[:3])
+    if start.is_floating_point():  # ONNX: max(ceil((limit - start) / delta), 0) elements
+        count = max(math.ceil((float(limit) - float(start)) / float(delta)), 0)
+        return start + torch.arange(count, dtype=start.dtype) * delta
+    return torch.arange(int(start), int(limit), int(delta), dtype=start.dtype)
+
+
+@op("CumSum")
+def _cumsum(m, a, at):
+    x = a[0]
+    axis = _axis(int(a[1].reshape(())), x.dim())
+    if at.get("reverse", 0):
+        x = x.flip(axis)
+    out = torch.cumsum(x, axis).to(x.dtype)
+    if at.get("exclusive", 0):  # shift by one: element i sums the elements before it
+        zeros = torch.zeros_like(out.narrow(axis, 0, 1))
+        out = torch.cat([zeros, out.narrow(axis, 0, out.shape[axis] - 1)], axis)
+    return out.flip(axis) if at.get("reverse", 0) else out
+
+
+def _pad_index(size: int, begin: int, end: int, mode: str) -> torch.Tensor:
+    """Source positions along one axis for ONNX Pad's reflect/edge/wrap (negative pads crop)."""
+    i = torch.arange(-begin, size + end)
+    if mode == "edge":
+        return i.clamp(0, size - 1)
+    if mode == "wrap":
+        return i.remainder(size)
+    period = 2 * (size - 1)  # reflect, the edge value not repeated
+    if period == 0:
+        return torch.zeros_like(i)
+    i = i.remainder(period)
+    return torch.where(i < size, i, period - i)
+
+
+@op("Pad")
+def _pad(m, a, at):
+    x = a[0]
+    rank = x.dim()
+    if m.opset < 11:
+        pads, value, axes = list(at["pads"]), at.get("value", 0.0), list(range(rank))
+    else:
+        pads = _ints(a[1])
+        value = a[2] if len(a) > 2 and a[2] is not None and a[2].numel() else 0
+        value = value.item() if isinstance(value, torch.Tensor) else value
+        axes = _ints(a[3]) if len(a) > 3 and a[3] is not None else list(range(rank))
+    axes = [_axis(ax, rank) for ax in axes]
+    begins, ends = pads[:len(axes)], pads[len(axes):]
+    mode = at.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode == "constant":
+        full = [0] * (2 * rank)
+        for ax, b, e in zip(axes, begins, ends):
+            full[ax], full[ax + rank] = b, e
+        return _pad_input(x, full, value=value)
+    if mode not in ("reflect", "edge", "wrap"):
+        raise InputError(f"Pad mode {mode!r} is not supported for fine-tuning")
+    for ax, b, e in zip(axes, begins, ends):
+        if b or e:
+            x = torch.index_select(x, ax, _pad_index(x.shape[ax], b, e, mode))
+    return x
+
+
 @op("Equal")
 def _equal(m, a, at):
     return a[0] == a[1]
@@ -588,6 +687,7 @@ def _reduce(fn):
 OPS["ReduceMean"] = _reduce(lambda x, axes, keep: x.mean(dim=axes, keepdim=keep))
 OPS["ReduceSum"] = _reduce(lambda x, axes, keep: x.sum(dim=axes, keepdim=keep))
 OPS["ReduceMax"] = _reduce(lambda x, axes, keep: torch.amax(x, dim=axes, keepdim=keep))
+OPS["ReduceMin"] = _reduce(lambda x, axes, keep: torch.amin(x, dim=axes, keepdim=keep))
 
 
 # --- QDQ: fake quantization with a straight-through estimator ---------------------------------------

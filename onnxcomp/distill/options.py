@@ -29,6 +29,10 @@ class DistillOptions:
     renorm: an ONNX student with no BatchNormalization left (folded into its convolutions) trains with
     an identity-initialised BatchNorm after each Conv/Gemm, folded back when written (renorm.py):
     folded students then recover as well as ones with BN kept. Only with bn="train".
+    mask: the input whose zeros mark padding (a transformer's attention_mask, [batch, seq]): outputs and
+    features shaped [batch, seq, ...] are matched only at its ones, and each batch is cut to its longest
+    real sequence when the ONNX student takes any length (padding costs no time). Only for models whose
+    real positions do not depend on the padding (the mask hides it), as in BERT-style encoders.
     opset: for exporting a torch student.
     checkpoint: the best epoch's state_dict is saved there as training runs.
     checkpoint_dir: the whole training state is saved there after every epoch (checkpoint.py);
@@ -48,11 +52,13 @@ class DistillOptions:
     feature_weight: float = 1.0
     seed: int = 0
     threads: int = 2
+    device: str = "cpu"  # where the student trains: "cpu" (gloo under torchrun) or "cuda" (NCCL)
     cache: str = "memory"
     cache_dir: str | None = None
     bn: str = "train"
     keep_zeros: bool = True
     renorm: bool = True
+    mask: str | None = None
     opset: int = 17
     checkpoint: str | None = None
     checkpoint_dir: str | None = None
@@ -71,8 +77,11 @@ class DistillOptions:
             (self.cache in CACHE_MODES, f"cache must be one of {', '.join(CACHE_MODES)}, got {self.cache!r}"),
             (self.bn in BN_MODES, f"bn must be one of {', '.join(BN_MODES)}, got {self.bn!r}"),
             (self.threads >= 1, f"threads must be at least 1, got {self.threads}"),
+            (self.device in ("cpu", "cuda"), f"device must be cpu or cuda, got {self.device!r}"),
             (self.feature_weight >= 0, f"feature_weight must be >= 0, got {self.feature_weight}"),
             (7 <= self.opset <= 23, f"opset must be between 7 and 23, got {self.opset}"),
+            (self.mask is None or (isinstance(self.mask, str) and bool(self.mask)),
+             f"mask must be an input name, got {self.mask!r}"),
             (not self.resume or bool(self.checkpoint_dir), "resume needs checkpoint_dir (where the state was saved)"),
         ]
         for ok, message in checks:

@@ -95,6 +95,41 @@ def predict(student: torch.nn.Module, inputs: list[np.ndarray], batch_size: int 
     return [np.concatenate(c) for c in chunks]
 
 
+def padding_cut(inputs: list[np.ndarray], mask_at: int | None, cut: bool):
+    """(inputs, mask tensor, length): with a padding mask, the batch cut to its longest real sequence
+    along axis 1 (when `cut`), and the mask as a float tensor; else the inputs unchanged."""
+    if mask_at is None:
+        return inputs, None, None
+    mask = inputs[mask_at]
+    length = mask.shape[1]
+    if cut:
+        real = np.flatnonzero(mask.any(axis=0))
+        length = max(int(real[-1]) + 1 if len(real) else 1, 1)
+        inputs = [x[:, :length] if x.ndim >= 2 and x.shape[1] == mask.shape[1] else x for x in inputs]
+    return inputs, torch.from_numpy(np.ascontiguousarray(inputs[mask_at] != 0)).float(), (mask.shape[1], length)
+
+
+def by_length(order: np.ndarray, lengths: np.ndarray, batch_size: int, generator) -> np.ndarray:
+    """The shuffled order regrouped so each batch holds sequences of similar length (sorted within windows
+    of 8 batches, then the batches shuffled): cut batches then carry little padding."""
+    window = 8 * batch_size
+    batches = []
+    for s in range(0, len(order), window):
+        part = order[s:s + window]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    shuffled = torch.randperm(len(batches), generator=generator).tolist()
+    shuffled.sort(key=lambda i: len(batches[i]) < batch_size)  # a short batch last: slicing stays aligned
+    return np.concatenate([batches[i] for i in shuffled]) if batches else order
+
+
+def cut_like(arrays, cut):
+    """Teacher targets cut along axis 1 as the batch was (`cut` = (full length, kept length) or None)."""
+    if cut is None or cut[0] == cut[1]:
+        return arrays
+    return [a[:, :cut[1]] if a.ndim >= 2 and a.shape[1] == cut[0] else a for a in arrays]
+
+
 def metric_name(first_output: np.ndarray, has_labels: bool) -> str:
     if first_output.ndim == 2 and first_output.shape[1] > 1:
         return "accuracy" if has_labels else "teacher_top1"
@@ -164,6 +199,9 @@ class Trainer:
         val_teacher_t = None if val_targets is None else [_tensor(o) for o in val_targets.outputs]
         val_labels_t = None if val_labels is None else torch.from_numpy(np.asarray(val_labels, np.int64))
         identity = checkpoint.fingerprint(opts, n * world.size, world.size)
+        mask_at = self.input_names.index(opts.mask) if opts.mask else None
+        cut = bool(mask_at is not None and getattr(self.student, "any_length", False))
+        real_lengths = (np.asarray(inputs[mask_at]) != 0).sum(axis=1) if cut else None
         first = 1
         if opts.resume:
             state = checkpoint.load(opts.checkpoint_dir, identity)
@@ -178,7 +216,9 @@ class Trainer:
             best_key = None if best_key is None else tuple(best_key)
             first = state["epoch"] + 1
             for _ in range(1, first):  # the same shuffles as an uninterrupted run
-                torch.randperm(n, generator=generator)
+                order = torch.randperm(n, generator=generator).numpy()
+                if cut:
+                    by_length(order, real_lengths, batch_size, generator)
             self.progress(f"resuming after epoch {state['epoch']} from {checkpoint.state_path(opts.checkpoint_dir)}")
         self.tapped.call_through(distributed.wrap(world, self.student))
         for epoch in bar(range(first, opts.epochs + 1), "distill", total=opts.epochs - first + 1, unit="epoch"):
@@ -187,22 +227,26 @@ class Trainer:
             self.adapters.train()
             _set_bn_mode(self.student, opts.bn)
             order = torch.randperm(n, generator=generator).numpy()
+            if cut:
+                order = by_length(order, real_lengths, batch_size, generator)
             sums: dict[str, float] = {}
             for s in bar(range(0, n, batch_size), f"epoch {epoch}", total=batches, unit="batch"):
                 index = order[s:s + batch_size]
-                outs, feats = self.tapped([_tensor(x[index]) for x in inputs])
+                batch, mask, lengths = padding_cut([x[index] for x in inputs], mask_at, cut)
+                outs, feats = self.tapped([_tensor(x) for x in batch])
                 batch_labels = None if labels_t is None else labels_t[index]
                 if use_teacher:
                     t_outs, t_feats = targets.batch(index)
-                    t_outs = [_tensor(t) for t in t_outs]
+                    t_outs = [_tensor(t) for t in cut_like(t_outs, lengths)]
+                    t_feats = dict(zip(t_feats, cut_like(list(t_feats.values()), lengths)))
                 else:  # plain cross-entropy: the teacher is not needed
                     t_outs, t_feats = [o.detach() for o in outs], {}
                 loss, parts = distillation_loss(outs, t_outs, batch_labels, opts.temperature,
-                                                opts.alpha if use_teacher else 0.0)
+                                                opts.alpha if use_teacher else 0.0, mask)
                 if self.pairs and opts.feature_weight > 0:
                     keyed_s = {f"f{i}": feats[s_name] for i, (_, s_name) in enumerate(self.pairs)}
                     keyed_t = {f"f{i}": _tensor(t_feats[t_name]) for i, (t_name, _) in enumerate(self.pairs)}
-                    f_loss = feature_loss(self.adapters, list(keyed_s), keyed_s, keyed_t)
+                    f_loss = feature_loss(self.adapters, list(keyed_s), keyed_s, keyed_t, mask)
                     loss = loss + opts.feature_weight * f_loss
                     parts["feature"] = float(f_loss.detach())
                 opt.zero_grad(set_to_none=True)

@@ -356,3 +356,80 @@ def test_the_norm_a_layer_feeds_is_found_through_its_bias_and_residual_adds_only
     assert np.allclose(found.output_weight() @ np.ones(d), 0)  # the mean over the channels does not count
     for graph in (block(axis=1), block(extra_reader=True)):
         assert norm_after(next(n for n in graph.nodes if n.name == "fc"), d) is None
+
+
+def attention_block(m=32, heads=4, seed=0, decay=0.85):
+    """x [B, T, m] -> q, k, v projections split into heads -> softmax(q k^T / sqrt(d)) v -> output projection."""
+    rng = np.random.default_rng(seed)
+    d = m // heads
+    inits, nodes = {}, []
+    for name in ("q", "k", "v", "o"):
+        w = rng.standard_normal((m, m)) / np.sqrt(m)
+        u, _, vt = np.linalg.svd(w)
+        inits[f"w{name}"] = ((u * decay ** np.arange(m)) @ vt * 3).astype(np.float32)
+        inits[f"b{name}"] = (rng.standard_normal(m) * 0.1).astype(np.float32)
+    inits["split"] = np.array([0, 0, heads, d], np.int64)
+    inits["merge"] = np.array([0, 0, m], np.int64)
+    inits["scale"] = np.array(1 / np.sqrt(d), np.float32)
+    for name, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])):
+        nodes += [helper.make_node("MatMul", ["x", f"w{name}"], [f"{name}m"], name=f"{name}_proj"),
+                  helper.make_node("Add", [f"{name}m", f"b{name}"], [f"{name}b"]),
+                  helper.make_node("Reshape", [f"{name}b", "split"], [f"{name}r"]),
+                  helper.make_node("Transpose", [f"{name}r"], [f"{name}h"], perm=perm)]
+    nodes += [helper.make_node("MatMul", ["qh", "kh"], ["s"], name="scores"),
+              helper.make_node("Mul", ["s", "scale"], ["ss"]),
+              helper.make_node("Softmax", ["ss"], ["p"], axis=-1),
+              helper.make_node("MatMul", ["p", "vh"], ["ctx"], name="mix"),
+              helper.make_node("Transpose", ["ctx"], ["ct"], perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", ["ct", "merge"], ["cm"]),
+              helper.make_node("MatMul", ["cm", "wo"], ["om"], name="o_proj"),
+              helper.make_node("Add", ["om", "bo"], ["y"])]
+    return make_model(nodes, [tensor("x", ["B", "T", m])], [tensor("y", None)], inits)
+
+
+def test_attention_blocks_are_found_and_their_projections_fitted_at_the_block_output(tmp_path):
+    """The query, key and value fitted to the error the block's output sees (through softmax and the
+    output projection) leave a smaller output error than fitted to their own outputs, at the same ranks."""
+    import onnx_graphsurgeon as gs
+
+    from onnxcomp.passes.lowrank.attention import find_attention
+    from onnxcomp.passes.lowrank.layers import find_layers
+
+    model = attention_block()
+    layers, _ = find_layers(gs.import_onnx(model), 4)
+    blocks = find_attention(gs.import_onnx(model), layers)
+    assert [(b.q, b.k, b.v, b.o) for b in blocks] == [("q_proj", "k_proj", "v_proj", "o_proj")]
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((48, 10, 32)) * rng.uniform(0.3, 2.0, 32) + rng.standard_normal(32)
+    data, test = {"x": x[:32].astype(np.float32)}, {"x": x[32:].astype(np.float32)}
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"version": 1, "method": "whitened", "kept": 0.5, "layers": [
+        {"node": node, "shape": [32, 32], "rank": 6} for node in ("q_proj", "k_proj", "v_proj")]}))
+    errors = {}
+    for downstream in ("false", "true"):
+        out, _ = lowrank(model, f"plan={plan},downstream={downstream}", data=data)
+        want, got = run(model, test)["y"], run(out, test)["y"]
+        errors[downstream] = float(np.sum((want - got) ** 2) / np.sum(want ** 2))
+    assert errors["true"] < 0.9 * errors["false"], errors
+
+
+def test_a_feed_forward_up_projection_is_fitted_through_the_activation_and_the_down_projection(tmp_path):
+    """x -> fc0 -> Relu -> fc1: fc0 fitted at fc1's output (its slope and weight) gives fc1 a smaller
+    output error than fc0 fitted at its own output, at the same rank; no activation recognized, no change."""
+    from onnxcomp.passes.lowrank.ffn import _kind
+
+    model = mlp(dims=(32, 48, 16), decay=0.9)
+    rng = np.random.default_rng(4)
+    data = {"x": (rng.standard_normal((64, 6, 32)) + 0.5).astype(np.float32)}
+    test = {"x": (rng.standard_normal((16, 6, 32)) + 0.5).astype(np.float32)}
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"version": 1, "method": "whitened", "kept": 0.5,
+                                "layers": [{"node": "fc0", "shape": [32, 48], "rank": 8}]}))
+    errors = {}
+    for downstream in ("false", "true"):
+        out, _ = lowrank(model, f"plan={plan},downstream={downstream}", data=data)
+        want, got = run(model, test)["h1"], run(out, test)["h1"]
+        errors[downstream] = float(np.sum((want - got) ** 2) / np.sum(want ** 2))
+    assert errors["true"] < 0.9 * errors["false"], errors
+    z = rng.standard_normal((5, 7))
+    assert _kind(z, np.maximum(z, 0)) == "relu" and _kind(z, np.tanh(z)) is None

@@ -46,6 +46,9 @@ class FactorizeLowRankOptions:
     refit: bool = field(default=False, metadata={
         "help": "with sample data, fit each layer's factors in graph order on the inputs the already-factorized "
                 "layers give it (the errors do not add up through the depth)"})
+    downstream: bool = field(default=True, metadata={
+        "help": "with sample data, fit an attention block's query, key and value, and a feed-forward block's up "
+                "projection, to the error the block's output sees, not to their own outputs"})
     exclude: tuple[str, ...] = exclude_option()
     exclude_op: tuple[str, ...] = exclude_op_option()
     max_drop: float | None = max_drop_option()
@@ -94,9 +97,12 @@ class FactorizeLowRankPass(Pass):
             ctx.say(f"factorize-lowrank: input statistics of {len(layers)} layers "
                     f"({sum(v is not None for v in norms.values())} before a LayerNorm)")
             moments = input_moments(graph, layers, ctx.data, norms=norms)
-        spectra = {layer.node: spectrum(as_matrix(layer.op, weight_source(nodes[layer.node])[1], layer.attrs),
-                                        moments.get(layer.node), _output_weight(norms.get(layer.node)))
-                   for layer in layers}
+        matrices = {layer.node: as_matrix(layer.op, weight_source(nodes[layer.node])[1], layer.attrs)
+                    for layer in layers}
+        fits = {layer.node: (moments.get(layer.node), _output_weight(norms.get(layer.node))) for layer in layers}
+        if method == "whitened" and o.downstream:
+            fits.update(_downstream_fits(graph, layers, matrices, fits, ctx))
+        spectra = {layer.node: spectrum(matrices[layer.node], *fits[layer.node]) for layer in layers}
         error = lambda layer, rank: spectra[layer.node].relative_error(rank)
         if not plan and ctx.data is not None and o.sensitivity == "model":
             from onnxcomp.passes.lowrank.sensitivity import layer_weights
@@ -118,7 +124,8 @@ class FactorizeLowRankPass(Pass):
             before = to_model(graph)
             spectra = corrected_spectra(before, layers, {layer.node: weight_source(nodes[layer.node])[1]
                                                          for layer in layers}, ranks, spectra, ctx.data,
-                                        lambda done, fitted: _build(before, layers, fitted, done), ctx.say)
+                                        lambda done, fitted: _build(before, layers, fitted, done), ctx.say,
+                                        out_weights={node: fit[1] for node, fit in fits.items()})
         names = NameGen(graph)
         rows = []
         for layer in layers:
@@ -216,6 +223,23 @@ def _fit_budget(o, graph, layers, spectra, error, ctx: PassContext, report: Pass
         report.stats["kept_used"] = round(1.0 - result.level, 6)
     report.stats["measured_drop"] = round(result.fidelity.drop, 6)
     return result.candidate
+
+
+def _downstream_fits(graph, layers, matrices: dict, fits: dict, ctx: PassContext) -> dict:
+    """{layer: (input covariance, output weight)} for the attention blocks' query, key and value and the
+    feed-forward blocks' up projections: the errors as the block's output sees them."""
+    from onnxcomp.passes.lowrank.attention import attention_fits, find_attention
+    from onnxcomp.passes.lowrank.ffn import ffn_fits, find_ffn
+
+    out_weights = {node: fit[1] for node, fit in fits.items()}
+    blocks, ffns = find_attention(graph, layers), find_ffn(graph, layers)
+    found = attention_fits(graph, blocks, layers, matrices, out_weights, ctx.data) if blocks else {}
+    ups = ffn_fits(graph, ffns, matrices, out_weights, ctx.data)
+    ctx.say(f"factorize-lowrank: {len(found) // 3} of {len(blocks)} attention blocks and {len(ups)} of "
+            f"{len(ffns)} feed-forward up projections fitted at the block's output")
+    new = {node: (fits[node][0] if covariance is None else covariance, weight)
+           for node, (covariance, weight) in found.items()}
+    return new | {node: (fits[node][0], weight) for node, weight in ups.items() if node not in new}
 
 
 def _output_weight(norm):

@@ -207,16 +207,18 @@ class Net:
     def shuffle_unit(self, x: str, groups: int, per: int, out_per: int) -> str:
         """ShuffleNet v1's unit without its shortcut: grouped 1x1 conv to groups*groups*per channels, shuffle,
         depthwise 3x3, grouped 1x1 conv to groups*out_per."""
-        a = self.unary(self.conv(x, groups * groups * per, k=1, group=groups))
-        dw = self.conv(self.shuffle(a, groups), self.channels[a], group=self.channels[a])
-        return self.unary(self.conv(dw, groups * out_per, k=1, group=groups))
+        return self._shuffled(x, groups, groups * groups * per, groups * out_per)
 
     def shuffle_bottleneck(self, x: str, groups: int = 4, per: int = 10) -> str:
         """The model zoo's ShuffleNet stage-2 bottleneck: grouped 1x1 conv to groups*per channels (per not a
         multiple of groups), shuffle, depthwise 3x3, grouped 1x1 conv to as many channels."""
-        a = self.unary(self.conv(x, groups * per, k=1, group=groups))
-        dw = self.conv(self.shuffle(a, groups), self.channels[a], group=self.channels[a])
-        return self.unary(self.conv(dw, groups * per, k=1, group=groups))
+        return self._shuffled(x, groups, groups * per, groups * per)
+
+    def _shuffled(self, x: str, groups: int, mid: int, out: int) -> str:
+        """Grouped 1x1 conv to `mid`, shuffle, depthwise 3x3, grouped 1x1 conv to `out`."""
+        a = self.unary(self.conv(x, mid, k=1, group=groups))
+        dw = self.conv(self.shuffle(a, groups), mid, group=mid)
+        return self.unary(self.conv(dw, out, k=1, group=groups))
 
     def shuffle_stream(self, x: str, groups: int = 4, stem: int = 12, branch: int = 56) -> str:
         """ShuffleNet v1's residual stream: a stem conv, then Concat[grouped 1x1 conv of it, its pooled copy]

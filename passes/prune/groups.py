@@ -28,6 +28,7 @@ from onnxcomp.passes.prune.mapping import Mapping, Member, Unit
 
 MAX_PIECES = 16  # pieces of one group on one tensor before the walk gives up
 RETRIES = 4  # unit hints tried per refused group
+REACHES_OUTPUT, COUPLED_INPUT = "reaches graph output", "coupled with graph input"  # interface refusals
 
 
 @dataclass
@@ -66,7 +67,7 @@ class ChannelGroup:
     def interface_only(self) -> bool:
         """Left whole by design: its channels are a graph input or output, and nothing else refused it."""
         return bool(self.refusals) and self.reason == self.refusals[0] and all(
-            r.startswith(("reaches graph output", "coupled with graph input")) for r in self.refusals)
+            r.startswith((REACHES_OUTPUT, COUPLED_INPUT)) for r in self.refusals)
 
     def describe(self) -> dict:
         return {"id": self.id, "channels": self.channels, "width": self.width, "unit": self.unit,
@@ -229,9 +230,9 @@ class _Explorer:
     def _steps(self, tensor, m, via):
         """The handler calls that expand one visited tensor (each may refuse on its own)."""
         if tensor.name in self.graph_outputs:
-            yield lambda: self.refuse(f"reaches graph output {tensor.name}")
+            yield lambda: self.refuse(f"{REACHES_OUTPUT} {tensor.name}")
         if tensor.name in self.graph_inputs:
-            yield lambda: self.refuse(f"coupled with graph input {tensor.name}")
+            yield lambda: self.refuse(f"{COUPLED_INPUT} {tensor.name}")
         node = producer_of(tensor)
         if node is not None and node is not via:
             yield lambda: self._handle(node, "out", list(node.outputs).index(tensor), m)
@@ -283,14 +284,18 @@ class _Explorer:
         reasons.extend(self._final_checks())
         return reasons
 
-    def counts(self, name: str, axis: int, start: int = 0, size: int = 2**62) -> np.ndarray:
-        """Positions per channel the group holds on one axis of a tensor, within [start, start + size)."""
-        total = np.zeros(self.channels, dtype=np.int64)
+    def held(self, name: str, axis: int):
+        """(channels, their positions per row) of each piece of the group on one axis of a tensor."""
         for p in self.pieces(name):
             if p.axis == axis:
                 present = p.present(np.arange(self.channels))
-                rows = p.by_channel(present)
-                total[present] += ((rows >= start) & (rows < start + size)).sum(1)
+                yield present, p.by_channel(present)
+
+    def counts(self, name: str, axis: int, start: int = 0, size: int = 2**62) -> np.ndarray:
+        """Positions per channel the group holds on one axis of a tensor, within [start, start + size)."""
+        total = np.zeros(self.channels, dtype=np.int64)
+        for present, rows in self.held(name, axis):
+            total[present] += ((rows >= start) & (rows < start + size)).sum(1)
         return total
 
     def _final_checks(self) -> list[str]:
@@ -350,10 +355,8 @@ class _Explorer:
         reasons = []
         for node, name, axis, groups, size in self.tie_checks.values():
             owner = np.full(groups * size, -1, dtype=np.int64)
-            for p in self.pieces(name):
-                if p.axis == axis:
-                    present = p.present(np.arange(self.channels))
-                    owner[p.by_channel(present)] = present[:, None]
+            for present, rows in self.held(name, axis):
+                owner[rows] = present[:, None]
             for j in range(size):
                 held = owner[j::size]
                 if (held < 0).all():
@@ -375,11 +378,8 @@ class _Explorer:
         channels instead of places, and the channels go in sets that take as many columns from every conv
         group. None when no such sets exist, or when the group does not hold all of the reader's input."""
         profile = np.zeros((self.channels, groups), dtype=np.int64)
-        for p in self.pieces(name):
-            if p.axis == axis:
-                present = p.present(np.arange(self.channels))
-                rows = p.by_channel(present)
-                np.add.at(profile, (np.repeat(present, rows.shape[1]), rows.reshape(-1) // size), 1)
+        for present, rows in self.held(name, axis):
+            np.add.at(profile, (np.repeat(present, rows.shape[1]), rows.reshape(-1) // size), 1)
         if profile.sum() != groups * size:  # other groups' channels there too: they could not follow
             return None
         found = balanced_sets(profile)

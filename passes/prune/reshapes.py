@@ -319,7 +319,6 @@ def _trace_size(ex, tensor, k: int, name: str, axis: int, what: str, depth: int)
             ex.refuse(f"{what}: the channel count is read by Shape (used by {op} {ex.key(consumer)})")
 
 
-
 def depth_to_space(ex, node, side, index, m):
     """DepthToSpace moves b*b channels into a b x b spatial block. CRD: output channel c is input channels
     c*b*b .. c*b*b + b*b - 1 (a block); DCR: input channels k*C + c for k < b*b (b*b repeats of period C).

@@ -42,14 +42,20 @@ def conv(ex, node, side, index, m):
         ex.refuse(f"{ex.key(node)}: Conv channels on axis {m.axis}")
     c_out = w[2].shape[0]
     if groups == 1:
-        if side == "in":
-            ex.add_const("in", w, 1, m.on_axis(1), node, 1)
-            return
-        ex.producer(node, c_out, m)
-        ex.add_const("out", w, 0, m.on_axis(0), node, 1)
-        _bias(ex, node, 2, m.on_axis(0), lambda r: 0)
+        _by_filters(ex, node, side, m, w)
         return
     _grouped_conv(ex, node, side, m, w, groups, w[2].shape[1], c_out // groups)
+
+
+def _by_filters(ex, node, side, m, w):
+    """As an ungrouped Conv: the weight loses input columns at `m` (a reader), or filters and bias entries
+    (a producer)."""
+    if side == "in":
+        ex.add_const("in", w, 1, m.on_axis(1), node, 1)
+        return
+    ex.producer(node, w[2].shape[0], m)
+    ex.add_const("out", w, 0, m.on_axis(0), node, 1)
+    _bias(ex, node, 2, m.on_axis(0), lambda r: 0)
 
 
 def _grouped_conv(ex, node, side, m, w, groups: int, cin_g: int, cout_g: int):
@@ -58,13 +64,8 @@ def _grouped_conv(ex, node, side, m, w, groups: int, cin_g: int, cout_g: int):
     here, per = (cin_g, cout_g) if side == "in" else (cout_g, cin_g)
     if m.block % here or m.period % here:
         within = _in_every_conv_group(ex, m, groups, here)
-        if within is not None and side == "in":
-            ex.add_const("in", w, 1, within.on_axis(1), node, 1)
-            return
         if within is not None:
-            ex.producer(node, groups * cout_g, m)
-            ex.add_const("out", w, 0, m.on_axis(0), node, 1)
-            _bias(ex, node, 2, m.on_axis(0), lambda r: 0)
+            _by_filters(ex, node, side, within if side == "in" else m, w)
             return
         if ex.unit.repeat > 1 and here > 1:  # walking the same filters of every conv group (a ShuffleNet stream)
             _conv_groups_alike(ex, node, side, m, w, groups, here)
@@ -93,12 +94,10 @@ def _conv_groups_alike(ex, node, side, m, w, groups: int, size: int):
     conv group are tied (removed together), and all of them must be the group's. As a producer, each conv
     group must lose as many filters as the others, whichever: checked per tied set once the walk is over."""
     if side == "in":
-        ex.add_const("in", w, 1, replace(m, modulo=size).on_axis(1), node, 1)
+        _by_filters(ex, node, side, replace(m, modulo=size), w)
         ex.tie_conv_groups(node, node.inputs[0].name, m.axis, groups, size)
         return
-    ex.producer(node, groups * size, m)
-    ex.add_const("out", w, 0, m.on_axis(0), node, 1)
-    _bias(ex, node, 2, m.on_axis(0), lambda r: 0)
+    _by_filters(ex, node, side, m, w)
     ex.balance_conv_groups(node, node.outputs[0].name, m.axis, groups, size)
 
 
@@ -110,8 +109,8 @@ def _in_every_conv_group(ex, m, groups: int, size: int):
         return None
     within = replace(m, repeat=m.repeat // groups, period=m.period if m.repeat > groups else 0)
     channels = np.arange(ex.channels)
-    every = np.add.outer(np.arange(groups) * size, within.positions(channels)).reshape(-1)
     inside = within.positions(channels)
+    every = np.add.outer(np.arange(groups) * size, inside).reshape(-1)
     if inside.size == 0 or inside.max() >= size or not np.array_equal(np.sort(every), np.sort(m.positions(channels))):
         return None
     return within

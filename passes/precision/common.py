@@ -92,7 +92,11 @@ def hold_back(owner: str, graph, apply: Callable, units: list[str], ctx, max_dro
         return to_model(trial)
 
     search = BudgetSearch(owner, build, drop_measure(reference, data), max_drop)
-    result = search.hold_back(list(units), rank=lambda fid: (fid.drop, 1.0 - fid.cosine))
+    return refuse_unmet(owner, search.hold_back(list(units), rank=lambda fid: (fid.drop, 1.0 - fid.cosine)), max_drop)
+
+
+def refuse_unmet(owner: str, result, max_drop: float):
+    """`result` (a HoldBack), or ToleranceError (exit 4) when only converting nothing met the budget."""
     if not result.met:
         raise ToleranceError(f"{owner}: --max-drop {max_drop} cannot be met with any node converted: all "
                              f"converted drop {result.full.drop:.4f}")

@@ -35,7 +35,7 @@ class GatedModel:
         from onnxcomp.graph.convert import to_graph, to_model
         from onnxcomp.measure.runtime import session
 
-        model = to_model(graph)
+        self.model = model = to_model(graph)  # the float model, as given
         # The float model decides how calls merge into runs, before any run here or of a built
         # candidate: dynamic INT8 gives other numbers merged, and reference and candidate must agree.
         self.data = data.merge_on(model)

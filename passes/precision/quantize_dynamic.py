@@ -27,7 +27,7 @@ from typing import Optional
 
 import numpy as np
 
-from onnxcomp.errors import InputError, ToleranceError
+from onnxcomp.errors import InputError
 from onnxcomp.graph.edit import NameGen, node_key
 from onnxcomp.measure.host import host_needs_reduced_range
 from onnxcomp.passes.precision.common import (
@@ -116,9 +116,6 @@ class QuantizeDynamicPass(Pass):
             budget = hold_back_gated(self.name, graph, apply, units, ctx, opts.max_drop, opts.sensitivity_samples)
             if budget is None:  # a unit the gated model cannot tap (LSTM): one model per trial
                 budget = hold_back(self.name, graph, apply, units, ctx, opts.max_drop, opts.sensitivity_samples)
-            elif not budget.met:
-                raise ToleranceError(f"{self.name}: --max-drop {opts.max_drop} cannot be met with any node "
-                                     f"converted: all converted drop {budget.full.drop:.4f}")
             held = budget.held_back
         elif opts.keep_outliers and units:
             held, split, found = outliers(self.name, graph, apply, units, ctx)

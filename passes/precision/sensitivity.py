@@ -19,7 +19,7 @@ import numpy as np
 
 from onnxcomp.errors import InputError
 from onnxcomp.graph.edit import node_key
-from onnxcomp.passes.precision.common import require_data
+from onnxcomp.passes.precision.common import refuse_unmet, require_data
 from onnxcomp.passes.precision.gated import GatedModel
 from onnxcomp.progress import logger
 
@@ -151,7 +151,7 @@ def hold_back_gated(owner: str, graph, rewrite: Callable, units: list[str], ctx,
     """max_drop from the gated model: rank by drop alone and bisect the count held back, both on the
     first PROBE_SAMPLES samples; then measure the chosen model as built on all `samples` (one more
     held back while it misses, up to 3). A HoldBack (onnxcomp.pipeline.budget), or None when some
-    unit cannot be gated (use common.hold_back)."""
+    unit cannot be gated (use common.hold_back); refused as common.hold_back refuses when unmet."""
     from onnxcomp.graph.convert import to_graph, to_model
     from onnxcomp.measure.compare import fidelity, outputs_of
     from onnxcomp.pipeline.budget import BudgetSearch, HoldBack
@@ -161,7 +161,7 @@ def hold_back_gated(owner: str, graph, rewrite: Callable, units: list[str], ctx,
     if set(probe.units) != set(units):
         return None
     few = probe.on(data.first(PROBE_SAMPLES)) if data.samples > PROBE_SAMPLES else probe
-    reference = to_model(graph)
+    reference = probe.model
 
     def build(held):
         trial = to_graph(reference)
@@ -192,4 +192,4 @@ def hold_back_gated(owner: str, graph, rewrite: Callable, units: list[str], ctx,
         if real.fits(fid):
             logger.info("%s: %d of %d held back: drop %.4f within %g", owner, count, len(units), fid.drop, max_drop)
             return HoldBack(order[:count], fid, full, alone, order, runs + len(real.trials))
-    return HoldBack(list(order), None, full, alone, order, runs + len(real.trials))
+    return refuse_unmet(owner, HoldBack(list(order), None, full, alone, order, runs + len(real.trials)), max_drop)

@@ -158,8 +158,7 @@ def choose_sites(build: Callable[[frozenset], object], kinds: dict[str, list[str
         choice.rows.append(decide(row, limits, margin))
     chosen = [n for row in choice.rows if row.decision == "float" for n in row.nodes]
     if chosen:
-        choice.float_nodes, choice.check = _checked(build, frozenset(chosen), base, base_cos, accuracy, feeds,
-                                                    limits, chosen, margin)
+        choice.float_nodes, choice.check = _checked(build, chosen, base, base_cos, accuracy, feeds, limits, margin)
         if not choice.check["kept"]:
             for row in choice.rows:
                 if row.decision == "float":
@@ -192,12 +191,12 @@ def decide(row: KindRow, limits: SiteChoiceLimits, margin: float | None = None) 
     return row
 
 
-def _checked(build, float_nodes: frozenset, base, base_cos: float, accuracy, feeds: dict,
-             limits: SiteChoiceLimits, chosen: list[str], margin: float) -> tuple[list[str], dict]:
+def _checked(build, chosen: list[str], base, base_cos: float, accuracy, feeds: dict,
+             limits: SiteChoiceLimits, margin: float) -> tuple[list[str], dict]:
     """The kinds chosen float, measured together against all INT8: kept only when no less accurate, no slower."""
     from onnxcomp.measure.latency import interleaved_rounds
 
-    model = build(float_nodes)
+    model = build(frozenset(chosen))
     cos = accuracy(model).cosine
     times = interleaved_rounds([base, model], [feeds, feeds], threads=1, budget_s=limits.time_budget_s / 2)
     ratio = _ratio(times[1], times[0])

@@ -41,7 +41,7 @@ import numpy as np
 from onnxcomp.errors import InputError
 from onnxcomp.graph.edit import NameGen, node_key, producer
 from onnxcomp.passes.qdq.attention_bias import fold_attention_biases
-from onnxcomp.passes.qdq.attention_paths import probe_shapes, value_path
+from onnxcomp.passes.qdq.attention_paths import SHAPE_READERS, probe_shapes, value_path
 from onnxcomp.passes.qdq.attention_scale import fold_attention_scales
 from onnxcomp.passes.qdq.layer_data import ChannelStats, channel_stats
 from onnxcomp.passes.qdq.numerics import (
@@ -66,8 +66,6 @@ from onnxcomp.pipeline.options import (
 from onnxcomp.pipeline.pass_base import Pass, PassContext, PassReport
 from onnxcomp.pipeline.registry import register_pass
 
-# Readers that look only at a tensor's shape: they do not care what its values are.
-SHAPE_READERS = ("Shape", "Size")
 DEFAULT_ALPHAS = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 _SCALE_LIMITS = (1e-4, 1e4)  # s outside this would push weights or activations toward float32 limits
 

@@ -422,21 +422,23 @@ class _Steps:
             from onnxcomp.measure.latency import batch_feeds, interleaved_ms
 
             feeds = batch_feeds(self.original, self.val, goal["batch"])
+
+            def ratio(form, **timing) -> float:
+                original_ms, form_ms = interleaved_ms([self.original, form], [feeds, feeds], self.threads,
+                                                      statistic="min", **timing)
+                return form_ms / original_ms
+
             # Each candidate in rounds with the input alone, as the output is measured at the end (and by
             # benchmarks/bench_compress.py): timed among all the candidates, one measured 0.194x that
             # measured 0.159x as the output (caches shared by 19 models, not 2).
             for c, form in zip(cands, forms):
-                original_ms, form_ms = interleaved_ms([self.original, form], [feeds, feeds], self.threads,
-                                                      min_rounds=5, budget_s=0.4, statistic="min")
-                c.latency = form_ms / original_ms
+                c.latency = ratio(form, min_rounds=5, budget_s=0.4)
             # Those near the margin decide which is trained first: timed again as the output will be
             # (a 0.4 s timing put one at 0.160x that measured 0.164-0.181x as the output).
             edge = LATENCY_MARGIN * goal["value"]
             for c, form in zip(cands, forms):
                 if abs(c.latency - edge) <= NEAR_MARGIN * edge:
-                    original_ms, form_ms = interleaved_ms([self.original, form], [feeds, feeds], self.threads,
-                                                          statistic="min")
-                    c.latency = form_ms / original_ms
+                    c.latency = ratio(form)
         for c in sorted(cands, key=lambda c: -c.params):
             logger.info("candidate %s: %s params, size %.3fx%s, drop before recovery %.4f", describe(c), c.params, c.size,
                         "" if c.latency is None else f", latency {c.latency:.3f}x", c.drop_before)
@@ -506,10 +508,11 @@ class _Steps:
     def lost_nothing(self, folded, drop: float) -> bool:
         """Whether the float model `folded` drops as much as its quantized form (`drop`) on val."""
         float_drop = float(self.drop_of(folded).drop)
-        if float_drop >= drop:
+        nothing_lost = float_drop >= drop
+        if nothing_lost:
             logger.info("quantization lost nothing here (float drop %.4f): no quantization-aware fine-tuning",
                         float_drop)
-        return float_drop >= drop
+        return nothing_lost
 
     def figures(self, original, final, batch: int, metric: str) -> dict:
         """The table: file size, parameters, MACs, latency at batch 1 and `batch`, accuracy or cosine."""

@@ -88,8 +88,8 @@ def command(teacher, teacher_weights, student, student_weights, data, val, outpu
     if processes > 1:
         local_batch(World(size=processes), batch_size)  # divisible, checked once before any start
     if device != "cpu" and not world.distributed:  # the device of the last local rank, checked before any start
-        last = max(nproc, 1) - 1
-        placement(World(rank=last, size=max(nproc, 1), local_rank=last, local_size=max(nproc, 1)), device)
+        last = nproc - 1  # --nproc is at least 1
+        placement(World(rank=last, size=nproc, local_rank=last, local_size=nproc), device)
     folder = checkpoint_dir or f"{output}.ckpt"
     options = DistillOptions(epochs=epochs, lr=lr, batch_size=batch_size, temperature=temperature, alpha=alpha,
                              weight_decay=weight_decay, optimizer=optimizer, schedule=schedule,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from onnxcomp.distill.distributed import DEVICES
 from onnxcomp.errors import InputError
 
 CACHE_MODES = ("memory", "disk", "none")
@@ -77,7 +78,7 @@ class DistillOptions:
             (self.cache in CACHE_MODES, f"cache must be one of {', '.join(CACHE_MODES)}, got {self.cache!r}"),
             (self.bn in BN_MODES, f"bn must be one of {', '.join(BN_MODES)}, got {self.bn!r}"),
             (self.threads >= 1, f"threads must be at least 1, got {self.threads}"),
-            (self.device in ("cpu", "cuda"), f"device must be cpu or cuda, got {self.device!r}"),
+            (self.device in DEVICES, f"device must be cpu or cuda, got {self.device!r}"),
             (self.feature_weight >= 0, f"feature_weight must be >= 0, got {self.feature_weight}"),
             (7 <= self.opset <= 23, f"opset must be between 7 and 23, got {self.opset}"),
             (self.mask is None or (isinstance(self.mask, str) and bool(self.mask)),

@@ -96,8 +96,9 @@ def predict(student: torch.nn.Module, inputs: list[np.ndarray], batch_size: int 
 
 
 def padding_cut(inputs: list[np.ndarray], mask_at: int | None, cut: bool):
-    """(inputs, mask tensor, length): with a padding mask, the batch cut to its longest real sequence
-    along axis 1 (when `cut`), and the mask as a float tensor; else the inputs unchanged."""
+    """(inputs, mask tensor, (full length, kept length)): with a padding mask, the batch cut to its
+    longest real sequence along axis 1 (when `cut`), and the mask as a float tensor; else the inputs
+    unchanged (and None, None)."""
     if mask_at is None:
         return inputs, None, None
     mask = inputs[mask_at]

@@ -25,6 +25,7 @@ import numpy as np
 
 from onnxcomp.errors import InputError
 from onnxcomp.passes.lowrank.layers import Layer
+from onnxcomp.passes.lowrank.norms import seen_through
 
 HOPS = 4  # elementwise nodes between a projection and the score MatMul, or between the scores and Softmax
 
@@ -133,8 +134,8 @@ def attention_fits(graph, blocks: list[Attention], layers: list[Layer], weights:
     from onnxcomp.measure.runtime import session
 
     by_node = {layer.node: layer for layer in layers}
-    outputs = {b.q: _output_of(graph, b.q) for b in blocks} | {b.k: _output_of(graph, b.k) for b in blocks} \
-        | {b.v: _output_of(graph, b.v) for b in blocks}
+    produced = {(n.name or n.outputs[0].name): n.outputs[0].name for n in graph.nodes}
+    outputs = {key: produced[key] for b in blocks for key in (b.q, b.k, b.v)}
     names = sorted({n for b in blocks for n in (b.q_heads, b.k_heads, b.probs, b.v_heads, by_node[b.k].input)}
                    | set(outputs.values()))
     sess = session(add_outputs(to_model(graph), names))
@@ -169,10 +170,6 @@ class _Sums:
     def __init__(self):
         self.ok, self.rows, self.k_rows = True, 0, 0
         self.q_out = self.k_out = self.k_in = self.v_in = 0.0
-
-
-def _output_of(graph, key: str) -> str:
-    return next(n.outputs[0].name for n in graph.nodes if (n.name or n.outputs[0].name) == key)
 
 
 def _heads(values, name: str, keys_last: bool = False) -> np.ndarray:
@@ -242,5 +239,4 @@ def _placed(block: np.ndarray, i: int, h: int) -> np.ndarray:
 def _value_metric(b: Attention, weights: dict, out_weights: dict, n: int) -> np.ndarray | None:
     if b.o is None or weights[b.o].shape[0] != n:
         return None
-    w, m = weights[b.o], out_weights.get(b.o)
-    return w @ w.T if m is None else w @ m @ w.T
+    return seen_through(weights[b.o], out_weights.get(b.o))

@@ -16,6 +16,7 @@ import numpy as np
 
 from onnxcomp.errors import InputError
 from onnxcomp.passes.lowrank.layers import Layer
+from onnxcomp.passes.lowrank.norms import seen_through
 
 HOPS = 6  # elementwise nodes from z to the down projection's input (erf GELU takes five)
 ELEMENTWISE = ("Add", "Mul", "Div", "Erf", "Gelu", "Relu", "Sub", "Pow", "Tanh", "Sigmoid")
@@ -92,8 +93,7 @@ def ffn_fits(graph, blocks, matrices: dict, out_weights: dict, data, batch: int 
     for up, down, _, _ in blocks:
         if kinds.get(up) is None or up not in sums:
             continue
-        w2, m = matrices[down], out_weights.get(down)
-        seen = w2 @ w2.T if m is None else w2 @ m @ w2.T
+        seen = seen_through(matrices[down], out_weights.get(down))
         if seen.shape != sums[up].shape:
             continue
         fits[up] = seen * (sums[up] / rows[up])
@@ -112,8 +112,9 @@ def _slopes(sess, names, calls, blocks) -> tuple[dict, dict, dict]:
             z = z.reshape(-1, z.shape[-1]) if z.ndim else z.reshape(1, 1)
             a = np.asarray(values[a_name], dtype=np.float64).reshape(z.shape) if np.size(values[a_name]) == z.size \
                 else None
-            kind = kinds.get(up, _kind(z, a))
-            kinds[up] = kind
+            if up not in kinds:  # recognized on the first call, not recomputed on every one
+                kinds[up] = _kind(z, a)
+            kind = kinds[up]
             if kind is None:
                 continue
             g = ACTIVATIONS[kind][1](z)

@@ -48,3 +48,8 @@ def norm_after(node, n: int) -> NormAfter | None:
             return None
         t = reader.outputs[0]
     return None
+
+
+def seen_through(w: np.ndarray, m: np.ndarray | None) -> np.ndarray:
+    """W M W^T (W W^T without M): the output weight of the layer before W, given W's own output weight M."""
+    return w @ w.T if m is None else w @ m @ w.T

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
+import os
 import re
 import sys
 import time
@@ -383,16 +385,9 @@ def distill_rows(teacher: onnx.ModelProto, calib: dict, test: dict, args) -> lis
         after = _pooled_cosine(want, _run_all(session(result.model, threads=args.threads), test)[0],
                                test["attention_mask"])
         rows.append({"student": label, "before": round(before, 4), "after": round(after, 4),
-                     "epochs": options["epochs"], "seconds": round(seconds, 1), "load": round(_load(), 1)})
+                     "epochs": options["epochs"], "seconds": round(seconds, 1), "load": round(os.getloadavg()[0], 1)})
         print(f"  distill {label}: {before:.4f} -> {after:.4f} ({seconds:.0f} s)", file=sys.stderr, flush=True)
     return rows
-
-
-def _load() -> float:
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except OSError:
-        return float("nan")
 
 
 def print_distill(rows: list[dict]) -> None:
@@ -434,26 +429,28 @@ def main(argv) -> int:
     if prune:
         print()
         print_prune(prune, None)
+    minilm = REPO / "build" / "models" / "minilm.onnx"
+
+    @functools.cache
+    def real_minilm() -> tuple:
+        """The real MiniLM prepared once, with its calibration and test sentences (labels dropped)."""
+        data = [{k: v for k, v in np.load(minilm.with_name(f"minilm_{part}.npz")).items() if k != "labels"}
+                for part in ("calib", "test")]
+        return (_prepared(minilm, "minilm"), *data)
+
     if not args.no_lowrank:
         kept = [float(k) for k in args.kept.split(",")]
         for entry, model in prepared.values():
             lowrank += lowrank_rows(entry, model, kept, args)
-        minilm = REPO / "build" / "models" / "minilm.onnx"
         if minilm.exists() and (not only or "minilm" in only):
-            calib = dict(np.load(REPO / "build" / "models" / "minilm_calib.npz"))
-            test = dict(np.load(REPO / "build" / "models" / "minilm_test.npz"))
-            calib.pop("labels", None)
-            test.pop("labels", None)
-            lowrank += lowrank_rows({"name": "minilm (real)"}, _prepared(minilm, "minilm"), kept, args,
+            model, calib, test = real_minilm()
+            lowrank += lowrank_rows({"name": "minilm (real)"}, model, kept, args,
                                     {k: v[:64] for k, v in calib.items()}, {k: v[:32] for k, v in test.items()})
         print()
         print_lowrank(lowrank)
     distill = []
-    minilm = REPO / "build" / "models" / "minilm.onnx"
     if not args.no_distill and minilm.exists() and (not only or "minilm" in only):
-        calib = {k: v for k, v in np.load(REPO / "build" / "models" / "minilm_calib.npz").items() if k != "labels"}
-        test = {k: v for k, v in np.load(REPO / "build" / "models" / "minilm_test.npz").items() if k != "labels"}
-        distill = distill_rows(_prepared(minilm, "minilm"), calib, test, args)
+        distill = distill_rows(*real_minilm(), args)
         print()
         print_distill(distill)
     if args.json:

@@ -93,20 +93,20 @@ def _dequantizes(node, facts) -> bool:
     if node.op != "Cast" or int(node.attrs.get("to", 0)) not in _FLOATS:
         return False
     x = node.inputs[0]
-    dims = facts.shape(x)
-    return facts.dtype(x) in _NARROW_INTS and dims is not None and \
-        int(np.prod([d if isinstance(d, int) else 1 for d in dims], dtype=np.int64)) > _QUANTIZED_ELEMENTS
+    return facts.dtype(x) in _NARROW_INTS and facts.shape(x) is not None and _elements(x, facts) > _QUANTIZED_ELEMENTS
+
+
+def _elements(t, facts) -> int:
+    """Elements of `t`, a symbolic dim counted as 1."""
+    return int(np.prod([d if isinstance(d, int) else 1 for d in facts.shape(t)], dtype=np.int64))
 
 
 def _dequantized_growth(node, facts) -> int:
     """Bytes a folded dequantization adds: the float result minus the integer weights it replaces."""
     x = node.inputs[0]
-    elements = int(np.prod([d if isinstance(d, int) else 1 for d in facts.shape(x)], dtype=np.int64))
+    elements = _elements(x, facts)
     bits = 4 if facts.dtype(x) in (21, 22) else 8
-    return elements * (_FLOAT_BYTES.get(int(node.attrs.get("to", 1)), 4) * 8 - bits) // 8
-
-
-_FLOAT_BYTES = {1: 4, 10: 2, 11: 8, 16: 2}
+    return elements * _ITEMSIZE[int(node.attrs["to"])] - elements * bits // 8
 
 
 def splat_bytes(node) -> int:

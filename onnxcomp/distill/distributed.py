@@ -168,17 +168,13 @@ def local_batch(world: World, batch_size: int) -> int:
     return batch_size // world.size
 
 
-def wrap(world: World, module, where: Placement = ON_CPU):
-    """The module under DistributedDataParallel (gradients averaged across ranks in backward); on
-    CUDA it is bound to this rank's GPU, where the module's parameters must already be."""
+def wrap(world: World, module):
+    """The module under DistributedDataParallel (gradients averaged across ranks in backward). CPU
+    only: the trainer does not place the student on CUDA yet (api.run refuses --device cuda)."""
     if not world.distributed:
         return module
     from torch.nn.parallel import DistributedDataParallel
 
-    if where.cuda:
-        import torch
-
-        return DistributedDataParallel(module, device_ids=[torch.device(where.device).index])
     return DistributedDataParallel(module)
 
 

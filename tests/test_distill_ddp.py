@@ -186,3 +186,42 @@ def test_cuda_without_cuda_is_one_line_before_any_process_starts(models_dir, tmp
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and err.count("\n") == 1 and "no CUDA device" in err and "NCCL" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.npz"]
+
+
+def test_ddp_is_given_the_gpu_of_its_rank_and_nothing_on_cpu(monkeypatch):
+    import torch
+
+    made = []
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel",
+                        lambda module, device_ids=None: made.append(device_ids) or module)
+    world, module = distributed.World(rank=1, size=2, local_rank=1, local_size=2), torch.nn.Linear(2, 2)
+    assert distributed.wrap(distributed.SINGLE, module, "cuda:0") is module  # one process: no DDP
+    distributed.wrap(world, module, "cuda:1")
+    distributed.wrap(world, module, "cpu")
+    distributed.wrap(world, module)
+    assert made == [[torch.device("cuda:1")], None, None]
+
+
+def test_bookkeeping_crosses_as_cpu_tensors_and_adapter_gradients_where_they_are(monkeypatch):
+    """Under "cpu:gloo,cuda:nccl" a CPU tensor goes over gloo and a CUDA one over NCCL: the loss sums, the
+    best-epoch flag and the data sizes are CPU tensors; the adapters' gradients stay on their device."""
+    import torch
+    import torch.distributed as dist
+
+    crossed = []
+
+    def record(tensor, *args, **kwargs):
+        for t in tensor if isinstance(tensor, list) else [tensor]:
+            crossed.append(t.device.type)
+    monkeypatch.setattr(dist, "all_reduce", record)
+    monkeypatch.setattr(dist, "broadcast", record)
+    monkeypatch.setattr(dist, "all_gather", lambda every, mine: (record(mine), [e.copy_(mine) for e in every]))
+    world = distributed.World(rank=0, size=2, local_rank=0, local_size=2)
+    distributed.sum_across(world, {"loss": 1.0})
+    distributed.broadcast_flag(world, True)
+    distributed.check_same(world, {"training data": 4})
+    assert crossed == ["cpu", "cpu", "cpu"]
+    adapter = torch.nn.Linear(2, 2, device="meta")
+    adapter.weight.grad = torch.zeros(2, 2, device="meta")
+    distributed.average_gradients(world, adapter.parameters())
+    assert crossed[3:] == ["meta"]

@@ -103,9 +103,6 @@ def run(teacher, student, data, options: DistillOptions | None = None, *, val_da
     world = distributed.from_env() if world is None else world
     started = world.distributed and not _initialized()
     where = distributed.placement(world, (options or DistillOptions()).device)  # gloo on CPU, NCCL on CUDA
-    if where.cuda:  # the backend and device are chosen, but the trainer still builds its tensors on the CPU
-        raise InputError("--device cuda: the trainer does not place the student and its batches on CUDA yet "
-                         "(NCCL and the per-rank GPU are chosen); train with --device cpu")
     distributed.start(world, where)
     try:
         return _run(teacher, student, data, options, val_data, teacher_weights, student_weights,

@@ -2,7 +2,8 @@
 
 One file, `distill-state.pt` in the checkpoint folder, rewritten atomically after every epoch (by
 rank 0 only under torch.distributed; every rank reads it on --resume, so several machines need a
-shared folder). It holds what the next epoch depends on: student and adapter weights, optimizer
+shared folder). Every tensor in it is a CPU copy (on_cpu), so a run on a GPU resumes on the CPU and
+the other way round. It holds what the next epoch depends on: student and adapter weights, optimizer
 and schedule state, the best epoch so far, the history, and a fingerprint of the run (options,
 data size, world size) that a resumed run must match.
 """
@@ -25,6 +26,25 @@ def fingerprint(options, samples: int, world_size: int) -> dict:
     values = {k: v for k, v in options.as_dict().items() if k in _FINGERPRINT}
     values["features"] = [list(p) for p in values["features"]]
     return {**values, "samples": int(samples), "processes": int(world_size)}
+
+
+def on_cpu(value, copy: bool = False):
+    """`value` (dicts, lists and tuples of tensors, as state_dicts are) with every tensor on the CPU, so a
+    checkpoint written on a GPU resumes on a machine without one. `copy`: CPU tensors are cloned too,
+    for a snapshot the next steps must not change."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+        return value.to("cpu", copy=True) if copy else value.cpu()
+    if isinstance(value, dict):
+        out = type(value)((k, on_cpu(v, copy)) for k, v in value.items())
+        if hasattr(value, "_metadata"):  # a state_dict's module versions, which load_state_dict reads
+            out._metadata = value._metadata
+        return out
+    if isinstance(value, (list, tuple)):
+        return type(value)(on_cpu(v, copy) for v in value)
+    return value
 
 
 def state_path(folder) -> Path:

@@ -4,7 +4,7 @@ torchrun, and `onnxcomp distill --nproc N` through it, sets RANK, WORLD_SIZE, LO
 LOCAL_WORLD_SIZE; with WORLD_SIZE > 1 distillation trains under DistributedDataParallel. The backend
 follows the training device (`placement`): gloo for CPU tensors; for CUDA, NCCL carries the CUDA
 tensors (gradients) and gloo the few CPU ones (data sizes, loss sums), each rank on the GPU of its
-local rank. Each rank
+local rank (trainer.py moves the student and each batch there). Each rank
 trains on its own shard of the data, so the teacher's targets are computed and cached per shard;
 the effective batch (`batch_size`) is split across the ranks, so the same options give the same
 optimisation steps in any world size.
@@ -168,14 +168,16 @@ def local_batch(world: World, batch_size: int) -> int:
     return batch_size // world.size
 
 
-def wrap(world: World, module):
-    """The module under DistributedDataParallel (gradients averaged across ranks in backward). CPU
-    only: the trainer does not place the student on CUDA yet (api.run refuses --device cuda)."""
+def wrap(world: World, module, device=None):
+    """The module under DistributedDataParallel (gradients averaged across ranks in backward), already
+    on `device`: on a GPU, DDP is told its one device, so NCCL carries the gradients."""
     if not world.distributed:
         return module
+    import torch
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(module)
+    device = torch.device("cpu" if device is None else device)
+    return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
 
 
 def average_gradients(world: World, params) -> None:

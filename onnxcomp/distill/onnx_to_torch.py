@@ -143,8 +143,11 @@ class OnnxModule(torch.nn.Module):
         for name in self.key_of:
             env[name] = self.initializer_tensor(name)
         self.captured = {}
+        device = next((t.device for t in inputs if isinstance(t, torch.Tensor) and t.device.type != "cpu"), None)
         for op_type, ins, outs, attrs, _ in self.nodes:
             args = [env[i] if i else None for i in ins]
+            if device is not None and op_type not in _READ_AS_NUMBERS:
+                args = _joined(args, device)
             result = OPS[op_type](self, args, attrs)
             if not isinstance(result, (tuple, list)):
                 result = (result,)
@@ -156,6 +159,19 @@ class OnnxModule(torch.nn.Module):
         for name in self.capture & set(self.input_names):
             self.captured[name] = env[name]
         return tuple(env[name] for name in self.output_names)
+
+
+# Ops whose inputs after the first are read as Python numbers (shapes, axes, pads): those stay on the CPU.
+_READ_AS_NUMBERS = {"Reshape", "Expand", "Slice", "Split", "Squeeze", "Unsqueeze", "Pad", "CumSum", "ReduceMean",
+                    "ReduceSum", "ConstantOfShape"}
+
+
+def _joined(args: list, device: torch.device) -> list:
+    """Shape arithmetic (Shape, Range, Constant) makes CPU tensors; where an op meets one with a tensor on
+    `device` (a mask built from a Range, Gather indices into data), the CPU tensor joins the device."""
+    if not any(isinstance(a, torch.Tensor) and a.device == device for a in args):
+        return args
+    return [a.to(device) if isinstance(a, torch.Tensor) and a.device != device else a for a in args]
 
 
 def _to_torch(array: np.ndarray) -> torch.Tensor:

@@ -11,11 +11,15 @@ Under torch.distributed (distributed.py) the student trains inside DistributedDa
 rank's shard with its share of the effective batch; rank 0 validates and decides the best epoch for
 all. With a checkpoint folder the whole state is saved after every epoch and `resume` continues
 from it (checkpoint.py).
+
+The student trains on one device (`--device`: the CPU, or under CUDA the GPU of this rank): its
+weights, each batch and that batch's teacher targets go there; the teacher's cache, the seeded
+shuffles and the loss bookkeeping stay on the CPU, and checkpoints and the weights written back to
+ONNX are CPU copies.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from dataclasses import dataclass, field
@@ -39,6 +43,8 @@ def seed_all(seed: int, threads: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
+    # cuBLAS is deterministic only with a fixed workspace, set before its first call (no effect on the CPU).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
@@ -79,19 +85,49 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array)
 
 
-def predict(student: torch.nn.Module, inputs: list[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
-    """Student outputs (eval mode, no gradients) over all samples."""
+def device_of(module: torch.nn.Module) -> torch.device:
+    """Where the module's weights are (the CPU for a module without any)."""
+    first = next(iter(module.parameters()), None)
+    if first is None:
+        first = next(iter(module.buffers()), None)
+    return torch.device("cpu") if first is None else first.device
+
+
+def place(student: torch.nn.Module, adapters: torch.nn.Module, device: torch.device):
+    """Move the student (parameters, buffers, and an interpreted graph's float constants, which are no
+    buffers; its integer ones are shapes and axes, read on the CPU) and the feature adapters to `device`;
+    returns the undo, which brings them back to the CPU with the constants as they were (write-back
+    and export read CPU weights)."""
+    consts = student.consts if isinstance(student, OnnxModule) else None
+    student.to(device)
+    adapters.to(device)
+    if consts is not None:
+        student.consts = {k: v.to(device) if v.is_floating_point() else v for k, v in consts.items()}
+
+    def back() -> None:
+        student.to("cpu")
+        adapters.to("cpu")
+        if consts is not None:
+            student.consts = consts
+    return back
+
+
+def predict(student: torch.nn.Module, inputs: list[np.ndarray], batch_size: int = 256,
+            device: torch.device | None = None) -> list[np.ndarray]:
+    """Student outputs (eval mode, no gradients) over all samples, run on `device` (default: where the
+    student's weights are), returned on the CPU."""
     from onnxcomp.distill.taps import as_output_list
 
+    device = device_of(student) if device is None else device
     student.eval()
     chunks: list[list[np.ndarray]] = []
     with torch.no_grad():
         for start in range(0, len(inputs[0]), batch_size):
-            outs = as_output_list(student(*[_tensor(x[start:start + batch_size]) for x in inputs]))
+            outs = as_output_list(student(*[_tensor(x[start:start + batch_size]).to(device) for x in inputs]))
             if not chunks:
                 chunks = [[] for _ in outs]
             for acc, o in zip(chunks, outs):
-                acc.append(o.numpy())
+                acc.append(o.cpu().numpy())
     return [np.concatenate(c) for c in chunks]
 
 
@@ -148,10 +184,15 @@ def score(name: str, student_out: np.ndarray, teacher_out: np.ndarray, labels) -
 
 
 class Trainer:
+    """device: where the student trains (a torch device or its name); default the one `options.device`
+    gives this rank (distributed.placement: cpu, or cuda:<local rank>). Everything a step computes
+    follows it; the teacher's cache, the shuffles and the loss bookkeeping stay on the CPU."""
+
     def __init__(self, student: torch.nn.Module, input_names: list[str], options: DistillOptions,
-                 progress=None, world=SINGLE):
+                 progress=None, world=SINGLE, device=None):
         self.student, self.input_names, self.options = student, list(input_names), options
         self.world = world
+        self.device = torch.device(distributed.placement(world, options.device).device if device is None else device)
         self.progress = say_to(progress)  # one line per epoch; batches show as a bar on a terminal
         self.pairs = list(options.features)
         self.tapped = Tapped(student, list(dict.fromkeys(s for _, s in self.pairs)), "student")
@@ -172,12 +213,26 @@ class Trainer:
 
     def fit(self, train: dict[str, np.ndarray], targets, labels: np.ndarray | None,
             val: dict[str, np.ndarray] | None = None, val_targets=None, val_labels=None) -> TrainResult:
-        opts, world = self.options, self.world
+        """Train on self.device; the student comes back on the CPU holding the best epoch's weights."""
+        self._build_adapters([train[n] for n in self.input_names], targets)  # a probe, on the CPU
+        # The zeros to keep, found on the CPU before the move: no device round trip per tensor.
+        masks = zero_masks(self.student) if self.options.keep_zeros else {}
+        back = place(self.student, self.adapters, self.device)
+        try:
+            result, best_state = self._train(train, targets, labels, val, val_targets, val_labels, masks)
+        finally:
+            back()
+        if best_state is not None:
+            self.student.load_state_dict(best_state)
+        self.student.eval()
+        return result
+
+    def _train(self, train, targets, labels, val, val_targets, val_labels, masks):
+        opts, world, device = self.options, self.world, self.device
         result = TrainResult()
         inputs = [train[n] for n in self.input_names]
         n = len(inputs[0])  # this rank's shard
         batch_size = distributed.local_batch(world, opts.batch_size)
-        self._build_adapters(inputs, targets)
         params = list(self.student.parameters()) + list(self.adapters.parameters())
         if opts.optimizer == "sgd":
             opt = torch.optim.SGD(params, lr=opts.lr, momentum=0.9, weight_decay=opts.weight_decay, nesterov=True)
@@ -186,10 +241,10 @@ class Trainer:
         batches = (n + batch_size - 1) // batch_size
         steps = opts.epochs * batches
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if opts.schedule == "cosine" else None
-        masks = zero_masks(self.student) if opts.keep_zeros else {}
         named = dict(self.student.named_parameters())
         result.masked_tensors = len(masks)
         result.masked_zeros = int(sum(int((m == 0).sum()) for m in masks.values()))
+        masks = {name: m.to(device) for name, m in masks.items()}
         labels_t = None if labels is None else torch.from_numpy(np.asarray(labels).astype(np.int64))
         generator = torch.Generator().manual_seed(opts.seed + world.rank)
         use_teacher = targets is not None  # None: plain cross-entropy, the caller did not run the teacher
@@ -212,6 +267,8 @@ class Trainer:
             if sched is not None:
                 sched.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["rng"])
+            if device.type == "cuda" and state.get("cuda_rng") is not None:  # absent when written on the CPU
+                torch.cuda.set_rng_state(state["cuda_rng"], device)
             result.history, result.metric = list(state["history"]), state["metric"]
             best_key, result.best_epoch, best_state = state["best_key"], state["best_epoch"], state["best_state"]
             best_key = None if best_key is None else tuple(best_key)
@@ -221,7 +278,7 @@ class Trainer:
                 if cut:
                     by_length(order, real_lengths, batch_size, generator)
             self.progress(f"resuming after epoch {state['epoch']} from {checkpoint.state_path(opts.checkpoint_dir)}")
-        self.tapped.call_through(distributed.wrap(world, self.student))
+        self.tapped.call_through(distributed.wrap(world, self.student, device))
         for epoch in bar(range(first, opts.epochs + 1), "distill", total=opts.epochs - first + 1, unit="epoch"):
             t0 = time.perf_counter()
             self.student.train()
@@ -234,11 +291,12 @@ class Trainer:
             for s in bar(range(0, n, batch_size), f"epoch {epoch}", total=batches, unit="batch"):
                 index = order[s:s + batch_size]
                 batch, mask, lengths = padding_cut([x[index] for x in inputs], mask_at, cut)
-                outs, feats = self.tapped([_tensor(x) for x in batch])
-                batch_labels = None if labels_t is None else labels_t[index]
-                if use_teacher:
+                mask = None if mask is None else mask.to(device)
+                outs, feats = self.tapped([_tensor(x).to(device) for x in batch])
+                batch_labels = None if labels_t is None else labels_t[index].to(device)
+                if use_teacher:  # the cache stays on the CPU; each batch's targets go to the device
                     t_outs, t_feats = targets.batch(index)
-                    t_outs = [_tensor(t) for t in cut_like(t_outs, lengths)]
+                    t_outs = [_tensor(t).to(device) for t in cut_like(t_outs, lengths)]
                     t_feats = dict(zip(t_feats, cut_like(list(t_feats.values()), lengths)))
                 else:  # plain cross-entropy: the teacher is not needed
                     t_outs, t_feats = [o.detach() for o in outs], {}
@@ -246,7 +304,7 @@ class Trainer:
                                                 opts.alpha if use_teacher else 0.0, mask)
                 if self.pairs and opts.feature_weight > 0:
                     keyed_s = {f"f{i}": feats[s_name] for i, (_, s_name) in enumerate(self.pairs)}
-                    keyed_t = {f"f{i}": _tensor(t_feats[t_name]) for i, (t_name, _) in enumerate(self.pairs)}
+                    keyed_t = {f"f{i}": _tensor(t_feats[t_name]).to(device) for i, (t_name, _) in enumerate(self.pairs)}
                     f_loss = feature_loss(self.adapters, list(keyed_s), keyed_s, keyed_t, mask)
                     loss = loss + opts.feature_weight * f_loss
                     parts["feature"] = float(f_loss.detach())
@@ -272,7 +330,7 @@ class Trainer:
                    "lr": opt.param_groups[0]["lr"]}
             if val_inputs is not None:
                 v0 = time.perf_counter()
-                v_outs = predict(self.student, val_inputs)
+                v_outs = predict(self.student, val_inputs, batch_size, device)
                 teacher_v = val_targets.outputs if val_targets is not None else None
                 result.metric = metric_name(v_outs[0], val_labels is not None)
                 row[result.metric] = score(result.metric, v_outs[0],
@@ -289,29 +347,27 @@ class Trainer:
             improved = distributed.broadcast_flag(world, best_key is None or key > best_key)
             if improved:
                 best_key, result.best_epoch = key, epoch
-                if world.main:
-                    best_state = copy.deepcopy(self.student.state_dict())
+                if world.main:  # a CPU snapshot: it outlives the device copy and loads anywhere
+                    best_state = checkpoint.on_cpu(self.student.state_dict(), copy=True)
                 if opts.checkpoint and world.main:
                     _save_checkpoint(best_state, opts.checkpoint)
             row["best"] = improved
             result.history.append(row)
             if opts.checkpoint_dir and world.main:
-                checkpoint.save(opts.checkpoint_dir, {
+                checkpoint.save(opts.checkpoint_dir, checkpoint.on_cpu({
                     "fingerprint": identity, "epoch": epoch, "student": self.student.state_dict(),
                     "adapters": self.adapters.state_dict(), "optimizer": opt.state_dict(),
                     "scheduler": None if sched is None else sched.state_dict(), "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                     "history": result.history, "metric": result.metric, "best_key": best_key,
-                    "best_epoch": result.best_epoch, "best_state": best_state})
+                    "best_epoch": result.best_epoch, "best_state": best_state}))
             if world.main:
                 self.progress(_epoch_line(row, opts.epochs, result.metric))
             logger.debug("epoch %d: lr %.3g, %d batches%s", epoch, row["lr"], batches,
                          f", validation {row['val_seconds']:.2f} s, val loss {row['val_loss']:.4f}"
                          if "val_loss" in row else "")
-        if best_state is not None:
-            self.student.load_state_dict(best_state)
-        self.student.eval()
         result.teacher_seconds_in_training = float(targets.seconds) if source == "live" else 0.0
-        return result
+        return result, best_state
 
 
 def _save_checkpoint(state: dict, path: str) -> None:

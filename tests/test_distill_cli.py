@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from helpers import make_model, tensor
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from onnxcomp.cli import main
 
@@ -144,3 +144,29 @@ def test_onnxcomp_imports_without_torch_and_distill_is_callable():
             "from onnxcomp.cli import cli; print('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_mask_augment_and_freeze_flags(work, capsys):
+    """--mask names the padding input, --augment adds random-token copies, --freeze keeps the table; a mask that
+    is not a [batch, seq] input is one line, exit 2."""
+    from token_model import sentences, token_model
+
+    tmp, _ = work
+    teacher, student, data = tmp / "t.onnx", tmp / "s.onnx", tmp / "ids.npz"
+    onnx.save(token_model(0), str(teacher))
+    onnx.save(token_model(0, scale=0.5), str(student))
+    np.savez(data, **sentences())
+    args = ["distill", "--teacher", teacher, "--student", student, "--data", data, "--epochs", "1",
+            "--batch-size", "8", "-q"]
+    code, _, err = cli_in_process(capsys, *args, "-o", tmp / "out.onnx", "--mask", "attention_mask",
+                                  "--augment", "1", "--freeze", "embeddings", "--report", tmp / "r.json")
+    assert code == 0, err
+    report = json.loads((tmp / "r.json").read_text())
+    assert report["options"]["mask"] == "attention_mask" and report["epochs"][0]["mse"] > 0
+    assert report["options"]["augment"] == 1 and report["final"]["samples"] == 2 * 32  # 32 sentences + 1 copy
+    tables = [numpy_helper.to_array(t) for m in (student, tmp / "out.onnx") for t in onnx.load(str(m)).graph.initializer
+              if t.name == "table"]
+    assert np.array_equal(*tables)  # frozen
+    code, _, err = cli_in_process(capsys, *args, "-o", tmp / "bad.onnx", "--mask", "input_idz")
+    assert code == 2 and "mask 'input_idz'" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp / "bad.onnx").exists()

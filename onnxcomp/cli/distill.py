@@ -42,6 +42,16 @@ from onnxcomp.cli.common import data_option, verbosity_options
 @click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
 @click.option("--bn", type=click.Choice(["train", "frozen"]), default="train", show_default=True,
               help="BatchNorm during training: batch statistics (train) or running statistics (frozen).")
+@click.option("--mask", metavar="INPUT",
+              help="The [batch, seq] input whose zeros mark padding (a transformer's attention_mask): outputs and "
+                   "features are matched at its real tokens only, and each batch is cut to its longest sequence.")
+@click.option("--augment", default=0, show_default=True, type=click.IntRange(0),
+              help="Label-free: add this many copies of the training samples with random tokens (models with "
+                   "token-id inputs; the teacher labels them).")
+@click.option("--augment-fraction", default=0.15, show_default=True,
+              help="Share of the real tokens a copy replaces by random ids of the embedding table's vocabulary.")
+@click.option("--freeze", type=click.Choice(["none", "embeddings", "unchanged"]), default="none", show_default=True,
+              help="ONNX student weights kept fixed: the embedding tables, or every weight equal to the teacher's.")
 @click.option("--keep-zeros/--no-keep-zeros", default=True, show_default=True,
               help="Keep exact zeros in weights at zero (sparsity masks stay fixed).")
 @click.option("--cache", type=click.Choice(["memory", "disk", "none"]), default="memory", show_default=True,
@@ -63,8 +73,9 @@ from onnxcomp.cli.common import data_option, verbosity_options
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the result as JSON.")
 @verbosity_options
 def command(teacher, teacher_weights, student, student_weights, data, val, output, epochs, lr, batch_size,
-            temperature, alpha, features, feature_weight, weight_decay, optimizer, schedule, bn, keep_zeros,
-            cache, cache_dir, opset, checkpoint, checkpoint_dir, resume, nproc, device, seed, threads, report_path):
+            temperature, alpha, features, feature_weight, weight_decay, optimizer, schedule, bn, mask, augment,
+            augment_fraction, freeze, keep_zeros, cache, cache_dir, opset, checkpoint, checkpoint_dir, resume, nproc,
+            device, seed, threads, report_path):
     """Train STUDENT from TEACHER with knowledge distillation and write it as ONNX."""
     import shutil
     import sys
@@ -95,8 +106,9 @@ def command(teacher, teacher_weights, student, student_weights, data, val, outpu
                              weight_decay=weight_decay, optimizer=optimizer, schedule=schedule,
                              features=tuple(parse_feature(f) for f in features), feature_weight=feature_weight,
                              seed=seed, threads=threads, device=device, cache=cache, cache_dir=cache_dir, bn=bn,
-                             keep_zeros=keep_zeros, opset=opset, checkpoint=checkpoint, checkpoint_dir=folder,
-                             resume=resume)
+                             mask=mask, augment=augment, augment_fraction=augment_fraction, freeze=freeze,
+                             keep_zeros=keep_zeros, opset=opset, checkpoint=checkpoint,
+                             checkpoint_dir=folder, resume=resume)
     if nproc > 1 and not world.distributed:
         from onnxcomp.distill.launch import command_line, launch
         from onnxcomp.errors import require

@@ -122,6 +122,7 @@ def _run(teacher, student, data, options, val_data, teacher_weights, student_wei
     import torch
 
     from onnxcomp.distill import distributed
+    from onnxcomp.distill.freeze import freeze, frozen_initializers
     from onnxcomp.distill.loading import is_onnx_spec, load_onnx, load_torch_module
     from onnxcomp.distill.onnx_to_torch import OnnxModule
     from onnxcomp.distill.renorm import renormalize
@@ -166,11 +167,19 @@ def _run(teacher, student, data, options, val_data, teacher_weights, student_wei
     _check_inputs(train, input_names, "data", onnx_models)
     if options.mask is not None and (options.mask not in input_names or np.ndim(train[options.mask]) != 2):
         raise InputError(f"mask {options.mask!r}: expected a [batch, seq] model input, one of {', '.join(input_names)}")
+    if options.augment:
+        train = _augmented(train, onnx_models, options)
     if val is not None:
         _check_inputs(val, input_names, "val", onnx_models)
     if student_model is not None and module.input_names != input_names:
         raise InputError(f"the student's inputs ({', '.join(module.input_names)}) differ from the teacher's "
                          f"({', '.join(input_names)})")
+
+    if options.freeze != "none":
+        if student_model is None:
+            raise InputError(f"freeze {options.freeze}: only for an ONNX student (a torch student freezes its own)")
+        frozen = freeze(module, frozen_initializers(student_model, teacher_model, options.freeze))
+        say(f"freeze {options.freeze}: {frozen} weight tensor(s) kept fixed")
 
     t_features = [t for t, _ in options.features]
     if teacher_model is not None:
@@ -248,7 +257,7 @@ def _run(teacher, student, data, options, val_data, teacher_weights, student_wei
         out_model = export_student(module, example, input_names, output_names,
                                    dynamic_axes_like(teacher_model, input_names, output_names), options.opset)
     final = _final_check(out_model, module, input_names, val if val is not None else train,
-                         val_targets, threads)
+                         val_targets, threads, options.batch_size)
     final["data"] = "val" if val is not None else "train"
     final["masked_tensors"] = trained.masked_tensors
     final["masked_zeros"] = trained.masked_zeros
@@ -259,21 +268,39 @@ def _run(teacher, student, data, options, val_data, teacher_weights, student_wei
                          world.size)
 
 
+def _augmented(train: dict, models: list[onnx.ModelProto], options: DistillOptions) -> dict:
+    """The training samples plus `options.augment` copies with random tokens (tokens.py)."""
+    from onnxcomp.distill.tokens import augmented, embedding_tables
+
+    vocab = {}
+    for model in models:
+        for name, (_, size) in embedding_tables(model).items():
+            vocab[name] = min(size, vocab.get(name, size))  # ids both models can look up
+    if not vocab:
+        raise InputError("augment: no token-id input (an integer input indexing an embedding table) in "
+                         + ("the ONNX models" if models else "a torch teacher and student (give an ONNX one)"))
+    return augmented(train, vocab, options.augment, options.augment_fraction, options.mask, options.seed)
+
+
 def take_rows(arrays: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
     """The samples at `index` of every array (inputs and labels alike)."""
     return {k: np.asarray(v)[index] for k, v in arrays.items()}
 
 
-def _final_check(model: onnx.ModelProto, module, input_names, data, val_targets, threads: int) -> dict:
-    """Run the written ONNX model under ONNX Runtime: it must reproduce the trained module; report accuracy."""
+def _final_check(model: onnx.ModelProto, module, input_names, data, val_targets, threads: int,
+                 batch_size: int) -> dict:
+    """Run the written ONNX model under ONNX Runtime: it must reproduce the trained module; report accuracy.
+
+    Both run `batch_size` samples at a time (the training batch, which fit in memory with gradients):
+    the interpreter on thousands of full-length sequences at once would not."""
     from onnxcomp.distill.trainer import predict
     from onnxcomp.measure.runtime import run_batched, session
 
     limit = 4096  # enough for a stable accuracy, bounded time
     sample = take(data, 0, limit)  # run_batched feeds only the model's inputs
-    got = run_batched(session(model, threads=threads), sample, 64)
+    got = run_batched(session(model, threads=threads), sample, batch_size)
     ort_outs = [got[o.name] for o in model.graph.output]
-    torch_outs = predict(module, [sample[k] for k in input_names])
+    torch_outs = predict(module, [sample[k] for k in input_names], batch_size)
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(ort_outs, torch_outs))
     final = {"ort_vs_torch_max_abs": diff, "samples": len(sample[input_names[0]])}
     labels = sample.get(LABELS)

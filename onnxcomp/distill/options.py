@@ -11,6 +11,7 @@ CACHE_MODES = ("memory", "disk", "none")
 BN_MODES = ("train", "frozen")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
+FREEZE_MODES = ("none", "embeddings", "unchanged")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,12 @@ class DistillOptions:
     features shaped [batch, seq, ...] are matched only at its ones, and each batch is cut to its longest
     real sequence when the ONNX student takes any length (padding costs no time). Only for models whose
     real positions do not depend on the padding (the mask hides it), as in BERT-style encoders.
+    augment: label-free augmentation for models with token-id inputs (tokens.py): this many extra copies
+    of the training samples with `augment_fraction` of their real tokens replaced by random ids of the
+    embedding table's vocabulary; the teacher labels them.
+    freeze: which of an ONNX student's weights stay fixed: "embeddings" (the tables token-id inputs
+    index, which compression did not change: faster steps, freeze.py) or "unchanged" (every
+    initializer equal to the ONNX teacher's, so only what compression changed trains); "none" trains all.
     opset: for exporting a torch student.
     checkpoint: the best epoch's state_dict is saved there as training runs.
     checkpoint_dir: the whole training state is saved there after every epoch (checkpoint.py);
@@ -60,6 +67,9 @@ class DistillOptions:
     keep_zeros: bool = True
     renorm: bool = True
     mask: str | None = None
+    augment: int = 0
+    augment_fraction: float = 0.15
+    freeze: str = "none"
     opset: int = 17
     checkpoint: str | None = None
     checkpoint_dir: str | None = None
@@ -83,6 +93,9 @@ class DistillOptions:
             (7 <= self.opset <= 23, f"opset must be between 7 and 23, got {self.opset}"),
             (self.mask is None or (isinstance(self.mask, str) and bool(self.mask)),
              f"mask must be an input name, got {self.mask!r}"),
+            (self.augment >= 0, f"augment must be >= 0 copies, got {self.augment}"),
+            (0.0 < self.augment_fraction <= 1.0, f"augment_fraction must be in (0, 1], got {self.augment_fraction}"),
+            (self.freeze in FREEZE_MODES, f"freeze must be one of {', '.join(FREEZE_MODES)}, got {self.freeze!r}"),
             (not self.resume or bool(self.checkpoint_dir), "resume needs checkpoint_dir (where the state was saved)"),
         ]
         for ok, message in checks:

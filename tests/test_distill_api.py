@@ -336,3 +336,23 @@ def test_augment_needs_a_token_input(mlp):
     teacher, train, _ = mlp
     with pytest.raises(InputError, match="augment: no token-id input"):
         onnxcomp.distill(teacher, teacher, train, {"epochs": 1, "augment": 1})
+
+
+def test_augment_fraction_alone_is_refused():
+    with pytest.raises(InputError, match="augment_fraction only shapes the copies of augment"):
+        DistillOptions(augment_fraction=0.4)
+    assert DistillOptions(augment=2, augment_fraction=0.4).augment_fraction == 0.4
+
+
+def test_freeze_embeddings_needs_a_table(mlp):
+    teacher, train, _ = mlp
+    with pytest.raises(InputError, match="freeze embeddings: the student has no embedding table"):
+        onnxcomp.distill(teacher, teacher, train, {"epochs": 1, "freeze": "embeddings"})
+
+
+def test_freezing_every_weight_is_one_clear_error():
+    from token_model import sentences, token_model
+
+    teacher = token_model(0)  # the student is the teacher: every weight unchanged
+    with pytest.raises(InputError, match="freeze unchanged: every weight of the student would stay fixed"):
+        onnxcomp.distill(teacher, teacher, sentences(32, 0), {"epochs": 1, "batch_size": 8, "freeze": "unchanged"})

@@ -1,10 +1,11 @@
 """The trainer on the device it is given: the CPU bit for bit as before, and placement proven on "meta".
 
-This host has no GPU. A meta tensor has a shape and a device but no values, and torch refuses to mix
-it with a CPU tensor of any size in one op, as it refuses a CPU tensor in a CUDA op: a training run on
-"meta" fails wherever the trainer forgets to move a tensor. A dispatch mode (MetaStandIn) answers the
-few value reads (a loss as a float, a copy back to the CPU) with zeros, so the whole fit runs, and
-records the device of every op so the test can check that all the computing happened on the device.
+This host has no GPU. A meta tensor has a shape and a device but no values. CUDA refuses a CPU tensor
+of any size in its ops; meta refuses one only in elementwise ops (a matmul or index_select takes it),
+so a training run on "meta" fails at some places the trainer forgets to move a tensor, and the devices
+each op saw (_mixed) show the rest. A dispatch mode (MetaStandIn) answers the few value reads (a loss
+as a float, a copy back to the CPU) with zeros, so the whole fit runs, and records the device of every
+op so the test can check that all the computing happened on the device.
 """
 
 from collections import Counter
@@ -56,6 +57,13 @@ class MetaStandIn(TorchDispatchMode):
         devices = {t.device.type for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor) and t.dim()}
         self.ops[(func.__name__.split(".")[0], tuple(sorted(devices)))] += 1
         return out
+
+
+def _mixed(mode) -> set:
+    """Ops that met CPU and meta tensors (of rank >= 1), besides the moves themselves: meta refuses that
+    only in elementwise ops (a matmul or index_select takes a CPU operand), CUDA in every op."""
+    return {op for (op, devices), _ in mode.ops.items()
+            if devices == ("cpu", "meta") and op not in ("_to_copy", "copy_")}
 
 
 def _case(models_dir, n=32, features=False):
@@ -118,6 +126,7 @@ def test_every_tensor_a_step_computes_is_on_the_trainer_device(models_dir, tmp_p
     assert seen == [{"meta"}, {"meta"}]  # during training, every weight and buffer is on the device
     on_cpu = {op for (op, devices), _ in mode.ops.items() if devices == ("cpu",)}
     assert on_cpu <= CPU_ON_PURPOSE, sorted(on_cpu - CPU_ON_PURPOSE)
+    assert not _mixed(mode), _mixed(mode)
     on_meta = {op for (op, devices), _ in mode.ops.items() if "meta" in devices}
     assert {"_log_softmax", "nll_loss_forward", "threshold_backward"} <= on_meta  # forward, loss, backward
     assert "addcdiv_" in on_meta  # the AdamW step
@@ -176,10 +185,13 @@ def test_an_interpreted_graph_with_shape_arithmetic_trains_on_the_device(models_
         shape = [d if isinstance(d, int) and d > 0 else 2 for d in spec.shape]
         feeds.append(torch.ones(shape, dtype=torch.int64) if "int" in str(spec.dtype) else torch.randn(shape))
     place(student, torch.nn.Module(), torch.device("meta"))
-    with MetaStandIn():
+    mode = MetaStandIn()
+    mode.training = True  # count every op of the forward and backward
+    with mode:
         outputs = student(*[f.to("meta") for f in feeds])
         sum(o.float().sum() for o in outputs).backward()
     assert {o.device.type for o in outputs} == {"meta"}
+    assert not _mixed(mode), _mixed(mode)
     grads = [p.grad for p in student.parameters()]
     assert grads and all(g is not None and g.is_meta for g in grads)
 
@@ -205,3 +217,35 @@ def test_distill_trains_where_placement_puts_it_and_writes_cpu_weights(models_di
     assert "cuda" in chosen and ("addcdiv_", ("meta",)) in mode.ops  # the AdamW step ran on the device
     assert {t.device.type for t in result.student_module.state_dict().values()} == {"cpu"}
     assert len(result.model.graph.initializer) == len(onnx.load(models_dir / "mlp.onnx").graph.initializer)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "edge"])
+def test_ops_that_read_shapes_or_build_indices_run_on_the_device(mode):
+    """Pad builds its reflect/edge source positions itself, and ReduceMax/ReduceMin and Clip read their
+    axes and bounds as numbers: on the device the positions follow the data and the numbers stay CPU
+    values (a meta tensor read as a number would give 0: the wrong axis)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def ints(name, values):
+        return numpy_helper.from_array(np.array(values, np.int64), name)
+    graph = helper.make_graph(
+        [helper.make_node("Pad", ["x", "pads"], ["p"], mode=mode),
+         helper.make_node("Clip", ["p", "low", "high"], ["c"]),
+         helper.make_node("ReduceMax", ["c", "axes"], ["hi"], keepdims=0),
+         helper.make_node("ReduceMin", ["c", "axes"], ["lo"], keepdims=0),
+         helper.make_node("Sub", ["hi", "lo"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [ints("pads", [0, 0, 1, 0, 0, 2]), ints("axes", [2]),
+         numpy_helper.from_array(np.array(-0.5, np.float32), "low"),
+         numpy_helper.from_array(np.array(0.5, np.float32), "high")])
+    student = OnnxModule(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    x = torch.randn(2, 3, 4)
+    expected = student(x)[0]
+    assert expected.shape == (2, 3)
+    mode = MetaStandIn()
+    mode.training = True  # count every op of the forward
+    with mode:
+        (got,) = student(x.to("meta"))
+    assert got.is_meta and got.shape == expected.shape
+    assert not _mixed(mode), _mixed(mode)  # as CUDA, which refuses a CPU index into its tensor

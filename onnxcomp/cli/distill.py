@@ -15,6 +15,7 @@ from __future__ import annotations
 import click
 
 from onnxcomp.cli.common import data_option, verbosity_options
+from onnxcomp.distill.options import DEFAULT_AUGMENT_FRACTION
 
 
 @click.command("distill")
@@ -48,7 +49,7 @@ from onnxcomp.cli.common import data_option, verbosity_options
 @click.option("--augment", default=0, show_default=True, type=click.IntRange(0),
               help="Label-free: add this many copies of the training samples with random tokens (models with "
                    "token-id inputs; the teacher labels them).")
-@click.option("--augment-fraction", default=0.15, show_default=True,
+@click.option("--augment-fraction", default=DEFAULT_AUGMENT_FRACTION, show_default=True,
               help="Share of the real tokens a copy replaces by random ids of the embedding table's vocabulary.")
 @click.option("--freeze", type=click.Choice(["none", "embeddings", "unchanged"]), default="none", show_default=True,
               help="ONNX student weights kept fixed: the embedding tables, or every weight equal to the teacher's.")

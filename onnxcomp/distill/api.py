@@ -179,6 +179,8 @@ def _run(teacher, student, data, options, val_data, teacher_weights, student_wei
         if student_model is None:
             raise InputError(f"freeze {options.freeze}: only for an ONNX student (a torch student freezes its own)")
         frozen = freeze(module, frozen_initializers(student_model, teacher_model, options.freeze))
+        if not any(p.requires_grad for p in module.parameters()):
+            raise InputError(f"freeze {options.freeze}: every weight of the student would stay fixed; nothing to train")
         say(f"freeze {options.freeze}: {frozen} weight tensor(s) kept fixed")
 
     t_features = [t for t, _ in options.features]

@@ -18,10 +18,16 @@ from onnxcomp.errors import InputError
 
 
 def frozen_initializers(student: onnx.ModelProto, teacher: onnx.ModelProto | None, mode: str) -> set[str]:
+    """The initializer names `mode` keeps fixed. "embeddings" on a student without a token-id input is
+    refused: the run would train every weight while the user believes the tables fixed."""
     if mode == "none":
         return set()
     if mode == "embeddings":
-        return {table for table, _ in embedding_tables(student).values()}
+        tables = {table for table, _ in embedding_tables(student).values()}
+        if not tables:
+            raise InputError("freeze embeddings: the student has no embedding table (a constant table "
+                             "an integer input indexes)")
+        return tables
     if teacher is None:
         raise InputError("freeze unchanged: needs an ONNX teacher to compare the student's weights with")
     theirs = {t.name: t for t in teacher.graph.initializer}

@@ -163,7 +163,7 @@ class OnnxModule(torch.nn.Module):
 
 # Ops whose inputs after the first are read as Python numbers (shapes, axes, pads): those stay on the CPU.
 _READ_AS_NUMBERS = {"Reshape", "Expand", "Slice", "Split", "Squeeze", "Unsqueeze", "Pad", "CumSum", "ReduceMean",
-                    "ReduceSum", "ConstantOfShape"}
+                    "ReduceSum", "ReduceMax", "ReduceMin", "Clip", "ConstantOfShape"}
 
 
 def _joined(args: list, device: torch.device) -> list:
@@ -618,7 +618,7 @@ def _range(m, a, at):
     start, limit, delta = (t.reshape(()) for t in a[:3])
     if start.is_floating_point():  # ONNX: max(ceil((limit - start) / delta), 0) elements
         count = max(math.ceil((float(limit) - float(start)) / float(delta)), 0)
-        return start + torch.arange(count, dtype=start.dtype) * delta
+        return start + torch.arange(count, dtype=start.dtype, device=start.device) * delta
     return torch.arange(int(start), int(limit), int(delta), dtype=start.dtype)
 
 
@@ -673,7 +673,7 @@ def _pad(m, a, at):
         raise InputError(f"Pad mode {mode!r} is not supported for fine-tuning")
     for ax, b, e in zip(axes, begins, ends):
         if b or e:
-            x = torch.index_select(x, ax, _pad_index(x.shape[ax], b, e, mode))
+            x = torch.index_select(x, ax, _pad_index(x.shape[ax], b, e, mode).to(x.device))
     return x
 
 

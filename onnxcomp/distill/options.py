@@ -12,6 +12,7 @@ BN_MODES = ("train", "frozen")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 FREEZE_MODES = ("none", "embeddings", "unchanged")
+DEFAULT_AUGMENT_FRACTION = 0.15  # share of real tokens replaced in each augmented copy
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class DistillOptions:
     renorm: bool = True
     mask: str | None = None
     augment: int = 0
-    augment_fraction: float = 0.15
+    augment_fraction: float = DEFAULT_AUGMENT_FRACTION
     freeze: str = "none"
     opset: int = 17
     checkpoint: str | None = None
@@ -95,6 +96,8 @@ class DistillOptions:
              f"mask must be an input name, got {self.mask!r}"),
             (self.augment >= 0, f"augment must be >= 0 copies, got {self.augment}"),
             (0.0 < self.augment_fraction <= 1.0, f"augment_fraction must be in (0, 1], got {self.augment_fraction}"),
+            (self.augment > 0 or self.augment_fraction == DEFAULT_AUGMENT_FRACTION,
+             "augment_fraction only shapes the copies of augment: give augment N too"),
             (self.freeze in FREEZE_MODES, f"freeze must be one of {', '.join(FREEZE_MODES)}, got {self.freeze!r}"),
             (not self.resume or bool(self.checkpoint_dir), "resume needs checkpoint_dir (where the state was saved)"),
         ]

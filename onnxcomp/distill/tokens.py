@@ -17,15 +17,14 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-_INTEGER = {onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT8, onnx.TensorProto.INT8,
-            onnx.TensorProto.INT16, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64}
+from onnxcomp.graph.signature import NP_TYPES
 
 
 def embedding_tables(model: onnx.ModelProto) -> dict[str, tuple[str, int]]:
     """{integer input name: (table initializer, vocabulary size)} for the inputs that index a constant table."""
     tables = {t.name: list(t.dims) for t in model.graph.initializer}
-    integer = {v.name for v in model.graph.input
-               if v.name not in tables and v.type.tensor_type.elem_type in _INTEGER}
+    integer = {v.name for v in model.graph.input if v.name not in tables
+               and np.dtype(NP_TYPES.get(v.type.tensor_type.elem_type, np.float32)).kind in "iu"}
     source = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type in ("Cast", "Identity") and n.input}
     found = {}
     for node in model.graph.node:

@@ -17,9 +17,11 @@ CONV_ROWS = 4096  # patch rows per batch and Conv layer
 
 
 def input_moments(graph, layers: list[Layer], data, batch: int = 32, seed: int = 0,
-                  norms: dict | None = None) -> dict[str, np.ndarray]:
+                  norms: dict | None = None, folds: bool = False):
     """{layer node: X^T X / rows} over `data` (onnxcomp Samples), the graph as it is now; `norms`
-    {layer node: NormAfter} weights those layers' rows by 1 / the norm input's row deviation."""
+    {layer node: NormAfter} weights those layers' rows by 1 / the norm input's row deviation.
+    With `folds`, (that dict, [the same over the even samples, over the odd ones]): two halves of the
+    data for measuring how the factors do on rows they were not fitted on (overfit.py)."""
     from onnxcomp.graph.convert import to_model
     from onnxcomp.graph.edit import add_outputs
     from onnxcomp.measure.runtime import session
@@ -29,26 +31,44 @@ def input_moments(graph, layers: list[Layer], data, batch: int = 32, seed: int =
     names = sorted({layer.input for layer in layers} | {norm.input for norm in norms.values()})
     sess = session(add_outputs(model, names))
     try:
-        return _accumulate(sess, layers, names, data.batches(batch), seed, norms)
+        sums, rows = _accumulate(sess, layers, names, data.batches(batch), seed, norms)
     except InputError:  # a dynamic batch the model does not really take: run the calls as they are
-        return _accumulate(sess, layers, names, data.batches(None), seed, norms)
+        sums, rows = _accumulate(sess, layers, names, data.batches(None), seed, norms)
+    mean = lambda parts: {key: sum(parts[f][key] for f in parts) / max(sum(rows[f][key] for f in parts), 1)
+                          for key in sums[0]}
+    full = mean(sums)
+    if not folds:
+        return full
+    return full, [{key: sums[f][key] / max(rows[f][key], 1) for key in sums[f]} for f in (0, 1)]
 
 
-def _accumulate(sess, layers: list[Layer], names: list[str], calls, seed: int, norms: dict) -> dict[str, np.ndarray]:
+def _accumulate(sess, layers: list[Layer], names: list[str], calls, seed: int, norms: dict):
+    """({fold: {layer node: X^T X}}, {fold: {layer node: rows}}), fold 0/1 the even/odd samples
+    (the even/odd calls where a call's rows are not split by sample)."""
     from onnxcomp.measure.runtime import run
 
-    sums = {layer.node: np.zeros((layer.m, layer.m)) for layer in layers}
-    rows = dict.fromkeys(sums, 0)
+    sums = {f: {layer.node: np.zeros((layer.m, layer.m)) for layer in layers} for f in (0, 1)}
+    rows = {f: dict.fromkeys(sums[f], 0) for f in (0, 1)}
     rng = np.random.default_rng(seed)
-    for feeds in calls:
+    for call, feeds in enumerate(calls):
         values = run(sess, feeds, names)
         for layer in layers:
             x = _rows(layer, np.asarray(values[layer.input], dtype=np.float64), rng)
             if layer.node in norms and layer.op != "Conv":
                 x = x / _row_deviation(np.asarray(values[norms[layer.node].input], dtype=np.float64), len(x))
-            sums[layer.node] += x.T @ x
-            rows[layer.node] += len(x)
-    return {key: total / max(rows[key], 1) for key, total in sums.items()}
+            for f, part in _folds(x, np.asarray(values[layer.input]), layer, call):
+                sums[f][layer.node] += part.T @ part
+                rows[f][layer.node] += len(part)
+    return sums, rows
+
+
+def _folds(x: np.ndarray, value: np.ndarray, layer: Layer, call: int):
+    """[(fold, rows)]: by sample (axis 0) where the rows are the samples' in order, else the call's parity."""
+    samples = value.shape[0] if value.ndim >= 3 else 0
+    if layer.op == "Conv" or samples < 2 or len(x) % samples:
+        return [(call % 2, x)]
+    per = x.reshape(samples, -1, x.shape[-1])
+    return [(0, per[0::2].reshape(-1, x.shape[-1])), (1, per[1::2].reshape(-1, x.shape[-1]))]
 
 
 def _row_deviation(z: np.ndarray, rows: int) -> np.ndarray:

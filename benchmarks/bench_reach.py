@@ -407,7 +407,7 @@ def distill_rows(teacher: onnx.ModelProto, calib: dict, test: dict, args) -> lis
 def docstring_sentences(limit: int) -> list[str]:
     """Up to `limit` English sentences from the docstrings of Python's standard library (unlabelled text the
     teacher labels): 6-40 words, capitalised, ending in a full stop, nearly all letters; deduplicated, taken
-    evenly from every module in name order, then shuffled with a fixed seed."""
+    as an evenly spaced slice of all of them (modules in name order), then shuffled with a fixed seed."""
     import ast
     import sysconfig
 

@@ -236,7 +236,7 @@ def bound(model: str, models_dir: Path, batch: int, batches: int = 4, rounds: in
     on a loaded host, other processes) keep the cores busy, calibration costs at least
     1 + fold/ORT times the floor whatever overlaps: the bound the targets are held against."""
     from onnxcomp.passes.qdq.calibration import TensorStats
-    from onnxcomp.passes.qdq.calibration.histogram import CHUNK, Scratch
+    from onnxcomp.passes.qdq.calibration.histogram import CHUNK, EXTREME, Scratch
 
     model_file, data_file = MODELS[model]
     sess, fetch = _floor_session(str(models_dir / model_file), _op_scope(model), spin=False)
@@ -263,9 +263,9 @@ def bound(model: str, models_dir: Path, batch: int, batches: int = 4, rounds: in
             for name, v in zip(fetch, out):  # the counting alone, on the grid the fold ended with
                 t = hist[name]
                 x = v.reshape(-1)
-                x = x[np.abs(x) < 1e30] if t.outliers else x
+                x = x[np.abs(x) < EXTREME] if t.outliers else x
                 for at in range(0, x.size, CHUNK):
-                    index = (np.floor(x[at:at + CHUNK] * 2.0 ** -t.exponent) - t.offset).astype(np.int32)
+                    index = t.bin_indices(x[at:at + CHUNK], scratch)
                     start = time.thread_time()
                     np.bincount(index, minlength=2048)
                     cpu["bincount"] += time.thread_time() - start

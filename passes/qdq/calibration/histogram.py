@@ -112,6 +112,15 @@ class TensorStats:
 
     def _bin(self, x: np.ndarray, scratch: Scratch) -> None:
         """Count one chunk's exact zeros and add its values to their bins."""
+        counts = np.bincount(self.bin_indices(x, scratch), minlength=self.num_bins)
+        self.counts += counts
+        # Exact zeros can only sit in the bin [0, w): when the chunk put nothing there (most
+        # activations that are not ReLU outputs), there is no zero to count and no pass to make.
+        if counts[-self.offset]:
+            self.zeros += int(np.count_nonzero(np.equal(x, 0.0, out=scratch.mask(x.size))))
+
+    def bin_indices(self, x: np.ndarray, scratch: Scratch) -> np.ndarray:
+        """Each value's bin on the current grid, as int32 in `scratch`'s buffer (valid until its next use)."""
         # floor(x / 2**e) is exact in float32 (a power-of-two scaling) unless it underflows to -0,
         # which only wide grids (e > 0) on tiny negative values can do: use float64 there.
         # Subtracting the offset is exact in floating point too (both are integers of magnitude at
@@ -124,12 +133,7 @@ class TensorStats:
         np.subtract(work, dtype(self.offset), out=work)
         index = scratch.indices(x.size)
         np.copyto(index, work, casting="unsafe")
-        counts = np.bincount(index, minlength=self.num_bins)
-        self.counts += counts
-        # Exact zeros can only sit in the bin [0, w): when the chunk put nothing there (most
-        # activations that are not ReLU outputs), there is no zero to count and no pass to make.
-        if counts[-self.offset]:
-            self.zeros += int(np.count_nonzero(np.equal(x, 0.0, out=scratch.mask(x.size))))
+        return index
 
     # -- combining ---------------------------------------------------------------------------
 

@@ -272,11 +272,12 @@ def _run(teacher, student, data, options, val_data, teacher_weights, student_wei
 
 def _augmented(train: dict, models: list[onnx.ModelProto], options: DistillOptions) -> dict:
     """The training samples plus `options.augment` copies with random tokens (tokens.py)."""
-    from onnxcomp.distill.tokens import augmented, embedding_tables
+    from onnxcomp.distill.tokens import augmented
+    from onnxcomp.graph.signature import index_limits
 
     vocab = {}
     for model in models:
-        for name, (_, size) in embedding_tables(model).items():
+        for name, size in index_limits(model).items():
             vocab[name] = min(size, vocab.get(name, size))  # ids both models can look up
     if not vocab:
         raise InputError("augment: no token-id input (an integer input indexing an embedding table) in "

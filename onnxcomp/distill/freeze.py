@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxcomp.distill.tokens import embedding_tables
 from onnxcomp.errors import InputError
+from onnxcomp.graph.signature import indexed_tables
 
 
 def frozen_initializers(student: onnx.ModelProto, teacher: onnx.ModelProto | None, mode: str) -> set[str]:
@@ -23,7 +23,8 @@ def frozen_initializers(student: onnx.ModelProto, teacher: onnx.ModelProto | Non
     if mode == "none":
         return set()
     if mode == "embeddings":
-        tables = {table for table, _ in embedding_tables(student).values()}
+        weights = {init.name for init in student.graph.initializer}
+        tables = {table for found in indexed_tables(student).values() for table in found if table in weights}
         if not tables:
             raise InputError("freeze embeddings: the student has no embedding table (a constant table "
                              "an integer input indexes)")

@@ -6,8 +6,9 @@ sentences' 299 ids never occur in the calibration set). Augmented copies of the 
 with a fraction of their real tokens replaced by random ids of the vocabulary, show the student the
 rest of the embedding table; the teacher labels them like any other sample (no labels needed).
 
-A token-id input is an integer model input used as the indices of a Gather on axis 0 of a constant
-table (an embedding lookup, directly or through Cast); its vocabulary is the table's row count.
+A token-id input is an integer model input used as the indices of a Gather into a constant table
+(an embedding lookup, directly or through Cast, Reshape, ...: graph.signature.index_limits); its
+vocabulary is the table's row count.
 Ids found in every training sample (a start or end token, a constant segment id) are structure and
 stay; positions where the padding mask is zero stay too.
 """
@@ -15,29 +16,6 @@ stay; positions where the padding mask is zero stay too.
 from __future__ import annotations
 
 import numpy as np
-import onnx
-
-from onnxcomp.graph.signature import NP_TYPES
-
-
-def embedding_tables(model: onnx.ModelProto) -> dict[str, tuple[str, int]]:
-    """{integer input name: (table initializer, vocabulary size)} for the inputs that index a constant table."""
-    tables = {t.name: list(t.dims) for t in model.graph.initializer}
-    integer = {v.name for v in model.graph.input if v.name not in tables
-               and np.dtype(NP_TYPES.get(v.type.tensor_type.elem_type, np.float32)).kind in "iu"}
-    source = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type in ("Cast", "Identity") and n.input}
-    found = {}
-    for node in model.graph.node:
-        if node.op_type != "Gather" or len(node.input) < 2 or node.input[0] not in tables:
-            continue
-        if next((a.i for a in node.attribute if a.name == "axis"), 0) != 0 or not tables[node.input[0]]:
-            continue
-        ids = node.input[1]
-        while ids in source and ids not in integer:
-            ids = source[ids]
-        if ids in integer:
-            found.setdefault(ids, (node.input[0], int(tables[node.input[0]][0])))
-    return found
 
 
 def augmented(data: dict[str, np.ndarray], vocab: dict[str, int], copies: int, fraction: float,

@@ -196,6 +196,12 @@ def index_limits(model: onnx.ModelProto) -> dict[str, int]:
     """input name -> the fewest rows of any constant table it indexes through Gather (directly or
     through Cast/Unsqueeze/Reshape/Slice/...), so generated ids stay in range (token-type ids into a
     2-row table must be 0 or 1). Inputs that index no constant table are absent."""
+    return {name: min(tables.values()) for name, tables in indexed_tables(model).items()}
+
+
+def indexed_tables(model: onnx.ModelProto) -> dict[str, dict[str, int]]:
+    """integer input name -> {constant table it indexes through Gather (as index_limits follows it):
+    the table's size on the gathered axis}. Inputs that index no constant table are absent."""
     graph = model.graph
     shapes = {t.name: tuple(t.dims) for t in graph.initializer}
     for node in graph.node:
@@ -209,11 +215,11 @@ def index_limits(model: onnx.ModelProto) -> dict[str, int]:
     for node in graph.node:
         for slot, name in enumerate(node.input):
             consumers.setdefault(name, []).append((node, slot))
-    limits = {}
+    found = {}
     for spec in input_specs(model):
         if spec.dtype.kind not in "iu":
             continue
-        rows, seen, frontier = None, set(), [spec.name]
+        tables, seen, frontier = {}, set(), [spec.name]
         while frontier:
             name = frontier.pop()
             if name in seen:
@@ -224,12 +230,12 @@ def index_limits(model: onnx.ModelProto) -> dict[str, int]:
                     table = shapes[node.input[0]]
                     axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
                     if table and -len(table) <= axis < len(table) and table[axis] > 0:
-                        rows = table[axis] if rows is None else min(rows, table[axis])
+                        tables[node.input[0]] = min(table[axis], tables.get(node.input[0], table[axis]))
                 elif node.op_type in _SAME_VALUES and (slot == 0 or node.op_type == "Concat"):
                     frontier.extend(o for o in node.output if o)
-        if rows is not None:
-            limits[spec.name] = rows
-    return limits
+        if tables:
+            found[spec.name] = tables
+    return found
 
 
 def parse_input_values(items) -> dict[str, float]:

@@ -106,7 +106,7 @@ def run(teacher, student, data, options: DistillOptions | None = None, *, val_da
     distributed.start(world, where)
     try:
         return _run(teacher, student, data, options, val_data, teacher_weights, student_weights,
-                    progress if world.main else (lambda line: None), world)
+                    progress if world.main else (lambda line: None), world, where.device)
     finally:
         if started:
             distributed.stop(world)
@@ -118,7 +118,7 @@ def _initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def _run(teacher, student, data, options, val_data, teacher_weights, student_weights, progress, world):
+def _run(teacher, student, data, options, val_data, teacher_weights, student_weights, progress, world, device):
     import torch
 
     from onnxcomp.distill import distributed
@@ -233,7 +233,7 @@ def _run(teacher, student, data, options, val_data, teacher_weights, student_wei
         teacher_info["val_accuracy"] = float(np.mean(val_targets.outputs[0].argmax(1) == val_labels))
 
     torch.manual_seed(options.seed)
-    trainer = Trainer(module, input_names, options, progress=progress, world=world)
+    trainer = Trainer(module, input_names, options, progress=progress, world=world, device=device)
     trained = trainer.fit(train, targets, labels, val, val_targets, val_labels)
     teacher_info["seconds_in_training"] = trained.teacher_seconds_in_training
     epoch_seconds = [row["seconds"] for row in trained.history]

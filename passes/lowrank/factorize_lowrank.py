@@ -115,9 +115,8 @@ class FactorizeLowRankPass(Pass):
         if not plan and ctx.data is not None and o.sensitivity == "model":
             from onnxcomp.passes.lowrank.sensitivity import layer_weights
 
-            before = original
-            weights = layer_weights(before, layers, error, ctx.data, o.round_to,
-                                    lambda ranks: _build(before, layers, spectra, ranks), ctx.say)
+            weights = layer_weights(original, layers, error, ctx.data, o.round_to,
+                                    lambda ranks: _build(original, layers, spectra, ranks), ctx.say)
             own = error
             error = lambda layer, rank: weights[layer.node] * own(layer, rank)
         if not plan and halves is not None and o.held_out:
@@ -127,14 +126,13 @@ class FactorizeLowRankPass(Pass):
         else:
             ranks = _ranks(layers, error, o.kept, o.round_to)
             if o.max_drop is not None:
-                ranks = _fit_budget(o, graph, layers, spectra, error, ctx, report)
+                ranks = _fit_budget(o, original, layers, spectra, error, ctx, report)
         if method == "whitened" and o.refit:
             from onnxcomp.passes.lowrank.sequential import corrected_spectra
 
-            before = original
-            spectra = corrected_spectra(before, layers, {layer.node: weight_source(nodes[layer.node])[1]
+            spectra = corrected_spectra(original, layers, {layer.node: weight_source(nodes[layer.node])[1]
                                                          for layer in layers}, ranks, spectra, ctx.data,
-                                        lambda done, fitted: _build(before, layers, fitted, done), ctx.say,
+                                        lambda done, fitted: _build(original, layers, fitted, done), ctx.say,
                                         out_weights={node: fit[1] for node, fit in fits.items()},
                                         covariances={node: fit[0] for node, fit in fits.items()
                                                      if fit[0] is not moments.get(node)})
@@ -210,16 +208,14 @@ def _build(before, layers, spectra, ranks: dict):
     return to_model(g.cleanup().toposort())
 
 
-def _fit_budget(o, graph, layers, spectra, error, ctx: PassContext, report: PassReport) -> dict[str, int]:
-    """The ranks at the smallest kept fraction (from `kept` up) whose measured drop fits max_drop:
-    bisections of the removed fraction 1 - kept (onnxcomp.pipeline.budget)."""
+def _fit_budget(o, before, layers, spectra, error, ctx: PassContext, report: PassReport) -> dict[str, int]:
+    """The ranks at the smallest kept fraction (from `kept` up) whose measured drop fits max_drop, `before`
+    the ModelProto not yet factorized: bisections of the removed fraction 1 - kept (onnxcomp.pipeline.budget)."""
     from onnxcomp.errors import ToleranceError
-    from onnxcomp.graph.convert import to_model
     from onnxcomp.pipeline.budget import BudgetSearch, drop_measure
 
     if ctx.data is None:
         raise InputError("factorize-lowrank: max_drop needs sample data (give --calib) to measure the drop")
-    before = to_model(graph)
     build = lambda ranks: _build(before, layers, spectra, ranks)
 
     def candidate_at(level: float):

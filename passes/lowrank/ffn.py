@@ -14,7 +14,7 @@ from math import sqrt
 
 import numpy as np
 
-from onnxcomp.errors import InputError
+from onnxcomp.passes.lowrank.activations import in_batches
 from onnxcomp.passes.lowrank.layers import Layer
 from onnxcomp.passes.lowrank.norms import seen_through
 
@@ -85,10 +85,7 @@ def ffn_fits(graph, blocks, matrices: dict, out_weights: dict, data, batch: int 
         return {}
     names = sorted({n for _, _, z, a in blocks for n in (z, a)})
     sess = session(add_outputs(to_model(graph), names))
-    try:
-        sums, rows, kinds = _slopes(sess, names, data.batches(batch), blocks)
-    except InputError:  # a dynamic batch the model does not really take: run the calls as they are
-        sums, rows, kinds = _slopes(sess, names, data.batches(None), blocks)
+    sums, rows, kinds = in_batches(data, batch, lambda calls: _slopes(sess, names, calls, blocks))
     fits = {}
     for up, down, _, _ in blocks:
         if kinds.get(up) is None or up not in sums:

@@ -38,6 +38,5 @@ def overfit_scales(w: np.ndarray, full: np.ndarray, halves: list, output_weight=
     held = 0.5 * (held_out_error(w, halves[0], halves[1], output_weight)
                   + held_out_error(w, halves[1], halves[0], output_weight))
     own = spectrum(w, full, output_weight)
-    energy = float(np.sum(own.s ** 2))
-    inside = np.array([float(np.sum(own.s[r:] ** 2)) for r in range(len(own.s) + 1)]) / max(energy, 1e-30)
+    inside = np.array([own.relative_error(r) for r in range(len(own.s) + 1)])
     return np.clip(held / np.maximum(inside, 1e-30), 1.0, MOST)

@@ -178,7 +178,10 @@ def test_an_interpreted_graph_with_shape_arithmetic_trains_on_the_device(models_
     from onnxcomp.distill.trainer import place
     from onnxcomp.graph.signature import input_specs
 
-    model = onnx.load(models_dir / f"{name}.onnx")
+    path = models_dir / f"{name}.onnx"
+    if not path.exists():
+        pytest.skip(f"build/models/{name}.onnx is built with the bench extra")
+    model = onnx.load(path)
     student = OnnxModule(model)
     feeds = []
     for spec in input_specs(model):

@@ -34,7 +34,7 @@ def _from_outlier_op(tensor, depth: int = 0) -> bool:
         return True
     if node.op != "Mul":
         return False
-    if _closes_gelu(node):
+    if closes_gelu(node):
         return True
     data = [t for t in node.inputs if not isinstance(t, gs.Constant) and not _is_constant_node(producer(t))]
     return depth < 2 and len(data) == 1 and _from_outlier_op(data[0], depth + 1)
@@ -44,7 +44,7 @@ def _is_constant_node(node) -> bool:
     return node is not None and node.op == "Constant"
 
 
-def _closes_gelu(mul) -> bool:
+def closes_gelu(mul) -> bool:
     """The closing Mul of a decomposed GELU, x * 0.5 * (1 + erf(x / sqrt 2)) or its tanh form: within
     three nodes up, an Add of an Erf/Tanh output (so x * tanh(softplus(x)), Mish, is not one)."""
     frontier = [mul]

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnxcomp.graph.edit import node_key, producer
+from onnxcomp.passes.qdq.outlier_ranges import closes_gelu
 
 # Ops that only move or relabel values (and a Mul/Add by a constant: a bias or a smoothing scale) are
 # looked through when naming what makes a site's input.
 _PLUMBING = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Cast", "Identity")
-_GELU_MARKERS = ("Erf", "Tanh")
 
 
 @dataclass(frozen=True)
@@ -97,19 +97,9 @@ def _source(t, depth: int = 0) -> str:
                                               and any(isinstance(i, gs.Constant) for i in node.inputs))):
         data = next((i for i in node.inputs if not isinstance(i, gs.Constant)), None)
         return _source(data, depth + 1) if data is not None else "constant"
-    if node.op == "Mul" and _is_gelu(node):
+    if node.op == "Mul" and closes_gelu(node):
         return "Gelu"
     return node.op
-
-
-def _is_gelu(mul) -> bool:
-    """A decomposed GELU's closing Mul, x * 0.5 * (1 + erf(x / sqrt 2)): an Erf (or Tanh) within three nodes up."""
-    frontier = [mul]
-    for _ in range(3):
-        frontier = [p for n in frontier for t in n.inputs if (p := producer(t)) is not None][:8]
-        if any(n.op in _GELU_MARKERS for n in frontier):
-            return True
-    return False
 
 
 def site_kind(node) -> str:

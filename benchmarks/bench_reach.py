@@ -23,7 +23,9 @@ library's docstrings, with --distill-augment random-token copies of them and the
 trained on) before and after, with the wall time of the distillation (teacher targets and check included).
 
 Groups are counted twice, never one without the other: all groups, and the groups prunable by definition
-('open'): not one channel (nothing to remove) and not the interface (every refusal is a graph input or output).
+('open'): not one channel (nothing to remove), not the interface (every refusal is a graph input or output) and
+not a grid (positions a later Conv or pooling window slides along: no channels at all). Weighted nodes inside
+If/Loop/Scan bodies count as groups left whole (the walk does not enter bodies).
 """
 
 from __future__ import annotations
@@ -178,6 +180,7 @@ def prune_row(entry: dict, model: onnx.ModelProto, args) -> dict:
            "single": sum(g.channels == 1 for g in groups), "single_pruned": sum(g.channels == 1 and g.prunable for g in groups),
            "lossy": sum(g.prunable and bool(g.lossy) for g in groups),
            "interface": sum(g.channels > 1 and g.interface_only for g in groups),
+           "grid": sum(g.channels > 1 and g.on_grid for g in groups),
            "reasons": dict(collections.Counter(_reason(g.reason) for g in groups if g.reason).most_common())}
     graph = to_graph(_copy(model))
     try:
@@ -221,9 +224,10 @@ def _latency(entry, base, candidate, args) -> dict:
 
 def _prunable_by_definition(r: dict) -> tuple[int, int]:
     """(groups, pruned) without the groups nothing could prune: one channel (a mono filter, a one-map head:
-    nothing to remove, whatever the handlers) or the model's interface (channels that are a graph output
-    or input, and no other refusal: removing them changes what the model takes or gives)."""
-    return r["groups"] - r["single"] - r.get("interface", 0), r["pruned"] - r["single_pruned"]
+    nothing to remove, whatever the handlers), the model's interface (channels that are a graph output
+    or input, and no other refusal: removing them changes what the model takes or gives) or no channels at
+    all (a grid a later window slides along: a CQT's frequency bins read by a 2-D Conv)."""
+    return r["groups"] - r["single"] - r.get("interface", 0) - r.get("grid", 0), r["pruned"] - r["single_pruned"]
 
 
 def _copy(model):
@@ -255,10 +259,10 @@ def print_prune(rows: list[dict], before: dict | None) -> None:
           f">= 90% on {sum(p >= 0.9 * n for n, p in multi)} of {len(multi)} models; "
           f"lossy groups among the pruned: {sum(r['lossy'] for r in rows)}")
     opened = [_prunable_by_definition(r) for r in with_groups if _prunable_by_definition(r)[0]]
-    print(f"prunable by definition ('open': not single-channel, not the interface): {sum(p for _, p in opened)}/"
+    print(f"prunable by definition ('open': not single-channel, the interface or a grid): {sum(p for _, p in opened)}/"
           f"{sum(n for n, _ in opened)} pruned; >= 90% on {sum(p >= 0.9 * n for n, p in opened)} of {len(opened)} "
           f"models; left out: {sum(r['single'] for r in rows)} single-channel, {sum(r.get('interface', 0) for r in rows)}"
-          f" interface groups")
+          f" interface, {sum(r.get('grid', 0) for r in rows)} not-channel (a grid a window slides along) groups")
     lats = [r["latency_ratio"] for r in rows if "latency_ratio" in r]
     if lats:
         print(f"latency ratio pruned/unpruned: median {np.median(lats):.2f}, faster on {sum(v < 1 for v in lats)}"

@@ -422,3 +422,39 @@ def head_pooling_model(heads: int = 2, head_size: int = 4, seed: int = 0):
              helper.make_node("Reshape", ["r", "flat"], ["f"], name="merge"),
              helper.make_node("Gemm", ["f", "fc"], ["y"], name="fc", transB=1)]
     return make_model(nodes, [tensor("x", ["N", 3, 4, 4])], [tensor("y", ["N", 5])], inits)
+
+
+def frequency_grid_model(bins: int = 8, kernel: int = 3, drop: int | None = None, seed: int = 0):
+    """A spectrogram front end (basic-pitch's CQT, DNSMOS's STFT): a filter bank conv makes `bins` output
+    channels from a mono signal, a Transpose makes them the width of a one-channel image, and a 2-D Conv with
+    a kernel x kernel window reads it. `drop`: the same model built without bank filter `drop` (its removal,
+    done by hand)."""
+    rng = np.random.default_rng(seed)
+    bank = rng.standard_normal((bins, 1, 1, 4)).astype(np.float32)
+    bias = rng.standard_normal(bins).astype(np.float32) * 0.1
+    kept = [b for b in range(bins) if b != drop]
+    inits = {"bank": bank[kept], "bank_bias": bias[kept],
+             "w2": rng.standard_normal((4, 1, kernel, kernel)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "bank", "bank_bias"], ["bins"], name="bank", strides=[1, 2]),
+             helper.make_node("Transpose", ["bins"], ["image"], name="to_image", perm=[0, 2, 3, 1]),
+             helper.make_node("Conv", ["image", "w2"], ["y"], name="conv2d", pads=[kernel // 2] * 4)]
+    return make_model(nodes, [tensor("x", ["N", 1, 1, 18])], [tensor("y", None)], inits)
+
+
+def loop_model(dim: int = 4, seed: int = 0):
+    """A recurrent decoder written as a Loop (PaddleOCR's table decoder): the body reads one weight from the
+    outer scope and another that the Loop carries unchanged from a constant start."""
+    rng = np.random.default_rng(seed)
+    inits = {name: rng.standard_normal((dim, dim)).astype(np.float32) for name in ("w0", "w_outer", "w_carried")}
+    inits.update(trips=np.array(3, dtype=np.int64), go=np.array(True))
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["h", "w_outer"], ["a"], name="body_fc1"),
+         helper.make_node("Tanh", ["a"], ["t"], name="body_tanh"),
+         helper.make_node("MatMul", ["t", "w_in"], ["h_next"], name="body_fc2"),
+         helper.make_node("Identity", ["cond"], ["cond_next"], name="body_cond")],
+        "body", [tensor("i", [], TensorProto.INT64), tensor("cond", [], TensorProto.BOOL), tensor("h", [1, dim]),
+                 tensor("w_in", [dim, dim])],
+        [tensor("cond_next", [], TensorProto.BOOL), tensor("h_next", [1, dim]), tensor("w_in", [dim, dim])])
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"], name="fc0"),
+             helper.make_node("Loop", ["trips", "go", "h0", "w_carried"], ["y", "w_last"], name="decode", body=body)]
+    return make_model(nodes, [tensor("x", [1, dim])], [tensor("y", [1, dim])], inits)

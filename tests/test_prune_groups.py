@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from helpers import make_model, tensor
+from helpers import make_model, random_feeds, run, tensor
 from onnx import helper
-from prune_builders import Net, ffn_model, head_pooling_model
+from prune_builders import Net, ffn_model, frequency_grid_model, head_pooling_model, loop_model
 
 from onnxcomp.graph.convert import to_graph
-from onnxcomp.passes.prune.groups import find_channel_groups
+from onnxcomp.passes.prune.groups import NOT_CHANNELS, find_channel_groups
+from onnxcomp.passes.prune.subgraphs import INSIDE
 
 
 def groups_of(model):
@@ -456,3 +457,39 @@ def test_a_bottleneck_whose_balanced_sets_take_every_channel_stays_whole():
     first = next(g for g in groups if "conv3_node" in g.producers)
     assert not first.prunable and "couples channels in blocks of 5" in first.reason
     assert not any(m.conv_groups for g in groups for m in g.members)
+
+
+@pytest.mark.parametrize("kernel", [3, 1])
+def test_bins_a_window_slides_along_are_no_channel_group(kernel):
+    """A filter bank's output channels that a 2-D Conv reads as its width (a CQT's frequency bins) are a grid,
+    not channels: with a window of 3 along them, removing bin c (after zeroing its filter) changes what its
+    kept neighbours compute, so the group is not offered as prunable by definition (on_grid). A 1-wide,
+    unpadded window mixes no neighbours: removing the bin leaves the kept positions exact, and the group is an
+    ordinary refusal."""
+    group = by_producer(groups_of(frequency_grid_model(kernel=kernel)))["bank"]
+    assert not group.prunable and not group.interface_only
+    assert group.on_grid == (kernel > 1) and (NOT_CHANNELS in group.reason) == (kernel > 1)
+    zeroed = frequency_grid_model(kernel=kernel)
+    for init in zeroed.graph.initializer:
+        if init.name in ("bank", "bank_bias"):
+            values = onnx.numpy_helper.to_array(init).copy()
+            values[3] = 0
+            init.CopyFrom(onnx.numpy_helper.from_array(values, init.name))
+    feeds = random_feeds(zeroed)
+    full, removed = run(zeroed, feeds)["y"], run(frequency_grid_model(kernel=kernel, drop=3), feeds)["y"]
+    assert removed.shape[-1] == full.shape[-1] - 1
+    exact = np.allclose(np.delete(full, 3, axis=-1), removed, atol=1e-5)
+    assert exact == (kernel == 1)
+
+
+def test_weighted_nodes_in_a_loop_body_are_counted_left_whole():
+    """The walk does not enter If/Loop/Scan bodies, so their weighted nodes are counted as groups left whole
+    (not hidden): one whose weight is an outer-scope constant, one whose weight the Loop carries unchanged."""
+    model = loop_model()
+    assert run(model, {"x": np.ones((1, 4), np.float32)})["y"].shape == (1, 4)
+    groups = by_producer(groups_of(model))
+    inside = {k: g for k, g in groups.items() if k.startswith("body_")}
+    assert set(inside) == {"body_fc1", "body_fc2"}
+    for g in inside.values():
+        assert g.channels == 4 and not g.prunable and INSIDE in g.reason and not g.interface_only
+    assert not groups["fc0"].prunable and "Loop is not understood" in groups["fc0"].reason

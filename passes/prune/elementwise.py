@@ -108,6 +108,9 @@ def lrn(ex, node, side, index, m):
 
 
 def pool(ex, node, side, index, m):
+    kernel = list(node.attrs.get("kernel_shape", []))
+    if 2 <= m.axis < 2 + len(kernel):  # a window slides along the group (global pools have none)
+        ex.window(node, m.axis, int(kernel[m.axis - 2]))
     if m.axis != 1:
         ex.refuse(f"{ex.key(node)}: {node.op} with the group on axis {m.axis}, not the channel axis")
     if len(node.outputs) > 1 and ex.used(node.outputs[1]):

@@ -25,10 +25,14 @@ from onnxcomp.graph.edit import producer as producer_of
 from onnxcomp.passes.prune.conv_groups import balanced_sets, matched
 from onnxcomp.passes.prune.handlers import CONST_PASSTHROUGH, HANDLERS, PRODUCERS
 from onnxcomp.passes.prune.mapping import Mapping, Member, Unit
+from onnxcomp.passes.prune.subgraphs import INSIDE, body_producers
 
 MAX_PIECES = 16  # pieces of one group on one tensor before the walk gives up
 RETRIES = 4  # unit hints tried per refused group
 REACHES_OUTPUT, COUPLED_INPUT = "reaches graph output", "coupled with graph input"  # interface refusals
+# A window (a Conv kernel, a pooling window) slides along the group's axis: its positions are a grid (frequency
+# bins, time steps) whose neighbours the window mixes, not independent channels.
+NOT_CHANNELS = "not channels"
 
 
 @dataclass
@@ -58,6 +62,9 @@ class ChannelGroup:
     # Of those, sets made of one channel of each of these classes (the conv groups of such a reader) may be
     # formed anew from the scores (conv_groups.matched); empty when other checks need the sets as listed.
     matched: list[list[int]] = field(default_factory=list)
+    # Not a channel group at all: somewhere its positions are an axis a window slides along (a CQT's
+    # frequency bins read by a 2-D Conv), so removing one shifts the neighbours of the others.
+    on_grid: bool = False
 
     @property
     def prunable(self) -> bool:
@@ -105,6 +112,20 @@ class _Explorer:
         if self.exact:
             self.refuse(f"{what} (exact search)")
         self.lossy_notes.append(what)
+
+    def window(self, node, axis: int, kernel: int):
+        """The group sits on spatial axis `axis` of `node`'s input or output, along which a window of `kernel`
+        slides: refused as no channels at all when the window spans, strides or pads that axis (removing a
+        position would shift what its neighbours meet). A 1-wide, unstrided, unpadded window passes (the
+        caller refuses it in its own words)."""
+        s = axis - 2
+        strides, pads = list(node.attrs.get("strides", [])), list(node.attrs.get("pads", []))
+        strided = len(strides) > s and strides[s] > 1
+        padded = len(pads) > s and bool(pads[s] or pads[s + len(pads) // 2])
+        if kernel > 1 or strided or padded:  # (SAME auto-padding and dilation matter only for kernel > 1)
+            self.grid_reasons.append(f"{node_key(node)}: {NOT_CHANNELS}: {node.op} slides a window of {kernel} "
+                                     f"along the group's axis {axis}")
+            self.refuse(self.grid_reasons[-1])
 
     def shape(self, tensor):
         if isinstance(tensor, self.gs.Constant):
@@ -272,6 +293,7 @@ class _Explorer:
         self.ties: list[list[int]] = []
         self.matched: list[list[int]] = []
         self.lossy_notes: list[str] = []
+        self.grid_reasons: list[str] = []
         reasons: list[str] = []
         self.visit(start.outputs[output], m, None)
         while self.queue:
@@ -425,6 +447,9 @@ def find_channel_groups(graph, shapes: dict | None = None, exact: bool = False) 
     groups = _unit_groups(ex, groups, hints)
     _refuse_overlaps(groups)
     _check_shared_constants(graph, groups)
+    for key, channels, where in body_producers(graph):  # counted, never pruned: the walk does not enter bodies
+        reason = f"{key}: {INSIDE} ({where}; the walk does not enter If/Loop/Scan bodies)"
+        groups.append(ChannelGroup(len(groups), channels, [key], reason=reason, refusals=[reason]))
     return groups
 
 
@@ -434,7 +459,8 @@ def _explore_group(ex, node, gid: int, channels: int, output: int, axis: int, un
     ex.unit, ex.regroup_norms = unit, unit.regroup_norms
     group = ChannelGroup(gid, channels // per, [node_key(node)], width=per, unit=unit.describe())
     group.refusals = ex.explore(node, channels // per, output, m)
-    group.reason = group.refusals[0] if group.refusals else None
+    group.on_grid = bool(ex.grid_reasons)
+    group.reason = (ex.grid_reasons or group.refusals or [None])[0]  # not channels: the decisive reason
     group.producers = list(dict.fromkeys([node_key(node), *ex.group_producers]))
     group.members = list(ex.members.values())
     group.tensors = list(ex.state)
@@ -478,8 +504,8 @@ def _unit_groups(ex, groups: list[ChannelGroup], hints: dict) -> list[ChannelGro
                     tied = (group, covered)
                     break
                 continue  # it would take producers another retry already won: try the next unit
-            if group.interface_only and not groups[gid].interface_only:  # in these units only the interface
-                groups[gid].reason, groups[gid].refusals = group.reason, group.refusals  # is left: say so
+            if group.interface_only and not (groups[gid].interface_only or groups[gid].on_grid):  # in these units
+                groups[gid].reason, groups[gid].refusals = group.reason, group.refusals  # only the interface is left
             todo += [_combined(unit, h) for h in ex.hints]
         if tied is not None:
             replaced |= tied[1]

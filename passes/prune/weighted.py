@@ -39,6 +39,8 @@ def conv(ex, node, side, index, m):
     if side == "in" and index != 0:
         ex.refuse(f"{ex.key(node)}: channels reach Conv through its weight or bias")
     if m.axis != 1:
+        if 2 <= m.axis < w[2].ndim:
+            ex.window(node, m.axis, int(w[2].shape[m.axis]))
         ex.refuse(f"{ex.key(node)}: Conv channels on axis {m.axis}")
     c_out = w[2].shape[0]
     if groups == 1:
@@ -120,11 +122,15 @@ def conv_transpose(ex, node, side, index, m):
     w = weight(ex, node, 1, "weight")
     if int(node.attrs.get("group", 1)) != 1:
         ex.refuse(f"{ex.key(node)}: grouped ConvTranspose")
+    if index == 0 and 2 <= m.axis < w[2].ndim:
+        ex.window(node, m.axis, int(w[2].shape[m.axis]))
     if side == "in":
         if index != 0 or m.axis != 1:
             ex.refuse(f"{ex.key(node)}: channels reach ConvTranspose through input {index} axis {m.axis}")
         ex.add_const("in", w, 0, m.on_axis(0), node, 1)
         return
+    if m.axis != 1:
+        ex.refuse(f"{ex.key(node)}: ConvTranspose output reached on axis {m.axis}")
     ex.producer(node, w[2].shape[1], m)
     ex.add_const("out", w, 1, m.on_axis(1), node, 1)
     _bias(ex, node, 2, m.on_axis(0), lambda r: 0)

@@ -237,7 +237,8 @@ def _copy(model):
 
 
 def print_prune(rows: list[dict], before: dict | None) -> None:
-    head = f"{'model':24s} {'groups':>6s} {'pruned':>6s} {'share':>6s} {'open':>9s} {'params':>7s} {'MACs':>7s} {'lat':>6s} {'b':>2s}  left whole (reason: count)"
+    head = (f"{'model':24s} {'groups':>6s} {'pruned':>6s} {'share':>6s} {'open':>9s} {'params':>7s} {'MACs':>7s} {'lat':>6s} "
+            f"{'b':>2s} {'cos':>5s}  left whole (reason: count)")
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -247,9 +248,10 @@ def print_prune(rows: list[dict], before: dict | None) -> None:
         params = f"{r['params'][1] / r['params'][0]:.2f}" if "params" in r else "-"
         macs = f"{r['macs'][1] / r['macs'][0]:.2f}" if "macs" in r and r["macs"][0] else "-"
         lat = f"{r['latency_ratio']:.2f}" if "latency_ratio" in r else "-"
+        cos = f"{r['cosine_untrained']:.2f}" if "cosine_untrained" in r else "-"  # outputs vs unpruned, untrained
         reasons = "; ".join(f"{k}: {v}" for k, v in list(r["reasons"].items())[:2])
         print(f"{r['model']:24s} {r['groups']:6d} {r['pruned']:6d} {share:>6s} {open_share:>9s} {params:>7s} {macs:>7s} {lat:>6s} "
-              f"{r.get('batch', ''):>2}  {reasons}")
+              f"{r.get('batch', ''):>2} {cos:>5s}  {reasons}")
     found, pruned = sum(r["groups"] for r in rows), sum(r["pruned"] for r in rows)
     with_groups = [r for r in rows if r["groups"]]
     print(f"total: {pruned}/{found} groups pruned ({pruned / max(found, 1):.1%}); models with groups: "

@@ -458,3 +458,36 @@ def loop_model(dim: int = 4, seed: int = 0):
     nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"], name="fc0"),
              helper.make_node("Loop", ["trips", "go", "h0", "w_carried"], ["y", "w_last"], name="decode", body=body)]
     return make_model(nodes, [tensor("x", [1, dim])], [tensor("y", [1, dim])], inits)
+
+
+def loop_attention_model(dim: int = 4, hidden: int = 16, zero_from: int | None = None, seed: int = 0):
+    """A Loop whose body has a group of its own (two projections of the carried state added into a Tanh, read
+    by a third projection) and a group that is the model's output (that projection's channels: the carried
+    state, which leaves the Loop as a graph output, and each step's scan output). One weight of the internal
+    group is carried by the Loop unchanged from a constant start, the others are outer initializers.
+    `zero_from`: the internal channels from there on have all-zero weights (removing them changes nothing)."""
+    rng = np.random.default_rng(seed)
+    inits = {"w_a": rng.standard_normal((dim, hidden)), "w_b": rng.standard_normal((dim, hidden)),
+             "b_b": rng.standard_normal(hidden), "w_c": rng.standard_normal((hidden, dim)) * 0.3}
+    if zero_from is not None:
+        for name, axis in (("w_a", 1), ("w_b", 1), ("b_b", 0), ("w_c", 0)):
+            np.moveaxis(inits[name], axis, 0)[zero_from:] = 0
+    inits = {k: v.astype(np.float32) for k, v in inits.items()}
+    inits.update(trips=np.array(3, dtype=np.int64), go=np.array(True))
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["h", "w_in"], ["a"], name="body_a"),
+         helper.make_node("MatMul", ["h", "w_b"], ["b0"], name="body_b"),
+         helper.make_node("Add", ["b0", "b_b"], ["b"], name="body_bias"),
+         helper.make_node("Add", ["a", "b"], ["ab"], name="body_add"),
+         helper.make_node("Tanh", ["ab"], ["t"], name="body_tanh"),
+         helper.make_node("MatMul", ["t", "w_c"], ["c"], name="body_c"),
+         helper.make_node("Add", ["h", "c"], ["h_next"], name="body_step"),
+         helper.make_node("Identity", ["h_next"], ["step_out"], name="body_scan"),
+         helper.make_node("Identity", ["cond"], ["cond_next"], name="body_cond")],
+        "body", [tensor("i", [], TensorProto.INT64), tensor("cond", [], TensorProto.BOOL), tensor("h", [1, dim]),
+                 tensor("w_in", [dim, hidden])],
+        [tensor("cond_next", [], TensorProto.BOOL), tensor("h_next", [1, dim]), tensor("w_in", [dim, hidden]),
+         tensor("step_out", [1, dim])])
+    nodes = [helper.make_node("Loop", ["trips", "go", "x", "w_a"], ["h_last", "w_last", "steps"], name="decode",
+                              body=body)]
+    return make_model(nodes, [tensor("x", [1, dim])], [tensor("h_last", [1, dim]), tensor("steps", None)], inits)

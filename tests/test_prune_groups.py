@@ -7,7 +7,14 @@ import onnx
 import pytest
 from helpers import make_model, random_feeds, run, tensor
 from onnx import helper
-from prune_builders import Net, ffn_model, frequency_grid_model, head_pooling_model, loop_model
+from prune_builders import (
+    Net,
+    ffn_model,
+    frequency_grid_model,
+    head_pooling_model,
+    loop_attention_model,
+    loop_model,
+)
 
 from onnxcomp.graph.convert import to_graph
 from onnxcomp.passes.prune.groups import NOT_CHANNELS, find_channel_groups
@@ -482,14 +489,86 @@ def test_bins_a_window_slides_along_are_no_channel_group(kernel):
     assert exact == (kernel == 1)
 
 
-def test_weighted_nodes_in_a_loop_body_are_counted_left_whole():
-    """The walk does not enter If/Loop/Scan bodies, so their weighted nodes are counted as groups left whole
-    (not hidden): one whose weight is an outer-scope constant, one whose weight the Loop carries unchanged."""
+def test_a_loop_body_is_walked_for_its_own_groups():
+    """A body's groups are found by the same walk: a group whose channels stay in the body (body_fc1, read by
+    body_fc2) is prunable, one whose channels leave the Loop as a graph output (body_fc2: the carried state
+    becomes y) is the interface. Weights come from the outer scope or the Loop's carried start."""
     model = loop_model()
     assert run(model, {"x": np.ones((1, 4), np.float32)})["y"].shape == (1, 4)
     groups = by_producer(groups_of(model))
     inside = {k: g for k, g in groups.items() if k.startswith("body_")}
     assert set(inside) == {"body_fc1", "body_fc2"}
-    for g in inside.values():
-        assert g.channels == 4 and not g.prunable and INSIDE in g.reason and not g.interface_only
+    assert all(g.channels == 4 for g in inside.values())
+    assert inside["body_fc1"].prunable, inside["body_fc1"].reason
+    assert labels(inside["body_fc1"]) == {"w_outer@1", "w_carried@0"}  # the carried weight, by its constant's name
+    assert inside["body_fc2"].interface_only and "reaches graph output y" in inside["body_fc2"].reason
     assert not groups["fc0"].prunable and "Loop is not understood" in groups["fc0"].reason
+
+
+def test_coupled_producers_in_a_loop_body_make_one_group():
+    """Two projections added before a Tanh are one group in the body, as they would be outside it; the
+    projection whose channels are the carried state and the scan output is the interface."""
+    groups = [g for g in groups_of(loop_attention_model()) if any(p.startswith("body_") for p in g.producers)]
+    assert sorted(sorted(g.producers) for g in groups) == [["body_a", "body_b"], ["body_c"]]
+    inner = next(g for g in groups if "body_a" in g.producers)
+    assert inner.channels == 16 and inner.prunable, inner.reason
+    assert {"w_a@1", "w_b@1", "b_b@0", "w_c@0"} <= labels(inner)
+    assert next(g for g in groups if g.producers == ["body_c"]).interface_only
+
+
+def _body_initializers(model) -> dict:
+    found = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    for node in model.graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                found.update({i.name: tuple(i.dims) for i in a.g.initializer})
+    return found
+
+
+def test_a_group_inside_a_loop_body_is_pruned_at_its_source():
+    """The body's internal group loses its all-zero channels: the carried weight's start (w_a) and the outer
+    weights the body reads are sliced, the body's declared input follows, and the outputs stay exact."""
+    from helpers import run_pass
+
+    full = loop_attention_model(zero_from=8)
+    feeds = {"x": np.random.default_rng(1).standard_normal((1, 4)).astype(np.float32)}
+    pruned, records = run_pass(full, "remove-channels{ratio=0.5}")
+    assert records[-1].report.stats["groups_pruned"] == 1
+    sizes = _body_initializers(pruned)
+    assert (sizes["w_a"], sizes["w_b"], sizes["b_b"], sizes["w_c"]) == ((4, 8), (4, 8), (8,), (8, 4))
+    body = next(a.g for a in pruned.graph.node[0].attribute if a.type == onnx.AttributeProto.GRAPH)
+    assert [d.dim_value for d in body.input[3].type.tensor_type.shape.dim] == [4, 8]
+    before, after = run(full, feeds), run(pruned, feeds)
+    for name in before:
+        np.testing.assert_array_equal(before[name], after[name])
+    random, _ = run_pass(loop_attention_model(), "remove-channels{ratio=0.5}")  # live channels go: outputs move
+    assert not np.allclose(run(random, feeds)["h_last"], run(loop_attention_model(), feeds)["h_last"], atol=1e-3)
+
+
+def test_a_body_weight_read_elsewhere_keeps_its_group_whole():
+    """A weight of the body's group that the outer graph also reads, or a carried weight whose last value the
+    Loop hands out, cannot be sliced for the group alone: the group stays whole."""
+    model = loop_attention_model()
+    model.graph.node.append(helper.make_node("MatMul", ["x", "w_b"], ["xb"], name="outer_reader"))
+    model.graph.output.append(helper.make_tensor_value_info("xb", onnx.TensorProto.FLOAT, None))
+    inner = by_producer(groups_of(model))["body_a"]
+    assert not inner.prunable and "w_b is also read by outer_reader" in inner.reason
+    model = loop_attention_model()
+    model.graph.output.append(helper.make_tensor_value_info("w_last", onnx.TensorProto.FLOAT, None))
+    inner = by_producer(groups_of(model))["body_a"]
+    assert not inner.prunable and INSIDE in inner.reason and "last value of w_a (w_last) is used" in inner.reason
+
+
+def test_the_walk_stays_in_its_graph():
+    """An activation of the outer graph that a body reads directly is a boundary for both walks: the outer
+    group stops there, and the body's group that reaches it is not followed out of the body."""
+    model = loop_attention_model()
+    rng = np.random.default_rng(0)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), "w_x"))
+    model.graph.node.insert(0, helper.make_node("MatMul", ["x", "w_x"], ["xo"], name="outer_fc"))
+    body = model.graph.node[1].attribute[0].g
+    body.node[1].input[0] = "xo"  # body_b reads the outer activation instead of the carried state
+    assert run(model, {"x": np.ones((1, 4), np.float32)})["h_last"].shape == (1, 4)
+    groups = by_producer(groups_of(model))
+    assert not groups["outer_fc"].prunable and "read inside an If/Loop/Scan body (body_b)" in groups["outer_fc"].reason
+    assert groups["body_a"].prunable  # body_b's group: its input side is outer, its output side stays in the body

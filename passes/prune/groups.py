@@ -25,11 +25,11 @@ from onnxcomp.graph.edit import producer as producer_of
 from onnxcomp.passes.prune.conv_groups import balanced_sets, matched
 from onnxcomp.passes.prune.handlers import CONST_PASSTHROUGH, HANDLERS, PRODUCERS
 from onnxcomp.passes.prune.mapping import Mapping, Member, Unit
-from onnxcomp.passes.prune.subgraphs import INSIDE, body_producers
+from onnxcomp.passes.prune.subgraphs import REACHES_OUTPUT, body_groups
 
 MAX_PIECES = 16  # pieces of one group on one tensor before the walk gives up
 RETRIES = 4  # unit hints tried per refused group
-REACHES_OUTPUT, COUPLED_INPUT = "reaches graph output", "coupled with graph input"  # interface refusals
+COUPLED_INPUT = "coupled with graph input"  # with REACHES_OUTPUT: the interface refusals
 # A window (a Conv kernel, a pooling window) slides along the group's axis: its positions are a grid (frequency
 # bins, time steps) whose neighbours the window mixes, not independent channels.
 NOT_CHANNELS = "not channels"
@@ -87,10 +87,18 @@ class Refused(Exception):
 
 
 class _Explorer:
-    def __init__(self, graph, shapes: dict, exact: bool = False):
+    def __init__(self, graph, shapes: dict, exact: bool = False, scope=None):
         import onnx_graphsurgeon as gs
 
         self.exact = exact
+        # A body walked for its own groups (subgraphs.BodyScope): constants the body reads through its inputs,
+        # and what each of its inputs and outputs is outside (the refusal when the walk reaches one).
+        self.carried = scope.constants if scope is not None else {}
+        self.edges = scope.edges if scope is not None else {}
+        # The walk stays in its graph: a value made outside a body, or read inside one, is not followed there.
+        self.local_nodes = {id(n) for n in graph.nodes}
+        self.local_values = ({t.name for t in graph.inputs} | {t.name for n in graph.nodes for t in n.outputs}
+                             if scope is not None else None)
         self.unit = Unit()  # set per exploration
         self.regroup_norms = False  # set per exploration from its Unit
         self.gs = gs
@@ -152,6 +160,8 @@ class _Explorer:
         while True:
             if isinstance(tensor, self.gs.Constant):
                 return self._in_layout(tensor.name, tensor.values, axes)
+            if tensor.name in self.carried:
+                return self._in_layout(*self.carried[tensor.name], axes)
             node = producer_of(tensor)
             if node is None:
                 return None
@@ -251,14 +261,20 @@ class _Explorer:
     def _steps(self, tensor, m, via):
         """The handler calls that expand one visited tensor (each may refuse on its own)."""
         if tensor.name in self.graph_outputs:
-            yield lambda: self.refuse(f"{REACHES_OUTPUT} {tensor.name}")
+            yield lambda: self.refuse(self.edges.get(tensor.name) or f"{REACHES_OUTPUT} {tensor.name}")
         if tensor.name in self.graph_inputs:
-            yield lambda: self.refuse(f"{COUPLED_INPUT} {tensor.name}")
+            yield lambda: self.refuse(self.edges.get(tensor.name) or f"{COUPLED_INPUT} {tensor.name}")
+        if self.local_values is not None and tensor.name not in self.local_values:
+            yield lambda: self.refuse(f"{tensor.name}: a value of the outer graph read inside a body")
+            return
         node = producer_of(tensor)
         if node is not None and node is not via:
             yield lambda: self._handle(node, "out", list(node.outputs).index(tensor), m)
         for consumer in list(tensor.outputs):
             if consumer is via:
+                continue
+            if id(consumer) not in self.local_nodes:
+                yield lambda c=consumer: self.refuse(f"{tensor.name} is read inside an If/Loop/Scan body ({node_key(c)})")
                 continue
             for i, t in enumerate(consumer.inputs):
                 if t is tensor:
@@ -416,19 +432,20 @@ class _Explorer:
         return [np.asarray(s, dtype=np.int64) for s in fixed + matched(classes)]
 
 
-def find_channel_groups(graph, shapes: dict | None = None, exact: bool = False) -> list[ChannelGroup]:
+def find_channel_groups(graph, shapes: dict | None = None, exact: bool = False, scope=None) -> list[ChannelGroup]:
     """Every channel group of a gs.Graph, prunable or with the reason it is not.
 
     `shapes` maps tensor names to static shapes (onnxcomp.graph.shapes.infer_shapes); computed when
     not given, with symbolic dims set to 1. `exact`: refuse groups whose removal changes what the
-    kept channels compute (normalizations over the channels) instead of marking them lossy.
+    kept channels compute (normalizations over the channels) instead of marking them lossy. `scope`: the
+    graph is an If/Loop/Scan body (subgraphs.BodyScope); the groups of bodies follow the graph's own.
     """
     if shapes is None:
         from onnxcomp.graph.convert import to_model
         from onnxcomp.graph.shapes import infer_shapes
 
         shapes = infer_shapes(to_model(graph))
-    ex = _Explorer(graph, shapes, exact)
+    ex = _Explorer(graph, shapes, exact, scope)
     groups: list[ChannelGroup] = []
     hints: dict[int, tuple] = {}
     for node in graph.nodes:
@@ -447,9 +464,9 @@ def find_channel_groups(graph, shapes: dict | None = None, exact: bool = False) 
     groups = _unit_groups(ex, groups, hints)
     _refuse_overlaps(groups)
     _check_shared_constants(graph, groups)
-    for key, channels, where in body_producers(graph):  # counted, never pruned: the walk does not enter bodies
-        reason = f"{key}: {INSIDE} ({where}; the walk does not enter If/Loop/Scan bodies)"
-        groups.append(ChannelGroup(len(groups), channels, [key], reason=reason, refusals=[reason]))
+    for group in body_groups(graph, shapes, exact, find_channel_groups, top=scope is None):
+        group.id = len(groups)
+        groups.append(group)
     return groups
 
 

@@ -19,6 +19,7 @@ from onnxcomp.graph.weights import store_values
 from onnxcomp.graph.edit import node_key
 from onnxcomp.passes.prune.group_norm import regrouped_count
 from onnxcomp.passes.prune.groups import ChannelGroup
+from onnxcomp.passes.prune.subgraphs import refresh_bodies
 
 PLAN_VERSION = 1
 
@@ -242,6 +243,12 @@ class ConstantTable:
 
         self.gs = gs
         self.tensors = graph.tensors()
+        stack = [b for n in graph.nodes for b in n.attrs.values() if isinstance(b, gs.Graph)]
+        while stack:  # constants read in If/Loop/Scan bodies (an outer weight, a body's Constant node)
+            body = stack.pop()
+            for name, t in body.tensors().items():
+                self.tensors.setdefault(name, t)
+            stack += [b for n in body.nodes for b in n.attrs.values() if isinstance(b, gs.Graph)]
 
     def get(self, name):
         t = self.tensors.get(name)
@@ -272,6 +279,7 @@ def apply_plan(graph, plan: PruningPlan, infer: bool = True) -> None:
             _set_entry(values, s)
             consts.set(s["tensor"], values)
     _private_copies(graph, consts, private + [v for v in plan.values if "node" in v])
+    refresh_bodies(graph, {s["tensor"] for s in plan.slices})
     nodes = {node_key(n): n for n in graph.nodes}
     for a in plan.attributes:
         if a["node"] not in nodes:

@@ -2,7 +2,8 @@
 
 Library code logs through `logger` (never print); the CLI decides the level (-v / -q). Long loops
 (calibration batches, budget searches, epochs) wrap their iterable in `bar(...)`, which draws a
-tqdm bar on an interactive stderr and is a plain pass-through otherwise (CI logs, pipes, tests).
+tqdm bar on an interactive stderr; otherwise (CI logs, pipes) it logs a plain "desc: i/n" line at most
+every HEARTBEAT_SECONDS, so a long back-off in a pipeline log is visibly alive.
 Without configure() (library use) the logger has no handler: Python's default shows warnings only.
 """
 
@@ -10,11 +11,14 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Callable, Iterable, Iterator, TypeVar
 
 logger = logging.getLogger("onnxcomp")
 
 T = TypeVar("T")
+
+HEARTBEAT_SECONDS = 30.0
 
 
 def bars_enabled() -> bool:
@@ -28,7 +32,7 @@ def bar(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = 
     Messages logged while the bar is drawn are printed above it instead of through it.
     """
     if not bars_enabled():
-        yield from iterable
+        yield from _heartbeat(iterable, desc, total)
         return
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -36,6 +40,22 @@ def bar(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = 
     with tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, file=sys.stderr,
               dynamic_ncols=True) as progress, logging_redirect_tqdm(loggers=[logger]):
         yield from progress
+
+
+def _heartbeat(iterable: Iterable[T], desc: str, total: int | None) -> Iterator[T]:
+    """The bar of a log without a terminal: one info line per HEARTBEAT_SECONDS of a slow loop, none for
+    a fast one (nothing is logged before the first interval has passed)."""
+    if not logger.isEnabledFor(logging.INFO):
+        yield from iterable
+        return
+    start = last = time.monotonic()
+    for done, item in enumerate(iterable):
+        now = time.monotonic()
+        if now - last >= HEARTBEAT_SECONDS:
+            last = now
+            of = f"/{total}" if total is not None else ""
+            logger.info("%s: %d%s done, %.0f s", desc, done, of, now - start)
+        yield item
 
 
 def say_to(progress: Callable[[str], None] | None) -> Callable[[str], None]:

@@ -142,6 +142,25 @@ def test_bar_draws_on_a_terminal_unless_quiet(monkeypatch):
     assert logger.getEffectiveLevel() == logging.WARNING
 
 
+
+def test_a_slow_loop_without_a_terminal_logs_a_heartbeat_line_and_a_fast_one_stays_silent(monkeypatch):
+    from onnxcomp import progress
+
+    log = io.StringIO()  # not a terminal: no bar
+    monkeypatch.setattr(sys, "stderr", log)
+    configure(0)
+    assert list(bar(range(5), "insert-qdq: sensitivity", total=5)) == list(range(5))
+    assert log.getvalue() == ""  # fast: nothing
+    clock = iter(range(0, 1000, 20))  # every step takes 20 s
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    assert list(bar(range(5), "insert-qdq: sensitivity", total=5)) == list(range(5))
+    lines = log.getvalue().splitlines()
+    assert lines and all(line.startswith("... insert-qdq: sensitivity: ") for line in lines)
+    assert "/5 done" in lines[0] and not any(mark in log.getvalue() for mark in BAR_MARKS)
+    configure(-1)
+    log.truncate(0)
+    assert list(bar(range(5), "quiet", total=5)) == list(range(5)) and "quiet" not in log.getvalue()
+
 # Test-only passes, registered in a child process (the registry is process-wide), then the real main().
 BROKEN_PASSES = '''
 import sys

@@ -436,3 +436,64 @@ def test_a_feed_forward_up_projection_is_fitted_through_the_activation_and_the_d
     assert errors["true"] < 0.9 * errors["false"], errors
     z = rng.standard_normal((5, 7))
     assert _kind(z, np.maximum(z, 0)) == "relu" and _kind(z, np.tanh(z)) is None
+
+
+def test_attention_key_rows_equal_the_per_query_sums_they_expand():
+    """head_key_rows (T x T products) gives the query's sum of A_i^T S A_i and the key's of D_i^T S D_i as the
+    per-query definitions do, padded keys (p = 0) included."""
+    from onnxcomp.passes.lowrank.attention import head_key_rows
+
+    rng = np.random.default_rng(0)
+    nb, t, d, m = 3, 7, 4, 6
+    p = rng.random((nb, t, t))
+    p[..., -2:] = 0
+    p /= p.sum(-1, keepdims=True)
+    v, k = rng.standard_normal((2, nb, t, d))
+    x = rng.standard_normal((nb, t, m))
+    w = rng.standard_normal((d, 5))
+    s = w @ w.T
+    rows = head_key_rows(p, v, s)
+    query, key = np.zeros((d, d)), np.zeros((m, m))
+    for b in range(nb):
+        for i in range(t):
+            c = p[b, i][:, None] * (v[b] - p[b, i] @ v[b])  # t x d: c_ij
+            a, dd = c.T @ k[b], c.T @ x[b]  # A_i (d x d), D_i (d x m)
+            query += a.T @ s @ a
+            key += dd.T @ s @ dd
+    assert np.allclose(np.einsum("bjd,bjk,bke->de", k, rows, k), query, rtol=1e-10, atol=1e-12)
+    assert np.allclose(np.einsum("bjm,bjk,bkn->mn", x, rows, x), key, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(40, 12), (12, 40), (16, 16)])
+def test_gram_svd_gives_the_svd_lapack_gives(shape):
+    """The same singular values and the same rank-r products (directions up to sign), wide and tall."""
+    from onnxcomp.passes.lowrank.factors import gram_svd
+
+    rng = np.random.default_rng(1)
+    a = (rng.standard_normal(shape) * np.exp(-0.2 * np.arange(shape[1]))) @ rng.standard_normal((shape[1],) * 2)
+    u, s, vt = gram_svd(a)
+    u0, s0, vt0 = np.linalg.svd(a, full_matrices=False)
+    assert np.allclose(s, s0, rtol=1e-8, atol=1e-10 * s0[0])
+    for r in (1, 5, min(shape)):
+        assert np.allclose((u[:, :r] * s[:r]) @ vt[:r], (u0[:, :r] * s0[:r]) @ vt0[:r], atol=1e-8 * s0[0])
+
+
+def test_probe_feeds_a_candidate_weight_as_a_model_built_with_it_computes(tmp_path):
+    """One session, weights fed: the candidate's outputs equal the rebuilt model's; without one, the model's own."""
+    from onnxcomp.measure.runtime import session
+    from onnxcomp.passes.lowrank.probe import Probe
+
+    for gemm in (False, True):
+        model = mlp(gemm=gemm)
+        w = weights(model)
+        x = feeds_of(model, 4)
+        probe = Probe(model, {("fc0", 1): w["w0"], ("fc1", 1): w["w1"]})
+        own = session(model).run(None, x)[0]
+        assert np.allclose(probe.run(x)[0], own, atol=1e-5)
+        candidate = (w["w1"] * 0.5).astype(np.float32)
+        changed = onnx.ModelProto()
+        changed.CopyFrom(model)
+        next(i for i in changed.graph.initializer if i.name == "w1").CopyFrom(onnx.numpy_helper.from_array(candidate, "w1"))
+        got = probe.run(x, {("fc1", 1): candidate})[0]
+        assert np.allclose(got, session(changed).run(None, x)[0], atol=1e-5) and not np.allclose(got, own, atol=1e-3)
+        assert np.allclose(probe.run(x)[0], own, atol=1e-5)  # a candidate is for one run only

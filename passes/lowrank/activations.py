@@ -51,19 +51,25 @@ def _accumulate(sess, layers: list[Layer], names: list[str], calls, seed: int, n
     (the even/odd calls where a call's rows are not split by sample)."""
     from onnxcomp.measure.runtime import run
 
-    sums = {f: {layer.node: np.zeros((layer.m, layer.m)) for layer in layers} for f in (0, 1)}
+    first, owner = {}, {}  # layers reading one tensor with the same row weights (query, key, value) share a sum
+    for layer in layers:
+        norm = norms[layer.node].input if layer.node in norms else None
+        owner[layer.node] = layer.node if layer.op == "Conv" else first.setdefault((layer.input, norm), layer.node)
+    own = [layer for layer in layers if owner[layer.node] == layer.node]
+    sums = {f: {layer.node: np.zeros((layer.m, layer.m)) for layer in own} for f in (0, 1)}
     rows = {f: dict.fromkeys(sums[f], 0) for f in (0, 1)}
     rng = np.random.default_rng(seed)
     for call, feeds in enumerate(calls):
         values = run(sess, feeds, names)
-        for layer in layers:
+        for layer in own:
             x = _rows(layer, np.asarray(values[layer.input], dtype=np.float64), rng)
             if layer.node in norms and layer.op != "Conv":
                 x = x / _row_deviation(np.asarray(values[norms[layer.node].input], dtype=np.float64), len(x))
             for f, part in _folds(x, np.asarray(values[layer.input]), layer, call):
                 sums[f][layer.node] += part.T @ part
                 rows[f][layer.node] += len(part)
-    return sums, rows
+    return ({f: {layer.node: sums[f][owner[layer.node]] for layer in layers} for f in (0, 1)},
+            {f: {layer.node: rows[f][owner[layer.node]] for layer in layers} for f in (0, 1)})
 
 
 def _folds(x: np.ndarray, value: np.ndarray, layer: Layer, call: int):

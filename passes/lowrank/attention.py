@@ -168,6 +168,7 @@ class _Sums:
     def __init__(self):
         self.ok, self.rows, self.k_rows = True, 0, 0
         self.q_out = self.k_out = self.k_in = self.v_in = 0.0
+        self.metric = None
 
 
 def _heads(values, name: str, keys_last: bool = False) -> np.ndarray:
@@ -193,7 +194,7 @@ def _head_metric(b: Attention, weights: dict, out_weights: dict, h: int, d: int)
         return np.broadcast_to(np.eye(d), (h, d, d))
     w = weights[b.o].reshape(h, d, -1)
     m = out_weights.get(b.o)
-    return np.einsum("hdn,hen->hde", w, w) if m is None else np.einsum("hdn,nk,hek->hde", w, m, w)
+    return np.einsum("hdn,hen->hde", w, w) if m is None else np.einsum("hdn,nk,hek->hde", w, m, w, optimize=True)
 
 
 def _accumulate(s: _Sums, b: Attention, values, outputs, by_node, weights, out_weights) -> None:
@@ -205,25 +206,37 @@ def _accumulate(s: _Sums, b: Attention, values, outputs, by_node, weights, out_w
         return
     nb, h, t, d = q.shape
     x = np.asarray(values[by_node[b.k].input], dtype=np.float64).reshape(nb, t, -1)
-    metric = _head_metric(b, weights, out_weights, h, d)  # h, d, d
-    key_rows = np.zeros((nb, t, t))  # sum over queries of c_i S c_i^T, c_i[j] = p_ij (v_j - vbar_i): D_i = c_i^T X
+    if s.metric is None:  # the same on every call
+        s.metric = _head_metric(b, weights, out_weights, h, d)  # h, d, d
+    metric = s.metric
+    key_rows = np.zeros((nb, t, t))  # sum over heads of R: the key's input covariance is X^T R X
     mixing = np.zeros((nb, t, t))  # sum over heads of P^T P: the value's mixed inputs are P X
     for i in range(h):  # one head at a time
-        ph, vh, kh, sh = p[:, i], v[:, i], k[:, i], metric[i]
-        vbar, kbar = ph @ vh, ph @ kh  # B, T, d
-        a = np.swapaxes(ph[..., None] * vh[:, None], -1, -2) @ kh[:, None] - vbar[..., :, None] * kbar[..., None, :]
-        s.q_out = s.q_out + _placed(np.tensordot(a, sh @ a, axes=([0, 1, 2], [0, 1, 2])), i, h)  # sum A^T S A
+        ph, kh = p[:, i], k[:, i]
+        rows = head_key_rows(ph, v[:, i], metric[i])
+        s.q_out = s.q_out + _placed(np.einsum("bjd,bjk,bke->de", kh, rows, kh, optimize=True), i, h)  # sum A^T S A
         qh = q[:, i].reshape(-1, d)
         s.k_out = s.k_out + _placed(qh.T @ qh, i, h)
-        c = ph[..., None] * (vh[:, None, :, :] - vbar[:, :, None, :])  # B, query, key, d
-        c = np.swapaxes(c, 1, 2).reshape(nb, t, t * d)  # B, key, (query, d)
-        cs = np.swapaxes(np.swapaxes(c.reshape(nb, t, t, d), 1, 2) @ sh, 1, 2).reshape(nb, t, t * d)
-        key_rows += c @ np.swapaxes(cs, 1, 2)
+        key_rows += rows
         mixing += np.swapaxes(ph, 1, 2) @ ph
     s.k_in = s.k_in + np.einsum("btm,bts,bsn->mn", x, key_rows, x, optimize=True)
     s.v_in = s.v_in + np.einsum("btm,bts,bsn->mn", x, mixing, x, optimize=True) / h
     s.k_rows += nb * t * h
     s.rows += nb * t
+
+
+def head_key_rows(p: np.ndarray, v: np.ndarray, metric: np.ndarray) -> np.ndarray:
+    """R[j, j'] = sum_i c_ij^T S c_ij', c_ij = p_ij (v_j - vbar_i), for one head ([B, T, T] from p [B, T, T],
+    v [B, T, d], S [d, d]). A_i = sum_j c_ij k_j^T and D_i = sum_j c_ij x_j^T, so the query's sum of A^T S A
+    is K^T R K and the key's of D^T S D is X^T R X. Expanded into T x T products (with G = V S V^T,
+    B = V S Vbar^T, e_i = vbar_i S vbar_i^T), never the [B, T, T, d] tensor c itself."""
+    pt = np.swapaxes(p, 1, 2)
+    vs = v @ metric
+    vbar = p @ v
+    g = vs @ np.swapaxes(v, 1, 2)
+    pb = p * (vbar @ np.swapaxes(vs, 1, 2))  # p_ij B_ji
+    e = np.sum((vbar @ metric) * vbar, -1)
+    return (pt @ p) * g - np.swapaxes(pb, 1, 2) @ p - pt @ pb + pt @ (e[..., None] * p)
 
 
 def _placed(block: np.ndarray, i: int, h: int) -> np.ndarray:

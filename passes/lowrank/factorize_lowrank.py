@@ -15,7 +15,7 @@ from typing import Literal
 
 from onnxcomp.errors import InputError
 from onnxcomp.passes.lowrank.factors import spectrum
-from onnxcomp.passes.lowrank.layers import Layer, as_matrix, find_layers, weight_source
+from onnxcomp.passes.lowrank.layers import Layer, as_matrix, find_layers, from_matrix, weight_source
 from onnxcomp.passes.lowrank.plan import LowRankPlan
 from onnxcomp.passes.lowrank.ranks import WHOLE, allocate
 from onnxcomp.passes.lowrank.rewrite import factorize
@@ -108,19 +108,22 @@ class FactorizeLowRankPass(Pass):
         matrices = {layer.node: as_matrix(layer.op, weight_source(nodes[layer.node])[1], layer.attrs)
                     for layer in layers}
         fits = {layer.node: (moments.get(layer.node), _output_weight(norms.get(layer.node))) for layer in layers}
-        if method == "whitened" and o.downstream:
-            fits.update(_downstream_fits(graph, layers, matrices, fits, ctx))
+        downstream = _downstream_fits(graph, layers, matrices, fits, ctx) if method == "whitened" and o.downstream \
+            else {}
+        fits.update(downstream)
         spectra = {layer.node: spectrum(matrices[layer.node], *fits[layer.node]) for layer in layers}
         error = lambda layer, rank: spectra[layer.node].relative_error(rank)
         if not plan and ctx.data is not None and o.sensitivity == "model":
             from onnxcomp.passes.lowrank.sensitivity import layer_weights
 
-            weights = layer_weights(original, layers, error, ctx.data, o.round_to,
-                                    lambda ranks: _build(original, layers, spectra, ranks), ctx.say)
+            sources = {layer.node: weight_source(nodes[layer.node])[1] for layer in layers}
+            weights = layer_weights(original, layers, error, ctx.data, o.round_to, sources,
+                                    lambda layer, rank: _dense(layer, spectra, rank, sources[layer.node]), ctx.say)
             own = error
             error = lambda layer, rank: weights[layer.node] * own(layer, rank)
         if not plan and halves is not None and o.held_out:
-            error = _held_out(layers, matrices, norms, moments, halves, error)
+            error = _held_out(layers, matrices, norms, moments, halves, error,
+                              {node: fit for node, fit in spectra.items() if node not in downstream})
         if plan:
             ranks = plan.ranks_for(layers)
         else:
@@ -190,6 +193,12 @@ def _factorize_layer(graph, node, layer: Layer, spectra: dict, rank: int, names)
     factorize(graph, node, p, q, values, layer.weight, names)
 
 
+def _dense(layer: Layer, spectra: dict, rank: int, like):
+    """The product of the layer's factors at `rank`, as the node reads its weight (for measuring a candidate)."""
+    p, q = spectra[layer.node].factors(rank)
+    return from_matrix(layer.op, p @ q, like, layer.attrs)
+
+
 def _build(before, layers, spectra, ranks: dict):
     """A copy of `before` with the layers in `ranks` factorized (for measuring a candidate)."""
     import onnx
@@ -254,13 +263,15 @@ def _downstream_fits(graph, layers, matrices: dict, fits: dict, ctx: PassContext
     return new | {node: (fits[node][0], weight) for node, weight in ups.items() if node not in new}
 
 
-def _held_out(layers, matrices: dict, norms: dict, moments: dict, halves: list, error):
+def _held_out(layers, matrices: dict, norms: dict, moments: dict, halves: list, error, plain: dict):
     """`error` scaled, rank by rank, by how much worse each layer's factors do on held-out rows (overfit.py);
-    measured in the layer's own output metric (its inputs, its LayerNorm), the one both halves give."""
+    measured in the layer's own output metric (its inputs, its LayerNorm), the one both halves give.
+    `plain`: {layer node: its spectrum} for the layers fitted in that metric already."""
     from onnxcomp.passes.lowrank.overfit import overfit_scales
 
     scales = {layer.node: overfit_scales(matrices[layer.node], moments[layer.node],
-                                         [half[layer.node] for half in halves], _output_weight(norms.get(layer.node)))
+                                         [half[layer.node] for half in halves], _output_weight(norms.get(layer.node)),
+                                         plain.get(layer.node))
               for layer in layers}
     return lambda layer, rank: error(layer, rank) * float(scales[layer.node][min(rank, len(scales[layer.node]) - 1)])
 

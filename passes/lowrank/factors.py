@@ -39,18 +39,38 @@ class Spectrum:
         return self.u[:, :rank] * root, root[:, None] * self.vt[:rank]
 
 
-def spectrum(w: np.ndarray, covariance: np.ndarray | None = None, output_weight: np.ndarray | None = None) -> Spectrum:
+def spectrum(w: np.ndarray, covariance: np.ndarray | None = None, output_weight: np.ndarray | None = None,
+             right: np.ndarray | None = None) -> Spectrum:
     """SVD of W (m x n), whitened by the input covariance (m x m) and weighted by `output_weight`
-    (n x n, how much each output error counts) when given."""
+    (n x n, how much each output error counts) when given; `right`: its factor (whitening(output_weight)),
+    for a caller fitting one layer several times."""
     if covariance is None and output_weight is None:
         u, s, vt = np.linalg.svd(w, full_matrices=False)
         return Spectrum(u, s, vt)
-    left = _cholesky(covariance) if covariance is not None else np.eye(len(w))  # C = L L^T
-    right = _cholesky(output_weight) if output_weight is not None else np.eye(w.shape[1])  # M = R R^T
-    u, s, vt = np.linalg.svd(left.T @ w @ right, full_matrices=False)
-    return Spectrum(np.linalg.solve(left.T, u), s, np.linalg.solve(right.T, vt.T).T)
+    left = whitening(covariance) if covariance is not None else None  # C = L L^T
+    if output_weight is not None and right is None:
+        right = whitening(output_weight)  # M = R R^T
+    a = w if left is None else left.T @ w
+    u, s, vt = gram_svd(a if right is None else a @ right)
+    return Spectrum(u if left is None else np.linalg.solve(left.T, u), s,
+                    vt if right is None else np.linalg.solve(right.T, vt.T).T)
 
 
-def _cholesky(c: np.ndarray) -> np.ndarray:
+def gram_svd(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin SVD (u, s, vt) from the eigenvectors of the smaller Gram matrix, A^T A or A A^T: a few times
+    faster than LAPACK's SVD on a 384 x 1536 layer. The singular values come as exactly (their squares to
+    eps * s_max^2, which is what the errors sum); directions with s_i near sqrt(eps) s_max are less exact,
+    and a zero one gets a zero column (its factors contribute nothing)."""
+    wide = a.shape[0] < a.shape[1]
+    b = a.T if wide else a  # rows >= columns
+    lam, v = np.linalg.eigh(b.T @ b)
+    lam, v = lam[::-1], v[:, ::-1]
+    s = np.sqrt(np.maximum(lam, 0.0))
+    u = (b @ v) / np.where(s > 1e-12 * max(float(s[0]), 1e-300), s, np.inf)
+    return (v, s, u.T) if wide else (u, s, v.T)
+
+
+def whitening(c: np.ndarray) -> np.ndarray:
+    """L with L L^T = C (lightly damped, so a rank-deficient covariance still factors)."""
     c = np.asarray(c, dtype=np.float64)
     return np.linalg.cholesky(c + np.eye(len(c)) * DAMPING * max(float(np.mean(np.diag(c))), 1e-12))

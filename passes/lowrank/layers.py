@@ -81,6 +81,15 @@ def as_matrix(op: str, values: np.ndarray, attrs: dict) -> np.ndarray:
     return v
 
 
+def from_matrix(op: str, w: np.ndarray, like: np.ndarray, attrs: dict) -> np.ndarray:
+    """W (inputs x outputs) back in the layout and dtype the node reads, `like` its weight (as_matrix undone)."""
+    if op == "Conv":
+        w = w.T.reshape(like.shape)
+    elif op == "Gemm" and int(attrs.get("transB", 0)):
+        w = w.T
+    return np.ascontiguousarray(w, dtype=like.dtype)
+
+
 def find_layers(graph, smallest_rank: int) -> tuple[list[Layer], list[tuple[str, str]]]:
     """(factorizable layers, [(node, reason)] for weighted nodes left whole)."""
     layers, skipped = [], []

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxcomp.passes.lowrank.factors import spectrum
+from onnxcomp.passes.lowrank.factors import spectrum, whitening
 
 MOST = 10.0  # the largest scale: a rank whose in-sample error is ~0 must not take the whole budget
 
 
-def held_out_error(w: np.ndarray, fit_on: np.ndarray, measure_on: np.ndarray, output_weight=None) -> np.ndarray:
-    """[relative error at rank r for r = 0..k] of the factors fitted on `fit_on`, on `measure_on`'s rows."""
-    s = spectrum(w, fit_on, output_weight)
+def held_out_error(w: np.ndarray, fit_on: np.ndarray, measure_on: np.ndarray, output_weight=None,
+                   right=None) -> np.ndarray:
+    """[relative error at rank r for r = 0..k] of the factors fitted on `fit_on`, on `measure_on`'s rows
+    (`right`: whitening(output_weight), when the caller has it)."""
+    s = spectrum(w, fit_on, output_weight, right)
     m = np.eye(w.shape[1]) if output_weight is None else output_weight
     g = s.u.T @ measure_on @ s.u  # k x k
     h = s.vt @ m @ s.vt.T
@@ -30,13 +32,15 @@ def held_out_error(w: np.ndarray, fit_on: np.ndarray, measure_on: np.ndarray, ou
     return np.append(tails, 0.0) / max(energy, 1e-30)
 
 
-def overfit_scales(w: np.ndarray, full: np.ndarray, halves: list, output_weight=None) -> np.ndarray:
+def overfit_scales(w: np.ndarray, full: np.ndarray, halves: list, output_weight=None, own=None) -> np.ndarray:
     """[held-out over in-sample relative error, rank by rank], each at least 1 and at most MOST
-    (all 1 when a half has no rows: one call the samples cannot be split in)."""
+    (all 1 when a half has no rows: one call the samples cannot be split in). `own`: spectrum(w, full,
+    output_weight) when the caller has it."""
     if not all(np.any(half) for half in halves):
         return np.ones(min(w.shape) + 1)
-    held = 0.5 * (held_out_error(w, halves[0], halves[1], output_weight)
-                  + held_out_error(w, halves[1], halves[0], output_weight))
-    own = spectrum(w, full, output_weight)
+    right = whitening(output_weight) if output_weight is not None else None
+    held = 0.5 * (held_out_error(w, halves[0], halves[1], output_weight, right)
+                  + held_out_error(w, halves[1], halves[0], output_weight, right))
+    own = own if own is not None else spectrum(w, full, output_weight, right)
     inside = np.array([own.relative_error(r) for r in range(len(own.s) + 1)])
     return np.clip(held / np.maximum(inside, 1e-30), 1.0, MOST)

@@ -5,12 +5,11 @@ model's outputs care: an error early in a transformer is amplified differently t
 last FFN. Each layer alone is factorized at a probe rank (half its parameters) and the drop of
 the model's outputs (1 - cosine, mean over samples and float outputs) on a few calls of the
 sample data is measured; the layer's error curve is then scaled so that it gives that drop at
-the probe rank. The ranks are shared out on the scaled curves.
+the probe rank. The ranks are shared out on the scaled curves. The calls are run as one batch where
+the model takes it, all layers in one session (probe.py).
 """
 
 from __future__ import annotations
-
-import itertools
 
 import numpy as np
 
@@ -33,17 +32,26 @@ def output_drop(reference: list, candidate: list) -> float:
     return float(1.0 - np.mean(cosines)) if cosines else 0.0
 
 
-def layer_weights(before, layers, error, data, round_to: int, build, say=lambda message: None) -> dict[str, float]:
-    """{layer node: factor turning its relative error into the model-output drop it causes}."""
-    from onnxcomp.measure.runtime import session
+def layer_weights(before, layers, error, data, round_to: int, sources: dict, candidate,
+                  say=lambda message: None) -> dict[str, float]:
+    """{layer node: factor turning its relative error into the model-output drop it causes}.
+    `sources`: {layer node: its weight as the node reads it}; candidate(layer, rank): the same at `rank`.
+    The reference is run in the same session (probe.py) with the weights as they are."""
+    from onnxcomp.passes.lowrank.activations import in_batches
+    from onnxcomp.passes.lowrank.probe import Probe
 
-    calls = list(itertools.islice(data.batches(None), PROBE_CALLS))
-    reference = [session(before).run(None, feeds) for feeds in calls]
+    probe = Probe(before, {(layer.node, 1): sources[layer.node] for layer in layers})
+    first = data.take(PROBE_CALLS)  # merged into one call where the model takes it
+    return in_batches(first, first.samples, lambda calls: _measured(probe, list(calls), layers, error, round_to,
+                                                                    candidate, say))
+
+
+def _measured(probe, calls: list, layers, error, round_to: int, candidate, say) -> dict[str, float]:
+    reference = [probe.run(feeds) for feeds in calls]
     weights = {}
     for i, layer in enumerate(layers):
         rank = probe_rank(layer, round_to)
-        sess = session(build({layer.node: rank}))
-        drop = output_drop(reference, [sess.run(None, feeds) for feeds in calls])
+        drop = output_drop(reference, [probe.run(feeds, {(layer.node, 1): candidate(layer, rank)}) for feeds in calls])
         weights[layer.node] = max(drop, 1e-12) / max(error(layer, rank), 1e-12)
         if (i + 1) % 8 == 0 or i + 1 == len(layers):
             say(f"factorize-lowrank: sensitivity of {i + 1}/{len(layers)} layers measured")

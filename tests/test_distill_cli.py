@@ -170,3 +170,27 @@ def test_mask_augment_and_freeze_flags(work, capsys):
     code, _, err = cli_in_process(capsys, *args, "-o", tmp / "bad.onnx", "--mask", "input_idz")
     assert code == 2 and "mask 'input_idz'" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp / "bad.onnx").exists()
+
+
+def test_output_loss_pooled_weight_and_warmup_flags(work, capsys):
+    """--output-loss cosine and --pooled-weight reach the loss (their parts are logged), --warmup the rate;
+    --pooled-weight without --mask is one line, exit 2, nothing written."""
+    from token_model import sentences, token_model
+
+    tmp, _ = work
+    teacher, student, data = tmp / "t.onnx", tmp / "s.onnx", tmp / "ids.npz"
+    onnx.save(token_model(0), str(teacher))
+    onnx.save(token_model(0, scale=0.5), str(student))
+    np.savez(data, **sentences())
+    args = ["distill", "--teacher", teacher, "--student", student, "--data", data, "--epochs", "1",
+            "--batch-size", "8", "-q", "--pooled-weight", "2"]
+    code, _, err = cli_in_process(capsys, *args, "-o", tmp / "out.onnx", "--mask", "attention_mask",
+                                  "--output-loss", "cosine", "--warmup", "0.5", "--report", tmp / "r.json")
+    assert code == 0, err
+    report = json.loads((tmp / "r.json").read_text())
+    first = report["epochs"][0]
+    assert first["cosine_distance"] > 0 and first["pooled_distance"] > 0 and "mse" not in first
+    assert report["options"]["output_loss"] == "cosine" and report["options"]["warmup"] == 0.5
+    code, _, err = cli_in_process(capsys, *args, "-o", tmp / "bad.onnx")
+    assert code == 2 and "give mask" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp / "bad.onnx").exists()

@@ -1,5 +1,7 @@
 """Distillation loss math against hand-written numpy, and feature adapters."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -138,3 +140,73 @@ def test_by_length_batches_hold_similar_lengths_and_every_sample_once():
     assert sorted(order.tolist()) == list(range(100))
     spread = [np.ptp(lengths[order[s:s + 16]]) for s in range(0, 96, 16)]
     assert max(spread) < np.ptp(lengths) / 2  # sorted within the window: each batch a narrow band
+
+
+def np_cos(a, b):
+    return np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def test_cosine_output_loss_counts_real_positions_and_ignores_scale():
+    from onnxcomp.distill.losses import masked_cosine
+
+    s, t = rng_array((2, 5, 4), 1).astype(np.float64), rng_array((2, 5, 4), 2).astype(np.float64)
+    mask = np.array([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0]], np.float64)
+    want = np.mean(np.concatenate([1 - np_cos(s[0, :2], t[0, :2]), 1 - np_cos(s[1, :3], t[1, :3])]))
+    ts, tt, tm = torch.from_numpy(s), torch.from_numpy(t), torch.from_numpy(mask)
+    assert float(masked_cosine(ts, tt, tm)) == pytest.approx(want, rel=1e-9)
+    t_pad = t.copy()
+    t_pad[:, 3:] = -t_pad[:, 3:]  # padding does not count
+    assert float(masked_cosine(ts, torch.from_numpy(t_pad), tm)) == pytest.approx(want, rel=1e-9)
+    assert float(masked_cosine(3.0 * tt, tt, tm)) == pytest.approx(0.0, abs=1e-9)  # direction, not scale
+    loss, parts = output_loss(ts, tt, None, 4.0, 0.7, tm, kind="cosine")
+    assert float(loss) == pytest.approx(want, rel=1e-9) and set(parts) == {"cosine_distance"}
+
+
+def test_pooled_term_compares_the_means_over_real_tokens():
+    from onnxcomp.distill.losses import pooled_cosine
+
+    s, t = rng_array((2, 5, 4), 3).astype(np.float64), rng_array((2, 5, 4), 4).astype(np.float64)
+    mask = np.array([[1, 1, 0, 0, 0], [1, 1, 1, 1, 0]], np.float64)
+    pooled = [(x[0, :2].mean(0), x[1, :4].mean(0)) for x in (s, t)]
+    want = np.mean([1 - np_cos(pooled[0][i], pooled[1][i]) for i in range(2)])
+    ts, tt, tm = torch.from_numpy(s), torch.from_numpy(t), torch.from_numpy(mask)
+    assert float(pooled_cosine(ts, tt, tm)) == pytest.approx(want, rel=1e-9)
+    # Token states that differ but average to the teacher's mean: the pooled term is zero, the per-token one not.
+    shuffled = tt.clone()
+    shuffled[1, :4] = tt[1, [3, 2, 1, 0]]
+    assert float(pooled_cosine(shuffled, tt, tm)) == pytest.approx(0.0, abs=1e-9)
+    loss, parts = output_loss(ts, tt, None, 4.0, 0.7, tm, pooled_weight=0.5)
+    mse = float(((ts - tt) ** 2 * tm[..., None]).sum() / (tm.sum() * 4))
+    assert float(loss) == pytest.approx(mse + 0.5 * want, rel=1e-9) and set(parts) == {"mse", "pooled_distance"}
+    assert pooled_cosine(ts[:, 0], tt[:, 0], tm) is None  # nothing to pool: no term
+    assert set(output_loss(ts, tt, None, 4.0, 0.7, None, pooled_weight=0.5)[1]) == {"mse"}
+
+
+def test_loss_and_schedule_options_are_checked():
+    with pytest.raises(InputError, match="output_loss must be one of mse, cosine"):
+        DistillOptions(output_loss="l1")
+    with pytest.raises(InputError, match="pooled_weight pools over the real tokens: give mask"):
+        DistillOptions(pooled_weight=1.0)
+    with pytest.raises(InputError, match="warmup"):
+        DistillOptions(warmup=1.0)
+    assert DistillOptions(pooled_weight=1.0, mask="attention_mask").pooled_weight == 1.0
+
+
+@pytest.mark.parametrize("kind", ["cosine", "constant"])
+def test_warmup_rises_linearly_then_follows_the_schedule(kind):
+    from onnxcomp.distill.trainer import schedule
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = schedule(opt, kind, 20, 0.2)
+    rates = []
+    for _ in range(20):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    if kind == "cosine":
+        assert rates[-1] < 0.05 and all(a >= b for a, b in itertools.pairwise(rates[3:]))
+    else:
+        assert rates[3:] == pytest.approx([1.0] * 17)
+    assert type(schedule(opt, "cosine", 20, 0.0)).__name__ == "CosineAnnealingLR"  # unchanged without warmup

@@ -53,6 +53,13 @@ from onnxcomp.distill.options import DEFAULT_AUGMENT_FRACTION
               help="Share of the real tokens a copy replaces by random ids of the embedding table's vocabulary.")
 @click.option("--freeze", type=click.Choice(["none", "embeddings", "unchanged"]), default="none", show_default=True,
               help="ONNX student weights kept fixed: the embedding tables, or every weight equal to the teacher's.")
+@click.option("--output-loss", type=click.Choice(["mse", "cosine"]), default="mse", show_default=True,
+              help="How outputs that are not class logits are matched: squared error, or 1 - cosine per position.")
+@click.option("--pooled-weight", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="With --mask: weight of 1 - cosine between the outputs averaged over the real tokens "
+                   "(what a sentence embedder deploys).")
+@click.option("--warmup", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Share of the steps over which the rate rises linearly from zero before the schedule.")
 @click.option("--keep-zeros/--no-keep-zeros", default=True, show_default=True,
               help="Keep exact zeros in weights at zero (sparsity masks stay fixed).")
 @click.option("--cache", type=click.Choice(["memory", "disk", "none"]), default="memory", show_default=True,
@@ -75,8 +82,8 @@ from onnxcomp.distill.options import DEFAULT_AUGMENT_FRACTION
 @verbosity_options
 def command(teacher, teacher_weights, student, student_weights, data, val, output, epochs, lr, batch_size,
             temperature, alpha, features, feature_weight, weight_decay, optimizer, schedule, bn, mask, augment,
-            augment_fraction, freeze, keep_zeros, cache, cache_dir, opset, checkpoint, checkpoint_dir, resume, nproc,
-            device, seed, threads, report_path):
+            augment_fraction, freeze, output_loss, pooled_weight, warmup, keep_zeros, cache, cache_dir, opset,
+            checkpoint, checkpoint_dir, resume, nproc, device, seed, threads, report_path):
     """Train STUDENT from TEACHER with knowledge distillation and write it as ONNX."""
     import shutil
     import sys
@@ -108,6 +115,7 @@ def command(teacher, teacher_weights, student, student_weights, data, val, outpu
                              features=tuple(parse_feature(f) for f in features), feature_weight=feature_weight,
                              seed=seed, threads=threads, device=device, cache=cache, cache_dir=cache_dir, bn=bn,
                              mask=mask, augment=augment, augment_fraction=augment_fraction, freeze=freeze,
+                             output_loss=output_loss, pooled_weight=pooled_weight, warmup=warmup,
                              keep_zeros=keep_zeros, opset=opset, checkpoint=checkpoint,
                              checkpoint_dir=folder, resume=resume)
     if nproc > 1 and not world.distributed:

@@ -19,7 +19,8 @@ FILE = "distill-state.pt"
 VERSION = 1
 # Options that change what training computes; the others (threads, cache, paths) may differ on resume.
 _FINGERPRINT = ("epochs", "lr", "batch_size", "temperature", "alpha", "weight_decay", "optimizer", "schedule",
-                "features", "feature_weight", "seed", "bn", "keep_zeros", "renorm")
+                "features", "feature_weight", "seed", "bn", "keep_zeros", "renorm", "output_loss", "pooled_weight",
+                "warmup")
 
 
 def fingerprint(options, samples: int, world_size: int) -> dict:

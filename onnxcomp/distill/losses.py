@@ -3,8 +3,11 @@
 The soft-target term is Hinton et al.'s KL(teacher_T || student_T) * T^2: the T^2 keeps its
 gradient scale independent of T, so alpha means the same thing at every temperature. With labels,
 loss = alpha * soft + (1 - alpha) * CE(student, labels); without labels, the soft term alone.
-Outputs that are not class logits ([batch, classes]) are matched with mean squared error, over the
-real positions only when a padding mask [batch, seq] is given.
+Outputs that are not class logits ([batch, classes]) are matched with mean squared error, or with one
+minus the cosine of each position's vector (`output_loss="cosine"`: direction, not scale, the way
+embeddings are compared), over the real positions only when a padding mask [batch, seq] is given. With
+that mask, `pooled_weight` adds one minus the cosine of the outputs pooled over the real tokens (their
+mean: how sentence embedders read a sequence model), so the term trains what such a deployment measures.
 """
 
 from __future__ import annotations
@@ -36,12 +39,47 @@ def masked_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor 
     return ((student - teacher) ** 2 * w).sum() / (w.sum().clamp(min=1.0) * per_position)
 
 
+def _leads_with(t: torch.Tensor, mask: torch.Tensor | None) -> bool:
+    return mask is not None and t.dim() >= 3 and tuple(t.shape[:2]) == tuple(mask.shape)
+
+
+def masked_cosine(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of 1 - cosine between the vectors of each position ([batch, seq, ...] flattened after seq) over
+    the positions where `mask` is 1; a tensor that does not lead with the mask compares whole samples."""
+    if not _leads_with(student, mask):
+        s, t = student.reshape(student.shape[0], -1), teacher.reshape(teacher.shape[0], -1)
+        return (1.0 - F.cosine_similarity(s, t, dim=-1, eps=1e-8)).mean()
+    s, t = student.flatten(2), teacher.flatten(2)
+    distance = 1.0 - F.cosine_similarity(s, t, dim=-1, eps=1e-8)
+    w = mask.to(distance.dtype)
+    return (distance * w).sum() / w.sum().clamp(min=1.0)
+
+
+def pooled_cosine(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+    """Mean over the batch of 1 - cosine between the outputs averaged over the real tokens (mask [batch, seq]);
+    None for a tensor that does not lead with the mask (nothing to pool)."""
+    if not _leads_with(student, mask):
+        return None
+    w = mask.to(student.dtype).reshape(tuple(mask.shape) + (1,) * (student.dim() - 2))
+    count = w.sum(1).clamp(min=1.0)
+    s, t = (student * w).sum(1) / count, (teacher * w).sum(1) / count
+    return (1.0 - F.cosine_similarity(s.flatten(1), t.flatten(1), dim=-1, eps=1e-8)).mean()
+
+
 def output_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None,
-                temperature: float, alpha: float, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss for one output; returns (loss, parts) where parts are plain floats for the log."""
+                temperature: float, alpha: float, mask: torch.Tensor | None = None, kind: str = "mse",
+                pooled_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss for one output; returns (loss, parts) where parts are plain floats for the log.
+
+    kind: "mse" or "cosine" for outputs that are not class logits; pooled_weight: see the module docstring."""
     if not is_logits(student):
-        mse = masked_mse(student, teacher, mask)
-        return mse, {"mse": float(mse.detach())}
+        loss = masked_mse(student, teacher, mask) if kind == "mse" else masked_cosine(student, teacher, mask)
+        parts = {"mse" if kind == "mse" else "cosine_distance": float(loss.detach())}
+        pooled = pooled_cosine(student, teacher, mask) if pooled_weight > 0 else None
+        if pooled is not None:
+            loss = loss + pooled_weight * pooled
+            parts["pooled_distance"] = float(pooled.detach())
+        return loss, parts
     parts = {}
     if labels is None:
         soft = soft_target_loss(student, teacher, temperature)
@@ -55,14 +93,15 @@ def output_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tens
     return alpha * soft + (1.0 - alpha) * ce, parts
 
 
-def distillation_loss(student_outputs, teacher_outputs, labels, temperature: float, alpha: float, mask=None):
-    """Sum over outputs; the labels go with the first class-logit output only; `mask`: see masked_mse."""
+def distillation_loss(student_outputs, teacher_outputs, labels, temperature: float, alpha: float, mask=None,
+                      kind: str = "mse", pooled_weight: float = 0.0):
+    """Sum over outputs; the labels go with the first class-logit output only; the rest: see output_loss."""
     total, parts = 0.0, {}
     labels_used = False
     for s, t in zip(student_outputs, teacher_outputs):
         use = labels if (labels is not None and not labels_used and is_logits(s)) else None
         labels_used = labels_used or use is not None
-        loss, p = output_loss(s, t, use, temperature, alpha, mask)
+        loss, p = output_loss(s, t, use, temperature, alpha, mask, kind, pooled_weight)
         total = total + loss
         for k, v in p.items():
             parts[k] = parts.get(k, 0.0) + v

@@ -12,6 +12,7 @@ BN_MODES = ("train", "frozen")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 FREEZE_MODES = ("none", "embeddings", "unchanged")
+OUTPUT_LOSSES = ("mse", "cosine")
 DEFAULT_AUGMENT_FRACTION = 0.15  # share of real tokens replaced in each augmented copy
 
 
@@ -42,6 +43,11 @@ class DistillOptions:
     freeze: which of an ONNX student's weights stay fixed: "embeddings" (the tables token-id inputs
     index, which compression did not change: faster steps, freeze.py) or "unchanged" (every
     initializer equal to the ONNX teacher's, so only what compression changed trains); "none" trains all.
+    output_loss: how outputs that are not class logits are matched: "mse", or "cosine" (1 - cosine of
+    each position's vector: direction, the way embeddings are compared). pooled_weight: with a mask, the
+    weight of 1 - cosine between the outputs pooled (averaged) over the real tokens, what a sentence
+    embedder deploys (losses.py). warmup: share of the steps over which the rate rises linearly from
+    zero before the schedule.
     opset: for exporting a torch student.
     checkpoint: the best epoch's state_dict is saved there as training runs.
     checkpoint_dir: the whole training state is saved there after every epoch (checkpoint.py);
@@ -71,6 +77,9 @@ class DistillOptions:
     augment: int = 0
     augment_fraction: float = DEFAULT_AUGMENT_FRACTION
     freeze: str = "none"
+    output_loss: str = "mse"
+    pooled_weight: float = 0.0
+    warmup: float = 0.0
     opset: int = 17
     checkpoint: str | None = None
     checkpoint_dir: str | None = None
@@ -99,6 +108,12 @@ class DistillOptions:
             (self.augment > 0 or self.augment_fraction == DEFAULT_AUGMENT_FRACTION,
              "augment_fraction only shapes the copies of augment: give augment N too"),
             (self.freeze in FREEZE_MODES, f"freeze must be one of {', '.join(FREEZE_MODES)}, got {self.freeze!r}"),
+            (self.output_loss in OUTPUT_LOSSES,
+             f"output_loss must be one of {', '.join(OUTPUT_LOSSES)}, got {self.output_loss!r}"),
+            (self.pooled_weight >= 0, f"pooled_weight must be >= 0, got {self.pooled_weight}"),
+            (self.pooled_weight == 0 or self.mask is not None,
+             "pooled_weight pools over the real tokens: give mask (the padding-mask input) too"),
+            (0.0 <= self.warmup < 1.0, f"warmup must be a share of the steps in [0, 1), got {self.warmup}"),
             (not self.resume or bool(self.checkpoint_dir), "resume needs checkpoint_dir (where the state was saved)"),
         ]
         for ok, message in checks:

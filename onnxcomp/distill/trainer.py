@@ -183,6 +183,24 @@ def score(name: str, student_out: np.ndarray, teacher_out: np.ndarray, labels) -
     return float(per_sample_cosine(teacher_out, student_out).mean())
 
 
+def schedule(opt, kind: str, steps: int, warmup: float):
+    """The rate schedule stepped once per batch: cosine decay to zero over `steps` or constant, after a
+    linear rise from zero over `warmup` of the steps (none: torch's own CosineAnnealingLR, as before)."""
+    if warmup <= 0:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if kind == "cosine" else None
+    import math
+
+    rise = max(1, round(warmup * steps))
+
+    def factor(step: int) -> float:
+        if step < rise:
+            return (step + 1) / rise
+        if kind != "cosine":
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * (step - rise) / max(1, steps - rise)))
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
 class Trainer:
     """device: where the student trains (a torch device or its name); default the one `options.device`
     gives this rank (distributed.placement: cpu, or cuda:<local rank>). Everything a step computes
@@ -240,7 +258,7 @@ class Trainer:
             opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
         batches = (n + batch_size - 1) // batch_size
         steps = opts.epochs * batches
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if opts.schedule == "cosine" else None
+        sched = schedule(opt, opts.schedule, steps, opts.warmup)
         named = dict(self.student.named_parameters())
         result.masked_tensors = len(masks)
         result.masked_zeros = int(sum(int((m == 0).sum()) for m in masks.values()))
@@ -301,7 +319,8 @@ class Trainer:
                 else:  # plain cross-entropy: the teacher is not needed
                     t_outs, t_feats = [o.detach() for o in outs], {}
                 loss, parts = distillation_loss(outs, t_outs, batch_labels, opts.temperature,
-                                                opts.alpha if use_teacher else 0.0, mask)
+                                                opts.alpha if use_teacher else 0.0, mask, opts.output_loss,
+                                                opts.pooled_weight if use_teacher else 0.0)
                 if self.pairs and opts.feature_weight > 0:
                     keyed_s = {f"f{i}": feats[s_name] for i, (_, s_name) in enumerate(self.pairs)}
                     keyed_t = {f"f{i}": _tensor(t_feats[t_name]).to(device) for i, (t_name, _) in enumerate(self.pairs)}
@@ -338,7 +357,8 @@ class Trainer:
                 v_student = [torch.from_numpy(o) for o in v_outs]
                 v_loss, _ = distillation_loss(v_student, val_teacher_t if val_teacher_t is not None else v_student,
                                               val_labels_t, opts.temperature,
-                                              opts.alpha if val_teacher_t is not None else 0.0)
+                                              opts.alpha if val_teacher_t is not None else 0.0,
+                                              kind=opts.output_loss)
                 row["val_loss"] = float(v_loss)
                 row["val_seconds"] = time.perf_counter() - v0
                 key = (row[result.metric], -row["val_loss"])
@@ -378,7 +398,7 @@ def _save_checkpoint(state: dict, path: str) -> None:
 
 def _epoch_line(row: dict, epochs: int, metric: str) -> str:
     parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row['loss']:.4f}"]
-    for k in ("kd", "ce", "mse", "feature"):
+    for k in ("kd", "ce", "mse", "cosine_distance", "pooled_distance", "feature"):
         if k in row:
             parts.append(f"{k} {row[k]:.4f}")
     if metric and metric in row:

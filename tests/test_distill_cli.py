@@ -146,18 +146,23 @@ def test_onnxcomp_imports_without_torch_and_distill_is_callable():
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
-def test_mask_augment_and_freeze_flags(work, capsys):
-    """--mask names the padding input, --augment adds random-token copies, --freeze keeps the table; a mask that
-    is not a [batch, seq] input is one line, exit 2."""
+def _token_case(tmp):
+    """A token-model teacher, a half-scale student and 32 sentences in tmp; the distill arguments for them."""
     from token_model import sentences, token_model
 
-    tmp, _ = work
     teacher, student, data = tmp / "t.onnx", tmp / "s.onnx", tmp / "ids.npz"
     onnx.save(token_model(0), str(teacher))
     onnx.save(token_model(0, scale=0.5), str(student))
     np.savez(data, **sentences())
-    args = ["distill", "--teacher", teacher, "--student", student, "--data", data, "--epochs", "1",
-            "--batch-size", "8", "-q"]
+    return student, ["distill", "--teacher", teacher, "--student", student, "--data", data, "--epochs", "1",
+                     "--batch-size", "8", "-q"]
+
+
+def test_mask_augment_and_freeze_flags(work, capsys):
+    """--mask names the padding input, --augment adds random-token copies, --freeze keeps the table; a mask that
+    is not a [batch, seq] input is one line, exit 2."""
+    tmp, _ = work
+    student, args = _token_case(tmp)
     code, _, err = cli_in_process(capsys, *args, "-o", tmp / "out.onnx", "--mask", "attention_mask",
                                   "--augment", "1", "--freeze", "embeddings", "--report", tmp / "r.json")
     assert code == 0, err
@@ -175,15 +180,9 @@ def test_mask_augment_and_freeze_flags(work, capsys):
 def test_output_loss_pooled_weight_and_warmup_flags(work, capsys):
     """--output-loss cosine and --pooled-weight reach the loss (their parts are logged), --warmup the rate;
     --pooled-weight without --mask is one line, exit 2, nothing written."""
-    from token_model import sentences, token_model
-
     tmp, _ = work
-    teacher, student, data = tmp / "t.onnx", tmp / "s.onnx", tmp / "ids.npz"
-    onnx.save(token_model(0), str(teacher))
-    onnx.save(token_model(0, scale=0.5), str(student))
-    np.savez(data, **sentences())
-    args = ["distill", "--teacher", teacher, "--student", student, "--data", data, "--epochs", "1",
-            "--batch-size", "8", "-q", "--pooled-weight", "2"]
+    _, args = _token_case(tmp)
+    args += ["--pooled-weight", "2"]
     code, _, err = cli_in_process(capsys, *args, "-o", tmp / "out.onnx", "--mask", "attention_mask",
                                   "--output-loss", "cosine", "--warmup", "0.5", "--report", tmp / "r.json")
     assert code == 0, err

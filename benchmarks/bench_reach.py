@@ -26,8 +26,8 @@ check included).
 
 Groups are counted twice, never one without the other: all groups, and the groups prunable by definition
 ('open'): not one channel (nothing to remove), not the interface (every refusal is a graph input or output) and
-not a grid (positions a later Conv or pooling window slides along: no channels at all). Weighted nodes inside
-If/Loop/Scan bodies count as groups left whole (the walk does not enter bodies).
+not a grid (positions a later Conv or pooling window slides along: no channels at all). If/Loop/Scan bodies
+are walked for their own groups; those that cannot be sliced for themselves alone count as left whole.
 """
 
 from __future__ import annotations

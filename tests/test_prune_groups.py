@@ -545,6 +545,22 @@ def test_a_group_inside_a_loop_body_is_pruned_at_its_source():
     assert not np.allclose(run(random, feeds)["h_last"], run(loop_attention_model(), feeds)["h_last"], atol=1e-3)
 
 
+def test_pruning_a_body_keeps_the_shapes_of_outer_values_it_reads():
+    """refresh_bodies forgets the body's own intermediate shapes only: a graph input the body reads directly
+    keeps its declared shape (without it the ONNX checker rejects the model), and the outputs stay exact."""
+    from helpers import run_pass
+
+    model = loop_attention_model(zero_from=8)
+    model.graph.node[0].attribute[0].g.node[1].input[0] = "x"  # body_b reads the graph input, not the state
+    pruned, records = run_pass(model, "remove-channels{ratio=0.5}")
+    assert records[-1].report.stats["groups_pruned"] == 1
+    assert [d.dim_value for d in pruned.graph.input[0].type.tensor_type.shape.dim] == [1, 4]
+    feeds = {"x": np.random.default_rng(1).standard_normal((1, 4)).astype(np.float32)}
+    before, after = run(model, feeds), run(pruned, feeds)
+    for name in before:
+        np.testing.assert_array_equal(before[name], after[name])
+
+
 def test_a_body_weight_read_elsewhere_keeps_its_group_whole():
     """A weight of the body's group that the outer graph also reads, or a carried weight whose last value the
     Loop hands out, cannot be sliced for the group alone: the group stays whole."""
@@ -557,6 +573,14 @@ def test_a_body_weight_read_elsewhere_keeps_its_group_whole():
     model.graph.output.append(helper.make_tensor_value_info("w_last", onnx.TensorProto.FLOAT, None))
     inner = by_producer(groups_of(model))["body_a"]
     assert not inner.prunable and INSIDE in inner.reason and "last value of w_a (w_last) is used" in inner.reason
+
+
+def test_a_body_weight_that_is_a_graph_output_keeps_its_group_whole():
+    """Slicing an outer weight the model also hands out as a graph output would change the model's output."""
+    model = loop_attention_model(zero_from=8)
+    model.graph.output.append(helper.make_tensor_value_info("w_b", onnx.TensorProto.FLOAT, [4, 16]))
+    inner = by_producer(groups_of(model))["body_a"]
+    assert not inner.prunable and "w_b is also a graph output" in inner.reason
 
 
 def test_the_walk_stays_in_its_graph():

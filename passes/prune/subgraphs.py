@@ -1,4 +1,4 @@
-"""The channel groups of If/Loop/Scan bodies, found by the same walk as the graph's own (not pruned yet).
+"""The channel groups of If/Loop/Scan bodies, found by the same walk as the graph's own.
 
 Each body is walked as a graph of its own (find_channel_groups with a BodyScope), so coupled producers merge
 into one group as they do outside. Two things differ from a top-level graph. A body reads weights through its
@@ -71,6 +71,8 @@ def _unsliceable(group, owner, body, scope: BodyScope, readers: dict) -> str | N
     carried_by = {scope.constants[b.name][0]: k for k, b in enumerate(body.inputs) if b.name in scope.constants}
     uses = {m.use for m in group.members}
     for name in sorted({m.tensor for m in group.members}):
+        if name in readers.get("<graph outputs>", ()):
+            return f"constant {name} is also a graph output"
         outside = set()
         for use in readers.get(name, set()):
             if use[0] == node_key(owner) and carried_by.get(name) == use[1]:
@@ -135,8 +137,8 @@ def refresh_bodies(graph, sliced: set[str]) -> None:
                 if t.name in carried:
                     t.shape = list(carried[t.name][1].shape)
             io = {t.name for t in body.inputs} | {t.name for t in body.outputs}
-            for t in body.tensors().values():
-                if isinstance(t, gs.Variable) and t.name not in io:
+            for t in (t for n in body.nodes for t in n.outputs):  # the body's own values, not outer ones it reads
+                if t.name not in io:
                     t.shape = None
             outputs = {t.name for t in graph.outputs}
             for t in owner.outputs:

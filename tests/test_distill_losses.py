@@ -162,6 +162,19 @@ def test_cosine_output_loss_counts_real_positions_and_ignores_scale():
     assert float(loss) == pytest.approx(want, rel=1e-9) and set(parts) == {"cosine_distance"}
 
 
+def test_cosine_output_loss_without_a_mask_counts_every_position():
+    """--output-loss cosine without --mask: 1 - cosine per position over all positions (as the flag says),
+    not one cosine of each whole flattened sample."""
+    from onnxcomp.distill.losses import masked_cosine
+
+    s, t = rng_array((2, 5, 4), 5).astype(np.float64), rng_array((2, 5, 4), 6).astype(np.float64)
+    want = np.mean(1 - np_cos(s, t))
+    assert float(masked_cosine(torch.from_numpy(s), torch.from_numpy(t), None)) == pytest.approx(want, rel=1e-9)
+    flat = np.mean(1 - np_cos(s.reshape(2, -1), t.reshape(2, -1)))  # a 2-axis output: whole samples
+    got = masked_cosine(torch.from_numpy(s.reshape(2, -1)), torch.from_numpy(t.reshape(2, -1)), None)
+    assert float(got) == pytest.approx(flat, rel=1e-9)
+
+
 def test_pooled_term_compares_the_means_over_real_tokens():
     from onnxcomp.distill.losses import pooled_cosine
 

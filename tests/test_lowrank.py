@@ -497,3 +497,27 @@ def test_probe_feeds_a_candidate_weight_as_a_model_built_with_it_computes(tmp_pa
         got = probe.run(x, {("fc1", 1): candidate})[0]
         assert np.allclose(got, session(changed).run(None, x)[0], atol=1e-5) and not np.allclose(got, own, atol=1e-3)
         assert np.allclose(probe.run(x)[0], own, atol=1e-5)  # a candidate is for one run only
+
+
+def test_probe_run_failure_is_one_input_error_line():
+    """A feed the model cannot take fails as measure.runtime.run says it (one line), which in_batches retries on."""
+    from onnxcomp.errors import InputError
+    from onnxcomp.passes.lowrank.probe import Probe
+
+    model = mlp()
+    probe = Probe(model, {("fc0", 1): weights(model)["w0"]})
+    bad = {k: v[..., :1] for k, v in feeds_of(model, 2).items()}
+    with pytest.raises(InputError, match="ONNX Runtime failed to run the model") as info:
+        probe.run(bad)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("op,shape,attrs", [("MatMul", (6, 4), {}), ("Gemm", (4, 6), {"transB": 1}),
+                                            ("Conv", (5, 3, 2, 2), {})])
+def test_from_matrix_undoes_as_matrix_in_the_node_layout_and_dtype(op, shape, attrs):
+    """A probed candidate (sensitivity.py) is fed where the node reads its weight: the layout and dtype it had."""
+    from onnxcomp.passes.lowrank.layers import as_matrix, from_matrix
+
+    w = np.random.default_rng(2).standard_normal(shape).astype(np.float16)
+    back = from_matrix(op, as_matrix(op, w, attrs), w, attrs)
+    assert back.dtype == w.dtype and back.shape == w.shape and np.array_equal(back, w)

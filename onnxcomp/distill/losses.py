@@ -45,12 +45,15 @@ def _leads_with(t: torch.Tensor, mask: torch.Tensor | None) -> bool:
 
 def masked_cosine(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean of 1 - cosine between the vectors of each position ([batch, seq, ...] flattened after seq) over
-    the positions where `mask` is 1; a tensor that does not lead with the mask compares whole samples."""
-    if not _leads_with(student, mask):
+    the positions where `mask` is 1, over all of them without a mask; a tensor of fewer than 3 axes, or not
+    leading with a given mask, compares whole samples."""
+    if not (_leads_with(student, mask) or (mask is None and student.dim() >= 3)):
         s, t = student.reshape(student.shape[0], -1), teacher.reshape(teacher.shape[0], -1)
         return (1.0 - F.cosine_similarity(s, t, dim=-1, eps=1e-8)).mean()
     s, t = student.flatten(2), teacher.flatten(2)
     distance = 1.0 - F.cosine_similarity(s, t, dim=-1, eps=1e-8)
+    if mask is None:
+        return distance.mean()
     w = mask.to(distance.dtype)
     return (distance * w).sum() / w.sum().clamp(min=1.0)
 

@@ -58,8 +58,8 @@ def spectrum(w: np.ndarray, covariance: np.ndarray | None = None, output_weight:
 
 def gram_svd(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Thin SVD (u, s, vt) from the eigenvectors of the smaller Gram matrix, A^T A or A A^T: a few times
-    faster than LAPACK's SVD on a 384 x 1536 layer. The singular values come as exactly (their squares to
-    eps * s_max^2, which is what the errors sum); directions with s_i near sqrt(eps) s_max are less exact,
+    faster than LAPACK's SVD on a 384 x 1536 layer. The squared singular values are exact to
+    eps * s_max^2 (the errors are sums of them); directions with s_i near sqrt(eps) s_max are less exact,
     and a zero one gets a zero column (its factors contribute nothing)."""
     wide = a.shape[0] < a.shape[1]
     b = a.T if wide else a  # rows >= columns

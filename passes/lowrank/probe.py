@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxcomp.errors import InputError
-
 
 class Probe:
     """The model with the node inputs in `slots` ({(node key, input index): value}) fed, not constant."""
@@ -39,7 +37,6 @@ class Probe:
                 name, onnx.helper.np_dtype_to_tensor_dtype(value.dtype), value.shape))
             self.names[node, index], self.values[name] = name, value
         self.session = session(add_outputs(copy, list(outputs)))
-        self._wanted = {i.name for i in self.session.get_inputs()}
 
     def set(self, slot: tuple[str, int], value: np.ndarray) -> None:
         """Feed `value` at `slot` from now on."""
@@ -52,10 +49,6 @@ class Probe:
         for slot, value in (replaced or {}).items():
             name = self.names[slot]
             values[name] = np.ascontiguousarray(value, dtype=self.values[name].dtype)
-        fed = {k: np.asarray(v) for k, v in feeds.items() if k in self._wanted}
-        try:
-            return self.session.run(outputs, fed | values)
-        except Exception as exc:  # noqa: BLE001 - one line, as measure.runtime.run says it (a merged batch retries)
-            from onnxcomp.measure.runtime import runtime_message
+        from onnxcomp.measure.runtime import run
 
-            raise InputError(f"ONNX Runtime failed to run the model: {runtime_message(exc)}") from None
+        return list(run(self.session, dict(feeds) | values, outputs).values())  # a failure: one line (InputError)

@@ -19,6 +19,20 @@ def producer(tensor):
     return tensor.inputs[0] if tensor.inputs else None
 
 
+def nested_bodies(graph) -> list:
+    """Every If/Loop/Scan body inside `graph`, at any depth (a graph attribute or a list of them)."""
+    import onnx_graphsurgeon as gs
+
+    found, stack = [], [graph]
+    while stack:
+        for node in stack.pop().nodes:
+            for value in node.attrs.values():
+                subs = [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, gs.Graph)]
+                found += subs
+                stack += subs
+    return found
+
+
 def replace_input(node, old, new) -> int:
     """Make `node` read `new` wherever it read `old`; returns how many slots changed."""
     changed = 0

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from onnxcomp.graph.edit import node_key
+from onnxcomp.graph.edit import nested_bodies, node_key
 from onnxcomp.graph.edit import producer as producer_of
 from onnxcomp.passes.prune.conv_groups import balanced_sets, matched
 from onnxcomp.passes.prune.handlers import CONST_PASSTHROUGH, HANDLERS, PRODUCERS
@@ -588,16 +588,7 @@ def _uses_of_constants(graph) -> dict[str, set]:
 
 def _names_read_in_subgraphs(graph) -> set[str]:
     """Tensor names read inside If/Loop/Scan bodies (outer-scope reads are invisible otherwise)."""
-    import onnx_graphsurgeon as gs
-
-    names: set[str] = set()
-    stack = [v for n in graph.nodes for v in n.attrs.values() if isinstance(v, gs.Graph)]
-    while stack:
-        sub = stack.pop()
-        for node in sub.nodes:
-            names.update(t.name for t in node.inputs)
-            stack.extend(v for v in node.attrs.values() if isinstance(v, gs.Graph))
-    return names
+    return {t.name for body in nested_bodies(graph) for node in body.nodes for t in node.inputs}
 
 
 def _check_shared_constants(graph, groups: list[ChannelGroup]) -> None:

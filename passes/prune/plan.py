@@ -16,7 +16,7 @@ import numpy as np
 
 from onnxcomp.errors import InputError
 from onnxcomp.graph.weights import store_values
-from onnxcomp.graph.edit import node_key
+from onnxcomp.graph.edit import nested_bodies, node_key
 from onnxcomp.passes.prune.group_norm import regrouped_count
 from onnxcomp.passes.prune.groups import ChannelGroup
 from onnxcomp.passes.prune.subgraphs import refresh_bodies
@@ -243,12 +243,9 @@ class ConstantTable:
 
         self.gs = gs
         self.tensors = graph.tensors()
-        stack = [b for n in graph.nodes for b in n.attrs.values() if isinstance(b, gs.Graph)]
-        while stack:  # constants read in If/Loop/Scan bodies (an outer weight, a body's Constant node)
-            body = stack.pop()
+        for body in nested_bodies(graph):  # constants read in bodies (an outer weight, a body's Constant node)
             for name, t in body.tensors().items():
                 self.tensors.setdefault(name, t)
-            stack += [b for n in body.nodes for b in n.attrs.values() if isinstance(b, gs.Graph)]
 
     def get(self, name):
         t = self.tensors.get(name)

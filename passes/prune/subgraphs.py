@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxcomp.graph.edit import node_key
+from onnxcomp.graph.edit import nested_bodies, node_key
 from onnxcomp.graph.edit import producer as producer_of
 
 INSIDE = "inside a subgraph"
@@ -92,14 +92,9 @@ def _unsliceable(group, owner, body, scope: BodyScope, readers: dict) -> str | N
 def model_readers(graph) -> dict[str, set]:
     """tensor name -> (node key, input) slots reading it in the graph and every body, past Identity/Transpose
     (a weight's reader is the node that uses it); "<graph outputs>" -> the graph's output names."""
-    import onnx_graphsurgeon as gs
-
     found: dict[str, set] = {"<graph outputs>": {t.name for t in graph.outputs}}
-    stack = [graph]
-    while stack:
-        g = stack.pop()
+    for g in [graph, *nested_bodies(graph)]:
         for node in g.nodes:
-            stack += [b for b in node.attrs.values() if isinstance(b, gs.Graph)]
             if node.op in ("Identity", "Transpose"):
                 continue
             for i, t in enumerate(node.inputs):

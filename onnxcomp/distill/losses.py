@@ -47,7 +47,7 @@ def masked_cosine(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tens
     """Mean of 1 - cosine between the vectors of each position ([batch, seq, ...] flattened after seq) over
     the positions where `mask` is 1, over all of them without a mask; a tensor of fewer than 3 axes, or not
     leading with a given mask, compares whole samples."""
-    if not (_leads_with(student, mask) or (mask is None and student.dim() >= 3)):
+    if student.dim() < 3 or not (mask is None or _leads_with(student, mask)):
         s, t = student.reshape(student.shape[0], -1), teacher.reshape(teacher.shape[0], -1)
         return (1.0 - F.cosine_similarity(s, t, dim=-1, eps=1e-8)).mean()
     s, t = student.flatten(2), teacher.flatten(2)

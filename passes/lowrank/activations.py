@@ -12,14 +12,16 @@ import numpy as np
 
 from onnxcomp.errors import InputError
 from onnxcomp.passes.lowrank.layers import Layer
+from onnxcomp.passes.lowrank.real_rows import row_keep
 
 CONV_ROWS = 4096  # patch rows per batch and Conv layer
 
 
 def input_moments(graph, layers: list[Layer], data, batch: int = 32, seed: int = 0,
-                  norms: dict | None = None, folds: bool = False):
+                  norms: dict | None = None, folds: bool = False, mask: str | None = None):
     """{layer node: X^T X / rows} over `data` (onnxcomp Samples), the graph as it is now; `norms`
-    {layer node: NormAfter} weights those layers' rows by 1 / the norm input's row deviation.
+    {layer node: NormAfter} weights those layers' rows by 1 / the norm input's row deviation;
+    `mask`: the padding mask input, whose padded positions' rows are left out (real_rows.py).
     With `folds`, (that dict, [the same over the even samples, over the odd ones]): two halves of the
     data for measuring how the factors do on rows they were not fitted on (overfit.py)."""
     from onnxcomp.graph.convert import to_model
@@ -30,7 +32,7 @@ def input_moments(graph, layers: list[Layer], data, batch: int = 32, seed: int =
     norms = {node: norm for node, norm in (norms or {}).items() if norm is not None}
     names = sorted({layer.input for layer in layers} | {norm.input for norm in norms.values()})
     sess = session(add_outputs(model, names))
-    sums, rows = in_batches(data, batch, lambda calls: _accumulate(sess, layers, names, calls, seed, norms))
+    sums, rows = in_batches(data, batch, lambda calls: _accumulate(sess, layers, names, calls, seed, norms, mask))
     full = {key: (sums[0][key] + sums[1][key]) / max(rows[0][key] + rows[1][key], 1) for key in sums[0]}
     if not folds:
         return full
@@ -46,7 +48,7 @@ def in_batches(data, batch: int, gather):
         return gather(data.batches(None))
 
 
-def _accumulate(sess, layers: list[Layer], names: list[str], calls, seed: int, norms: dict):
+def _accumulate(sess, layers: list[Layer], names: list[str], calls, seed: int, norms: dict, mask: str | None):
     """({fold: {layer node: X^T X}}, {fold: {layer node: rows}}), fold 0/1 the even/odd samples
     (the even/odd calls where a call's rows are not split by sample)."""
     from onnxcomp.measure.runtime import run
@@ -62,23 +64,27 @@ def _accumulate(sess, layers: list[Layer], names: list[str], calls, seed: int, n
     for call, feeds in enumerate(calls):
         values = run(sess, feeds, names)
         for layer in own:
-            x = _rows(layer, np.asarray(values[layer.input], dtype=np.float64), rng)
+            value = np.asarray(values[layer.input], dtype=np.float64)
+            x = _rows(layer, value, rng)
             if layer.node in norms and layer.op != "Conv":
                 x = x / _row_deviation(np.asarray(values[norms[layer.node].input], dtype=np.float64), len(x))
-            for f, part in _folds(x, np.asarray(values[layer.input]), layer, call):
+            keep = None if layer.op == "Conv" else row_keep(feeds, mask, value.shape)
+            for f, part in _folds(x, value, layer, call, keep):
                 sums[f][layer.node] += part.T @ part
                 rows[f][layer.node] += len(part)
     return ({f: {layer.node: sums[f][owner[layer.node]] for layer in layers} for f in (0, 1)},
             {f: {layer.node: rows[f][owner[layer.node]] for layer in layers} for f in (0, 1)})
 
 
-def _folds(x: np.ndarray, value: np.ndarray, layer: Layer, call: int):
-    """[(fold, rows)]: by sample (axis 0) where the rows are the samples' in order, else the call's parity."""
+def _folds(x: np.ndarray, value: np.ndarray, layer: Layer, call: int, keep: np.ndarray | None = None):
+    """[(fold, rows)]: by sample (axis 0) where the rows are the samples' in order, else the call's parity;
+    only the rows `keep` marks (all without it)."""
+    keep = np.ones(len(x), bool) if keep is None or len(keep) != len(x) else keep
     samples = value.shape[0] if value.ndim >= 3 else 0
     if layer.op == "Conv" or samples < 2 or len(x) % samples:
-        return [(call % 2, x)]
-    per = x.reshape(samples, -1, x.shape[-1])
-    return [(0, per[0::2].reshape(-1, x.shape[-1])), (1, per[1::2].reshape(-1, x.shape[-1]))]
+        return [(call % 2, x[keep])]
+    fold = (np.arange(len(x)) // (len(x) // samples)) % 2
+    return [(f, x[keep & (fold == f)]) for f in (0, 1)]
 
 
 def _row_deviation(z: np.ndarray, rows: int) -> np.ndarray:

@@ -26,6 +26,7 @@ import numpy as np
 from onnxcomp.passes.lowrank.activations import in_batches
 from onnxcomp.passes.lowrank.layers import Layer
 from onnxcomp.passes.lowrank.norms import seen_through
+from onnxcomp.passes.lowrank.real_rows import query_keep
 
 HOPS = 4  # elementwise nodes between a projection and the score MatMul, or between the scores and Softmax
 
@@ -125,10 +126,11 @@ def _o_layer(t, by_input: dict) -> str | None:
 
 
 def attention_fits(graph, blocks: list[Attention], layers: list[Layer], weights: dict, out_weights: dict,
-                   data, batch: int = 32) -> dict[str, tuple]:
+                   data, batch: int = 32, mask: str | None = None) -> dict[str, tuple]:
     """{layer node: (input covariance or None to keep the layer's own, output weight)} for the
     query, key and value of every block whose head layout checks out on the data.
-    `weights`: {layer node: W (m x n)}; `out_weights`: {layer node: the output weight its norm gives, or None}."""
+    `weights`: {layer node: W (m x n)}; `out_weights`: {layer node: the output weight its norm gives, or None};
+    `mask`: the padding mask input (padded queries count for nothing, real_rows.py)."""
     from onnxcomp.graph.convert import to_model
     from onnxcomp.graph.edit import add_outputs
     from onnxcomp.measure.runtime import session
@@ -140,7 +142,7 @@ def attention_fits(graph, blocks: list[Attention], layers: list[Layer], weights:
                    | set(outputs.values()))
     sess = session(add_outputs(to_model(graph), names))
     sums = in_batches(data, batch, lambda calls: _sums(sess, names, calls, blocks, outputs, by_node, weights,
-                                                       out_weights))
+                                                       out_weights, mask))
     fits = {}
     for b in blocks:
         s = sums[b.q]
@@ -152,7 +154,7 @@ def attention_fits(graph, blocks: list[Attention], layers: list[Layer], weights:
     return fits
 
 
-def _sums(sess, names, calls, blocks, outputs, by_node, weights, out_weights) -> dict:
+def _sums(sess, names, calls, blocks, outputs, by_node, weights, out_weights, mask) -> dict:
     from onnxcomp.measure.runtime import run
 
     sums = {b.q: _Sums() for b in blocks}
@@ -160,7 +162,7 @@ def _sums(sess, names, calls, blocks, outputs, by_node, weights, out_weights) ->
         values = run(sess, feeds, names)
         for b in blocks:
             if sums[b.q].ok:
-                _accumulate(sums[b.q], b, values, outputs, by_node, weights, out_weights)
+                _accumulate(sums[b.q], b, values, outputs, by_node, weights, out_weights, query_keep(feeds, mask))
     return sums
 
 
@@ -197,7 +199,8 @@ def _head_metric(b: Attention, weights: dict, out_weights: dict, h: int, d: int)
     return np.einsum("hdn,hen->hde", w, w) if m is None else np.einsum("hdn,nk,hek->hde", w, m, w, optimize=True)
 
 
-def _accumulate(s: _Sums, b: Attention, values, outputs, by_node, weights, out_weights) -> None:
+def _accumulate(s: _Sums, b: Attention, values, outputs, by_node, weights, out_weights, queries=None) -> None:
+    """`queries`: [batch, positions] 0/1 weights of the query positions (None: all count)."""
     q, k = _heads(values, b.q_heads), _heads(values, b.k_heads, keys_last=True)
     p, v = np.asarray(values[b.probs], dtype=np.float64), _heads(values, b.v_heads)
     if not (q.ndim == k.ndim == v.ndim == p.ndim == 4) or q.shape != k.shape or v.shape != q.shape \
@@ -205,6 +208,10 @@ def _accumulate(s: _Sums, b: Attention, values, outputs, by_node, weights, out_w
         s.ok = False
         return
     nb, h, t, d = q.shape
+    real = nb * t
+    if queries is not None and queries.shape == (nb, t):  # a padded query's row of p and q is left out
+        p, q = p * queries[:, None, :, None], q * queries[:, None, :, None]
+        real = float(queries.sum())
     x = np.asarray(values[by_node[b.k].input], dtype=np.float64).reshape(nb, t, -1)
     if s.metric is None:  # the same on every call
         s.metric = _head_metric(b, weights, out_weights, h, d)  # h, d, d
@@ -221,8 +228,8 @@ def _accumulate(s: _Sums, b: Attention, values, outputs, by_node, weights, out_w
         mixing += np.swapaxes(ph, 1, 2) @ ph
     s.k_in = s.k_in + np.einsum("btm,bts,bsn->mn", x, key_rows, x, optimize=True)
     s.v_in = s.v_in + np.einsum("btm,bts,bsn->mn", x, mixing, x, optimize=True) / h
-    s.k_rows += nb * t * h
-    s.rows += nb * t
+    s.k_rows += real * h
+    s.rows += real
 
 
 def head_key_rows(p: np.ndarray, v: np.ndarray, metric: np.ndarray) -> np.ndarray:

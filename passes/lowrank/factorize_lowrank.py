@@ -56,6 +56,9 @@ class FactorizeLowRankOptions:
     downstream: bool = field(default=True, metadata={
         "help": "with sample data, fit an attention block's query, key and value, and a feed-forward block's up "
                 "projection, to the error the block's output sees, not to their own outputs"})
+    mask: str = field(default="auto", metadata={
+        "help": "with sample data, the padding mask input whose padded positions (0) the fit leaves out: auto = the "
+                "one input named *mask* holding 0/1 per [batch, sequence] with padding in the data; none = every row"})
     exclude: tuple[str, ...] = exclude_option()
     exclude_op: tuple[str, ...] = exclude_op_option()
     max_drop: float | None = max_drop_option()
@@ -97,6 +100,7 @@ class FactorizeLowRankPass(Pass):
         params_before = graph_counts(graph)["params"]
         nodes = {(n.name or n.outputs[0].name): n for n in graph.nodes}
         moments, norms, halves = {}, {}, None
+        mask = _mask(graph, o.mask, ctx) if method == "whitened" else None
         if method == "whitened":
             from onnxcomp.passes.lowrank.activations import input_moments
             from onnxcomp.passes.lowrank.norms import norm_after
@@ -104,11 +108,11 @@ class FactorizeLowRankPass(Pass):
             norms = {layer.node: norm_after(nodes[layer.node], layer.n) for layer in layers if layer.op != "Conv"}
             ctx.say(f"factorize-lowrank: input statistics of {len(layers)} layers "
                     f"({sum(v is not None for v in norms.values())} before a LayerNorm)")
-            moments, halves = input_moments(graph, layers, ctx.data, norms=norms, folds=True)
+            moments, halves = input_moments(graph, layers, ctx.data, norms=norms, folds=True, mask=mask)
         matrices = {layer.node: as_matrix(layer.op, weight_source(nodes[layer.node])[1], layer.attrs)
                     for layer in layers}
         fits = {layer.node: (moments.get(layer.node), _output_weight(norms.get(layer.node))) for layer in layers}
-        downstream = _downstream_fits(graph, layers, matrices, fits, ctx) if method == "whitened" and o.downstream \
+        downstream = _downstream_fits(graph, layers, matrices, fits, ctx, mask) if method == "whitened" and o.downstream \
             else {}
         fits.update(downstream)
         spectra = {layer.node: spectrum(matrices[layer.node], *fits[layer.node]) for layer in layers}
@@ -118,7 +122,8 @@ class FactorizeLowRankPass(Pass):
 
             sources = {layer.node: weight_source(nodes[layer.node])[1] for layer in layers}
             weights = layer_weights(original, layers, error, ctx.data, o.round_to, sources,
-                                    lambda layer, rank: _dense(layer, spectra, rank, sources[layer.node]), ctx.say)
+                                    lambda layer, rank: _dense(layer, spectra, rank, sources[layer.node]), ctx.say,
+                                    mask if method == "whitened" else None)
             own = error
             error = lambda layer, rank: weights[layer.node] * own(layer, rank)
         if not plan and halves is not None and o.held_out:
@@ -138,7 +143,7 @@ class FactorizeLowRankPass(Pass):
                                         lambda done, fitted: _build(original, layers, fitted, done), ctx.say,
                                         out_weights={node: fit[1] for node, fit in fits.items()},
                                         covariances={node: fit[0] for node, fit in fits.items()
-                                                     if fit[0] is not moments.get(node)})
+                                                     if fit[0] is not moments.get(node)}, mask=mask)
         names = NameGen(graph)
         rows = []
         for layer in layers:
@@ -155,7 +160,7 @@ class FactorizeLowRankPass(Pass):
         if method == "whitened" and o.refit_norms and rows:
             from onnxcomp.passes.lowrank.norm_refit import refit_norms
 
-            report.stats["norms_refitted"] = refit_norms(graph, original, ctx.data, ctx.say)
+            report.stats["norms_refitted"] = refit_norms(graph, original, ctx.data, ctx.say, mask=mask)
         chosen = LowRankPlan(method, o.kept, [{"node": r["node"], "weight": _weight_of(layers, r["node"]),
                                                "op": r["op"], "shape": r["shape"], "rank": r["rank"]} for r in rows])
         if o.write_plan:
@@ -170,6 +175,7 @@ class FactorizeLowRankPass(Pass):
             "macs_before": macs_before, "macs_after": estimate_macs(to_model(graph), ctx.dims)["macs"],
         })
         report.details["method"] = method
+        report.details["mask"] = mask
         report.details["layers"] = rows
         report.details["weights"] = {"before": sum(layer.params for layer in layers if ranks.get(layer.node)),
                                      "after": factor_params,
@@ -246,7 +252,7 @@ def _fit_budget(o, before, layers, spectra, error, ctx: PassContext, report: Pas
     return result.candidate
 
 
-def _downstream_fits(graph, layers, matrices: dict, fits: dict, ctx: PassContext) -> dict:
+def _downstream_fits(graph, layers, matrices: dict, fits: dict, ctx: PassContext, mask: str | None) -> dict:
     """{layer: (input covariance, output weight)} for the attention blocks' query, key and value and the
     feed-forward blocks' up projections: the errors as the block's output sees them."""
     from onnxcomp.passes.lowrank.attention import attention_fits, find_attention
@@ -254,8 +260,8 @@ def _downstream_fits(graph, layers, matrices: dict, fits: dict, ctx: PassContext
 
     out_weights = {node: fit[1] for node, fit in fits.items()}
     blocks, ffns = find_attention(graph, layers), find_ffn(graph, layers)
-    found = attention_fits(graph, blocks, layers, matrices, out_weights, ctx.data) if blocks else {}
-    ups = ffn_fits(graph, ffns, matrices, out_weights, ctx.data)
+    found = attention_fits(graph, blocks, layers, matrices, out_weights, ctx.data, mask=mask) if blocks else {}
+    ups = ffn_fits(graph, ffns, matrices, out_weights, ctx.data, mask=mask)
     ctx.say(f"factorize-lowrank: {len(found) // 3} of {len(blocks)} attention blocks and {len(ups)} of "
             f"{len(ffns)} feed-forward up projections fitted at the block's output")
     new = {node: (fits[node][0] if covariance is None else covariance, weight)
@@ -274,6 +280,19 @@ def _held_out(layers, matrices: dict, norms: dict, moments: dict, halves: list, 
                                          plain.get(layer.node))
               for layer in layers}
     return lambda layer, rank: error(layer, rank) * float(scales[layer.node][min(rank, len(scales[layer.node]) - 1)])
+
+
+def _mask(graph, option: str, ctx: PassContext) -> str | None:
+    """The padding mask input the statistics leave the padded rows out by (real_rows.py), said once."""
+    from onnxcomp.passes.lowrank.real_rows import AUTO, NONE, check_mask, find_mask
+
+    inputs = [t.name for t in graph.inputs]
+    if option not in (AUTO, NONE):
+        check_mask(option, inputs, ctx.data, "factorize-lowrank")
+    mask = find_mask(inputs, ctx.data, option)
+    if mask is not None:
+        ctx.say(f"factorize-lowrank: rows of padded positions ({mask} = 0) left out of the fit")
+    return mask
 
 
 def _output_weight(norm):

@@ -17,6 +17,7 @@ import numpy as np
 from onnxcomp.passes.lowrank.activations import in_batches
 from onnxcomp.passes.lowrank.layers import Layer
 from onnxcomp.passes.lowrank.norms import seen_through
+from onnxcomp.passes.lowrank.real_rows import row_keep
 
 HOPS = 6  # elementwise nodes from z to the down projection's input (erf GELU takes five)
 ELEMENTWISE = ("Add", "Mul", "Div", "Erf", "Gelu", "Relu", "Sub", "Pow", "Tanh", "Sigmoid")
@@ -75,8 +76,10 @@ def find_ffn(graph, layers: list[Layer]) -> list[tuple[str, str, str, str]]:
     return found
 
 
-def ffn_fits(graph, blocks, matrices: dict, out_weights: dict, data, batch: int = 32) -> dict[str, np.ndarray]:
-    """{up layer: output weight} for the blocks whose activation checks out on the data."""
+def ffn_fits(graph, blocks, matrices: dict, out_weights: dict, data, batch: int = 32,
+             mask: str | None = None) -> dict[str, np.ndarray]:
+    """{up layer: output weight} for the blocks whose activation checks out on the data (the real tokens'
+    rows where `mask` names the padding mask input, real_rows.py)."""
     from onnxcomp.graph.convert import to_model
     from onnxcomp.graph.edit import add_outputs
     from onnxcomp.measure.runtime import session
@@ -85,7 +88,7 @@ def ffn_fits(graph, blocks, matrices: dict, out_weights: dict, data, batch: int 
         return {}
     names = sorted({n for _, _, z, a in blocks for n in (z, a)})
     sess = session(add_outputs(to_model(graph), names))
-    sums, rows, kinds = in_batches(data, batch, lambda calls: _slopes(sess, names, calls, blocks))
+    sums, rows, kinds = in_batches(data, batch, lambda calls: _slopes(sess, names, calls, blocks, mask))
     fits = {}
     for up, down, _, _ in blocks:
         if kinds.get(up) is None or up not in sums:
@@ -97,7 +100,7 @@ def ffn_fits(graph, blocks, matrices: dict, out_weights: dict, data, batch: int 
     return fits
 
 
-def _slopes(sess, names, calls, blocks) -> tuple[dict, dict, dict]:
+def _slopes(sess, names, calls, blocks, mask=None) -> tuple[dict, dict, dict]:
     """({up: sum of act'(z) act'(z)^T}, {up: rows}, {up: activation kind or None}) over the calls."""
     from onnxcomp.measure.runtime import run
 
@@ -115,6 +118,8 @@ def _slopes(sess, names, calls, blocks) -> tuple[dict, dict, dict]:
             if kind is None:
                 continue
             g = ACTIVATIONS[kind][1](z)
+            keep = row_keep(feeds, mask, np.shape(values[z_name]))
+            g = g if keep is None or len(keep) != len(g) else g[keep]
             sums[up] = sums.get(up, 0.0) + g.T @ g
             rows[up] = rows.get(up, 0) + len(g)
     return sums, rows, kinds

@@ -30,15 +30,16 @@ def refittable_norms(graph) -> list:
     return found
 
 
-def refit_norms(graph, before, data, say=lambda message: None, batch: int = 32) -> int:
+def refit_norms(graph, before, data, say=lambda message: None, batch: int = 32, mask: str | None = None) -> int:
     """Refit, in place, every refittable norm of `graph` whose input changed against `before` (the
-    ModelProto before factorizing, with the same tensor names); the number refitted."""
+    ModelProto before factorizing, with the same tensor names); the number refitted. `mask`: the padding
+    mask input; the fit is on the real tokens' rows (real_rows.py)."""
     from onnxcomp.passes.lowrank.activations import in_batches
 
-    return in_batches(data, batch, lambda calls: _refit(graph, before, list(calls), say))
+    return in_batches(data, batch, lambda calls: _refit(graph, before, list(calls), say, mask))
 
 
-def _refit(graph, before, calls: list, say) -> int:
+def _refit(graph, before, calls: list, say, mask=None) -> int:
     from onnxcomp.graph.convert import to_model
     from onnxcomp.graph.edit import copy_with_outputs, node_key
     from onnxcomp.measure.runtime import run, session
@@ -51,14 +52,15 @@ def _refit(graph, before, calls: list, say) -> int:
     names = [t for n in norms for t in (n.inputs[0].name, n.outputs[0].name)]
     original = session(copy_with_outputs(before, names))
     # the original never changes: its norms' inputs and outputs in one pass over the data
-    wanted = dict(zip(names, _rows(lambda feeds, names: run(original, feeds, names), calls, names)))
+    wanted = dict(zip(names, _rows(lambda feeds, names: run(original, feeds, names), calls, names, mask)))
     # one session of the factorized model, its norms' scales and shifts fed: each refit is fed to the next norm
     probe = Probe(to_model(graph), {(node_key(n), i): np.asarray(n.inputs[i].values) for n in norms for i in (1, 2)},
                   outputs=[n.inputs[0].name for n in norms])
     refitted = 0
     for node in norms:
         z0, y = wanted[node.inputs[0].name], wanted[node.outputs[0].name]
-        (z,) = _rows(lambda feeds, names: dict(zip(names, probe.run(feeds, outputs=names))), calls, [node.inputs[0].name])
+        (z,) = _rows(lambda feeds, names: dict(zip(names, probe.run(feeds, outputs=names))), calls, [node.inputs[0].name],
+                     mask)
         if z.shape != y.shape or np.array_equal(z, z0):
             continue
         eps = float(node.attrs.get("epsilon", 1e-5))
@@ -75,8 +77,16 @@ def _refit(graph, before, calls: list, say) -> int:
     return refitted
 
 
-def _rows(run, calls: list, names: list[str]) -> list[np.ndarray]:
-    """Each tensor over every call (run(feeds, names) -> {name: value}), as rows of its last axis."""
-    runs = [run(feeds, names) for feeds in calls]
-    return [np.concatenate([np.asarray(r[name], dtype=np.float64).reshape(-1, np.shape(r[name])[-1]) for r in runs])
-            for name in names]
+def _rows(run, calls: list, names: list[str], mask: str | None = None) -> list[np.ndarray]:
+    """Each tensor over every call (run(feeds, names) -> {name: value}), as rows of its last axis (the real
+    tokens' rows where the padding mask says so)."""
+    from onnxcomp.passes.lowrank.real_rows import row_keep
+
+    runs = [(feeds, run(feeds, names)) for feeds in calls]
+    return [np.concatenate([_kept(np.asarray(r[name], dtype=np.float64), row_keep(feeds, mask, np.shape(r[name])))
+                            for feeds, r in runs]) for name in names]
+
+
+def _kept(value: np.ndarray, keep) -> np.ndarray:
+    rows = value.reshape(-1, value.shape[-1])
+    return rows if keep is None or len(keep) != len(rows) else rows[keep]

@@ -33,25 +33,30 @@ def output_drop(reference: list, candidate: list) -> float:
 
 
 def layer_weights(before, layers, error, data, round_to: int, sources: dict, candidate,
-                  say=lambda message: None) -> dict[str, float]:
+                  say=lambda message: None, mask: str | None = None) -> dict[str, float]:
     """{layer node: factor turning its relative error into the model-output drop it causes}.
     `sources`: {layer node: its weight as the node reads it}; candidate(layer, rank): the same at `rank`.
-    The reference is run in the same session (probe.py) with the weights as they are."""
+    The reference is run in the same session (probe.py) with the weights as they are; `mask`: the padding
+    mask input, whose padded positions the drop does not compare (real_rows.py)."""
     from onnxcomp.passes.lowrank.activations import in_batches
     from onnxcomp.passes.lowrank.probe import Probe
 
     probe = Probe(before, {(layer.node, 1): sources[layer.node] for layer in layers})
     first = data.take(PROBE_CALLS)  # merged into one call where the model takes it
     return in_batches(first, first.samples, lambda calls: _measured(probe, list(calls), layers, error, round_to,
-                                                                    candidate, say))
+                                                                    candidate, say, mask))
 
 
-def _measured(probe, calls: list, layers, error, round_to: int, candidate, say) -> dict[str, float]:
-    reference = [probe.run(feeds) for feeds in calls]
+def _measured(probe, calls: list, layers, error, round_to: int, candidate, say, mask=None) -> dict[str, float]:
+    from onnxcomp.passes.lowrank.real_rows import zero_padding
+
+    real = lambda feeds, outputs: [zero_padding(value, feeds, mask) for value in outputs]
+    reference = [real(feeds, probe.run(feeds)) for feeds in calls]
     weights = {}
     for i, layer in enumerate(layers):
         rank = probe_rank(layer, round_to)
-        drop = output_drop(reference, [probe.run(feeds, {(layer.node, 1): candidate(layer, rank)}) for feeds in calls])
+        drop = output_drop(reference, [real(feeds, probe.run(feeds, {(layer.node, 1): candidate(layer, rank)}))
+                                       for feeds in calls])
         weights[layer.node] = max(drop, 1e-12) / max(error(layer, rank), 1e-12)
         if (i + 1) % 8 == 0 or i + 1 == len(layers):
             say(f"factorize-lowrank: sensitivity of {i + 1}/{len(layers)} layers measured")

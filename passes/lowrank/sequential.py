@@ -20,13 +20,14 @@ from onnxcomp.passes.lowrank.activations import conv_patches
 from onnxcomp.passes.lowrank.factors import spectrum
 from onnxcomp.passes.lowrank.layers import as_matrix
 from onnxcomp.passes.lowrank.ranks import WHOLE
+from onnxcomp.passes.lowrank.real_rows import row_keep
 
 DAMPING_CROSS = 0.1  # pull of W* towards W, of the mean diagonal of X'^T X' (a free fit overfits the samples)
 
 
 def corrected_spectra(before, layers, weights: dict, ranks: dict, spectra: dict, data, build,
                       say=lambda message: None, batch: int = 32, out_weights: dict | None = None,
-                      covariances: dict | None = None) -> dict:
+                      covariances: dict | None = None, mask: str | None = None) -> dict:
     """spectra with every factorized layer's entry refitted on the drifted inputs (a new dict).
 
     `weights` maps each layer's node to its weight as the node reads it; `build(ranks, spectra)`
@@ -47,7 +48,7 @@ def corrected_spectra(before, layers, weights: dict, ranks: dict, spectra: dict,
     done: dict[str, int] = {}
     for i, (name, stage) in enumerate(stages.items()):
         now = session(copy_with_outputs(build(done, spectra), [name])) if done else original
-        sums = _cross_moments(original, now, name, stage, data, batch)
+        sums = _cross_moments(original, now, name, stage, data, batch, mask)
         for layer in stage:
             own, cross = sums[layer.node]
             w = as_matrix(layer.op, weights[layer.node], layer.attrs)
@@ -62,7 +63,7 @@ def corrected_spectra(before, layers, weights: dict, ranks: dict, spectra: dict,
     return spectra
 
 
-def _cross_moments(original, now, name: str, stage, data, batch: int) -> dict:
+def _cross_moments(original, now, name: str, stage, data, batch: int, mask: str | None = None) -> dict:
     """{layer node: (X'^T X', X'^T X) / rows} for the stage's input `name`."""
     from onnxcomp.measure.runtime import run
 
@@ -73,6 +74,9 @@ def _cross_moments(original, now, name: str, stage, data, batch: int) -> dict:
         x_now = np.asarray(run(now, feeds, [name])[name], dtype=np.float64)
         for layer in stage:
             a, b = _rows(layer, x, k), _rows(layer, x_now, k)
+            keep = None if layer.op == "Conv" else row_keep(feeds, mask, x.shape)
+            if keep is not None and len(keep) == len(a):
+                a, b = a[keep], b[keep]
             sums[layer.node][0] = sums[layer.node][0] + b.T @ b
             sums[layer.node][1] = sums[layer.node][1] + b.T @ a
             rows[layer.node] += len(b)

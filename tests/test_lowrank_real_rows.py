@@ -1,0 +1,111 @@
+"""factorize-lowrank leaves padded positions out of its fit when the data has a padding mask (real_rows.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from helpers import make_model, run, run_pass, tensor
+from onnx import TensorProto, helper
+
+from onnxcomp.errors import InputError
+
+
+def masked_mlp(m=24, hidden=32, n=16, seed=0):
+    """x [B, T, m] -> MatMul -> Relu -> MatMul -> times the mask: what a padded encoder gives out."""
+    rng = np.random.default_rng(seed)
+    inits = {"w0": (rng.standard_normal((m, hidden)) / np.sqrt(m)).astype(np.float32),
+             "w1": (rng.standard_normal((hidden, n)) / np.sqrt(hidden)).astype(np.float32),
+             "last": np.array([-1], np.int64)}
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h"], name="fc0"),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w1"], ["o"], name="fc1"),
+             helper.make_node("Cast", ["attention_mask"], ["mf"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["mf", "last"], ["mu"]),
+             helper.make_node("Mul", ["o", "mu"], ["y"])]
+    return make_model(nodes, [tensor("x", ["B", "T", m]), tensor("attention_mask", ["B", "T"], TensorProto.INT64)],
+                      [tensor("y", None)], inits)
+
+
+def padded(n=48, t=12, m=24, seed=1):
+    """Real tokens in the first half of the channels; padded positions large and in the other half, as a
+    [PAD] token's states are nothing like a sentence's."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, t // 2, n)
+    mask = (np.arange(t)[None] < lengths[:, None]).astype(np.int64)
+    real = np.concatenate([rng.standard_normal((n, t, m // 2)) * np.linspace(2, 0.2, m // 2),
+                           0.05 * rng.standard_normal((n, t, m // 2))], -1)
+    pad = np.concatenate([0.05 * rng.standard_normal((n, t, m // 2)), 8 * rng.standard_normal((n, t, m // 2))], -1)
+    x = np.where(mask[..., None] == 1, real, pad).astype(np.float32)
+    return {"x": x, "attention_mask": mask}
+
+
+def test_input_moments_leave_the_padded_rows_out_and_keep_the_halves_by_sample():
+    import onnx_graphsurgeon as gs
+
+    from onnxcomp.measure.samples import as_samples
+    from onnxcomp.passes.lowrank.activations import input_moments
+    from onnxcomp.passes.lowrank.layers import find_layers
+
+    model = masked_mlp()
+    graph = gs.import_onnx(model)
+    layers, _ = find_layers(graph, 2)
+    data = padded()
+    full, halves = input_moments(graph, layers, as_samples(data, model), folds=True, mask="attention_mask")
+    keep = data["attention_mask"].astype(bool)
+    rows = data["x"][keep].astype(np.float64)
+    even = data["x"][0::2][keep[0::2]].astype(np.float64)
+    assert np.allclose(full["fc0"], rows.T @ rows / len(rows))
+    assert np.allclose(halves[0]["fc0"], even.T @ even / len(even))
+    every, _ = input_moments(graph, layers, as_samples(data, model), folds=True)
+    assert not np.allclose(every["fc0"], full["fc0"])  # the padded rows would have counted
+
+
+def _real_error(model, out, test) -> float:
+    keep = test["attention_mask"].astype(bool)
+    want, got = run(model, test)["y"][keep], run(out, test)["y"][keep]
+    return float(np.sum((want - got) ** 2) / np.sum(want ** 2))
+
+
+def test_with_a_padding_mask_the_factors_fit_the_real_tokens(tmp_path):
+    """The same ranks (one plan), fitted with every row and with the real tokens' rows: on other sentences'
+    real tokens the masked fit's error is far smaller; `auto` finds the mask and the report names it."""
+    model = masked_mlp()
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"version": 1, "method": "whitened", "kept": 0.5, "layers": [
+        {"node": "fc0", "shape": [24, 32], "rank": 6}, {"node": "fc1", "shape": [32, 16], "rank": 6}]}))
+    data, test = padded(seed=1), padded(seed=2)
+    errors, masks = {}, {}
+    for option in ("none", "auto"):
+        out, records = run_pass(model, f"factorize-lowrank{{plan={plan},mask={option}}}", data=data)
+        errors[option], masks[option] = _real_error(model, out, test), records[0].report.details["mask"]
+    assert masks == {"none": None, "auto": "attention_mask"}
+    assert errors["auto"] < 0.5 * errors["none"], errors
+
+
+def test_auto_takes_no_mask_when_nothing_is_padded():
+    from onnxcomp.passes.lowrank.real_rows import find_mask
+
+    data = padded()
+    assert find_mask(["x", "attention_mask"], [data]) == "attention_mask"
+    full = dict(data, attention_mask=np.ones_like(data["attention_mask"]))
+    assert find_mask(["x", "attention_mask"], [full]) is None
+    assert find_mask(["x", "attention_mask"], [data], "none") is None
+    assert find_mask(["x", "token_type_ids"], [{"token_type_ids": data["attention_mask"]}]) is None  # not a mask
+
+
+@pytest.mark.parametrize("option, message", [("nomask", "is not an input"), ("x", "not a 0/1")])
+def test_a_mask_that_is_not_a_0_1_input_is_one_clear_line(option, message):
+    with pytest.raises(InputError, match=message):
+        run_pass(masked_mlp(), f"factorize-lowrank{{kept=0.5,mask={option}}}", data=padded())
+
+
+def test_zero_padding_zeroes_the_padded_positions_of_float_outputs_only():
+    from onnxcomp.passes.lowrank.real_rows import zero_padding
+
+    feeds = {"attention_mask": np.array([[1, 1, 0], [1, 0, 0]])}
+    y = np.ones((2, 3, 4), np.float32)
+    assert zero_padding(y, feeds, "attention_mask").sum() == 3 * 4
+    assert zero_padding(y[:, :2], feeds, "attention_mask").sum() == 4 * 4  # not [batch, sequence]: as it is
+    assert zero_padding(np.ones((2, 3), np.int64), feeds, "attention_mask").sum() == 6

@@ -93,6 +93,7 @@ def test_auto_takes_no_mask_when_nothing_is_padded():
     assert find_mask(["x", "attention_mask"], [full]) is None
     assert find_mask(["x", "attention_mask"], [data], "none") is None
     assert find_mask(["x", "token_type_ids"], [{"token_type_ids": data["attention_mask"]}]) is None  # not a mask
+    assert find_mask(["x", "key_padding_mask"], [{"key_padding_mask": 1 - data["attention_mask"]}]) is None  # 1 = pad
 
 
 @pytest.mark.parametrize("option, message", [("nomask", "is not an input"), ("x", "not a 0/1")])

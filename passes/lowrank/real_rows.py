@@ -17,12 +17,14 @@ AUTO, NONE = "auto", "none"
 
 def find_mask(input_names: list[str], data, option: str = AUTO) -> str | None:
     """The padding mask input `option` names ('auto': the one input named *mask* that holds 0/1 per
-    [batch, sequence] with some 0 in the data; 'none': no mask), or None."""
+    [batch, sequence] with some 0 in the data; 'none': no mask), or None. A name with "pad" in it is not taken
+    by auto: torch's key_padding_mask marks the padded positions with 1, the other way round."""
     if data is None or option == NONE:
         return None
     if option != AUTO:
         return option
-    found = [name for name in input_names if "mask" in name.lower() and _pads(data, name)]
+    found = [name for name in input_names if "mask" in name.lower() and "pad" not in name.lower()
+             and _pads(data, name)]
     return found[0] if len(found) == 1 else None
 
 

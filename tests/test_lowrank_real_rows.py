@@ -12,8 +12,9 @@ from onnx import TensorProto, helper
 from onnxcomp.errors import InputError
 
 
-def masked_mlp(m=24, hidden=32, n=16, seed=0):
-    """x [B, T, m] -> MatMul -> Relu -> MatMul -> times the mask: what a padded encoder gives out."""
+def masked_mlp(m=24, hidden=32, n=16, seed=0, zeroed=True):
+    """x [B, T, m] -> MatMul -> Relu -> MatMul -> times the mask (plus the mask, not `zeroed`: states at the
+    padded positions too, as an encoder gives them)."""
     rng = np.random.default_rng(seed)
     inits = {"w0": (rng.standard_normal((m, hidden)) / np.sqrt(m)).astype(np.float32),
              "w1": (rng.standard_normal((hidden, n)) / np.sqrt(hidden)).astype(np.float32),
@@ -23,7 +24,7 @@ def masked_mlp(m=24, hidden=32, n=16, seed=0):
              helper.make_node("MatMul", ["r", "w1"], ["o"], name="fc1"),
              helper.make_node("Cast", ["attention_mask"], ["mf"], to=TensorProto.FLOAT),
              helper.make_node("Unsqueeze", ["mf", "last"], ["mu"]),
-             helper.make_node("Mul", ["o", "mu"], ["y"])]
+             helper.make_node("Mul" if zeroed else "Add", ["o", "mu"], ["y"])]
     return make_model(nodes, [tensor("x", ["B", "T", m]), tensor("attention_mask", ["B", "T"], TensorProto.INT64)],
                       [tensor("y", None)], inits)
 
@@ -85,7 +86,7 @@ def test_with_a_padding_mask_the_factors_fit_the_real_tokens(tmp_path):
 
 
 def test_auto_takes_no_mask_when_nothing_is_padded():
-    from onnxcomp.passes.lowrank.real_rows import find_mask
+    from onnxcomp.measure.padding import find_mask
 
     data = padded()
     assert find_mask(["x", "attention_mask"], [data]) == "attention_mask"
@@ -103,10 +104,42 @@ def test_a_mask_that_is_not_a_0_1_input_is_one_clear_line(option, message):
 
 
 def test_zero_padding_zeroes_the_padded_positions_of_float_outputs_only():
-    from onnxcomp.passes.lowrank.real_rows import zero_padding
+    from onnxcomp.measure.padding import zero_padding
 
     feeds = {"attention_mask": np.array([[1, 1, 0], [1, 0, 0]])}
     y = np.ones((2, 3, 4), np.float32)
     assert zero_padding(y, feeds, "attention_mask").sum() == 3 * 4
     assert zero_padding(y[:, :2], feeds, "attention_mask").sum() == 4 * 4  # not [batch, sequence]: as it is
     assert zero_padding(np.ones((2, 3), np.int64), feeds, "attention_mask").sum() == 6
+
+
+def test_validation_of_a_lossy_run_also_compares_the_real_tokens_only(tmp_path):
+    """`optimize --val` on padded data reports the comparison over the real tokens beside the one over every
+    position, with the figures a direct computation gives."""
+    import subprocess
+    import sys
+
+    import onnx
+
+    from onnxcomp.measure.compare import cosine
+
+    src, out, report = tmp_path / "m.onnx", tmp_path / "lr.onnx", tmp_path / "r.json"
+    onnx.save(masked_mlp(zeroed=False), src)
+    for name, seed in (("calib", 1), ("val", 2)):
+        np.savez(tmp_path / f"{name}.npz", **padded(seed=seed))
+    r = subprocess.run([sys.executable, "-m", "onnxcomp", "optimize", str(src), "-o", str(out), "--passes", "factorize-lowrank{kept=0.5,round_to=2}",
+                        "--calib", str(tmp_path / "calib.npz"), "--val", str(tmp_path / "val.npz"),
+                        "--report", str(report)], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    real = json.loads(report.read_text())["validation"]["real_tokens"]
+    val = padded(seed=2)
+    keep = val["attention_mask"].astype(bool)
+    want, got = run(masked_mlp(zeroed=False), val)["y"], run(onnx.load(out), val)["y"]
+    assert (real["mask"], real["positions"], real["of"]) == ("attention_mask", int(keep.sum()), keep.size)
+    zero = keep[..., None]
+    assert np.isclose(real["outputs"][0]["cosine"], cosine(want * zero, got * zero), atol=1e-6)
+    assert np.isclose(real["outputs"][0]["max_abs"], np.abs(want - got)[keep].max(), atol=1e-6)
+    every = json.loads(report.read_text())["validation"]["outputs"][0]
+    assert np.isclose(every["cosine"], cosine(want, got), atol=1e-6) and not np.isclose(every["cosine"],
+                                                                                       real["outputs"][0]["cosine"])
+    assert f"validation over the real tokens ({keep.sum()} of {keep.size} positions" in r.stdout

@@ -119,6 +119,11 @@ def format_result(result) -> str:
             lines.append(f"validation ({v['inputs']}): max abs diff {worst['max_abs']:.3g}, "
                          f"cosine {worst['cosine']:.6f}{top1}"
                          + (" - within tolerance" if v["exact_pipeline"] else ""))
+        real = v.get("real_tokens")
+        if real and real["outputs"]:
+            worst = max(real["outputs"], key=lambda d: d["max_abs"])
+            lines.append(f"validation over the real tokens ({real['positions']} of {real['of']} positions, "
+                         f"{real['mask']} = 1): max abs diff {worst['max_abs']:.3g}, cosine {worst['cosine']:.6f}")
         if "accuracy_original" in v:
             lines.append(f"accuracy: original {v['accuracy_original']:.4f}, output {v['accuracy_output']:.4f}")
     ops_in, ops_out = result.input["ops"], result.output["ops"]

@@ -48,7 +48,7 @@ def layer_weights(before, layers, error, data, round_to: int, sources: dict, can
 
 
 def _measured(probe, calls: list, layers, error, round_to: int, candidate, say, mask=None) -> dict[str, float]:
-    from onnxcomp.passes.lowrank.real_rows import zero_padding
+    from onnxcomp.measure.padding import zero_padding
 
     real = lambda feeds, outputs: [zero_padding(value, feeds, mask) for value in outputs]
     reference = [real(feeds, probe.run(feeds)) for feeds in calls]

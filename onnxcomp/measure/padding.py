@@ -1,0 +1,72 @@
+"""The padding mask of sequence data: which positions are real tokens, and outputs compared there only.
+
+Sentences padded to one length carry positions that nothing the model gives out depends on: attention
+masks them as keys, a pooled embedding leaves them out, a user reads the real tokens' states only. A
+lossy pass that no longer fits them (factorize-lowrank) changes them freely, and a comparison over every
+position then reports that change as a loss. The mask is a 0/1 [batch, sequence] input whose name says
+mask (attention_mask, input_mask); 1 marks a real token.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+AUTO, NONE = "auto", "none"
+
+
+def find_mask(input_names: list[str], data, option: str = AUTO) -> str | None:
+    """The padding mask input `option` names ('auto': the one input named *mask* that holds 0/1 per
+    [batch, sequence] with some 0 in the data; 'none': no mask), or None. A name with "pad" in it is not taken
+    by auto: torch's key_padding_mask marks the padded positions with 1, the other way round."""
+    if data is None or option == NONE:
+        return None
+    if option != AUTO:
+        return option
+    found = [name for name in input_names if "mask" in name.lower() and "pad" not in name.lower()
+             and _pads(data, name)]
+    return found[0] if len(found) == 1 else None
+
+
+def check_mask(name: str | None, input_names: list[str], data, owner: str) -> None:
+    """A mask named by the user must be an input holding a 0/1 [batch, sequence] array."""
+    from onnxcomp.errors import InputError
+
+    if name is None or data is None:
+        return
+    if name not in input_names:
+        raise InputError(f"{owner}: mask {name!r} is not an input of the model (inputs: {', '.join(input_names)})")
+    if not _pads(data, name, need_zero=False):
+        raise InputError(f"{owner}: mask {name!r} is not a 0/1 [batch, sequence] array in the sample data")
+
+
+def _pads(data, name: str, need_zero: bool = True) -> bool:
+    values = [np.asarray(feeds[name]) for feeds in data if name in feeds]
+    if not values or any(v.ndim != 2 or v.dtype.kind not in "biuf" for v in values):
+        return False
+    if not all(np.isin(v, (0, 1)).all() for v in values):
+        return False
+    return not need_zero or any((v == 0).any() for v in values)
+
+
+def zero_padding(value, feeds: dict, mask: str | None):
+    """A float output [batch, sequence, ...] with its padded positions zeroed (nothing compared there)."""
+    m = mask_of(feeds, mask)
+    v = np.asarray(value)
+    if m is None or v.dtype.kind != "f" or v.ndim < 2 or tuple(v.shape[:2]) != m.shape:
+        return v
+    return v * m.reshape(m.shape + (1,) * (v.ndim - 2))
+
+
+def stacked_mask(data, mask: str | None) -> np.ndarray | None:
+    """The mask over all calls of `data` (Samples or feed dicts) in order, or None when a call lacks it or
+    the calls' sequence lengths differ."""
+    values = [np.asarray(feeds[mask]) for feeds in data if mask in feeds] if mask else []
+    if not values or len(values) != len(list(data)) or len({v.shape[1:] for v in values}) != 1:
+        return None
+    return np.concatenate(values)
+
+
+def mask_of(feeds: dict, mask: str | None) -> np.ndarray | None:
+    if mask is None or mask not in feeds:
+        return None
+    return np.asarray(feeds[mask]) != 0

@@ -10,7 +10,8 @@ fill per shape) that cleanup merges into shared constants; they get one copy per
 weights would be, before the groups are counted. Latency: median ms per call of the cleaned and of the
 pruned model, timed round by round in this process (the ratio is what counts on shared cores), batch 8
 where the model's batch is dynamic (recipe samples stacked), batch 1 otherwise. Low-rank: cosine of the
-outputs (mean over samples and outputs) on recipe feeds (seed 1) against the model before; the whitened
+outputs (mean over samples and outputs; the real tokens' positions only where the test data has an
+attention_mask) on recipe feeds (seed 1) against the model before; the whitened
 factors calibrate on other recipe feeds (seed 0); the real MiniLM (build/models/minilm.onnx, made with
 the bench extra), when built, on MINILM_CALIB of its calibration sentences, measured on all 128 of its test
 sentences (another pool of sentences, never tuned on).
@@ -289,6 +290,7 @@ def lowrank_rows(entry: dict, model: onnx.ModelProto, kept: list[float], args, c
     from onnxcomp.errors import InputError
     from onnxcomp.graph.convert import to_graph, to_model
     from onnxcomp.measure.compare import per_sample_cosine
+    from onnxcomp.measure.padding import zero_padding
     from onnxcomp.measure.runtime import session
     from onnxcomp.pipeline.manager import PassManager
     from onnxcomp.pipeline.pass_base import PassContext
@@ -313,7 +315,8 @@ def lowrank_rows(entry: dict, model: onnx.ModelProto, kept: list[float], args, c
             out = to_model(graph)
             sess = session(out, threads=args.threads)
             got = _run_all(sess, test)
-            cos = float(np.mean([per_sample_cosine(a, b).mean() for a, b in zip(want, got)
+            real = (lambda v: zero_padding(v, test, "attention_mask")) if isinstance(test, dict) else (lambda v: v)
+            cos = float(np.mean([per_sample_cosine(real(a), real(b)).mean() for a, b in zip(want, got)
                                  if a.dtype.kind == "f"]))
             row = {"model": entry["name"], "kept": fraction, "method": method, "cosine": round(cos, 4),
                    "factorized": report.stats["factorized"], "layers": report.stats["layers"],

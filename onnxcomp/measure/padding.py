@@ -40,6 +40,7 @@ def check_mask(name: str | None, input_names: list[str], data, owner: str) -> No
 
 
 def _pads(data, name: str, need_zero: bool = True) -> bool:
+    """Does every call of `data` hold `name` as a 0/1 [batch, sequence] array (with some 0, `need_zero`)?"""
     values = [np.asarray(feeds[name]) for feeds in data if name in feeds]
     if not values or any(v.ndim != 2 or v.dtype.kind not in "biuf" for v in values):
         return False
@@ -67,6 +68,7 @@ def stacked_mask(data, mask: str | None) -> np.ndarray | None:
 
 
 def mask_of(feeds: dict, mask: str | None) -> np.ndarray | None:
+    """The call's mask as booleans (True: a real token), or None."""
     if mask is None or mask not in feeds:
         return None
     return np.asarray(feeds[mask]) != 0

@@ -19,7 +19,7 @@ def row_keep(feeds: dict, mask: str | None, shape: tuple) -> np.ndarray | None:
     m = mask_of(feeds, mask)
     if m is None or len(shape) < 2:
         return None
-    if tuple(shape[:2]) == m.shape:  # [batch, sequence, ..., channels]: each position's rows
+    if len(shape) >= 3 and tuple(shape[:2]) == m.shape:  # [batch, sequence, ..., channels]: each position's rows
         return np.repeat(m.reshape(-1), int(np.prod(shape[2:-1])))
     if len(shape) == 2 and shape[0] == m.size:  # [batch * sequence, channels]
         return m.reshape(-1)

@@ -276,6 +276,7 @@ def validate_against(original: onnx.ModelProto, result: onnx.ModelProto, passes,
                      atol: float, rtol: float, max_samples: int = 256) -> dict:
     """ONNX checker plus an ONNX Runtime comparison of `result` with `original`."""
     from onnxcomp.measure.compare import Tolerances, compare_models
+    from onnxcomp.measure.padding import over_real_tokens
     from onnxcomp.measure.runtime import random_inputs
     from onnxcomp.measure.samples import as_samples, generated_calls
     from onnxcomp.pipeline.verify import checker_problem
@@ -301,32 +302,15 @@ def validate_against(original: onnx.ModelProto, result: onnx.ModelProto, passes,
                   "outputs": [d.as_dict() for d in comparison.diffs]}
     if comparison.accuracy is not None:
         validation["accuracy_original"], validation["accuracy_output"] = comparison.accuracy
-    real = _over_real_tokens(original, feeds, comparison, Tolerances(atol, rtol)) if data is not None and not exact \
+    real = over_real_tokens(original, feeds, comparison, Tolerances(atol, rtol)) if data is not None and not exact \
         else None
     if real is not None:
-        validation["real_tokens"] = real
+        validation["real_tokens"] = real.as_dict()
     bad = comparison.outside
     if exact and bad:
         raise ToleranceError(f"output {bad[0].name!r} differs from the original by {bad[0].max_abs:.3g} "
                              f"(atol {atol}, rtol {rtol}) although every pass is exact")
     return validation
-
-
-def _over_real_tokens(original, feeds, comparison, tolerances) -> dict | None:
-    """The comparison again with the padded positions left out, where the data pads its sequences: a lossy
-    pass may change what no one reads there (onnxcomp.measure.padding), and the loss is the real tokens'."""
-    from onnxcomp.measure.compare import compare_outputs
-    from onnxcomp.measure.padding import find_mask, stacked_mask, zero_padding
-
-    mask = find_mask([i.name for i in original.graph.input], feeds)
-    stacked = stacked_mask(feeds, mask)
-    if stacked is None or not any(np.ndim(v) >= 2 and np.shape(v)[:2] == stacked.shape
-                                  for v in comparison.reference.values()):
-        return None
-    real = lambda outputs: {k: zero_padding(v, {mask: stacked}, mask) for k, v in outputs.items()}
-    diffs = compare_outputs(real(comparison.reference), real(comparison.candidate), tolerances)
-    return {"mask": mask, "positions": int(stacked.sum()), "of": int(stacked.size),
-            "outputs": [d.as_dict() for d in diffs]}
 
 
 def _no_check():

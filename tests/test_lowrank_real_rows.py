@@ -143,3 +143,7 @@ def test_validation_of_a_lossy_run_also_compares_the_real_tokens_only(tmp_path):
     assert np.isclose(every["cosine"], cosine(want, got), atol=1e-6) and not np.isclose(every["cosine"],
                                                                                        real["outputs"][0]["cosine"])
     assert f"validation over the real tokens ({keep.sum()} of {keep.size} positions" in r.stdout
+    compared = subprocess.run([sys.executable, "-m", "onnxcomp", "compare", str(src), str(out), "--data",
+                               str(tmp_path / "val.npz"), "--json"], capture_output=True, text=True, check=False)
+    assert compared.returncode == 4 and "outside tolerance" in compared.stderr  # lossy: the verdict stays
+    assert json.loads(compared.stdout)["real_tokens"] == real

@@ -66,6 +66,7 @@ def command(reference, candidate, data, atols, rtols, statistic, batch, seed, ma
         compare_models,
         format_diffs,
     )
+    from onnxcomp.measure.padding import over_real_tokens
     from onnxcomp.measure.runtime import check_input_values, random_inputs
     from onnxcomp.measure.samples import as_samples, generated_calls
 
@@ -102,11 +103,18 @@ def command(reference, candidate, data, atols, rtols, statistic, batch, seed, ma
               "outputs": [d.as_dict() for d in diffs]}
     if comparison.accuracy is not None:
         result["accuracy_reference"], result["accuracy_candidate"] = comparison.accuracy
+    real = over_real_tokens(ref_model, feeds, comparison, tolerances) if data else None
+    if real is not None:
+        result["real_tokens"] = real.as_dict()
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
         click.echo(f"inputs: {source}")
         click.echo(format_diffs(diffs))
+        if real is not None:
+            click.echo(f"over the real tokens only ({real.positions} of {real.of} positions, {real.mask} = 1; "
+                       "the tolerance verdict is the one above):")
+            click.echo(format_diffs(real.diffs))
         if "accuracy_reference" in result:
             click.echo(f"accuracy: reference {result['accuracy_reference']:.4f}, "
                        f"candidate {result['accuracy_candidate']:.4f}")

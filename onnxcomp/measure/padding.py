@@ -9,6 +9,8 @@ mask (attention_mask, input_mask); 1 marks a real token.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 AUTO, NONE = "auto", "none"
@@ -65,6 +67,36 @@ def stacked_mask(data, mask: str | None) -> np.ndarray | None:
     if not values or len(values) != len(list(data)) or len({v.shape[1:] for v in values}) != 1:
         return None
     return np.concatenate(values)
+
+
+@dataclass
+class RealTokens:
+    """A comparison over the real tokens' positions only."""
+
+    mask: str
+    positions: int  # real positions
+    of: int  # all positions
+    diffs: list  # OutputDiff per output
+
+    def as_dict(self) -> dict:
+        return {"mask": self.mask, "positions": self.positions, "of": self.of,
+                "outputs": [d.as_dict() for d in self.diffs]}
+
+
+def over_real_tokens(original, feeds, comparison, tolerances) -> RealTokens | None:
+    """A Comparison (onnxcomp.measure.compare) of `original` with another model on `feeds` again with the
+    padded positions zeroed in both, where the data pads its sequences, else None: a lossy pass may change
+    what no one reads there, and the loss is the real tokens'."""
+    from onnxcomp.measure.compare import compare_outputs
+
+    mask = find_mask([i.name for i in original.graph.input], feeds)
+    stacked = stacked_mask(feeds, mask)
+    if stacked is None or not any(np.ndim(v) >= 2 and np.shape(v)[:2] == stacked.shape
+                                  for v in comparison.reference.values()):
+        return None
+    real = lambda outputs: {k: zero_padding(v, {mask: stacked}, mask) for k, v in outputs.items()}
+    diffs = compare_outputs(real(comparison.reference), real(comparison.candidate), tolerances)
+    return RealTokens(mask, int(stacked.sum()), int(stacked.size), diffs)
 
 
 def mask_of(feeds: dict, mask: str | None) -> np.ndarray | None:

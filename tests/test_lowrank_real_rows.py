@@ -1,4 +1,4 @@
-"""factorize-lowrank leaves padded positions out of its fit when the data has a padding mask (real_rows.py)."""
+"""factorize-lowrank leaves padded positions out of its fit when the data has a padding mask (onnxcomp.measure.padding)."""
 
 from __future__ import annotations
 

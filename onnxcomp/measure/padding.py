@@ -4,7 +4,8 @@ Sentences padded to one length carry positions that nothing the model gives out 
 masks them as keys, a pooled embedding leaves them out, a user reads the real tokens' states only. A
 lossy pass that no longer fits them (factorize-lowrank) changes them freely, and a comparison over every
 position then reports that change as a loss. The mask is a 0/1 [batch, sequence] input whose name says
-mask (attention_mask, input_mask); 1 marks a real token.
+mask (attention_mask, input_mask); 1 marks a real token. Statistics gathered for a fit (factorize-lowrank,
+data-aware channel importance) count the real tokens' rows only (row_keep).
 """
 
 from __future__ import annotations
@@ -97,6 +98,19 @@ def over_real_tokens(original, feeds, comparison, tolerances) -> RealTokens | No
     real = lambda outputs: {k: zero_padding(v, {mask: stacked}, mask) for k, v in outputs.items()}
     diffs = compare_outputs(real(comparison.reference), real(comparison.candidate), tolerances)
     return RealTokens(mask, int(stacked.sum()), int(stacked.size), diffs)
+
+
+def row_keep(feeds: dict, mask: str | None, shape: tuple) -> np.ndarray | None:
+    """[rows] bool, True for the rows of an activation of `shape` (rows = its last axis' vectors) that are
+    real tokens; None when every row counts (no mask, or the activation is not [batch, sequence, ...])."""
+    m = mask_of(feeds, mask)
+    if m is None or len(shape) < 2:
+        return None
+    if len(shape) >= 3 and tuple(shape[:2]) == m.shape:  # [batch, sequence, ..., channels]: each position's rows
+        return np.repeat(m.reshape(-1), int(np.prod(shape[2:-1])))
+    if len(shape) == 2 and shape[0] == m.size:  # [batch * sequence, channels]
+        return m.reshape(-1)
+    return None
 
 
 def mask_of(feeds: dict, mask: str | None) -> np.ndarray | None:

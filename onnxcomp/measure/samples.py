@@ -663,3 +663,14 @@ def read_test_data_sets(folder: Path, specs: list[InputSpec] | None) -> list[dic
             feed[name] = array
         feeds.append(feed)
     return feeds
+
+
+def in_batches(data, batch: int, gather):
+    """gather(calls) over `data` (onnxcomp Samples) merged into calls of `batch` samples, or over the
+    calls as they are where a dynamic batch the model does not really take fails (InputError)."""
+    from onnxcomp.errors import InputError
+
+    try:
+        return gather(data.batches(batch))
+    except InputError:
+        return gather(data.batches(None))

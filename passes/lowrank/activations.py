@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxcomp.errors import InputError
+from onnxcomp.measure.padding import row_keep
+from onnxcomp.measure.samples import in_batches
 from onnxcomp.passes.lowrank.layers import Layer
-from onnxcomp.passes.lowrank.real_rows import row_keep
 
 CONV_ROWS = 4096  # patch rows per batch and Conv layer
 
@@ -21,7 +21,7 @@ def input_moments(graph, layers: list[Layer], data, batch: int = 32, seed: int =
                   norms: dict | None = None, folds: bool = False, mask: str | None = None):
     """{layer node: X^T X / rows} over `data` (onnxcomp Samples), the graph as it is now; `norms`
     {layer node: NormAfter} weights those layers' rows by 1 / the norm input's row deviation;
-    `mask`: the padding mask input, whose padded positions' rows are left out (real_rows.py).
+    `mask`: the padding mask input, whose padded positions' rows are left out (onnxcomp.measure.padding).
     With `folds`, (that dict, [the same over the even samples, over the odd ones]): two halves of the
     data for measuring how the factors do on rows they were not fitted on (overfit.py)."""
     from onnxcomp.graph.convert import to_model
@@ -37,15 +37,6 @@ def input_moments(graph, layers: list[Layer], data, batch: int = 32, seed: int =
     if not folds:
         return full
     return full, [{key: sums[f][key] / max(rows[f][key], 1) for key in sums[f]} for f in (0, 1)]
-
-
-def in_batches(data, batch: int, gather):
-    """gather(calls) over `data` (onnxcomp Samples) merged into calls of `batch` samples, or over the
-    calls as they are where a dynamic batch the model does not really take fails (InputError)."""
-    try:
-        return gather(data.batches(batch))
-    except InputError:
-        return gather(data.batches(None))
 
 
 def _accumulate(sess, layers: list[Layer], names: list[str], calls, seed: int, norms: dict, mask: str | None):

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxcomp.passes.lowrank.activations import in_batches
+from onnxcomp.measure.padding import mask_of
+from onnxcomp.measure.samples import in_batches
 from onnxcomp.passes.lowrank.layers import Layer
 from onnxcomp.passes.lowrank.norms import seen_through
-from onnxcomp.passes.lowrank.real_rows import query_keep
 
 HOPS = 4  # elementwise nodes between a projection and the score MatMul, or between the scores and Softmax
 
@@ -130,7 +130,7 @@ def attention_fits(graph, blocks: list[Attention], layers: list[Layer], weights:
     """{layer node: (input covariance or None to keep the layer's own, output weight)} for the
     query, key and value of every block whose head layout checks out on the data.
     `weights`: {layer node: W (m x n)}; `out_weights`: {layer node: the output weight its norm gives, or None};
-    `mask`: the padding mask input (padded queries count for nothing, real_rows.py)."""
+    `mask`: the padding mask input (padded queries count for nothing, onnxcomp.measure.padding)."""
     from onnxcomp.graph.convert import to_model
     from onnxcomp.graph.edit import add_outputs
     from onnxcomp.measure.runtime import session
@@ -162,7 +162,7 @@ def _sums(sess, names, calls, blocks, outputs, by_node, weights, out_weights, ma
         values = run(sess, feeds, names)
         for b in blocks:
             if sums[b.q].ok:
-                _accumulate(sums[b.q], b, values, outputs, by_node, weights, out_weights, query_keep(feeds, mask))
+                _accumulate(sums[b.q], b, values, outputs, by_node, weights, out_weights, _queries(feeds, mask))
     return sums
 
 
@@ -197,6 +197,12 @@ def _head_metric(b: Attention, weights: dict, out_weights: dict, h: int, d: int)
     w = weights[b.o].reshape(h, d, -1)
     m = out_weights.get(b.o)
     return np.einsum("hdn,hen->hde", w, w) if m is None else np.einsum("hdn,nk,hek->hde", w, m, w, optimize=True)
+
+
+def _queries(feeds: dict, mask: str | None) -> np.ndarray | None:
+    """[batch, sequence] 0/1 weights of the query positions (the real tokens), or None."""
+    m = mask_of(feeds, mask)
+    return None if m is None else m.astype(np.float64)
 
 
 def _accumulate(s: _Sums, b: Attention, values, outputs, by_node, weights, out_weights, queries=None) -> None:

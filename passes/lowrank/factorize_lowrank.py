@@ -283,7 +283,7 @@ def _held_out(layers, matrices: dict, norms: dict, moments: dict, halves: list, 
 
 
 def _mask(graph, option: str, ctx: PassContext) -> str | None:
-    """The padding mask input the statistics leave the padded rows out by (real_rows.py), said once."""
+    """The padding mask input the statistics leave the padded rows out by (onnxcomp.measure.padding), said once."""
     from onnxcomp.measure.padding import AUTO, NONE, check_mask, find_mask
 
     inputs = [t.name for t in graph.inputs]

@@ -14,10 +14,10 @@ from math import sqrt
 
 import numpy as np
 
-from onnxcomp.passes.lowrank.activations import in_batches
+from onnxcomp.measure.padding import row_keep
+from onnxcomp.measure.samples import in_batches
 from onnxcomp.passes.lowrank.layers import Layer
 from onnxcomp.passes.lowrank.norms import seen_through
-from onnxcomp.passes.lowrank.real_rows import row_keep
 
 HOPS = 6  # elementwise nodes from z to the down projection's input (erf GELU takes five)
 ELEMENTWISE = ("Add", "Mul", "Div", "Erf", "Gelu", "Relu", "Sub", "Pow", "Tanh", "Sigmoid")
@@ -79,7 +79,7 @@ def find_ffn(graph, layers: list[Layer]) -> list[tuple[str, str, str, str]]:
 def ffn_fits(graph, blocks, matrices: dict, out_weights: dict, data, batch: int = 32,
              mask: str | None = None) -> dict[str, np.ndarray]:
     """{up layer: output weight} for the blocks whose activation checks out on the data (the real tokens'
-    rows where `mask` names the padding mask input, real_rows.py)."""
+    rows where `mask` names the padding mask input, onnxcomp.measure.padding)."""
     from onnxcomp.graph.convert import to_model
     from onnxcomp.graph.edit import add_outputs
     from onnxcomp.measure.runtime import session

@@ -33,8 +33,8 @@ def refittable_norms(graph) -> list:
 def refit_norms(graph, before, data, say=lambda message: None, batch: int = 32, mask: str | None = None) -> int:
     """Refit, in place, every refittable norm of `graph` whose input changed against `before` (the
     ModelProto before factorizing, with the same tensor names); the number refitted. `mask`: the padding
-    mask input; the fit is on the real tokens' rows (real_rows.py)."""
-    from onnxcomp.passes.lowrank.activations import in_batches
+    mask input; the fit is on the real tokens' rows (onnxcomp.measure.padding)."""
+    from onnxcomp.measure.samples import in_batches
 
     return in_batches(data, batch, lambda calls: _refit(graph, before, list(calls), say, mask))
 
@@ -80,7 +80,7 @@ def _refit(graph, before, calls: list, say, mask=None) -> int:
 def _rows(run, calls: list, names: list[str], mask: str | None = None) -> list[np.ndarray]:
     """Each tensor over every call (run(feeds, names) -> {name: value}), as rows of its last axis (the real
     tokens' rows where the padding mask says so)."""
-    from onnxcomp.passes.lowrank.real_rows import row_keep
+    from onnxcomp.measure.padding import row_keep
 
     runs = [(feeds, run(feeds, names)) for feeds in calls]
     return [np.concatenate([_kept(np.asarray(r[name], dtype=np.float64), row_keep(feeds, mask, np.shape(r[name])))

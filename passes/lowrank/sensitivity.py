@@ -37,8 +37,8 @@ def layer_weights(before, layers, error, data, round_to: int, sources: dict, can
     """{layer node: factor turning its relative error into the model-output drop it causes}.
     `sources`: {layer node: its weight as the node reads it}; candidate(layer, rank): the same at `rank`.
     The reference is run in the same session (probe.py) with the weights as they are; `mask`: the padding
-    mask input, whose padded positions the drop does not compare (real_rows.py)."""
-    from onnxcomp.passes.lowrank.activations import in_batches
+    mask input, whose padded positions the drop does not compare (onnxcomp.measure.padding)."""
+    from onnxcomp.measure.samples import in_batches
     from onnxcomp.passes.lowrank.probe import Probe
 
     probe = Probe(before, {(layer.node, 1): sources[layer.node] for layer in layers})

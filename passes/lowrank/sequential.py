@@ -16,11 +16,11 @@ from __future__ import annotations
 import numpy as np
 
 from onnxcomp.graph.edit import copy_with_outputs
+from onnxcomp.measure.padding import row_keep
 from onnxcomp.passes.lowrank.activations import conv_patches
 from onnxcomp.passes.lowrank.factors import spectrum
 from onnxcomp.passes.lowrank.layers import as_matrix
 from onnxcomp.passes.lowrank.ranks import WHOLE
-from onnxcomp.passes.lowrank.real_rows import row_keep
 
 DAMPING_CROSS = 0.1  # pull of W* towards W, of the mean diagonal of X'^T X' (a free fit overfits the samples)
 

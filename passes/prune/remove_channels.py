@@ -47,8 +47,10 @@ BACKOFF_STEPS = 6
 class RemoveChannelsOptions:
     ratio: float = field(default=0.5, metadata={"help": "fraction of channels to remove per group",
                                                 "range": Range(0, 1, hi_open=True)})
-    importance: Literal["l1", "l2", "bn-scale"] = field(
-        default="l2", metadata={"help": "how channels are ranked: weight magnitude over the group, or BN scale"})
+    importance: Literal["l1", "l2", "bn-scale", "activation"] = field(
+        default="l2", metadata={"help": "how channels are ranked: weight magnitude over the group, BN scale, or "
+                                        "activation: the output energy each channel feeds its readers on the sample "
+                                        "data (needs --calib; the real tokens only where the data pads)"})
     round_to: int = field(default=8, metadata={
         "help": "kept channel counts are multiples of this (blocked kernels want it; odd widths can be slower)",
         "range": Range(1)})
@@ -65,6 +67,18 @@ class RemoveChannelsOptions:
 
     def __post_init__(self):
         check_ranges(self, "remove-channels")
+
+
+def _activation_scores(graph, live, values_of, l2_scores: dict, ctx: PassContext) -> dict:
+    from onnxcomp.measure.padding import find_mask
+    from onnxcomp.passes.prune.activation_importance import activation_scores
+
+    if ctx.data is None:
+        raise InputError("remove-channels: importance=activation needs sample data (give --calib)")
+    mask = find_mask([t.name for t in graph.inputs], ctx.data)
+    ctx.say("remove-channels: channel importance measured on the sample data"
+            + (f" (real tokens: {mask} = 1)" if mask else ""))
+    return activation_scores(graph, live, values_of, ctx.data, l2_scores, mask)
 
 
 @register_pass
@@ -100,8 +114,11 @@ class RemoveChannelsPass(Pass):
             values_of = ConstantTable(graph).get
             scores, used = {}, set()
             for g in live:
-                scores[g.id], criterion = channel_importance(g, values_of, o.importance)
+                scores[g.id], criterion = channel_importance(g, values_of, "l2" if o.importance == "activation"
+                                                             else o.importance)
                 used.add(criterion)
+            if o.importance == "activation":
+                scores, used = _activation_scores(graph, live, values_of, scores, ctx), {"activation"}
             report.details["importance"] = sorted(used)
             widths = {g.id: g.width for g in live}
             by_id = {g.id: g for g in live}

@@ -1,0 +1,68 @@
+"""remove-channels importance=activation: channels ranked by the output energy they feed their readers on the data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import make_model, run, run_pass, tensor
+from onnx import TensorProto, helper
+
+from onnxcomp.errors import InputError
+
+
+def dead_and_live(m=8, hidden=16, n=4, seed=0):
+    """x [B, T, m] -> MatMul (hidden) -> Relu -> MatMul (n): hidden units 0-7 have large weights on inputs
+    the data never sets (dead on it), units 8-15 small weights on the inputs it does."""
+    rng = np.random.default_rng(seed)
+    w0 = np.zeros((m, hidden), np.float32)
+    w0[: m // 2, : hidden // 2] = 5 * rng.standard_normal((m // 2, hidden // 2))
+    w0[m // 2:, hidden // 2:] = 0.5 * rng.standard_normal((m // 2, hidden // 2))
+    w1 = rng.standard_normal((hidden, n)).astype(np.float32)
+    w1[: hidden // 2] *= 5
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h"], name="fc0"),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w1"], ["y"], name="fc1")]
+    return make_model(nodes, [tensor("x", ["B", "T", m])], [tensor("y", None)], {"w0": w0, "w1": w1})
+
+
+def live_inputs(n=32, t=5, m=8, seed=1):
+    x = np.random.default_rng(seed).standard_normal((n, t, m)).astype(np.float32)
+    x[..., : m // 2] = 0  # the inputs the large weights read
+    return {"x": x}
+
+
+def _error(model, out, data) -> float:
+    want, got = run(model, data)["y"], run(out, data)["y"]
+    return float(np.sum((want - got) ** 2) / np.sum(want ** 2))
+
+
+def test_activation_importance_keeps_the_channels_the_data_uses_where_magnitude_keeps_dead_ones():
+    model, calib, test = dead_and_live(), live_inputs(seed=1), live_inputs(seed=2)
+    errors = {}
+    for importance in ("l2", "activation"):
+        out, records = run_pass(model, f"remove-channels{{ratio=0.5,round_to=1,importance={importance}}}", data=calib)
+        assert records[0].report.details["importance"] == [importance]
+        errors[importance] = _error(model, out, test)
+    assert errors["activation"] < 1e-6 < 0.5 < errors["l2"], errors  # the dead units carry nothing on this data
+
+
+def test_activation_importance_counts_the_real_tokens_only():
+    """Padded positions that set the dead units' inputs do not make them important."""
+    model = dead_and_live()
+    data = live_inputs(seed=1)
+    mask = np.ones(data["x"].shape[:2], np.int64)
+    mask[:, 3:] = 0
+    data["x"][:, 3:, :4] = 50.0  # only the padding drives the dead units
+    graph_mask = helper.make_node("Cast", ["attention_mask"], ["mf"], to=TensorProto.FLOAT)
+    model.graph.node.append(graph_mask)
+    model.graph.input.append(tensor("attention_mask", ["B", "T"], TensorProto.INT64))
+    model.graph.output.append(tensor("mf", None))
+    out, _ = run_pass(model, "remove-channels{ratio=0.5,round_to=1,importance=activation}",
+                      data=dict(data, attention_mask=mask))
+    test = dict(live_inputs(seed=2), attention_mask=np.ones((32, 5), np.int64))
+    assert _error(model, out, test) < 1e-6
+
+
+def test_activation_importance_without_data_is_one_clear_line():
+    with pytest.raises(InputError, match="needs sample data"):
+        run_pass(dead_and_live(), "remove-channels{ratio=0.5,importance=activation}")

@@ -66,3 +66,32 @@ def test_activation_importance_counts_the_real_tokens_only():
 def test_activation_importance_without_data_is_one_clear_line():
     with pytest.raises(InputError, match="needs sample data"):
         run_pass(dead_and_live(), "remove-channels{ratio=0.5,importance=activation}")
+
+
+def echoed(m=6, n=5, seed=3):
+    """x -> MatMul (8 hidden) -> Relu -> MatMul: hidden units 4-7 are 0.9 x units 0-3 (the same signal),
+    read by other (smaller) weights of the second layer: after pruning them the kept units can do their work."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((m, 4)).astype(np.float32)
+    w0 = np.concatenate([base, 0.9 * base], 1)
+    w1 = rng.standard_normal((8, n)).astype(np.float32)
+    w1[4:] *= 0.2  # so the echoes are the ones removed
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h"], name="fc0"),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w1"], ["y"], name="fc1")]
+    return make_model(nodes, [tensor("x", ["B", m])], [tensor("y", None)], {"w0": w0, "w1": w1})
+
+
+def test_refit_gives_the_removed_channels_work_to_the_kept_ones_that_carry_the_same_signal():
+    model = echoed()
+    rng = np.random.default_rng(4)
+    calib, test = ({"x": rng.standard_normal((n, 6)).astype(np.float32)} for n in (256, 64))
+    errors = {}
+    for refit in ("false", "true"):
+        out, records = run_pass(model, f"remove-channels{{ratio=0.5,round_to=1,importance=activation,refit={refit}}}",
+                                data=calib)
+        errors[refit] = _error(model, out, test)
+    assert records[0].report.stats["readers_refitted"] == 1
+    assert errors["true"] < 0.25 * errors["false"], errors
+    with pytest.raises(InputError, match="refit needs sample data"):
+        run_pass(model, "remove-channels{ratio=0.5,refit=true}")

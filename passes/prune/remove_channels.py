@@ -54,6 +54,9 @@ class RemoveChannelsOptions:
     round_to: int = field(default=8, metadata={
         "help": "kept channel counts are multiples of this (blocked kernels want it; odd widths can be slower)",
         "range": Range(1)})
+    refit: bool = field(default=False, metadata={
+        "help": "with sample data, refit the kept input rows of the pruned channels' MatMul/Gemm readers by least "
+                "squares, so the kept channels make up for the removed ones (the real tokens only where the data pads)"})
     global_ranking: bool = field(default=False, metadata={
         "help": "rank channels across groups (layers lose different fractions) instead of per group"})
     kept_channels_exact: bool = field(default=False, metadata={
@@ -67,6 +70,17 @@ class RemoveChannelsOptions:
 
     def __post_init__(self):
         check_ranges(self, "remove-channels")
+
+
+def _refit_readers(graph, plan, ctx: PassContext) -> list[str]:
+    from onnxcomp.measure.padding import find_mask
+    from onnxcomp.passes.prune.reader_refit import refit_readers
+
+    if ctx.data is None:
+        raise InputError("remove-channels: refit needs sample data (give --calib)")
+    refitted = refit_readers(graph, plan, ctx.data, find_mask([t.name for t in graph.inputs], ctx.data))
+    ctx.say(f"remove-channels: {len(refitted)} readers of pruned channels refitted on the sample data")
+    return refitted
 
 
 def _activation_scores(graph, live, values_of, l2_scores: dict, ctx: PassContext) -> dict:
@@ -133,6 +147,8 @@ class RemoveChannelsPass(Pass):
             if o.max_drop is not None and plan.slices:
                 plan = _fit_budget(choose, o.ratio, o.max_drop, before_model, ctx, report)
         predicted = plan.removed_params(ConstantTable(graph).get, readers_in(graph))
+        if o.refit:
+            report.stats["readers_refitted"] = len(_refit_readers(graph, plan, ctx))
         apply_plan(graph, plan, infer=False)
         graph.cleanup().toposort()
         after_model = reinfer_shapes(graph)  # the one export of the pruned graph, also used for MACs

@@ -17,7 +17,8 @@ the bench extra), when built, on MINILM_CALIB of its calibration sentences, meas
 sentences (another pool of sentences, never tuned on).
 
 Distillation (the real MiniLM, skipped with --no-distill): the students of `--lowrank 0.75` (whitened, on the
-MINILM_CALIB calibration sentences of the low-rank rows) and of heads + FFN pruned at the ratio (remove-channels)
+MINILM_CALIB calibration sentences of the low-rank rows) and of heads + FFN pruned at the ratio (remove-channels,
+channels ranked by their output energy on those sentences and the readers refitted: importance=activation,refit=true)
 fine-tuned label-free from the original (`onnxcomp.distill`: the hidden states and the outputs of encoder
 layers 0-4 matched over the real tokens, one torch thread), on the 256 calibration sentences plus --distill-docs
 sentences of the standard library's docstrings, with --distill-augment random-token copies of them and the
@@ -405,7 +406,8 @@ def distill_rows(teacher: onnx.ModelProto, calib: dict, test: dict, args) -> lis
     rows = []
     factor_on = {k: v[:MINILM_CALIB] for k, v in calib.items()}  # the low-rank rows' student (4x faster to build)
     for label, pipeline, data in (("lowrank 0.75", "factorize-lowrank{kept=0.75,method=whitened}", factor_on),
-                                  (f"heads+FFN {args.ratio}", f"remove-channels{{ratio={args.ratio}}}", None)):
+                                  (f"heads+FFN {args.ratio}",
+                                   f"remove-channels{{ratio={args.ratio},importance=activation,refit=true}}", factor_on)):
         graph = to_graph(_copy(teacher))
         PassManager(parse_pipeline(pipeline), verify="structure", ctx=PassContext(data=data)).run(graph)
         student = to_model(graph)

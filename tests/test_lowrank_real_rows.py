@@ -147,3 +147,70 @@ def test_validation_of_a_lossy_run_also_compares_the_real_tokens_only(tmp_path):
                                str(tmp_path / "val.npz"), "--json"], capture_output=True, text=True, check=False)
     assert compared.returncode == 4 and "outside tolerance" in compared.stderr  # lossy: the verdict stays
     assert json.loads(compared.stdout)["real_tokens"] == real
+
+
+def _comparison(reference, candidate):
+    from onnxcomp.measure.compare import Comparison, compare_outputs
+
+    return Comparison(reference, candidate, compare_outputs(reference, candidate))
+
+
+def test_the_real_tokens_error_figures_are_over_the_real_positions_with_the_statistic_asked():
+    """Zeroed padded positions must not count as agreeing elements: with every real element off by 1, the mean
+    error and the share outside tolerance over the real tokens are 1, whatever the share of padding."""
+    from onnxcomp.measure.compare import Tolerances
+    from onnxcomp.measure.padding import over_real_tokens
+
+    feeds = [{"attention_mask": np.array([[1, 1, 0, 0], [1, 0, 0, 0]])}]
+    y = np.ones((2, 4, 3), np.float32)
+    real = over_real_tokens(masked_mlp(), feeds, _comparison({"y": y}, {"y": y + 1}), Tolerances(), "mean")
+    (diff,) = real.diffs
+    assert (real.positions, real.of) == (3, 8)
+    assert diff.statistic == "mean" and np.isclose(diff.error_stat, 1.0) and np.isclose(diff.outside_fraction, 1.0)
+    assert np.isclose(diff.max_abs, 1.0) and np.isclose(diff.cosine, 1.0)  # all ones against all twos
+    (every,) = over_real_tokens(masked_mlp(), feeds, _comparison({"y": y}, {"y": y + 1}), Tolerances()).diffs
+    assert every.statistic == "max" and np.isclose(every.outside_fraction, 1.0)
+
+
+def test_an_output_whose_second_axis_only_happens_to_be_as_long_as_the_sequence_is_compared_whole():
+    """A pooled [batch, 4] output (declared 4, the mask's sequence axis is symbolic) is not [batch, sequence]."""
+    from onnxcomp.measure.compare import Tolerances
+    from onnxcomp.measure.padding import over_real_tokens
+
+    model = masked_mlp()
+    model.graph.output.append(tensor("pooled", ["B", 4]))
+    feeds = [{"attention_mask": np.array([[1, 1, 0, 0], [1, 0, 0, 0]])}]
+    y, p = np.ones((2, 4, 3), np.float32), np.ones((2, 4), np.float32)
+    q = p.copy()
+    q[:, 3] = 5.0  # differs where the mask is 0, which means nothing for a pooled output
+    real = over_real_tokens(model, feeds, _comparison({"y": y, "pooled": p}, {"y": y, "pooled": q}), Tolerances())
+    assert np.isclose(real.diffs[1].max_abs, 4.0), real.diffs[1]
+
+
+def test_the_sensitivity_drop_compares_a_pooled_output_whole():
+    """A model whose output is pooled over the sequence, [batch, 12] beside 12 symbolic positions: the mask
+    has no sequence axis to zero there, so the measured drops are those without a mask."""
+    import onnx_graphsurgeon as gs
+
+    from onnxcomp.measure.samples import as_samples
+    from onnxcomp.passes.lowrank.layers import find_layers
+    from onnxcomp.passes.lowrank.sensitivity import layer_weights
+
+    rng = np.random.default_rng(0)
+    w = {"w0": rng.standard_normal((24, 32)).astype(np.float32), "w1": rng.standard_normal((32, 12)).astype(np.float32),
+         "axes": np.array([1], np.int64)}
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h"], name="fc0"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w1"], ["o"], name="fc1"),
+             helper.make_node("ReduceMean", ["o"], ["pooled"], axes=[1], keepdims=0),
+             helper.make_node("Cast", ["attention_mask"], ["mf"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceSum", ["mf", "axes"], ["count"], keepdims=1),
+             helper.make_node("Div", ["pooled", "count"], ["y"])]
+    model = make_model(nodes, [tensor("x", ["B", "T", 24]), tensor("attention_mask", ["B", "T"], TensorProto.INT64)],
+                       [tensor("y", ["B", 12])], w)
+    layers, _ = find_layers(gs.import_onnx(model), 2)
+    sources = {"fc0": w["w0"], "fc1": w["w1"]}
+    data = as_samples(padded(t=12), model)
+    drops = {mask: layer_weights(model, layers, lambda layer, rank: 1.0, data, 2, sources,
+                                 lambda layer, rank: 0.5 * sources[layer.node] + 0.3, mask=mask)
+             for mask in (None, "attention_mask")}
+    assert drops[None] == pytest.approx(drops["attention_mask"], rel=1e-9), drops

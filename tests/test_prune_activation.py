@@ -95,3 +95,27 @@ def test_refit_gives_the_removed_channels_work_to_the_kept_ones_that_carry_the_s
     assert errors["true"] < 0.25 * errors["false"], errors
     with pytest.raises(InputError, match="refit needs sample data"):
         run_pass(model, "remove-channels{ratio=0.5,refit=true}")
+
+
+def test_with_refit_the_budget_measures_the_refitted_model():
+    """max_drop judges the model the pass gives out: measured_drop is the refitted output's drop on the data."""
+    from onnxcomp.measure.samples import as_samples
+    from onnxcomp.pipeline.budget import drop_measure
+
+    model = echoed()
+    calib = {"x": np.random.default_rng(4).standard_normal((256, 6)).astype(np.float32)}
+    out, records = run_pass(model, "remove-channels{ratio=0.5,round_to=1,importance=activation,refit=true,max_drop=0.9}",
+                            data=as_samples(calib, model))
+    measured = records[0].report.stats["measured_drop"]
+    actual = drop_measure(model, as_samples(calib, model))(out).drop
+    assert np.isclose(measured, actual, atol=1e-6), (measured, actual)
+
+
+def test_the_report_names_l2_where_no_reader_could_be_measured():
+    """The second layer reads its weight through an Identity: nothing lines up with an activation, the group
+    keeps its l2 score, and the report says l2, not activation."""
+    model = dead_and_live()
+    model.graph.node.insert(0, helper.make_node("Identity", ["w1"], ["w1_read"]))
+    model.graph.node[-1].input[1] = "w1_read"
+    _, records = run_pass(model, "remove-channels{ratio=0.5,round_to=1,importance=activation}", data=live_inputs())
+    assert records[0].report.details["importance"] == ["l2"]

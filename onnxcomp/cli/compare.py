@@ -103,7 +103,7 @@ def command(reference, candidate, data, atols, rtols, statistic, batch, seed, ma
               "outputs": [d.as_dict() for d in diffs]}
     if comparison.accuracy is not None:
         result["accuracy_reference"], result["accuracy_candidate"] = comparison.accuracy
-    real = over_real_tokens(ref_model, feeds, comparison, tolerances) if data else None
+    real = over_real_tokens(ref_model, feeds, comparison, tolerances, statistic) if data else None
     if real is not None:
         result["real_tokens"] = real.as_dict()
     if as_json:

@@ -84,20 +84,51 @@ class RealTokens:
                 "outputs": [d.as_dict() for d in self.diffs]}
 
 
-def over_real_tokens(original, feeds, comparison, tolerances) -> RealTokens | None:
-    """A Comparison (onnxcomp.measure.compare) of `original` with another model on `feeds` again with the
-    padded positions zeroed in both, where the data pads its sequences, else None: a lossy pass may change
-    what no one reads there, and the loss is the real tokens'."""
-    from onnxcomp.measure.compare import compare_outputs
+def over_real_tokens(original, feeds, comparison, tolerances, statistic: str = "max") -> RealTokens | None:
+    """A Comparison (onnxcomp.measure.compare) of `original` with another model on `feeds` again over the
+    real tokens only, where the data pads its sequences, else None: a lossy pass may change what no one
+    reads there, and the loss is the real tokens'. The error figures (`statistic`, the share outside
+    tolerance) are over the real positions' elements; the cosine is per sample with the padded positions
+    zeroed in both. An output is [batch, sequence, ...] when its shape says so and its declared axis 1 does
+    not contradict the mask's (a pooled [batch, 64] output beside 64 symbolic positions is not)."""
+    from dataclasses import replace
+
+    from onnxcomp.measure.compare import Tolerances, compare_outputs, cosine, diff_output, top1_agreement
 
     mask = find_mask([i.name for i in original.graph.input], feeds)
     stacked = stacked_mask(feeds, mask)
-    if stacked is None or not any(np.ndim(v) >= 2 and np.shape(v)[:2] == stacked.shape
-                                  for v in comparison.reference.values()):
+    if stacked is None:
         return None
-    real = lambda outputs: {k: zero_padding(v, {mask: stacked}, mask) for k, v in outputs.items()}
-    diffs = compare_outputs(real(comparison.reference), real(comparison.candidate), tolerances)
+    reference, candidate = comparison.reference, comparison.candidate
+    positional = {name for name, v in reference.items()
+                  if np.asarray(v).dtype.kind == "f" and np.ndim(v) >= 2 and np.shape(v)[:2] == stacked.shape
+                  and np.shape(candidate.get(name)) == np.shape(v) and sequence_axis(original, name, mask)}
+    if not positional:
+        return None
+    tolerances = tolerances or Tolerances()
+    keep = stacked != 0
+    diffs = []
+    for d in compare_outputs(reference, candidate, tolerances, statistic):
+        if d.name in positional:
+            a, b = np.asarray(reference[d.name]), np.asarray(candidate[d.name])
+            za, zb = zero_padding(a, {mask: stacked}, mask), zero_padding(b, {mask: stacked}, mask)
+            d = replace(diff_output(d.name, a[keep], b[keep], *tolerances.of(d.name), statistic),
+                        shape=d.shape, cosine=cosine(za, zb), top1=top1_agreement(za, zb))
+        diffs.append(d)
     return RealTokens(mask, int(stacked.sum()), int(stacked.size), diffs)
+
+
+def sequence_axis(model, output: str, mask: str) -> bool:
+    """Whether the declared axis 1 of `output` may be the mask's sequence axis (unknown: it may)."""
+    def second(infos, name):
+        info = next((v for v in infos if v.name == name), None)
+        dims = info.type.tensor_type.shape.dim if info is not None and info.type.HasField("tensor_type") else []
+        return None if len(dims) < 2 else (dims[1].dim_value if dims[1].HasField("dim_value") else
+                                          dims[1].dim_param or None)
+    out, seq = second(model.graph.output, output), second(model.graph.input, mask)
+    if out is None or seq is None:
+        return True
+    return isinstance(out, str) == isinstance(seq, str) and (isinstance(out, str) or out == seq)
 
 
 def row_keep(feeds: dict, mask: str | None, shape: tuple) -> np.ndarray | None:

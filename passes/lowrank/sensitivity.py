@@ -38,19 +38,24 @@ def layer_weights(before, layers, error, data, round_to: int, sources: dict, can
     `sources`: {layer node: its weight as the node reads it}; candidate(layer, rank): the same at `rank`.
     The reference is run in the same session (probe.py) with the weights as they are; `mask`: the padding
     mask input, whose padded positions the drop does not compare (onnxcomp.measure.padding)."""
+    from onnxcomp.measure.padding import sequence_axis
     from onnxcomp.measure.samples import in_batches
     from onnxcomp.passes.lowrank.probe import Probe
 
     probe = Probe(before, {(layer.node, 1): sources[layer.node] for layer in layers})
     first = data.take(PROBE_CALLS)  # merged into one call where the model takes it
+    # the outputs whose axis 1 may be the sequence (a pooled [batch, 64] output is compared whole)
+    positional = [mask is not None and sequence_axis(before, o.name, mask) for o in before.graph.output]
     return in_batches(first, first.samples, lambda calls: _measured(probe, list(calls), layers, error, round_to,
-                                                                    candidate, say, mask))
+                                                                    candidate, say, mask, positional))
 
 
-def _measured(probe, calls: list, layers, error, round_to: int, candidate, say, mask=None) -> dict[str, float]:
+def _measured(probe, calls: list, layers, error, round_to: int, candidate, say, mask=None,
+              positional=()) -> dict[str, float]:
     from onnxcomp.measure.padding import zero_padding
 
-    real = lambda feeds, outputs: [zero_padding(value, feeds, mask) for value in outputs]
+    real = lambda feeds, outputs: [zero_padding(value, feeds, mask) if i < len(positional) and positional[i] else value
+                                   for i, value in enumerate(outputs)]
     reference = [real(feeds, probe.run(feeds)) for feeds in calls]
     weights = {}
     for i, layer in enumerate(layers):

@@ -83,7 +83,8 @@ def _refit_readers(graph, plan, ctx: PassContext) -> list[str]:
     return refitted
 
 
-def _activation_scores(graph, live, values_of, l2_scores: dict, ctx: PassContext) -> dict:
+def _activation_scores(graph, live, values_of, l2_scores: dict, ctx: PassContext) -> tuple[dict, set]:
+    """(scores, criteria used): a group with no reader to measure keeps its l2 score, and the report says so."""
     from onnxcomp.measure.padding import find_mask
     from onnxcomp.passes.prune.activation_importance import activation_scores
 
@@ -92,7 +93,8 @@ def _activation_scores(graph, live, values_of, l2_scores: dict, ctx: PassContext
     mask = find_mask([t.name for t in graph.inputs], ctx.data)
     ctx.say("remove-channels: channel importance measured on the sample data"
             + (f" (real tokens: {mask} = 1)" if mask else ""))
-    return activation_scores(graph, live, values_of, ctx.data, l2_scores, mask)
+    scores = activation_scores(graph, live, values_of, ctx.data, l2_scores, mask)
+    return scores, {"l2" if scores[g.id] is l2_scores[g.id] else "activation" for g in live}
 
 
 @register_pass
@@ -132,7 +134,7 @@ class RemoveChannelsPass(Pass):
                                                              else o.importance)
                 used.add(criterion)
             if o.importance == "activation":
-                scores, used = _activation_scores(graph, live, values_of, scores, ctx), {"activation"}
+                scores, used = _activation_scores(graph, live, values_of, scores, ctx)
             report.details["importance"] = sorted(used)
             widths = {g.id: g.width for g in live}
             by_id = {g.id: g for g in live}
@@ -145,7 +147,7 @@ class RemoveChannelsPass(Pass):
 
             plan = choose(o.ratio)
             if o.max_drop is not None and plan.slices:
-                plan = _fit_budget(choose, o.ratio, o.max_drop, before_model, ctx, report)
+                plan = _fit_budget(choose, o.ratio, o.max_drop, before_model, ctx, report, o.refit)
         predicted = plan.removed_params(ConstantTable(graph).get, readers_in(graph))
         if o.refit:
             report.stats["readers_refitted"] = len(_refit_readers(graph, plan, ctx))
@@ -187,12 +189,14 @@ def _apply_exclude(groups, exclude: Exclusion, graph) -> None:
             g.reason = reason
 
 
-def _fit_budget(choose, ratio, max_drop, before_model, ctx: PassContext, report: PassReport) -> PruningPlan:
+def _fit_budget(choose, ratio, max_drop, before_model, ctx: PassContext, report: PassReport,
+                refit: bool = False) -> PruningPlan:
     """The plan at the largest ratio whose measured drop fits max_drop: `ratio` itself, else the best of
-    BACKOFF_STEPS bisections below it (onnxcomp.pipeline.budget); a candidate is the plan at a ratio."""
+    BACKOFF_STEPS bisections below it (onnxcomp.pipeline.budget); a candidate is the plan at a ratio, its
+    readers refitted as the output's will be (`refit`), so the drop measured is the output's."""
     if ctx.data is None:
         raise InputError("remove-channels: max_drop needs sample data (give --calib) to measure the drop")
-    search = BudgetSearch("remove-channels", lambda plan: _applied_copy(before_model, plan),
+    search = BudgetSearch("remove-channels", lambda plan: _applied_copy(before_model, plan, ctx.data if refit else None),
                           drop_measure(before_model, ctx.data), max_drop, key=PruningPlan.to_json)
     result = search.back_off(ratio, BACKOFF_STEPS, lambda r: _removing(choose(r)))
     trials = [{"ratio": t.step, "drop": t.drop} for t in result.trials]
@@ -212,14 +216,19 @@ def _removing(plan: PruningPlan) -> PruningPlan | None:
     return plan if plan.slices else None
 
 
-def _applied_copy(model, plan: PruningPlan):
+def _applied_copy(model, plan: PruningPlan, refit_data=None):
+    """`model` with `plan` applied, its readers refitted on `refit_data` first when given."""
     import onnx
 
     from onnxcomp.graph.convert import to_graph, to_model
+    from onnxcomp.measure.padding import find_mask
+    from onnxcomp.passes.prune.reader_refit import refit_readers
 
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     graph = to_graph(copy)
+    if refit_data is not None:
+        refit_readers(graph, plan, refit_data, find_mask([t.name for t in graph.inputs], refit_data))
     apply_plan(graph, plan, infer=False)
     return to_model(graph.cleanup())
 

@@ -157,7 +157,7 @@ def session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0, optimi
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # a failed run raises, and says it in its one line; ORT need not log it too
     if threads:
         opts.intra_op_num_threads = threads
     if not spin:

@@ -6,6 +6,8 @@ candidates (each distinct one once), keeps every trial for the report and choose
 
 - `hold_back(units)`: compress every unit; if that is over budget, rank the units by the drop
   each causes alone and leave the most sensitive ones uncompressed, as few as the budget allows.
+- `hold_back_estimated(units, estimate)`: the same choice with the ranking and the count searched
+  on a cheap stand-in for building (one gated session), and only its picks built and measured.
 - `back_off(level)`: one compression level (a ratio); bisect between 0 and it for the largest
   level that fits.
 
@@ -56,6 +58,7 @@ class HoldBack:
     alone: dict = field(default_factory=dict)  # unit -> fidelity with only that unit compressed
     order: list = field(default_factory=list)  # units, most sensitive first (empty when everything fits)
     trials: int = 0
+    estimates: int = 0  # runs of a stand-in (hold_back_estimated), besides the trials built and measured
 
     @property
     def met(self) -> bool:
@@ -147,6 +150,83 @@ class BudgetSearch:
         logger.info("%s: %d of %d held back: drop %.4f within %g", self.name, len(held), len(units), best.drop,
                     self.max_drop)
         return HoldBack(held, best, full, alone, order, len(self.trials))
+
+    def hold_back_estimated(self, units: list, estimate: Callable[[list], Fidelity],
+                            estimate_alone: Callable[[list], Fidelity] | None = None,
+                            rank: Callable[[Fidelity], Any] = one_minus_cosine, checks: int = 4) -> HoldBack:
+        """`hold_back` when building a candidate costs far more than `estimate(compressed units)`.
+
+        The units are ranked by `estimate_alone([unit])` (default `estimate`), and the smallest count of
+        the most sensitive held back that fits on the estimate is bisected; only that candidate is
+        built and measured. Where the two disagree, the budget the estimate is held to is rescaled by
+        the last built candidate's measured / estimated drop and the count searched again, between the
+        largest count measured over budget and the smallest measured within it, up to `checks` builds.
+        What those leave open (between the two counts; from n - 1 held back when none fit) is settled
+        on built models, one fewer than the smallest fit first, then by bisection, assuming more held
+        back never drops more. So the answer is always a measured
+        trial, the fewest the built models allow under that assumption, and with an estimate that
+        tracks the model a handful of models are built instead of about n.
+        """
+        full = self.trial(frozenset(), f"all {len(units)} compressed")
+        logger.info("%s: all %d compressed: drop %.4f (max_drop %g)", self.name, len(units), full.drop,
+                    self.max_drop)
+        if self.fits(full):
+            return HoldBack([], full, full, trials=len(self.trials))
+        first = estimate_alone or estimate
+        alone = {u: first([u]) for u in bar(units, desc=f"{self.name}: sensitivity (estimated)", total=len(units))}
+        order = sorted(units, key=lambda u: rank(alone[u]), reverse=True)
+        n, estimated = len(order), {}
+
+        def guess(count: int) -> Fidelity:
+            if count not in estimated:
+                estimated[count] = estimate(order[count:])
+            return estimated[count]
+
+        def built(count: int) -> Fidelity:
+            return self.trial(frozenset(order[:count]), f"{count} held back")
+
+        over, within, target = 0, None, self.max_drop  # counts measured over / within budget (count, fidelity)
+        for _ in range(checks):
+            top = within[0] if within else n
+            lo, hi = over + 1, top  # the smallest count in [lo, top) whose estimate fits target; top: none
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if guess(mid).drop <= target:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            count = min(hi, n - 1)
+            if count <= over or (within and count >= within[0]):
+                break  # the estimate has nothing between what was measured
+            fid = built(count)
+            logger.debug("%s: %d held back: estimated drop %.4g (target %.4g), measured %.4g", self.name, count,
+                         guess(count).drop, target, fid.drop)
+            if self.fits(fid):
+                within = (count, fid)
+            else:
+                over = count
+            if within and within[0] == over + 1:
+                break
+            ratio = guess(count).drop / fid.drop if fid.drop > 0 and guess(count).drop > 0 else 1.0
+            target = self.max_drop * min(max(ratio, 1e-3), 1e3)
+        if within is None:  # the estimate misled every check: the last resort, then bisect on built models
+            last = built(n - 1) if n - 1 > over else None
+            if last is None or not self.fits(last):
+                return HoldBack(list(order), None, full, alone, order, len(self.trials), n + len(estimated))
+            within = (n - 1, last)
+        lo = over + 1  # counts the checks left open, between over and within budget: on built models,
+        below = True  # one fewer first (where the estimate puts the edge), then bisection
+        while lo < within[0]:
+            mid, below = within[0] - 1 if below else (lo + within[0]) // 2, False
+            fid = built(mid)
+            if self.fits(fid):
+                within = (mid, fid)
+            else:
+                lo = mid + 1
+        count, fid = within
+        logger.info("%s: %d of %d held back: drop %.4f within %g (%d built, %d estimated)", self.name, count, n,
+                    fid.drop, self.max_drop, len(self.trials), n + len(estimated))
+        return HoldBack(list(order[:count]), fid, full, alone, order, len(self.trials), n + len(estimated))
 
     def back_off(self, level: float, steps: int, candidate_at: Callable[[float], Any]) -> BackOff:
         """The largest level in (0, level] that fits: `level` itself, else `steps` bisections of (0, level).

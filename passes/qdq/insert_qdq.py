@@ -362,24 +362,36 @@ def _round(x, digits: int = 2):
 
 
 def _builder(float_model, placement: PlacementOptions, ranges: dict, fmt, weight_qmax: int, overrides: dict):
-    """build(float_nodes) -> the quantized ModelProto with those nodes (and the placement's own) left float."""
+    """build(float_nodes) -> the quantized ModelProto with those nodes (and the placement's own) left float;
+    its `rewrite(graph, float_nodes)` does the same edits in place (what the gated max_drop search taps)."""
     from onnxcomp.graph.convert import to_graph, to_model
 
-    def build(float_nodes):
-        graph = to_graph(float_model)
+    def rewrite(graph, float_nodes):
         trial = plan_placement(graph, _with_float(placement, float_nodes))
         params, _ = _params(trial, ranges, fmt, overrides)
         insert_qdq_pairs(graph, trial, params, fmt, quantize_biases=trial.scheme == "full", weight_qmax=weight_qmax,
                          weight_overrides=overrides)
+
+    def build(float_nodes):
+        graph = to_graph(float_model)
+        rewrite(graph, float_nodes)
         return to_model(graph)
 
+    build.rewrite = rewrite
     return build
 
 
 def _fit_budget(float_model, plan: QdqPlacement, placement: PlacementOptions, build, opts: InsertQdqOptions,
                 ctx: PassContext):
+    from onnxcomp.graph.convert import to_graph
+
     data = ctx.data.first(opts.sensitivity_samples)
-    return choose_float_layers(float_model, build, list(plan.nodes), data, opts.max_drop)
+    graph = to_graph(float_model)  # planned on, never edited
+
+    def plan_of(float_nodes):
+        return plan_placement(graph, _with_float(placement, float_nodes))
+
+    return choose_float_layers(float_model, build, list(plan.nodes), data, opts.max_drop, build.rewrite, plan_of)
 
 
 def _choose_sites(graph, plan: QdqPlacement, build, float_model, opts: InsertQdqOptions, ctx: PassContext):
@@ -422,7 +434,8 @@ def _fill_report(report: PassReport, plan: QdqPlacement, result, table, target: 
         details["budget"] = {"max_drop": opts.max_drop, "float_nodes": budget.held_back,
                              "drop_all_int8": budget.full.drop, "drop": budget.fidelity.drop,
                              "fidelity": budget.fidelity.as_dict(), "trials": budget.trials,
-                             "sensitivity": sensitivity_table(budget), "measured_on": "calibration data"}
+                             "sensitivity": sensitivity_table(budget), "measured_on": "calibration data",
+                             "estimated_runs": budget.estimates}  # runs of the gated session (sensitivity.py)
     report.details["insert-qdq"] = details
 
 

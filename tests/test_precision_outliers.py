@@ -47,8 +47,8 @@ def one_minus_cos(a, b, data):
 def test_gated_model_gives_the_float_model_and_each_layer_alone_as_built_models_do():
     from onnxcomp.graph.convert import to_graph, to_model
     from onnxcomp.measure.samples import as_samples
-    from onnxcomp.passes.precision.gated import GatedModel
     from onnxcomp.passes.precision.quantize_dynamic import DynamicRewrite, QuantizeDynamicOptions
+    from onnxcomp.pipeline.gated import GatedModel
     from onnxcomp.pipeline.options import NO_EXCLUSION
 
     model, data = outlier_chain(), feeds()

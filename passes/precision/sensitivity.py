@@ -20,7 +20,7 @@ import numpy as np
 from onnxcomp.errors import InputError
 from onnxcomp.graph.edit import node_key
 from onnxcomp.passes.precision.common import refuse_unmet, require_data
-from onnxcomp.passes.precision.gated import GatedModel
+from onnxcomp.pipeline.gated import GatedModel
 from onnxcomp.progress import logger
 
 OUTLIER_SHARE = 0.25  # of the summed drops of the layers alone

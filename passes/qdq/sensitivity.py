@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 from onnxcomp.errors import ToleranceError
 from onnxcomp.graph.edit import node_key, producer, replace_input
-from onnxcomp.passes.precision.gated import GatedSession, blend_inputs
 from onnxcomp.pipeline.budget import BudgetSearch, HoldBack, drop_measure
+from onnxcomp.pipeline.gated import GatedSession, blend_inputs
 
 PROBE_SAMPLES = 16  # the ranking (one gated run per layer) is measured on these first samples, as quantize-dynamic's,
 RANKING_RUNS = 1024  # or fewer, so that layers x samples stays under this: a gated run costs about a float run

@@ -214,3 +214,17 @@ def test_the_sensitivity_drop_compares_a_pooled_output_whole():
                                  lambda layer, rank: 0.5 * sources[layer.node] + 0.3, mask=mask)
              for mask in (None, "attention_mask")}
     assert drops[None] == pytest.approx(drops["attention_mask"], rel=1e-9), drops
+
+
+def test_a_budget_measures_the_drop_at_the_real_tokens_as_the_validation_does():
+    """max_drop's measured drop on padded data is 1 - cosine with the padded positions zeroed, not over every
+    position (which the fit no longer serves)."""
+    from onnxcomp.measure.compare import cosine
+
+    model, data = masked_mlp(zeroed=False), padded(seed=1)
+    out, records = run_pass(model, "factorize-lowrank{kept=0.5,round_to=2,max_drop=0.9}", data=data)
+    keep = data["attention_mask"].astype(bool)[..., None]
+    want, got = run(model, data)["y"], run(out, data)["y"]
+    measured = records[0].report.stats["measured_drop"]
+    assert np.isclose(measured, 1 - cosine(want * keep, got * keep), atol=1e-5)
+    assert not np.isclose(measured, 1 - cosine(want, got), atol=1e-3)

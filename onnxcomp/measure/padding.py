@@ -10,6 +10,7 @@ data-aware channel importance) count the real tokens' rows only (row_keep).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,6 +117,20 @@ def over_real_tokens(original, feeds, comparison, tolerances, statistic: str = "
                         shape=d.shape, cosine=cosine(za, zb), top1=top1_agreement(za, zb))
         diffs.append(d)
     return RealTokens(mask, int(stacked.sum()), int(stacked.size), diffs)
+
+
+def real_positions_only(model, data) -> Callable[[dict], dict]:
+    """outputs -> the same with the padded positions zeroed, for outputs of `model` over all of `data`
+    (Samples, or one stacked dict of arrays) whose sequence axis is the mask's; the identity where the data
+    does not pad."""
+    calls = [data] if isinstance(data, dict) else data
+    mask = find_mask([i.name for i in model.graph.input], calls)
+    stacked = stacked_mask(calls, mask)
+    if stacked is None:
+        return lambda outputs: outputs
+    feeds = {mask: stacked}
+    return lambda outputs: {k: zero_padding(v, feeds, mask) if sequence_axis(model, k, mask) else v
+                            for k, v in outputs.items()}
 
 
 def sequence_axis(model, output: str, mask: str) -> bool:

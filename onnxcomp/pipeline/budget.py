@@ -28,10 +28,14 @@ from onnxcomp.progress import bar, logger
 def drop_measure(reference_model, data) -> Callable[[Any], Fidelity]:
     """Fidelity of a model against `reference_model` on `data` (Samples: each call at the model's
     own batch size; or a stacked dict; labels used when present); the reference runs once, here,
-    not once per trial."""
-    reference = outputs_of(reference_model, data)
+    not once per trial. On padded sequence data the outputs are compared at the real tokens only
+    (onnxcomp.measure.padding): the drop a budget holds is the one the validation reports there."""
+    from onnxcomp.measure.padding import real_positions_only
+
+    real = real_positions_only(reference_model, data)
+    reference = real(outputs_of(reference_model, data))
     labels = labels_of(data)
-    return lambda model: fidelity(reference, outputs_of(model, data), labels)
+    return lambda model: fidelity(reference, real(outputs_of(model, data)), labels)
 
 
 def one_minus_cosine(fid: Fidelity) -> float:

@@ -14,7 +14,7 @@ from math import sqrt
 
 import numpy as np
 
-from onnxcomp.measure.padding import row_keep
+from onnxcomp.measure.padding import kept_rows, sequence_tensors
 from onnxcomp.measure.samples import in_batches
 from onnxcomp.passes.lowrank.layers import Layer
 from onnxcomp.passes.lowrank.norms import seen_through
@@ -87,8 +87,9 @@ def ffn_fits(graph, blocks, matrices: dict, out_weights: dict, data, batch: int 
     if not blocks:
         return {}
     names = sorted({n for _, _, z, a in blocks for n in (z, a)})
-    sess = session(add_outputs(to_model(graph), names))
-    sums, rows, kinds = in_batches(data, batch, lambda calls: _slopes(sess, names, calls, blocks, mask))
+    model = add_outputs(to_model(graph), names)
+    sess, along = session(model), sequence_tensors(model, names, mask)
+    sums, rows, kinds = in_batches(data, batch, lambda calls: _slopes(sess, names, calls, blocks, mask, along))
     fits = {}
     for up, down, _, _ in blocks:
         if kinds.get(up) is None or up not in sums:
@@ -100,8 +101,9 @@ def ffn_fits(graph, blocks, matrices: dict, out_weights: dict, data, batch: int 
     return fits
 
 
-def _slopes(sess, names, calls, blocks, mask=None) -> tuple[dict, dict, dict]:
-    """({up: sum of act'(z) act'(z)^T}, {up: rows}, {up: activation kind or None}) over the calls."""
+def _slopes(sess, names, calls, blocks, mask=None, along=frozenset()) -> tuple[dict, dict, dict]:
+    """({up: sum of act'(z) act'(z)^T}, {up: rows}, {up: activation kind or None}) over the calls (the real
+    tokens' rows; `along`: the z tensors whose axis 1 may be the sequence)."""
     from onnxcomp.measure.runtime import run
 
     sums, rows, kinds = {}, {}, {}
@@ -117,9 +119,7 @@ def _slopes(sess, names, calls, blocks, mask=None) -> tuple[dict, dict, dict]:
             kind = kinds[up]
             if kind is None:
                 continue
-            g = ACTIVATIONS[kind][1](z)
-            keep = row_keep(feeds, mask, np.shape(values[z_name]))
-            g = g if keep is None or len(keep) != len(g) else g[keep]
+            g = kept_rows(ACTIVATIONS[kind][1](z).reshape(np.shape(values[z_name])), feeds, mask, z_name in along)
             sums[up] = sums.get(up, 0.0) + g.T @ g
             rows[up] = rows.get(up, 0) + len(g)
     return sums, rows, kinds

@@ -42,6 +42,7 @@ def refit_norms(graph, before, data, say=lambda message: None, batch: int = 32, 
 def _refit(graph, before, calls: list, say, mask=None) -> int:
     from onnxcomp.graph.convert import to_model
     from onnxcomp.graph.edit import copy_with_outputs, node_key
+    from onnxcomp.measure.padding import sequence_tensors
     from onnxcomp.measure.runtime import run, session
     from onnxcomp.passes.lowrank.probe import Probe
 
@@ -51,8 +52,9 @@ def _refit(graph, before, calls: list, say, mask=None) -> int:
         return 0
     names = [t for n in norms for t in (n.inputs[0].name, n.outputs[0].name)]
     original = session(copy_with_outputs(before, names))
+    along = sequence_tensors(before, names, mask)
     # the original never changes: its norms' inputs and outputs in one pass over the data
-    wanted = dict(zip(names, _rows(lambda feeds, names: run(original, feeds, names), calls, names, mask)))
+    wanted = dict(zip(names, _rows(lambda feeds, names: run(original, feeds, names), calls, names, mask, along)))
     # one session of the factorized model, its norms' scales and shifts fed: each refit is fed to the next norm
     probe = Probe(to_model(graph), {(node_key(n), i): np.asarray(n.inputs[i].values) for n in norms for i in (1, 2)},
                   outputs=[n.inputs[0].name for n in norms])
@@ -60,7 +62,7 @@ def _refit(graph, before, calls: list, say, mask=None) -> int:
     for node in norms:
         z0, y = wanted[node.inputs[0].name], wanted[node.outputs[0].name]
         (z,) = _rows(lambda feeds, names: dict(zip(names, probe.run(feeds, outputs=names))), calls, [node.inputs[0].name],
-                     mask)
+                     mask, along)
         if z.shape != y.shape or np.array_equal(z, z0):
             continue
         eps = float(node.attrs.get("epsilon", 1e-5))
@@ -77,16 +79,11 @@ def _refit(graph, before, calls: list, say, mask=None) -> int:
     return refitted
 
 
-def _rows(run, calls: list, names: list[str], mask: str | None = None) -> list[np.ndarray]:
+def _rows(run, calls: list, names: list[str], mask: str | None, along: set) -> list[np.ndarray]:
     """Each tensor over every call (run(feeds, names) -> {name: value}), as rows of its last axis (the real
-    tokens' rows where the padding mask says so)."""
-    from onnxcomp.measure.padding import row_keep
+    tokens' rows where the padding mask says so; `along`: the tensors whose axis 1 may be the sequence)."""
+    from onnxcomp.measure.padding import kept_rows
 
     runs = [(feeds, run(feeds, names)) for feeds in calls]
-    return [np.concatenate([_kept(np.asarray(r[name], dtype=np.float64), row_keep(feeds, mask, np.shape(r[name])))
+    return [np.concatenate([kept_rows(np.asarray(r[name], dtype=np.float64), feeds, mask, name in along)
                             for feeds, r in runs]) for name in names]
-
-
-def _kept(value: np.ndarray, keep) -> np.ndarray:
-    rows = value.reshape(-1, value.shape[-1])
-    return rows if keep is None or len(keep) != len(rows) else rows[keep]

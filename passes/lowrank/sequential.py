@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxcomp.graph.edit import copy_with_outputs
-from onnxcomp.measure.padding import row_keep
+from onnxcomp.measure.padding import kept_rows, sequence_tensors
 from onnxcomp.passes.lowrank.activations import conv_patches
 from onnxcomp.passes.lowrank.factors import spectrum
 from onnxcomp.passes.lowrank.layers import as_matrix
@@ -48,7 +48,7 @@ def corrected_spectra(before, layers, weights: dict, ranks: dict, spectra: dict,
     done: dict[str, int] = {}
     for i, (name, stage) in enumerate(stages.items()):
         now = session(copy_with_outputs(build(done, spectra), [name])) if done else original
-        sums = _cross_moments(original, now, name, stage, data, batch, mask)
+        sums = _cross_moments(original, now, name, stage, data, batch, mask, name in sequence_tensors(before, [name], mask))
         for layer in stage:
             own, cross = sums[layer.node]
             w = as_matrix(layer.op, weights[layer.node], layer.attrs)
@@ -63,8 +63,10 @@ def corrected_spectra(before, layers, weights: dict, ranks: dict, spectra: dict,
     return spectra
 
 
-def _cross_moments(original, now, name: str, stage, data, batch: int, mask: str | None = None) -> dict:
-    """{layer node: (X'^T X', X'^T X) / rows} for the stage's input `name`."""
+def _cross_moments(original, now, name: str, stage, data, batch: int, mask: str | None = None,
+                   sequence: bool = True) -> dict:
+    """{layer node: (X'^T X', X'^T X) / rows} for the stage's input `name` (the real tokens' rows;
+    `sequence`: whether its axis 1 may be the mask's sequence axis)."""
     from onnxcomp.measure.runtime import run
 
     sums = {layer.node: [0.0, 0.0] for layer in stage}
@@ -73,19 +75,17 @@ def _cross_moments(original, now, name: str, stage, data, batch: int, mask: str 
         x = np.asarray(run(original, feeds, [name])[name], dtype=np.float64)
         x_now = np.asarray(run(now, feeds, [name])[name], dtype=np.float64)
         for layer in stage:
-            a, b = _rows(layer, x, k), _rows(layer, x_now, k)
-            keep = None if layer.op == "Conv" else row_keep(feeds, mask, x.shape)
-            if keep is not None and len(keep) == len(a):
-                a, b = a[keep], b[keep]
+            a, b = _rows(layer, x, k, feeds, mask, sequence), _rows(layer, x_now, k, feeds, mask, sequence)
             sums[layer.node][0] = sums[layer.node][0] + b.T @ b
             sums[layer.node][1] = sums[layer.node][1] + b.T @ a
             rows[layer.node] += len(b)
     return {key: (own / max(rows[key], 1), cross / max(rows[key], 1)) for key, (own, cross) in sums.items()}
 
 
-def _rows(layer, x: np.ndarray, seed: int) -> np.ndarray:
-    """The layer's input rows; a Conv's patches at the same positions for both models (same seed)."""
+def _rows(layer, x: np.ndarray, seed: int, feeds: dict, mask: str | None, sequence: bool) -> np.ndarray:
+    """The layer's input rows, the real tokens' only; a Conv's patches at the same positions for both models
+    (same seed), every one counted."""
     if layer.op != "Conv":
-        return x.reshape(-1, x.shape[-1])
+        return kept_rows(x, feeds, mask, sequence)
     return conv_patches(x, layer, np.random.default_rng(seed))
 

@@ -6,7 +6,7 @@ tokens' rows where the data pads its sequences, onnxcomp.measure.padding): what 
 carried, as far as it correlates with the kept ones, the kept ones now carry. lambda (RIDGE of the mean
 diagonal of C_KK) pulls the fit towards the rows as they were, so a few hundred sample rows do not overfit it. MatMul and Gemm readers of a
 2-D constant they read directly are refitted; other readers keep their sliced weights. One run of the
-model before pruning, over the data.
+model before pruning, over the data (input_statistics.py: shared with importance=activation).
 """
 
 from __future__ import annotations
@@ -18,15 +18,11 @@ from onnxcomp.graph.edit import node_key
 RIDGE = 1.0
 
 
-def refit_readers(graph, plan, data, mask: str | None = None, batch: int = 32) -> list[str]:
+def refit_readers(graph, plan, inputs) -> list[str]:
     """Rewrite, in place and before `plan` is applied, the kept rows of every refittable reader's weight
-    (full size: the plan's slicing then keeps them); the readers' node keys."""
+    (full size: the plan's slicing then keeps them); the readers' node keys. `inputs`: the
+    input_statistics.ReaderInputs of the model `graph` is before pruning (the moments come from there)."""
     import onnx_graphsurgeon as gs
-
-    from onnxcomp.graph.convert import to_model
-    from onnxcomp.graph.edit import add_outputs
-    from onnxcomp.measure.runtime import session
-    from onnxcomp.measure.samples import in_batches
 
     tensors = graph.tensors()
     found = []  # (node, constant, kept rows, transposed)
@@ -41,8 +37,7 @@ def refit_readers(graph, plan, data, mask: str | None = None, batch: int = 32) -
     if not found:
         return []
     names = sorted({node.inputs[0].name for node, *_ in found})
-    sess = session(add_outputs(to_model(graph), names))
-    moments = in_batches(data, batch, lambda calls: _moments(sess, names, calls, mask))
+    moments = inputs.moments(names)
     refitted = []
     for node, t, keep, transposed in found:
         c = moments.get(node.inputs[0].name)
@@ -69,20 +64,3 @@ def _reads_transposed(node, constant) -> bool | None:
         return bool(node.attrs.get("transB", 0))
     return None
 
-
-def _moments(sess, names: list[str], calls, mask) -> dict[str, np.ndarray]:
-    """{tensor: E[x x^T] over the rows of its last axis} (the real tokens' rows where the data pads)."""
-    from onnxcomp.measure.padding import row_keep
-    from onnxcomp.measure.runtime import run
-
-    sums, rows = {}, {}
-    for feeds in calls:
-        values = run(sess, feeds, names)
-        for name in names:
-            x = np.asarray(values[name], dtype=np.float64)
-            keep = row_keep(feeds, mask, x.shape)
-            flat = x.reshape(-1, x.shape[-1])
-            flat = flat if keep is None or len(keep) != len(flat) else flat[keep]
-            sums[name] = sums.get(name, 0.0) + flat.T @ flat
-            rows[name] = rows.get(name, 0) + len(flat)
-    return {name: sums[name] / max(rows[name], 1) for name in sums}

@@ -72,28 +72,38 @@ class RemoveChannelsOptions:
         check_ranges(self, "remove-channels")
 
 
-def _refit_readers(graph, plan, ctx: PassContext) -> list[str]:
+def _reader_inputs(graph, before_model, ctx: PassContext):
+    """The ReaderInputs that importance=activation, the refit and the budget's refitted trials share
+    (input_statistics.py), or None without sample data."""
     from onnxcomp.measure.padding import find_mask
-    from onnxcomp.passes.prune.reader_refit import refit_readers
+    from onnxcomp.passes.prune.input_statistics import ReaderInputs
 
     if ctx.data is None:
+        return None
+    return ReaderInputs(before_model, ctx.data, find_mask([t.name for t in graph.inputs], ctx.data))
+
+
+def _refit_readers(graph, plan, ctx: PassContext, inputs) -> list[str]:
+    from onnxcomp.passes.prune.reader_refit import refit_readers
+
+    if inputs is None:
         raise InputError("remove-channels: refit needs sample data (give --calib)")
-    refitted = refit_readers(graph, plan, ctx.data, find_mask([t.name for t in graph.inputs], ctx.data))
+    refitted = refit_readers(graph, plan, inputs)
     ctx.say(f"remove-channels: {len(refitted)} readers of pruned channels refitted on the sample data")
     return refitted
 
 
-def _activation_scores(graph, live, values_of, l2_scores: dict, ctx: PassContext) -> tuple[dict, set]:
-    """(scores, criteria used): a group with no reader to measure keeps its l2 score, and the report says so."""
-    from onnxcomp.measure.padding import find_mask
+def _activation_scores(graph, live, values_of, l2_scores: dict, ctx: PassContext, inputs,
+                       refit: bool) -> tuple[dict, set]:
+    """(scores, criteria used): a group with no reader to measure keeps its l2 score, and the report says so.
+    With `refit`, the same run over the data gathers the moments the refit reads."""
     from onnxcomp.passes.prune.activation_importance import activation_scores
 
-    if ctx.data is None:
+    if inputs is None:
         raise InputError("remove-channels: importance=activation needs sample data (give --calib)")
-    mask = find_mask([t.name for t in graph.inputs], ctx.data)
     ctx.say("remove-channels: channel importance measured on the sample data"
-            + (f" (real tokens: {mask} = 1)" if mask else ""))
-    scores = activation_scores(graph, live, values_of, ctx.data, l2_scores, mask)
+            + (f" (real tokens: {inputs.mask} = 1)" if inputs.mask else ""))
+    scores = activation_scores(graph, live, values_of, inputs, l2_scores, with_moments=refit)
     return scores, {"l2" if scores[g.id] is l2_scores[g.id] else "activation" for g in live}
 
 
@@ -116,6 +126,7 @@ class RemoveChannelsPass(Pass):
         before_model = to_model(graph)
         macs_before = estimate_macs(before_model, ctx.dims)["macs"]
         params_before = graph_counts(graph)["params"]
+        inputs = _reader_inputs(graph, before_model, ctx) if o.refit or o.importance == "activation" else None
         if o.plan:
             plan = PruningPlan.load(o.plan)
             groups = []
@@ -134,7 +145,7 @@ class RemoveChannelsPass(Pass):
                                                              else o.importance)
                 used.add(criterion)
             if o.importance == "activation":
-                scores, used = _activation_scores(graph, live, values_of, scores, ctx)
+                scores, used = _activation_scores(graph, live, values_of, scores, ctx, inputs, o.refit)
             report.details["importance"] = sorted(used)
             widths = {g.id: g.width for g in live}
             by_id = {g.id: g for g in live}
@@ -147,10 +158,10 @@ class RemoveChannelsPass(Pass):
 
             plan = choose(o.ratio)
             if o.max_drop is not None and plan.slices:
-                plan = _fit_budget(choose, o.ratio, o.max_drop, before_model, ctx, report, o.refit)
+                plan = _fit_budget(choose, o.ratio, o.max_drop, before_model, ctx, report, inputs if o.refit else None)
         predicted = plan.removed_params(ConstantTable(graph).get, readers_in(graph))
         if o.refit:
-            report.stats["readers_refitted"] = len(_refit_readers(graph, plan, ctx))
+            report.stats["readers_refitted"] = len(_refit_readers(graph, plan, ctx, inputs))
         apply_plan(graph, plan, infer=False)
         graph.cleanup().toposort()
         after_model = reinfer_shapes(graph)  # the one export of the pruned graph, also used for MACs
@@ -190,13 +201,14 @@ def _apply_exclude(groups, exclude: Exclusion, graph) -> None:
 
 
 def _fit_budget(choose, ratio, max_drop, before_model, ctx: PassContext, report: PassReport,
-                refit: bool = False) -> PruningPlan:
+                refit_inputs=None) -> PruningPlan:
     """The plan at the largest ratio whose measured drop fits max_drop: `ratio` itself, else the best of
     BACKOFF_STEPS bisections below it (onnxcomp.pipeline.budget); a candidate is the plan at a ratio, its
-    readers refitted as the output's will be (`refit`), so the drop measured is the output's."""
+    readers refitted as the output's will be (on `refit_inputs`, the ReaderInputs of `before_model`), so
+    the drop measured is the output's."""
     if ctx.data is None:
         raise InputError("remove-channels: max_drop needs sample data (give --calib) to measure the drop")
-    search = BudgetSearch("remove-channels", lambda plan: _applied_copy(before_model, plan, ctx.data if refit else None),
+    search = BudgetSearch("remove-channels", lambda plan: _applied_copy(before_model, plan, refit_inputs),
                           drop_measure(before_model, ctx.data), max_drop, key=PruningPlan.to_json)
     result = search.back_off(ratio, BACKOFF_STEPS, lambda r: _removing(choose(r)))
     trials = [{"ratio": t.step, "drop": t.drop} for t in result.trials]
@@ -216,19 +228,19 @@ def _removing(plan: PruningPlan) -> PruningPlan | None:
     return plan if plan.slices else None
 
 
-def _applied_copy(model, plan: PruningPlan, refit_data=None):
-    """`model` with `plan` applied, its readers refitted on `refit_data` first when given."""
+def _applied_copy(model, plan: PruningPlan, refit_inputs=None):
+    """`model` with `plan` applied, its readers refitted first on `refit_inputs` (the ReaderInputs of
+    `model`) when given."""
     import onnx
 
     from onnxcomp.graph.convert import to_graph, to_model
-    from onnxcomp.measure.padding import find_mask
     from onnxcomp.passes.prune.reader_refit import refit_readers
 
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     graph = to_graph(copy)
-    if refit_data is not None:
-        refit_readers(graph, plan, refit_data, find_mask([t.name for t in graph.inputs], refit_data))
+    if refit_inputs is not None:
+        refit_readers(graph, plan, refit_inputs)
     apply_plan(graph, plan, infer=False)
     return to_model(graph.cleanup())
 

@@ -63,6 +63,24 @@ def test_input_moments_leave_the_padded_rows_out_and_keep_the_halves_by_sample()
     assert not np.allclose(every["fc0"], full["fc0"])  # the padded rows would have counted
 
 
+def test_input_moments_count_every_row_of_an_input_whose_second_axis_is_declared_other_than_the_sequence():
+    """x declared [B, 12 heads, m] beside a mask [B, T]: twelve heads are not twelve positions."""
+    import onnx_graphsurgeon as gs
+
+    from onnxcomp.measure.samples import as_samples
+    from onnxcomp.passes.lowrank.activations import input_moments
+    from onnxcomp.passes.lowrank.layers import find_layers
+
+    model = masked_mlp()
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 12
+    graph = gs.import_onnx(model)
+    layers, _ = find_layers(graph, 2)
+    data = padded(t=12)
+    masked = input_moments(graph, layers, as_samples(data, model), mask="attention_mask")
+    rows = data["x"].reshape(-1, data["x"].shape[-1]).astype(np.float64)
+    assert np.allclose(masked["fc0"], rows.T @ rows / len(rows))
+
+
 def _real_error(model, out, test) -> float:
     keep = test["attention_mask"].astype(bool)
     want, got = run(model, test)["y"][keep], run(out, test)["y"][keep]

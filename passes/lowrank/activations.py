@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxcomp.measure.padding import row_keep
+from onnxcomp.measure.padding import row_keep, sequence_tensors
 from onnxcomp.measure.samples import in_batches
 from onnxcomp.passes.lowrank.layers import Layer
 
@@ -33,15 +33,17 @@ def input_moments(graph, layers: list[Layer], data, batch: int = 32, seed: int =
     norms = {node: norm for node, norm in (norms or {}).items() if norm is not None}
     names = sorted({layer.input for layer in layers} | {norm.input for norm in norms.values()})
     sess = session(add_outputs(model, names))
-    sums, rows = in_batches(data, batch, lambda calls: _accumulate(sess, layers, names, calls, seed, norms, mask),
-                            cut=cutter(model, mask, sess))
+    along = sequence_tensors(model, names, mask)  # the inputs laid out [batch, sequence, ...] by the mask
+    sums, rows = in_batches(data, batch, lambda calls: _accumulate(sess, layers, names, calls, seed, norms, mask,
+                                                                   along), cut=cutter(model, mask, sess))
     full = {key: (sums[0][key] + sums[1][key]) / max(rows[0][key] + rows[1][key], 1) for key in sums[0]}
     if not folds:
         return full
     return full, [{key: sums[f][key] / max(rows[f][key], 1) for key in sums[f]} for f in (0, 1)]
 
 
-def _accumulate(sess, layers: list[Layer], names: list[str], calls, seed: int, norms: dict, mask: str | None):
+def _accumulate(sess, layers: list[Layer], names: list[str], calls, seed: int, norms: dict, mask: str | None,
+                along: set | None = None):
     """({fold: {layer node: X^T X}}, {fold: {layer node: rows}}), fold 0/1 the even/odd samples
     (the even/odd calls where a call's rows are not split by sample)."""
     from onnxcomp.measure.runtime import run
@@ -61,7 +63,8 @@ def _accumulate(sess, layers: list[Layer], names: list[str], calls, seed: int, n
             x = _rows(layer, value, rng)
             if layer.node in norms and layer.op != "Conv":
                 x = x / _row_deviation(np.asarray(values[norms[layer.node].input], dtype=np.float64), len(x))
-            keep = None if layer.op == "Conv" else row_keep(feeds, mask, value.shape)
+            keep = None if layer.op == "Conv" else row_keep(feeds, mask, value.shape,
+                                                                   along is None or layer.input in along)
             for f, part in _folds(x, value, layer, call, keep):
                 sums[f][layer.node] += part.T @ part
                 rows[f][layer.node] += len(part)

@@ -183,7 +183,9 @@ def _run(teacher, student, data, options, val_data, teacher_weights, student_wei
             raise InputError(f"freeze {options.freeze}: every weight of the student would stay fixed; nothing to train")
         say(f"freeze {options.freeze}: {frozen} weight tensor(s) kept fixed")
 
-    t_features = [t for t, _ in options.features]
+    t_features = [p[0] for p in options.features]
+    attention, value_names = _attention_names(teacher_model, student_model, options)
+    t_features += [name for name in attention + value_names if name not in t_features]
     if teacher_model is not None:
         teacher_runner = OnnxTeacher(teacher_model, t_features, threads)
     else:
@@ -194,6 +196,11 @@ def _run(teacher, student, data, options, val_data, teacher_weights, student_wei
     t_probe, _ = teacher_runner(probe)
     s_probe = predict(module, [probe[k] for k in input_names])
     _shapes_match(t_probe, s_probe)
+    if attention or value_names:
+        attention = _same_shape(attention, teacher_runner, module, probe, input_names, say, "Softmax output")
+        value_names = _same_shape(value_names, teacher_runner, module, probe, input_names, say, "value tensor")
+        teacher_runner.features = [p[0] for p in options.features] + [
+            n for n in attention + value_names if n not in {p[0] for p in options.features}]
 
     labels = train.get(LABELS)
     val_labels = None if val is None else val.get(LABELS)
@@ -210,7 +217,8 @@ def _run(teacher, student, data, options, val_data, teacher_weights, student_wei
             restored = sum(layer.restored for layer in renormalized.layers)
             say(f"student has no BatchNormalization: training {len(renormalized.layers)} layers with one "
                 f"({restored} the teacher's), folded back when written")
-    need_teacher = not (labels is not None and options.alpha == 0.0 and not options.features)
+    need_teacher = not (labels is not None and options.alpha == 0.0 and not options.features and not attention
+                         and not value_names)
     logger.debug("teacher: %s, student: %s, inputs %s, %s", teacher_runner.kind,
                  "onnx" if student_model is not None else "torch", ", ".join(input_names),
                  "soft targets" if need_teacher else "labels only")
@@ -233,7 +241,8 @@ def _run(teacher, student, data, options, val_data, teacher_weights, student_wei
         teacher_info["val_accuracy"] = float(np.mean(val_targets.outputs[0].argmax(1) == val_labels))
 
     torch.manual_seed(options.seed)
-    trainer = Trainer(module, input_names, options, progress=progress, world=world, device=device)
+    trainer = Trainer(module, input_names, options, progress=progress, world=world, device=device,
+                      attention=attention, values=value_names)
     trained = trainer.fit(train, targets, labels, val, val_targets, val_labels)
     teacher_info["seconds_in_training"] = trained.teacher_seconds_in_training
     epoch_seconds = [row["seconds"] for row in trained.history]
@@ -268,6 +277,55 @@ def _run(teacher, student, data, options, val_data, teacher_weights, student_wei
     return DistillResult(out_model, mode, options, trained.history, trained.metric, trained.best_epoch, seconds,
                          float(np.mean(epoch_seconds)) if epoch_seconds else 0.0, teacher_info, final, module,
                          world.size)
+
+
+def _attention_names(teacher_model, student_model, options: DistillOptions) -> tuple[list[str], list[str]]:
+    """(Softmax outputs to match with attention_weight, value tensors to relate with value_weight): empty without
+    those weights; both models must be ONNX."""
+    if options.attention_weight <= 0 and options.value_weight <= 0:
+        return [], []
+    which = "attention_weight" if options.attention_weight > 0 else "value_weight"
+    if teacher_model is None or student_model is None:
+        raise InputError(f"{which}: finds the attention distributions by graph; give an ONNX teacher and "
+                         "student (or name probability tensors with features=(teacher, student, 'kl'))")
+    from onnxcomp.distill.attention import shared_softmax_outputs, shared_values
+
+    names = shared_softmax_outputs(teacher_model, student_model)
+    if not names:
+        raise InputError(f"{which}: the teacher and the student share no Softmax output over the last "
+                         "axis (by tensor name); nothing to match")
+    values = shared_values(teacher_model, student_model, names) if options.value_weight > 0 else []
+    if options.value_weight > 0 and not values:
+        raise InputError("value_weight: no MatMul reads a shared Softmax output with the same value tensor in "
+                         "both graphs; nothing to relate")
+    return (names if options.attention_weight > 0 else []), values
+
+
+def _same_shape(names: list[str], teacher_runner, module, probe: dict, input_names: list[str], say,
+                what: str) -> list[str]:
+    """The names whose tensors have one shape in teacher and student on the probe batch; the others (a student
+    with fewer heads) are left out with one line."""
+    import torch
+
+    if not names:
+        return []
+
+    from onnxcomp.distill.taps import Tapped
+
+    _, t_feats = teacher_runner(probe)
+    module.eval()
+    with torch.no_grad():
+        _, s_feats = Tapped(module, names, "student")([torch.from_numpy(np.ascontiguousarray(probe[k]))
+                                                       for k in input_names])
+    kept = [n for n in names if tuple(t_feats[n].shape) == tuple(s_feats[n].shape)]
+    if len(kept) < len(names):
+        first = next(n for n in names if n not in kept)
+        say(f"attention: {len(names) - len(kept)} of {len(names)} {what}(s) differ in shape between teacher "
+            f"and student (e.g. {first}: {list(t_feats[first].shape)} against {list(s_feats[first].shape)}); "
+            + ("matching the others" if kept else f"no {what} matched"))
+    else:
+        say(f"attention: matching {len(kept)} {what}(s) by KL")
+    return kept
 
 
 def _augmented(train: dict, models: list[onnx.ModelProto], options: DistillOptions) -> dict:

@@ -8,6 +8,9 @@ minus the cosine of each position's vector (`output_loss="cosine"`: direction, n
 embeddings are compared), over the real positions only when a padding mask [batch, seq] is given. With
 that mask, `pooled_weight` adds one minus the cosine of the outputs pooled over the real tokens (their
 mean: how sentence embedders read a sequence model), so the term trains what such a deployment measures.
+Probability tensors (attention distributions) are matched by KL over their last axis (masked_kl): each
+query row of an attention map is a distribution over the keys, many more targets per sentence than its
+hidden states give.
 """
 
 from __future__ import annotations
@@ -147,8 +150,38 @@ class FeatureAdapter(torch.nn.Module):
         return x if self.proj is None else self.proj(x)
 
 
+def masked_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None,
+              eps: float = 1e-12) -> torch.Tensor:
+    """Mean over rows of KL(teacher || student), both probability tensors over the last axis (Softmax outputs).
+
+    With a mask [batch, seq] and rows whose second-to-last axis is the sequence (attention [B, H, T, T]: the
+    query rows; or [B, T, C]), only the rows of real positions count. Entries where the teacher is 0 (padded
+    keys) add nothing, so a batch cut to its real length gives the same value."""
+    kl = (torch.special.xlogy(teacher, teacher) - teacher * torch.log(student.clamp(min=eps))).sum(-1)
+    if mask is None or kl.dim() < 2 or kl.shape[0] != mask.shape[0] or kl.shape[-1] != mask.shape[1]:
+        return kl.mean()
+    w = mask.to(kl.dtype).reshape((mask.shape[0],) + (1,) * (kl.dim() - 2) + (mask.shape[1],))
+    rows_per_position = kl[0, ..., 0].numel()  # heads
+    return (kl * w).sum() / (w.sum() * rows_per_position).clamp(min=1.0)
+
+
+def self_relation(values: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(V V^T / sqrt(d)) over the last axis of rows V [..., T, d] (MiniLM's value relation); with a mask
+    [batch, seq] and T the sequence, padded keys get probability 0 (so masked_kl may compare it as it compares
+    attention maps)."""
+    logits = values @ values.transpose(-1, -2) / float(values.shape[-1]) ** 0.5
+    if (mask is not None and values.dim() >= 3 and values.shape[0] == mask.shape[0]
+            and values.shape[-2] == mask.shape[1]):
+        hidden = (mask == 0).reshape((mask.shape[0],) + (1,) * (values.dim() - 2) + (mask.shape[1],))
+        logits = logits.masked_fill(hidden, -1e4)
+    return torch.softmax(logits, -1)
+
+
 def feature_loss(adapters: torch.nn.ModuleDict, keys: list[str], student_feats: dict, teacher_feats: dict,
-                 mask: torch.Tensor | None = None):
-    """Mean of the MSEs between adapted student features and teacher features (see masked_mse)."""
-    losses = [masked_mse(adapters[k](student_feats[k]), teacher_feats[k], mask) for k in keys]
+                 mask: torch.Tensor | None = None, kinds: dict | None = None):
+    """Mean of the per-feature losses: MSE between adapted student and teacher features (masked_mse), or
+    masked_kl for the keys `kinds` marks "kl" (no adapter: the same distribution shape on both sides)."""
+    kinds = kinds or {}
+    losses = [masked_kl(student_feats[k], teacher_feats[k], mask) if kinds.get(k) == "kl"
+              else masked_mse(adapters[k](student_feats[k]), teacher_feats[k], mask) for k in keys]
     return sum(losses) / len(losses)

@@ -13,6 +13,7 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 FREEZE_MODES = ("none", "embeddings", "unchanged")
 OUTPUT_LOSSES = ("mse", "cosine")
+FEATURE_LOSSES = ("mse", "kl")  # kl: probability tensors (Softmax outputs), KL over their last axis
 DEFAULT_AUGMENT_FRACTION = 0.15  # share of real tokens replaced in each augmented copy
 
 
@@ -23,7 +24,14 @@ class DistillOptions:
     temperature/alpha: the soft-target term is KL at `temperature` times T^2; with labels the loss is
     alpha * soft + (1 - alpha) * CE. alpha=0 is plain cross-entropy (the teacher is then not run).
     features: (teacher tensor, student tensor) pairs matched with MSE through a learned adapter
-    (ONNX tensor names, or torch submodule names for torch models), weighted by feature_weight.
+    (ONNX tensor names, or torch submodule names for torch models), weighted by feature_weight; a triple
+    (teacher, student, "kl") matches probability tensors of one shape (Softmax outputs) by KL(teacher ||
+    student) over their last axis instead, no adapter (losses.masked_kl).
+    attention_weight: with ONNX teacher and student, every Softmax output over the last axis that both
+    graphs compute under one name and in one shape (a transformer's attention distributions [B, H, T, T],
+    found by graph: attention.py) is matched by that KL at this weight, over the real query rows with a mask.
+    value_weight: the same for the value relations of those maps (softmax(V V^T / sqrt(d)) of the tensor each
+    Softmax output weighs, MiniLM's second term), where both graphs name the same value tensor.
     cache: teacher outputs are computed once per sample and kept in "memory", or in .npy files under
     cache_dir ("disk": reused by later runs on the same teacher and data), or recomputed for every
     batch ("none": only to measure what the cache saves).
@@ -65,6 +73,8 @@ class DistillOptions:
     schedule: str = "cosine"
     features: tuple = ()
     feature_weight: float = 1.0
+    attention_weight: float = 0.0
+    value_weight: float = 0.0
     seed: int = 0
     threads: int = 2
     device: str = "cpu"  # where the student trains: "cpu" (gloo under torchrun) or "cuda" (NCCL)
@@ -100,6 +110,8 @@ class DistillOptions:
             (self.threads >= 1, f"threads must be at least 1, got {self.threads}"),
             (self.device in DEVICES, f"device must be cpu or cuda, got {self.device!r}"),
             (self.feature_weight >= 0, f"feature_weight must be >= 0, got {self.feature_weight}"),
+            (self.attention_weight >= 0, f"attention_weight must be >= 0, got {self.attention_weight}"),
+            (self.value_weight >= 0, f"value_weight must be >= 0, got {self.value_weight}"),
             (7 <= self.opset <= 23, f"opset must be between 7 and 23, got {self.opset}"),
             (self.mask is None or (isinstance(self.mask, str) and bool(self.mask)),
              f"mask must be an input name, got {self.mask!r}"),
@@ -120,18 +132,33 @@ class DistillOptions:
             if not ok:
                 raise InputError(f"distill: {message}")
         pairs = tuple(tuple(p) for p in self.features)
-        if any(len(p) != 2 or not all(isinstance(n, str) and n for n in p) for p in pairs):
-            raise InputError("distill: features must be (teacher tensor, student tensor) name pairs")
+        if any(len(p) not in (2, 3) or not all(isinstance(n, str) and n for n in p) for p in pairs):
+            raise InputError("distill: features must be (teacher tensor, student tensor) name pairs, or triples "
+                             "ending in the loss kind (mse or kl)")
+        bad = [p[2] for p in pairs if len(p) == 3 and p[2] not in FEATURE_LOSSES]
+        if bad:
+            raise InputError(f"distill: feature loss must be one of {', '.join(FEATURE_LOSSES)}, got {bad[0]!r}")
+        pairs = tuple(p[:2] if len(p) == 3 and p[2] == "mse" else p for p in pairs)  # mse: the plain pair
         object.__setattr__(self, "features", pairs)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def parse_feature(text: str) -> tuple[str, str]:
-    """`TEACHER=STUDENT` (or one name used on both sides)."""
-    teacher, eq, student = text.partition("=")
+def feature_kind(pair: tuple) -> tuple[str, str, str]:
+    """(teacher, student, loss kind) of a `features` entry (a plain pair is MSE)."""
+    return (pair[0], pair[1], pair[2] if len(pair) == 3 else "mse")
+
+
+def parse_feature(text: str) -> tuple:
+    """`TEACHER=STUDENT` (or one name used on both sides), optionally ending in `:kl` (KL over the last axis,
+    for probability tensors) or `:mse` (the default); another `:` suffix stays part of the name (`x:0`)."""
+    body, colon, kind = text.rpartition(":")
+    kind = kind.strip()
+    if not colon or kind not in FEATURE_LOSSES:
+        body, kind = text, "mse"
+    teacher, eq, student = body.partition("=")
     teacher, student = teacher.strip(), (student.strip() if eq else teacher.strip())
     if not teacher or not student:
-        raise InputError(f"--feature {text!r}: expected TEACHER_TENSOR=STUDENT_TENSOR")
-    return teacher, student
+        raise InputError(f"--feature {text!r}: expected TEACHER_TENSOR=STUDENT_TENSOR[:kl]")
+    return (teacher, student) if kind == "mse" else (teacher, student, kind)

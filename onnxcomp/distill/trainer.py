@@ -29,9 +29,9 @@ import torch
 
 from onnxcomp.distill import checkpoint, distributed
 from onnxcomp.distill.distributed import SINGLE
-from onnxcomp.distill.losses import FeatureAdapter, distillation_loss, feature_loss
+from onnxcomp.distill.losses import FeatureAdapter, distillation_loss, feature_loss, masked_kl, self_relation
 from onnxcomp.distill.onnx_to_torch import OnnxModule
-from onnxcomp.distill.options import DistillOptions
+from onnxcomp.distill.options import DistillOptions, feature_kind
 from onnxcomp.distill.taps import Tapped
 from onnxcomp.progress import bar, logger, say_to
 
@@ -167,6 +167,17 @@ def cut_like(arrays, cut):
     return [a[:, :cut[1]] if a.ndim >= 2 and a.shape[1] == cut[0] else a for a in arrays]
 
 
+def cut_to(array: np.ndarray, student: torch.Tensor, cut) -> np.ndarray:
+    """A teacher feature cut like the batch on every axis after the first that had the full sequence length
+    and is shorter in the student's tensor (attention [B, H, T, T] on both T axes: cut_like cuts axis 1 only).
+    The cut keys are padding the teacher gave probability 0, so a distribution over the kept keys is whole."""
+    if cut is None or cut[0] == cut[1] or array.ndim != student.dim():
+        return array
+    index = tuple(slice(0, cut[1]) if i and size == cut[0] and student.shape[i] == cut[1] else slice(None)
+                  for i, size in enumerate(array.shape))
+    return array[index]
+
+
 def metric_name(first_output: np.ndarray, has_labels: bool) -> str:
     if first_output.ndim == 2 and first_output.shape[1] > 1:
         return "accuracy" if has_labels else "teacher_top1"
@@ -204,16 +215,22 @@ def schedule(opt, kind: str, steps: int, warmup: float):
 class Trainer:
     """device: where the student trains (a torch device or its name); default the one `options.device`
     gives this rank (distributed.placement: cpu, or cuda:<local rank>). Everything a step computes
-    follows it; the teacher's cache, the shuffles and the loss bookkeeping stay on the CPU."""
+    follows it; the teacher's cache, the shuffles and the loss bookkeeping stay on the CPU.
+    attention: tensor names of probability maps both models compute in one shape (api._same_shape), matched
+    by KL at options.attention_weight; values: value tensors (one shape in both) whose self-relations are
+    matched by KL at options.value_weight."""
 
     def __init__(self, student: torch.nn.Module, input_names: list[str], options: DistillOptions,
-                 progress=None, world=SINGLE, device=None):
+                 progress=None, world=SINGLE, device=None, attention=(), values=()):
         self.student, self.input_names, self.options = student, list(input_names), options
         self.world = world
         self.device = torch.device(distributed.placement(world, options.device).device if device is None else device)
         self.progress = say_to(progress)  # one line per epoch; batches show as a bar on a terminal
-        self.pairs = list(options.features)
-        self.tapped = Tapped(student, list(dict.fromkeys(s for _, s in self.pairs)), "student")
+        self.pairs = [feature_kind(p) for p in options.features]
+        self.attention = list(attention) if options.attention_weight > 0 else []
+        self.values = list(values) if options.value_weight > 0 else []
+        self.tapped = Tapped(student, list(dict.fromkeys([s for _, s, _ in self.pairs] + self.attention + self.values)),
+                             "student")
         self.adapters = torch.nn.ModuleDict()
 
     def _build_adapters(self, inputs, targets) -> None:
@@ -225,7 +242,15 @@ class Trainer:
         with torch.no_grad():
             _, feats = self.tapped([_tensor(x[probe]) for x in inputs])
         _, t_feats = targets.batch(probe)
-        for i, (t_name, s_name) in enumerate(self.pairs):
+        for i, (t_name, s_name, kind) in enumerate(self.pairs):
+            if kind == "kl":  # distributions: compared as they are, so the shapes must agree
+                if tuple(feats[s_name].shape) != tuple(t_feats[t_name].shape):
+                    from onnxcomp.errors import InputError
+
+                    raise InputError(f"feature {t_name} -> {s_name} (kl): student tensor has shape "
+                                     f"{list(feats[s_name].shape)}, teacher {list(t_feats[t_name].shape)}; "
+                                     "KL needs one shape")
+                continue
             self.adapters[f"f{i}"] = FeatureAdapter(tuple(feats[s_name].shape), tuple(t_feats[t_name].shape),
                                                     f"{t_name} -> {s_name}")
 
@@ -322,11 +347,24 @@ class Trainer:
                                                 opts.alpha if use_teacher else 0.0, mask, opts.output_loss,
                                                 opts.pooled_weight if use_teacher else 0.0)
                 if self.pairs and opts.feature_weight > 0:
-                    keyed_s = {f"f{i}": feats[s_name] for i, (_, s_name) in enumerate(self.pairs)}
-                    keyed_t = {f"f{i}": _tensor(t_feats[t_name]).to(device) for i, (t_name, _) in enumerate(self.pairs)}
-                    f_loss = feature_loss(self.adapters, list(keyed_s), keyed_s, keyed_t, mask)
+                    keyed_s = {f"f{i}": feats[s_name] for i, (_, s_name, _) in enumerate(self.pairs)}
+                    keyed_t = {f"f{i}": _tensor(cut_to(t_feats[t_name], keyed_s[f"f{i}"], lengths)).to(device)
+                               for i, (t_name, _, _) in enumerate(self.pairs)}
+                    kinds = {f"f{i}": kind for i, (_, _, kind) in enumerate(self.pairs)}
+                    f_loss = feature_loss(self.adapters, list(keyed_s), keyed_s, keyed_t, mask, kinds)
                     loss = loss + opts.feature_weight * f_loss
                     parts["feature"] = float(f_loss.detach())
+                if self.attention:
+                    a_loss = sum(masked_kl(feats[name], _tensor(cut_to(t_feats[name], feats[name], lengths)).to(device),
+                                           mask) for name in self.attention) / len(self.attention)
+                    loss = loss + opts.attention_weight * a_loss
+                    parts["attention"] = float(a_loss.detach())
+                if self.values:
+                    v_loss = sum(masked_kl(self_relation(feats[name], mask), self_relation(
+                        _tensor(cut_to(t_feats[name], feats[name], lengths)).to(device), mask), mask)
+                        for name in self.values) / len(self.values)
+                    loss = loss + opts.value_weight * v_loss
+                    parts["value_relation"] = float(v_loss.detach())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()  # under DDP this also averages the student's gradients across ranks
                 distributed.average_gradients(world, self.adapters.parameters())
@@ -398,7 +436,7 @@ def _save_checkpoint(state: dict, path: str) -> None:
 
 def _epoch_line(row: dict, epochs: int, metric: str) -> str:
     parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row['loss']:.4f}"]
-    for k in ("kd", "ce", "mse", "cosine_distance", "pooled_distance", "feature"):
+    for k in ("kd", "ce", "mse", "cosine_distance", "pooled_distance", "feature", "attention", "value_relation"):
         if k in row:
             parts.append(f"{k} {row[k]:.4f}")
     if metric and metric in row:

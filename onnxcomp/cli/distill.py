@@ -38,6 +38,10 @@ from onnxcomp.distill.options import DEFAULT_AUGMENT_FRACTION
 @click.option("--feature", "features", multiple=True, metavar="TEACHER=STUDENT",
               help="Match an intermediate tensor (ONNX tensor or torch submodule name); repeatable.")
 @click.option("--feature-weight", default=1.0, show_default=True)
+@click.option("--attention-weight", default=0.0, show_default=True,
+              help="Weight of matching every attention map (Softmax) teacher and student share, KL over the keys.")
+@click.option("--value-weight", default=0.0, show_default=True,
+              help="Weight of matching those maps' value relations softmax(V V^T / sqrt(d)), KL.")
 @click.option("--weight-decay", default=1e-4, show_default=True)
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
 @click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
@@ -81,7 +85,7 @@ from onnxcomp.distill.options import DEFAULT_AUGMENT_FRACTION
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the result as JSON.")
 @verbosity_options
 def command(teacher, teacher_weights, student, student_weights, data, val, output, epochs, lr, batch_size,
-            temperature, alpha, features, feature_weight, weight_decay, optimizer, schedule, bn, mask, augment,
+            temperature, alpha, features, feature_weight, attention_weight, value_weight, weight_decay, optimizer, schedule, bn, mask, augment,
             augment_fraction, freeze, output_loss, pooled_weight, warmup, keep_zeros, cache, cache_dir, opset,
             checkpoint, checkpoint_dir, resume, nproc, device, seed, threads, report_path):
     """Train STUDENT from TEACHER with knowledge distillation and write it as ONNX."""
@@ -113,6 +117,7 @@ def command(teacher, teacher_weights, student, student_weights, data, val, outpu
     options = DistillOptions(epochs=epochs, lr=lr, batch_size=batch_size, temperature=temperature, alpha=alpha,
                              weight_decay=weight_decay, optimizer=optimizer, schedule=schedule,
                              features=tuple(parse_feature(f) for f in features), feature_weight=feature_weight,
+                             attention_weight=attention_weight, value_weight=value_weight,
                              seed=seed, threads=threads, device=device, cache=cache, cache_dir=cache_dir, bn=bn,
                              mask=mask, augment=augment, augment_fraction=augment_fraction, freeze=freeze,
                              output_loss=output_loss, pooled_weight=pooled_weight, warmup=warmup,

@@ -3,8 +3,13 @@
 Weight magnitude (l1, l2) ranks a channel by what its weights could do; the data say what they do.
 For a reader Y = X W, removing input position p removes x_p W[p, :], whose expected energy over the
 sample rows is E[x_p^2] ||W[p, :]||^2 (the real tokens' rows where the data pads its sequences,
-onnxcomp.measure.padding). A channel's score is that energy summed over its positions and over the
-group's readers it can see (a MatMul, a Gemm or an ungrouped Conv reading the weight directly); a
+onnxcomp.measure.padding). A channel's score sums, over its positions and over the group's readers it
+can see (a MatMul, a Gemm or an ungrouped Conv reading the weight directly), that energy as a share
+of the reader's output energy (the sum over all its input positions). Shares, not raw energies: readers
+of one group can see it at scales far apart (a U-Net's skip 1x1 Conv reads the raw residual stream,
+energy 1e10-1e19 on terrain_unet, its other readers the same channels behind a GroupNorm, energy ~1);
+summed raw, the unnormalised reader alone ranks the channels, though a norm after each reader makes
+every reader's relative loss what counts. With one reader the share ranks as the energy does. A
 group with no such reader keeps its l2 score. With refit asked too, the one run over the data gathers
 the readers' full input moments and the energy is their diagonal (input_statistics.py).
 """
@@ -41,6 +46,7 @@ def activation_scores(graph, groups: list, values_of, inputs, l2_scores: dict,
         for m, a in measured:
             w = np.moveaxis(np.asarray(values_of(m.tensor), dtype=np.float64), m.axis, 0)
             per_position = energy[a] * np.sum(w.reshape(len(w), -1) ** 2, axis=1)
+            per_position = per_position / max(float(per_position.sum()), 1e-300)  # the reader's output share
             present = m.mapping.present(np.arange(g.channels))
             score[present] += per_position[m.mapping.by_channel(present)].sum(1)
         scores[g.id] = np.sqrt(score)

@@ -163,8 +163,8 @@ def test_attention_weight_without_shared_softmax_is_one_line():
         onnxcomp.distill(teacher, student, padded(), _options(attention_weight=1.0))
 
 
-def test_cli_feature_kl_suffix(tmp_path, capsys):
-    """`--feature attn=attn:kl` reaches the KL (the report logs the feature part)."""
+def _cli_report(tmp_path, capsys, *flags) -> dict:
+    """The JSON report of `onnxcomp distill` on the attention models with `flags` (one epoch)."""
     import json
 
     from test_distill_cli import cli_in_process
@@ -175,27 +175,18 @@ def test_cli_feature_kl_suffix(tmp_path, capsys):
     np.savez(data, **padded())
     code, _, err = cli_in_process(capsys, "distill", "--teacher", teacher, "--student", student, "--data", data,
                                   "--epochs", "1", "--batch-size", "16", "--threads", "1", "--mask", "attention_mask",
-                                  "--feature", "attn=attn:kl", "-o", tmp_path / "o.onnx", "--report",
-                                  tmp_path / "r.json", "-q")
+                                  *flags, "-o", tmp_path / "o.onnx", "--report", tmp_path / "r.json", "-q")
     assert code == 0, err
-    report = json.loads((tmp_path / "r.json").read_text())
+    return json.loads((tmp_path / "r.json").read_text())
+
+
+def test_cli_feature_kl_suffix(tmp_path, capsys):
+    """`--feature attn=attn:kl` reaches the KL (the report logs the feature part)."""
+    report = _cli_report(tmp_path, capsys, "--feature", "attn=attn:kl")
     assert report["options"]["features"] == [["attn", "attn", "kl"]] and report["epochs"][0]["feature"] > 1e-3
 
 
 def test_cli_attention_and_value_weights_reach_the_loss(tmp_path, capsys):
-    import json
-
-    from test_distill_cli import cli_in_process
-
-    teacher, student, data = tmp_path / "t.onnx", tmp_path / "s.onnx", tmp_path / "d.npz"
-    onnx.save(attention_model(None, 0), str(teacher))
-    onnx.save(attention_model(None, 1, scale=0.3), str(student))
-    np.savez(data, **padded())
-    code, _, err = cli_in_process(capsys, "distill", "--teacher", teacher, "--student", student, "--data", data,
-                                  "--epochs", "1", "--batch-size", "16", "--threads", "1", "--mask", "attention_mask",
-                                  "--attention-weight", "1", "--value-weight", "0.5", "-o", tmp_path / "o.onnx",
-                                  "--report", tmp_path / "r.json", "-q")
-    assert code == 0, err
-    report = json.loads((tmp_path / "r.json").read_text())
+    report = _cli_report(tmp_path, capsys, "--attention-weight", "1", "--value-weight", "0.5")
     assert report["options"]["attention_weight"] == 1.0 and report["options"]["value_weight"] == 0.5
     assert report["epochs"][0]["attention"] > 0 and report["epochs"][0]["value_relation"] > 0

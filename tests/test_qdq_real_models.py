@@ -165,7 +165,9 @@ def test_cast_mul_weights_pass_the_tensorrt_check_and_are_not_quantized_twice():
     assert quantized_inputs(out) == {"x"}  # the weight keeps its own INT8 values and scales
     assert details(records)["int8_nodes"] == ["matmul"]
     feeds = calib(model, 4, seed=1)
-    assert cosine(run(out, feeds)["y"], run(model, feeds)["y"]) > 0.99
+    # the graph's arithmetic, as TensorRT runs it: ORT's fused int8 kernels on an AVX2 host (no VNNI) saturate
+    # the full-range weights a TensorRT target keeps (onnxcomp.measure.host)
+    assert cosine(run_unfused(out, feeds)["y"], run(model, feeds)["y"]) > 0.99
 
 
 def test_a_model_with_activation_qdq_is_still_refused_in_one_line():

@@ -47,10 +47,11 @@ BACKOFF_STEPS = 6
 class RemoveChannelsOptions:
     ratio: float = field(default=0.5, metadata={"help": "fraction of channels to remove per group",
                                                 "range": Range(0, 1, hi_open=True)})
-    importance: Literal["l1", "l2", "bn-scale", "activation"] = field(
-        default="l2", metadata={"help": "how channels are ranked: weight magnitude over the group, BN scale, or "
-                                        "activation: the output energy each channel feeds its readers on the sample "
-                                        "data (needs --calib; the real tokens only where the data pads)"})
+    importance: Literal["auto", "l1", "l2", "bn-scale", "activation"] = field(
+        default="auto", metadata={"help": "how channels are ranked: weight magnitude over the group, BN scale, or "
+                                          "activation: each channel's share of its readers' output energy on the "
+                                          "sample data (needs --calib; the real tokens only where the data pads); "
+                                          "auto = activation with sample data, else l2"})
     round_to: int = field(default=8, metadata={
         "help": "kept channel counts are multiples of this (blocked kernels want it; odd widths can be slower)",
         "range": Range(1)})
@@ -126,7 +127,8 @@ class RemoveChannelsPass(Pass):
         before_model = to_model(graph)
         macs_before = estimate_macs(before_model, ctx.dims)["macs"]
         params_before = graph_counts(graph)["params"]
-        inputs = _reader_inputs(graph, before_model, ctx) if o.refit or o.importance == "activation" else None
+        importance = o.importance if o.importance != "auto" else "activation" if ctx.data is not None else "l2"
+        inputs = _reader_inputs(graph, before_model, ctx) if o.refit or importance == "activation" else None
         if o.plan:
             plan = PruningPlan.load(o.plan)
             groups = []
@@ -141,10 +143,10 @@ class RemoveChannelsPass(Pass):
             values_of = ConstantTable(graph).get
             scores, used = {}, set()
             for g in live:
-                scores[g.id], criterion = channel_importance(g, values_of, "l2" if o.importance == "activation"
-                                                             else o.importance)
+                scores[g.id], criterion = channel_importance(g, values_of, "l2" if importance == "activation"
+                                                             else importance)
                 used.add(criterion)
-            if o.importance == "activation":
+            if importance == "activation":
                 scores, used = _activation_scores(graph, live, values_of, scores, ctx, inputs, o.refit)
             report.details["importance"] = sorted(used)
             widths = {g.id: g.width for g in live}

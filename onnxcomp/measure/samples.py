@@ -665,14 +665,12 @@ def read_test_data_sets(folder: Path, specs: list[InputSpec] | None) -> list[dic
     return feeds
 
 
-def in_batches(data, batch: int, gather, cut=None):
+def in_batches(data, batch: int, gather):
     """gather(calls) over `data` (onnxcomp Samples) merged into calls of `batch` samples, or over the
-    calls as they are where a dynamic batch the model does not really take fails (InputError);
-    `cut(feeds) -> feeds` applied to each call (onnxcomp.measure.trim: padding not computed)."""
+    calls as they are where a dynamic batch the model does not really take fails (InputError)."""
     from onnxcomp.errors import InputError
 
-    each = (lambda calls: calls) if cut is None else (lambda calls: (cut(feeds) for feeds in calls))
     try:
-        return gather(each(data.batches(batch)))
+        return gather(data.batches(batch))
     except InputError:
-        return gather(each(data.batches(None)))
+        return gather(data.batches(None))

@@ -100,12 +100,3 @@ def _same_real_outputs(full: list, cut: list, feeds: dict, cut_feeds: dict, mask
             return False
     return True
 
-
-def cutter(model, mask: str | None, sess):
-    """feeds -> feeds cut after their last real token, checked once on `sess` (a session of `model`, perhaps
-    with more outputs: only the model's own are compared); for the statistics runs (in_batches' `cut`)."""
-    from onnxcomp.measure.runtime import run
-
-    trim, outputs = Trim(model, mask), [o.name for o in model.graph.output]
-    check = lambda feeds: list(run(sess, feeds, outputs).values())
-    return lambda feeds: trim(feeds, check)

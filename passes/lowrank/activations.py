@@ -27,7 +27,6 @@ def input_moments(graph, layers: list[Layer], data, batch: int = 32, seed: int =
     from onnxcomp.graph.convert import to_model
     from onnxcomp.graph.edit import add_outputs
     from onnxcomp.measure.runtime import session
-    from onnxcomp.measure.trim import cutter
 
     model = to_model(graph)
     norms = {node: norm for node, norm in (norms or {}).items() if norm is not None}
@@ -35,7 +34,7 @@ def input_moments(graph, layers: list[Layer], data, batch: int = 32, seed: int =
     sess = session(add_outputs(model, names))
     along = sequence_tensors(model, names, mask)  # the inputs laid out [batch, sequence, ...] by the mask
     sums, rows = in_batches(data, batch, lambda calls: _accumulate(sess, layers, names, calls, seed, norms, mask,
-                                                                   along), cut=cutter(model, mask, sess))
+                                                                   along))
     full = {key: (sums[0][key] + sums[1][key]) / max(rows[0][key] + rows[1][key], 1) for key in sums[0]}
     if not folds:
         return full

@@ -134,17 +134,15 @@ def attention_fits(graph, blocks: list[Attention], layers: list[Layer], weights:
     from onnxcomp.graph.convert import to_model
     from onnxcomp.graph.edit import add_outputs
     from onnxcomp.measure.runtime import session
-    from onnxcomp.measure.trim import cutter
 
     by_node = {layer.node: layer for layer in layers}
     produced = {(n.name or n.outputs[0].name): n.outputs[0].name for n in graph.nodes}
     outputs = {key: produced[key] for b in blocks for key in (b.q, b.k, b.v)}
     names = sorted({n for b in blocks for n in (b.q_heads, b.k_heads, b.probs, b.v_heads, by_node[b.k].input)}
                    | set(outputs.values()))
-    model = to_model(graph)
-    sess = session(add_outputs(model, names))
+    sess = session(add_outputs(to_model(graph), names))
     sums = in_batches(data, batch, lambda calls: _sums(sess, names, calls, blocks, outputs, by_node, weights,
-                                                       out_weights, mask), cut=cutter(model, mask, sess))
+                                                       out_weights, mask))
     fits = {}
     for b in blocks:
         s = sums[b.q]

@@ -83,15 +83,13 @@ def ffn_fits(graph, blocks, matrices: dict, out_weights: dict, data, batch: int 
     from onnxcomp.graph.convert import to_model
     from onnxcomp.graph.edit import add_outputs
     from onnxcomp.measure.runtime import session
-    from onnxcomp.measure.trim import cutter
 
     if not blocks:
         return {}
     names = sorted({n for _, _, z, a in blocks for n in (z, a)})
     model = add_outputs(to_model(graph), names)
     sess, along = session(model), sequence_tensors(model, names, mask)
-    sums, rows, kinds = in_batches(data, batch, lambda calls: _slopes(sess, names, calls, blocks, mask, along),
-                                   cut=cutter(model, mask, sess))
+    sums, rows, kinds = in_batches(data, batch, lambda calls: _slopes(sess, names, calls, blocks, mask, along))
     fits = {}
     for up, down, _, _ in blocks:
         if kinds.get(up) is None or up not in sums:

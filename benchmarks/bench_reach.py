@@ -14,7 +14,9 @@ outputs (mean over samples and outputs; the real tokens' positions only where th
 attention_mask) on recipe feeds (seed 1) against the model before; the whitened
 factors calibrate on other recipe feeds (seed 0); the real MiniLM (build/models/minilm.onnx, made with
 the bench extra), when built, on MINILM_CALIB of its calibration sentences, measured on all 128 of its test
-sentences (another pool of sentences, never tuned on).
+sentences (another pool of sentences, never tuned on); its "wide" rows calibrate the whitened factors on
+minilm_calib_wide.npz instead (255 distinct hand-written sentences, none from the test pool, and each paired
+with the next: 510 inputs of the test pool's kind and lengths).
 
 Distillation (the real MiniLM, skipped with --no-distill): the students of `--lowrank 0.75` (whitened, on the
 MINILM_CALIB calibration sentences of the low-rank rows) and of heads + FFN pruned at the ratio (remove-channels,
@@ -54,7 +56,8 @@ MANIFEST = REPO / "models" / "corpus" / "manifest.json"
 HELD_OUT = ("nudenet", "rapidocr", "ddddocr", "silero")  # never used here
 LOWRANK_MODELS = ("khmersm", "trueocr_order", "minilm_l6_int8", "romanizer_encoder")
 # Calibration sentences of the real MiniLM's low-rank rows (the first ones: its pool's single sentences); 128 and
-# 256 were measured and gave the 128 test sentences no more (docs/lowrank.md), for a longer run.
+# 256 were measured and gave the 128 test sentences no more (docs/lowrank.md), for a longer run. The "wide" rows
+# calibrate on minilm_calib_wide.npz instead: 255 distinct sentences and their pairs (whitened only).
 MINILM_CALIB = 64
 
 
@@ -287,7 +290,8 @@ def print_prune(rows: list[dict], before: dict | None) -> None:
 
 # ---------------------------------------------------------------- factorize-lowrank
 
-def lowrank_rows(entry: dict, model: onnx.ModelProto, kept: list[float], args, calib=None, test=None) -> list[dict]:
+def lowrank_rows(entry: dict, model: onnx.ModelProto, kept: list[float], args, calib=None, test=None,
+                 methods=("svd", "whitened")) -> list[dict]:
     from onnxcomp.errors import InputError
     from onnxcomp.graph.convert import to_graph, to_model
     from onnxcomp.measure.compare import per_sample_cosine
@@ -304,7 +308,7 @@ def lowrank_rows(entry: dict, model: onnx.ModelProto, kept: list[float], args, c
     want = _run_all(base_sess, test)
     rows = []
     for fraction in kept:
-        for method in ("svd", "whitened"):
+        for method in methods:
             graph = to_graph(_copy(model))
             try:
                 records = PassManager(parse_pipeline(f"factorize-lowrank{{kept={fraction},method={method}}}"),
@@ -379,9 +383,14 @@ def print_lowrank(rows: list[dict]) -> None:
         params = f"{wh['params'][1] / wh['params'][0]:.2f}" if wh else "-"
         lat = f"{wh['latency_ratio']:.2f}" if "latency_ratio" in wh else "-"
         print(f"{model:22s} {kept:5.2f} {str(wh.get('factorized', '-')) + '/' + str(wh.get('layers', '-')):>10s} "
-              f"{params:>7s} {svd.get('cosine', float('nan')):8.4f} {wh.get('cosine', float('nan')):12.4f} {lat:>8s}"
-              + (f" {svd.get('embedding_cosine', float('nan')):6.4f}/{wh['embedding_cosine']:.4f}"
+              f"{params:>7s} {_figure(svd, 'cosine', 8)} {_figure(wh, 'cosine', 12)} {lat:>8s}"
+              + (f" {_figure(svd, 'embedding_cosine', 6)}/{wh['embedding_cosine']:.4f}"
                  if "embedding_cosine" in wh else ""))
+
+
+def _figure(row: dict, key: str, width: int) -> str:
+    """A row's figure, or '-' where that method was not run (the wide rows have no plain SVD: it sees no data)."""
+    return f"{row[key]:{width}.4f}" if key in row else f"{'-':>{width}s}"
 
 
 # ---------------------------------------------------------------- distillation (MiniLM)
@@ -511,6 +520,11 @@ def main(argv) -> int:
                 for part in ("calib", "test")]
         return (_prepared(minilm, "minilm"), *data)
 
+    def wide_minilm() -> dict | None:
+        """The 510 wide calibration inputs (255 distinct sentences and their pairs), if the build made them."""
+        path = minilm.with_name("minilm_calib_wide.npz")
+        return dict(np.load(path)) if path.exists() else None
+
     if not args.no_lowrank:
         kept = [float(k) for k in args.kept.split(",")]
         for entry, model in prepared.values():
@@ -519,6 +533,10 @@ def main(argv) -> int:
             model, calib, test = real_minilm()
             lowrank += lowrank_rows({"name": "minilm (real)"}, model, kept, args,
                                     {k: v[:MINILM_CALIB] for k, v in calib.items()}, test)
+            wide = wide_minilm()
+            if wide is not None:
+                lowrank += lowrank_rows({"name": "minilm (real, wide)"}, model, kept, args, wide, test,
+                                        methods=("whitened",))
         print()
         print_lowrank(lowrank)
     distill = []

@@ -28,7 +28,7 @@ MODELS = {
     "mlp": ["mlp.onnx", "mlp_calib.npz", "mlp_test.npz"],
     "transformer_block": ["transformer_block.onnx", "transformer_calib.npz", "transformer_test.npz"],
 }
-OPTIONAL = {"minilm": ["minilm.onnx", "minilm_calib.npz", "minilm_test.npz"]}
+OPTIONAL = {"minilm": ["minilm.onnx", "minilm_calib.npz", "minilm_test.npz", "minilm_calib_wide.npz"]}
 
 
 def source_hash(name: str) -> str:

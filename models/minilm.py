@@ -6,8 +6,10 @@ TorchScript exporter, opset 17. Inputs `input_ids`, `attention_mask`, `token_typ
 [batch, seq] with dynamic batch and sequence; output `last_hidden_state` [batch, seq, 384].
 Mean pooling over the mask (what sentence-transformers does) stays outside the graph: `embed()`.
 
-Data: hand-written English sentences (two disjoint pools, plus pairs of them for longer inputs),
-tokenized and padded to SEQ tokens -> `minilm_calib.npz` (256) and `minilm_test.npz` (128).
+Data: hand-written English sentences (three disjoint pools, plus pairs of them for longer inputs),
+tokenized and padded to SEQ tokens -> `minilm_calib.npz` (256, pool A), `minilm_test.npz` (128, pool B)
+and `minilm_calib_wide.npz` (510: the 255 sentences of pools A and C and their neighbouring pairs, for
+fits that need many distinct sentences of the deployment's kind and length; never the test pool).
 `sentence_batches()` gives the same sentences padded per batch (varying sequence lengths), which
 is how a user calibrates a dynamic-shape model without wasting work on padding.
 
@@ -25,7 +27,7 @@ import numpy as np
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT = "last_hidden_state"
 SEQ = 64
-FILES = ("minilm.onnx", "minilm_calib.npz", "minilm_test.npz")
+FILES = ("minilm.onnx", "minilm_calib.npz", "minilm_test.npz", "minilm_calib_wide.npz")
 
 _POOL_A = """\
 The train to Edinburgh was delayed by forty minutes because of a signal failure near York.
@@ -133,6 +135,204 @@ The power cut lasted for three hours on Tuesday evening.
 He runs a small business repairing vintage bicycles.
 """
 
+_POOL_C = """\
+The plumber arrived two hours late and blamed the traffic on the bypass.
+Our landlord finally agreed to replace the broken boiler before winter.
+The exhibition of Japanese woodblock prints runs until the end of March.
+A delivery drone dropped the parcel in the neighbour's garden by mistake.
+The striker scored twice in the first half and was substituted at the break.
+Please bring a packed lunch and waterproof clothing for the school trip.
+The central bank kept its main rate unchanged for the third month running.
+My brother moved to Toronto to work as a nurse in a children's hospital.
+The old cinema on the high street is being turned into apartments.
+Astronomers detected water vapour in the atmosphere of a distant planet.
+She sold her car and now cycles to the office every day.
+The government announced a new scheme to insulate older homes.
+The toddler refused to eat anything except plain pasta and bananas.
+Several villages were cut off after a landslide blocked the mountain road.
+The translation app struggled with the regional dialect.
+We bought a second-hand sofa that smells faintly of pipe smoke.
+The marathon route passes the cathedral and finishes in the main park.
+His presentation ran over time because the projector kept switching off.
+The supermarket has started charging for paper bags at the checkout.
+A rare white deer was photographed in the forest near the border.
+The nurse took my blood pressure and asked about my diet.
+The new tram line will open to passengers in the autumn.
+Our cat sleeps on the radiator shelf whenever the heating is on.
+The author signed copies of her latest thriller at the bookshop.
+Engineers are testing a battery that charges fully in ten minutes.
+The tennis final was interrupted twice by rain showers.
+I accidentally deleted the folder with all my holiday photos.
+The price of coffee beans has doubled since last spring.
+The village hall hosts a quiz night on the first Friday of every month.
+The satellite will map the ice sheets of Greenland in unprecedented detail.
+My phone screen cracked when it slipped out of my pocket on the stairs.
+The charity collected warm coats for families in need.
+A burst water main flooded several streets in the city centre.
+The students built a robot that can sort plastic from paper.
+The hospital is recruiting more midwives to cope with rising demand.
+We missed the last bus and had to walk home in the rain.
+The chef grows his own herbs on the roof of the restaurant.
+The prime minister is expected to reshuffle the cabinet next week.
+The puppy chewed through the cable of my headphones.
+The observatory is open to visitors on clear evenings during the summer.
+Shoppers queued outside the store before dawn for the winter sale.
+The heatwave forced several schools to close early.
+He keeps a notebook of every bird he has seen since childhood.
+The insurance company refused to pay for the water damage.
+A local farmer sells eggs and honey from a stall at the end of the lane.
+The spacecraft entered orbit around Mars after a seven-month journey.
+Our manager wants the budget figures by Friday afternoon.
+The lifeguards closed the beach after a shark was spotted near the pier.
+I always forget where I parked the car at the shopping centre.
+The new law requires landlords to register with the council.
+The pianist played a piece she had composed on the train.
+Wind farms now generate more power than coal in several countries.
+The dishwasher makes a loud grinding noise at the end of each cycle.
+The police are appealing for witnesses to the robbery on Saturday night.
+The children spent the afternoon collecting shells on the shore.
+The company recalled thousands of kettles because of a wiring fault.
+My aunt runs a guest house by the lake in the north of Italy.
+The cyclist crossed the finish line seconds ahead of his rival.
+Doctors say regular walking lowers the risk of heart disease.
+The roof of the stadium can be closed when it rains.
+The waiter brought us the wrong dessert but we ate it anyway.
+The river ferry runs every half hour between the two towns.
+Scientists have grown miniature livers from human stem cells.
+The shop assistant helped me find a jacket in my size.
+Thousands of people marched through the capital to demand cleaner air.
+The airport introduced facial scanning at the boarding gates.
+We had a picnic in the park until the wasps found our jam sandwiches.
+The factory workers voted to go on strike over pay.
+Her first job was washing dishes in a hotel kitchen.
+The elevator in our building has been out of order for a week.
+The documentary follows a family of elephants across the savannah.
+The storm tore tiles off the roof and knocked down the garden fence.
+The bank will close its branch in the village next year.
+The baby woke up three times during the night.
+A team of divers recovered the anchor of a sunken trading ship.
+The mobile network was down for most of the morning.
+I signed up for a pottery class on Wednesday evenings.
+The minister resigned after the report was published.
+The pizza arrived cold and the driver had no change.
+The football club unveiled plans for a larger stadium.
+Snow blocked the pass and the lorries had to turn back.
+She repaired the old clock that had belonged to her grandfather.
+The city will ban diesel cars from the centre within five years.
+Researchers tracked the migration of turtles using small satellite tags.
+My colleague brought homemade brownies to celebrate her promotion.
+The election results will be announced shortly after midnight.
+The garden centre sells seedlings, compost and terracotta pots.
+A power surge damaged the computers in the school office.
+The baker wakes at four every morning to prepare the dough.
+The museum returned the stolen painting to its rightful owners.
+We spent the weekend camping beside a lake in the hills.
+The vet said the dog needs to lose a couple of kilos.
+The train was so crowded that we had to stand all the way.
+The new smartphone has a better camera but a weaker battery.
+The mountain rescue team searched through the night for the missing climbers.
+He lost his wallet at the market and a stranger handed it in.
+The festival was cancelled because of the storm warning.
+The laboratory is developing a test that detects the virus in minutes.
+Our street holds a party every summer with music and a barbecue.
+The chancellor promised to cut taxes for small businesses.
+The violinist broke a string halfway through the concert.
+The school canteen now serves a vegetarian option every day.
+The coastline is eroding faster than experts had predicted.
+I need a new pair of running shoes before the race.
+The hackers stole the personal details of millions of customers.
+The farmers' market moves indoors during the winter months.
+The river was so low that the boats could not leave the harbour.
+She adopted two kittens from the animal shelter.
+The bus driver waited for the old man to sit down before pulling away.
+The government will invest in faster broadband for rural areas.
+The actor forgot his lines on the opening night.
+The tide came in quickly and cut off the path around the headland.
+The company plans to hire two hundred engineers this year.
+My sister is training to become a pilot.
+The wildlife park has welcomed a baby giraffe.
+Commuters faced long delays after a lorry overturned on the motorway.
+The cake collapsed because I opened the oven door too early.
+The new vaccine will be offered first to people over seventy.
+Our flat gets very little sunlight in the winter.
+The debate about the new runway has divided the town.
+The gardener pruned the roses and cleared the fallen leaves.
+The rocket launch was delayed by a faulty valve.
+He spent his savings on a trip around South America.
+The council has cut the number of bin collections.
+The quiz team won a trophy and a voucher for the local pub.
+Hospitals are preparing for a busy flu season.
+The children painted a mural on the wall of the playground.
+The price of petrol fell for the second week in a row.
+We repainted the fence and replaced the rotten gate.
+The island can only be reached by boat at low tide.
+The software company was fined for misusing customer data.
+A fox has been stealing shoes from the gardens on our street.
+The cathedral bells rang to mark the end of the war.
+The pharmacist explained how often to take the tablets.
+The orchestra will tour Japan and South Korea next spring.
+The snowstorm left thousands of homes without electricity.
+I burnt the toast while answering the phone.
+The athletes trained at high altitude to build stamina.
+The bookshop hosts a reading group on the last Thursday of the month.
+The new bridge cut the journey time to the coast by half.
+Our neighbour's dog barks every time the postman arrives.
+The company's profits fell after a poor Christmas season.
+She keeps bees in the orchard behind her cottage.
+The flood defences held, but the fields were under water for weeks.
+The journalist was awarded a prize for her investigation into corruption.
+We ordered a new bed, but it arrived without the screws.
+The hospital car park charges by the hour.
+The space station can be seen from the ground on clear nights.
+He practises the piano for an hour before breakfast.
+The zoo's oldest tortoise celebrated its hundredth birthday.
+The railway company apologised for the cancelled trains.
+Most of the apples fell from the tree during the gales.
+The teacher organised a trip to the science museum.
+A sudden frost damaged the vineyards in the south of France.
+The waiter recommended the fish soup and a glass of white wine.
+The customs officers found cigarettes hidden in the spare tyre.
+Our internet bill went up without any warning.
+The toddler learned to climb out of his cot.
+The town celebrated the opening of its first cinema in decades.
+The scientists measured the temperature of the deep ocean.
+My grandfather still grows potatoes on his allotment.
+The hikers sheltered in a hut when the weather turned.
+The queue at the post office stretched out of the door.
+The new museum is built from recycled timber and glass.
+The referee stopped the match when a fan ran onto the pitch.
+The heating bill was higher than the rent last January.
+The students protested against the rise in tuition fees.
+I found an old letter from my mother in a drawer.
+The lighthouse keeper lived alone on the rock for twenty years.
+The chemist discovered a cheaper way to make fertiliser.
+We got lost in the old town and ended up at the harbour.
+The carpenter built shelves for the whole wall of the study.
+The firefighters rescued a family from the burning flat.
+The cost of childcare has risen sharply in the last decade.
+The cyclists rode through the night to raise money for the hospice.
+The kitchen tap drips all night and keeps me awake.
+The parliament voted to lower the voting age to sixteen.
+The hotel offered us a free upgrade because the pool was closed.
+The moon will pass in front of the sun on Thursday morning.
+A student found a rare coin while digging in his garden.
+The conductor raised his baton and the hall fell silent.
+The city's libraries will lend tools as well as books.
+She wrote her thesis on the history of the silk trade.
+The nurses worked double shifts during the outbreak.
+Our holiday cottage had no signal and no television.
+The new manager changed the team's tactics at half time.
+The warehouse fire could be seen from miles away.
+He taught himself to code and now builds websites for local shops.
+The streets were decorated with lanterns for the new year.
+A leaking pipe brought down part of the classroom ceiling.
+The volunteers cleared tonnes of rubbish from the beach.
+The farmer uses a drone to check on his sheep.
+The price of a loaf of bread has gone up again.
+The train stopped in a tunnel for half an hour without explanation.
+The singer cancelled her tour to look after her health.
+"""
+
 
 def sentences(pool: str) -> list[str]:
     """The hand-written sentences of one pool plus every neighbouring pair (longer inputs)."""
@@ -141,6 +341,13 @@ def sentences(pool: str) -> list[str]:
     far_pairs = [f"{a} {b}" for a, b in zip(single, single[7:] + single[:7])]
     triples = [f"{a} {b} {c}" for a, b, c in zip(single, single[2:], single[5:])]
     return single + pairs + far_pairs + triples
+
+
+def wide_sentences() -> list[str]:
+    """Pools A and C (255 distinct sentences) and each one paired with the next: many sentences, of the
+    lengths the test pool has (mostly pairs), for data-hungry fits such as whitened low-rank factors."""
+    single = [line.strip() for pool in (_POOL_A, _POOL_C) for line in pool.splitlines() if line.strip()]
+    return single + [f"{a} {b}" for a, b in zip(single, single[1:] + single[:1])]
 
 
 def available() -> bool:
@@ -234,7 +441,9 @@ def build(out: Path, log=print) -> dict:
     os.replace(tmp, out / "minilm.onnx")
     write_npz(out / "minilm_calib.npz", **calib)
     write_npz(out / "minilm_test.npz", **test)
-    info = {"samples_calib": 256, "samples_test": 128, "seq": SEQ, "torch_reference_max_abs": None}
+    wide = tokenize(tokenizer, wide_sentences())
+    write_npz(out / "minilm_calib_wide.npz", **wide)
+    info = {"samples_calib": 256, "samples_test": 128, "samples_calib_wide": len(wide[INPUTS[0]]), "seq": SEQ, "torch_reference_max_abs": None}
     try:
         from onnxcomp.measure.runtime import run, session
 

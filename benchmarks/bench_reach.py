@@ -19,10 +19,11 @@ minilm_calib_wide.npz instead (255 distinct hand-written sentences, none from th
 with the next: 510 inputs of the test pool's kind and lengths).
 
 Distillation (the real MiniLM, skipped with --no-distill): the students of `--lowrank 0.75` (whitened, on the
-MINILM_CALIB calibration sentences of the low-rank rows) and of heads + FFN pruned at the ratio (remove-channels,
-channels ranked by their output energy on those sentences and the readers refitted: importance=activation,refit=true)
-fine-tuned label-free from the original (`onnxcomp.distill`: the hidden states and the outputs of encoder
-layers 0-4 matched over the real tokens, one torch thread), on the 256 calibration sentences plus --distill-docs
+wide calibration set when built, else the MINILM_CALIB calibration sentences of the low-rank rows) and of heads +
+FFN pruned at the ratio (remove-channels on the same inputs, channels ranked by their output energy and the
+readers refitted: importance=activation,refit=true) fine-tuned label-free from the original (`onnxcomp.distill`:
+the hidden states and the outputs of encoder layers 0-4 matched over the real tokens, one torch thread), on the
+wide set (else the 256 calibration sentences) plus --distill-docs
 sentences of the standard library's docstrings, with --distill-augment random-token copies of them and the
 embedding tables frozen (--distill-freeze); mean sentence-embedding cosine against the original over the 128
 test sentences (never trained on) before and after, with the wall time of the distillation (teacher targets and
@@ -395,8 +396,10 @@ def _figure(row: dict, key: str, width: int) -> str:
 
 # ---------------------------------------------------------------- distillation (MiniLM)
 
-def distill_rows(teacher: onnx.ModelProto, calib: dict, test: dict, args) -> list[dict]:
-    """Factorized (0.75) and pruned (heads + FFN at the ratio) MiniLM, before and after a short distillation."""
+def distill_rows(teacher: onnx.ModelProto, calib: dict, test: dict, args, wide: dict | None = None) -> list[dict]:
+    """Factorized (0.75) and pruned (heads + FFN at the ratio) MiniLM, before and after a short distillation.
+    With the wide calibration set the students are built on it and trained on it (it holds the 256 calibration
+    sentences' pool and 195 more); without it, on the first MINILM_CALIB and all 256 calibration inputs."""
     import onnxcomp
     from onnxcomp.graph.convert import to_graph, to_model
     from onnxcomp.measure.runtime import session
@@ -411,9 +414,10 @@ def distill_rows(teacher: onnx.ModelProto, calib: dict, test: dict, args) -> lis
                "output_loss": args.distill_output_loss, "pooled_weight": args.distill_pooled_weight,
                "features": [(layer.format(i), layer.format(i)) for i in DISTILL_LAYERS]}
     docs = docstring_feeds(args.distill_docs)
-    train = calib if docs is None else {k: np.concatenate([calib[k], docs[k]]) for k in calib}
+    sentences = calib if wide is None else wide
+    train = sentences if docs is None else {k: np.concatenate([sentences[k], docs[k]]) for k in sentences}
     rows = []
-    factor_on = {k: v[:MINILM_CALIB] for k, v in calib.items()}  # the low-rank rows' student (4x faster to build)
+    factor_on = wide if wide is not None else {k: v[:MINILM_CALIB] for k, v in calib.items()}
     for label, pipeline, data in (("lowrank 0.75", "factorize-lowrank{kept=0.75,method=whitened}", factor_on),
                                   (f"heads+FFN {args.ratio}",
                                    f"remove-channels{{ratio={args.ratio},importance=activation,refit=true}}", factor_on)):
@@ -426,7 +430,8 @@ def distill_rows(teacher: onnx.ModelProto, calib: dict, test: dict, args) -> lis
         seconds = time.perf_counter() - start
         after = _pooled_cosine(want, _run_all(session(result.model, threads=args.threads), test)[0],
                                test["attention_mask"])
-        rows.append({"student": label, "before": round(before, 4), "after": round(after, 4),
+        rows.append({"student": label, "calibration": "wide" if wide is not None else MINILM_CALIB,
+                     "before": round(before, 4), "after": round(after, 4),
                      "epochs": options["epochs"], "lr": options["lr"],
                      "samples": len(train["input_ids"]) * (1 + options["augment"]), "seconds": round(seconds, 1),
                      "load": round(os.getloadavg()[0], 1)})
@@ -472,12 +477,12 @@ def docstring_feeds(limit: int) -> dict | None:
 
 
 def print_distill(rows: list[dict]) -> None:
-    head = (f"{'MiniLM student':22s} {'emb cos before':>14s} {'after':>7s} {'samples':>7s} {'epochs':>6s} "
+    head = (f"{'MiniLM student':22s} {'calib':>5s} {'emb cos before':>14s} {'after':>7s} {'samples':>7s} {'epochs':>6s} "
             f"{'lr':>7s} {'seconds':>8s} {'load':>5s}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['student']:22s} {r['before']:14.4f} {r['after']:7.4f} {r['samples']:7d} {r['epochs']:6d} "
+        print(f"{r['student']:22s} {r['calibration']!s:>5s} {r['before']:14.4f} {r['after']:7.4f} {r['samples']:7d} {r['epochs']:6d} "
               f"{r['lr']:7.0e} {r['seconds']:8.1f} {r['load']:5.1f}")
 
 
@@ -541,7 +546,7 @@ def main(argv) -> int:
         print_lowrank(lowrank)
     distill = []
     if not args.no_distill and minilm.exists() and (not only or "minilm" in only):
-        distill = distill_rows(*real_minilm(), args)
+        distill = distill_rows(*real_minilm(), args, wide=wide_minilm())
         print()
         print_distill(distill)
     if args.json:

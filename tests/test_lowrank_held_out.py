@@ -100,3 +100,22 @@ def test_layernorm_refit_gives_the_original_norm_output_back_better_on_the_fitte
         assert records[0].report.stats.get("norms_refitted", 0) == (1 if refit == "true" else 0)
     assert errors["true"] < 0.99 * errors["false"], errors
     assert params["true"] == params["false"]
+
+
+def test_narrow_sample_data_is_reported_and_said():
+    """The report holds the factorized layers' median held-out / in-sample error; above NARROW the pass says the
+    data is narrow for its fits. 20 rows in 48 dimensions are; 4000 rows of the same distribution are not."""
+    rng = np.random.default_rng(7)
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")], [tensor("x", ["B", "T", 48])],
+                       [tensor("y", None)], {"w": rng.standard_normal((48, 48)).astype(np.float32)}, opset=17)
+    spread = np.exp(rng.uniform(-2, 1, 48)).astype(np.float32)
+    ratios, said = {}, {}
+    for name, batch in (("few", 4), ("many", 800)):
+        lines = []
+        data = {"x": rng.standard_normal((batch, 5, 48)).astype(np.float32) * spread}
+        _, records = run_pass(model, "factorize-lowrank{kept=0.5,sensitivity=layer,mask=none}", data=data,
+                              progress=lines.append)
+        ratios[name] = records[0].report.stats["held_out_ratio"]
+        said[name] = any("narrow" in line for line in lines)
+    assert ratios["few"] > 1.5 > ratios["many"], ratios
+    assert said == {"few": True, "many": False}

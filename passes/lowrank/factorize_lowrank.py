@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
 from onnxcomp.errors import InputError
 from onnxcomp.passes.lowrank.factors import spectrum
 from onnxcomp.passes.lowrank.layers import Layer, as_matrix, find_layers, from_matrix, weight_source
@@ -126,9 +128,10 @@ class FactorizeLowRankPass(Pass):
                                     mask if method == "whitened" else None)
             own = error
             error = lambda layer, rank: weights[layer.node] * own(layer, rank)
+        scales = {}
         if not plan and halves is not None and o.held_out:
-            error = _held_out(layers, matrices, norms, moments, halves, error,
-                              {node: fit for node, fit in spectra.items() if node not in downstream})
+            error, scales = _held_out(layers, matrices, norms, moments, halves, error,
+                                      {node: fit for node, fit in spectra.items() if node not in downstream})
         if plan:
             ranks = plan.ranks_for(layers)
         else:
@@ -157,6 +160,9 @@ class FactorizeLowRankPass(Pass):
                          "params_before": layer.params, "params_after": layer.cost(rank),
                          "error": round(error(layer, rank), 6)})
         graph.cleanup().toposort()
+        if scales and rows:
+            _say_overfit(report, ctx, [float(scales[r["node"]][min(r["rank"], len(scales[r["node"]]) - 1)])
+                                       for r in rows])
         if method == "whitened" and o.refit_norms and rows:
             from onnxcomp.passes.lowrank.norm_refit import refit_norms
 
@@ -279,7 +285,23 @@ def _held_out(layers, matrices: dict, norms: dict, moments: dict, halves: list, 
                                          [half[layer.node] for half in halves], _output_weight(norms.get(layer.node)),
                                          plain.get(layer.node))
               for layer in layers}
-    return lambda layer, rank: error(layer, rank) * float(scales[layer.node][min(rank, len(scales[layer.node]) - 1)])
+    return (lambda layer, rank: error(layer, rank) * float(scales[layer.node][min(rank, len(scales[layer.node]) - 1)]),
+            scales)
+
+
+NARROW = 1.5  # median held-out / in-sample error of the factorized layers above which the data is called narrow
+
+
+def _say_overfit(report, ctx: PassContext, ratios: list[float]) -> None:
+    """Record how much worse the chosen factors do on held-out rows, and say so when the sample data is too
+    narrow for them. On the real MiniLM at 0.75 kept: 64 inputs of 60 sentences, median 1.96 and 0.947 pooled
+    cosine on test sentences; 510 inputs of 255 sentences at the test's lengths, median 1.04 and 0.962."""
+    ratio = float(np.median(ratios))
+    report.stats["held_out_ratio"] = round(ratio, 3)
+    if ratio > NARROW:
+        ctx.say(f"factorize-lowrank: the factors do {ratio:.1f}x worse on held-out sample rows than on the rows "
+                f"they were fitted on (median over layers): the sample data is narrow for these fits; a few hundred "
+                f"distinct inputs of the deployment's kind and lengths fit better (docs/lowrank.md)")
 
 
 def _mask(graph, option: str, ctx: PassContext) -> str | None:

@@ -15,8 +15,8 @@ attention_mask) on recipe feeds (seed 1) against the model before; the whitened
 factors calibrate on other recipe feeds (seed 0); the real MiniLM (build/models/minilm.onnx, made with
 the bench extra), when built, on MINILM_CALIB of its calibration sentences, measured on all 128 of its test
 sentences (another pool of sentences, never tuned on); its "wide" rows calibrate the whitened factors on
-minilm_calib_wide.npz instead (255 distinct hand-written sentences, none from the test pool, and each paired
-with the next: 510 inputs of the test pool's kind and lengths).
+minilm_calib_wide.npz instead (504 distinct hand-written sentences, none from the test pool, and each paired
+with the next: 1008 inputs of the test pool's kind and lengths).
 
 Distillation (the real MiniLM, skipped with --no-distill): the students of `--lowrank 0.75` (whitened, on the
 wide calibration set when built, else the MINILM_CALIB calibration sentences of the low-rank rows) and of heads +
@@ -58,7 +58,7 @@ HELD_OUT = ("nudenet", "rapidocr", "ddddocr", "silero")  # never used here
 LOWRANK_MODELS = ("khmersm", "trueocr_order", "minilm_l6_int8", "romanizer_encoder")
 # Calibration sentences of the real MiniLM's low-rank rows (the first ones: its pool's single sentences); 128 and
 # 256 were measured and gave the 128 test sentences no more (docs/lowrank.md), for a longer run. The "wide" rows
-# calibrate on minilm_calib_wide.npz instead: 255 distinct sentences and their pairs (whitened only).
+# calibrate on minilm_calib_wide.npz instead: 504 distinct sentences and their pairs (whitened only).
 MINILM_CALIB = 64
 
 
@@ -526,7 +526,7 @@ def main(argv) -> int:
         return (_prepared(minilm, "minilm"), *data)
 
     def wide_minilm() -> dict | None:
-        """The 510 wide calibration inputs (255 distinct sentences and their pairs), if the build made them."""
+        """The 1008 wide calibration inputs (504 distinct sentences and their pairs), if the build made them."""
         path = minilm.with_name("minilm_calib_wide.npz")
         return dict(np.load(path)) if path.exists() else None
 

@@ -295,7 +295,7 @@ NARROW = 1.5  # median held-out / in-sample error of the factorized layers above
 def _say_overfit(report, ctx: PassContext, ratios: list[float]) -> None:
     """Record how much worse the chosen factors do on held-out rows, and say so when the sample data is too
     narrow for them. On the real MiniLM at 0.75 kept: 64 inputs of 60 sentences, median 1.96 and 0.947 pooled
-    cosine on test sentences; 510 inputs of 255 sentences at the test's lengths, median 1.04 and 0.962."""
+    cosine on test sentences; 510 inputs of 255 sentences at the test's lengths, median 1.04 and 0.962 (1008 inputs: 1.03, 0.964)."""
     ratio = float(np.median(ratios))
     report.stats["held_out_ratio"] = round(ratio, 3)
     if ratio > NARROW:

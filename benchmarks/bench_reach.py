@@ -65,7 +65,7 @@ MINILM_CALIB = 64
 # The distillation recipe of the MiniLM rows (label-free: the output and the layer outputs are the targets).
 DISTILL = {"epochs": 3, "lr": 2e-4, "batch_size": 8, "weight_decay": 0.0, "mask": "attention_mask",
            "augment": 3, "augment_fraction": 0.4, "freeze": "embeddings", "output_loss": "mse", "pooled_weight": 0.0}
-DISTILL_DOCS = 256  # standard-library docstring sentences added to the 256 calibration ones
+DISTILL_DOCS = 256  # standard-library docstring sentences added to the training sentences (wide set, else calibration)
 DISTILL_LAYERS = (0, 1, 2, 3, 4)  # encoder layers whose output is matched besides the last hidden state
 
 

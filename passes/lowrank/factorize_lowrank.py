@@ -299,7 +299,10 @@ def _say_overfit(report, ctx: PassContext, ratios: list[float]) -> None:
     ratio = float(np.median(ratios))
     report.stats["held_out_ratio"] = round(ratio, 3)
     if ratio > NARROW:
-        ctx.say(f"factorize-lowrank: the factors do {ratio:.1f}x worse on held-out sample rows than on the rows "
+        from onnxcomp.passes.lowrank.overfit import MOST
+
+        worse = f"at least {MOST:.0f}x" if ratio >= MOST else f"{ratio:.1f}x"  # the scales stop at MOST
+        ctx.say(f"factorize-lowrank: the factors do {worse} worse on held-out sample rows than on the rows "
                 f"they were fitted on (median over layers): the sample data is narrow for these fits; a few hundred "
                 f"distinct inputs of the deployment's kind and lengths fit better (docs/lowrank.md)")
 

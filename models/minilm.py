@@ -583,20 +583,31 @@ The rain stopped just in time for the garden party.
 """
 
 
+POOLS = {"a": _POOL_A, "b": _POOL_B, "c": _POOL_C}
+
+
+def singles(pool: str) -> list[str]:
+    """The hand-written sentences of one pool ("a", "b" or "c"), one per line."""
+    return [line.strip() for line in POOLS[pool].splitlines() if line.strip()]
+
+
+def _paired(single: list[str], step: int) -> list[str]:
+    """Each sentence followed by the one `step` places on (cyclically): longer inputs of the same words."""
+    return [f"{a} {b}" for a, b in zip(single, single[step:] + single[:step])]
+
+
 def sentences(pool: str) -> list[str]:
     """The hand-written sentences of one pool plus every neighbouring pair (longer inputs)."""
-    single = [line.strip() for line in (_POOL_A if pool == "a" else _POOL_B).splitlines() if line.strip()]
-    pairs = [f"{a} {b}" for a, b in zip(single, single[1:] + single[:1])]
-    far_pairs = [f"{a} {b}" for a, b in zip(single, single[7:] + single[:7])]
+    single = singles(pool)
     triples = [f"{a} {b} {c}" for a, b, c in zip(single, single[2:], single[5:])]
-    return single + pairs + far_pairs + triples
+    return single + _paired(single, 1) + _paired(single, 7) + triples
 
 
 def wide_sentences() -> list[str]:
     """Pools A and C (504 distinct sentences) and each one paired with the next: many sentences, of the
     lengths the test pool has (mostly pairs), for data-hungry fits such as whitened low-rank factors."""
-    single = [line.strip() for pool in (_POOL_A, _POOL_C) for line in pool.splitlines() if line.strip()]
-    return single + [f"{a} {b}" for a, b in zip(single, single[1:] + single[:1])]
+    single = singles("a") + singles("c")
+    return single + _paired(single, 1)
 
 
 def available() -> bool:
@@ -692,7 +703,8 @@ def build(out: Path, log=print) -> dict:
     write_npz(out / "minilm_test.npz", **test)
     wide = tokenize(tokenizer, wide_sentences())
     write_npz(out / "minilm_calib_wide.npz", **wide)
-    info = {"samples_calib": 256, "samples_test": 128, "samples_calib_wide": len(wide[INPUTS[0]]), "seq": SEQ, "torch_reference_max_abs": None}
+    info = {"samples_calib": 256, "samples_test": 128, "samples_calib_wide": len(wide[INPUTS[0]]), "seq": SEQ,
+            "torch_reference_max_abs": None}
     try:
         from onnxcomp.measure.runtime import run, session
 

@@ -3,20 +3,16 @@
 from models import minilm
 
 
-def _single(pool: str) -> list[str]:
-    return [line.strip() for line in pool.splitlines() if line.strip()]
-
-
 def test_pools_are_disjoint_and_distinct():
-    a, b, c = (_single(p) for p in (minilm._POOL_A, minilm._POOL_B, minilm._POOL_C))
+    a, b, c = (minilm.singles(p) for p in "abc")
     for pool in (a, b, c):
         assert len(set(pool)) == len(pool)
     assert not set(a) & set(b) and not set(c) & set(b) and not set(a) & set(c)
 
 
 def test_wide_calibration_holds_no_test_sentence():
-    wide, test = minilm.wide_sentences(), _single(minilm._POOL_B)
-    singles = _single(minilm._POOL_A) + _single(minilm._POOL_C)
+    wide, test = minilm.wide_sentences(), minilm.singles("b")
+    singles = minilm.singles("a") + minilm.singles("c")
     assert wide[:len(singles)] == singles and len(wide) == 2 * len(singles)
     assert all(f"{x} {y}" == pair for x, y, pair in zip(singles, singles[1:], wide[len(singles):]))
     assert not any(sentence in text for sentence in test for text in wide)

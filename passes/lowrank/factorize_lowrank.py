@@ -128,10 +128,10 @@ class FactorizeLowRankPass(Pass):
                                     mask if method == "whitened" else None)
             own = error
             error = lambda layer, rank: weights[layer.node] * own(layer, rank)
-        scales = {}
+        overfit = None
         if not plan and halves is not None and o.held_out:
-            error, scales = _held_out(layers, matrices, norms, moments, halves, error,
-                                      {node: fit for node, fit in spectra.items() if node not in downstream})
+            error, overfit = _held_out(layers, matrices, norms, moments, halves, error,
+                                       {node: fit for node, fit in spectra.items() if node not in downstream})
         if plan:
             ranks = plan.ranks_for(layers)
         else:
@@ -160,9 +160,8 @@ class FactorizeLowRankPass(Pass):
                          "params_before": layer.params, "params_after": layer.cost(rank),
                          "error": round(error(layer, rank), 6)})
         graph.cleanup().toposort()
-        if scales and rows:
-            _say_overfit(report, ctx, [float(scales[r["node"]][min(r["rank"], len(scales[r["node"]]) - 1)])
-                                       for r in rows])
+        if overfit is not None and rows:
+            _say_overfit(report, ctx, [overfit(r["node"], r["rank"]) for r in rows])
         if method == "whitened" and o.refit_norms and rows:
             from onnxcomp.passes.lowrank.norm_refit import refit_norms
 
@@ -276,7 +275,8 @@ def _downstream_fits(graph, layers, matrices: dict, fits: dict, ctx: PassContext
 
 
 def _held_out(layers, matrices: dict, norms: dict, moments: dict, halves: list, error, plain: dict):
-    """`error` scaled, rank by rank, by how much worse each layer's factors do on held-out rows (overfit.py);
+    """`error` scaled, rank by rank, by how much worse each layer's factors do on held-out rows (overfit.py),
+    and that scale (layer node, rank) -> held-out / in-sample error;
     measured in the layer's own output metric (its inputs, its LayerNorm), the one both halves give.
     `plain`: {layer node: its spectrum} for the layers fitted in that metric already."""
     from onnxcomp.passes.lowrank.overfit import overfit_scales
@@ -285,8 +285,8 @@ def _held_out(layers, matrices: dict, norms: dict, moments: dict, halves: list, 
                                          [half[layer.node] for half in halves], _output_weight(norms.get(layer.node)),
                                          plain.get(layer.node))
               for layer in layers}
-    return (lambda layer, rank: error(layer, rank) * float(scales[layer.node][min(rank, len(scales[layer.node]) - 1)]),
-            scales)
+    scale = lambda node, rank: float(scales[node][min(rank, len(scales[node]) - 1)])
+    return (lambda layer, rank: error(layer, rank) * scale(layer.node, rank)), scale
 
 
 NARROW = 1.5  # median held-out / in-sample error of the factorized layers above which the data is called narrow
@@ -295,7 +295,8 @@ NARROW = 1.5  # median held-out / in-sample error of the factorized layers above
 def _say_overfit(report, ctx: PassContext, ratios: list[float]) -> None:
     """Record how much worse the chosen factors do on held-out rows, and say so when the sample data is too
     narrow for them. On the real MiniLM at 0.75 kept: 64 inputs of 60 sentences, median 1.96 and 0.947 pooled
-    cosine on test sentences; 510 inputs of 255 sentences at the test's lengths, median 1.04 and 0.962 (1008 inputs: 1.03, 0.964)."""
+    cosine on test sentences; 510 inputs of 255 sentences at the test's lengths, median 1.04 and 0.962
+    (1008 inputs: 1.03, 0.964)."""
     ratio = float(np.median(ratios))
     report.stats["held_out_ratio"] = round(ratio, 3)
     if ratio > NARROW:
